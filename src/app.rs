@@ -1,0 +1,72 @@
+//! The application interface: what a worker serves. Built-in apps and a user's own
+//! embedded service both implement [`App`]; an [`AppFactory`] builds the app inside each
+//! worker after the fork, so its state (pools, caches) is never shared across processes.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body type apps return.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub type Request = hyper::Request<hyper::body::Incoming>;
+pub type Response = hyper::Response<Body>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The client's address as forkd saw it (`IP:PORT`, or `unix` for unix sockets), in
+/// every request's extensions.
+#[derive(Debug, Clone)]
+pub struct ClientAddr(pub String);
+
+/// A request handler. Implemented for any `Fn(Request) -> impl Future<Output = Response>`.
+pub trait App: Send + Sync + 'static {
+    fn call(&self, req: Request) -> BoxFuture<Response>;
+}
+
+impl<F, Fut> App for F
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    fn call(&self, req: Request) -> BoxFuture<Response> {
+        Box::pin(self(req))
+    }
+}
+
+/// Builds a worker's app after the fork, inside the worker's runtime. An error (or a
+/// panic) is a boot failure: the worker exits and the master retries with backoff.
+pub type AppFactory = Arc<dyn Fn() -> BoxFuture<Result<Arc<dyn App>, BoxError>> + Send + Sync>;
+
+/// Wraps an async constructor into an [`AppFactory`].
+pub fn factory<F, Fut, A>(make: F) -> AppFactory
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<A, BoxError>> + Send + 'static,
+    A: App,
+{
+    Arc::new(move || {
+        let fut = make();
+        Box::pin(async move { fut.await.map(|app| Arc::new(app) as Arc<dyn App>) })
+    })
+}
+
+/// A complete body from bytes or a string.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A response with a status, content type and body.
+pub fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response {
+    let mut resp = hyper::Response::new(full(body));
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    resp
+}

@@ -1,0 +1,76 @@
+//! `echo`: describes the request as JSON. Query parameters steer it for tests:
+//! `sleep_ms=N` (async wait), `block_ms=N` (blocks the worker thread, to trip `timeout`),
+//! `status=N`, `bytes=N` (an N-byte body instead of JSON).
+
+use crate::app::{respond, ClientAddr, Request, Response};
+use http_body_util::BodyExt;
+use std::time::Duration;
+
+/// Largest `bytes=N` echo produces, so a typo cannot exhaust memory.
+const MAX_ECHO_BYTES: u64 = 64 * 1024 * 1024;
+
+pub async fn echo(req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let mut status = 200u16;
+    let mut bytes: Option<u64> = None;
+    for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        let number = value.parse::<u64>();
+        match (key, number) {
+            ("sleep_ms", Ok(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            ("block_ms", Ok(ms)) => std::thread::sleep(Duration::from_millis(ms)),
+            ("status", Ok(code)) if (200..=999).contains(&code) => status = code as u16,
+            ("bytes", Ok(n)) if n <= MAX_ECHO_BYTES => bytes = Some(n),
+            ("sleep_ms" | "block_ms" | "status" | "bytes", _) => {
+                return respond(
+                    400,
+                    "text/plain",
+                    format!("bad query parameter {key}={value}\n"),
+                );
+            }
+            _ => {}
+        }
+    }
+    let mut body_bytes = 0u64;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => body_bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Err(e) => return respond(400, "text/plain", format!("error reading body: {e}\n")),
+        }
+    }
+    if let Some(n) = bytes {
+        return respond(status, "application/octet-stream", vec![b'x'; n as usize]);
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .keys()
+        .map(|name| {
+            let values: Vec<&str> = parts
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap_or(""))
+                .collect();
+            (
+                name.as_str().to_string(),
+                serde_json::Value::from(values.join(", ")),
+            )
+        })
+        .collect();
+    let remote = parts
+        .extensions
+        .get::<ClientAddr>()
+        .map(|c| c.0.clone())
+        .unwrap_or_default();
+    let json = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": query,
+        "headers": headers,
+        "body_bytes": body_bytes,
+        "remote_addr": remote,
+        "pid": std::process::id(),
+    });
+    respond(status, "application/json", format!("{json}\n"))
+}

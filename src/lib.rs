@@ -1,0 +1,121 @@
+//! forkd: a pre-fork process manager for HTTP services. A single-threaded master binds
+//! the listeners and supervises worker processes, each running its own tokio runtime
+//! and hyper server around an app: a built-in one (`hello`, `echo`) or your own.
+//!
+//! Embedding your own service: build it in each worker after the fork, and let forkd
+//! provide the command line, config, signals and supervision:
+//!
+//! ```no_run
+//! use forkd::app::{respond, Request, Response};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     forkd::run(forkd::app::factory(|| async {
+//!         Ok(|_req: Request| async { respond(200, "text/plain", "hi\n") })
+//!     }))
+//! }
+//! ```
+
+pub mod app;
+pub mod apps;
+pub mod cli;
+pub mod config;
+pub mod control;
+mod listeners;
+mod logging;
+mod master;
+mod privileges;
+mod proctitle;
+pub mod scoreboard;
+mod worker;
+
+use app::AppFactory;
+use std::process::ExitCode;
+
+/// Exit code for a bad command line or config.
+const EXIT_USAGE: u8 = 2;
+/// Exit code when forkd fails at run time (cannot bind, cannot write the pidfile...).
+const EXIT_FAILURE: u8 = 1;
+
+/// Runs forkd with your own app (see the crate docs): the same command line, config,
+/// signals and supervision as the `forkd` binary.
+pub fn run(app: AppFactory) -> ExitCode {
+    main_with(Some(app))
+}
+
+/// The `forkd` binary's entry point; `embedded` is None for the built-in apps.
+pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
+    let cli = match cli::Cli::parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let environment: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with("FORKD_"))
+        .collect();
+    let config = match config::load(&cli, &environment) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let resolve = app_resolver(embedded);
+    if cli.check_config || cli.print_config {
+        if let Err(e) = resolve(&config) {
+            eprintln!("forkd: config error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        if cli.print_config {
+            print!("{}", config.to_toml());
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Some(name) = &cli.signal {
+        return control::send_signal(&config, name);
+    }
+    if let Err(e) = resolve(&config) {
+        eprintln!("forkd: config error: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Err(e) = logging::init(&config.log) {
+        eprintln!("forkd: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let reload: master::Reloader = Box::new(move || config::load(&cli, &environment));
+    match master::Master::new(config, reload, resolve) {
+        Ok(master) => master.run(),
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Picks the app for a config: the embedded one if given, else a built-in by name.
+fn app_resolver(embedded: Option<AppFactory>) -> master::AppResolver {
+    Box::new(move |config: &config::Config| {
+        if let Some(factory) = &embedded {
+            return Ok(factory.clone());
+        }
+        if !config.exec.command.is_empty() {
+            return Err(
+                "key `exec.command`: exec workers are not supported by this build yet".to_string(),
+            );
+        }
+        match config.app.as_deref() {
+            Some(name) => apps::builtin(name).ok_or_else(|| {
+                format!(
+                    "key `app`: unknown app {name:?}; built-in apps are {}",
+                    apps::NAMES.join(", ")
+                )
+            }),
+            None => Err(format!(
+                "no app given: name a built-in app ({}) as APP or the `app` key",
+                apps::NAMES.join(", ")
+            )),
+        }
+    })
+}

@@ -1,0 +1,164 @@
+//! Listening sockets: bound by the master (TCP v4/v6 with SO_REUSEADDR and `backlog`,
+//! unix sockets with stale-file replacement, or `fd://N` inherited), kept open by the
+//! master for its whole life so that the accept queue survives worker restarts.
+
+use crate::config::BindSpec;
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
+};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// One listening socket the master owns.
+#[derive(Debug)]
+pub struct Listener {
+    /// The `bind` entry it came from.
+    pub spec: BindSpec,
+    /// What it is actually bound to ("127.0.0.1:8000", "unix:/run/a.sock"), for logs.
+    pub local: String,
+    pub kind: ListenerKind,
+    pub fd: OwnedFd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerKind {
+    Tcp,
+    /// A unix socket; `owned` means forkd created the file and removes it on exit.
+    Unix {
+        path: PathBuf,
+        owned: bool,
+    },
+}
+
+impl Listener {
+    /// Removes the socket file if forkd created it.
+    pub fn cleanup(&self) {
+        if let ListenerKind::Unix { path, owned: true } = &self.kind {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Binds (or adopts) one `bind` entry. Errors name the address.
+pub fn bind(spec: &BindSpec, backlog: i32) -> io::Result<Listener> {
+    let context = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {spec}: {e}"));
+    match spec {
+        BindSpec::Tcp(addr) => bind_tcp(spec, *addr, backlog).map_err(context),
+        BindSpec::Unix(path) => bind_unix(spec, path, backlog).map_err(context),
+        BindSpec::Fd(fd) => adopt_fd(spec.clone(), *fd).map_err(context),
+    }
+}
+
+fn bind_tcp(spec: &BindSpec, addr: std::net::SocketAddr, backlog: i32) -> io::Result<Listener> {
+    let family = if addr.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    socket::listen(&fd, backlog_of(backlog))?;
+    let local = local_address(fd.as_fd())?;
+    Ok(Listener {
+        spec: spec.clone(),
+        local,
+        kind: ListenerKind::Tcp,
+        fd,
+    })
+}
+
+fn bind_unix(spec: &BindSpec, path: &Path, backlog: i32) -> io::Result<Listener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        // A socket file is stale only if nobody accepts on it.
+        match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on it",
+                ))
+            }
+            Err(_) => std::fs::remove_file(path)?,
+        }
+    }
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = socket::UnixAddr::new(path)?;
+    socket::bind(fd.as_raw_fd(), &addr)?;
+    socket::listen(&fd, backlog_of(backlog))?;
+    Ok(Listener {
+        spec: spec.clone(),
+        local: format!("unix:{}", path.display()),
+        kind: ListenerKind::Unix {
+            path: path.to_path_buf(),
+            owned: true,
+        },
+        fd,
+    })
+}
+
+/// Adopts an inherited, already-listening socket (fd://N, or systemd's LISTEN_FDS).
+pub fn adopt_fd(spec: BindSpec, raw: RawFd) -> io::Result<Listener> {
+    // SAFETY: the fd number comes from the user or LISTEN_FDS; we check it is an open
+    // listening socket before taking ownership of it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    let accepting = socket::getsockopt(&borrowed, sockopt::AcceptConn)
+        .map_err(|e| io::Error::other(format!("fd {raw} is not a socket: {e}")))?;
+    if !accepting {
+        return Err(io::Error::other(format!(
+            "fd {raw} is not a listening socket"
+        )));
+    }
+    let _ = nix::fcntl::fcntl(
+        raw,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    // SAFETY: checked above that it is an open socket; forkd owns it from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let addr: SockaddrStorage = socket::getsockname(raw)?;
+    let (kind, local) = match addr.as_unix_addr() {
+        Some(unix) => {
+            let path = unix.path().map(Path::to_path_buf).unwrap_or_default();
+            let local = format!("unix:{}", path.display());
+            (ListenerKind::Unix { path, owned: false }, local)
+        }
+        None => (ListenerKind::Tcp, local_address(fd.as_fd())?),
+    };
+    Ok(Listener {
+        spec,
+        local,
+        kind,
+        fd,
+    })
+}
+
+fn local_address(fd: BorrowedFd<'_>) -> io::Result<String> {
+    let addr: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Ok(std::net::SocketAddrV4::from(*v4).to_string());
+    }
+    if let Some(v6) = addr.as_sockaddr_in6() {
+        return Ok(std::net::SocketAddrV6::from(*v6).to_string());
+    }
+    Ok(addr.to_string())
+}
+
+fn backlog_of(backlog: i32) -> Backlog {
+    Backlog::new(backlog).unwrap_or(Backlog::MAXCONN)
+}

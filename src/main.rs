@@ -1,0 +1,5 @@
+//! The `forkd` binary: the command line and the built-in apps; all logic is in the library.
+
+fn main() -> std::process::ExitCode {
+    forkd::main_with(None)
+}

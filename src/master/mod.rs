@@ -1,0 +1,652 @@
+//! The master: forkd's supervisor loop, in the spirit of Gunicorn's arbiter. One thread,
+//! no async runtime (so `fork()` is safe). It binds the listeners, forks workers, and
+//! then loops: wait on the signalfd until the nearest deadline, act on signals, reap
+//! children, kill workers that stopped reporting progress, and reconcile the worker set
+//! with what is wanted.
+//!
+//! Reconciling is the one mechanism behind crash replacement, TTIN/TTOU, WINCH, HUP
+//! reloads and `max_requests` recycling: workers of the current generation that are not
+//! retiring count as *active*; missing active workers are spawned; a *surplus* worker
+//! (old generation, or asking to retire) is stopped only when enough active workers are
+//! ready to take its place, so capacity never dips below the target.
+
+pub mod pidfile;
+pub mod signals;
+
+use crate::app::AppFactory;
+use crate::config::{Config, ConfigError};
+use crate::listeners::{self, Listener};
+use crate::scoreboard::{monotonic_ms, Scoreboard, WorkerState, FLAG_RETIRE};
+use crate::worker::{self, WorkerContext, EXIT_BOOT_ERROR};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a worker sent SIGABRT (timeout) or QUIT gets before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+/// Boot-failure backoff: doubles from the first to the last value.
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The loop wakes at least this often to look at the scoreboard.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// Re-reads the configuration for HUP (file + the start-up environment and command line).
+pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError>>;
+/// Chooses the app factory for a config (built-in by name, or the embedded app).
+pub type AppResolver = Box<dyn Fn(&Config) -> Result<AppFactory, String>>;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Running,
+    /// Told to stop (TERM or QUIT); SIGKILL at `kill_at`.
+    Stopping {
+        reason: &'static str,
+        kill_at: Instant,
+    },
+    /// Timed out: SIGABRT sent, SIGKILL at `kill_at`.
+    Aborting {
+        kill_at: Instant,
+    },
+    Killed {
+        reason: &'static str,
+    },
+}
+
+struct Worker {
+    pid: Pid,
+    slot: usize,
+    number: u64,
+    generation: u64,
+    config: Arc<Config>,
+    phase: Phase,
+    ready: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RunState {
+    Serving,
+    Stopping { graceful: bool },
+}
+
+pub struct Master {
+    pid: i32,
+    config: Arc<Config>,
+    generation: u64,
+    factory: AppFactory,
+    reload_config: Reloader,
+    resolve_app: AppResolver,
+    listeners: Vec<Listener>,
+    scoreboard: Scoreboard,
+    signals: signals::SignalIntake,
+    workers: Vec<Worker>,
+    target: usize,
+    next_number: u64,
+    state: RunState,
+    ever_booted: bool,
+    announced_ready: bool,
+    boot_failures: u32,
+    spawn_not_before: Option<Instant>,
+    fatal: Option<(u8, String)>,
+    pidfile: Option<pidfile::Pidfile>,
+}
+
+impl Master {
+    /// Binds everything and prepares the loop; errors here mean forkd does not start.
+    pub fn new(
+        config: Config,
+        reload_config: Reloader,
+        resolve_app: AppResolver,
+    ) -> Result<Master, String> {
+        let factory = resolve_app(&config)?;
+        crate::privileges::apply_umask_and_chdir(&config)?;
+        let signals =
+            signals::SignalIntake::install().map_err(|e| format!("cannot set up signals: {e}"))?;
+        let mut listeners = Vec::new();
+        for spec in &config.bind {
+            let listener = listeners::bind(spec, config.backlog).map_err(|e| e.to_string())?;
+            tracing::info!("listening on {}", listener.local);
+            listeners.push(listener);
+        }
+        let scoreboard = Scoreboard::new().map_err(|e| e.to_string())?;
+        let pidfile = match &config.pidfile {
+            Some(path) => Some(pidfile::Pidfile::create(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let target = config.worker_count();
+        Ok(Master {
+            pid: std::process::id() as i32,
+            config: Arc::new(config),
+            generation: 1,
+            factory,
+            reload_config,
+            resolve_app,
+            listeners,
+            scoreboard,
+            signals,
+            workers: Vec::new(),
+            target,
+            next_number: 1,
+            state: RunState::Serving,
+            ever_booted: false,
+            announced_ready: false,
+            boot_failures: 0,
+            spawn_not_before: None,
+            fatal: None,
+            pidfile,
+        })
+    }
+
+    /// The supervisor loop. Returns forkd's exit code.
+    pub fn run(mut self) -> ExitCode {
+        crate::proctitle::set("forkd: master");
+        tracing::info!(pid = self.pid, workers = self.target, "master started");
+        loop {
+            self.reconcile();
+            self.wait_for_events();
+            while let Some(received) = self.signals.next() {
+                self.handle_signal(received.signo);
+            }
+            self.reap();
+            self.observe_scoreboard();
+            self.enforce_deadlines();
+            if let Some(code) = self.finished() {
+                self.cleanup();
+                return ExitCode::from(code);
+            }
+        }
+    }
+
+    // ---- waiting ---------------------------------------------------------------------
+
+    fn wait_for_events(&self) {
+        let timeout = self
+            .next_deadline()
+            .saturating_duration_since(Instant::now());
+        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [nix::poll::PollFd::new(
+            self.signals.fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(
+            &mut fds,
+            nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX),
+        );
+    }
+
+    /// The nearest moment the loop must act without a signal.
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut next = now + MAX_SLEEP;
+        if let Some(at) = self.spawn_not_before {
+            next = next.min(at);
+        }
+        let now_ms = monotonic_ms();
+        for w in &self.workers {
+            match w.phase {
+                Phase::Stopping { kill_at, .. } | Phase::Aborting { kill_at } => {
+                    next = next.min(kill_at)
+                }
+                Phase::Running if !w.config.timeout.is_zero() => {
+                    let silent = Duration::from_millis(
+                        now_ms.saturating_sub(self.scoreboard.slot(w.slot).progress_ms()),
+                    );
+                    next = next.min(now + w.config.timeout.saturating_sub(silent));
+                }
+                _ => {}
+            }
+        }
+        next
+    }
+
+    // ---- signals ---------------------------------------------------------------------
+
+    fn handle_signal(&mut self, signo: i32) {
+        let Ok(signal) = Signal::try_from(signo) else {
+            return;
+        }; // the doorbell: just re-check
+        match signal {
+            Signal::SIGHUP => self.reload(),
+            Signal::SIGTERM => self.begin_stop(true, "TERM"),
+            Signal::SIGINT => self.begin_stop(false, "INT"),
+            Signal::SIGQUIT => self.begin_stop(false, "QUIT"),
+            Signal::SIGUSR1 => {
+                tracing::info!("USR1: reopening log files");
+                crate::logging::reopen();
+                self.signal_all(Signal::SIGUSR1);
+            }
+            Signal::SIGUSR2 => {
+                tracing::warn!("USR2: binary upgrade is not available in this build; ignoring")
+            }
+            Signal::SIGWINCH => {
+                tracing::info!("WINCH: stopping all workers gracefully; the master stays (HUP starts them again)");
+                self.target = 0;
+            }
+            Signal::SIGTTIN => {
+                self.target = (self.target + 1).min(crate::scoreboard::CAPACITY / 2);
+                tracing::info!(workers = self.target, "TTIN: one worker more");
+            }
+            Signal::SIGTTOU => {
+                self.target = self.target.saturating_sub(1).max(1);
+                tracing::info!(workers = self.target, "TTOU: one worker fewer");
+            }
+            _ => {} // SIGCHLD: reaping follows
+        }
+    }
+
+    /// HUP: re-read the config; on success roll the workers over to a new generation.
+    fn reload(&mut self) {
+        if self.state != RunState::Serving {
+            return;
+        }
+        let config = match (self.reload_config)() {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
+                return;
+            }
+        };
+        let factory = match (self.resolve_app)(&config) {
+            Ok(factory) => factory,
+            Err(e) => {
+                tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.rebind(&config) {
+            tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
+            return;
+        }
+        if let Err(e) = crate::logging::reconfigure(&config.log) {
+            tracing::error!("HUP: {e}; keeping the previous error log");
+        }
+        self.generation += 1;
+        self.target = config.worker_count();
+        self.config = Arc::new(config);
+        self.factory = factory;
+        self.boot_failures = 0;
+        self.spawn_not_before = None;
+        tracing::info!(
+            generation = self.generation,
+            workers = self.target,
+            "HUP: reloading, starting new workers"
+        );
+    }
+
+    /// Binds addresses new in `config` and closes the ones it no longer has (running
+    /// workers keep their own copies until they exit).
+    fn rebind(&mut self, config: &Config) -> Result<(), String> {
+        let mut next = Vec::new();
+        for spec in &config.bind {
+            if let Some(pos) = self.listeners.iter().position(|l| &l.spec == spec) {
+                next.push(self.listeners.remove(pos));
+                continue;
+            }
+            match listeners::bind(spec, config.backlog) {
+                Ok(listener) => {
+                    tracing::info!("listening on {}", listener.local);
+                    next.push(listener);
+                }
+                Err(e) => {
+                    self.listeners.extend(next);
+                    return Err(e.to_string());
+                }
+            }
+        }
+        for old in self.listeners.drain(..) {
+            tracing::info!("no longer listening on {}", old.local);
+            old.cleanup();
+        }
+        self.listeners = next;
+        Ok(())
+    }
+
+    fn begin_stop(&mut self, graceful: bool, name: &str) {
+        if self.state == (RunState::Stopping { graceful: false }) {
+            return;
+        }
+        self.state = RunState::Stopping { graceful };
+        if graceful {
+            tracing::info!(
+                "{name}: graceful stop, draining {} workers",
+                self.workers.len()
+            );
+        } else {
+            tracing::info!("{name}: quick stop");
+        }
+        for index in 0..self.workers.len() {
+            let w = &self.workers[index];
+            if graceful {
+                if matches!(w.phase, Phase::Running) {
+                    self.stop_worker(index, "stop");
+                }
+            } else if !matches!(w.phase, Phase::Killed { .. }) {
+                let _ = kill(w.pid, Signal::SIGQUIT);
+                self.workers[index].phase = Phase::Stopping {
+                    reason: "stop",
+                    kill_at: Instant::now() + KILL_GRACE,
+                };
+            }
+        }
+    }
+
+    fn signal_all(&self, signal: Signal) {
+        for w in &self.workers {
+            let _ = kill(w.pid, signal);
+        }
+    }
+
+    // ---- children --------------------------------------------------------------------
+
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => status,
+            };
+            let Some(pid) = status.pid() else { continue };
+            let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+                continue;
+            };
+            let worker = self.workers.remove(index);
+            self.worker_exited(worker, status);
+        }
+    }
+
+    fn worker_exited(&mut self, worker: Worker, status: WaitStatus) {
+        let slot = self.scoreboard.slot(worker.slot);
+        let message = slot.message();
+        let served = slot.requests();
+        self.scoreboard.release(worker.slot);
+        let how = match status {
+            WaitStatus::Exited(_, code) => format!("exit code {code}"),
+            WaitStatus::Signaled(_, signal, _) => format!("signal {signal}"),
+            other => format!("{other:?}"),
+        };
+        let (pid, number) = (worker.pid.as_raw(), worker.number);
+        let reason = match worker.phase {
+            Phase::Stopping { reason, .. } | Phase::Killed { reason } => reason,
+            Phase::Aborting { .. } => "timeout",
+            Phase::Running if !worker.ready => "boot failure",
+            Phase::Running => "crash",
+        };
+        match reason {
+            "crash" => tracing::error!(
+                pid,
+                worker = number,
+                requests = served,
+                "worker exited unexpectedly ({how}); replacing it"
+            ),
+            "boot failure" => {
+                let why =
+                    message.unwrap_or_else(|| format!("it exited before it was ready ({how})"));
+                tracing::error!(pid, worker = number, "worker failed to boot: {why}");
+                self.boot_failed(
+                    &worker,
+                    why,
+                    matches!(status, WaitStatus::Exited(_, EXIT_BOOT_ERROR)),
+                );
+            }
+            _ => tracing::info!(
+                pid,
+                worker = number,
+                reason,
+                requests = served,
+                "worker exited ({how})"
+            ),
+        }
+    }
+
+    /// A worker died before it was ready: exit 3 if none ever booted, abandon a reload
+    /// whose new workers cannot boot, or retry with backoff.
+    fn boot_failed(&mut self, worker: &Worker, why: String, _boot_error: bool) {
+        if !self.ever_booted {
+            self.fatal = Some((3, format!("no worker could boot: {why}")));
+            self.begin_stop(false, "boot failure");
+            return;
+        }
+        let old = self
+            .workers
+            .iter()
+            .find(|w| w.generation < worker.generation && matches!(w.phase, Phase::Running));
+        if worker.generation == self.generation {
+            if let Some(old) = old {
+                let (generation, config) = (old.generation, old.config.clone());
+                tracing::error!("reload failed: new workers cannot boot; keeping the workers of the previous configuration");
+                match (self.resolve_app)(&config) {
+                    Ok(factory) => self.factory = factory,
+                    Err(e) => tracing::error!("cannot restore the previous app: {e}"),
+                }
+                self.target = config.worker_count();
+                self.generation = generation;
+                self.config = config;
+                for index in 0..self.workers.len() {
+                    if self.workers[index].generation > generation && !self.workers[index].ready {
+                        self.stop_worker(index, "reload failed");
+                    }
+                }
+                return;
+            }
+        }
+        self.boot_failures += 1;
+        let backoff = BACKOFF_FIRST
+            .saturating_mul(1 << (self.boot_failures - 1).min(10))
+            .min(BACKOFF_MAX);
+        tracing::warn!("retrying worker boot in {:.1}s", backoff.as_secs_f64());
+        self.spawn_not_before = Some(Instant::now() + backoff);
+    }
+
+    fn observe_scoreboard(&mut self) {
+        for w in &mut self.workers {
+            if !w.ready && self.scoreboard.slot(w.slot).state() == WorkerState::Ready {
+                w.ready = true;
+                self.ever_booted = true;
+                self.boot_failures = 0;
+                tracing::info!(pid = w.pid.as_raw(), worker = w.number, "worker ready");
+            }
+        }
+        if !self.announced_ready && self.state == RunState::Serving {
+            let ready = self.workers.iter().filter(|w| w.ready).count();
+            if ready >= self.target && self.target > 0 {
+                self.announced_ready = true;
+                tracing::info!(workers = ready, "all workers ready");
+            }
+        }
+    }
+
+    /// Kills workers that stopped reporting progress, and those past their stop deadline.
+    fn enforce_deadlines(&mut self) {
+        let now = Instant::now();
+        let now_ms = monotonic_ms();
+        for w in &mut self.workers {
+            match w.phase {
+                Phase::Running | Phase::Stopping { .. } if !w.config.timeout.is_zero() => {
+                    let silent_ms =
+                        now_ms.saturating_sub(self.scoreboard.slot(w.slot).progress_ms());
+                    if silent_ms >= w.config.timeout.as_millis() as u64 {
+                        tracing::error!(
+                            pid = w.pid.as_raw(),
+                            worker = w.number,
+                            "worker timeout: no progress from its event loop for {:.1}s (timeout = {}s); sending SIGABRT",
+                            silent_ms as f64 / 1000.0,
+                            w.config.timeout.as_secs_f64()
+                        );
+                        let _ = kill(w.pid, Signal::SIGABRT);
+                        w.phase = Phase::Aborting {
+                            kill_at: now + KILL_GRACE,
+                        };
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            match w.phase {
+                Phase::Stopping { reason, kill_at } if now >= kill_at => {
+                    tracing::warn!(
+                        pid = w.pid.as_raw(),
+                        worker = w.number,
+                        "worker did not stop in time; sending SIGKILL"
+                    );
+                    let _ = kill(w.pid, Signal::SIGKILL);
+                    w.phase = Phase::Killed { reason };
+                }
+                Phase::Aborting { kill_at } if now >= kill_at => {
+                    tracing::warn!(
+                        pid = w.pid.as_raw(),
+                        worker = w.number,
+                        "worker still alive after SIGABRT; sending SIGKILL"
+                    );
+                    let _ = kill(w.pid, Signal::SIGKILL);
+                    w.phase = Phase::Killed { reason: "timeout" };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ---- reconciling -----------------------------------------------------------------
+
+    fn is_active(&self, w: &Worker) -> bool {
+        matches!(w.phase, Phase::Running)
+            && w.generation == self.generation
+            && self.scoreboard.slot(w.slot).flags() & FLAG_RETIRE == 0
+    }
+
+    fn reconcile(&mut self) {
+        if self.state != RunState::Serving || self.fatal.is_some() {
+            return;
+        }
+        // Too many active workers (TTOU, WINCH, a smaller reload): stop the excess,
+        // those not yet ready first, then the oldest.
+        let mut active: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| self.is_active(&self.workers[i]))
+            .collect();
+        if active.len() > self.target {
+            active.sort_by_key(|&i| (self.workers[i].ready, self.workers[i].number));
+            for &index in &active[..active.len() - self.target] {
+                self.stop_worker(index, "scale down");
+            }
+        }
+        let active_count = active.len().min(self.target);
+        // Missing workers: spawn them (unless backing off after boot failures).
+        let backing_off = self.spawn_not_before.is_some_and(|at| Instant::now() < at);
+        if !backing_off {
+            self.spawn_not_before = None;
+            for _ in active_count..self.target {
+                if let Err(e) = self.spawn_worker() {
+                    tracing::error!("cannot start a worker: {e}");
+                    self.spawn_not_before = Some(Instant::now() + BACKOFF_FIRST);
+                    break;
+                }
+            }
+        }
+        // Surplus workers (old generation, or retiring): stop one whenever enough
+        // active workers are ready to serve without it.
+        let ready_active = (0..self.workers.len())
+            .filter(|&i| self.workers[i].ready && self.is_active(&self.workers[i]))
+            .count();
+        let mut surplus: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| {
+                matches!(self.workers[i].phase, Phase::Running) && !self.is_active(&self.workers[i])
+            })
+            .collect();
+        surplus.sort_by_key(|&i| self.workers[i].number);
+        let mut remaining = surplus.len();
+        for index in surplus {
+            if ready_active + remaining - 1 < self.target {
+                break;
+            }
+            let retiring = self.workers[index].generation == self.generation;
+            self.stop_worker(index, if retiring { "max_requests" } else { "reload" });
+            remaining -= 1;
+        }
+    }
+
+    fn stop_worker(&mut self, index: usize, reason: &'static str) {
+        let w = &mut self.workers[index];
+        tracing::info!(
+            pid = w.pid.as_raw(),
+            worker = w.number,
+            reason,
+            "stopping worker gracefully"
+        );
+        let _ = kill(w.pid, Signal::SIGTERM);
+        w.phase = Phase::Stopping {
+            reason,
+            kill_at: Instant::now() + w.config.graceful_timeout,
+        };
+    }
+
+    fn spawn_worker(&mut self) -> Result<(), String> {
+        let slot_index = self
+            .scoreboard
+            .claim()
+            .ok_or("every scoreboard slot is in use")?;
+        let number = self.next_number;
+        self.next_number += 1;
+        // SAFETY: the master is single-threaded (no runtime, no helper threads), so the
+        // child's copy of memory holds no lock another thread owned.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                signals::restore_in_child();
+                let _ = nix::unistd::close(self.signals.fd().as_raw_fd());
+                worker::run(WorkerContext {
+                    number,
+                    slot: self.scoreboard.slot(slot_index),
+                    master_pid: self.pid,
+                    config: self.config.clone(),
+                    listeners: &self.listeners,
+                    factory: self.factory.clone(),
+                })
+            }
+            Ok(ForkResult::Parent { child }) => {
+                self.scoreboard.slot(slot_index).set_pid(child.as_raw());
+                tracing::info!(
+                    pid = child.as_raw(),
+                    worker = number,
+                    generation = self.generation,
+                    "worker started"
+                );
+                self.workers.push(Worker {
+                    pid: child,
+                    slot: slot_index,
+                    number,
+                    generation: self.generation,
+                    config: self.config.clone(),
+                    phase: Phase::Running,
+                    ready: false,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.scoreboard.release(slot_index);
+                Err(format!("fork failed: {e}"))
+            }
+        }
+    }
+
+    // ---- exit ------------------------------------------------------------------------
+
+    fn finished(&self) -> Option<u8> {
+        if matches!(self.state, RunState::Stopping { .. }) && self.workers.is_empty() {
+            return Some(self.fatal.as_ref().map_or(0, |(code, _)| *code));
+        }
+        None
+    }
+
+    fn cleanup(&mut self) {
+        if let Some((_, reason)) = &self.fatal {
+            tracing::error!("{reason}");
+        }
+        for listener in &self.listeners {
+            listener.cleanup();
+        }
+        if let Some(pidfile) = &self.pidfile {
+            pidfile.remove();
+        }
+        tracing::info!(pid = self.pid, "master exiting");
+    }
+}

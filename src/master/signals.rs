@@ -1,0 +1,80 @@
+//! The master's signal intake: every signal it acts on is blocked and read from a
+//! `signalfd`, so the supervisor loop can `poll` it with a deadline. Unlike handlers, a
+//! blocked mask and a signalfd leave nothing behind in forked workers once the child
+//! restores the mask and closes the fd (see `restore_in_child`).
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::os::fd::{AsFd, BorrowedFd};
+
+/// A realtime signal workers send the master when their scoreboard state changes
+/// (ready, asking to be recycled) so the master reacts at once instead of on a tick.
+pub fn doorbell() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+const HANDLED: [Signal; 10] = [
+    Signal::SIGHUP,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGCHLD,
+];
+
+fn handled_set() -> SigSet {
+    // SAFETY: sigemptyset initialises the zeroed sigset_t.
+    let mut raw: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::sigemptyset(&mut raw) };
+    for signal in HANDLED {
+        // SAFETY: raw is a valid sigset_t and the numbers are valid signals.
+        unsafe { libc::sigaddset(&mut raw, signal as libc::c_int) };
+    }
+    // SAFETY: as above, for the realtime doorbell signal.
+    unsafe { libc::sigaddset(&mut raw, doorbell()) };
+    // SAFETY: raw was initialised from an empty SigSet and filled with sigaddset.
+    unsafe { SigSet::from_sigset_t_unchecked(raw) }
+}
+
+/// What the master reads from its signalfd.
+pub struct SignalIntake {
+    fd: SignalFd,
+}
+
+/// One received signal: its number.
+pub struct Received {
+    pub signo: i32,
+}
+
+impl SignalIntake {
+    pub fn install() -> nix::Result<SignalIntake> {
+        let set = handled_set();
+        set.thread_block()?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(SignalIntake { fd })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The next pending signal, if any (non-blocking).
+    pub fn next(&mut self) -> Option<Received> {
+        match self.fd.read_signal() {
+            Ok(Some(info)) => Some(Received {
+                signo: info.ssi_signo as i32,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// In a freshly forked child: unblock every signal so the child gets default delivery
+/// (its runtime installs its own handlers). The signalfd is closed with the intake.
+pub fn restore_in_child() {
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}

@@ -1,0 +1,357 @@
+//! A worker process, from just after the fork to its exit: post-fork setup (signals,
+//! parent-death signal, privileges, title), its own tokio runtime, the app built inside
+//! it, accept loops on every inherited listener, progress reporting into the scoreboard,
+//! and the graceful drain.
+
+mod conn;
+
+use crate::app::{App, AppFactory};
+use crate::config::Config;
+use crate::listeners::{Listener, ListenerKind};
+use crate::scoreboard::{monotonic_ms, Slot, WorkerState};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Exit status of a worker whose app failed to boot (as Gunicorn's WORKER_BOOT_ERROR).
+pub const EXIT_BOOT_ERROR: i32 = 3;
+
+/// Everything a worker gets from the master at fork time.
+pub struct WorkerContext<'a> {
+    pub number: u64,
+    pub slot: &'static Slot,
+    pub master_pid: i32,
+    pub config: Arc<Config>,
+    pub listeners: &'a [Listener],
+    pub factory: AppFactory,
+}
+
+/// State shared by every task of the worker.
+pub(crate) struct Shared {
+    app: Arc<dyn App>,
+    slot: &'static Slot,
+    master_pid: i32,
+    http: auto::Builder<TokioExecutor>,
+    keepalive: Duration,
+    header_read_timeout: Duration,
+    /// This worker's own `max_requests` (with its jitter drawn); 0 = unlimited.
+    request_limit: u64,
+    draining: AtomicBool,
+    drain_tx: watch::Sender<bool>,
+    open_connections: AtomicUsize,
+    all_closed: Notify,
+}
+
+impl Shared {
+    fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+    fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain_tx.subscribe()
+    }
+    fn start_drain(&self) {
+        if !self.draining.swap(true, AcqRel) {
+            self.slot.set_state(WorkerState::Draining);
+            let _ = self.drain_tx.send(true);
+        }
+    }
+}
+
+/// Tells the master that this worker's scoreboard slot changed.
+pub(crate) fn ring_doorbell(master_pid: i32) {
+    // SAFETY: kill(2) with a realtime signal number; no memory is involved.
+    unsafe { libc::kill(master_pid, crate::master::signals::doorbell()) };
+}
+
+/// Runs the worker; never returns.
+pub fn run(ctx: WorkerContext<'_>) -> ! {
+    let code = match boot_and_serve(ctx) {
+        Ok(()) => 0,
+        Err(code) => code,
+    };
+    std::process::exit(code)
+}
+
+fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
+    let WorkerContext {
+        number,
+        slot,
+        master_pid,
+        config,
+        listeners,
+        factory,
+    } = ctx;
+    let pid = std::process::id() as i32;
+    slot.set_pid(pid);
+    crate::proctitle::set(&format!("forkd: worker [{number}]"));
+    if let Err(e) = crate::privileges::drop_for_worker(&config) {
+        return Err(boot_failed(slot, &e));
+    }
+    // After any uid change (which clears it): die with the master, then close the race
+    // where the master died before prctl.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    if nix::unistd::getppid().as_raw() != master_pid {
+        return Err(0);
+    }
+    let runtime = if config.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => return Err(boot_failed(slot, &format!("cannot start runtime: {e}"))),
+    };
+    runtime.block_on(async move {
+        let app = build_app(factory)
+            .await
+            .map_err(|reason| boot_failed(slot, &reason))?;
+        let shared = Arc::new(new_shared(app, slot, master_pid, &config));
+        let accepting = start_accepting(&shared, listeners).map_err(|e| boot_failed(slot, &e))?;
+        tokio::spawn(report_progress(slot, progress_interval(config.timeout)));
+        slot.set_state(WorkerState::Ready);
+        ring_doorbell(master_pid);
+        tracing::debug!(pid, worker = number, "worker ready");
+        wait_for_stop_signal(&shared).await;
+        drain(&shared, accepting, config.graceful_timeout).await;
+        Ok(())
+    })
+}
+
+/// Records a boot failure in the slot (the master reports it) and returns the exit code.
+fn boot_failed(slot: &Slot, reason: &str) -> i32 {
+    tracing::error!(pid = std::process::id(), "worker failed to boot: {reason}");
+    slot.set_message(reason);
+    EXIT_BOOT_ERROR
+}
+
+/// Builds the app in a task so that a panicking constructor is caught and reported.
+async fn build_app(factory: AppFactory) -> Result<Arc<dyn App>, String> {
+    match tokio::spawn(factory()).await {
+        Ok(Ok(app)) => Ok(app),
+        Ok(Err(e)) => Err(format!("app failed to start: {e}")),
+        Err(join) if join.is_panic() => {
+            let payload = join.into_panic();
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(format!("app panicked at start: {text}"))
+        }
+        Err(e) => Err(format!("app failed to start: {e}")),
+    }
+}
+
+fn new_shared(app: Arc<dyn App>, slot: &'static Slot, master_pid: i32, config: &Config) -> Shared {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(!config.keepalive.is_zero())
+        .max_buf_size(
+            64 * 1024
+                + config
+                    .limits
+                    .request_line
+                    .max(config.limits.request_field_size),
+        );
+    http.http2().timer(TokioTimer::new());
+    let (drain_tx, _) = watch::channel(false);
+    Shared {
+        app,
+        slot,
+        master_pid,
+        http,
+        keepalive: config.keepalive,
+        header_read_timeout: config.limits.header_read_timeout,
+        request_limit: request_limit(config.max_requests, config.max_requests_jitter),
+        draining: AtomicBool::new(false),
+        drain_tx,
+        open_connections: AtomicUsize::new(0),
+        all_closed: Notify::new(),
+    }
+}
+
+/// `max_requests + random(0..=jitter)`, so that workers do not all recycle at once.
+fn request_limit(max_requests: u64, jitter: u64) -> u64 {
+    if max_requests == 0 {
+        return 0;
+    }
+    let seed = monotonic_ms() ^ ((std::process::id() as u64) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+    // xorshift64*: good enough to spread limits; not used for anything secret.
+    let mut x = seed | 1;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    let random = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    max_requests
+        + if jitter == 0 {
+            0
+        } else {
+            random % (jitter + 1)
+        }
+}
+
+fn progress_interval(timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+}
+
+/// Reports progress from the event loop itself: if the loop is blocked, this stops,
+/// which is exactly what the master's `timeout` check looks for.
+async fn report_progress(slot: &'static Slot, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        slot.report_progress();
+    }
+}
+
+type AcceptTasks = Vec<tokio::task::JoinHandle<()>>;
+
+fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<AcceptTasks, String> {
+    let mut tasks = Vec::new();
+    for listener in listeners {
+        // Each worker owns a duplicate of the listening fd: closing it stops this
+        // worker's accepting only; the queue lives on in the master and other workers.
+        let fd = listener
+            .fd
+            .try_clone()
+            .map_err(|e| format!("dup listener {}: {e}", listener.local))?;
+        let raw = fd.into_raw_fd();
+        let shared = shared.clone();
+        let name = listener.local.clone();
+        let task = match &listener.kind {
+            ListenerKind::Tcp => {
+                // SAFETY: raw is a fresh dup of a listening TCP socket, owned from here.
+                let std_listener = unsafe { std::net::TcpListener::from_raw_fd(raw) };
+                let _ = std_listener.set_nonblocking(true);
+                let l = tokio::net::TcpListener::from_std(std_listener)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                tokio::spawn(accept_tcp(l, shared))
+            }
+            ListenerKind::Unix { .. } => {
+                // SAFETY: raw is a fresh dup of a listening unix socket, owned from here.
+                let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(raw) };
+                let _ = std_listener.set_nonblocking(true);
+                let l = tokio::net::UnixListener::from_std(std_listener)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                tokio::spawn(accept_unix(l, shared))
+            }
+        };
+        tasks.push(task);
+    }
+    Ok(tasks)
+}
+
+async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let mut drain = shared.drain_signal();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    spawn_connection(&shared, stream, addr.to_string());
+                }
+                Err(e) => accept_error(e).await,
+            },
+            _ = drain.changed() => return,
+        }
+    }
+}
+
+async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+    let mut drain = shared.drain_signal();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => spawn_connection(&shared, stream, "unix".to_string()),
+                Err(e) => accept_error(e).await,
+            },
+            _ = drain.changed() => return,
+        }
+    }
+}
+
+/// Out of fds or similar: back off briefly instead of spinning.
+async fn accept_error(e: std::io::Error) {
+    tracing::warn!(pid = std::process::id(), "accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+fn spawn_connection<T>(shared: &Arc<Shared>, stream: T, remote: String)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    shared.open_connections.fetch_add(1, AcqRel);
+    shared.slot.connection_opened();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        conn::serve(shared.clone(), stream, remote).await;
+        shared.slot.connection_closed();
+        if shared.open_connections.fetch_sub(1, AcqRel) == 1 {
+            shared.all_closed.notify_waiters();
+        }
+    });
+}
+
+/// Waits for TERM (drain); QUIT and INT exit at once; USR1 reopens the logs.
+async fn wait_for_stop_signal(shared: &Shared) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut usr1)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::quit()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined1()),
+    ) else {
+        tracing::error!("worker cannot install signal handlers");
+        return;
+    };
+    let _ = shared;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = quit.recv() => std::process::exit(0),
+            _ = int.recv() => std::process::exit(0),
+            _ = usr1.recv() => crate::logging::reopen(),
+        }
+    }
+}
+
+/// Graceful drain: stop accepting, let connections finish (responses carry
+/// `Connection: close`), bounded by `graceful_timeout` (the master SIGKILLs after it too).
+async fn drain(shared: &Arc<Shared>, accepting: AcceptTasks, graceful_timeout: Duration) {
+    shared.start_drain();
+    for task in accepting {
+        let _ = task.await;
+    }
+    let deadline = tokio::time::Instant::now() + graceful_timeout;
+    loop {
+        let closed = shared.all_closed.notified();
+        if shared.open_connections.load(Acquire) == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, closed).await.is_err() {
+            tracing::warn!(
+                pid = std::process::id(),
+                open = shared.open_connections.load(Acquire),
+                "graceful_timeout reached with connections open; exiting"
+            );
+            break;
+        }
+    }
+    crate::logging::flush();
+}
