@@ -324,7 +324,9 @@ impl Master {
                     self.stop_worker(index, "stop");
                 }
             } else if !matches!(w.phase, Phase::Killed { .. }) {
-                let _ = kill(w.pid, Signal::SIGQUIT);
+                // A worker still booting has no QUIT handler yet (QUIT's default action
+                // dumps core): it has nothing to lose, so it is killed outright.
+                let _ = kill(w.pid, if w.ready { Signal::SIGQUIT } else { Signal::SIGKILL });
                 self.workers[index].phase = Phase::Stopping {
                     reason: "stop",
                     kill_at: Instant::now() + KILL_GRACE,
@@ -405,7 +407,7 @@ impl Master {
     fn boot_failed(&mut self, worker: &Worker, why: String, _boot_error: bool) {
         if !self.ever_booted {
             self.fatal = Some((3, format!("no worker could boot: {why}")));
-            self.begin_stop(false, "boot failure");
+            self.begin_stop(false, "no worker could boot");
             return;
         }
         let old = self
