@@ -20,7 +20,9 @@ fn main() -> std::process::ExitCode {
         if std::env::var_os("COUNTER_PANIC_AT_BOOT").is_some() {
             panic!("counter: refusing to boot (COUNTER_PANIC_AT_BOOT is set)");
         }
-        let state = Arc::new(Counter { served: AtomicU64::new(0) });
+        let state = Arc::new(Counter {
+            served: AtomicU64::new(0),
+        });
         Ok(move |_req: Request| {
             let state = state.clone();
             async move {

@@ -26,6 +26,7 @@ mod master;
 mod privileges;
 mod proctitle;
 pub mod scoreboard;
+mod systemd;
 mod worker;
 
 use app::AppFactory;
@@ -44,6 +45,12 @@ pub fn run(app: AppFactory) -> ExitCode {
 
 /// The `forkd` binary's entry point; `embedded` is None for the built-in apps.
 pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
+    // Resolved now, before anything renames the process or replaces the binary on disk:
+    // USR2 re-executes this path with these arguments.
+    let relaunch = master::upgrade::Relaunch {
+        exe: std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe")),
+        args: std::env::args_os().collect(),
+    };
     let cli = match cli::Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
@@ -85,7 +92,7 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     let reload: master::Reloader = Box::new(move || config::load(&cli, &environment));
-    match master::Master::new(config, reload, resolve) {
+    match master::Master::new(config, reload, resolve, relaunch) {
         Ok(master) => master.run(),
         Err(e) => {
             tracing::error!("cannot start: {e}");

@@ -2,7 +2,8 @@
 //! unix sockets with stale-file replacement, or `fd://N` inherited), kept open by the
 //! master for its whole life so that the accept queue survives worker restarts.
 
-use crate::config::BindSpec;
+use crate::config::{BindSpec, Config};
+use crate::systemd::PassedFd;
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
 };
@@ -161,4 +162,44 @@ fn local_address(fd: BorrowedFd<'_>) -> io::Result<String> {
 
 fn backlog_of(backlog: i32) -> Backlog {
     Backlog::new(backlog).unwrap_or(Backlog::MAXCONN)
+}
+
+/// Every `bind` entry of `config`, taking a passed socket (systemd socket activation, or
+/// the listeners handed over by USR2) where one matches the entry by name
+/// (`LISTEN_FDNAMES`) or by address, and binding the rest. A passed socket that matches
+/// no entry is an error: serving it silently, or dropping it, would both surprise.
+pub fn bind_all(config: &Config, passed: Vec<PassedFd>) -> Result<Vec<Listener>, String> {
+    let mut adopted = Vec::new();
+    for p in passed {
+        adopted.push((
+            p.name.clone(),
+            adopt_fd(BindSpec::Fd(p.fd), p.fd).map_err(|e| e.to_string())?,
+        ));
+    }
+    let mut listeners = Vec::new();
+    for spec in &config.bind {
+        let wanted = spec.to_string();
+        let matching = adopted.iter().position(|(name, l)| {
+            name.as_deref() == Some(wanted.as_str())
+                || l.local == wanted
+                || matches!(spec, BindSpec::Fd(fd) if l.fd.as_raw_fd() == *fd)
+        });
+        match matching {
+            Some(index) => {
+                let (_, mut listener) = adopted.remove(index);
+                listener.spec = spec.clone();
+                listeners.push(listener);
+            }
+            None => listeners.push(bind(spec, config.backlog).map_err(|e| e.to_string())?),
+        }
+    }
+    if let Some((name, l)) = adopted.first() {
+        return Err(format!(
+            "a passed socket (fd {}, name {}, address {}) matches no bind entry; add it to `bind`",
+            l.fd.as_raw_fd(),
+            name.as_deref().unwrap_or("none"),
+            l.local
+        ));
+    }
+    Ok(listeners)
 }

@@ -12,6 +12,7 @@
 
 pub mod pidfile;
 pub mod signals;
+pub mod upgrade;
 
 use crate::app::AppFactory;
 use crate::config::{Config, ConfigError};
@@ -25,6 +26,7 @@ use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use upgrade::{Relaunch, Upgrade};
 
 /// How long a worker sent SIGABRT (timeout) or QUIT gets before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(1);
@@ -92,6 +94,11 @@ pub struct Master {
     spawn_not_before: Option<Instant>,
     fatal: Option<(u8, String)>,
     pidfile: Option<pidfile::Pidfile>,
+    relaunch: Relaunch,
+    /// A USR2 upgrade this master started and is waiting on.
+    upgrade: Option<Upgrade>,
+    /// Set when this master was started by USR2: the old master to tell when ready.
+    upgrade_from: Option<i32>,
 }
 
 impl Master {
@@ -100,16 +107,20 @@ impl Master {
         config: Config,
         reload_config: Reloader,
         resolve_app: AppResolver,
+        relaunch: Relaunch,
     ) -> Result<Master, String> {
         let factory = resolve_app(&config)?;
+        let upgrade_from = std::env::var(upgrade::UPGRADE_FROM_VAR)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok());
+        std::env::remove_var(upgrade::UPGRADE_FROM_VAR);
+        let passed = crate::systemd::take_listen_fds();
         crate::privileges::apply_umask_and_chdir(&config)?;
         let signals =
             signals::SignalIntake::install().map_err(|e| format!("cannot set up signals: {e}"))?;
-        let mut listeners = Vec::new();
-        for spec in &config.bind {
-            let listener = listeners::bind(spec, config.backlog).map_err(|e| e.to_string())?;
+        let listeners = listeners::bind_all(&config, passed)?;
+        for listener in &listeners {
             tracing::info!("listening on {}", listener.local);
-            listeners.push(listener);
         }
         let scoreboard = Scoreboard::new().map_err(|e| e.to_string())?;
         let pidfile = match &config.pidfile {
@@ -137,6 +148,9 @@ impl Master {
             spawn_not_before: None,
             fatal: None,
             pidfile,
+            relaunch,
+            upgrade: None,
+            upgrade_from,
         })
     }
 
@@ -148,7 +162,11 @@ impl Master {
             self.reconcile();
             self.wait_for_events();
             while let Some(received) = self.signals.next() {
-                self.handle_signal(received.signo);
+                if received.signo == upgrade::ready_signal() {
+                    self.upgrade_ready(received.sender);
+                } else {
+                    self.handle_signal(received.signo);
+                }
             }
             self.reap();
             self.observe_scoreboard();
@@ -184,6 +202,9 @@ impl Master {
         if let Some(at) = self.spawn_not_before {
             next = next.min(at);
         }
+        if let Some(upgrade) = &self.upgrade {
+            next = next.min(upgrade.deadline);
+        }
         let now_ms = monotonic_ms();
         for w in &self.workers {
             match w.phase {
@@ -218,9 +239,7 @@ impl Master {
                 crate::logging::reopen();
                 self.signal_all(Signal::SIGUSR1);
             }
-            Signal::SIGUSR2 => {
-                tracing::warn!("USR2: binary upgrade is not available in this build; ignoring")
-            }
+            Signal::SIGUSR2 => self.start_upgrade(),
             Signal::SIGWINCH => {
                 tracing::info!("WINCH: stopping all workers gracefully; the master stays (HUP starts them again)");
                 self.target = 0;
@@ -326,7 +345,14 @@ impl Master {
             } else if !matches!(w.phase, Phase::Killed { .. }) {
                 // A worker still booting has no QUIT handler yet (QUIT's default action
                 // dumps core): it has nothing to lose, so it is killed outright.
-                let _ = kill(w.pid, if w.ready { Signal::SIGQUIT } else { Signal::SIGKILL });
+                let _ = kill(
+                    w.pid,
+                    if w.ready {
+                        Signal::SIGQUIT
+                    } else {
+                        Signal::SIGKILL
+                    },
+                );
                 self.workers[index].phase = Phase::Stopping {
                     reason: "stop",
                     kill_at: Instant::now() + KILL_GRACE,
@@ -350,6 +376,10 @@ impl Master {
                 Ok(status) => status,
             };
             let Some(pid) = status.pid() else { continue };
+            if self.upgrade.as_ref().is_some_and(|u| u.child == pid) {
+                self.upgrade_failed(&format!("the new master exited ({status:?})"));
+                continue;
+            }
             let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
                 continue;
             };
@@ -455,6 +485,14 @@ impl Master {
             if ready >= self.target && self.target > 0 {
                 self.announced_ready = true;
                 tracing::info!(workers = ready, "all workers ready");
+                if let Some(old) = self.upgrade_from.take() {
+                    tracing::info!(
+                        old_master = old,
+                        "upgrade: telling the old master that this one is ready"
+                    );
+                    // SAFETY: kill(2) with a realtime signal number.
+                    unsafe { libc::kill(old, upgrade::ready_signal()) };
+                }
             }
         }
     }
@@ -462,6 +500,16 @@ impl Master {
     /// Kills workers that stopped reporting progress, and those past their stop deadline.
     fn enforce_deadlines(&mut self) {
         let now = Instant::now();
+        if let Some(upgrade) = &self.upgrade {
+            if now >= upgrade.deadline {
+                let child = upgrade.child;
+                self.upgrade_failed(&format!(
+                    "the new master {child} was not ready within {}s",
+                    upgrade::READY_DEADLINE.as_secs()
+                ));
+                let _ = kill(child, Signal::SIGTERM);
+            }
+        }
         let now_ms = monotonic_ms();
         for w in &mut self.workers {
             match w.phase {
@@ -506,6 +554,67 @@ impl Master {
                 }
                 _ => {}
             }
+        }
+    }
+
+    // ---- binary upgrade --------------------------------------------------------------
+
+    /// USR2: start a new master from the binary on disk, handing it the listeners.
+    fn start_upgrade(&mut self) {
+        if self.state != RunState::Serving {
+            return;
+        }
+        if let Some(upgrade) = &self.upgrade {
+            tracing::warn!(
+                new_master = upgrade.child.as_raw(),
+                "USR2: an upgrade is already in progress; ignoring"
+            );
+            return;
+        }
+        let pidfile = self.config.pidfile.as_deref();
+        match Upgrade::start(
+            &self.relaunch,
+            &self.listeners,
+            pidfile,
+            self.signals.fd().as_raw_fd(),
+        ) {
+            Ok(upgrade) => {
+                tracing::info!(
+                    new_master = upgrade.child.as_raw(),
+                    binary = %self.relaunch.exe.display(),
+                    "USR2: binary upgrade started; serving until the new master is ready"
+                );
+                self.upgrade = Some(upgrade);
+            }
+            Err(e) => tracing::error!("USR2: binary upgrade failed, keeping this master: {e}"),
+        }
+    }
+
+    /// The new master says its workers are ready: hand over and stop gracefully.
+    fn upgrade_ready(&mut self, sender: i32) {
+        let Some(upgrade) = self.upgrade.take() else {
+            return;
+        };
+        if upgrade.child.as_raw() != sender {
+            self.upgrade = Some(upgrade);
+            return;
+        }
+        tracing::info!(
+            new_master = sender,
+            "upgrade: the new master is ready; this master stops gracefully"
+        );
+        upgrade.remove_oldbin();
+        // The pidfile now names the new master: leave it alone on exit.
+        self.pidfile = None;
+        self.begin_stop(true, "upgrade");
+    }
+
+    fn upgrade_failed(&mut self, why: &str) {
+        if let Some(upgrade) = self.upgrade.take() {
+            tracing::error!(
+                "upgrade failed: {why}; this master keeps serving and the pidfile is restored"
+            );
+            upgrade.restore_pidfile();
         }
     }
 

@@ -34,8 +34,11 @@ fn handled_set() -> SigSet {
         // SAFETY: raw is a valid sigset_t and the numbers are valid signals.
         unsafe { libc::sigaddset(&mut raw, signal as libc::c_int) };
     }
-    // SAFETY: as above, for the realtime doorbell signal.
-    unsafe { libc::sigaddset(&mut raw, doorbell()) };
+    // SAFETY: as above, for the realtime doorbell and upgrade-ready signals.
+    unsafe {
+        libc::sigaddset(&mut raw, doorbell());
+        libc::sigaddset(&mut raw, super::upgrade::ready_signal());
+    }
     // SAFETY: raw was initialised from an empty SigSet and filled with sigaddset.
     unsafe { SigSet::from_sigset_t_unchecked(raw) }
 }
@@ -45,9 +48,10 @@ pub struct SignalIntake {
     fd: SignalFd,
 }
 
-/// One received signal: its number.
+/// One received signal: its number and the pid that sent it.
 pub struct Received {
     pub signo: i32,
+    pub sender: i32,
 }
 
 impl SignalIntake {
@@ -67,6 +71,7 @@ impl SignalIntake {
         match self.fd.read_signal() {
             Ok(Some(info)) => Some(Received {
                 signo: info.ssi_signo as i32,
+                sender: info.ssi_pid as i32,
             }),
             _ => None,
         }

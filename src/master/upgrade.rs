@@ -1,0 +1,150 @@
+//! USR2 binary upgrade, the old master's side: rename the pidfile to `PIDFILE.oldbin`,
+//! fork and exec the binary now on disk (the path resolved at start, not
+//! /proc/self/exe) with the listeners passed by the systemd protocol, and wait for the
+//! new master to say it is ready (the `upgrade_ready` signal). If it exits or misses the
+//! deadline, the pidfile is restored and this master keeps serving.
+
+use crate::listeners::Listener;
+use crate::systemd::LISTEN_FDS_START;
+use nix::unistd::{fork, ForkResult, Pid};
+use std::ffi::{CString, OsString};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Environment variable telling a new master which old master to notify when ready.
+/// Deliberately outside the `FORKD_` prefix, which is reserved for config keys.
+pub const UPGRADE_FROM_VAR: &str = "_FORKD_UPGRADE_FROM";
+/// How long a new master gets to have all its workers ready.
+pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The signal a new master sends its old master once its workers are ready.
+pub fn ready_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+/// How to start this program again: resolved once at start.
+#[derive(Debug, Clone)]
+pub struct Relaunch {
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+/// An upgrade in progress.
+pub struct Upgrade {
+    pub child: Pid,
+    pub deadline: Instant,
+    pidfile: Option<PathBuf>,
+}
+
+fn oldbin(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".oldbin");
+    PathBuf::from(name)
+}
+
+impl Upgrade {
+    /// Starts the new master. `signal_fd` is closed in the child.
+    pub fn start(
+        relaunch: &Relaunch,
+        listeners: &[Listener],
+        pidfile: Option<&Path>,
+        signal_fd: i32,
+    ) -> Result<Upgrade, String> {
+        if !relaunch.exe.exists() {
+            return Err(format!("binary {} does not exist", relaunch.exe.display()));
+        }
+        if let Some(path) = pidfile {
+            std::fs::rename(path, oldbin(path))
+                .map_err(|e| format!("cannot rename pidfile {} to .oldbin: {e}", path.display()))?;
+        }
+        let exe = CString::new(relaunch.exe.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+        let args: Vec<CString> = relaunch
+            .args
+            .iter()
+            .filter_map(|a| CString::new(a.as_bytes()).ok())
+            .collect();
+        let names: Vec<String> = listeners.iter().map(|l| l.spec.to_string()).collect();
+        let fds: Vec<i32> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+        let old_pid = std::process::id();
+        // Build everything that allocates before forking; the child only does syscalls.
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.to_str(),
+                    Some("LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES" | UPGRADE_FROM_VAR)
+                )
+            })
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).ok()
+            })
+            .collect();
+        env.push(CString::new(format!("LISTEN_FDS={}", fds.len())).map_err(|e| e.to_string())?);
+        env.push(
+            CString::new(format!("LISTEN_FDNAMES={}", names.join(":")))
+                .map_err(|e| e.to_string())?,
+        );
+        env.push(CString::new(format!("{UPGRADE_FROM_VAR}={old_pid}")).map_err(|e| e.to_string())?);
+        let pid_slot = env.len();
+        env.push(CString::new("LISTEN_PID=0").map_err(|e| e.to_string())?);
+        // SAFETY: single-threaded master; the child only calls async-signal-safe functions
+        // (dup/dup2/fcntl/getpid/execve) and formats into preallocated memory.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                super::signals::restore_in_child();
+                let _ = nix::unistd::close(signal_fd);
+                let mut env = env;
+                if let Ok(pid_var) = CString::new(format!("LISTEN_PID={}", std::process::id())) {
+                    env[pid_slot] = pid_var;
+                }
+                // Move the listeners above the target range first, then into 3, 4, ...
+                let high: Vec<i32> = fds
+                    .iter()
+                    .filter_map(|&fd| {
+                        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100)).ok()
+                    })
+                    .collect();
+                for (i, fd) in high.iter().enumerate() {
+                    let target = LISTEN_FDS_START + i as i32;
+                    // dup2 clears FD_CLOEXEC on the target: exactly these fds are inherited.
+                    let _ = nix::unistd::dup2(*fd, target);
+                }
+                let _ = nix::unistd::execve(&exe, &args, &env);
+                // SAFETY: exec failed; leave without running the parent's destructors.
+                unsafe { libc::_exit(127) }
+            }
+            Ok(ForkResult::Parent { child }) => Ok(Upgrade {
+                child,
+                deadline: Instant::now() + READY_DEADLINE,
+                pidfile: pidfile.map(Path::to_path_buf),
+            }),
+            Err(e) => {
+                if let Some(path) = pidfile {
+                    let _ = std::fs::rename(oldbin(path), path);
+                }
+                Err(format!("fork failed: {e}"))
+            }
+        }
+    }
+
+    /// The new master failed: give the pidfile back to this master.
+    pub fn restore_pidfile(&self) {
+        if let Some(path) = &self.pidfile {
+            match std::fs::rename(oldbin(path), path) {
+                Ok(()) => {}
+                Err(e) => tracing::error!("cannot restore pidfile {}: {e}", path.display()),
+            }
+        }
+    }
+
+    /// The new master took over: the `.oldbin` file is ours to remove.
+    pub fn remove_oldbin(&self) {
+        if let Some(path) = &self.pidfile {
+            let _ = std::fs::remove_file(oldbin(path));
+        }
+    }
+}
