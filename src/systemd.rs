@@ -36,7 +36,7 @@ pub fn take_listen_fds() -> Vec<PassedFd> {
     let names: Vec<Option<String>> = match names {
         Some(names) => names
             .split(':')
-            .map(|n| Some(n.to_string()).filter(|n| !n.is_empty()))
+            .map(|n| Some(decode_name(n)).filter(|n| !n.is_empty()))
             .collect(),
         None => Vec::new(),
     };
@@ -46,4 +46,28 @@ pub fn take_listen_fds() -> Vec<PassedFd> {
             name: names.get(i as usize).cloned().flatten(),
         })
         .collect()
+}
+
+/// Encodes a name for `LISTEN_FDNAMES`, whose separator is `:` (bind entries such as
+/// `127.0.0.1:8000` contain it): `%` and `:` are percent-encoded.
+pub fn encode_name(name: &str) -> String {
+    name.replace('%', "%25").replace(':', "%3A")
+}
+
+fn decode_name(name: &str) -> String {
+    name.replace("%3A", ":").replace("%25", "%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_colons_survive_the_round_trip() {
+        for name in ["127.0.0.1:8000", "[::1]:80", "unix:/run/a%b.sock", "http"] {
+            let encoded = encode_name(name);
+            assert!(!encoded.contains(':'));
+            assert_eq!(decode_name(&encoded), name);
+        }
+    }
 }

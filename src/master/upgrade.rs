@@ -65,7 +65,10 @@ impl Upgrade {
             .iter()
             .filter_map(|a| CString::new(a.as_bytes()).ok())
             .collect();
-        let names: Vec<String> = listeners.iter().map(|l| l.spec.to_string()).collect();
+        let names: Vec<String> = listeners
+            .iter()
+            .map(|l| crate::systemd::encode_name(&l.spec.to_string()))
+            .collect();
         let fds: Vec<i32> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
         let old_pid = std::process::id();
         // Build everything that allocates before forking; the child only does syscalls.
