@@ -22,7 +22,7 @@ pub mod config;
 pub mod control;
 mod listeners;
 mod logging;
-mod master;
+pub(crate) mod master;
 mod privileges;
 mod proctitle;
 pub mod scoreboard;
