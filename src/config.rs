@@ -721,7 +721,7 @@ fn line_of(source: &str, key: &str) -> Option<usize> {
         if let Some(header) = trimmed.strip_prefix('[') {
             current = Some(
                 header
-                    .trim_end_matches(|c| c == ']' || c == ' ')
+                    .trim_end_matches([']', ' '])
                     .trim()
                     .to_string(),
             );
