@@ -1,0 +1,392 @@
+//! Shared test harness: starts the real forkd binary, reads its error log, finds its
+//! workers in /proc, talks HTTP over real sockets, and runs a load client that counts
+//! every failure. Every wait is bounded; every process started is killed on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running forkd master; SIGKILLs it and its workers on drop.
+pub struct Server {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+    pub addr: String,
+}
+
+impl Server {
+    pub fn start(binary: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(binary)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start forkd");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let mut server = Server {
+            child,
+            log,
+            addr: String::new(),
+        };
+        let found = poll_until(Duration::from_secs(10), || {
+            server.log_contains("all workers ready")
+        });
+        assert!(found, "forkd did not become ready:\n{}", server.log());
+        let log = server.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("listening on "))
+            .expect("listening line");
+        server.addr = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        server
+    }
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().contains(needle)
+    }
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("kill");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for pid in children_of(self.pid()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        if rest.split(' ').nth(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+pub fn workers_of(master: i32) -> Vec<i32> {
+    children_of(master)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"forkd: worker"))
+        })
+        .collect()
+}
+
+pub fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("forkd-zd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Counts of a load run.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    pub fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().unwrap();
+        if errors.len() < 10 {
+            errors.push(what);
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length; returns (status, close?).
+pub fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool), String> {
+    let mut line = String::new();
+    if reader
+        .read_line(&mut line)
+        .map_err(|e| format!("read status: {e}"))?
+        == 0
+    {
+        return Err("connection closed before the response".into());
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(format!("bad status line {line:?}"))?;
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        line.clear();
+        if reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read header: {e}"))?
+            == 0
+        {
+            return Err("connection closed in the headers".into());
+        }
+        let header = line.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(v) = header.strip_prefix("content-length:") {
+            length = v
+                .trim()
+                .parse()
+                .map_err(|_| "bad content-length".to_string())?;
+        }
+        if header == "connection: close" {
+            close = true;
+        }
+    }
+    let mut body = vec![0; length];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("short body: {e}"))?;
+    Ok((status, close))
+}
+
+/// `connections` threads sending keep-alive requests until `stop`, reconnecting only
+/// when the server says `Connection: close`. Any other end of a connection is a failure.
+pub fn load(
+    addr: &str,
+    connections: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Tally>, Vec<std::thread::JoinHandle<()>>) {
+    let tally = Arc::new(Tally::default());
+    let handles = (0..connections)
+        .map(|_| {
+            let (addr, stop, tally) = (addr.to_string(), stop.clone(), tally.clone());
+            std::thread::spawn(move || {
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    if conn.is_none() {
+                        match TcpStream::connect(&addr) {
+                            Ok(s) => {
+                                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                                conn = Some(BufReader::new(s));
+                            }
+                            Err(e) => {
+                                tally.fail(format!("connect: {e}"));
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                        }
+                    }
+                    let reader = conn.as_mut().unwrap();
+                    let sent = reader
+                        .get_mut()
+                        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+                    let result = sent
+                        .map_err(|e| format!("write: {e}"))
+                        .and_then(|_| read_response(reader));
+                    match result {
+                        Ok((status, close)) if (200..300).contains(&status) => {
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                            if close {
+                                conn = None;
+                            }
+                        }
+                        Ok((status, _)) => {
+                            tally.fail(format!("status {status}"));
+                            conn = None;
+                        }
+                        Err(e) => {
+                            tally.fail(e);
+                            conn = None;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (tally, handles)
+}
+
+pub fn finish(stop: Arc<AtomicBool>, handles: Vec<std::thread::JoinHandle<()>>) {
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+pub fn assert_no_failures(tally: &Tally, server: &Server, what: &str) {
+    let (ok, failed) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+    );
+    eprintln!("{what}: {ok} ok, {failed} failed");
+    assert!(ok > 100, "{what}: too little traffic got through ({ok})");
+    assert_eq!(
+        failed,
+        0,
+        "{what}: failures {:?}\nlog:\n{}",
+        tally.errors.lock().unwrap(),
+        server.log()
+    );
+}
+
+pub fn forkd() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_forkd"))
+}
+
+/// One request on a fresh connection (`Connection: close`): (status, headers, body).
+pub fn request(addr: &str, raw: &str) -> Result<(u16, String, Vec<u8>), String> {
+    let mut stream: Box<dyn ReadWrite> = match addr.strip_prefix("unix:") {
+        Some(path) => Box::new(
+            std::os::unix::net::UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?,
+        ),
+        None => Box::new(TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?),
+    };
+    stream.set_timeout(Duration::from_secs(20));
+    stream
+        .write_all(raw.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut data = Vec::new();
+    stream
+        .read_to_end(&mut data)
+        .map_err(|e| format!("read: {e}"))?;
+    let split = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no header end")?;
+    let head = String::from_utf8_lossy(&data[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad status")?;
+    Ok((status, head, data[split + 4..].to_vec()))
+}
+
+/// GET `path` on a fresh connection.
+pub fn get(addr: &str, path: &str) -> Result<(u16, String, Vec<u8>), String> {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+pub trait ReadWrite: Read + Write {
+    fn set_timeout(&self, timeout: Duration);
+}
+impl ReadWrite for TcpStream {
+    fn set_timeout(&self, timeout: Duration) {
+        let _ = self.set_read_timeout(Some(timeout));
+    }
+}
+impl ReadWrite for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, timeout: Duration) {
+        let _ = self.set_read_timeout(Some(timeout));
+    }
+}
+
+/// Starts forkd and waits for it to exit (for runs that must fail): (exit code, stderr).
+pub fn run_to_exit(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (Option<i32>, String) {
+    let mut child = Command::new(binary)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start forkd");
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            for pid in children_of(child.id() as i32) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, reader.join().unwrap_or_default())
+}
+
+/// The embedded example app, built once per test process.
+pub fn counter_example() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--example", "counter", "--quiet"])
+                .status()
+                .expect("cargo build --example counter");
+            assert!(status.success(), "building the counter example failed");
+            let bin = forkd();
+            bin.parent()
+                .expect("target dir")
+                .join("examples")
+                .join("counter")
+        })
+        .clone()
+}
