@@ -719,12 +719,7 @@ fn line_of(source: &str, key: &str) -> Option<usize> {
     for (index, line) in source.lines().enumerate() {
         let trimmed = line.trim();
         if let Some(header) = trimmed.strip_prefix('[') {
-            current = Some(
-                header
-                    .trim_end_matches([']', ' '])
-                    .trim()
-                    .to_string(),
-            );
+            current = Some(header.trim_end_matches([']', ' ']).trim().to_string());
             if table.is_none() && current.as_deref() == Some(name) {
                 return Some(index + 1);
             }
@@ -1015,5 +1010,143 @@ impl Config {
         };
         out.push_str(&format!("ready = {ready}\n"));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("5MB"), Ok(5_000_000));
+        assert!(parse_size("10XB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn bind_entries() {
+        assert_eq!(
+            parse_bind("127.0.0.1:8000"),
+            Ok(BindSpec::Tcp("127.0.0.1:8000".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_bind("[::1]:8000"),
+            Ok(BindSpec::Tcp("[::1]:8000".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_bind("unix:/run/a.sock"),
+            Ok(BindSpec::Unix("/run/a.sock".into()))
+        );
+        assert_eq!(parse_bind("fd://3"), Ok(BindSpec::Fd(3)));
+        assert!(parse_bind("fd://1").is_err());
+        assert!(parse_bind("localhost:80").is_ok());
+        assert!(parse_bind("nowhere").is_err());
+        assert!(parse_bind("127.0.0.1:99999").is_err());
+        for text in ["127.0.0.1:8000", "[::1]:8000", "unix:/run/a.sock", "fd://3"] {
+            assert_eq!(parse_bind(text).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn suggestions_pick_the_closest_key() {
+        assert_eq!(
+            suggestion("worker", ["workers", "threads"].into_iter()),
+            " (did you mean `workers`?)"
+        );
+        assert_eq!(suggestion("zzzzzz", ["workers", "threads"].into_iter()), "");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn lines_are_found_in_tables() {
+        let source = "app = \"x\"\n[log]\nlevel = \"loud\"\n[limits]\nmax_body = 1\n";
+        assert_eq!(line_of(source, "app"), Some(1));
+        assert_eq!(line_of(source, "log.level"), Some(3));
+        assert_eq!(line_of(source, "limits.max_body"), Some(5));
+    }
+
+    #[test]
+    fn every_source_validates_the_same_way() {
+        let mut config = Config::default();
+        let env = Origin::Env("FORKD_WORKERS");
+        assert!(set(&mut config, "workers", Value::String("auto".into()), &env).is_ok());
+        assert_eq!(config.workers, Workers::Auto);
+        assert!(config.worker_count() >= 1);
+        let err = set(&mut config, "workers", Value::Integer(0), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("FORKD_WORKERS") && err.contains("integer >= 1"),
+            "{err}"
+        );
+        assert!(set(&mut config, "umask", Value::String("0022".into()), &env).is_ok());
+        assert_eq!(config.umask, Some(0o022));
+        assert!(set(
+            &mut config,
+            "forwarded_allow_ips",
+            Value::String("10.0.0.0/8, ::1".into()),
+            &env
+        )
+        .is_ok());
+        assert!(set(
+            &mut config,
+            "forwarded_allow_ips",
+            Value::String("10.0.0.0/40".into()),
+            &env
+        )
+        .is_err());
+        assert!(set(
+            &mut config,
+            "log.error_log",
+            Value::String("off".into()),
+            &env
+        )
+        .is_err());
+        assert!(set(&mut config, "exec.ready", Value::String("2s".into()), &env).is_ok());
+        assert_eq!(config.exec.ready, ReadyMode::After(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn printed_config_loads_back_to_the_same_config() {
+        let mut config = Config::default();
+        let origin = Origin::Flag("test");
+        set(&mut config, "app", Value::String("echo".into()), &origin).unwrap();
+        set(
+            &mut config,
+            "bind",
+            Value::String("127.0.0.1:9000,unix:/tmp/x.sock".into()),
+            &origin,
+        )
+        .unwrap();
+        set(
+            &mut config,
+            "timeout",
+            Value::String("1500ms".into()),
+            &origin,
+        )
+        .unwrap();
+        set(
+            &mut config,
+            "exec.command",
+            Value::String("uvicorn app:app --fd 3".into()),
+            &origin,
+        )
+        .unwrap();
+        config.env.insert("APP_ENV".into(), "production".into());
+        let text = config.to_toml();
+        let mut reloaded = Config::default();
+        apply_file(&mut reloaded, std::path::Path::new("printed.toml"), &text).unwrap();
+        assert_eq!(reloaded, config, "{text}");
     }
 }
