@@ -6,7 +6,7 @@
 mod harness;
 
 use harness::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,4 +173,134 @@ fn usr2_to_a_binary_that_exits_keeps_the_old_master_and_restores_the_pidfile() {
     assert_eq!(pid.trim(), server.pid().to_string());
     assert_no_failures(&tally, &server, "failed USR2");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let path = temp_dir(name).join("forkd.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn hup_changing_workers_2_to_4_and_adding_a_bind_drops_nothing() {
+    let extra = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port");
+    let extra_addr = extra.local_addr().expect("addr").to_string();
+    drop(extra);
+    let path = write_config(
+        "hup-scale",
+        "app = \"hello\"\nworkers = 2\nbind = [\"127.0.0.1:0\"]\n",
+    );
+    let server = Server::start(&forkd(), &["-c", path.to_str().unwrap()]);
+    let first = server.addr.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    // The first address is kept by its spec ("127.0.0.1:0"), a second one is added.
+    std::fs::write(
+        &path,
+        format!("app = \"hello\"\nworkers = 4\nbind = [\"127.0.0.1:0\", \"{extra_addr}\"]\n"),
+    )
+    .expect("rewrite");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let scaled = poll_until(Duration::from_secs(10), || {
+        workers_of(server.pid()).len() == 4
+            && server.log().matches("reason=\"reload\"").count() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    finish(stop, handles);
+    assert!(scaled, "{:?}\n{}", workers_of(server.pid()), server.log());
+    assert_eq!(get(&extra_addr, "/").expect("new bind serves").0, 200);
+    assert_eq!(get(&first, "/").expect("old bind still serves").0, 200);
+    assert_no_failures(&tally, &server, "HUP workers 2 -> 4");
+}
+
+#[test]
+fn hup_with_an_invalid_config_under_load_changes_nothing() {
+    let path = write_config(
+        "hup-bad-load",
+        "app = \"hello\"\nworkers = 2\nbind = [\"127.0.0.1:0\"]\n",
+    );
+    let server = Server::start(&forkd(), &["-c", path.to_str().unwrap()]);
+    let before = workers_of(server.pid());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(
+        &path,
+        "app = \"hello\"\nworkers = 2\n[limits]\nmax_body = \"lots\"\n",
+    )
+    .expect("rewrite");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let logged = poll_until(Duration::from_secs(5), || {
+        server.log_contains("reload failed")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    finish(stop, handles);
+    assert!(logged, "{}", server.log());
+    assert!(
+        server.log_contains("`limits.max_body`"),
+        "the error names the key:\n{}",
+        server.log()
+    );
+    assert_eq!(workers_of(server.pid()), before);
+    assert_no_failures(&tally, &server, "invalid HUP");
+}
+
+#[test]
+fn manual_upgrade_usr2_then_winch_and_term_on_the_old_master_drops_nothing() {
+    let dir = temp_dir("manual");
+    let pidfile = dir.join("forkd.pid");
+    let mut server = Server::start(
+        &forkd(),
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+            "-p",
+            pidfile.to_str().unwrap(),
+            "hello",
+        ],
+    );
+    let old = server.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(nix::sys::signal::Signal::SIGUSR2);
+    let read_pid = || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), || read_pid()
+            .is_some_and(|p| p != old)),
+        "{}",
+        server.log()
+    );
+    let new_pid = read_pid().unwrap_or(0);
+    // The operator's half: WINCH, then TERM, to the old master.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGWINCH,
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let old_gone = poll_until(Duration::from_secs(15), || {
+        matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    finish(stop, handles);
+    let new_workers = workers_of(new_pid);
+    assert_eq!(new_workers.len(), 2, "the new master serves with 2 workers");
+    for pid in new_workers.into_iter().chain([new_pid]) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(old_gone, "{}", server.log());
+    assert_no_failures(&tally, &server, "manual WINCH/TERM upgrade");
 }
