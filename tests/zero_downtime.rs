@@ -304,3 +304,73 @@ fn manual_upgrade_usr2_then_winch_and_term_on_the_old_master_drops_nothing() {
     assert!(old_gone, "{}", server.log());
     assert_no_failures(&tally, &server, "manual WINCH/TERM upgrade");
 }
+
+#[test]
+fn manual_upgrade_rolls_back_with_hup_to_the_old_master_and_term_to_the_new() {
+    let dir = temp_dir("rollback");
+    let pidfile = dir.join("forkd.pid");
+    let server = Server::start(
+        &forkd(),
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+            "-p",
+            pidfile.to_str().unwrap(),
+            "hello",
+        ],
+    );
+    let old = server.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    server.signal(nix::sys::signal::Signal::SIGUSR2);
+    server.signal(nix::sys::signal::Signal::SIGWINCH);
+    let read_pid = || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), || read_pid()
+            .is_some_and(|p| p != old)),
+        "{}",
+        server.log()
+    );
+    let new_pid = read_pid().unwrap_or(0);
+    assert!(
+        poll_until(Duration::from_secs(10), || server
+            .log_contains("staying for the operator")),
+        "{}",
+        server.log()
+    );
+    assert!(
+        poll_until(Duration::from_secs(10), || workers_of(old).is_empty()),
+        "old workers stopped by WINCH"
+    );
+    // Roll back: the old master starts workers again, the new master stops gracefully.
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        poll_until(Duration::from_secs(10), || workers_of(old).len() == 2),
+        "{}",
+        server.log()
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(new_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let restored = poll_until(Duration::from_secs(15), || read_pid() == Some(old));
+    std::thread::sleep(Duration::from_millis(300));
+    finish(stop, handles);
+    assert!(
+        restored,
+        "pidfile names the old master again:\n{}",
+        server.log()
+    );
+    assert!(
+        server.log_contains("this master is the master again"),
+        "{}",
+        server.log()
+    );
+    assert_no_failures(&tally, &server, "manual upgrade rollback");
+}

@@ -99,6 +99,12 @@ pub struct Master {
     upgrade: Option<Upgrade>,
     /// Set when this master was started by USR2: the old master to tell when ready.
     upgrade_from: Option<i32>,
+    /// WINCH arrived during an upgrade: the operator drives it (nginx style), so this
+    /// master stays after the new one is ready, for TERM/QUIT or a HUP rollback.
+    manual_upgrade: bool,
+    /// A new master that took over while this one stayed (manual upgrade); when it
+    /// exits, this master takes the pidfile back.
+    successor: Option<Upgrade>,
 }
 
 impl Master {
@@ -151,6 +157,8 @@ impl Master {
             relaunch,
             upgrade: None,
             upgrade_from,
+            manual_upgrade: false,
+            successor: None,
         })
     }
 
@@ -243,6 +251,10 @@ impl Master {
             Signal::SIGWINCH => {
                 tracing::info!("WINCH: stopping all workers gracefully; the master stays (HUP starts them again)");
                 self.target = 0;
+                if self.upgrade.is_some() {
+                    tracing::info!("WINCH during an upgrade: this master stays after the new one is ready (TERM or QUIT it to finish, HUP it to roll back)");
+                    self.manual_upgrade = true;
+                }
             }
             Signal::SIGTTIN => {
                 self.target = (self.target + 1).min(crate::scoreboard::CAPACITY / 2);
@@ -378,6 +390,14 @@ impl Master {
             let Some(pid) = status.pid() else { continue };
             if self.upgrade.as_ref().is_some_and(|u| u.child == pid) {
                 self.upgrade_failed(&format!("the new master exited ({status:?})"));
+                continue;
+            }
+            if let Some(successor) = self.successor.take_if(|s| s.child == pid) {
+                tracing::info!(
+                    new_master = pid.as_raw(),
+                    "the new master exited; this master is the master again"
+                );
+                successor.restore_pidfile();
                 continue;
             }
             let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
@@ -599,6 +619,14 @@ impl Master {
             self.upgrade = Some(upgrade);
             return;
         }
+        if self.manual_upgrade {
+            tracing::info!(
+                new_master = sender,
+                "upgrade: the new master is ready; staying for the operator (manual upgrade)"
+            );
+            self.successor = Some(upgrade);
+            return;
+        }
         tracing::info!(
             new_master = sender,
             "upgrade: the new master is ready; this master stops gracefully"
@@ -757,6 +785,9 @@ impl Master {
         }
         if let Some(pidfile) = &self.pidfile {
             pidfile.remove();
+        }
+        if let Some(successor) = &self.successor {
+            successor.remove_oldbin();
         }
         tracing::info!(pid = self.pid, "master exiting");
     }
