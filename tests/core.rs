@@ -330,20 +330,8 @@ fn max_requests_recycles_workers_without_failures_for_new_connections() {
 
 #[test]
 fn term_lets_a_slow_request_finish_then_exits_0_and_removes_the_pidfile() {
-    let dir = temp_dir("term");
-    let pidfile = dir.join("forkd.pid");
-    let mut server = Server::start(
-        &forkd(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "1",
-            "-p",
-            pidfile.to_str().unwrap(),
-            "echo",
-        ],
-    );
+    let (mut server, pidfile) =
+        start_with_pidfile("term", &forkd(), &["-b", "127.0.0.1:0", "-w", "1", "echo"]);
     assert_eq!(
         std::fs::read_to_string(&pidfile).expect("pidfile").trim(),
         server.pid().to_string()

@@ -94,15 +94,11 @@ fn usr2_upgrade_under_load_drops_nothing_and_moves_the_pidfile() {
     std::fs::copy(forkd(), &fresh).expect("copy binary");
     std::fs::rename(&fresh, &binary).expect("replace binary");
     server.signal(nix::sys::signal::Signal::SIGUSR2);
-    let read_pid = || {
-        std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-    };
+    let current_pid = || read_pid(&pidfile);
     let moved = poll_until(Duration::from_secs(15), || {
-        read_pid().is_some_and(|p| p != old)
+        current_pid().is_some_and(|p| p != old)
     });
-    let new_pid = read_pid().unwrap_or(0);
+    let new_pid = current_pid().unwrap_or(0);
     let mut server = server;
     let old_gone = poll_until(Duration::from_secs(15), || {
         matches!(server.child.try_wait(), Ok(Some(_)))
@@ -248,37 +244,24 @@ fn hup_with_an_invalid_config_under_load_changes_nothing() {
 
 #[test]
 fn manual_upgrade_usr2_then_winch_and_term_on_the_old_master_drops_nothing() {
-    let dir = temp_dir("manual");
-    let pidfile = dir.join("forkd.pid");
-    let mut server = Server::start(
+    let (mut server, pidfile) = start_with_pidfile(
+        "manual",
         &forkd(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "2",
-            "-p",
-            pidfile.to_str().unwrap(),
-            "hello",
-        ],
+        &["-b", "127.0.0.1:0", "-w", "2", "hello"],
     );
     let old = server.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, handles) = load(&server.addr, 64, stop.clone());
     std::thread::sleep(Duration::from_millis(200));
     server.signal(nix::sys::signal::Signal::SIGUSR2);
-    let read_pid = || {
-        std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-    };
+    let current_pid = || read_pid(&pidfile);
     assert!(
-        poll_until(Duration::from_secs(10), || read_pid()
+        poll_until(Duration::from_secs(10), || current_pid()
             .is_some_and(|p| p != old)),
         "{}",
         server.log()
     );
-    let new_pid = read_pid().unwrap_or(0);
+    let new_pid = current_pid().unwrap_or(0);
     // The operator's half: WINCH, then TERM, to the old master.
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(old),
@@ -307,37 +290,24 @@ fn manual_upgrade_usr2_then_winch_and_term_on_the_old_master_drops_nothing() {
 
 #[test]
 fn manual_upgrade_rolls_back_with_hup_to_the_old_master_and_term_to_the_new() {
-    let dir = temp_dir("rollback");
-    let pidfile = dir.join("forkd.pid");
-    let server = Server::start(
+    let (server, pidfile) = start_with_pidfile(
+        "rollback",
         &forkd(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "2",
-            "-p",
-            pidfile.to_str().unwrap(),
-            "hello",
-        ],
+        &["-b", "127.0.0.1:0", "-w", "2", "hello"],
     );
     let old = server.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, handles) = load(&server.addr, 64, stop.clone());
     server.signal(nix::sys::signal::Signal::SIGUSR2);
     server.signal(nix::sys::signal::Signal::SIGWINCH);
-    let read_pid = || {
-        std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-    };
+    let current_pid = || read_pid(&pidfile);
     assert!(
-        poll_until(Duration::from_secs(10), || read_pid()
+        poll_until(Duration::from_secs(10), || current_pid()
             .is_some_and(|p| p != old)),
         "{}",
         server.log()
     );
-    let new_pid = read_pid().unwrap_or(0);
+    let new_pid = current_pid().unwrap_or(0);
     assert!(
         poll_until(Duration::from_secs(10), || server
             .log_contains("staying for the operator")),
@@ -359,7 +329,7 @@ fn manual_upgrade_rolls_back_with_hup_to_the_old_master_and_term_to_the_new() {
         nix::unistd::Pid::from_raw(new_pid),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let restored = poll_until(Duration::from_secs(15), || read_pid() == Some(old));
+    let restored = poll_until(Duration::from_secs(15), || current_pid() == Some(old));
     std::thread::sleep(Duration::from_millis(300));
     finish(stop, handles);
     assert!(

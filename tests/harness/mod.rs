@@ -390,3 +390,20 @@ pub fn counter_example() -> PathBuf {
         })
         .clone()
 }
+
+/// Starts `binary` with `-p` pointing at a pidfile in a fresh temp dir named `name`,
+/// plus `args`; returns the server and the pidfile path.
+pub fn start_with_pidfile(name: &str, binary: &Path, args: &[&str]) -> (Server, PathBuf) {
+    let pidfile = temp_dir(name).join("forkd.pid");
+    let pid_arg = pidfile.to_str().expect("utf-8 temp path").to_string();
+    let mut all: Vec<&str> = vec!["-p", &pid_arg];
+    all.extend_from_slice(args);
+    (Server::start(binary, &all), pidfile)
+}
+
+/// The pid a pidfile names, if it exists and holds one.
+pub fn read_pid(pidfile: &Path) -> Option<i32> {
+    std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+}
