@@ -18,6 +18,8 @@ pub enum BindSpec {
     Unix(PathBuf),
     /// "fd://N": an already-listening socket inherited as fd N.
     Fd(RawFd),
+    /// "fd://NAME": the socket systemd passed under that name (`FileDescriptorName=`).
+    Named(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,9 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     pub app: Option<String>,
     pub bind: Vec<BindSpec>,
+    /// Whether `bind` was set (file, environment or command line) rather than defaulted:
+    /// with socket activation and no `bind`, every passed socket is served.
+    pub bind_given: bool,
     pub workers: Workers,
     pub threads: usize,
     pub backlog: i32,
@@ -170,7 +175,7 @@ impl Origin<'_> {
 /// Every key: (dotted key, what is allowed). The order is the print order.
 const KEYS: &[(&str, &str)] = &[
     ("app", "a built-in app name: hello | echo"),
-    ("bind", "a list of \"HOST:PORT\", \"[V6]:PORT\", \"unix:/path\" or \"fd://N\" (N >= 3)"),
+    ("bind", "a list of \"HOST:PORT\", \"[V6]:PORT\", \"unix:/path\", \"fd://N\" (N >= 3) or \"fd://NAME\" (a socket systemd passed by that name)"),
     ("workers", "an integer >= 1 or \"auto\""),
     ("threads", "an integer >= 1"),
     ("backlog", "an integer from 1 to 65535"),
@@ -217,6 +222,7 @@ impl Default for Config {
             config_file: None,
             app: None,
             bind: vec![BindSpec::Tcp(SocketAddr::from(([127, 0, 0, 1], 8000)))],
+            bind_given: false,
             workers: Workers::Count(1),
             threads: 1,
             backlog: 2048,
@@ -398,6 +404,7 @@ fn set(
                 .map(|e| parse_bind(e))
                 .collect::<Result<_, _>>()
                 .map_err(fail)?;
+            config.bind_given = true;
         }
         "workers" => {
             config.workers = match &value {
@@ -645,6 +652,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// A bind entry spelled literally (`unix:`, `fd://`, or an IP address and port), without
+/// resolving host names: for names that may or may not be entries (`LISTEN_FDNAMES`).
+pub fn parse_bind_literal(text: &str) -> Option<BindSpec> {
+    if text.starts_with("unix:") || text.starts_with("fd://") || text.parse::<SocketAddr>().is_ok()
+    {
+        parse_bind(text).ok()
+    } else {
+        None
+    }
+}
+
 /// Parses one bind entry.
 pub fn parse_bind(text: &str) -> Result<BindSpec, String> {
     let t = text.trim();
@@ -655,6 +673,18 @@ pub fn parse_bind(text: &str) -> Result<BindSpec, String> {
         return Ok(BindSpec::Unix(PathBuf::from(path)));
     }
     if let Some(number) = t.strip_prefix("fd://") {
+        if number.is_empty() {
+            return Err(format!("{text:?}: fd:// needs a number or a name"));
+        }
+        if !number.bytes().all(|b| b.is_ascii_digit()) {
+            // systemd's rule for FileDescriptorName=: printable ASCII without ':'.
+            if number.len() > 255 || !number.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                return Err(format!(
+                    "{text:?}: a socket name is up to 255 printable ASCII characters without ':'"
+                ));
+            }
+            return Ok(BindSpec::Named(number.to_string()));
+        }
         let fd: RawFd = number
             .parse()
             .map_err(|_| format!("{text:?}: fd:// needs a number"))?;
@@ -845,6 +875,7 @@ impl std::fmt::Display for BindSpec {
             BindSpec::Tcp(addr) => write!(f, "{addr}"),
             BindSpec::Unix(path) => write!(f, "unix:{}", path.display()),
             BindSpec::Fd(fd) => write!(f, "fd://{fd}"),
+            BindSpec::Named(name) => write!(f, "fd://{name}"),
         }
     }
 }
@@ -1049,6 +1080,9 @@ mod tests {
             Ok(BindSpec::Unix("/run/a.sock".into()))
         );
         assert_eq!(parse_bind("fd://3"), Ok(BindSpec::Fd(3)));
+        assert_eq!(parse_bind("fd://web"), Ok(BindSpec::Named("web".into())));
+        assert!(parse_bind("fd://").is_err());
+        assert!(parse_bind("fd://a b").is_err());
         assert!(parse_bind("fd://1").is_err());
         assert!(parse_bind("localhost:80").is_ok());
         assert!(parse_bind("nowhere").is_err());

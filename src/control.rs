@@ -1,10 +1,43 @@
 //! `forkd -c FILE -s SIGNAL`: signals the running master named by the config's pidfile,
 //! after checking that the pid really is a forkd master (a stale pidfile must not make
 //! forkd signal an unrelated process).
+//!
+//! `-s reload` waits for the outcome, so that `ExecReload=` (and scripts) return only
+//! once the reload is done: it sends HUP with sigqueue(3) carrying `RELOAD_TOKEN`, and
+//! the master answers that sender with `reload_reply_signal()` carrying `RELOAD_OK` or
+//! `RELOAD_FAILED` when the new workers are all ready (or the reload was abandoned). A
+//! plain `kill -HUP` carries no token and gets no answer.
 
 use crate::config::Config;
 use nix::sys::signal::Signal;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// The value a waiting `-s reload` puts on its HUP ("fork" in ASCII).
+pub const RELOAD_TOKEN: i32 = 0x666f_726b;
+pub const RELOAD_OK: i32 = 1;
+pub const RELOAD_FAILED: i32 = 2;
+/// How long `-s reload` waits for the master's answer.
+const RELOAD_WAIT: Duration = Duration::from_secs(300);
+
+/// The signal the master answers a waiting `-s reload` with.
+pub fn reload_reply_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 2
+}
+
+/// Whether a received HUP came from a `-s reload` that waits for an answer.
+pub fn wants_reload_reply(code: i32, value: i32) -> bool {
+    code == libc::SI_QUEUE && value == RELOAD_TOKEN
+}
+
+/// The master's answer to a waiting `-s reload`.
+pub fn answer_reload(pid: i32, ok: bool) {
+    let value = libc::sigval {
+        sival_ptr: (if ok { RELOAD_OK } else { RELOAD_FAILED }) as usize as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue(3) with a valid signal number and a plain integer value.
+    unsafe { libc::sigqueue(pid, reload_reply_signal(), value) };
+}
 
 /// The signal behind each `-s` name.
 pub fn signal_for(name: &str) -> Option<Signal> {
@@ -51,6 +84,64 @@ fn try_send(config: &Config, name: &str) -> Result<(), String> {
             path.display()
         ));
     }
+    if signal == Signal::SIGHUP {
+        return reload_and_wait(pid);
+    }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
         .map_err(|e| format!("cannot send {signal} to {pid}: {e}"))
+}
+
+/// Sends a HUP that asks for an answer and waits for it (see the module doc).
+fn reload_and_wait(pid: i32) -> Result<(), String> {
+    use nix::sys::signal::SigSet;
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    // SAFETY: sigemptyset/sigaddset on a zeroed sigset_t with a valid signal number.
+    let mut raw: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut raw);
+        libc::sigaddset(&mut raw, reload_reply_signal());
+    }
+    // SAFETY: raw was initialised above.
+    let set = unsafe { SigSet::from_sigset_t_unchecked(raw) };
+    // Blocked before the HUP goes out, so an early answer waits in the signalfd.
+    set.thread_block()
+        .map_err(|e| format!("cannot block the reply signal: {e}"))?;
+    let replies = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("cannot wait for the master's answer: {e}"))?;
+    let token = libc::sigval {
+        sival_ptr: RELOAD_TOKEN as usize as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue(3) to the checked master pid with a plain integer value.
+    if unsafe { libc::sigqueue(pid, libc::SIGHUP, token) } != 0 {
+        return Err(format!(
+            "cannot send HUP to {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let deadline = Instant::now() + RELOAD_WAIT;
+    while Instant::now() < deadline {
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&replies),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16));
+        while let Ok(Some(info)) = replies.read_signal() {
+            if info.ssi_pid as i32 != pid {
+                continue;
+            }
+            return match info.ssi_int {
+                RELOAD_OK => Ok(()),
+                _ => Err(format!(
+                    "the reload of master {pid} failed; it keeps serving as before (its error log says why)"
+                )),
+            };
+        }
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+            return Err(format!("master {pid} exited during the reload"));
+        }
+    }
+    Err(format!(
+        "master {pid} did not finish the reload within {}s",
+        RELOAD_WAIT.as_secs()
+    ))
 }

@@ -81,6 +81,14 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(name) = &cli.signal {
+        // A reload is checked here first, as `nginx -t` before `nginx -s reload`: an
+        // invalid file is refused with its error, and the master is not touched.
+        if name == "reload" {
+            if let Err(e) = resolve(&config) {
+                eprintln!("forkd: config error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
         return control::send_signal(&config, name);
     }
     if let Err(e) = resolve(&config) {

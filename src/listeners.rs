@@ -49,6 +49,10 @@ pub fn bind(spec: &BindSpec, backlog: i32) -> io::Result<Listener> {
         BindSpec::Tcp(addr) => bind_tcp(spec, *addr, backlog).map_err(context),
         BindSpec::Unix(path) => bind_unix(spec, path, backlog).map_err(context),
         BindSpec::Fd(fd) => adopt_fd(spec.clone(), *fd).map_err(context),
+        BindSpec::Named(name) => Err(context(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no socket named {name:?} was passed (LISTEN_FDNAMES); is the .socket unit's FileDescriptorName= the same?"),
+        ))),
     }
 }
 
@@ -168,19 +172,25 @@ fn backlog_of(backlog: i32) -> Backlog {
 /// the listeners handed over by USR2) where one matches the entry by name
 /// (`LISTEN_FDNAMES`) or by address, and binding the rest. A passed socket that matches
 /// no entry is an error: serving it silently, or dropping it, would both surprise.
+/// Without a `bind` setting, every passed socket is served as it is.
 pub fn bind_all(config: &Config, passed: Vec<PassedFd>) -> Result<Vec<Listener>, String> {
     let mut adopted = Vec::new();
     for p in passed {
+        let spec = passed_spec(&p);
         adopted.push((
             p.name.clone(),
-            adopt_fd(BindSpec::Fd(p.fd), p.fd).map_err(|e| e.to_string())?,
+            adopt_fd(spec, p.fd).map_err(|e| format!("passed socket: {e}"))?,
         ));
+    }
+    if !config.bind_given && !adopted.is_empty() {
+        return Ok(adopted.into_iter().map(|(_, l)| l).collect());
     }
     let mut listeners = Vec::new();
     for spec in &config.bind {
         let wanted = spec.to_string();
         let matching = adopted.iter().position(|(name, l)| {
             name.as_deref() == Some(wanted.as_str())
+                || matches!(spec, BindSpec::Named(n) if name.as_deref() == Some(n.as_str()))
                 || l.local == wanted
                 || matches!(spec, BindSpec::Fd(fd) if l.fd.as_raw_fd() == *fd)
         });
@@ -202,4 +212,16 @@ pub fn bind_all(config: &Config, passed: Vec<PassedFd>) -> Result<Vec<Listener>,
         ));
     }
     Ok(listeners)
+}
+
+/// What a passed socket is called when it is served without a `bind` entry: the entry
+/// its name spells (a USR2 hand-over names each socket by its entry), `fd://NAME` for a
+/// systemd name, else `fd://N`.
+fn passed_spec(p: &PassedFd) -> BindSpec {
+    match &p.name {
+        Some(name) => {
+            crate::config::parse_bind_literal(name).unwrap_or_else(|| BindSpec::Named(name.clone()))
+        }
+        None => BindSpec::Fd(p.fd),
+    }
 }

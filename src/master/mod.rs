@@ -10,18 +10,21 @@
 //! (old generation, or asking to retire) is stopped only when enough active workers are
 //! ready to take its place, so capacity never dips below the target.
 
+mod notify;
 pub mod pidfile;
 pub mod signals;
 pub mod upgrade;
 
 use crate::app::AppFactory;
 use crate::config::{Config, ConfigError};
+use crate::control;
 use crate::listeners::{self, Listener};
 use crate::scoreboard::{monotonic_ms, Scoreboard, WorkerState, FLAG_RETIRE};
 use crate::worker::{self, WorkerContext, EXIT_BOOT_ERROR};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
+use notify::SystemdLink;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -105,6 +108,22 @@ pub struct Master {
     /// A new master that took over while this one stayed (manual upgrade); when it
     /// exits, this master takes the pidfile back.
     successor: Option<Upgrade>,
+    /// This master was started by USR2 and told its old master it is ready; once the
+    /// old one has moved systemd's MAINPID here, it says so and this one sends READY=1.
+    handoff_from: Option<i32>,
+    /// sd_notify: READY, RELOADING, STOPPING, MAINPID, STATUS, WATCHDOG.
+    systemd: SystemdLink,
+    /// A HUP reload is under way (between RELOADING=1 and READY=1).
+    reloading: bool,
+    /// `forkd -s reload` processes waiting for the outcome of the current reload.
+    reload_waiters: Vec<i32>,
+    /// Requests served by workers that have exited (for STATUS=).
+    requests_of_exited: u64,
+    /// A new master took over (USR2): it owns the pidfile and the unix socket files.
+    handed_over: bool,
+    /// Serving every socket systemd passed, as there is no `bind` setting: a reload
+    /// without `bind` keeps them.
+    serving_passed_sockets: bool,
 }
 
 impl Master {
@@ -116,11 +135,13 @@ impl Master {
         relaunch: Relaunch,
     ) -> Result<Master, String> {
         let factory = resolve_app(&config)?;
+        let systemd = SystemdLink::from_env();
         let upgrade_from = std::env::var(upgrade::UPGRADE_FROM_VAR)
             .ok()
             .and_then(|v| v.parse::<i32>().ok());
         std::env::remove_var(upgrade::UPGRADE_FROM_VAR);
         let passed = crate::systemd::take_listen_fds();
+        let serving_passed_sockets = !config.bind_given && !passed.is_empty();
         crate::privileges::apply_umask_and_chdir(&config)?;
         let signals =
             signals::SignalIntake::install().map_err(|e| format!("cannot set up signals: {e}"))?;
@@ -159,6 +180,13 @@ impl Master {
             upgrade_from,
             manual_upgrade: false,
             successor: None,
+            handoff_from: None,
+            systemd,
+            reloading: false,
+            reload_waiters: Vec::new(),
+            requests_of_exited: 0,
+            serving_passed_sockets,
+            handed_over: false,
         })
     }
 
@@ -171,14 +199,24 @@ impl Master {
             self.wait_for_events();
             while let Some(received) = self.signals.next() {
                 if received.signo == upgrade::ready_signal() {
-                    self.upgrade_ready(received.sender);
+                    if self.handoff_from == Some(received.sender) {
+                        self.handoff_acknowledged();
+                    } else {
+                        self.upgrade_ready(received.sender);
+                    }
                 } else {
+                    if received.signo == libc::SIGHUP
+                        && control::wants_reload_reply(received.code, received.value)
+                    {
+                        self.reload_waiters.push(received.sender);
+                    }
                     self.handle_signal(received.signo);
                 }
             }
             self.reap();
             self.observe_scoreboard();
             self.enforce_deadlines();
+            self.report_to_systemd();
             if let Some(code) = self.finished() {
                 self.cleanup();
                 return ExitCode::from(code);
@@ -212,6 +250,9 @@ impl Master {
         }
         if let Some(upgrade) = &self.upgrade {
             next = next.min(upgrade.deadline);
+        }
+        if let Some(at) = self.systemd.deadline() {
+            next = next.min(at);
         }
         let now_ms = monotonic_ms();
         for w in &self.workers {
@@ -271,12 +312,16 @@ impl Master {
     /// HUP: re-read the config; on success roll the workers over to a new generation.
     fn reload(&mut self) {
         if self.state != RunState::Serving {
+            self.finish_reload(false);
             return;
         }
+        self.systemd.reloading();
+        self.reloading = true;
         let config = match (self.reload_config)() {
             Ok(config) => config,
             Err(e) => {
                 tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
+                self.finish_reload(false);
                 return;
             }
         };
@@ -284,11 +329,13 @@ impl Master {
             Ok(factory) => factory,
             Err(e) => {
                 tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
+                self.finish_reload(false);
                 return;
             }
         };
         if let Err(e) = self.rebind(&config) {
             tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
+            self.finish_reload(false);
             return;
         }
         if let Err(e) = crate::logging::reconfigure(&config.log) {
@@ -310,6 +357,9 @@ impl Master {
     /// Binds addresses new in `config` and closes the ones it no longer has (running
     /// workers keep their own copies until they exit).
     fn rebind(&mut self, config: &Config) -> Result<(), String> {
+        if self.serving_passed_sockets && !config.bind_given {
+            return Ok(());
+        }
         let mut next = Vec::new();
         for spec in &config.bind {
             if let Some(pos) = self.listeners.iter().position(|l| &l.spec == spec) {
@@ -340,6 +390,10 @@ impl Master {
             return;
         }
         self.state = RunState::Stopping { graceful };
+        self.systemd.stopping(&format!("stopping ({name})"));
+        if self.reloading {
+            self.finish_reload(false);
+        }
         if graceful {
             tracing::info!(
                 "{name}: graceful stop, draining {} workers",
@@ -398,6 +452,8 @@ impl Master {
                     "the new master exited; this master is the master again"
                 );
                 successor.restore_pidfile();
+                let status = self.status_line().1;
+                self.systemd.take_back(&status);
                 continue;
             }
             let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
@@ -412,6 +468,7 @@ impl Master {
         let slot = self.scoreboard.slot(worker.slot);
         let message = slot.message();
         let served = slot.requests();
+        self.requests_of_exited += served;
         self.scoreboard.release(worker.slot);
         let how = match status {
             WaitStatus::Exited(_, code) => format!("exit code {code}"),
@@ -480,6 +537,7 @@ impl Master {
                         self.stop_worker(index, "reload failed");
                     }
                 }
+                self.finish_reload(false);
                 return;
             }
         }
@@ -510,8 +568,14 @@ impl Master {
                         old_master = old,
                         "upgrade: telling the old master that this one is ready"
                     );
+                    // READY=1 waits for the old master's answer: systemd must first
+                    // hear from it that this process is the main one.
+                    self.handoff_from = Some(old);
                     // SAFETY: kill(2) with a realtime signal number.
                     unsafe { libc::kill(old, upgrade::ready_signal()) };
+                } else {
+                    let status = self.status_line().1;
+                    self.systemd.ready(&status);
                 }
             }
         }
@@ -597,6 +661,7 @@ impl Master {
             &self.listeners,
             pidfile,
             self.signals.fd().as_raw_fd(),
+            &self.systemd.environment_for_successor(),
         ) {
             Ok(upgrade) => {
                 tracing::info!(
@@ -619,6 +684,11 @@ impl Master {
             self.upgrade = Some(upgrade);
             return;
         }
+        // systemd follows the new master before this one may leave; then the new one
+        // hears back and sends READY=1 as the main process.
+        self.systemd.hand_over(sender);
+        // SAFETY: kill(2) with a realtime signal number.
+        unsafe { libc::kill(sender, upgrade::ready_signal()) };
         if self.manual_upgrade {
             tracing::info!(
                 new_master = sender,
@@ -632,9 +702,19 @@ impl Master {
             "upgrade: the new master is ready; this master stops gracefully"
         );
         upgrade.remove_oldbin();
-        // The pidfile now names the new master: leave it alone on exit.
+        // The pidfile and the socket files now belong to the new master: leave them
+        // alone on exit.
         self.pidfile = None;
+        self.handed_over = true;
         self.begin_stop(true, "upgrade");
+    }
+
+    /// The new master's side: the old master has moved MAINPID here.
+    fn handoff_acknowledged(&mut self) {
+        self.handoff_from = None;
+        tracing::info!("upgrade: the old master handed over; this master is the main one now");
+        let status = self.status_line().1;
+        self.systemd.ready(&status);
     }
 
     fn upgrade_failed(&mut self, why: &str) {
@@ -644,6 +724,73 @@ impl Master {
             );
             upgrade.restore_pidfile();
         }
+    }
+
+    // ---- systemd -----------------------------------------------------------------------
+
+    /// Ends a HUP reload: READY=1 to systemd, and the answer to `forkd -s reload`.
+    fn finish_reload(&mut self, ok: bool) {
+        if self.reloading {
+            self.reloading = false;
+            if ok {
+                tracing::info!(generation = self.generation, "HUP: reload finished");
+            }
+            let status = self.status_line().1;
+            self.systemd.ready(&status);
+        }
+        for waiter in self.reload_waiters.drain(..) {
+            control::answer_reload(waiter, ok);
+        }
+    }
+
+    /// Once per loop: finish a reload whose new workers all serve, refresh STATUS=, and
+    /// send the watchdog keep-alive.
+    fn report_to_systemd(&mut self) {
+        if self.reloading && self.state == RunState::Serving {
+            let old_running = self
+                .workers
+                .iter()
+                .any(|w| matches!(w.phase, Phase::Running) && w.generation < self.generation);
+            let ready_active = self
+                .workers
+                .iter()
+                .filter(|w| w.ready && self.is_active(w))
+                .count();
+            if !old_running && ready_active >= self.target {
+                self.finish_reload(true);
+            }
+        }
+        if self.state == RunState::Serving && !self.reloading && self.handoff_from.is_none() {
+            let (counts, full) = self.status_line();
+            self.systemd.status(&counts, &full);
+        }
+        self.systemd.keep_alive();
+    }
+
+    /// The `STATUS=` text: the worker part, and the whole line with requests served.
+    fn status_line(&self) -> (String, String) {
+        let running = self
+            .workers
+            .iter()
+            .filter(|w| matches!(w.phase, Phase::Running))
+            .count();
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.ready && self.is_active(w))
+            .count();
+        let served: u64 = self.requests_of_exited
+            + self
+                .workers
+                .iter()
+                .map(|w| self.scoreboard.slot(w.slot).requests())
+                .sum::<u64>();
+        let counts = format!(
+            "{ready} of {} workers ready ({running} running, generation {})",
+            self.target, self.generation
+        );
+        let full = format!("{counts}, {served} requests served");
+        (counts, full)
     }
 
     // ---- reconciling -----------------------------------------------------------------
@@ -780,8 +927,11 @@ impl Master {
         if let Some((_, reason)) = &self.fatal {
             tracing::error!("{reason}");
         }
-        for listener in &self.listeners {
-            listener.cleanup();
+        // After a hand-over the new master serves the same socket files.
+        if !self.handed_over && self.successor.is_none() {
+            for listener in &self.listeners {
+                listener.cleanup();
+            }
         }
         if let Some(pidfile) = &self.pidfile {
             pidfile.remove();

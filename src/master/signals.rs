@@ -48,10 +48,13 @@ pub struct SignalIntake {
     fd: SignalFd,
 }
 
-/// One received signal: its number and the pid that sent it.
+/// One received signal: its number, the pid that sent it, and for a signal sent with
+/// sigqueue(3) (`code` = `SI_QUEUE`) the integer it carried.
 pub struct Received {
     pub signo: i32,
     pub sender: i32,
+    pub code: i32,
+    pub value: i32,
 }
 
 impl SignalIntake {
@@ -72,6 +75,8 @@ impl SignalIntake {
             Ok(Some(info)) => Some(Received {
                 signo: info.ssi_signo as i32,
                 sender: info.ssi_pid as i32,
+                code: info.ssi_code,
+                value: info.ssi_int,
             }),
             _ => None,
         }

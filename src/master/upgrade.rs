@@ -51,6 +51,7 @@ impl Upgrade {
         listeners: &[Listener],
         pidfile: Option<&Path>,
         signal_fd: i32,
+        extra_env: &[(String, String)],
     ) -> Result<Upgrade, String> {
         if !relaunch.exe.exists() {
             return Err(format!("binary {} does not exist", relaunch.exe.display()));
@@ -92,6 +93,10 @@ impl Upgrade {
                 .map_err(|e| e.to_string())?,
         );
         env.push(CString::new(format!("{UPGRADE_FROM_VAR}={old_pid}")).map_err(|e| e.to_string())?);
+        for (key, value) in extra_env {
+            env.retain(|kv| !kv.as_bytes().starts_with(format!("{key}=").as_bytes()));
+            env.push(CString::new(format!("{key}={value}")).map_err(|e| e.to_string())?);
+        }
         let pid_slot = env.len();
         env.push(CString::new("LISTEN_PID=0").map_err(|e| e.to_string())?);
         // SAFETY: single-threaded master; the child only calls async-signal-safe functions

@@ -20,8 +20,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(binary: &Path, args: &[&str]) -> Server {
+        Server::start_with_env(binary, args, &[])
+    }
+
+    /// As `start`, with extra environment variables for forkd.
+    pub fn start_with_env(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(binary)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -406,4 +412,50 @@ pub fn read_pid(pidfile: &Path) -> Option<i32> {
     std::fs::read_to_string(pidfile)
         .ok()
         .and_then(|t| t.trim().parse::<i32>().ok())
+}
+
+/// Kills a process that is not our child (a new master started by USR2) and its
+/// children on drop.
+pub struct PidGuard(pub i32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if self.0 <= 0 {
+            return;
+        }
+        for pid in children_of(self.0).into_iter().chain([self.0]) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Runs a command to completion within `limit` (killed past it): (exit code, stderr).
+pub fn run_command(command: &mut Command, limit: Duration) -> (Option<i32>, String) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start command");
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (code, reader.join().unwrap_or_default())
 }
