@@ -15,10 +15,16 @@ pub type Request = hyper::Request<hyper::body::Incoming>;
 pub type Response = hyper::Response<Body>;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// The client's address as forkd saw it (`IP:PORT`, or `unix` for unix sockets), in
-/// every request's extensions.
+/// The client's address, in every request's extensions: the peer's `IP:PORT` (`unix`
+/// for unix sockets), or, when the peer is a proxy listed in `forwarded_allow_ips`, the
+/// client's IP as the proxy reported it in `Forwarded` or `X-Forwarded-For`.
 #[derive(Debug, Clone)]
 pub struct ClientAddr(pub String);
+
+/// `http` or `https` as a trusted proxy reported it (`Forwarded: proto=` or
+/// `X-Forwarded-Proto`); absent when no trusted proxy said, which means `http`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheme(pub &'static str);
 
 /// A request handler. Implemented for any `Fn(Request) -> impl Future<Output = Response>`.
 pub trait App: Send + Sync + 'static {

@@ -195,7 +195,7 @@ const KEYS: &[(&str, &str)] = &[
     ("log.format", "text | json"),
     ("log.error_log", "\"-\" (stderr) or a file path"),
     ("log.access_log", "\"-\" (stdout), a file path, or \"off\""),
-    ("log.access_log_format", "a format string with named fields"),
+    ("log.access_log_format", "a format string of {named} fields (see the README)"),
     ("limits.request_line", "an integer >= 1 (bytes)"),
     ("limits.request_fields", "an integer >= 1"),
     ("limits.request_field_size", "an integer >= 1 (bytes)"),
@@ -484,7 +484,9 @@ fn set(
             }
         }
         "log.access_log_format" => {
-            config.log.access_log_format = Some(non_empty(&value).ok_or_else(|| bad(&value))?)
+            let format = non_empty(&value).ok_or_else(|| bad(&value))?;
+            crate::access_log::Format::parse(&format).map_err(fail)?;
+            config.log.access_log_format = Some(format)
         }
         "limits.request_line" => {
             config.limits.request_line = positive(&value).ok_or_else(|| bad(&value))?

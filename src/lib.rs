@@ -15,18 +15,22 @@
 //! }
 //! ```
 
+mod access_log;
 pub mod app;
 pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod control;
+mod forwarded;
 mod listeners;
 mod logging;
 pub(crate) mod master;
+mod metrics;
 mod privileges;
 mod proctitle;
 pub mod scoreboard;
 mod systemd;
+mod timefmt;
 mod worker;
 
 use app::AppFactory;

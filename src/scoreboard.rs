@@ -1,11 +1,14 @@
 //! The scoreboard: a `MAP_SHARED` anonymous mapping made by the master before the first
-//! fork, one fixed slot per worker. Workers store into their slot with relaxed atomics
-//! (no syscall, no lock on the request path); the master loads from it to decide
-//! readiness, timeouts and recycling. Slots are claimed and freed only by the master.
+//! fork: a [`Header`] for the whole server, then one fixed slot per worker. Workers store
+//! into their slot with relaxed atomics (no syscall, no lock on the request path); the
+//! master loads from it to decide readiness, timeouts and recycling, and the workers
+//! read all of it to serve `/metrics`. Slots are claimed and freed only by the master,
+//! which folds a freed slot's counters into the header so that server-wide counters
+//! never go backwards when a worker is replaced.
 
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering::*};
 
 /// Maximum number of worker processes alive at once (including old ones during a reload).
 pub const CAPACITY: usize = 512;
@@ -24,6 +27,180 @@ pub enum WorkerState {
 /// Flag: the worker reached `max_requests` and asks to be replaced.
 pub const FLAG_RETIRE: u32 = 1;
 
+/// Upper bounds (microseconds) of the request duration histogram's buckets; one more
+/// bucket counts everything above the last bound (`+Inf`).
+pub const DURATION_BOUNDS_US: [u64; 12] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    10_000_000,
+];
+const BUCKETS: usize = DURATION_BOUNDS_US.len() + 1;
+
+/// A request duration histogram of relaxed atomics: one bucket increment and one sum
+/// addition per request, no lock. Buckets are stored non-cumulative.
+#[repr(C)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum_us: AtomicU64,
+}
+
+/// A plain copy of a histogram, for rendering.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Non-cumulative counts, one per bound of [`DURATION_BOUNDS_US`], then `+Inf`.
+    pub buckets: [u64; BUCKETS],
+    pub sum_us: u64,
+}
+
+impl HistogramSnapshot {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+    pub fn add(&mut self, other: &HistogramSnapshot) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *mine += theirs;
+        }
+        self.sum_us += other.sum_us;
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, micros: u64) {
+        let index = DURATION_BOUNDS_US
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(BUCKETS - 1);
+        self.buckets[index].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(micros, Relaxed);
+    }
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            sum_us: self.sum_us.load(Relaxed),
+        }
+    }
+    fn add(&self, other: &HistogramSnapshot) {
+        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
+            mine.fetch_add(*theirs, Relaxed);
+        }
+        self.sum_us.fetch_add(other.sum_us, Relaxed);
+    }
+    fn clear(&self) {
+        for bucket in &self.buckets {
+            bucket.store(0, Relaxed);
+        }
+        self.sum_us.store(0, Relaxed);
+    }
+}
+
+/// Why a worker was replaced, for `forkd_worker_restarts_total{reason}`.
+pub const RESTART_REASONS: [&str; 6] = [
+    "crash",
+    "timeout",
+    "max_requests",
+    "reload",
+    "scale",
+    "boot_failure",
+];
+
+/// Requests forkd refused before they reached the app, for
+/// `forkd_requests_rejected_total{limit}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    RequestLine = 0,
+    RequestFields = 1,
+    RequestFieldSize = 2,
+    MaxBody = 3,
+    MaxConnections = 4,
+    HeaderReadTimeout = 5,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 6] = [
+        Rejection::RequestLine,
+        Rejection::RequestFields,
+        Rejection::RequestFieldSize,
+        Rejection::MaxBody,
+        Rejection::MaxConnections,
+        Rejection::HeaderReadTimeout,
+    ];
+    /// The config key of the limit, as the metric's label.
+    pub fn limit_name(self) -> &'static str {
+        match self {
+            Rejection::RequestLine => "request_line",
+            Rejection::RequestFields => "request_fields",
+            Rejection::RequestFieldSize => "request_field_size",
+            Rejection::MaxBody => "max_body",
+            Rejection::MaxConnections => "max_connections",
+            Rejection::HeaderReadTimeout => "header_read_timeout",
+        }
+    }
+}
+
+/// Server-wide state: written by the master (restarts, reloads, the stop flag, the
+/// counters of exited workers) and, rarely, by workers (rejections).
+#[repr(C, align(64))]
+pub struct Header {
+    /// CLOCK_MONOTONIC ms when the master made the scoreboard (its start).
+    started_ms: AtomicU64,
+    /// Set once the whole server is stopping (TERM, INT, QUIT to the master): readiness
+    /// answers 503 from then on. Never set by a reload or an upgrade.
+    server_stopping: AtomicU32,
+    /// Seqlock around folding a freed slot into the totals below: odd while folding.
+    fold_seq: AtomicU64,
+    exited_requests: AtomicU64,
+    exited_durations: Histogram,
+    restarts: [AtomicU64; RESTART_REASONS.len()],
+    reloads: AtomicU64,
+    upgrades: AtomicU64,
+    rejected: [AtomicU64; Rejection::ALL.len()],
+}
+
+impl Header {
+    pub fn uptime_ms(&self) -> u64 {
+        monotonic_ms().saturating_sub(self.started_ms.load(Relaxed))
+    }
+    pub fn server_stopping(&self) -> bool {
+        self.server_stopping.load(Acquire) != 0
+    }
+    pub fn set_server_stopping(&self) {
+        self.server_stopping.store(1, Release);
+    }
+    /// Counts a worker's exit under its reason as the master logs it ("crash",
+    /// "timeout", "max_requests", "reload", "scale down", "boot failure"); exits for a
+    /// stop are not restarts and are not counted.
+    pub fn count_restart(&self, reason: &str) {
+        let name = match reason {
+            "scale down" => "scale",
+            "boot failure" => "boot_failure",
+            other => other,
+        };
+        if let Some(index) = RESTART_REASONS.iter().position(|r| *r == name) {
+            self.restarts[index].fetch_add(1, Relaxed);
+        }
+    }
+    pub fn restarts(&self) -> [u64; RESTART_REASONS.len()] {
+        std::array::from_fn(|i| self.restarts[i].load(Relaxed))
+    }
+    pub fn count_reload(&self) {
+        self.reloads.fetch_add(1, Relaxed);
+    }
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Relaxed)
+    }
+    pub fn count_upgrade(&self) {
+        self.upgrades.fetch_add(1, Relaxed);
+    }
+    pub fn upgrades(&self) -> u64 {
+        self.upgrades.load(Relaxed)
+    }
+    pub fn count_rejection(&self, rejection: Rejection) {
+        self.rejected[rejection as usize].fetch_add(1, Relaxed);
+    }
+    pub fn rejections(&self, rejection: Rejection) -> u64 {
+        self.rejected[rejection as usize].load(Relaxed)
+    }
+}
+
 /// One worker's slot. 64-byte aligned so that workers do not share cache lines.
 #[repr(C, align(64))]
 pub struct Slot {
@@ -36,6 +213,11 @@ pub struct Slot {
     requests: AtomicU64,
     connections: AtomicU64,
     message: UnsafeCell<[u8; MESSAGE_BYTES]>,
+    /// The worker's number (`forkd: worker [N]`), set by the worker.
+    number: AtomicU64,
+    /// Requests whose response has not been completely sent yet.
+    in_flight: AtomicU64,
+    durations: Histogram,
 }
 
 // SAFETY: `message` is written only by the slot's own worker before it publishes
@@ -85,6 +267,28 @@ impl Slot {
     pub fn connection_closed(&self) {
         self.connections.fetch_sub(1, Relaxed);
     }
+    pub fn number(&self) -> u64 {
+        self.number.load(Relaxed)
+    }
+    pub fn set_number(&self, number: u64) {
+        self.number.store(number, Relaxed);
+    }
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+    pub fn request_began(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+    /// A request's response is done (sent, or abandoned); `micros` is its duration.
+    pub fn request_ended(&self, micros: Option<u64>) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        if let Some(micros) = micros {
+            self.durations.observe(micros);
+        }
+    }
+    pub fn durations(&self) -> HistogramSnapshot {
+        self.durations.snapshot()
+    }
 
     /// Records why the worker failed (read by the master after the worker exits).
     pub fn set_message(&self, text: &str) {
@@ -111,6 +315,9 @@ impl Slot {
         self.message_len.store(0, Relaxed);
         self.requests.store(0, Relaxed);
         self.connections.store(0, Relaxed);
+        self.number.store(0, Relaxed);
+        self.in_flight.store(0, Relaxed);
+        self.durations.clear();
         self.progress_ms.store(monotonic_ms(), Relaxed);
         self.state.store(WorkerState::Booting as u32, Release);
     }
@@ -119,17 +326,82 @@ impl Slot {
     }
 }
 
+/// The layout of the shared mapping.
+#[repr(C)]
+pub struct Board {
+    header: Header,
+    slots: [Slot; CAPACITY],
+}
+
+/// Server-wide totals read consistently with the live slots (see [`Board::totals`]).
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub requests: u64,
+    pub durations: HistogramSnapshot,
+}
+
+impl Board {
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+    /// Slots in use (booting, ready or draining workers).
+    pub fn live_slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots
+            .iter()
+            .filter(|s| s.state() != WorkerState::Free && s.pid() != 0)
+    }
+    /// Requests and durations of every worker, exited or alive, read under the fold
+    /// seqlock so that a worker being folded into the header is counted exactly once.
+    pub fn totals(&self) -> Totals {
+        loop {
+            let before = self.header.fold_seq.load(Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut totals = Totals {
+                requests: self.header.exited_requests.load(Relaxed),
+                durations: self.header.exited_durations.snapshot(),
+            };
+            for slot in self.slots.iter().filter(|s| s.state() != WorkerState::Free) {
+                totals.requests += slot.requests();
+                totals.durations.add(&slot.durations());
+            }
+            fence(Acquire);
+            if self.header.fold_seq.load(Relaxed) == before {
+                return totals;
+            }
+        }
+    }
+    /// Master only: adds a slot's counters to the exited totals and frees the slot, as
+    /// one step for [`Board::totals`].
+    fn fold_and_free(&self, index: usize) {
+        let slot = &self.slots[index];
+        let seq = self.header.fold_seq.load(Relaxed);
+        self.header.fold_seq.store(seq + 1, Relaxed);
+        fence(Release);
+        self.header
+            .exited_requests
+            .fetch_add(slot.requests(), Relaxed);
+        self.header.exited_durations.add(&slot.durations());
+        slot.set_state(WorkerState::Free);
+        slot.set_pid(0);
+        self.header.fold_seq.store(seq + 2, Release);
+    }
+}
+
 /// The shared mapping. Created once by the master; inherited by every worker.
 pub struct Scoreboard {
-    slots: NonNull<Slot>,
+    board: NonNull<Board>,
     in_use: Vec<bool>,
 }
 
 impl Scoreboard {
     pub fn new() -> std::io::Result<Scoreboard> {
-        let len = std::num::NonZeroUsize::new(CAPACITY * std::mem::size_of::<Slot>())
+        let len = std::num::NonZeroUsize::new(std::mem::size_of::<Board>())
             .ok_or_else(|| std::io::Error::other("empty scoreboard"))?;
-        // SAFETY: a fresh anonymous mapping, zero-filled, which is a valid all-Free slot array.
+        // SAFETY: a fresh anonymous mapping, zero-filled, which is a valid board: all
+        // atomics zero, every slot Free.
         let ptr = unsafe {
             nix::sys::mman::mmap_anonymous(
                 None,
@@ -139,16 +411,30 @@ impl Scoreboard {
             )
         }
         .map_err(|e| std::io::Error::other(format!("mmap scoreboard: {e}")))?;
-        Ok(Scoreboard {
-            slots: ptr.cast(),
+        let scoreboard = Scoreboard {
+            board: ptr.cast(),
             in_use: vec![false; CAPACITY],
-        })
+        };
+        scoreboard
+            .board()
+            .header
+            .started_ms
+            .store(monotonic_ms(), Relaxed);
+        Ok(scoreboard)
+    }
+
+    /// The whole mapping, for workers serving metrics and for the master's counters.
+    pub fn board(&self) -> &'static Board {
+        // SAFETY: the mapping lives for the whole process (never unmapped).
+        unsafe { self.board.as_ref() }
+    }
+
+    pub fn header(&self) -> &'static Header {
+        &self.board().header
     }
 
     pub fn slot(&self, index: usize) -> &'static Slot {
-        assert!(index < CAPACITY, "slot index out of range");
-        // SAFETY: the mapping lives for the whole process (never unmapped) and index is in range.
-        unsafe { &*self.slots.as_ptr().add(index) }
+        &self.board().slots[index]
     }
 
     /// Claims a free slot for a new worker, reset to Booting.
@@ -159,9 +445,9 @@ impl Scoreboard {
         Some(index)
     }
 
+    /// Frees a slot whose worker exited, keeping its counters in the server totals.
     pub fn release(&mut self, index: usize) {
-        self.slot(index).set_state(WorkerState::Free);
-        self.slot(index).set_pid(0);
+        self.board().fold_and_free(index);
         self.in_use[index] = false;
     }
 }

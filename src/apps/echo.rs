@@ -1,8 +1,10 @@
 //! `echo`: describes the request as JSON. Query parameters steer it for tests:
 //! `sleep_ms=N` (async wait), `block_ms=N` (blocks the worker thread, to trip `timeout`),
-//! `status=N`, `bytes=N` (an N-byte body instead of JSON).
+//! `status=N`, `bytes=N` (an N-byte body instead of JSON). Besides the contract's fields
+//! (`method`, `path`, `query`, `headers`, `body_bytes`, `remote_addr`, `pid`) the JSON
+//! carries `scheme` (`https` when a trusted proxy says so).
 
-use crate::app::{respond, ClientAddr, Request, Response};
+use crate::app::{respond, ClientAddr, Request, Response, Scheme};
 use http_body_util::BodyExt;
 use std::time::Duration;
 
@@ -63,6 +65,7 @@ pub async fn echo(req: Request) -> Response {
         .get::<ClientAddr>()
         .map(|c| c.0.clone())
         .unwrap_or_default();
+    let scheme = parts.extensions.get::<Scheme>().map_or("http", |s| s.0);
     let json = serde_json::json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
@@ -70,6 +73,7 @@ pub async fn echo(req: Request) -> Response {
         "headers": headers,
         "body_bytes": body_bytes,
         "remote_addr": remote,
+        "scheme": scheme,
         "pid": std::process::id(),
     });
     respond(status, "application/json", format!("{json}\n"))

@@ -124,6 +124,11 @@ pub struct Master {
     /// Serving every socket systemd passed, as there is no `bind` setting: a reload
     /// without `bind` keeps them.
     serving_passed_sockets: bool,
+    /// The `[metrics]` listener, served by the workers.
+    metrics: Option<Listener>,
+    /// TERM with `shutdown_delay`: readiness already answers 503; the graceful stop
+    /// begins at this moment.
+    stop_at: Option<Instant>,
 }
 
 impl Master {
@@ -140,7 +145,8 @@ impl Master {
             .ok()
             .and_then(|v| v.parse::<i32>().ok());
         std::env::remove_var(upgrade::UPGRADE_FROM_VAR);
-        let passed = crate::systemd::take_listen_fds();
+        let mut passed = crate::systemd::take_listen_fds();
+        let passed_metrics = crate::metrics::take_passed(&mut passed);
         let serving_passed_sockets = !config.bind_given && !passed.is_empty();
         crate::privileges::apply_umask_and_chdir(&config)?;
         let signals =
@@ -149,6 +155,7 @@ impl Master {
         for listener in &listeners {
             tracing::info!("listening on {}", listener.local);
         }
+        let metrics = crate::metrics::listen(&config, passed_metrics)?;
         let scoreboard = Scoreboard::new().map_err(|e| e.to_string())?;
         let pidfile = match &config.pidfile {
             Some(path) => Some(pidfile::Pidfile::create(path).map_err(|e| e.to_string())?),
@@ -187,6 +194,8 @@ impl Master {
             requests_of_exited: 0,
             serving_passed_sockets,
             handed_over: false,
+            metrics,
+            stop_at: None,
         })
     }
 
@@ -254,6 +263,9 @@ impl Master {
         if let Some(at) = self.systemd.deadline() {
             next = next.min(at);
         }
+        if let Some(at) = self.stop_at {
+            next = next.min(at);
+        }
         let now_ms = monotonic_ms();
         for w in &self.workers {
             match w.phase {
@@ -280,9 +292,17 @@ impl Master {
         }; // the doorbell: just re-check
         match signal {
             Signal::SIGHUP => self.reload(),
-            Signal::SIGTERM => self.begin_stop(true, "TERM"),
-            Signal::SIGINT => self.begin_stop(false, "INT"),
-            Signal::SIGQUIT => self.begin_stop(false, "QUIT"),
+            Signal::SIGTERM => self.term(),
+            Signal::SIGINT | Signal::SIGQUIT => {
+                self.scoreboard.header().set_server_stopping();
+                self.stop_at = None;
+                let name = if signal == Signal::SIGINT {
+                    "INT"
+                } else {
+                    "QUIT"
+                };
+                self.begin_stop(false, name);
+            }
             Signal::SIGUSR1 => {
                 tracing::info!("USR1: reopening log files");
                 crate::logging::reopen();
@@ -309,9 +329,28 @@ impl Master {
         }
     }
 
+    /// TERM: readiness answers 503 from now on; the graceful stop begins at once, or
+    /// after `shutdown_delay` (during which everything else is served as usual), so
+    /// that load balancers deregister this server before it stops accepting.
+    fn term(&mut self) {
+        self.scoreboard.header().set_server_stopping();
+        let delay = self.config.health.shutdown_delay;
+        if self.state != RunState::Serving || delay.is_zero() {
+            self.stop_at = None;
+            self.begin_stop(true, "TERM");
+        } else if self.stop_at.is_none() {
+            tracing::info!(
+                "TERM: reporting not ready for {:.1}s (shutdown_delay), then draining",
+                delay.as_secs_f64()
+            );
+            self.systemd.stopping("stopping: shutdown_delay");
+            self.stop_at = Some(Instant::now() + delay);
+        }
+    }
+
     /// HUP: re-read the config; on success roll the workers over to a new generation.
     fn reload(&mut self) {
-        if self.state != RunState::Serving {
+        if self.state != RunState::Serving || self.stop_at.is_some() {
             self.finish_reload(false);
             return;
         }
@@ -338,6 +377,12 @@ impl Master {
             self.finish_reload(false);
             return;
         }
+        if let Err(e) = crate::metrics::rebind(&mut self.metrics, &config) {
+            tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
+            self.finish_reload(false);
+            return;
+        }
+        self.scoreboard.header().count_reload();
         if let Err(e) = crate::logging::reconfigure(&config.log) {
             tracing::error!("HUP: {e}; keeping the previous error log");
         }
@@ -482,6 +527,7 @@ impl Master {
             Phase::Running if !worker.ready => "boot failure",
             Phase::Running => "crash",
         };
+        self.scoreboard.header().count_restart(reason);
         match reason {
             "crash" => tracing::error!(
                 pid,
@@ -584,6 +630,10 @@ impl Master {
     /// Kills workers that stopped reporting progress, and those past their stop deadline.
     fn enforce_deadlines(&mut self) {
         let now = Instant::now();
+        if self.stop_at.is_some_and(|at| now >= at) {
+            self.stop_at = None;
+            self.begin_stop(true, "TERM (after shutdown_delay)");
+        }
         if let Some(upgrade) = &self.upgrade {
             if now >= upgrade.deadline {
                 let child = upgrade.child;
@@ -645,7 +695,7 @@ impl Master {
 
     /// USR2: start a new master from the binary on disk, handing it the listeners.
     fn start_upgrade(&mut self) {
-        if self.state != RunState::Serving {
+        if self.state != RunState::Serving || self.stop_at.is_some() {
             return;
         }
         if let Some(upgrade) = &self.upgrade {
@@ -659,11 +709,13 @@ impl Master {
         match Upgrade::start(
             &self.relaunch,
             &self.listeners,
+            self.metrics.as_ref(),
             pidfile,
             self.signals.fd().as_raw_fd(),
             &self.systemd.environment_for_successor(),
         ) {
             Ok(upgrade) => {
+                self.scoreboard.header().count_upgrade();
                 tracing::info!(
                     new_master = upgrade.child.as_raw(),
                     binary = %self.relaunch.exe.display(),
@@ -882,9 +934,11 @@ impl Master {
                 worker::run(WorkerContext {
                     number,
                     slot: self.scoreboard.slot(slot_index),
+                    board: self.scoreboard.board(),
                     master_pid: self.pid,
                     config: self.config.clone(),
                     listeners: &self.listeners,
+                    metrics: self.metrics.as_ref(),
                     factory: self.factory.clone(),
                 })
             }
@@ -929,7 +983,7 @@ impl Master {
         }
         // After a hand-over the new master serves the same socket files.
         if !self.handed_over && self.successor.is_none() {
-            for listener in &self.listeners {
+            for listener in self.listeners.iter().chain(self.metrics.iter()) {
                 listener.cleanup();
             }
         }

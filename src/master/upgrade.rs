@@ -49,6 +49,7 @@ impl Upgrade {
     pub fn start(
         relaunch: &Relaunch,
         listeners: &[Listener],
+        metrics: Option<&Listener>,
         pidfile: Option<&Path>,
         signal_fd: i32,
         extra_env: &[(String, String)],
@@ -66,11 +67,17 @@ impl Upgrade {
             .iter()
             .filter_map(|a| CString::new(a.as_bytes()).ok())
             .collect();
-        let names: Vec<String> = listeners
+        let mut names: Vec<String> = listeners
             .iter()
             .map(|l| crate::systemd::encode_name(&l.spec.to_string()))
             .collect();
-        let fds: Vec<i32> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+        let mut fds: Vec<i32> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+        if let Some(metrics) = metrics {
+            names.push(crate::systemd::encode_name(&crate::metrics::handover_name(
+                metrics,
+            )));
+            fds.push(metrics.fd.as_raw_fd());
+        }
         let old_pid = std::process::id();
         // Build everything that allocates before forking; the child only does syscalls.
         let mut env: Vec<CString> = std::env::vars_os()

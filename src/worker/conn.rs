@@ -1,5 +1,8 @@
 //! One client connection in a worker: serves it with hyper (HTTP/1.1, or HTTP/2 with
-//! prior knowledge), counts requests, and owns the keep-alive and drain policy.
+//! prior knowledge) over the limit-checking IO of `io.rs`, and wraps every request:
+//! health paths, the client address behind trusted proxies, request counting, the
+//! duration histogram and the access log line. It also owns the keep-alive, header
+//! timeout and drain policy.
 //!
 //! Why forkd times idle connections itself instead of calling hyper's
 //! `graceful_shutdown()` on HTTP/1: hyper closes a connection it considers idle at once,
@@ -9,31 +12,58 @@
 //! connection only after it has been silent for the keep-alive period, exactly as it
 //! would when not draining. HTTP/2 gets GOAWAY, which is race-free by protocol.
 
+use super::io::GuardedIo;
 use super::Shared;
-use crate::app::{Body, ClientAddr};
-use crate::scoreboard::{monotonic_ms, FLAG_RETIRE};
+use crate::access_log::{AccessLog, Outcome, Record};
+use crate::app::{respond, Body, ClientAddr, Scheme};
+use crate::scoreboard::{monotonic_ms, Rejection, Slot, FLAG_RETIRE};
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
-use hyper::header::{HeaderValue, CONNECTION};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Who is at the other end of a connection.
+pub(super) struct Peer {
+    /// None for unix sockets.
+    pub addr: Option<SocketAddr>,
+    /// `ClientAddr` when no trusted proxy says otherwise: `IP:PORT`, or `unix`.
+    pub display: String,
+    /// The peer is in `forwarded_allow_ips`: its proxy headers are believed.
+    pub trusted: bool,
+}
+
+impl Peer {
+    pub(super) fn new(addr: Option<SocketAddr>, shared: &Shared) -> Peer {
+        let ip = addr.map_or(crate::forwarded::UNIX_PEER, |a| a.ip());
+        Peer {
+            addr,
+            display: addr.map_or_else(|| "unix".to_string(), |a| a.to_string()),
+            trusted: shared.proxies.trusts(ip),
+        }
+    }
+    fn ip(&self) -> IpAddr {
+        self.addr.map_or(crate::forwarded::UNIX_PEER, |a| a.ip())
+    }
+}
 
 /// What the connection's watchdog needs to know, updated from the IO and the service.
-struct ConnState {
+pub(super) struct ConnState {
     in_flight: AtomicU64,
     bytes_read: AtomicU64,
     /// `bytes_read` when the connection last became idle.
     bytes_read_at_idle: AtomicU64,
     idle_since_ms: AtomicU64,
     is_h2: AtomicBool,
-    first_read_seen: AtomicBool,
+    /// A chunked request body grew past `max_body`: the response becomes 413.
+    body_too_large: AtomicBool,
     /// Until the first request, a silent connection gets `header_read_timeout`, not
     /// the (shorter, possibly zero) keep-alive period.
     served_any: AtomicBool,
@@ -47,14 +77,28 @@ impl ConnState {
             bytes_read_at_idle: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(monotonic_ms()),
             is_h2: AtomicBool::new(false),
-            first_read_seen: AtomicBool::new(false),
+            body_too_large: AtomicBool::new(false),
             served_any: AtomicBool::new(false),
         }
     }
 
+    pub(super) fn add_bytes_read(&self, n: usize) {
+        self.bytes_read.fetch_add(n as u64, Release);
+    }
+    pub(super) fn mark_http2(&self) {
+        self.is_h2.store(true, Relaxed);
+    }
+    pub(super) fn mark_body_too_large(&self) {
+        self.body_too_large.store(true, Release);
+    }
+
     /// How long until this connection should be closed for being idle (keep-alive) or
-    /// for not finishing its headers; `Ok(())` means close now.
-    fn time_left(&self, keepalive: Duration, header_timeout: Duration) -> Result<Duration, ()> {
+    /// for not finishing its headers; `Err` says which, and means close now.
+    fn time_left(
+        &self,
+        keepalive: Duration,
+        header_timeout: Duration,
+    ) -> Result<Duration, Closing> {
         if self.in_flight.load(Acquire) > 0 {
             // Re-check after a while; a request in progress is never cut here.
             return Ok(keepalive.max(Duration::from_millis(100)));
@@ -69,7 +113,11 @@ impl ConnState {
         };
         let limit_ms = limit.as_millis() as u64;
         if idle_for >= limit_ms {
-            Err(())
+            Err(if partial {
+                Closing::HeaderTimeout
+            } else {
+                Closing::Idle
+            })
         } else {
             Ok(Duration::from_millis(limit_ms - idle_for))
         }
@@ -88,63 +136,19 @@ impl ConnState {
     }
 }
 
-/// Counts bytes read (to tell an idle connection from one with a request arriving) and
-/// recognises the HTTP/2 prior-knowledge preface.
-struct ActivityIo<T> {
-    inner: T,
-    state: Arc<ConnState>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let new = &buf.filled()[before..];
-        if !new.is_empty() {
-            if !self.state.first_read_seen.swap(true, Relaxed) && new.starts_with(b"PRI ") {
-                self.state.is_h2.store(true, Relaxed);
-            }
-            self.state.bytes_read.fetch_add(new.len() as u64, Release);
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+/// Why the watchdog closes a connection.
+enum Closing {
+    Idle,
+    /// Part of a request head arrived, the rest not within `header_read_timeout`.
+    HeaderTimeout,
 }
 
 /// The response body, wrapped so that the request counts as finished only when hyper
-/// has written (and dropped) the whole body.
+/// has written (and dropped) the whole body; counts the bytes sent.
 pub struct TrackedBody {
     inner: Body,
     state: Arc<ConnState>,
+    request: RequestGuard,
 }
 
 impl Drop for TrackedBody {
@@ -160,7 +164,13 @@ impl hyper::body::Body for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.request.bytes += data.len() as u64;
+            }
+        }
+        polled
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -170,29 +180,106 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
+/// One request from its head to the end of its response (or its abandonment): keeps
+/// the scoreboard's in-flight count, and on drop records the duration and writes the
+/// access log line. A request dropped before the app answered (the client went away)
+/// is logged with status 499, as nginx does.
+struct RequestGuard {
+    slot: &'static Slot,
+    began: Option<Instant>,
+    record_duration: bool,
+    log: Option<(Arc<AccessLog>, Box<Record>)>,
+    status: u16,
+    bytes: u64,
+}
+
+impl RequestGuard {
+    fn new(shared: &Shared, began: Option<Instant>, log: Option<Box<Record>>) -> RequestGuard {
+        shared.slot.request_began();
+        RequestGuard {
+            slot: shared.slot,
+            began,
+            record_duration: shared.record_durations,
+            log: shared.access_log.clone().zip(log),
+            status: 499,
+            bytes: 0,
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let duration = self.began.map(|at| at.elapsed());
+        self.slot.request_ended(
+            duration
+                .filter(|_| self.record_duration)
+                .map(|d| d.as_micros() as u64),
+        );
+        if let Some((log, record)) = &self.log {
+            log.log(
+                record,
+                &Outcome {
+                    status: self.status,
+                    bytes: self.bytes,
+                    duration: duration.unwrap_or_default(),
+                },
+            );
+        }
+    }
+}
+
 /// Serves one accepted connection until it ends, is idle too long, or the drain ends it.
-pub async fn serve<T>(shared: Arc<Shared>, stream: T, remote: String)
+pub async fn serve<T>(shared: Arc<Shared>, stream: T, peer: Peer)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new());
-    let io = TokioIo::new(ActivityIo {
-        inner: stream,
-        state: state.clone(),
-    });
+    let peer = Arc::new(peer);
+    let io = TokioIo::new(GuardedIo::new(
+        stream,
+        state.clone(),
+        shared.limits,
+        shared.board.header(),
+        shared.access_log.clone().map(|log| (log, peer.clone())),
+    ));
     let service = {
         let shared = shared.clone();
         let state = state.clone();
-        hyper::service::service_fn(move |mut req: crate::app::Request| {
+        hyper::service::service_fn(move |req: crate::app::Request| {
             let shared = shared.clone();
             let state = state.clone();
             state.request_started();
-            req.extensions_mut().insert(ClientAddr(remote.clone()));
+            let began = shared.timing.then(Instant::now);
+            let (req, record) = prepare(&shared, &peer, req);
+            let health = shared
+                .health
+                .answer(req.uri().path(), shared.board.header());
             async move {
                 shared.count_request();
-                let resp = shared.app.call(req).await;
-                let mut resp = resp.map(|inner| TrackedBody { inner, state });
-                if shared.is_draining() && !resp.headers().contains_key(CONNECTION) {
+                let mut guard = RequestGuard::new(&shared, began, record);
+                let resp = match health {
+                    Some(resp) => resp,
+                    None if declares_too_large_h2_body(&req, shared.limits.max_body) => {
+                        shared.board.header().count_rejection(Rejection::MaxBody);
+                        too_large(&shared)
+                    }
+                    None => shared.app.call(req).await,
+                };
+                let too_large_body = state.body_too_large.load(Acquire);
+                let resp = if too_large_body {
+                    too_large(&shared)
+                } else {
+                    resp
+                };
+                guard.status = resp.status().as_u16();
+                let mut resp = resp.map(|inner| TrackedBody {
+                    inner,
+                    state,
+                    request: guard,
+                });
+                if (too_large_body || shared.is_draining())
+                    && !resp.headers().contains_key(CONNECTION)
+                {
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
@@ -214,7 +301,14 @@ where
         }
         let wait = match state.time_left(keepalive, header_timeout) {
             Ok(wait) => wait,
-            Err(()) => break,
+            Err(Closing::Idle) => break,
+            Err(Closing::HeaderTimeout) => {
+                shared
+                    .board
+                    .header()
+                    .count_rejection(Rejection::HeaderReadTimeout);
+                break;
+            }
         };
         tokio::select! {
             _ = conn.as_mut() => break,
@@ -224,6 +318,58 @@ where
             }
         }
     }
+}
+
+/// The client address (and scheme) the app sees, and the access log record.
+fn prepare(
+    shared: &Shared,
+    peer: &Peer,
+    mut req: crate::app::Request,
+) -> (crate::app::Request, Option<Box<Record>>) {
+    let forwarded = if peer.trusted {
+        crate::forwarded::resolve(&shared.proxies, peer.ip(), req.headers())
+    } else {
+        None
+    };
+    let (client_ip, scheme) = match &forwarded {
+        Some(f) => (Some(f.client), f.scheme),
+        None => (peer.addr.map(|a| a.ip()), None),
+    };
+    let record = shared
+        .access_log
+        .as_ref()
+        .map(|log| Box::new(log.capture(&req, client_ip, peer.addr, scheme.unwrap_or("http"))));
+    let client = match &forwarded {
+        Some(f) if Some(f.client) != peer.addr.map(|a| a.ip()) => f.client.to_string(),
+        _ => peer.display.clone(),
+    };
+    let extensions = req.extensions_mut();
+    extensions.insert(ClientAddr(client));
+    if let Some(scheme) = scheme {
+        extensions.insert(Scheme(scheme));
+    }
+    (req, record)
+}
+
+/// HTTP/1 bodies are limited by the scanner; an HTTP/2 request's declared length is
+/// checked here.
+fn declares_too_large_h2_body(req: &crate::app::Request, max_body: u64) -> bool {
+    req.version() == hyper::Version::HTTP_2
+        && req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|length| length > max_body)
+}
+
+fn too_large(shared: &Shared) -> crate::app::Response {
+    let violation = super::limits::Violation::BodyTooLarge;
+    respond(
+        413,
+        "text/plain; charset=utf-8",
+        violation.explain(&shared.limits),
+    )
 }
 
 impl Shared {

@@ -1,16 +1,23 @@
 //! A worker process, from just after the fork to its exit: post-fork setup (signals,
 //! parent-death signal, privileges, title), its own tokio runtime, the app built inside
-//! it, accept loops on every inherited listener, progress reporting into the scoreboard,
-//! and the graceful drain.
+//! it, accept loops on every inherited listener (with `max_connections`), the metrics
+//! listener, progress reporting into the scoreboard, and the graceful drain.
 
 mod conn;
+mod health;
+mod io;
+mod limits;
 
+use crate::access_log::AccessLog;
 use crate::app::{App, AppFactory};
 use crate::config::Config;
+use crate::forwarded::TrustedProxies;
 use crate::listeners::{Listener, ListenerKind};
-use crate::scoreboard::{monotonic_ms, Slot, WorkerState};
+use crate::scoreboard::{monotonic_ms, Board, Rejection, Slot, WorkerState};
+use health::HealthPaths;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use limits::HeadLimits;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use std::sync::Arc;
@@ -24,9 +31,13 @@ pub const EXIT_BOOT_ERROR: i32 = 3;
 pub struct WorkerContext<'a> {
     pub number: u64,
     pub slot: &'static Slot,
+    /// The whole scoreboard: the server-wide header and every slot, for `/metrics`.
+    pub board: &'static Board,
     pub master_pid: i32,
     pub config: Arc<Config>,
     pub listeners: &'a [Listener],
+    /// The `[metrics]` listener, if metrics are on.
+    pub metrics: Option<&'a Listener>,
     pub factory: AppFactory,
 }
 
@@ -34,6 +45,7 @@ pub struct WorkerContext<'a> {
 pub(crate) struct Shared {
     app: Arc<dyn App>,
     slot: &'static Slot,
+    board: &'static Board,
     master_pid: i32,
     http: auto::Builder<TokioExecutor>,
     keepalive: Duration,
@@ -44,6 +56,15 @@ pub(crate) struct Shared {
     drain_tx: watch::Sender<bool>,
     open_connections: AtomicUsize,
     all_closed: Notify,
+    limits: HeadLimits,
+    max_connections: usize,
+    health: HealthPaths,
+    proxies: TrustedProxies,
+    access_log: Option<Arc<AccessLog>>,
+    /// Metrics are on: record each request's duration in the slot's histogram.
+    record_durations: bool,
+    /// Something needs a request's start time (the histogram or the access log).
+    timing: bool,
 }
 
 impl Shared {
@@ -80,13 +101,16 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     let WorkerContext {
         number,
         slot,
+        board,
         master_pid,
         config,
         listeners,
+        metrics,
         factory,
     } = ctx;
     let pid = std::process::id() as i32;
     slot.set_pid(pid);
+    slot.set_number(number);
     crate::proctitle::set(&format!("forkd: worker [{number}]"));
     if let Err(e) = crate::privileges::drop_for_worker(&config) {
         return Err(boot_failed(slot, &e));
@@ -115,8 +139,32 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         let app = build_app(factory)
             .await
             .map_err(|reason| boot_failed(slot, &reason))?;
-        let shared = Arc::new(new_shared(app, slot, master_pid, &config));
-        let accepting = start_accepting(&shared, listeners).map_err(|e| boot_failed(slot, &e))?;
+        let access_log = AccessLog::start(
+            &config.log.access_log,
+            config.log.access_log_format.as_deref(),
+            config.log.format == crate::config::LogFormat::Json,
+            number,
+        )
+        .map_err(|e| boot_failed(slot, &e))?
+        .map(Arc::new);
+        let proxies = TrustedProxies::parse(&config.forwarded_allow_ips)
+            .map_err(|e| boot_failed(slot, &format!("key `forwarded_allow_ips`: {e}")))?;
+        let shared = Arc::new(new_shared(
+            app,
+            (slot, board),
+            master_pid,
+            &config,
+            access_log,
+            proxies,
+        ));
+        let mut accepting =
+            start_accepting(&shared, listeners).map_err(|e| boot_failed(slot, &e))?;
+        if let Some(listener) = metrics {
+            accepting.push(
+                crate::metrics::serve(listener, board, shared.drain_signal())
+                    .map_err(|e| boot_failed(slot, &e))?,
+            );
+        }
         tokio::spawn(report_progress(slot, progress_interval(config.timeout)));
         slot.set_state(WorkerState::Ready);
         ring_doorbell(master_pid);
@@ -152,23 +200,39 @@ async fn build_app(factory: AppFactory) -> Result<Arc<dyn App>, String> {
     }
 }
 
-fn new_shared(app: Arc<dyn App>, slot: &'static Slot, master_pid: i32, config: &Config) -> Shared {
+/// hyper's own default for `max_headers`; above it hyper must be told (and then
+/// allocates the header array per request, so it is set only when needed).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+fn new_shared(
+    app: Arc<dyn App>,
+    (slot, board): (&'static Slot, &'static Board),
+    master_pid: i32,
+    config: &Config,
+    access_log: Option<Arc<AccessLog>>,
+    proxies: TrustedProxies,
+) -> Shared {
+    let limits = HeadLimits::from_config(&config.limits);
     let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
+    let mut http1 = http.http1();
+    // forkd times header reads itself (`header_read_timeout`, conn.rs) and the limits
+    // scanner hands hyper only whole heads, so hyper's buffer must fit the largest
+    // head the limits allow.
+    http1
         .timer(TokioTimer::new())
+        .header_read_timeout(None)
         .keep_alive(!config.keepalive.is_zero())
-        .max_buf_size(
-            64 * 1024
-                + config
-                    .limits
-                    .request_line
-                    .max(config.limits.request_field_size),
-        );
+        .max_buf_size((limits.max_head_bytes() + 64 * 1024).max(400 * 1024));
+    if config.limits.request_fields > HYPER_DEFAULT_MAX_HEADERS {
+        http1.max_headers(config.limits.request_fields);
+    }
     http.http2().timer(TokioTimer::new());
     let (drain_tx, _) = watch::channel(false);
+    let record_durations = config.metrics.bind.is_some();
     Shared {
         app,
         slot,
+        board,
         master_pid,
         http,
         keepalive: config.keepalive,
@@ -178,6 +242,13 @@ fn new_shared(app: Arc<dyn App>, slot: &'static Slot, master_pid: i32, config: &
         drain_tx,
         open_connections: AtomicUsize::new(0),
         all_closed: Notify::new(),
+        limits,
+        max_connections: config.limits.max_connections,
+        health: HealthPaths::from_config(&config.health),
+        proxies,
+        timing: record_durations || access_log.is_some(),
+        access_log,
+        record_durations,
     }
 }
 
@@ -264,7 +335,7 @@ async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_connection(&shared, stream, addr.to_string());
+                    spawn_connection(&shared, stream, Some(addr));
                 }
                 Err(e) => accept_error(e).await,
             },
@@ -278,7 +349,7 @@ async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn_connection(&shared, stream, "unix".to_string()),
+                Ok((stream, _)) => spawn_connection(&shared, stream, None),
                 Err(e) => accept_error(e).await,
             },
             _ = drain.changed() => return,
@@ -292,15 +363,33 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-fn spawn_connection<T>(shared: &Arc<Shared>, stream: T, remote: String)
+fn spawn_connection<T>(shared: &Arc<Shared>, stream: T, addr: Option<std::net::SocketAddr>)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    if shared.open_connections.load(Acquire) >= shared.max_connections {
+        // Full: answer at once rather than leave the client hanging in the queue.
+        shared
+            .board
+            .header()
+            .count_rejection(Rejection::MaxConnections);
+        let body = format!(
+            "this worker has {} connections open (limits.max_connections)\n",
+            shared.max_connections
+        );
+        if let Some(log) = &shared.access_log {
+            io::log_refused(log, &conn::Peer::new(addr, shared), b"", 503, &body);
+        }
+        let response = io::error_response(503, "Service Unavailable", &body, "retry-after: 1\r\n");
+        io::answer_and_close(stream, response);
+        return;
+    }
     shared.open_connections.fetch_add(1, AcqRel);
     shared.slot.connection_opened();
+    let peer = conn::Peer::new(addr, shared);
     let shared = shared.clone();
     tokio::spawn(async move {
-        conn::serve(shared.clone(), stream, remote).await;
+        conn::serve(shared.clone(), stream, peer).await;
         shared.slot.connection_closed();
         if shared.open_connections.fetch_sub(1, AcqRel) == 1 {
             shared.all_closed.notify_waiters();
@@ -320,15 +409,27 @@ async fn wait_for_stop_signal(shared: &Shared) {
         tracing::error!("worker cannot install signal handlers");
         return;
     };
-    let _ = shared;
     loop {
         tokio::select! {
             _ = term.recv() => return,
-            _ = quit.recv() => std::process::exit(0),
-            _ = int.recv() => std::process::exit(0),
-            _ = usr1.recv() => crate::logging::reopen(),
+            _ = quit.recv() => exit_now(shared),
+            _ = int.recv() => exit_now(shared),
+            _ = usr1.recv() => {
+                crate::logging::reopen();
+                if let Some(log) = &shared.access_log {
+                    log.reopen();
+                }
+            }
         }
     }
+}
+
+/// QUIT or INT: exit at once, but with the access log lines written.
+fn exit_now(shared: &Shared) -> ! {
+    if let Some(log) = &shared.access_log {
+        log.finish();
+    }
+    std::process::exit(0)
 }
 
 /// Graceful drain: stop accepting, let connections finish (responses carry
@@ -352,6 +453,9 @@ async fn drain(shared: &Arc<Shared>, accepting: AcceptTasks, graceful_timeout: D
             );
             break;
         }
+    }
+    if let Some(log) = &shared.access_log {
+        log.finish();
     }
     crate::logging::flush();
 }

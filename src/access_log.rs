@@ -1,0 +1,740 @@
+//! The access log: one line per request, in a format of named fields
+//! (`log.access_log_format`, or [`DEFAULT_FORMAT`]) or as JSON lines when
+//! `log.format = "json"`, written to a file or stdout (`log.access_log`).
+//!
+//! Why a writer thread: a slow or stalled disk must not stall the event loop. The event
+//! loop only formats a line and pushes it on a channel (no syscall, no lock); a thread of
+//! the worker collects the lines every [`FLUSH_EVERY`] (sooner when many are waiting)
+//! and appends them with one `write` per batch. Whole lines per `write` on an
+//! `O_APPEND` file, so lines of several workers never interleave. USR1 reopens the file
+//! (after logrotate moved it); the drain and the exit flush what is pending.
+
+use crate::config::LogTarget;
+use crate::timefmt::Utc;
+use hyper::header::{HeaderName, HeaderValue, HOST, REFERER, USER_AGENT};
+use hyper::{Method, Uri, Version};
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The default text format: Apache's combined log format, then the duration in
+/// milliseconds and the worker's pid.
+pub const DEFAULT_FORMAT: &str =
+    "{remote_addr} - - [{time}] \"{request}\" {status} {bytes} \"{referer}\" \"{user_agent}\" {duration_ms} {pid}";
+
+/// How often the writer thread writes what has accumulated.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// Lines waiting that make the writer thread write at once.
+const WAKE_AT: usize = 512;
+/// Lines waiting beyond which new lines are dropped (and counted) rather than letting a
+/// stalled disk eat the worker's memory.
+const MAX_PENDING: usize = 200_000;
+
+/// One named field of a format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    RemoteAddr,
+    PeerAddr,
+    Time,
+    TimeIso,
+    Request,
+    Method,
+    Uri,
+    Path,
+    Query,
+    Protocol,
+    Scheme,
+    Status,
+    Bytes,
+    DurationMs,
+    DurationUs,
+    UserAgent,
+    Referer,
+    Host,
+    Pid,
+    Worker,
+    Header(HeaderName),
+}
+
+/// Every field name, for documentation and error messages.
+pub const FIELD_NAMES: [&str; 21] = [
+    "remote_addr",
+    "peer_addr",
+    "time",
+    "time_iso8601",
+    "request",
+    "method",
+    "uri",
+    "path",
+    "query",
+    "protocol",
+    "scheme",
+    "status",
+    "bytes",
+    "duration_ms",
+    "duration_us",
+    "user_agent",
+    "referer",
+    "host",
+    "pid",
+    "worker",
+    "header:NAME",
+];
+
+impl Field {
+    fn parse(name: &str) -> Result<Field, String> {
+        Ok(match name {
+            "remote_addr" => Field::RemoteAddr,
+            "peer_addr" => Field::PeerAddr,
+            "time" => Field::Time,
+            "time_iso8601" => Field::TimeIso,
+            "request" => Field::Request,
+            "method" => Field::Method,
+            "uri" => Field::Uri,
+            "path" => Field::Path,
+            "query" => Field::Query,
+            "protocol" => Field::Protocol,
+            "scheme" => Field::Scheme,
+            "status" => Field::Status,
+            "bytes" => Field::Bytes,
+            "duration_ms" => Field::DurationMs,
+            "duration_us" => Field::DurationUs,
+            "user_agent" => Field::UserAgent,
+            "referer" => Field::Referer,
+            "host" => Field::Host,
+            "pid" => Field::Pid,
+            "worker" => Field::Worker,
+            other => match other.strip_prefix("header:") {
+                Some(header) => Field::Header(
+                    HeaderName::from_bytes(header.as_bytes())
+                        .map_err(|_| format!("{{{other}}}: {header:?} is not a header name"))?,
+                ),
+                None => {
+                    return Err(format!(
+                        "unknown field {{{other}}}; fields are {}",
+                        FIELD_NAMES.join(", ")
+                    ))
+                }
+            },
+        })
+    }
+
+    /// The key of the field in a JSON line.
+    fn json_key(&self) -> String {
+        match self {
+            Field::RemoteAddr => "remote_addr",
+            Field::PeerAddr => "peer_addr",
+            Field::Time => "time",
+            Field::TimeIso => "time_iso8601",
+            Field::Request => "request",
+            Field::Method => "method",
+            Field::Uri => "uri",
+            Field::Path => "path",
+            Field::Query => "query",
+            Field::Protocol => "protocol",
+            Field::Scheme => "scheme",
+            Field::Status => "status",
+            Field::Bytes => "bytes",
+            Field::DurationMs => "duration_ms",
+            Field::DurationUs => "duration_us",
+            Field::UserAgent => "user_agent",
+            Field::Referer => "referer",
+            Field::Host => "host",
+            Field::Pid => "pid",
+            Field::Worker => "worker",
+            Field::Header(name) => return format!("header:{name}"),
+        }
+        .to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    Field(Field),
+}
+
+/// A parsed `access_log_format`: literal text and `{field}`s; `{{` and `}}` are braces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format {
+    pieces: Vec<Piece>,
+}
+
+impl Format {
+    pub fn parse(text: &str) -> Result<Format, String> {
+        let mut pieces = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("unclosed {{ in {text:?}")),
+                        }
+                    }
+                    if !literal.is_empty() {
+                        pieces.push(Piece::Literal(std::mem::take(&mut literal)));
+                    }
+                    pieces.push(Piece::Field(Field::parse(name.trim())?));
+                }
+                '}' => return Err(format!("unmatched }} in {text:?} (write }}}} for a brace)")),
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            pieces.push(Piece::Literal(literal));
+        }
+        if !pieces.iter().any(|p| matches!(p, Piece::Field(_))) {
+            return Err(format!(
+                "{text:?} names no field; fields are {}",
+                FIELD_NAMES.join(", ")
+            ));
+        }
+        Ok(Format { pieces })
+    }
+
+    fn fields(&self) -> impl Iterator<Item = &Field> {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Field(f) => Some(f),
+            Piece::Literal(_) => None,
+        })
+    }
+}
+
+/// What is kept of a request for its log line, captured before the app takes it.
+pub struct Record {
+    wall: SystemTime,
+    client: Option<IpAddr>,
+    peer: Option<SocketAddr>,
+    /// None for a request refused before hyper parsed it (see [`Record::refused`]).
+    head: Option<Head>,
+    /// The request line as received, for a refused request (escaped, cut short).
+    raw_line: String,
+    scheme: &'static str,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+    /// Values of the `{header:NAME}` fields, in format order.
+    headers: Vec<Option<HeaderValue>>,
+}
+
+impl Record {
+    /// A request refused before it was parsed (a broken limit, or a full worker):
+    /// `line` is what arrived of its request line, if anything.
+    pub fn refused(client: Option<IpAddr>, peer: Option<SocketAddr>, line: &[u8]) -> Record {
+        let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut raw_line =
+            String::from_utf8_lossy(&line[..line.len().min(RAW_LINE_MAX)]).into_owned();
+        if line.len() > RAW_LINE_MAX {
+            raw_line.push_str("...");
+        }
+        Record {
+            wall: SystemTime::now(),
+            client,
+            peer,
+            head: None,
+            raw_line,
+            scheme: "http",
+            user_agent: None,
+            referer: None,
+            host: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+}
+
+/// How much of a refused request's line the log keeps.
+const RAW_LINE_MAX: usize = 200;
+
+/// The outcome of a request, known when its response is done.
+pub struct Outcome {
+    pub status: u16,
+    pub bytes: u64,
+    pub duration: Duration,
+}
+
+enum Message {
+    Line(Vec<u8>),
+    Reopen,
+    Finish(mpsc::SyncSender<()>),
+}
+
+/// A worker's access log: the format and the channel to its writer thread.
+pub struct AccessLog {
+    format: Format,
+    json: bool,
+    pid: u32,
+    worker: u64,
+    sender: mpsc::Sender<Message>,
+    writer: std::thread::Thread,
+    pending: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+}
+
+enum Sink {
+    Stdout(File),
+    File { path: PathBuf, file: File },
+}
+
+impl Sink {
+    fn open(target: &LogTarget) -> Result<Option<Sink>, String> {
+        match target {
+            LogTarget::Off => Ok(None),
+            LogTarget::Std => {
+                use std::os::fd::AsFd;
+                let fd = std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| format!("cannot use stdout for access_log: {e}"))?;
+                Ok(Some(Sink::Stdout(File::from(fd))))
+            }
+            LogTarget::File(path) => Ok(Some(Sink::File {
+                path: path.clone(),
+                file: open_append(path)?,
+            })),
+        }
+    }
+    fn file(&mut self) -> &mut File {
+        match self {
+            Sink::Stdout(file) | Sink::File { file, .. } => file,
+        }
+    }
+    fn reopen(&mut self) {
+        if let Sink::File { path, file } = self {
+            match open_append(path) {
+                Ok(new) => *file = new,
+                Err(e) => tracing::error!("{e}; still writing to the old file"),
+            }
+        }
+    }
+}
+
+fn open_append(path: &PathBuf) -> Result<File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open access_log {}: {e}", path.display()))
+}
+
+impl AccessLog {
+    /// Opens the log and starts its writer thread; `None` when the log is off.
+    pub fn start(
+        target: &LogTarget,
+        format: Option<&str>,
+        json: bool,
+        worker: u64,
+    ) -> Result<Option<AccessLog>, String> {
+        let Some(sink) = Sink::open(target)? else {
+            return Ok(None);
+        };
+        let format = Format::parse(format.unwrap_or(DEFAULT_FORMAT))
+            .map_err(|e| format!("key `log.access_log_format`: {e}"))?;
+        let (sender, receiver) = mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let handle = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn({
+                let (pending, dropped) = (pending.clone(), dropped.clone());
+                move || write_lines(sink, receiver, pending, dropped)
+            })
+            .map_err(|e| format!("cannot start the access log writer: {e}"))?;
+        Ok(Some(AccessLog {
+            format,
+            json,
+            pid: std::process::id(),
+            worker,
+            sender,
+            writer: handle.thread().clone(),
+            pending,
+            dropped,
+        }))
+    }
+
+    /// Keeps what the log line needs from a request head.
+    pub fn capture(
+        &self,
+        req: &hyper::Request<hyper::body::Incoming>,
+        client: Option<IpAddr>,
+        peer: Option<SocketAddr>,
+        scheme: &'static str,
+    ) -> Record {
+        let headers = req.headers();
+        Record {
+            wall: SystemTime::now(),
+            client,
+            peer,
+            head: Some(Head {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+            }),
+            raw_line: String::new(),
+            scheme,
+            user_agent: headers.get(USER_AGENT).cloned(),
+            referer: headers.get(REFERER).cloned(),
+            host: headers.get(HOST).cloned(),
+            headers: self
+                .format
+                .fields()
+                .filter_map(|f| match f {
+                    Field::Header(name) => Some(headers.get(name).cloned()),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Formats the line and hands it to the writer thread.
+    pub fn log(&self, record: &Record, outcome: &Outcome) {
+        let waiting = self.pending.fetch_add(1, Relaxed);
+        if waiting >= MAX_PENDING {
+            self.pending.fetch_sub(1, Relaxed);
+            self.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let mut line = Vec::with_capacity(256);
+        if self.json {
+            self.write_json(&mut line, record, outcome);
+        } else {
+            self.write_text(&mut line, record, outcome);
+        }
+        line.push(b'\n');
+        if self.sender.send(Message::Line(line)).is_err() {
+            return;
+        }
+        if waiting + 1 == WAKE_AT {
+            self.writer.unpark();
+        }
+    }
+
+    /// USR1: write what is pending to the old file, then reopen it by path.
+    pub fn reopen(&self) {
+        if self.sender.send(Message::Reopen).is_ok() {
+            self.writer.unpark();
+        }
+    }
+
+    /// Writes everything pending and waits (bounded) until it is written: before the
+    /// worker exits, so that no line is lost.
+    pub fn finish(&self) {
+        let (ack, done) = mpsc::sync_channel(1);
+        if self.sender.send(Message::Finish(ack)).is_ok() {
+            self.writer.unpark();
+            let _ = done.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
+    fn write_text(&self, out: &mut Vec<u8>, record: &Record, outcome: &Outcome) {
+        let mut header_index = 0;
+        for piece in &self.format.pieces {
+            match piece {
+                Piece::Literal(text) => out.extend_from_slice(text.as_bytes()),
+                Piece::Field(field) => {
+                    let value = self.value(field, record, outcome, &mut header_index);
+                    match value {
+                        Value::Missing => out.push(b'-'),
+                        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+                        Value::Millis(d) => {
+                            out.extend_from_slice(format_millis(d).as_bytes());
+                        }
+                        Value::Text(bytes) => escape_text(out, &bytes),
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>, record: &Record, outcome: &Outcome) {
+        let mut object = serde_json::Map::new();
+        let mut header_index = 0;
+        for field in self.format.fields() {
+            let value = match self.value(field, record, outcome, &mut header_index) {
+                Value::Missing => serde_json::Value::Null,
+                Value::Number(n) => serde_json::Value::from(n),
+                Value::Millis(d) => serde_json::Value::from(d.as_secs_f64() * 1000.0),
+                Value::Text(bytes) => {
+                    serde_json::Value::from(String::from_utf8_lossy(&bytes).into_owned())
+                }
+            };
+            // In JSON `time` is RFC 3339, which log pipelines parse without a pattern.
+            let value = match field {
+                Field::Time => {
+                    serde_json::Value::from(Utc::from_system(record.wall).rfc3339_millis())
+                }
+                _ => value,
+            };
+            object.insert(field.json_key(), value);
+        }
+        let _ = serde_json::to_writer(&mut *out, &object);
+    }
+
+    fn value(
+        &self,
+        field: &Field,
+        record: &Record,
+        outcome: &Outcome,
+        header_index: &mut usize,
+    ) -> Value {
+        let text = |s: String| Value::Text(s.into_bytes());
+        let header = |v: &Option<HeaderValue>| match v {
+            Some(v) => Value::Text(v.as_bytes().to_vec()),
+            None => Value::Missing,
+        };
+        match field {
+            Field::RemoteAddr => match record.client {
+                Some(ip) => text(ip.to_string()),
+                None => text("unix".into()),
+            },
+            Field::PeerAddr => match record.peer {
+                Some(addr) => text(addr.to_string()),
+                None => text("unix".into()),
+            },
+            Field::Time => text(cached_common_log_time(record.wall)),
+            Field::TimeIso => text(Utc::from_system(record.wall).rfc3339_millis()),
+            Field::Request => match &record.head {
+                Some(h) => text(format!(
+                    "{} {} {:?}",
+                    h.method,
+                    request_target(&h.uri),
+                    h.version
+                )),
+                None if record.raw_line.is_empty() => Value::Missing,
+                None => text(record.raw_line.clone()),
+            },
+            Field::Method => record
+                .head
+                .as_ref()
+                .map_or(Value::Missing, |h| text(h.method.to_string())),
+            Field::Uri => record
+                .head
+                .as_ref()
+                .map_or(Value::Missing, |h| text(request_target(&h.uri))),
+            Field::Path => record
+                .head
+                .as_ref()
+                .map_or(Value::Missing, |h| text(h.uri.path().to_string())),
+            Field::Query => match record.head.as_ref().and_then(|h| h.uri.query()) {
+                Some(q) => text(q.to_string()),
+                None => Value::Missing,
+            },
+            Field::Protocol => record
+                .head
+                .as_ref()
+                .map_or(Value::Missing, |h| text(format!("{:?}", h.version))),
+            Field::Scheme => text(record.scheme.to_string()),
+            Field::Status => Value::Number(u64::from(outcome.status)),
+            Field::Bytes => Value::Number(outcome.bytes),
+            Field::DurationMs => Value::Millis(outcome.duration),
+            Field::DurationUs => Value::Number(outcome.duration.as_micros() as u64),
+            Field::UserAgent => header(&record.user_agent),
+            Field::Referer => header(&record.referer),
+            Field::Host => header(&record.host),
+            Field::Pid => Value::Number(u64::from(self.pid)),
+            Field::Worker => Value::Number(self.worker),
+            Field::Header(_) => {
+                let value = record.headers.get(*header_index).cloned().flatten();
+                *header_index += 1;
+                header(&value)
+            }
+        }
+    }
+}
+
+enum Value {
+    Missing,
+    Number(u64),
+    Millis(Duration),
+    Text(Vec<u8>),
+}
+
+/// The request target as the client sent it: path and query (or the whole URI for
+/// absolute-form and authority-form requests).
+fn request_target(uri: &Uri) -> String {
+    if uri.scheme().is_some() || uri.path_and_query().is_none() {
+        uri.to_string()
+    } else {
+        uri.path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string()
+    }
+}
+
+fn format_millis(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+/// Text fields escape `"`, `\` and bytes outside printable ASCII as `\xHH` (as nginx
+/// does), so a client cannot forge a line break or break out of a quoted field.
+fn escape_text(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.extend_from_slice(format!("\\x{b:02X}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+thread_local! {
+    static TIME_CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// The common-log time, formatted once per second per thread.
+fn cached_common_log_time(wall: SystemTime) -> String {
+    let secs = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    TIME_CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            *cache = (secs, Utc::from_system(wall).common_log());
+        }
+        cache.1.clone()
+    })
+}
+
+/// The writer thread: every FLUSH_EVERY (or when woken), take every waiting line and
+/// append the batch with one write.
+fn write_lines(
+    mut sink: Sink,
+    receiver: mpsc::Receiver<Message>,
+    pending: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut last_error: Option<Instant> = None;
+    loop {
+        std::thread::park_timeout(FLUSH_EVERY);
+        let mut taken = 0;
+        let mut finish: Option<mpsc::SyncSender<()>> = None;
+        let mut disconnected = false;
+        loop {
+            match receiver.try_recv() {
+                Ok(Message::Line(line)) => {
+                    taken += 1;
+                    batch.extend_from_slice(&line);
+                }
+                Ok(Message::Reopen) => {
+                    flush(&mut sink, &mut batch, &mut last_error);
+                    sink.reopen();
+                }
+                Ok(Message::Finish(ack)) => {
+                    finish = Some(ack);
+                    break;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+            }
+        }
+        pending.fetch_sub(taken, Relaxed);
+        flush(&mut sink, &mut batch, &mut last_error);
+        let lost = dropped.swap(0, Relaxed);
+        if lost > 0 {
+            tracing::error!(
+                pid = std::process::id(),
+                lines = lost,
+                "access log: the disk does not keep up; lines dropped"
+            );
+        }
+        if let Some(ack) = finish {
+            let _ = ack.send(());
+        }
+        if disconnected {
+            return;
+        }
+    }
+}
+
+fn flush(sink: &mut Sink, batch: &mut Vec<u8>, last_error: &mut Option<Instant>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = sink.file().write_all(batch) {
+        // Once every 10 s at most, so a full disk does not flood the error log.
+        if last_error.map_or(true, |at| at.elapsed() > Duration::from_secs(10)) {
+            tracing::error!(pid = std::process::id(), "access log write failed: {e}");
+            *last_error = Some(Instant::now());
+        }
+    }
+    batch.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_and_reject_unknown_fields() {
+        assert!(Format::parse(DEFAULT_FORMAT).is_ok());
+        let f = Format::parse("{{literal}} {status} {header:x-request-id}").unwrap();
+        assert_eq!(
+            f.pieces,
+            vec![
+                Piece::Literal("{literal} ".into()),
+                Piece::Field(Field::Status),
+                Piece::Literal(" ".into()),
+                Piece::Field(Field::Header(HeaderName::from_static("x-request-id"))),
+            ]
+        );
+        let e = Format::parse("{status} {stauts}").unwrap_err();
+        assert!(e.contains("unknown field {stauts}"), "{e}");
+        assert!(Format::parse("{status").unwrap_err().contains("unclosed"));
+        assert!(Format::parse("status}").unwrap_err().contains("unmatched"));
+        assert!(Format::parse("no fields")
+            .unwrap_err()
+            .contains("names no field"));
+        assert!(Format::parse("{header:bad name}").is_err());
+    }
+
+    #[test]
+    fn text_escapes_quotes_and_control_bytes() {
+        let mut out = Vec::new();
+        escape_text(&mut out, b"a\"b\\c\nd\xff");
+        assert_eq!(String::from_utf8(out).unwrap(), "a\\x22b\\x5Cc\\x0Ad\\xFF");
+    }
+
+    #[test]
+    fn request_targets() {
+        assert_eq!(request_target(&"/a?b=c".parse().unwrap()), "/a?b=c");
+        assert_eq!(
+            request_target(&"http://example.com/x".parse().unwrap()),
+            "http://example.com/x"
+        );
+        assert_eq!(
+            request_target(&"example.com:443".parse().unwrap()),
+            "example.com:443"
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! The Prometheus endpoint: `GET /metrics` on its own listener (`[metrics] bind`).
+//!
+//! The master binds the listener (and hands it to a new master on USR2, named
+//! `metrics:<bind>` in `LISTEN_FDNAMES`); the workers serve it, rendering the text
+//! format from the scoreboard, which every worker can read. Nothing here runs per
+//! request: the request path only bumps relaxed atomics in its own scoreboard slot.
+
+use crate::config::{BindSpec, Config};
+use crate::listeners::{self, Listener, ListenerKind};
+use crate::scoreboard::{Board, Rejection, WorkerState, DURATION_BOUNDS_US, RESTART_REASONS};
+use crate::systemd::PassedFd;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::time::Duration;
+
+/// The `LISTEN_FDNAMES` name of a handed-over metrics socket for `spec`.
+fn passed_name(spec: &BindSpec) -> String {
+    format!("metrics:{spec}")
+}
+
+/// Takes the metrics socket out of the sockets passed to a new master, so that the
+/// app listeners' matching never sees it.
+pub fn take_passed(passed: &mut Vec<PassedFd>) -> Option<PassedFd> {
+    let index = passed
+        .iter()
+        .position(|p| p.name.as_deref().is_some_and(|n| n.starts_with("metrics:")))?;
+    Some(passed.remove(index))
+}
+
+/// The metrics listener for `config`: the passed one if it was bound for the same
+/// `metrics.bind`, else a fresh bind. A passed socket that is not wanted is closed.
+pub fn listen(config: &Config, passed: Option<PassedFd>) -> Result<Option<Listener>, String> {
+    let Some(spec) = &config.metrics.bind else {
+        if let Some(p) = passed {
+            let _ = nix::unistd::close(p.fd);
+        }
+        return Ok(None);
+    };
+    if let Some(p) = passed {
+        if p.name.as_deref() == Some(passed_name(spec).as_str()) {
+            let mut listener = listeners::adopt_fd(spec.clone(), p.fd)
+                .map_err(|e| format!("key `metrics.bind`: passed socket: {e}"))?;
+            listener.spec = spec.clone();
+            if let ListenerKind::Unix { owned, .. } = &mut listener.kind {
+                // The old master created the file; this master now serves it.
+                *owned = true;
+            }
+            tracing::info!("metrics: serving /metrics on {}", listener.local);
+            return Ok(Some(listener));
+        }
+        let _ = nix::unistd::close(p.fd);
+    }
+    let listener =
+        listeners::bind(spec, config.backlog).map_err(|e| format!("key `metrics.bind`: {e}"))?;
+    tracing::info!("metrics: serving /metrics on {}", listener.local);
+    Ok(Some(listener))
+}
+
+/// HUP: keeps the listener when `metrics.bind` did not change, else binds the new one
+/// (an error leaves everything as it was) and closes the old one.
+pub fn rebind(current: &mut Option<Listener>, config: &Config) -> Result<(), String> {
+    let unchanged = match (&*current, &config.metrics.bind) {
+        (Some(listener), Some(spec)) => &listener.spec == spec,
+        (None, None) => true,
+        _ => false,
+    };
+    if unchanged {
+        return Ok(());
+    }
+    let next = listen(config, None)?;
+    if let Some(old) = current.take() {
+        tracing::info!("metrics: no longer serving on {}", old.local);
+        old.cleanup();
+    }
+    *current = next;
+    Ok(())
+}
+
+/// The name and fd under which a new master receives the metrics listener on USR2.
+pub fn handover_name(listener: &Listener) -> String {
+    passed_name(&listener.spec)
+}
+
+/// Serves `/metrics` on a worker's copy of the metrics listener until `stop` fires.
+pub fn serve(
+    listener: &Listener,
+    board: &'static Board,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let fd = listener
+        .fd
+        .try_clone()
+        .map_err(|e| format!("dup metrics listener {}: {e}", listener.local))?;
+    let raw = fd.into_raw_fd();
+    enum Accepting {
+        Tcp(tokio::net::TcpListener),
+        Unix(tokio::net::UnixListener),
+    }
+    let accepting = match listener.kind {
+        ListenerKind::Tcp => {
+            // SAFETY: raw is a fresh dup of a listening TCP socket, owned from here.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(raw) };
+            let _ = l.set_nonblocking(true);
+            Accepting::Tcp(tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?)
+        }
+        ListenerKind::Unix { .. } => {
+            // SAFETY: raw is a fresh dup of a listening unix socket, owned from here.
+            let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(raw) };
+            let _ = l.set_nonblocking(true);
+            Accepting::Unix(tokio::net::UnixListener::from_std(l).map_err(|e| e.to_string())?)
+        }
+    };
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                accepted = async {
+                    match &accepting {
+                        Accepting::Tcp(l) => l.accept().await.map(|(s, _)| {
+                            tokio::spawn(serve_connection(s, board));
+                        }),
+                        Accepting::Unix(l) => l.accept().await.map(|(s, _)| {
+                            tokio::spawn(serve_connection(s, board));
+                        }),
+                    }
+                } => {
+                    if let Err(e) = accepted {
+                        tracing::warn!(pid = std::process::id(), "metrics accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+async fn serve_connection<T>(stream: T, board: &'static Board)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        std::future::ready(Ok::<_, Infallible>(answer(&req, board)))
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    // A scraper that stops reading cannot hold a worker's task forever.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(60),
+        http.serve_connection(TokioIo::new(stream), service),
+    )
+    .await;
+}
+
+fn answer(req: &Request<hyper::body::Incoming>, board: &'static Board) -> Response<Full<Bytes>> {
+    let (status, body, content_type) =
+        if req.uri().path() == "/metrics" && matches!(*req.method(), Method::GET | Method::HEAD) {
+            (
+                StatusCode::OK,
+                render(board),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        } else {
+            (
+                StatusCode::NOT_FOUND,
+                "forkd serves only GET /metrics here\n".to_string(),
+                "text/plain; charset=utf-8",
+            )
+        };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// Reads one per-worker value from a slot.
+type SlotValue = fn(&crate::scoreboard::Slot) -> u64;
+
+/// The Prometheus text exposition (format 0.0.4) of the whole server.
+pub fn render(board: &Board) -> String {
+    let header = board.header();
+    let mut out = String::with_capacity(4096);
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+    };
+
+    family(
+        &mut out,
+        "forkd_uptime_seconds",
+        "gauge",
+        "Seconds since the master started.",
+    );
+    let _ = writeln!(
+        out,
+        "forkd_uptime_seconds {}",
+        header.uptime_ms() as f64 / 1000.0
+    );
+
+    let live: Vec<_> = board.live_slots().collect();
+    family(
+        &mut out,
+        "forkd_workers",
+        "gauge",
+        "Worker processes by state.",
+    );
+    for (state, label) in [
+        (WorkerState::Booting, "booting"),
+        (WorkerState::Ready, "ready"),
+        (WorkerState::Draining, "draining"),
+    ] {
+        let count = live.iter().filter(|s| s.state() == state).count();
+        let _ = writeln!(out, "forkd_workers{{state=\"{label}\"}} {count}");
+    }
+
+    let per_worker: [(&str, &str, &str, SlotValue); 3] = [
+        (
+            "forkd_worker_requests_total",
+            "counter",
+            "Requests served by each live worker.",
+            |s| s.requests(),
+        ),
+        (
+            "forkd_worker_requests_in_flight",
+            "gauge",
+            "Requests each live worker is serving now.",
+            |s| s.in_flight(),
+        ),
+        (
+            "forkd_worker_connections",
+            "gauge",
+            "Open client connections of each live worker.",
+            |s| s.connections(),
+        ),
+    ];
+    for (name, kind, help, value) in per_worker {
+        family(&mut out, name, kind, help);
+        for slot in &live {
+            let _ = writeln!(
+                out,
+                "{name}{{worker=\"{}\",pid=\"{}\"}} {}",
+                slot.number(),
+                slot.pid(),
+                value(slot)
+            );
+        }
+    }
+
+    let totals = board.totals();
+    family(
+        &mut out,
+        "forkd_requests_total",
+        "counter",
+        "Requests served by all workers since the master started, including exited ones.",
+    );
+    let _ = writeln!(out, "forkd_requests_total {}", totals.requests);
+
+    family(
+        &mut out,
+        "forkd_request_duration_seconds",
+        "histogram",
+        "Time from a request's head to the end of its response, all workers.",
+    );
+    let mut cumulative = 0;
+    for (index, count) in totals.durations.buckets.iter().enumerate() {
+        cumulative += count;
+        let le = match DURATION_BOUNDS_US.get(index) {
+            Some(bound) => format!("{}", *bound as f64 / 1e6),
+            None => "+Inf".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "forkd_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "forkd_request_duration_seconds_sum {}",
+        totals.durations.sum_us as f64 / 1e6
+    );
+    let _ = writeln!(out, "forkd_request_duration_seconds_count {cumulative}");
+
+    family(
+        &mut out,
+        "forkd_worker_restarts_total",
+        "counter",
+        "Workers replaced, by reason.",
+    );
+    for (reason, count) in RESTART_REASONS.iter().zip(header.restarts()) {
+        let _ = writeln!(
+            out,
+            "forkd_worker_restarts_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
+    family(
+        &mut out,
+        "forkd_reloads_total",
+        "counter",
+        "Configuration reloads (HUP) started.",
+    );
+    let _ = writeln!(out, "forkd_reloads_total {}", header.reloads());
+    family(
+        &mut out,
+        "forkd_upgrades_total",
+        "counter",
+        "Binary upgrades (USR2) started.",
+    );
+    let _ = writeln!(out, "forkd_upgrades_total {}", header.upgrades());
+    family(
+        &mut out,
+        "forkd_requests_rejected_total",
+        "counter",
+        "Requests and connections refused by a [limits] setting before reaching the app.",
+    );
+    for rejection in Rejection::ALL {
+        let _ = writeln!(
+            out,
+            "forkd_requests_rejected_total{{limit=\"{}\"}} {}",
+            rejection.limit_name(),
+            header.rejections(rejection)
+        );
+    }
+    out
+}

@@ -1,0 +1,315 @@
+//! The IO under hyper for one client connection: counts the bytes read (for the
+//! connection's idle and header timeouts), runs the `[limits]` scanner over them, holds
+//! back a request head until it is complete, and turns a broken limit into the right
+//! answer: a head that breaks a limit never reaches hyper, which sees the connection
+//! end there, and forkd writes the 4xx itself once hyper is done with the connection;
+//! a chunked body that grows past `max_body` ends in a read error, and the request's
+//! service turns the app's response into 413.
+//!
+//! Closing a connection that still has unread request bytes makes the kernel send a
+//! reset, which can destroy the error response before the client reads it; so an
+//! answered connection is shut down for writing and drained for a short while
+//! ("lingering close", as nginx does) in a task of its own.
+
+use super::conn::{ConnState, Peer};
+use super::limits::{HeadLimits, Scan, Scanner, Violation};
+use crate::access_log::{AccessLog, Outcome, Record};
+use crate::scoreboard::Header;
+use crate::timefmt::Utc;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// How long an answered connection is drained before it is closed.
+const LINGER: Duration = Duration::from_secs(2);
+/// Beyond this many lingering connections per worker, new ones are closed at once.
+const MAX_LINGERING: usize = 1024;
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Open,
+    /// A head broke a limit: hyper reads end-of-stream; forkd answers on drop.
+    Head(Violation),
+    /// A chunked body grew too large: one read error, then end-of-stream.
+    Body {
+        reported: bool,
+    },
+}
+
+pub(super) struct GuardedIo<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Taken on drop to answer a violation and linger.
+    inner: Option<T>,
+    state: Arc<ConnState>,
+    scanner: Scanner,
+    limits: HeadLimits,
+    header: &'static Header,
+    /// Bytes read but not yet given to hyper: first `ready` bytes that may go, then an
+    /// incomplete head.
+    held: Vec<u8>,
+    ready: usize,
+    end: End,
+    /// Where a refused request is logged.
+    log: Option<(Arc<AccessLog>, Arc<Peer>)>,
+}
+
+impl<T> GuardedIo<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    pub(super) fn new(
+        inner: T,
+        state: Arc<ConnState>,
+        limits: HeadLimits,
+        header: &'static Header,
+        log: Option<(Arc<AccessLog>, Arc<Peer>)>,
+    ) -> Self {
+        GuardedIo {
+            inner: Some(inner),
+            state,
+            scanner: Scanner::new(limits),
+            limits,
+            header,
+            held: Vec::new(),
+            ready: 0,
+            end: End::Open,
+            log,
+        }
+    }
+
+    /// Acts on a scan of `data`; returns how many of its bytes may go to hyper.
+    fn apply(&mut self, scan: Scan, data: &[u8]) -> usize {
+        if self.scanner.is_http2() {
+            self.state.mark_http2();
+        }
+        match scan {
+            Scan::Clean => usize::MAX,
+            Scan::PartialHead { start } => start,
+            Scan::HeadViolation { start, violation } => {
+                self.end = End::Head(violation);
+                self.header.count_rejection(violation.rejection());
+                if let Some((log, peer)) = &self.log {
+                    let (status, _) = violation.status();
+                    log_refused(
+                        log,
+                        peer,
+                        &data[start..],
+                        status,
+                        &violation.explain(&self.limits),
+                    );
+                }
+                start
+            }
+            Scan::BodyViolation { at } => {
+                self.end = End::Body { reported: false };
+                self.state.mark_body_too_large();
+                self.header
+                    .count_rejection(Violation::BodyTooLarge.rejection());
+                at
+            }
+        }
+    }
+}
+
+impl<T> AsyncRead for GuardedIo<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.ready > 0 {
+                let n = this.ready.min(buf.remaining());
+                buf.put_slice(&this.held[..n]);
+                this.held.drain(..n);
+                this.ready -= n;
+                return Poll::Ready(Ok(()));
+            }
+            match this.end {
+                End::Open => {}
+                End::Head(_) | End::Body { reported: true } => return Poll::Ready(Ok(())),
+                End::Body { reported: false } => {
+                    this.end = End::Body { reported: true };
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "request body larger than limits.max_body",
+                    )));
+                }
+            }
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            if this.held.is_empty() {
+                // The common case: read straight into hyper's buffer; copy nothing unless
+                // a head is cut by the end of the read.
+                let before = buf.filled().len();
+                ready!(Pin::new(inner).poll_read(cx, buf))?;
+                let read = buf.filled().len() - before;
+                if read == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                this.state.add_bytes_read(read);
+                let scan = this.scanner.scan(&buf.filled()[before..]);
+                let keep = this.apply(scan, &buf.filled()[before..]).min(read);
+                if keep < read && matches!(scan, Scan::PartialHead { .. }) {
+                    this.held.extend_from_slice(&buf.filled()[before + keep..]);
+                }
+                buf.set_filled(before + keep);
+                if keep > 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                // Nothing for hyper yet: read again (or report the end).
+                continue;
+            }
+            // A head is being collected in `held`.
+            let start = this.held.len();
+            this.held.reserve(16 * 1024);
+            let mut spare = ReadBuf::uninit(this.held.spare_capacity_mut());
+            ready!(Pin::new(inner).poll_read(cx, &mut spare))?;
+            let read = spare.filled().len();
+            // SAFETY: the reader initialised the first `read` bytes of the spare capacity.
+            unsafe { this.held.set_len(start + read) };
+            if read == 0 {
+                // The client left in the middle of a head: hyper sees a clean end.
+                this.held.clear();
+                return Poll::Ready(Ok(()));
+            }
+            this.state.add_bytes_read(read);
+            let scan = this.scanner.scan(&this.held);
+            let held = std::mem::take(&mut this.held);
+            let keep = this.apply(scan, &held).min(held.len());
+            this.held = held;
+            if !matches!(scan, Scan::PartialHead { .. } | Scan::Clean) {
+                this.held.truncate(keep);
+            }
+            this.ready = keep;
+        }
+    }
+}
+
+impl<T> AsyncWrite for GuardedIo<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_write(cx, buf),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.end != End::Open {
+            // The drop answers and lingers; a FIN now would come before the answer.
+            return Poll::Ready(Ok(()));
+        }
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl<T> Drop for GuardedIo<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn drop(&mut self) {
+        let response = match self.end {
+            End::Open => return,
+            End::Head(violation) => {
+                let (status, reason) = violation.status();
+                error_response(status, reason, &violation.explain(&self.limits), "")
+            }
+            // hyper has written the app's (413) answer already.
+            End::Body { .. } => Vec::new(),
+        };
+        if let Some(stream) = self.inner.take() {
+            answer_and_close(stream, response);
+        }
+    }
+}
+
+/// Logs a request forkd answered itself before hyper parsed it.
+pub(super) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16, body: &str) {
+    let record = Record::refused(peer.addr.map(|a| a.ip()), peer.addr, head);
+    log.log(
+        &record,
+        &Outcome {
+            status,
+            bytes: body.len() as u64,
+            duration: Duration::ZERO,
+        },
+    );
+}
+
+/// A complete `Connection: close` response with a plain-text body.
+pub(super) fn error_response(
+    status: u16,
+    reason: &str,
+    body: &str,
+    extra_headers: &str,
+) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\n{extra_headers}\r\n{body}",
+        body.len(),
+        Utc::from_system(SystemTime::now()).http_date()
+    )
+    .into_bytes()
+}
+
+/// Writes `response` (may be empty), shuts the connection down for writing and reads
+/// what the client still sends for up to [`LINGER`], in a task of its own.
+pub(super) fn answer_and_close<T>(mut stream: T, response: Vec<u8>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let linger = LINGERING.fetch_add(1, Relaxed) < MAX_LINGERING;
+    runtime.spawn(async move {
+        let _ = tokio::time::timeout(LINGER, async {
+            stream.write_all(&response).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while linger && stream.read(&mut sink).await? > 0 {}
+            Ok::<_, io::Error>(())
+        })
+        .await;
+        LINGERING.fetch_sub(1, Relaxed);
+    });
+}
