@@ -221,6 +221,9 @@ fn new_shared(
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(None)
+        // A client may end its side after its request (and the limits IO ends the read
+        // side before a refused request): the response still goes out.
+        .half_close(true)
         .keep_alive(!config.keepalive.is_zero())
         .max_buf_size((limits.max_head_bytes() + 64 * 1024).max(400 * 1024));
     if config.limits.request_fields > HYPER_DEFAULT_MAX_HEADERS {

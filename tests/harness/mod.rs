@@ -54,11 +54,12 @@ impl Server {
             .lines()
             .find(|l| l.contains("listening on "))
             .expect("listening line");
+        // Text or JSON log lines: the address ends at a space or a quote.
         server.addr = line
             .split("listening on ")
             .nth(1)
             .unwrap()
-            .split_whitespace()
+            .split(|c: char| c.is_whitespace() || c == '"')
             .next()
             .unwrap()
             .to_string();

@@ -1,0 +1,433 @@
+//! HTTP hardening, end to end with the real binary: `[limits]` (414, 431, 413 for a
+//! declared and a chunked body, `header_read_timeout`, `max_connections`), and that the
+//! worker keeps serving after each; `[health]` readiness during `shutdown_delay`;
+//! trusted proxy headers. Real sockets on loopback, deadlines on every wait, every
+//! process killed by a guard.
+
+mod harness;
+
+use harness::*;
+use nix::sys::signal::Signal;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn config(name: &str, text: &str) -> String {
+    let path = temp_dir(name).join("forkd.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.to_str().expect("utf-8 path").to_string()
+}
+
+/// Sends raw bytes (a write error is fine: the server may close early) and reads the
+/// whole answer until the server closes: (status, head, body).
+fn exchange(addr: &str, raw: &[u8]) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = stream.write_all(raw);
+    let mut data = Vec::new();
+    let _ = stream.read_to_end(&mut data);
+    let text = String::from_utf8_lossy(&data).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+fn echo_json(addr: &str, extra_headers: &str) -> serde_json::Value {
+    let (status, _, body) = request(
+        addr,
+        &format!("GET /echo HTTP/1.1\r\nHost: t\r\n{extra_headers}Connection: close\r\n\r\n"),
+    )
+    .expect("echo request");
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).expect("echo json")
+}
+
+fn worker_pid(addr: &str) -> u64 {
+    echo_json(addr, "")["pid"].as_u64().expect("pid")
+}
+
+const LIMITS: &str = "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\
+    [limits]\nrequest_line = 200\nrequest_fields = 10\nrequest_field_size = 100\nmax_body = 1000\n";
+
+#[test]
+fn oversized_line_headers_and_bodies_get_their_4xx_and_the_worker_keeps_serving() {
+    let path = config("limits", LIMITS);
+    let server = Server::start(&forkd(), &["-c", &path]);
+    let pid = worker_pid(&server.addr);
+    let long_line = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(300));
+    let many_fields = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\n{}\r\n",
+        (0..12)
+            .map(|i| format!("x-{i}: {i}\r\n"))
+            .collect::<String>()
+    );
+    let large_field = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nx-big: {}\r\n\r\n",
+        "b".repeat(150)
+    );
+    let declared = "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n".to_string();
+    let mut chunked =
+        String::from("POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for _ in 0..5 {
+        chunked.push_str(&format!("190\r\n{}\r\n", "c".repeat(400)));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let cases: [(&str, &String, u16, &str); 5] = [
+        ("request line", &long_line, 414, "limits.request_line"),
+        ("header count", &many_fields, 431, "limits.request_fields"),
+        (
+            "header size",
+            &large_field,
+            431,
+            "limits.request_field_size",
+        ),
+        ("declared body", &declared, 413, "limits.max_body"),
+        ("chunked body", &chunked, 413, "limits.max_body"),
+    ];
+    for (what, raw, want, names) in cases {
+        let (status, head, body) = exchange(&server.addr, raw.as_bytes());
+        assert_eq!(status, want, "{what}: {head}\n{body}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{what}: {head}"
+        );
+        assert!(body.contains(names), "{what}: body {body:?}");
+        // The same worker answers the next request.
+        assert_eq!(worker_pid(&server.addr), pid, "{what}: the worker changed");
+    }
+    // Within the limits: a chunked body of exactly max_body bytes is served.
+    let mut fits = String::from(
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    fits.push_str(&format!("3e8\r\n{}\r\n0\r\n\r\n", "d".repeat(1000)));
+    let (status, _, body) = exchange(&server.addr, fits.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"body_bytes\":1000"), "{body}");
+    // On one keep-alive connection: a good request is answered, then the oversized one
+    // that follows it gets 414.
+    let mut pipelined = b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+    pipelined.extend_from_slice(long_line.as_bytes());
+    let (status, _, rest) = exchange(&server.addr, &pipelined);
+    assert_eq!(status, 200);
+    assert!(rest.contains("HTTP/1.1 414"), "{rest}");
+    assert!(
+        !server.log_contains("worker exited"),
+        "a worker exited:\n{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_slowloris_client_is_dropped_after_header_read_timeout_while_others_are_served() {
+    let path = config(
+        "slowloris",
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[limits]\nheader_read_timeout = 1\n",
+    );
+    let server = Server::start(&forkd(), &["-c", &path]);
+    let addr = server.addr.clone();
+    let mut slow = TcpStream::connect(&addr).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let started = Instant::now();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        .expect("first bytes");
+    let mut served_meanwhile = 0;
+    let mut dropped_after = None;
+    let mut byte = [0u8; 64];
+    while started.elapsed() < Duration::from_secs(8) {
+        // A header line every 200 ms: never finishing, always "active".
+        let _ = slow.write_all(b"X-Slow: 1\r\n");
+        match slow.read(&mut byte) {
+            Ok(0) => {
+                dropped_after = Some(started.elapsed());
+                break;
+            }
+            Ok(n) => panic!(
+                "the slow client got an answer: {:?}",
+                String::from_utf8_lossy(&byte[..n])
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                dropped_after = Some(started.elapsed());
+                break;
+            }
+            Err(_) => {}
+        }
+        let (status, _, _) = get(&addr, "/").expect("normal request");
+        assert_eq!(status, 200);
+        served_meanwhile += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let dropped_after = dropped_after.expect("the slowloris client was never dropped");
+    assert!(
+        dropped_after >= Duration::from_millis(900),
+        "dropped too early: {dropped_after:?}"
+    );
+    assert!(
+        served_meanwhile >= 3,
+        "only {served_meanwhile} normal requests"
+    );
+    let (status, _, _) = get(&addr, "/").expect("after");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn past_max_connections_new_requests_get_503_with_retry_after() {
+    let path = config(
+        "maxconn",
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\nkeepalive = 30\n[limits]\nmax_connections = 2\n",
+    );
+    let server = Server::start(&forkd(), &["-c", &path]);
+    let open: Vec<BufReader<TcpStream>> = (0..2)
+        .map(|_| {
+            let stream = TcpStream::connect(&server.addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut reader = BufReader::new(stream);
+            reader
+                .get_mut()
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("write");
+            let (status, close) = read_response(&mut reader).expect("keep-alive response");
+            assert_eq!((status, close), (200, false));
+            reader
+        })
+        .collect();
+    let started = Instant::now();
+    let (status, head, body) = get(&server.addr, "/").expect("third connection");
+    assert!(started.elapsed() < Duration::from_secs(5), "it hung");
+    assert_eq!(status, 503, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    assert!(
+        String::from_utf8_lossy(&body).contains("limits.max_connections"),
+        "{body:?}"
+    );
+    drop(open);
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            get(&server.addr, "/").is_ok_and(|(status, _, _)| status == 200)
+        }),
+        "no 200 after the connections closed"
+    );
+}
+
+#[test]
+fn readiness_flips_to_503_during_shutdown_delay_while_requests_succeed_then_exit_0() {
+    let path = config(
+        "ready",
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n\
+         [health]\nlive_path = \"/health/live\"\nready_path = \"/health/ready\"\nshutdown_delay = 2\n",
+    );
+    let mut server = Server::start(&forkd(), &["-c", &path]);
+    let addr = server.addr.clone();
+    let status_of = |path: &str| get(&addr, path).map(|(status, _, _)| status);
+    assert_eq!(status_of("/health/live"), Ok(200));
+    assert_eq!(status_of("/health/ready"), Ok(200));
+    // Health paths never reach the app (echo would answer JSON).
+    let (_, _, body) = get(&addr, "/health/ready").expect("ready");
+    assert_eq!(body, b"ready\n");
+    // A HUP does not flip readiness: the server as a whole stays ready.
+    server.signal(Signal::SIGHUP);
+    let reloaded = Instant::now();
+    while reloaded.elapsed() < Duration::from_millis(800) {
+        assert_eq!(status_of("/health/ready"), Ok(200), "during a reload");
+        assert_eq!(status_of("/"), Ok(200));
+    }
+    assert!(poll_until(Duration::from_secs(10), || server
+        .log_contains("HUP: reload finished")
+        || server.log().matches("reason=\"reload\"").count() >= 2));
+    let term = Instant::now();
+    server.signal(Signal::SIGTERM);
+    assert!(
+        poll_until(Duration::from_secs(5), || status_of("/health/ready")
+            == Ok(503)),
+        "readiness did not flip:\n{}",
+        server.log()
+    );
+    // Not ready, but serving everything else as usual for the rest of the delay.
+    let mut served = 0;
+    while term.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            status_of("/"),
+            Ok(200),
+            "a request failed during shutdown_delay"
+        );
+        assert_eq!(status_of("/health/live"), Ok(200));
+        assert_eq!(status_of("/health/ready"), Ok(503));
+        served += 1;
+    }
+    assert!(served > 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forkd did not exit:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(
+        term.elapsed() >= Duration::from_millis(1800),
+        "exited before shutdown_delay was over: {:?}",
+        term.elapsed()
+    );
+    assert!(server.log_contains("shutdown_delay"), "{}", server.log());
+}
+
+#[test]
+fn proxy_headers_are_trusted_only_from_allowed_addresses() {
+    let xff = "X-Forwarded-For: 198.51.100.77, 203.0.113.9\r\nX-Forwarded-Proto: https\r\n";
+    let forwarded = "Forwarded: for=\"[2001:db8::5]:1234\";proto=https\r\n";
+    // The default list trusts loopback, where the test connects from.
+    let path = config(
+        "proxies-default",
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\n",
+    );
+    let server = Server::start(&forkd(), &["-c", &path]);
+    let json = echo_json(&server.addr, xff);
+    // 203.0.113.9 was appended by the trusted proxy; 198.51.100.77 could be forged.
+    assert_eq!(json["remote_addr"], "203.0.113.9");
+    assert_eq!(json["scheme"], "https");
+    let json = echo_json(&server.addr, forwarded);
+    assert_eq!(json["remote_addr"], "2001:db8::5");
+    assert_eq!(json["scheme"], "https");
+    let json = echo_json(&server.addr, "");
+    assert!(json["remote_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(json["scheme"], "http");
+    drop(server);
+
+    // A CIDR that trusts a chain of proxies: walked until the first untrusted hop.
+    let path = config(
+        "proxies-cidr",
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_allow_ips = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n",
+    );
+    let server = Server::start(&forkd(), &["-c", &path]);
+    let json = echo_json(
+        &server.addr,
+        "X-Forwarded-For: 192.0.2.1, 198.51.100.2, 10.9.8.7\r\n",
+    );
+    assert_eq!(json["remote_addr"], "198.51.100.2");
+    drop(server);
+
+    // Not from an allowed address: the headers are ignored.
+    let path = config(
+        "proxies-untrusted",
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_allow_ips = [\"10.0.0.1\"]\n",
+    );
+    let server = Server::start(&forkd(), &["-c", &path]);
+    for headers in [xff, forwarded] {
+        let json = echo_json(&server.addr, headers);
+        let remote = json["remote_addr"].as_str().unwrap();
+        assert!(remote.starts_with("127.0.0.1:"), "{remote}");
+        assert_eq!(json["scheme"], "http");
+    }
+}
+
+#[test]
+fn bad_access_log_format_and_proxy_entries_are_config_errors() {
+    for (name, text, needles) in [
+        (
+            "format",
+            "app = \"hello\"\n[log]\naccess_log_format = \"{status} {stauts}\"\n",
+            &["line 3", "log.access_log_format", "unknown field {stauts}"][..],
+        ),
+        (
+            "cidr",
+            "app = \"hello\"\nforwarded_allow_ips = [\"10.0.0.0/40\"]\n",
+            &["line 2", "forwarded_allow_ips", "prefix length"][..],
+        ),
+    ] {
+        let path = config(&format!("bad-{name}"), text);
+        let (code, stderr) = run_to_exit(
+            &forkd(),
+            &["-c", &path, "--check-config"],
+            &[],
+            Duration::from_secs(10),
+        );
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{name}: {needle:?} not in {stderr}"
+            );
+        }
+    }
+}
+
+/// Reads lines from a child's pipe into a shared buffer.
+fn collect_lines(pipe: impl Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let sink = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let writer = sink.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            writer.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    sink
+}
+
+/// Kills a started process and its workers on drop.
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for pid in children_of(self.0.id() as i32) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn access_log_dash_writes_to_stdout() {
+    let mut child = std::process::Command::new(forkd())
+        .args(["-b", "127.0.0.1:0", "--access-log", "-", "hello"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start forkd");
+    let stdout = collect_lines(child.stdout.take().expect("stdout"));
+    let stderr = collect_lines(child.stderr.take().expect("stderr"));
+    let _guard = Guard(child);
+    assert!(poll_until(Duration::from_secs(10), || stderr
+        .lock()
+        .unwrap()
+        .contains("all workers ready")));
+    let log = stderr.lock().unwrap().clone();
+    let addr = log
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("address")
+        .to_string();
+    let (status, _, _) = request(
+        &addr,
+        "GET /to-stdout HTTP/1.1\r\nHost: t\r\nUser-Agent: stdout-test\r\nConnection: close\r\n\r\n",
+    )
+    .expect("request");
+    assert_eq!(status, 200);
+    assert!(
+        poll_until(Duration::from_secs(5), || {
+            let out = stdout.lock().unwrap();
+            out.contains("\"GET /to-stdout HTTP/1.1\" 200 13") && out.contains("\"stdout-test\"")
+        }),
+        "stdout: {}",
+        stdout.lock().unwrap()
+    );
+}
