@@ -459,3 +459,51 @@ pub fn monotonic_ms() -> u64 {
         Err(_) => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_keep_what_freed_slots_counted() {
+        let mut board = Scoreboard::new().expect("scoreboard");
+        let a = board.claim().expect("slot");
+        let b = board.claim().expect("slot");
+        for (index, pid) in [(a, 100), (b, 101)] {
+            board.slot(index).set_pid(pid);
+            board.slot(index).set_state(WorkerState::Ready);
+        }
+        for _ in 0..3 {
+            board.slot(a).count_request();
+            board.slot(a).request_began();
+            board.slot(a).request_ended(Some(1_500));
+        }
+        board.slot(b).count_request();
+        board.slot(b).request_began();
+        board.slot(b).request_ended(Some(20_000_000));
+        let before = board.board().totals();
+        assert_eq!(before.requests, 4);
+        assert_eq!(before.durations.count(), 4);
+        assert_eq!(
+            before.durations.buckets[1], 3,
+            "1.5 ms is in the 2.5 ms bucket"
+        );
+        assert_eq!(
+            before.durations.buckets[BUCKETS - 1],
+            1,
+            "20 s is above 10 s"
+        );
+        board.release(a);
+        let reused = board.claim().expect("slot");
+        assert_eq!(reused, a, "the freed slot is reused, reset");
+        assert_eq!(board.slot(reused).requests(), 0);
+        let after = board.board().totals();
+        assert_eq!(after.requests, 4);
+        assert_eq!(after.durations, before.durations);
+        assert_eq!(board.board().live_slots().count(), 1);
+        board.header().count_restart("scale down");
+        board.header().count_restart("stop");
+        assert_eq!(board.header().restarts()[4], 1);
+        assert_eq!(board.header().restarts().iter().sum::<u64>(), 1);
+    }
+}
