@@ -452,10 +452,57 @@ impl AccessLog {
     }
 
     fn write_text(&self, out: &mut Vec<u8>, record: &Record, outcome: &Outcome) {
+        use std::io::Write as _;
         let mut header_index = 0;
         for piece in &self.format.pieces {
+            // The default format's fields are written straight into the line, without
+            // an allocation each; the rest go through `value`.
+            let missing = |out: &mut Vec<u8>| out.push(b'-');
+            let header = |out: &mut Vec<u8>, v: &Option<HeaderValue>| match v {
+                Some(v) => escape_text(out, v.as_bytes()),
+                None => missing(out),
+            };
             match piece {
                 Piece::Literal(text) => out.extend_from_slice(text.as_bytes()),
+                Piece::Field(Field::RemoteAddr) => match record.client {
+                    Some(ip) => {
+                        let _ = write!(out, "{ip}");
+                    }
+                    None => out.extend_from_slice(b"unix"),
+                },
+                Piece::Field(Field::Time) => {
+                    with_common_log_time(record.wall, |t| out.extend_from_slice(t.as_bytes()))
+                }
+                Piece::Field(Field::Request) => match &record.head {
+                    Some(h) => {
+                        escape_text(out, h.method.as_str().as_bytes());
+                        out.push(b' ');
+                        match h.uri.path_and_query() {
+                            Some(p) if h.uri.scheme().is_none() => {
+                                escape_text(out, p.as_str().as_bytes())
+                            }
+                            _ => escape_text(out, request_target(&h.uri).as_bytes()),
+                        }
+                        out.push(b' ');
+                        out.extend_from_slice(version_text(h.version).as_bytes());
+                    }
+                    None if record.raw_line.is_empty() => missing(out),
+                    None => escape_text(out, record.raw_line.as_bytes()),
+                },
+                Piece::Field(Field::Status) => {
+                    let _ = write!(out, "{}", outcome.status);
+                }
+                Piece::Field(Field::Bytes) => {
+                    let _ = write!(out, "{}", outcome.bytes);
+                }
+                Piece::Field(Field::DurationMs) => {
+                    let _ = write!(out, "{:.3}", outcome.duration.as_secs_f64() * 1000.0);
+                }
+                Piece::Field(Field::UserAgent) => header(out, &record.user_agent),
+                Piece::Field(Field::Referer) => header(out, &record.referer),
+                Piece::Field(Field::Pid) => {
+                    let _ = write!(out, "{}", self.pid);
+                }
                 Piece::Field(field) => {
                     let value = self.value(field, record, outcome, &mut header_index);
                     match value {
@@ -516,7 +563,7 @@ impl AccessLog {
                 Some(addr) => text(addr.to_string()),
                 None => text("unix".into()),
             },
-            Field::Time => text(cached_common_log_time(record.wall)),
+            Field::Time => with_common_log_time(record.wall, |t| text(t.to_string())),
             Field::TimeIso => text(Utc::from_system(record.wall).rfc3339_millis()),
             Field::Request => match &record.head {
                 Some(h) => text(format!(
@@ -594,9 +641,15 @@ fn format_millis(d: Duration) -> String {
 /// Text fields escape `"`, `\` and bytes outside printable ASCII as `\xHH` (as nginx
 /// does), so a client cannot forge a line break or break out of a quoted field.
 fn escape_text(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in bytes {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.extend_from_slice(format!("\\x{b:02X}").as_bytes());
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
         } else {
             out.push(b);
         }
@@ -607,8 +660,8 @@ thread_local! {
     static TIME_CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
-/// The common-log time, formatted once per second per thread.
-fn cached_common_log_time(wall: SystemTime) -> String {
+/// Runs `f` with the common-log time, formatted once per second per thread.
+fn with_common_log_time<R>(wall: SystemTime, f: impl FnOnce(&str) -> R) -> R {
     let secs = wall
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -618,8 +671,19 @@ fn cached_common_log_time(wall: SystemTime) -> String {
         if cache.0 != secs {
             *cache = (secs, Utc::from_system(wall).common_log());
         }
-        cache.1.clone()
+        f(&cache.1)
     })
+}
+
+fn version_text(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
 }
 
 /// The writer thread: every FLUSH_EVERY (or when woken), take every waiting line and
