@@ -143,6 +143,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub struct Tally {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
+    /// Of `failed`: connections that could not be made at all (refused, ...).
+    pub connect_failed: AtomicU64,
     pub errors: Mutex<Vec<String>>,
 }
 
@@ -209,6 +211,22 @@ pub fn load(
     connections: usize,
     stop: Arc<AtomicBool>,
 ) -> (Arc<Tally>, Vec<std::thread::JoinHandle<()>>) {
+    load_with(addr, connections, stop, true)
+}
+
+/// As `load`; with `keep_alive` false every request has its own connection
+/// (`Connection: close`), as a client behind a non-pooling proxy sends them.
+pub fn load_with(
+    addr: &str,
+    connections: usize,
+    stop: Arc<AtomicBool>,
+    keep_alive: bool,
+) -> (Arc<Tally>, Vec<std::thread::JoinHandle<()>>) {
+    let request: &'static [u8] = if keep_alive {
+        b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+    } else {
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    };
     let tally = Arc::new(Tally::default());
     let handles = (0..connections)
         .map(|_| {
@@ -223,6 +241,7 @@ pub fn load(
                                 conn = Some(BufReader::new(s));
                             }
                             Err(e) => {
+                                tally.connect_failed.fetch_add(1, Ordering::Relaxed);
                                 tally.fail(format!("connect: {e}"));
                                 std::thread::sleep(Duration::from_millis(10));
                                 continue;
@@ -230,16 +249,14 @@ pub fn load(
                         }
                     }
                     let reader = conn.as_mut().unwrap();
-                    let sent = reader
-                        .get_mut()
-                        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+                    let sent = reader.get_mut().write_all(request);
                     let result = sent
                         .map_err(|e| format!("write: {e}"))
                         .and_then(|_| read_response(reader));
                     match result {
                         Ok((status, close)) if (200..300).contains(&status) => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
-                            if close {
+                            if close || !keep_alive {
                                 conn = None;
                             }
                         }
