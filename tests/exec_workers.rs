@@ -132,6 +132,73 @@ fn a_killed_uvicorn_worker_is_replaced() {
     for _ in 0..10 {
         assert!(body_of(&server.addr).starts_with("v1 "));
     }
+    // USR1 reopens forkd's logs; it is not passed to exec workers (it would kill them).
+    let workers = children_of(server.pid());
+    server.signal(Signal::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(children_of(server.pid()), workers, "{}", server.log());
+    // QUIT: at once, exit 0.
+    let mut server = server;
+    server.signal(Signal::SIGQUIT);
+    let mut code = None;
+    poll_until(Duration::from_secs(5), || {
+        code = server
+            .child
+            .try_wait()
+            .ok()
+            .flatten()
+            .and_then(|s| s.code());
+        code.is_some()
+    });
+    assert_eq!(code, Some(0), "{}", server.log());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn usr2_upgrades_the_master_while_uvicorn_workers_keep_serving() {
+    let (dir, config) = project("exec-usr2", &uvicorn(), "");
+    let pidfile = dir.join("forkd.pid");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("pidfile = {:?}\n{text}", pidfile.display()),
+    )
+    .expect("config");
+    let mut server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let old = server.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load_with(&server.addr, 8, stop.clone(), false);
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(Signal::SIGUSR2);
+    let mut new = 0;
+    poll_until(Duration::from_secs(30), || {
+        new = read_pid(&pidfile).filter(|p| *p != old).unwrap_or(0);
+        new > 0
+    });
+    let _new_master = PidGuard(new);
+    assert!(new > 0, "{}", server.log());
+    let old_gone = poll_until(Duration::from_secs(30), || {
+        matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    finish(stop, handles);
+    assert!(old_gone, "{}", server.log());
+    assert_eq!(
+        children_of(new).len(),
+        2,
+        "the new master's uvicorn workers"
+    );
+    assert!(body_of(&server.addr).starts_with("v1 "));
+    let refused = tally
+        .connect_failed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 0, "connections refused during the upgrade");
+    let (ok, failed) = (
+        tally.ok.load(std::sync::atomic::Ordering::Relaxed),
+        tally.failed.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    eprintln!("USR2 with 2 uvicorn workers under load: {ok} ok, {failed} failed");
+    assert!(failed * 200 <= ok, "{failed} of {ok} failed");
     let _ = std::fs::remove_dir_all(dir);
 }
 

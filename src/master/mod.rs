@@ -361,7 +361,11 @@ impl Master {
             Signal::SIGUSR1 => {
                 tracing::info!("USR1: reopening log files");
                 crate::logging::reopen();
-                self.signal_all(Signal::SIGUSR1);
+                // Exec workers' output comes through the master, whose log was just
+                // reopened; USR1's default action would kill them (Python's does).
+                for w in self.workers.iter().filter(|w| w.exec.is_none()) {
+                    let _ = kill(w.pid, Signal::SIGUSR1);
+                }
             }
             Signal::SIGUSR2 => self.start_upgrade(),
             Signal::SIGWINCH => {
@@ -488,7 +492,9 @@ impl Master {
                 // dumps core): it has nothing to lose, so it is killed outright.
                 let _ = kill(
                     w.pid,
-                    if w.ready {
+                    // An exec worker's QUIT would be its program's business (Python
+                    // dumps core on it); immediate means SIGKILL there.
+                    if w.ready && w.exec.is_none() {
                         Signal::SIGQUIT
                     } else {
                         Signal::SIGKILL
@@ -499,12 +505,6 @@ impl Master {
                     kill_at: Instant::now() + KILL_GRACE,
                 };
             }
-        }
-    }
-
-    fn signal_all(&self, signal: Signal) {
-        for w in &self.workers {
-            let _ = kill(w.pid, signal);
         }
     }
 
