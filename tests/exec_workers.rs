@@ -140,16 +140,7 @@ fn a_killed_uvicorn_worker_is_replaced() {
     // QUIT: at once, exit 0.
     let mut server = server;
     server.signal(Signal::SIGQUIT);
-    let mut code = None;
-    poll_until(Duration::from_secs(5), || {
-        code = server
-            .child
-            .try_wait()
-            .ok()
-            .flatten()
-            .and_then(|s| s.code());
-        code.is_some()
-    });
+    let code = server.wait_exit(Duration::from_secs(5));
     assert_eq!(code, Some(0), "{}", server.log());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -170,11 +161,7 @@ fn usr2_upgrades_the_master_while_uvicorn_workers_keep_serving() {
     let (tally, handles) = load_with(&server.addr, 8, stop.clone(), false);
     std::thread::sleep(Duration::from_millis(300));
     server.signal(Signal::SIGUSR2);
-    let mut new = 0;
-    poll_until(Duration::from_secs(30), || {
-        new = read_pid(&pidfile).filter(|p| *p != old).unwrap_or(0);
-        new > 0
-    });
+    let new = new_master(&pidfile, old, Duration::from_secs(30));
     let _new_master = PidGuard(new);
     assert!(new > 0, "{}", server.log());
     let old_gone = poll_until(Duration::from_secs(30), || {
