@@ -545,8 +545,9 @@ impl Master {
     fn worker_exited(&mut self, worker: Worker, status: WaitStatus) {
         let slot = self.scoreboard.slot(worker.slot);
         let message = slot.message();
-        let served = slot.requests();
-        self.requests_of_exited += served;
+        self.requests_of_exited += slot.requests();
+        // Exec workers do not count their requests in the scoreboard.
+        let served = worker.exec.is_none().then(|| slot.requests());
         self.scoreboard.release(worker.slot);
         let how = match status {
             WaitStatus::Exited(_, code) => format!("exit code {code}"),
@@ -884,7 +885,10 @@ impl Master {
             "{ready} of {} workers ready ({running} running, generation {})",
             self.target, self.generation
         );
-        let full = format!("{counts}, {served} requests served");
+        let full = match self.factory {
+            Program::Native(_) => format!("{counts}, {served} requests served"),
+            Program::Exec(_) => counts.clone(),
+        };
         (counts, full)
     }
 
