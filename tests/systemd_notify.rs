@@ -273,16 +273,7 @@ fn ready_only_when_serving_then_reload_and_stop_in_order() {
     let stopping = notify.wait_for(before_stop, "STOPPING=1", Duration::from_secs(5));
     assert!(stopping.is_some(), "no STOPPING=1:\n{}", notify.dump());
     assert_eq!(notify.all()[stopping.unwrap()].sender, master);
-    let mut code = None;
-    poll_until(Duration::from_secs(10), || {
-        code = server
-            .child
-            .try_wait()
-            .ok()
-            .flatten()
-            .and_then(|s| s.code());
-        code.is_some()
-    });
+    let code = server.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", server.log());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -305,11 +296,7 @@ fn usr2_hands_mainpid_to_the_new_master_which_then_says_ready() {
         .expect("READY=1 at start");
     let before = notify.all().len();
     server.signal(Signal::SIGUSR2);
-    let mut new = 0;
-    poll_until(Duration::from_secs(15), || {
-        new = read_pid(&pidfile).filter(|p| *p != old).unwrap_or(0);
-        new > 0
-    });
+    let new = new_master(&pidfile, old, Duration::from_secs(15));
     let _new_master = PidGuard(new);
     assert!(new > 0, "no new master:\n{}", server.log());
     let line = format!("MAINPID={new}");
