@@ -390,6 +390,64 @@ fn socket_activation_under_systemd() {
     assert_state(&c, "forkd.service", "inactive", "dead");
 }
 
+#[test]
+fn logs_reach_the_journal_with_their_priority() {
+    let c = boot("log");
+    c.systemctl(&["start", "forkd.service"], STEP);
+    let (main_inner, _) = main_pid(&c);
+    let journal = |priority: &str| {
+        c.run(
+            &[
+                "journalctl",
+                "--no-pager",
+                "-o",
+                "cat",
+                "-u",
+                "forkd.service",
+                "-p",
+                priority,
+            ],
+            Duration::from_secs(20),
+        )
+        .stdout
+    };
+
+    // forkd's own lines, without a timestamp of their own (the journal has one).
+    let found = poll_until(Duration::from_secs(20), || {
+        journal("info").contains("master started")
+    });
+    let info = journal("info");
+    assert!(found, "no start line in the journal:\n{info}");
+    let started = info
+        .lines()
+        .find(|l| l.contains("master started"))
+        .expect("start line");
+    assert!(
+        started.starts_with("INFO master started"),
+        "the journal line carries more than level and message: {started:?}"
+    );
+
+    // A HUP with a config forkd refuses fails, keeps serving, and says so as an error.
+    c.write_config("workers = 0\n");
+    let hup = c.run(
+        &["kill", "-HUP", &main_inner.to_string()],
+        Duration::from_secs(10),
+    );
+    assert!(hup.ok(), "kill -HUP: {hup:?}");
+    assert!(
+        poll_until(Duration::from_secs(20), || journal("err")
+            .contains("reload failed")),
+        "the failed reload is not in `journalctl -p err`:\n{}",
+        c.journal("forkd.service")
+    );
+    let errors = journal("err");
+    assert!(
+        !errors.contains("master started") && !errors.contains("worker started"),
+        "info lines are logged as errors:\n{errors}"
+    );
+    assert_state(&c, "forkd.service", "active", "running");
+}
+
 /// `systemctl reload` while the master is stopped: it must still be waiting (the unit
 /// `reloading`) a while later, and finish once the master runs again.
 fn reload_with_master_frozen(c: &Container, master: i32) {

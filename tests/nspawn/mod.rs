@@ -199,6 +199,11 @@ impl Container {
         );
     }
 
+    /// Replaces /etc/forkd/forkd.toml as the container sees it (the bound dir is ours).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.dir.join("conf").join("forkd.toml"), text).expect("write config");
+    }
+
     fn console(&self) -> String {
         std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
     }
