@@ -50,6 +50,15 @@ fn boot(tag: &str) -> Container {
     )
 }
 
+/// Stops the load client if the test panics before it finishes the load itself.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Several properties of a unit from one `systemctl show`, so they are consistent.
 fn props(c: &Container, unit: &str, names: &[&str]) -> HashMap<String, String> {
     let mut args = vec!["show", unit];
@@ -128,6 +137,7 @@ fn start_reload_upgrade_and_stop_under_systemd() {
     let stop = Arc::new(AtomicBool::new(false));
     let stop_load = stop.clone();
     let (tally, handles) = c.in_network(move || load(ADDR, 8, stop_load));
+    let _stop_on_panic = StopOnDrop(stop.clone());
     let served = |t: &Tally| t.ok.load(Ordering::Relaxed);
     assert!(
         poll_until(Duration::from_secs(20), || served(&tally) > 50),
@@ -265,7 +275,7 @@ fn start_reload_upgrade_and_stop_under_systemd() {
     let (_, master) = main_pid(&c);
     let (sent_tx, sent_rx) = std::sync::mpsc::channel();
     let slow = c.in_network(move || {
-        std::thread::spawn(move || -> Result<(u16, Instant), String> {
+        std::thread::spawn(move || -> Result<u16, String> {
             let stream = TcpStream::connect(ADDR).map_err(|e| format!("connect: {e}"))?;
             let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
             let mut reader = BufReader::new(stream);
@@ -280,8 +290,7 @@ fn start_reload_upgrade_and_stop_under_systemd() {
                 .write_all(b"GET /?sleep_ms=2000 HTTP/1.1\r\nHost: t\r\n\r\n")
                 .map_err(|e| format!("write: {e}"))?;
             let _ = sent_tx.send(());
-            let (status, _) = read_response(&mut reader)?;
-            Ok((status, Instant::now()))
+            read_response(&mut reader).map(|(status, _)| status)
         })
     });
     sent_rx
@@ -290,7 +299,9 @@ fn start_reload_upgrade_and_stop_under_systemd() {
     let stopping = Instant::now();
     c.systemctl(&["stop", "forkd.service"], STEP);
     let stopped = Instant::now();
-    let (status, answered) = slow
+    // Answered (not cut off by SIGKILL), and the master had exited when systemctl
+    // returned: the stop waited for the drain.
+    let status = slow
         .join()
         .expect("slow request thread")
         .unwrap_or_else(|e| {
@@ -301,8 +312,8 @@ fn start_reload_upgrade_and_stop_under_systemd() {
         });
     assert_eq!(status, 200);
     assert!(
-        answered <= stopped,
-        "systemctl stop returned before the in-flight request was answered"
+        !alive(master),
+        "systemctl stop returned before the master exited"
     );
     eprintln!(
         "systemctl stop with a 2 s request in flight: {:?}",
@@ -315,7 +326,6 @@ fn start_reload_upgrade_and_stop_under_systemd() {
         "after stop: {p:?}\n{}",
         c.journal("forkd.service")
     );
-    assert!(!alive(master), "the master outlived the stop");
     assert!(
         c.processes()
             .iter()
