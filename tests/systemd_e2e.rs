@@ -6,7 +6,9 @@
 //! the new workers serve; USR2 moves MainPID to the new master and the unit stays active
 //! (and systemd still notices that master die); `systemctl stop` lets an in-flight
 //! request finish and ends inactive, not failed; socket activation starts forkd on the
-//! first connection and keeps the socket across upgrades and restarts.
+//! first connection and keeps the socket across upgrades and restarts; a reload with a
+//! bad config fails `systemctl reload` and keeps serving; forkd's lines reach the journal
+//! with their priority and without a second timestamp.
 
 mod harness;
 mod nspawn;
@@ -401,7 +403,7 @@ fn socket_activation_under_systemd() {
 }
 
 #[test]
-fn logs_reach_the_journal_with_their_priority() {
+fn a_failed_reload_keeps_serving_and_logs_reach_the_journal_by_priority() {
     let c = boot("log");
     c.systemctl(&["start", "forkd.service"], STEP);
     let (main_inner, _) = main_pid(&c);
@@ -437,8 +439,33 @@ fn logs_reach_the_journal_with_their_priority() {
         "the journal line carries more than level and message: {started:?}"
     );
 
-    // A HUP with a config forkd refuses fails, keeps serving, and says so as an error.
+    // systemctl reload with a config forkd refuses fails, and the unit keeps serving with
+    // the same master and workers.
+    let (_, master) = main_pid(&c);
+    let workers = workers_of(master);
     c.write_config("workers = 0\n");
+    let reload = c.run(
+        &["systemctl", "--no-pager", "reload", "forkd.service"],
+        Duration::from_secs(60),
+    );
+    assert!(
+        reload.code.is_some_and(|code| code != 0),
+        "systemctl reload with an invalid config: {reload:?}"
+    );
+    assert_state(&c, "forkd.service", "active", "running");
+    assert_eq!(main_pid(&c).1, master);
+    assert_eq!(
+        workers_of(master),
+        workers,
+        "a failed reload replaced workers"
+    );
+    let (code, _, _) = c
+        .in_network(|| get(ADDR, "/"))
+        .expect("GET / after the failed reload");
+    assert_eq!(code, 200);
+
+    // A plain HUP with that config: the master refuses it, keeps serving, and says so
+    // as an error.
     let hup = c.run(
         &["kill", "-HUP", &main_inner.to_string()],
         Duration::from_secs(10),
