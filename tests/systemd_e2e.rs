@@ -113,6 +113,16 @@ fn assert_state(c: &Container, unit: &str, active: &str, sub: &str) {
     );
 }
 
+/// Waits (bounded) for a unit to reach a state: a socket-activated forkd can answer the
+/// connection that started it before systemd has processed its READY=1.
+fn wait_state(c: &Container, unit: &str, active: &str, sub: &str) {
+    poll_until(Duration::from_secs(20), || {
+        let p = props(c, unit, &["ActiveState", "SubState"]);
+        p["ActiveState"] == active && p["SubState"] == sub
+    });
+    assert_state(c, unit, active, sub);
+}
+
 /// Waits until the unit's status says `workers` of `workers` are ready in `generation`.
 fn status_ready(status: &str, workers: usize, generation: u64) -> bool {
     status.starts_with(&format!("{workers} of {workers} workers ready"))
@@ -348,7 +358,7 @@ fn socket_activation_under_systemd() {
     // The first connection starts forkd, which serves the socket systemd holds.
     let (code, _, _) = c.in_network(|| get(ADDR, "/")).expect("GET / starts forkd");
     assert_eq!(code, 200);
-    assert_state(&c, "forkd.service", "active", "running");
+    wait_state(&c, "forkd.service", "active", "running");
     let (main_inner, master) = main_pid(&c);
     let systemd_sockets = socket_inodes(c.init);
     assert!(
@@ -382,6 +392,17 @@ fn socket_activation_under_systemd() {
     let (code, _, _) = c.in_network(|| get(ADDR, "/")).expect("GET / after USR2");
     assert_eq!(code, 200);
 
+    // The new master keeps the watchdog fed (WatchdogSec=20: a WATCHDOG=1 every 10 s),
+    // or systemd would kill it 20 s after the upgrade.
+    let fed = c.property("forkd.service", "WatchdogTimestampMonotonic");
+    assert!(
+        poll_until(Duration::from_secs(15), || c
+            .property("forkd.service", "WatchdogTimestampMonotonic")
+            != fed),
+        "no WATCHDOG=1 from the upgraded master within 15 s:\n{}",
+        c.journal("forkd.service")
+    );
+
     // Stopped, the service leaves the socket with systemd; the next connection waits in
     // its queue and starts forkd again.
     c.systemctl(&["stop", "forkd.service"], STEP);
@@ -397,7 +418,7 @@ fn socket_activation_under_systemd() {
         .in_network(|| get(ADDR, "/"))
         .expect("GET / restarts forkd");
     assert_eq!(code, 200);
-    assert_state(&c, "forkd.service", "active", "running");
+    wait_state(&c, "forkd.service", "active", "running");
     c.systemctl(&["stop", "forkd.socket", "forkd.service"], STEP);
     assert_state(&c, "forkd.service", "inactive", "dead");
 }
