@@ -61,6 +61,16 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// `kill -SIGNAL PID` in the container, as an operator would type it there (the shell's
+/// builtin: a minimal system may have no kill binary).
+fn signal_in(c: &Container, signal: &str, inner_pid: i32) {
+    let out = c.run(
+        &["sh", "-c", &format!("kill -{signal} {inner_pid}")],
+        Duration::from_secs(10),
+    );
+    assert!(out.ok(), "kill -{signal} {inner_pid}: {out:?}");
+}
+
 /// Several properties of a unit from one `systemctl show`, so they are consistent.
 fn props(c: &Container, unit: &str, names: &[&str]) -> HashMap<String, String> {
     let mut args = vec!["show", unit];
@@ -203,11 +213,7 @@ fn start_reload_upgrade_and_stop_under_systemd() {
     // USR2: the new master sends READY=1, the old one MAINPID=; the unit stays active.
     let before = served(&tally);
     let old_master = master;
-    let usr2 = c.run(
-        &["kill", "-USR2", &main_inner.to_string()],
-        Duration::from_secs(10),
-    );
-    assert!(usr2.ok(), "kill -USR2: {usr2:?}");
+    signal_in(&c, "USR2", main_inner);
     let mut states = Vec::new();
     let moved = poll_until(STEP, || {
         let p = props(&c, "forkd.service", &["ActiveState", "MainPID"]);
@@ -273,11 +279,7 @@ fn start_reload_upgrade_and_stop_under_systemd() {
     (main_inner, master) = main_pid(&c);
 
     // Upgrade again, then stop with a request in flight: the stop drains it.
-    let usr2 = c.run(
-        &["kill", "-USR2", &main_inner.to_string()],
-        Duration::from_secs(10),
-    );
-    assert!(usr2.ok(), "kill -USR2: {usr2:?}");
+    signal_in(&c, "USR2", main_inner);
     assert!(
         poll_until(STEP, || c.property("forkd.service", "MainPID")
             != main_inner.to_string()),
@@ -370,11 +372,7 @@ fn socket_activation_under_systemd() {
     );
 
     // An upgrade hands the passed socket on.
-    let usr2 = c.run(
-        &["kill", "-USR2", &main_inner.to_string()],
-        Duration::from_secs(10),
-    );
-    assert!(usr2.ok(), "kill -USR2: {usr2:?}");
+    signal_in(&c, "USR2", main_inner);
     assert!(
         poll_until(STEP, || c.property("forkd.service", "MainPID")
             != main_inner.to_string()),
@@ -487,11 +485,7 @@ fn a_failed_reload_keeps_serving_and_logs_reach_the_journal_by_priority() {
 
     // A plain HUP with that config: the master refuses it, keeps serving, and says so
     // as an error.
-    let hup = c.run(
-        &["kill", "-HUP", &main_inner.to_string()],
-        Duration::from_secs(10),
-    );
-    assert!(hup.ok(), "kill -HUP: {hup:?}");
+    signal_in(&c, "HUP", main_inner);
     assert!(
         poll_until(Duration::from_secs(20), || journal("err")
             .contains("reload failed")),
