@@ -130,14 +130,19 @@ impl Container {
             conf = conf.display(),
         );
         let console = std::fs::File::create(dir.join("console.log")).expect("console log");
-        let nspawn = Command::new("sh")
+        let spawned = Command::new("sh")
             .arg("-c")
             .arg(&script)
             .stdin(Stdio::null())
             .stdout(console.try_clone().expect("console log"))
             .stderr(console)
-            .spawn()
-            .expect("start systemd-nspawn");
+            .spawn();
+        let nspawn = spawned.unwrap_or_else(|e| {
+            for cg in &cgroups {
+                let _ = remove_cgroup(cg);
+            }
+            panic!("cannot start systemd-nspawn: {e}")
+        });
         let mut container = Container {
             name,
             dir,
