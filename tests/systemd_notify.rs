@@ -401,3 +401,34 @@ fn watchdog_meant_for_another_pid_is_ignored() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_root_reload_of_a_master_running_as_another_user_gets_its_answer() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to start a master as nobody");
+        return;
+    }
+    let dir = temp_dir("reload-other-user");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let (config, http) = write_config(&dir, "");
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(forkd())
+        .args(["-c", config.to_str().unwrap()]);
+    let server = Server::spawn(&mut command);
+    assert!(
+        poll_until(Duration::from_secs(10), || server
+            .log_contains("all workers ready")),
+        "{}",
+        server.log()
+    );
+    let (code, stderr) = signal_cli(&config, "reload");
+    assert_eq!(code, Some(0), "{stderr}\n{}", server.log());
+    assert!(server.log_contains("reload finished"));
+    assert_eq!(get(&http, "/").map(|r| r.0), Ok(200));
+    let _ = std::fs::remove_dir_all(dir);
+}
