@@ -882,6 +882,15 @@ impl std::fmt::Display for BindSpec {
     }
 }
 
+/// `exec.ready` as it would be written in the file, for messages.
+pub fn ready_mode_text(mode: &ReadyMode) -> String {
+    match mode {
+        ReadyMode::Auto => "\"auto\"".to_string(),
+        ReadyMode::Notify => "\"notify\"".to_string(),
+        ReadyMode::After(d) => fmt_duration(*d),
+    }
+}
+
 fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms % 1000 == 0 {

@@ -88,7 +88,49 @@ fn try_send(config: &Config, name: &str) -> Result<(), String> {
         return reload_and_wait(pid);
     }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-        .map_err(|e| format!("cannot send {signal} to {pid}: {e}"))
+        .map_err(|e| format!("cannot send {signal} to {pid}: {e}"))?;
+    if matches!(signal, Signal::SIGTERM | Signal::SIGQUIT) {
+        // Wait for the master to be gone, so that `-s stop` can be an ExecStop= (or a
+        // deploy script step) that returns once the drain is over.
+        let limit = config.graceful_timeout + config.health.shutdown_delay + STOP_MARGIN;
+        return wait_for_exit(pid, limit);
+    }
+    Ok(())
+}
+
+/// What `-s stop` waits beyond `graceful_timeout + shutdown_delay` for the master.
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+
+fn wait_for_exit(pid: i32, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !crate::master::pidfile::is_forkd_master(pid) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "master {pid} is still running {}s after the stop signal",
+        limit.as_secs()
+    ))
+}
+
+/// A root `-s reload` aimed at a master running as another user takes that user as
+/// its real uid (keeping root as effective uid), so that the master is allowed to
+/// answer it: kill(2) checks the sender's uid against the receiver's real uid.
+fn accept_answers_from(pid: i32) {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(format!("/proc/{pid}")) else {
+        return;
+    };
+    if meta.uid() != 0 {
+        let uid = nix::unistd::Uid::from_raw(meta.uid());
+        let root = nix::unistd::Uid::from_raw(0);
+        let _ = nix::unistd::setresuid(uid, root, root);
+    }
 }
 
 /// Sends a HUP that asks for an answer and waits for it (see the module doc).
@@ -103,6 +145,7 @@ fn reload_and_wait(pid: i32) -> Result<(), String> {
     }
     // SAFETY: raw was initialised above.
     let set = unsafe { SigSet::from_sigset_t_unchecked(raw) };
+    accept_answers_from(pid);
     // Blocked before the HUP goes out, so an early answer waits in the signalfd.
     set.thread_block()
         .map_err(|e| format!("cannot block the reply signal: {e}"))?;

@@ -38,6 +38,8 @@ use std::process::ExitCode;
 
 /// Exit code for a bad command line or config.
 const EXIT_USAGE: u8 = 2;
+/// Exit code when no worker could boot.
+const EXIT_NO_WORKER: u8 = 3;
 /// Exit code when forkd fails at run time (cannot bind, cannot write the pidfile...).
 const EXIT_FAILURE: u8 = 1;
 
@@ -96,6 +98,12 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         return control::send_signal(&config, name);
     }
     if let Err(e) = resolve(&config) {
+        // A command that cannot be executed means no worker can boot (exit 3), said
+        // once and clearly rather than as a crash loop.
+        if !config.exec.command.is_empty() {
+            eprintln!("forkd: no worker could boot: {e}");
+            return ExitCode::from(EXIT_NO_WORKER);
+        }
         eprintln!("forkd: config error: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
@@ -113,26 +121,27 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
     }
 }
 
-/// Picks the app for a config: the embedded one if given, else a built-in by name.
+/// Picks what workers run for a config: an exec command if one is given, else the
+/// embedded app if this is a library build, else a built-in app by name.
 fn app_resolver(embedded: Option<AppFactory>) -> master::AppResolver {
     Box::new(move |config: &config::Config| {
-        if let Some(factory) = &embedded {
-            return Ok(factory.clone());
-        }
         if !config.exec.command.is_empty() {
-            return Err(
-                "key `exec.command`: exec workers are not supported by this build yet".to_string(),
-            );
+            metrics::check_exec(config)?;
+            let program = master::exec::ExecProgram::resolve(config)?;
+            return Ok(master::Program::Exec(std::sync::Arc::new(program)));
+        }
+        if let Some(factory) = &embedded {
+            return Ok(master::Program::Native(factory.clone()));
         }
         match config.app.as_deref() {
-            Some(name) => apps::builtin(name).ok_or_else(|| {
+            Some(name) => apps::builtin(name).map(master::Program::Native).ok_or_else(|| {
                 format!(
                     "key `app`: unknown app {name:?}; built-in apps are {}",
                     apps::NAMES.join(", ")
                 )
             }),
             None => Err(format!(
-                "no app given: name a built-in app ({}) as APP or the `app` key",
+                "no app given: name a built-in app ({}) as APP, the `app` key, or a command after --",
                 apps::NAMES.join(", ")
             )),
         }

@@ -19,6 +19,18 @@ use std::fmt::Write;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::time::Duration;
 
+/// `/metrics` is served by forkd's own workers from the scoreboard; an exec worker is
+/// another program, which would leave the listener unanswered: refuse the combination.
+pub fn check_exec(config: &Config) -> Result<(), String> {
+    match &config.metrics.bind {
+        Some(_) => Err(
+            "key `metrics.bind`: metrics are served by forkd's own workers and are not available with exec workers (`exec.command`) yet"
+                .to_string(),
+        ),
+        None => Ok(()),
+    }
+}
+
 /// The `LISTEN_FDNAMES` name of a handed-over metrics socket for `spec`.
 fn passed_name(spec: &BindSpec) -> String {
     format!("metrics:{spec}")

@@ -11,59 +11,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-/// A process (and its children) killed on drop, with its stderr captured.
-struct Activated {
-    child: Child,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Activated {
-    fn spawn(command: &mut Command) -> Activated {
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        Activated { child, log }
-    }
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let mut code = None;
-        poll_until(limit, || {
-            code = self.child.try_wait().ok().flatten().and_then(|s| s.code());
-            code.is_some()
-        });
-        code
-    }
-}
-
-impl Drop for Activated {
-    fn drop(&mut self) {
-        let _guard = PidGuard(self.pid());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -74,17 +23,17 @@ fn free_port() -> u16 {
 
 /// `systemd-socket-activate` binds, waits for the first connection, then execs forkd
 /// with the socket: that first request is answered from the queue.
-fn activate(listen: &str, fdname: Option<&str>, forkd_args: &[&str]) -> Activated {
+fn activate(listen: &str, fdname: Option<&str>, forkd_args: &[&str]) -> Server {
     let mut command = Command::new("systemd-socket-activate");
     command.args(["-l", listen]);
     if let Some(name) = fdname {
         command.arg(format!("--fdname={name}"));
     }
     command.arg("--").arg(forkd()).args(forkd_args);
-    Activated::spawn(&mut command)
+    Server::spawn(&mut command)
 }
 
-fn first_request_is_served(addr: &str, server: &Activated) {
+fn first_request_is_served(addr: &str, server: &Server) {
     // systemd-socket-activate needs a moment to bind before the first connection.
     let mut last = Err(String::new());
     poll_until(Duration::from_secs(10), || {
@@ -212,7 +161,7 @@ fn fds_passed_by_hand_tcp_and_unix() {
     let path = dir.join("hand.sock");
     let unix = UnixListener::bind(&path).expect("bind unix");
     let unix_bind = format!("unix:{}", path.display());
-    let mut server = Activated::spawn(&mut pass_fds(
+    let mut server = Server::spawn(&mut pass_fds(
         &[tcp.as_raw_fd(), unix.as_raw_fd()],
         Some("api:admin"),
         None,
@@ -246,7 +195,7 @@ fn a_passed_socket_that_matches_no_bind_entry_is_a_clear_error() {
     let other = TcpListener::bind("127.0.0.1:0").expect("bind other");
     let other_addr = other.local_addr().expect("addr").to_string();
     drop(other);
-    let mut server = Activated::spawn(&mut pass_fds(
+    let mut server = Server::spawn(&mut pass_fds(
         &[tcp.as_raw_fd()],
         None,
         None,
@@ -266,7 +215,7 @@ fn sockets_meant_for_another_pid_are_ignored() {
     let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let server = Activated::spawn(&mut pass_fds(
+    let server = Server::spawn(&mut pass_fds(
         &[tcp.as_raw_fd()],
         None,
         Some("1"),

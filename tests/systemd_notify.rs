@@ -273,16 +273,7 @@ fn ready_only_when_serving_then_reload_and_stop_in_order() {
     let stopping = notify.wait_for(before_stop, "STOPPING=1", Duration::from_secs(5));
     assert!(stopping.is_some(), "no STOPPING=1:\n{}", notify.dump());
     assert_eq!(notify.all()[stopping.unwrap()].sender, master);
-    let mut code = None;
-    poll_until(Duration::from_secs(10), || {
-        code = server
-            .child
-            .try_wait()
-            .ok()
-            .flatten()
-            .and_then(|s| s.code());
-        code.is_some()
-    });
+    let code = server.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", server.log());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -305,11 +296,7 @@ fn usr2_hands_mainpid_to_the_new_master_which_then_says_ready() {
         .expect("READY=1 at start");
     let before = notify.all().len();
     server.signal(Signal::SIGUSR2);
-    let mut new = 0;
-    poll_until(Duration::from_secs(15), || {
-        new = read_pid(&pidfile).filter(|p| *p != old).unwrap_or(0);
-        new > 0
-    });
+    let new = new_master(&pidfile, old, Duration::from_secs(15));
     let _new_master = PidGuard(new);
     assert!(new > 0, "no new master:\n{}", server.log());
     let line = format!("MAINPID={new}");
@@ -412,5 +399,36 @@ fn watchdog_meant_for_another_pid_is_ignored() {
         "WATCHDOG=1 sent although WATCHDOG_PID names another process:\n{}",
         notify.dump()
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_root_reload_of_a_master_running_as_another_user_gets_its_answer() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to start a master as nobody");
+        return;
+    }
+    let dir = temp_dir("reload-other-user");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let (config, http) = write_config(&dir, "");
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(forkd())
+        .args(["-c", config.to_str().unwrap()]);
+    let server = Server::spawn(&mut command);
+    assert!(
+        poll_until(Duration::from_secs(10), || server
+            .log_contains("all workers ready")),
+        "{}",
+        server.log()
+    );
+    let (code, stderr) = signal_cli(&config, "reload");
+    assert_eq!(code, Some(0), "{stderr}\n{}", server.log());
+    assert!(server.log_contains("reload finished"));
+    assert_eq!(get(&http, "/").map(|r| r.0), Ok(200));
     let _ = std::fs::remove_dir_all(dir);
 }

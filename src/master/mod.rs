@@ -10,13 +10,14 @@
 //! (old generation, or asking to retire) is stopped only when enough active workers are
 //! ready to take its place, so capacity never dips below the target.
 
+pub mod exec;
 mod notify;
 pub mod pidfile;
 pub mod signals;
 pub mod upgrade;
 
 use crate::app::AppFactory;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ReadyMode};
 use crate::control;
 use crate::listeners::{self, Listener};
 use crate::scoreboard::{monotonic_ms, Scoreboard, WorkerState, FLAG_RETIRE};
@@ -41,8 +42,23 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// Re-reads the configuration for HUP (file + the start-up environment and command line).
 pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError>>;
-/// Chooses the app factory for a config (built-in by name, or the embedded app).
-pub type AppResolver = Box<dyn Fn(&Config) -> Result<AppFactory, String>>;
+/// Chooses what workers run for a config (built-in app by name, the embedded app, or
+/// an exec command).
+pub type AppResolver = Box<dyn Fn(&Config) -> Result<Program, String>>;
+
+/// What a worker runs.
+#[derive(Clone)]
+pub enum Program {
+    /// A hyper server around an app, in the forked process.
+    Native(AppFactory),
+    /// A program exec'd after the fork, given the listeners (exec workers).
+    Exec(Arc<exec::ExecProgram>),
+}
+
+/// How often a booting exec worker is looked at in /proc for `ready = "auto"`.
+const EXEC_READY_PROBE: Duration = Duration::from_millis(20);
+/// How long an exec worker may take to be ready when `timeout` is 0.
+const EXEC_BOOT_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -69,6 +85,39 @@ struct Worker {
     config: Arc<Config>,
     phase: Phase,
     ready: bool,
+    /// Set for an exec worker.
+    exec: Option<ExecWorker>,
+}
+
+/// What the master tracks for an exec worker beyond the scoreboard.
+struct ExecWorker {
+    output: exec::Output,
+    spawned_at: Instant,
+    /// A worker that never sent WATCHDOG=1 is not subject to `timeout` (nothing would
+    /// tell a busy one from a hung one); its first keep-alive opts it in.
+    watchdog_seen: bool,
+}
+
+impl Worker {
+    /// Whether `timeout` is enforced on this worker.
+    fn timed(&self) -> bool {
+        !self.config.timeout.is_zero() && self.exec.as_ref().map_or(true, |e| e.watchdog_seen)
+    }
+
+    /// When an exec worker that is not ready yet is given up on.
+    fn boot_deadline(&self) -> Option<Instant> {
+        let exec = self.exec.as_ref().filter(|_| !self.ready)?;
+        let limit = if self.config.timeout.is_zero() {
+            EXEC_BOOT_LIMIT
+        } else {
+            self.config.timeout
+        };
+        let limit = match self.config.exec.ready {
+            ReadyMode::After(wait) => limit.max(wait + Duration::from_secs(1)),
+            _ => limit,
+        };
+        Some(exec.spawned_at + limit)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,7 +130,7 @@ pub struct Master {
     pid: i32,
     config: Arc<Config>,
     generation: u64,
-    factory: AppFactory,
+    factory: Program,
     reload_config: Reloader,
     resolve_app: AppResolver,
     listeners: Vec<Listener>,
@@ -121,6 +170,8 @@ pub struct Master {
     requests_of_exited: u64,
     /// A new master took over (USR2): it owns the pidfile and the unix socket files.
     handed_over: bool,
+    /// The socket exec workers send READY=1 / WATCHDOG=1 to (made with the first one).
+    notify_intake: Option<exec::NotifyIntake>,
     /// Serving every socket systemd passed, as there is no `bind` setting: a reload
     /// without `bind` keeps them.
     serving_passed_sockets: bool,
@@ -196,6 +247,7 @@ impl Master {
             handed_over: false,
             metrics,
             stop_at: None,
+            notify_intake: None,
         })
     }
 
@@ -222,6 +274,7 @@ impl Master {
                     self.handle_signal(received.signo);
                 }
             }
+            self.read_exec_reports();
             self.reap();
             self.observe_scoreboard();
             self.enforce_deadlines();
@@ -240,10 +293,24 @@ impl Master {
             .next_deadline()
             .saturating_duration_since(Instant::now());
         let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = [nix::poll::PollFd::new(
+        let mut fds = vec![nix::poll::PollFd::new(
             self.signals.fd(),
             nix::poll::PollFlags::POLLIN,
         )];
+        if let Some(intake) = &self.notify_intake {
+            fds.push(nix::poll::PollFd::new(
+                intake.fd(),
+                nix::poll::PollFlags::POLLIN,
+            ));
+        }
+        for exec in self.workers.iter().filter_map(|w| w.exec.as_ref()) {
+            if !exec.output.eof {
+                fds.push(nix::poll::PollFd::new(
+                    exec.output.fd(),
+                    nix::poll::PollFlags::POLLIN,
+                ));
+            }
+        }
         let _ = nix::poll::poll(
             &mut fds,
             nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX),
@@ -268,11 +335,19 @@ impl Master {
         }
         let now_ms = monotonic_ms();
         for w in &self.workers {
+            if let Some(deadline) = w.boot_deadline() {
+                next = next.min(deadline);
+                next = next.min(match w.config.exec.ready {
+                    ReadyMode::Auto => now + EXEC_READY_PROBE,
+                    ReadyMode::Notify => deadline,
+                    ReadyMode::After(wait) => w.exec.as_ref().map_or(now, |e| e.spawned_at + wait),
+                });
+            }
             match w.phase {
                 Phase::Stopping { kill_at, .. } | Phase::Aborting { kill_at } => {
                     next = next.min(kill_at)
                 }
-                Phase::Running if !w.config.timeout.is_zero() => {
+                Phase::Running if w.timed() => {
                     let silent = Duration::from_millis(
                         now_ms.saturating_sub(self.scoreboard.slot(w.slot).progress_ms()),
                     );
@@ -306,7 +381,11 @@ impl Master {
             Signal::SIGUSR1 => {
                 tracing::info!("USR1: reopening log files");
                 crate::logging::reopen();
-                self.signal_all(Signal::SIGUSR1);
+                // Exec workers' output comes through the master, whose log was just
+                // reopened; USR1's default action would kill them (Python's does).
+                for w in self.workers.iter().filter(|w| w.exec.is_none()) {
+                    let _ = kill(w.pid, Signal::SIGUSR1);
+                }
             }
             Signal::SIGUSR2 => self.start_upgrade(),
             Signal::SIGWINCH => {
@@ -458,7 +537,9 @@ impl Master {
                 // dumps core): it has nothing to lose, so it is killed outright.
                 let _ = kill(
                     w.pid,
-                    if w.ready {
+                    // An exec worker's QUIT would be its program's business (Python
+                    // dumps core on it); immediate means SIGKILL there.
+                    if w.ready && w.exec.is_none() {
                         Signal::SIGQUIT
                     } else {
                         Signal::SIGKILL
@@ -469,12 +550,6 @@ impl Master {
                     kill_at: Instant::now() + KILL_GRACE,
                 };
             }
-        }
-    }
-
-    fn signal_all(&self, signal: Signal) {
-        for w in &self.workers {
-            let _ = kill(w.pid, signal);
         }
     }
 
@@ -504,7 +579,10 @@ impl Master {
             let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
                 continue;
             };
-            let worker = self.workers.remove(index);
+            let mut worker = self.workers.remove(index);
+            if let Some(exec) = &mut worker.exec {
+                exec.output.drain(pid.as_raw(), true);
+            }
             self.worker_exited(worker, status);
         }
     }
@@ -512,8 +590,9 @@ impl Master {
     fn worker_exited(&mut self, worker: Worker, status: WaitStatus) {
         let slot = self.scoreboard.slot(worker.slot);
         let message = slot.message();
-        let served = slot.requests();
-        self.requests_of_exited += served;
+        self.requests_of_exited += slot.requests();
+        // Exec workers do not count their requests in the scoreboard.
+        let served = worker.exec.is_none().then(|| slot.requests());
         self.scoreboard.release(worker.slot);
         let how = match status {
             WaitStatus::Exited(_, code) => format!("exit code {code}"),
@@ -596,6 +675,7 @@ impl Master {
     }
 
     fn observe_scoreboard(&mut self) {
+        self.probe_exec_readiness();
         for w in &mut self.workers {
             if !w.ready && self.scoreboard.slot(w.slot).state() == WorkerState::Ready {
                 w.ready = true;
@@ -646,8 +726,24 @@ impl Master {
         }
         let now_ms = monotonic_ms();
         for w in &mut self.workers {
+            if let Some(deadline) = w.boot_deadline() {
+                if now >= deadline && matches!(w.phase, Phase::Running) {
+                    let waited = now.duration_since(w.exec.as_ref().map_or(now, |e| e.spawned_at));
+                    let why = format!(
+                        "not ready within {:.1}s (ready = {}); killed",
+                        waited.as_secs_f64(),
+                        crate::config::ready_mode_text(&w.config.exec.ready)
+                    );
+                    self.scoreboard.slot(w.slot).set_message(&why);
+                    let _ = kill(w.pid, Signal::SIGKILL);
+                    w.phase = Phase::Killed {
+                        reason: "boot failure",
+                    };
+                    continue;
+                }
+            }
             match w.phase {
-                Phase::Running | Phase::Stopping { .. } if !w.config.timeout.is_zero() => {
+                Phase::Running | Phase::Stopping { .. } if w.timed() => {
                     let silent_ms =
                         now_ms.saturating_sub(self.scoreboard.slot(w.slot).progress_ms());
                     if silent_ms >= w.config.timeout.as_millis() as u64 {
@@ -841,8 +937,95 @@ impl Master {
             "{ready} of {} workers ready ({running} running, generation {})",
             self.target, self.generation
         );
-        let full = format!("{counts}, {served} requests served");
+        let full = match self.factory {
+            Program::Native(_) => format!("{counts}, {served} requests served"),
+            Program::Exec(_) => counts.clone(),
+        };
         (counts, full)
+    }
+
+    // ---- exec workers ----------------------------------------------------------------
+
+    /// Reads what exec workers reported: READY=1 and WATCHDOG=1 on the notify socket
+    /// (counted only from the worker's own pid), and their output into the error log.
+    fn read_exec_reports(&mut self) {
+        let messages = self
+            .notify_intake
+            .as_ref()
+            .map(|intake| intake.receive())
+            .unwrap_or_default();
+        for (sender, text) in messages {
+            let Some(w) = self.workers.iter_mut().find(|w| w.pid.as_raw() == sender) else {
+                tracing::debug!(
+                    sender,
+                    "notify message from a process that is no worker: {text:?}"
+                );
+                continue;
+            };
+            let slot = self.scoreboard.slot(w.slot);
+            for line in text.lines() {
+                match line {
+                    "READY=1" => slot.set_state(WorkerState::Ready),
+                    "WATCHDOG=1" => {
+                        slot.report_progress();
+                        if let Some(exec) = &mut w.exec {
+                            exec.watchdog_seen = true;
+                        }
+                    }
+                    "STOPPING=1" => {}
+                    other => {
+                        if let Some(status) = other.strip_prefix("STATUS=") {
+                            tracing::debug!(pid = sender, "worker status: {status}");
+                        }
+                    }
+                }
+            }
+        }
+        for w in &mut self.workers {
+            if let Some(exec) = &mut w.exec {
+                if !exec.output.eof {
+                    exec.output.drain(w.pid.as_raw(), false);
+                }
+            }
+        }
+    }
+
+    /// Marks exec workers ready that are seen serving (`ready = "auto"`) or whose wait
+    /// is over (`ready = DURATION`); `"notify"` waits for READY=1 only.
+    fn probe_exec_readiness(&mut self) {
+        let mut inodes = None;
+        for w in &self.workers {
+            let Some(exec) = &w.exec else { continue };
+            let slot = self.scoreboard.slot(w.slot);
+            if w.ready || slot.state() == WorkerState::Ready || !matches!(w.phase, Phase::Running) {
+                continue;
+            }
+            let ready = match w.config.exec.ready {
+                ReadyMode::Notify => false,
+                ReadyMode::After(wait) => exec.spawned_at.elapsed() >= wait,
+                ReadyMode::Auto => {
+                    let inodes =
+                        inodes.get_or_insert_with(|| exec::listener_inodes(&self.listeners));
+                    exec::is_serving(w.pid.as_raw(), inodes)
+                }
+            };
+            if ready {
+                slot.report_progress();
+                slot.set_state(WorkerState::Ready);
+            }
+        }
+    }
+
+    /// In a native worker: the master's own fds (signalfd, notify socket, exec workers'
+    /// output pipes) are not the worker's business.
+    fn close_master_fds_in_child(&self) {
+        let _ = nix::unistd::close(self.signals.fd().as_raw_fd());
+        if let Some(intake) = &self.notify_intake {
+            let _ = nix::unistd::close(intake.fd().as_raw_fd());
+        }
+        for exec in self.workers.iter().filter_map(|w| w.exec.as_ref()) {
+            let _ = nix::unistd::close(exec.output.fd().as_raw_fd());
+        }
     }
 
     // ---- reconciling -----------------------------------------------------------------
@@ -925,31 +1108,85 @@ impl Master {
             .ok_or("every scoreboard slot is in use")?;
         let number = self.next_number;
         self.next_number += 1;
+        let mut output = None;
+        if let Program::Exec(_) = &self.factory {
+            if self.notify_intake.is_none() {
+                self.notify_intake =
+                    Some(exec::NotifyIntake::bind(self.pid).inspect_err(|_| {
+                        self.scoreboard.release(slot_index);
+                    })?);
+            }
+            output = Some(exec::output_pipe().inspect_err(|_| {
+                self.scoreboard.release(slot_index);
+            })?);
+        }
         // SAFETY: the master is single-threaded (no runtime, no helper threads), so the
         // child's copy of memory holds no lock another thread owned.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
                 signals::restore_in_child();
-                let _ = nix::unistd::close(self.signals.fd().as_raw_fd());
-                worker::run(WorkerContext {
-                    number,
-                    slot: self.scoreboard.slot(slot_index),
-                    board: self.scoreboard.board(),
-                    master_pid: self.pid,
-                    config: self.config.clone(),
-                    listeners: &self.listeners,
-                    metrics: self.metrics.as_ref(),
-                    factory: self.factory.clone(),
-                })
+                let slot = self.scoreboard.slot(slot_index);
+                match &self.factory {
+                    Program::Exec(program) => {
+                        let Some((_, write_end)) = output else {
+                            // Made above for every exec worker; never reached.
+                            // SAFETY: leaving the forked child at once.
+                            unsafe { libc::_exit(worker::EXIT_BOOT_ERROR) }
+                        };
+                        exec::exec_child(exec::ChildSetup {
+                            program,
+                            config: &self.config,
+                            listeners: &self.listeners,
+                            output: write_end,
+                            notify_address: self
+                                .notify_intake
+                                .as_ref()
+                                .map_or("", |n| n.address.as_str()),
+                            master_pid: self.pid,
+                            slot,
+                        })
+                    }
+                    Program::Native(factory) => {
+                        self.close_master_fds_in_child();
+                        for (key, value) in &self.config.env {
+                            std::env::set_var(key, value);
+                        }
+                        worker::run(WorkerContext {
+                            number,
+                            slot,
+                            board: self.scoreboard.board(),
+                            master_pid: self.pid,
+                            config: self.config.clone(),
+                            listeners: &self.listeners,
+                            metrics: self.metrics.as_ref(),
+                            factory: factory.clone(),
+                        })
+                    }
+                }
             }
             Ok(ForkResult::Parent { child }) => {
                 self.scoreboard.slot(slot_index).set_pid(child.as_raw());
-                tracing::info!(
-                    pid = child.as_raw(),
-                    worker = number,
-                    generation = self.generation,
-                    "worker started"
-                );
+                // The child's write end closes here, so the pipe ends when the worker does.
+                let exec = output.map(|(output, _write_end)| ExecWorker {
+                    output,
+                    spawned_at: Instant::now(),
+                    watchdog_seen: false,
+                });
+                match &self.factory {
+                    Program::Exec(program) => tracing::info!(
+                        pid = child.as_raw(),
+                        worker = number,
+                        generation = self.generation,
+                        "worker started: {}",
+                        program.command.join(" ")
+                    ),
+                    Program::Native(_) => tracing::info!(
+                        pid = child.as_raw(),
+                        worker = number,
+                        generation = self.generation,
+                        "worker started"
+                    ),
+                }
                 self.workers.push(Worker {
                     pid: child,
                     slot: slot_index,
@@ -958,6 +1195,7 @@ impl Master {
                     config: self.config.clone(),
                     phase: Phase::Running,
                     ready: false,
+                    exec,
                 });
                 Ok(())
             }

@@ -25,26 +25,7 @@ impl Server {
 
     /// As `start`, with extra environment variables for forkd.
     pub fn start_with_env(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(binary)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start forkd");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let mut server = Server {
-            child,
-            log,
-            addr: String::new(),
-        };
+        let mut server = Server::spawn(Command::new(binary).args(args).envs(env.iter().copied()));
         let found = poll_until(Duration::from_secs(10), || {
             server.log_contains("all workers ready")
         });
@@ -65,6 +46,28 @@ impl Server {
             .to_string();
         server
     }
+    /// Starts `command` (forkd, or something that execs it) capturing its error log,
+    /// without waiting for anything; `addr` is left empty.
+    pub fn spawn(command: &mut Command) -> Server {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start forkd");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Server {
+            child,
+            log,
+            addr: String::new(),
+        }
+    }
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -76,6 +79,15 @@ impl Server {
     }
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("kill");
+    }
+    /// Waits up to `limit` for the master to exit; its exit code if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut code = None;
+        poll_until(limit, || {
+            code = self.child.try_wait().ok().flatten().and_then(|s| s.code());
+            code.is_some()
+        });
+        code
     }
 }
 
@@ -144,6 +156,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub struct Tally {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
+    /// Of `failed`: connections that could not be made at all (refused, ...).
+    pub connect_failed: AtomicU64,
     pub errors: Mutex<Vec<String>>,
 }
 
@@ -210,6 +224,22 @@ pub fn load(
     connections: usize,
     stop: Arc<AtomicBool>,
 ) -> (Arc<Tally>, Vec<std::thread::JoinHandle<()>>) {
+    load_with(addr, connections, stop, true)
+}
+
+/// As `load`; with `keep_alive` false every request has its own connection
+/// (`Connection: close`), as a client behind a non-pooling proxy sends them.
+pub fn load_with(
+    addr: &str,
+    connections: usize,
+    stop: Arc<AtomicBool>,
+    keep_alive: bool,
+) -> (Arc<Tally>, Vec<std::thread::JoinHandle<()>>) {
+    let request: &'static [u8] = if keep_alive {
+        b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+    } else {
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    };
     let tally = Arc::new(Tally::default());
     let handles = (0..connections)
         .map(|_| {
@@ -224,6 +254,7 @@ pub fn load(
                                 conn = Some(BufReader::new(s));
                             }
                             Err(e) => {
+                                tally.connect_failed.fetch_add(1, Ordering::Relaxed);
                                 tally.fail(format!("connect: {e}"));
                                 std::thread::sleep(Duration::from_millis(10));
                                 continue;
@@ -231,16 +262,14 @@ pub fn load(
                         }
                     }
                     let reader = conn.as_mut().unwrap();
-                    let sent = reader
-                        .get_mut()
-                        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+                    let sent = reader.get_mut().write_all(request);
                     let result = sent
                         .map_err(|e| format!("write: {e}"))
                         .and_then(|_| read_response(reader));
                     match result {
                         Ok((status, close)) if (200..300).contains(&status) => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
-                            if close {
+                            if close || !keep_alive {
                                 conn = None;
                             }
                         }
@@ -345,38 +374,10 @@ pub fn run_to_exit(
     env: &[(&str, &str)],
     limit: Duration,
 ) -> (Option<i32>, String) {
-    let mut child = Command::new(binary)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start forkd");
-    let stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = BufReader::new(stderr).read_to_string(&mut text);
-        text
-    });
-    let deadline = Instant::now() + limit;
-    let code = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            for pid in children_of(child.id() as i32) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (code, reader.join().unwrap_or_default())
+    run_command(
+        Command::new(binary).args(args).envs(env.iter().copied()),
+        limit,
+    )
 }
 
 /// The embedded example app, built once per test process.
@@ -433,7 +434,8 @@ impl Drop for PidGuard {
     }
 }
 
-/// Runs a command to completion within `limit` (killed past it): (exit code, stderr).
+/// Runs a command to completion within `limit` (it and its children are killed past
+/// it): (exit code, stderr).
 pub fn run_command(command: &mut Command, limit: Duration) -> (Option<i32>, String) {
     let mut child = command
         .stdout(Stdio::null())
@@ -452,11 +454,22 @@ pub fn run_command(command: &mut Command, limit: Duration) -> (Option<i32>, Stri
             break status.code();
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            drop(PidGuard(child.id() as i32));
             let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     (code, reader.join().unwrap_or_default())
+}
+
+/// Waits up to `limit` for the pidfile to name a master other than `old` (a USR2
+/// upgrade); returns its pid, or 0.
+pub fn new_master(pidfile: &Path, old: i32, limit: Duration) -> i32 {
+    let mut new = 0;
+    poll_until(limit, || {
+        new = read_pid(pidfile).filter(|p| *p != old).unwrap_or(0);
+        new > 0
+    });
+    new
 }

@@ -1,0 +1,445 @@
+//! Exec workers, the master's side: each worker is a program of the user's (`-- COMMAND`
+//! or `[exec] command`, uvicorn being the reference) started with the listeners by the
+//! systemd socket-activation protocol. This module owns everything that differs from a
+//! native worker: resolving the command, setting up the child between fork and exec,
+//! the per-master `NOTIFY_SOCKET` the workers report to (`READY=1`, `WATCHDOG=1`), the
+//! pipes that carry their stdout/stderr into the error log, and seeing from /proc that
+//! a worker which never says `READY=1` polls or accepts on its listener.
+
+use crate::config::{BindSpec, Config};
+use crate::listeners::Listener;
+use crate::scoreboard::Slot;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+
+/// Variables a worker must get from forkd only (never inherited from forkd's own
+/// environment, where systemd may have put values meant for the master).
+const SYSTEMD_VARS: [&str; 6] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+/// A line of worker output longer than this is logged in pieces.
+const MAX_LINE: usize = 16 * 1024;
+
+/// The command every exec worker runs, resolved once per config.
+#[derive(Debug)]
+pub struct ExecProgram {
+    /// The command as configured, for logs.
+    pub command: Vec<String>,
+    path: CString,
+    argv: Vec<CString>,
+}
+
+impl ExecProgram {
+    /// Resolves `exec.command` the way a shell would (a name without `/` is searched in
+    /// `PATH`, the `[env]` one if set), so that a missing or non-executable program is a
+    /// clear error at start or on HUP instead of a crash loop.
+    pub fn resolve(config: &Config) -> Result<ExecProgram, String> {
+        let command = config.exec.command.clone();
+        let Some(program) = command.first() else {
+            return Err("key `exec.command`: the list is empty".to_string());
+        };
+        let path = if program.contains('/') {
+            let path = match &config.chdir {
+                Some(dir) if !program.starts_with('/') => dir.join(program),
+                _ => PathBuf::from(program),
+            };
+            check_executable(&path).map_err(|e| format!("key `exec.command`: {e}"))?;
+            path
+        } else {
+            let search: OsString = config
+                .env
+                .get("PATH")
+                .map(OsString::from)
+                .or_else(|| std::env::var_os("PATH"))
+                .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+            find_in_path(program, &search).ok_or_else(|| {
+                format!(
+                    "key `exec.command`: {program:?} was not found as an executable in PATH ({})",
+                    search.to_string_lossy()
+                )
+            })?
+        };
+        let path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| "key `exec.command`: the program path contains a NUL byte".to_string())?;
+        let argv = command
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| "key `exec.command`: an argument contains a NUL byte".to_string())?;
+        Ok(ExecProgram {
+            command,
+            path,
+            argv,
+        })
+    }
+}
+
+fn check_executable(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK)
+        .map_err(|e| format!("{} is not executable: {e}", path.display()))
+}
+
+fn find_in_path(program: &str, search: &OsStr) -> Option<PathBuf> {
+    std::env::split_paths(search)
+        .map(|dir| dir.join(program))
+        .find(|candidate| check_executable(candidate).is_ok())
+}
+
+/// The pipe a worker's stdout and stderr go to, read by the master into the error log.
+pub struct Output {
+    fd: OwnedFd,
+    pending: Vec<u8>,
+    /// Every write end is closed: nothing more to read (and poll would spin on POLLHUP).
+    pub eof: bool,
+}
+
+/// Makes the pipe for a new worker: (the master's read end, the child's write end).
+pub fn output_pipe() -> Result<(Output, OwnedFd), String> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("cannot create the output pipe: {e}"))?;
+    nix::fcntl::fcntl(
+        read.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| format!("cannot make the output pipe non-blocking: {e}"))?;
+    Ok((
+        Output {
+            fd: read,
+            pending: Vec::new(),
+            eof: false,
+        },
+        write,
+    ))
+}
+
+impl Output {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Logs every complete line the worker wrote, each prefixed with its pid; with
+    /// `to_end` (the worker has exited) the last partial line too.
+    pub fn drain(&mut self, pid: i32, to_end: bool) {
+        let mut buf = [0u8; 8192];
+        loop {
+            match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            if self.pending.len() > 4 * MAX_LINE {
+                break;
+            }
+        }
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            log_line(pid, &line[..line.len() - 1]);
+        }
+        if self.pending.len() >= MAX_LINE || (to_end && !self.pending.is_empty()) {
+            let line = std::mem::take(&mut self.pending);
+            log_line(pid, &line);
+        }
+    }
+}
+
+fn log_line(pid: i32, line: &[u8]) {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim_end_matches('\r');
+    tracing::info!(target: "forkd::worker", "[{pid}] {line}");
+}
+
+/// The datagram socket exec workers send `READY=1` and `WATCHDOG=1` to. Abstract (no
+/// file to clean up); senders are identified by the kernel (`SCM_CREDENTIALS`), so a
+/// message counts only for the worker whose pid sent it.
+pub struct NotifyIntake {
+    socket: UnixDatagram,
+    /// The `NOTIFY_SOCKET` value given to workers.
+    pub address: String,
+}
+
+impl NotifyIntake {
+    pub fn bind(master_pid: i32) -> Result<NotifyIntake, String> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("forkd/{master_pid}/notify");
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .map_err(|e| format!("notify socket name: {e}"))?;
+        let socket = UnixDatagram::bind_addr(&addr)
+            .map_err(|e| format!("cannot bind the workers' notify socket @{name}: {e}"))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| format!("notify socket: {e}"))?;
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
+            .map_err(|e| format!("notify socket SO_PASSCRED: {e}"))?;
+        // CLOEXEC is set by std; native workers close it after the fork.
+        Ok(NotifyIntake {
+            socket,
+            address: format!("@{name}"),
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Every message waiting: (sender pid, text).
+    pub fn receive(&self) -> Vec<(i32, String)> {
+        let mut messages = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let Ok(msg) = nix::sys::socket::recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) else {
+                break;
+            };
+            let mut sender = 0;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let nix::sys::socket::ControlMessageOwned::ScmCredentials(cred) = c {
+                        sender = cred.pid();
+                    }
+                }
+            }
+            let len = msg.bytes;
+            messages.push((sender, String::from_utf8_lossy(&buf[..len]).into_owned()));
+        }
+        messages
+    }
+}
+
+/// The socket inode of each listener: what a worker's epoll set or accept call shows.
+pub fn listener_inodes(listeners: &[Listener]) -> Vec<u64> {
+    listeners
+        .iter()
+        .filter_map(|l| nix::sys::stat::fstat(l.fd.as_raw_fd()).ok())
+        .map(|st| st.st_ino)
+        .collect()
+}
+
+/// Whether `pid` is seen serving one of the listeners: one of its epoll sets watches the
+/// socket (`tfd: ... ino:HEX` in /proc/PID/fdinfo, whatever fd number it dup'ed it to),
+/// or one of its threads is blocked in accept(2) on it.
+pub fn is_serving(pid: i32, inodes: &[u64]) -> bool {
+    epoll_watches_listener(pid, inodes) || blocked_in_accept(pid, inodes)
+}
+
+fn epoll_watches_listener(pid: i32, inodes: &[u64]) -> bool {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    for entry in entries.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+            let inode = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("ino:"))
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+            if inode.is_some_and(|i| inodes.contains(&i)) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn blocked_in_accept(pid: i32, inodes: &[u64]) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    for task in tasks.flatten() {
+        let Ok(syscall) = std::fs::read_to_string(task.path().join("syscall")) else {
+            continue;
+        };
+        let mut fields = syscall.split_whitespace();
+        let number: Option<i64> = fields.next().and_then(|n| n.parse().ok());
+        if !matches!(number, Some(n) if n == libc::SYS_accept || n == libc::SYS_accept4) {
+            continue;
+        }
+        let fd = fields
+            .next()
+            .and_then(|a| i64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+        let Some(fd) = fd else { continue };
+        if let Ok(target) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+            let inode = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok());
+            if inode.is_some_and(|i| inodes.contains(&i)) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// What the child needs, built by the master before the fork.
+pub struct ChildSetup<'a> {
+    pub program: &'a ExecProgram,
+    pub config: &'a Config,
+    pub listeners: &'a [Listener],
+    pub output: OwnedFd,
+    pub notify_address: &'a str,
+    pub master_pid: i32,
+    pub slot: &'static Slot,
+}
+
+/// In the forked child: stdout/stderr to the pipe, the listeners on fds 3, 4, ... and
+/// no other fd, the user/group and working directory of the config, the environment of
+/// the socket-activation protocol, then exec. Never returns: if exec fails, the reason
+/// goes to the slot for the master to report, and the child exits `EXIT_BOOT_ERROR`.
+/// (The master is single-threaded, so allocating here is safe.)
+pub fn exec_child(setup: ChildSetup<'_>) -> ! {
+    let reason = match prepare_and_exec(&setup) {
+        Ok(never) => match never {},
+        Err(reason) => reason,
+    };
+    setup.slot.set_message(&reason);
+    // SAFETY: leaving the forked child without running the master's destructors.
+    unsafe { libc::_exit(crate::worker::EXIT_BOOT_ERROR) }
+}
+
+enum Never {}
+
+fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
+    let ChildSetup {
+        program,
+        config,
+        listeners,
+        output,
+        notify_address,
+        master_pid,
+        ..
+    } = setup;
+    // Rust ignores SIGPIPE for itself; an exec'd program expects the default.
+    // SAFETY: resetting a signal disposition to its default.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    for target in [1, 2] {
+        nix::unistd::dup2(output.as_raw_fd(), target)
+            .map_err(|e| format!("cannot redirect output: {e}"))?;
+    }
+    // Listeners above the target range first (a target may be another's source, and
+    // dup2 onto the same number would keep FD_CLOEXEC), then onto 3, 4, ...
+    let high: Vec<RawFd> = listeners
+        .iter()
+        .map(|l| {
+            nix::fcntl::fcntl(
+                l.fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(1024),
+            )
+            .map_err(|e| format!("cannot pass listener {}: {e}", l.local))
+        })
+        .collect::<Result<_, _>>()?;
+    let first_free = crate::systemd::LISTEN_FDS_START + high.len() as RawFd;
+    for (i, fd) in high.iter().enumerate() {
+        nix::unistd::dup2(*fd, crate::systemd::LISTEN_FDS_START + i as RawFd)
+            .map_err(|e| format!("cannot pass listener on fd {}: {e}", 3 + i))?;
+    }
+    close_fds_from(first_free);
+    crate::privileges::drop_for_worker(config)?;
+    // After the uid change (which clears it); it survives exec for a normal binary.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    if nix::unistd::getppid().as_raw() != *master_pid {
+        return Err("the master exited during the worker's start".to_string());
+    }
+    if let Some(dir) = &config.chdir {
+        std::env::set_current_dir(dir).map_err(|e| format!("chdir to {}: {e}", dir.display()))?;
+    }
+    let env = child_environment(config, listeners, notify_address)?;
+    let error = match nix::unistd::execve(&program.path, &program.argv, &env) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    Err(format!(
+        "cannot execute {:?} ({}): {error}",
+        program.command.join(" "),
+        program.path.to_string_lossy()
+    ))
+}
+
+/// Closes every fd from `first` on (close_range(2), or one by one from /proc/self/fd on
+/// kernels before 5.9), so nothing of the master's leaks into the program.
+fn close_fds_from(first: RawFd) {
+    // SAFETY: close_range with valid bounds and no flags.
+    let done = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0) } == 0;
+    if done {
+        return;
+    }
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in open {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+/// forkd's environment without the systemd variables meant for the master, plus
+/// `[env]`, plus the socket-activation and notification variables for this child.
+fn child_environment(
+    config: &Config,
+    listeners: &[Listener],
+    notify_address: &str,
+) -> Result<Vec<CString>, String> {
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            !SYSTEMD_VARS.iter().any(|v| k == v) && !k.as_bytes().starts_with(b"_FORKD_")
+        })
+        .filter(|(k, _)| !config.env.contains_key(&*k.to_string_lossy()))
+        .collect();
+    for (k, v) in &config.env {
+        vars.push((k.into(), v.into()));
+    }
+    let names: Vec<String> = listeners
+        .iter()
+        .map(|l| match &l.spec {
+            BindSpec::Named(name) => name.clone(),
+            spec => crate::systemd::encode_name(&spec.to_string()),
+        })
+        .collect();
+    vars.push(("LISTEN_FDS".into(), listeners.len().to_string().into()));
+    vars.push(("LISTEN_PID".into(), std::process::id().to_string().into()));
+    vars.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
+    vars.push(("NOTIFY_SOCKET".into(), notify_address.into()));
+    if !config.timeout.is_zero() {
+        // As systemd does for a service: how often to send WATCHDOG=1.
+        vars.push((
+            "WATCHDOG_USEC".into(),
+            config.timeout.as_micros().to_string().into(),
+        ));
+        vars.push(("WATCHDOG_PID".into(), std::process::id().to_string().into()));
+    }
+    vars.into_iter()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).map_err(|_| "an environment variable contains a NUL byte".to_string())
+        })
+        .collect()
+}

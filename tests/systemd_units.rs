@@ -1,0 +1,181 @@
+//! The shipped units (`config/forkd.service`, `config/forkd.socket`) pass
+//! `systemd-analyze verify` with no output at all (it exits 0 on an unknown key, only
+//! warning), and agree with the shipped `config/forkd.toml`.
+
+mod harness;
+mod nspawn;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const SERVICE: &str = include_str!("../config/forkd.service");
+const SOCKET: &str = include_str!("../config/forkd.socket");
+const CONFIG: &str = include_str!("../config/forkd.toml");
+
+/// A root directory for `systemd-analyze verify --root`: the host's system units (the
+/// targets the units depend on), the units under test in /etc/systemd/system, and the
+/// executables they name, so that verify checks them as installed.
+fn verify_root(name: &str, service: &str, socket: &str) -> PathBuf {
+    let root = harness::temp_dir(name);
+    let units = root.join("etc/systemd/system");
+    std::fs::create_dir_all(&units).expect("unit dir");
+    std::fs::create_dir_all(root.join("usr/lib/systemd")).expect("system unit dir");
+    let copied = Command::new("cp")
+        .args(["-a", "/usr/lib/systemd/system"])
+        .arg(root.join("usr/lib/systemd"))
+        .status()
+        .expect("cp the host's system units");
+    assert!(copied.success(), "copying /usr/lib/systemd/system failed");
+    std::fs::write(units.join("forkd.service"), service).expect("write service");
+    std::fs::write(units.join("forkd.socket"), socket).expect("write socket");
+    for (from, to) in [
+        (harness::forkd(), "usr/local/bin/forkd"),
+        (PathBuf::from("/bin/sh"), "bin/sh"),
+    ] {
+        // The real file: /bin/sh is a symlink, which a hard link would copy as one.
+        let from = std::fs::canonicalize(&from).expect("executable to install");
+        let to = root.join(to);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("bin dir");
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).expect("install an executable into the root");
+        }
+    }
+    root
+}
+
+/// Everything `systemd-analyze verify` says about the two units (empty = clean).
+fn lint(root: &Path) -> String {
+    assert!(
+        Path::new("/usr/bin/systemd-analyze").exists(),
+        "systemd-analyze is missing: install the systemd package (.ci/run does)"
+    );
+    let mut command = Command::new("systemd-analyze");
+    command
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .args(["forkd.service", "forkd.socket"])
+        .env("SYSTEMD_LOG_COLOR", "0");
+    let out = nspawn::run_bounded(&mut command, Duration::from_secs(60));
+    let said = format!("{}{}", out.stdout, out.stderr);
+    if out.ok() || !said.is_empty() {
+        said
+    } else {
+        format!(
+            "systemd-analyze verify exited {:?} without a word",
+            out.code
+        )
+    }
+}
+
+#[test]
+fn shipped_units_pass_systemd_analyze_verify() {
+    let root = verify_root("verify", SERVICE, SOCKET);
+    let said = lint(&root);
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(said.is_empty(), "systemd-analyze verify complains:\n{said}");
+}
+
+#[test]
+fn the_lint_fails_on_a_misspelled_key_or_a_bad_value() {
+    // Whole lines only: the comments mention the same settings.
+    let edit = |unit: &str, line: &str, to: &str| {
+        unit.replacen(&format!("\n{line}\n"), &format!("\n{to}\n"), 1)
+    };
+    let cases = [
+        (
+            edit(SERVICE, "NotifyAccess=all", "NotifyAcess=all"),
+            SOCKET.to_string(),
+            "NotifyAcess",
+        ),
+        (
+            SERVICE.to_string(),
+            edit(
+                SOCKET,
+                "ListenStream=127.0.0.1:8000",
+                "ListenStream=127.0.0.1:80000",
+            ),
+            "127.0.0.1:80000",
+        ),
+    ];
+    for (i, (service, socket, needle)) in cases.iter().enumerate() {
+        assert!(
+            service != SERVICE || socket != SOCKET,
+            "case {i}: the shipped units no longer contain the line this case breaks"
+        );
+        let root = verify_root(&format!("verify-bad-{i}"), service, socket);
+        let said = lint(&root);
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(
+            said.contains(needle),
+            "case {i}: the lint did not report {needle:?}: {said:?}"
+        );
+    }
+}
+
+/// The value of `Key=` in a unit (its last setting, as systemd reads it).
+fn setting<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .next_back()
+}
+
+/// A number of seconds from the shipped TOML config, or `default` when unset.
+fn config_seconds(table: &toml::Table, path: &[&str], default: f64) -> f64 {
+    let mut value = None;
+    let mut current = table;
+    for (i, key) in path.iter().enumerate() {
+        match current.get(*key) {
+            Some(toml::Value::Table(t)) if i + 1 < path.len() => current = t,
+            Some(v) if i + 1 == path.len() => value = Some(v.clone()),
+            _ => break,
+        }
+    }
+    match value {
+        None => default,
+        Some(toml::Value::Integer(n)) => n as f64,
+        Some(toml::Value::Float(f)) => f,
+        Some(other) => panic!("{path:?} in config/forkd.toml is {other}, expected seconds"),
+    }
+}
+
+#[test]
+fn the_service_fits_forkd_and_its_config() {
+    assert_eq!(setting(SERVICE, "Type"), Some("notify"));
+    assert_eq!(setting(SERVICE, "NotifyAccess"), Some("all"));
+    assert_eq!(setting(SERVICE, "KillMode"), Some("mixed"));
+    assert_eq!(setting(SERVICE, "RuntimeDirectory"), Some("forkd"));
+    let start = setting(SERVICE, "ExecStart").expect("ExecStart");
+    let reload = setting(SERVICE, "ExecReload").expect("ExecReload");
+    assert!(
+        reload.starts_with(start) && reload.ends_with(" -s reload"),
+        "ExecReload must run `forkd -s reload` with ExecStart's config and pidfile: {reload}"
+    );
+    assert!(
+        start.contains("/run/forkd/"),
+        "the pidfile lives in RuntimeDirectory"
+    );
+
+    let config: toml::Table = CONFIG.parse().expect("config/forkd.toml parses");
+    let graceful = config_seconds(&config, &["graceful_timeout"], 30.0);
+    let delay = config_seconds(&config, &["health", "shutdown_delay"], 0.0);
+    let stop: f64 = setting(SERVICE, "TimeoutStopSec")
+        .expect("TimeoutStopSec")
+        .parse()
+        .expect("TimeoutStopSec in plain seconds");
+    assert!(
+        stop > graceful + delay,
+        "TimeoutStopSec={stop} must exceed graceful_timeout ({graceful}) + shutdown_delay ({delay})"
+    );
+
+    // forkd.socket listens where forkd.toml binds, so the passed socket matches an entry.
+    let listen = setting(SOCKET, "ListenStream").expect("ListenStream");
+    let binds = config
+        .get("bind")
+        .and_then(|b| b.as_array())
+        .expect("bind in config/forkd.toml");
+    assert!(
+        binds.iter().any(|b| b.as_str() == Some(listen)),
+        "forkd.socket's ListenStream={listen} matches no bind entry of forkd.toml {binds:?}"
+    );
+}
