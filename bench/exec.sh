@@ -21,7 +21,8 @@
 # the load on the machine.
 #
 # The machine may be shared: unless QUIET_WAIT=0, the run first waits (up to QUIET_WAIT
-# seconds, default 900) until no rustc process runs, and records the load either way.
+# seconds, default 900) until no rustc process runs and the 1-minute load average is
+# below 2, and records the load either way.
 # ROUNDS, DURATION (seconds per wrk round), HUPS and RESULTS (the file to append to) can
 # be set in the environment for a shorter trial.
 set -euo pipefail
@@ -69,7 +70,8 @@ FORKD=$ROOT/target/release/forkd
 rustc_count() { pgrep -x rustc | wc -l; }  # observed only, never signalled
 if [ "$QUIET_WAIT" -gt 0 ]; then
   waited=0
-  while [ "$(rustc_count)" -gt 0 ] && [ "$waited" -lt "$QUIET_WAIT" ]; do
+  busy() { [ "$(rustc_count)" -gt 0 ] || awk '{ exit !($1 >= 2.0) }' /proc/loadavg; }
+  while busy && [ "$waited" -lt "$QUIET_WAIT" ]; do
     echo "waiting for a quieter machine: $(rustc_count) rustc running, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
     sleep 10
     waited=$((waited + 10))
