@@ -67,7 +67,7 @@ cargo build --release -q
 FORKD=$ROOT/target/release/forkd
 
 # ---- a quiet machine, if it comes
-rustc_count() { pgrep -x rustc | wc -l; }  # observed only, never signalled
+rustc_count() { { pgrep -x rustc || true; } | wc -l; }  # observed only, never signalled
 if [ "$QUIET_WAIT" -gt 0 ]; then
   waited=0
   busy() { [ "$(rustc_count)" -gt 0 ] || awk '{ exit !($1 >= 2.0) }' /proc/loadavg; }
