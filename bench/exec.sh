@@ -200,7 +200,7 @@ RUSTC_AFTER=$(rustc_count)
 # ---- the report
 export WORK ROUNDS DURATION HUPS WORKERS LOAD_BEFORE LOAD_AFTER RUSTC_BEFORE RUSTC_AFTER
 export COMMIT DIRTY
-"$PY" - <<'PY' | tee -a "$ROOT/bench/RESULTS.md"
+"$PY" - <<'PY' | tee -a "$RESULTS"
 import json, os, platform, statistics, subprocess, time
 from importlib.metadata import version
 
