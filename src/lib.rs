@@ -56,14 +56,19 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
     let relaunch = master::upgrade::Relaunch {
         exe: std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe")),
         args: std::env::args_os().collect(),
+        cwd: std::env::current_dir().ok(),
     };
-    let cli = match cli::Cli::parse_args(std::env::args_os()) {
+    let mut cli = match cli::Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
+    // HUP re-reads the file after `chdir` may have moved the master elsewhere.
+    if let Some(path) = cli.config.take() {
+        cli.config = Some(std::path::absolute(&path).unwrap_or(path));
+    }
     let environment: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .filter(|(k, _)| k.starts_with("FORKD_"))
@@ -89,7 +94,10 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
     if let Some(name) = &cli.signal {
         // A reload is checked here first, as `nginx -t` before `nginx -s reload`: an
         // invalid file is refused with its error, and the master is not touched.
-        if name == "reload" {
+        // (Only what the file itself names: the master keeps the APP or `-- COMMAND`
+        // it was started with.)
+        let names_workers = config.app.is_some() || !config.exec.command.is_empty();
+        if name == "reload" && names_workers {
             if let Err(e) = resolve(&config) {
                 eprintln!("forkd: config error: {e}");
                 return ExitCode::from(EXIT_USAGE);

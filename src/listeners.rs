@@ -64,6 +64,10 @@ fn bind_tcp(spec: &BindSpec, addr: std::net::SocketAddr, backlog: i32) -> io::Re
     };
     let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // Accepted sockets inherit it on Linux: servers that never set it themselves
+    // (`uvicorn --fd 3` takes any passed socket for a unix one) would otherwise wait
+    // for the client's delayed ACK on every keep-alive response (~40 ms).
+    socket::setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
     if addr.is_ipv6() {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
     }
@@ -143,7 +147,11 @@ pub fn adopt_fd(spec: BindSpec, raw: RawFd) -> io::Result<Listener> {
             let local = format!("unix:{}", path.display());
             (ListenerKind::Unix { path, owned: false }, local)
         }
-        None => (ListenerKind::Tcp, local_address(fd.as_fd())?),
+        None => {
+            // As for sockets forkd binds itself (see bind_tcp); best effort.
+            let _ = socket::setsockopt(&fd, sockopt::TcpNoDelay, &true);
+            (ListenerKind::Tcp, local_address(fd.as_fd())?)
+        }
     };
     Ok(Listener {
         spec,

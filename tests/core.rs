@@ -543,3 +543,33 @@ fn signal_command_checks_the_pidfile() {
     .len()
         == before.len() + 1));
 }
+
+#[test]
+fn a_relative_config_path_still_reloads_after_chdir() {
+    let dir = temp_dir("relative-config");
+    std::fs::write(
+        dir.join("forkd.toml"),
+        "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nchdir = \"/\"\n",
+    )
+    .expect("config");
+    let server = Server::spawn(
+        std::process::Command::new(forkd())
+            .args(["-c", "forkd.toml"])
+            .current_dir(&dir),
+    );
+    assert!(
+        poll_until(Duration::from_secs(10), || server
+            .log_contains("all workers ready")),
+        "{}",
+        server.log()
+    );
+    server.signal(Signal::SIGHUP);
+    assert!(
+        poll_until(Duration::from_secs(10), || server
+            .log_contains("reload finished")),
+        "{}",
+        server.log()
+    );
+    assert!(!server.log_contains("reload failed"), "{}", server.log());
+    let _ = std::fs::remove_dir_all(dir);
+}

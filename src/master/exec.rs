@@ -25,6 +25,8 @@ const SYSTEMD_VARS: [&str; 6] = [
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
 ];
+/// How many of a worker's last output lines a boot failure quotes.
+const RECENT_LINES: usize = 5;
 /// A line of worker output longer than this is logged in pieces.
 const MAX_LINE: usize = 16 * 1024;
 
@@ -101,6 +103,9 @@ fn find_in_path(program: &str, search: &OsStr) -> Option<PathBuf> {
 pub struct Output {
     fd: OwnedFd,
     pending: Vec<u8>,
+    /// The last lines, for the reason of a failed boot (they are logged at `info`,
+    /// which a `warn` log level hides).
+    recent: std::collections::VecDeque<String>,
     /// Every write end is closed: nothing more to read (and poll would spin on POLLHUP).
     pub eof: bool,
 }
@@ -118,6 +123,7 @@ pub fn output_pipe() -> Result<(Output, OwnedFd), String> {
         Output {
             fd: read,
             pending: Vec::new(),
+            recent: std::collections::VecDeque::new(),
             eof: false,
         },
         write,
@@ -149,19 +155,31 @@ impl Output {
         }
         while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.pending.drain(..=end).collect();
-            log_line(pid, &line[..line.len() - 1]);
+            self.log_line(pid, &line[..line.len() - 1]);
         }
         if self.pending.len() >= MAX_LINE || (to_end && !self.pending.is_empty()) {
             let line = std::mem::take(&mut self.pending);
-            log_line(pid, &line);
+            self.log_line(pid, &line);
         }
     }
-}
 
-fn log_line(pid: i32, line: &[u8]) {
-    let line = String::from_utf8_lossy(line);
-    let line = line.trim_end_matches('\r');
-    tracing::info!(target: "forkd::worker", "[{pid}] {line}");
+    fn log_line(&mut self, pid: i32, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        tracing::info!(target: "forkd::worker", "[{pid}] {line}");
+        if !line.trim().is_empty() {
+            if self.recent.len() == RECENT_LINES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(line.chars().take(300).collect());
+        }
+    }
+
+    /// The worker's last few lines of output, joined for a log message.
+    pub fn recent(&self) -> Option<String> {
+        (!self.recent.is_empty())
+            .then(|| self.recent.iter().cloned().collect::<Vec<_>>().join(" | "))
+    }
 }
 
 /// The datagram socket exec workers send `READY=1` and `WATCHDOG=1` to. Abstract (no

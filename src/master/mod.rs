@@ -604,6 +604,13 @@ impl Master {
             Phase::Stopping { reason, .. } | Phase::Killed { reason } => reason,
             Phase::Aborting { .. } => "timeout",
             Phase::Running if !worker.ready => "boot failure",
+            // A program that ends by itself with 0 (uvicorn --limit-max-requests) is
+            // recycling, not crashing; it is replaced the same way.
+            Phase::Running
+                if worker.exec.is_some() && matches!(status, WaitStatus::Exited(_, 0)) =>
+            {
+                "exited"
+            }
             Phase::Running => "crash",
         };
         self.scoreboard.header().count_restart(reason);
@@ -615,8 +622,11 @@ impl Master {
                 "worker exited unexpectedly ({how}); replacing it"
             ),
             "boot failure" => {
-                let why =
+                let mut why =
                     message.unwrap_or_else(|| format!("it exited before it was ready ({how})"));
+                if let Some(output) = worker.exec.as_ref().and_then(|e| e.output.recent()) {
+                    why = format!("{why}; its last output: {output}");
+                }
                 tracing::error!(pid, worker = number, "worker failed to boot: {why}");
                 self.boot_failed(
                     &worker,

@@ -29,6 +29,9 @@ pub fn ready_signal() -> libc::c_int {
 pub struct Relaunch {
     pub exe: PathBuf,
     pub args: Vec<OsString>,
+    /// The directory forkd was started in: relative paths in `args` are relative to it,
+    /// not to `chdir`.
+    pub cwd: Option<PathBuf>,
 }
 
 /// An upgrade in progress.
@@ -62,6 +65,10 @@ impl Upgrade {
                 .map_err(|e| format!("cannot rename pidfile {} to .oldbin: {e}", path.display()))?;
         }
         let exe = CString::new(relaunch.exe.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+        let cwd = relaunch
+            .cwd
+            .as_ref()
+            .and_then(|d| CString::new(d.as_os_str().as_bytes()).ok());
         let args: Vec<CString> = relaunch
             .args
             .iter()
@@ -127,6 +134,9 @@ impl Upgrade {
                     let target = LISTEN_FDS_START + i as i32;
                     // dup2 clears FD_CLOEXEC on the target: exactly these fds are inherited.
                     let _ = nix::unistd::dup2(*fd, target);
+                }
+                if let Some(dir) = &cwd {
+                    let _ = nix::unistd::chdir(dir.as_c_str());
                 }
                 let _ = nix::unistd::execve(&exe, &args, &env);
                 // SAFETY: exec failed; leave without running the parent's destructors.
