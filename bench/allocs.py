@@ -44,18 +44,24 @@ def keepalive_requests(port, n):
             buf = rest[length:]
 
 
-def profile(wd, label, load):
-    """Runs forkd under DHAT, applies `load(port)`, stops it; returns the worker's profile."""
+def profile(wd, label, load, hyper=False):
+    """Runs forkd (or, with `hyper`, the plain hyper server) under DHAT, applies
+    `load(port)`, stops it; returns the profile of forkd's worker (or of hyper-hello)."""
     port = b.free_port()
     out_dir = os.path.join(wd, f"dhat-{label}")
     os.makedirs(out_dir)
     # DHAT's default file name (dhat.out.PID, in the working directory): an explicit
     # --dhat-out-file is lost once forkd rewrites its argv memory for its process title.
-    argv = ["valgrind", "--tool=dhat", b.FORKD, "-b", f"127.0.0.1:{port}", "-w", "1", "--log-level", "warn", "hello"]
-    server = b.start(f"dhat-{label}", argv, port, wd, cwd=out_dir, wait=False)
+    if hyper:
+        server_argv = [b.HYPER_HELLO, f"127.0.0.1:{port}", "1"]
+    else:
+        server_argv = [b.FORKD, "-b", f"127.0.0.1:{port}", "-w", "1", "--log-level", "warn",
+                       "hello"]
+    server = b.start(f"dhat-{label}", ["valgrind", "--tool=dhat", *server_argv], port, wd,
+                     cwd=out_dir, wait=False)
     try:
         b.wait_serving(port, deadline_s=120)
-        worker = b.children(server.master_pid)
+        worker = [server.master_pid] if hyper else b.children(server.master_pid)
         load(port)
         # A graceful stop: the worker drains and exits normally, so DHAT writes its file.
         os.kill(server.master_pid, signal.SIGTERM)
@@ -109,8 +115,12 @@ def main():
             if status != 200 or body != b.HELLO_BODY:
                 raise RuntimeError(f"unexpected response {status} {body!r}")
     fresh = profile(wd, "newconn", one_per_connection)
+    hyper_base = profile(wd, "hyper-baseline", lambda port: None, hyper=True)
+    hyper_keep = profile(wd, "hyper-keepalive", lambda port: keepalive_requests(port, n),
+                         hyper=True)
     result = {"requests": n}
-    for label, prof in (("keepalive", keep), ("new_connection", fresh)):
+    for label, prof, base in (("keepalive", keep, base), ("new_connection", fresh, base),
+                              ("hyper_keepalive", hyper_keep, hyper_base)):
         blocks = (total_blocks(prof) - total_blocks(base)) / n
         nbytes = (total_bytes(prof) - total_bytes(base)) / n
         base_sites = sites(base)
