@@ -385,13 +385,28 @@ def wrk_version():
     return first[0].split(" Copyright")[0] if first else "wrk (version unknown)"
 
 
-def busy_processes(threshold=20.0):
-    """Other processes using the CPU right now (noise for a benchmark)."""
+def cpu_idle_fraction(seconds=5.0):
+    """Share of the machine's CPU time that was idle over the next `seconds`."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def busy_processes(threshold=20.0, exclude=()):
+    """Other processes using the CPU (noise for a benchmark): ps's %CPU (CPU time over
+    lifetime) of at least `threshold`, leaving out the pids in `exclude` (our servers)."""
     out = run(["ps", "-eo", "pcpu,pid,comm", "--sort=-pcpu"]).splitlines()[1:]
     busy = []
     for line in out:
         cpu, pid, comm = line.split(None, 2)
-        if float(cpu) >= threshold and comm not in ("ps",):
+        if float(cpu) < threshold:
+            break
+        if int(pid) not in exclude and comm != "ps":
             busy.append(f"{comm} {cpu}%")
     return busy
 

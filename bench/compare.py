@@ -63,7 +63,10 @@ def main():
         for n in names:
             b.log(f"starting {n}")
             servers[n] = starters[n](wd)
+        idle = {}
         for n in names:
+            # Memory at rest (after one request each), before any load.
+            idle[n] = servers[n].memory()
             b.wrk(servers[n].port, 64, args.warmup, threads=args.wrk_threads)
         for rnd in range(1, args.rounds + 1):
             for c in conns:
@@ -73,19 +76,21 @@ def main():
                     s = servers[n]
                     r = b.wrk(s.port, c, args.duration, threads=args.wrk_threads)
                     mem = s.memory()
+                    ours = {p for x in servers.values() for p in [x.master_pid, *x.workers()]}
+                    busy = b.busy_processes(exclude=ours)
                     runs.append({"server": n, "round": rnd, "conns": c, "rps": r.rps,
                                  "requests": r.requests, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                                  "errors": r.errors, "master_kib": mem["master"],
-                                 "workers_kib": mem["workers"]})
+                                 "workers_kib": mem["workers"], "busy": busy})
                     b.log(f"round {rnd} c{c} {n:>10}: {r.rps:9.0f} req/s  p50 {r.p50_ms:.2f} ms  "
-                          f"p99 {r.p99_ms:.2f} ms  errors {r.errors}  busy: {b.busy_processes()}")
+                          f"p99 {r.p99_ms:.2f} ms  errors {r.errors}  busy: {busy}")
                     time.sleep(1)
     finally:
         for s in servers.values():
             s.stop()
     result = {"settings": {"rounds": args.rounds, "duration_s": args.duration, "conns": conns,
                            "wrk_threads": args.wrk_threads, "servers": names},
-              "runs": runs}
+              "idle_memory_kib": idle, "runs": runs}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
