@@ -10,7 +10,9 @@
   from forkd's scoreboard (see benchlib.read_scoreboard) during and after wrk runs,
   checked against wrk's own request count;
 - wake-ups of idle workers: workers' voluntary context switches per new connection
-  while connections arrive one at a time, for 1, 2 and 4 workers.
+  while connections arrive one at a time, for 1, 2 and 4 workers;
+- system calls per keep-alive request in a worker (strace -c attached to it), next to
+  the plain hyper server's: what supervision adds to the request path.
 
     bench/probes.py [--json FILE] [--quick]"""
 
@@ -145,6 +147,36 @@ def wakeups(wd, workers, connections):
         server.stop()
 
 
+def syscalls_per_request(wd, n, hyper=False):
+    """strace -c on the serving process while n keep-alive requests are made: {syscall:
+    calls per request}."""
+    from allocs import keepalive_requests
+    if hyper:
+        server = b.start_hyper(wd, threads=1)
+        target = server.master_pid
+    else:
+        server = b.start_forkd(wd, workers=1, name="forkd-strace")
+        target = wait_workers(server.master_pid, 1)[0]
+    out = os.path.join(wd, f"strace-{'hyper' if hyper else 'forkd'}.txt")
+    try:
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-o", out, "-p", str(target)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached (strace prints nothing to say so)
+        keepalive_requests(server.port, n)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+    finally:
+        server.stop()
+    calls = {}
+    with open(out) as f:
+        for line in f:
+            parts = line.split()
+            # "% time  seconds  usecs/call  calls  [errors]  syscall"
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                calls[parts[-1]] = int(parts[3])
+    return {name: round(count / n, 3) for name, count in sorted(calls.items(), key=lambda x: -x[1])}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
@@ -169,6 +201,11 @@ def main():
         r = wakeups(wd, workers, 300 if args.quick else 2000)
         b.log(f"wakeups: {r}")
         result["wakeups"].append(r)
+    result["syscalls"] = {"requests": 300 if args.quick else 5000}
+    for label, hyper in (("forkd", False), ("hyper", True)):
+        r = syscalls_per_request(wd, result["syscalls"]["requests"], hyper=hyper)
+        b.log(f"syscalls per request, {label}: {r}")
+        result["syscalls"][label] = r
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -158,6 +158,36 @@ def probes_section(p, lines):
     lines.append("")
 
 
+def syscalls_section(p, lines):
+    sc = p.get("syscalls")
+    if not sc:
+        return
+    lines.append(f"System calls per keep-alive `hello` request ({sc['requests']} requests on one "
+                 f"connection, `strace -f -c` attached to the serving process; calls below 0.01 "
+                 f"per request are connection set-up):")
+    lines.append("")
+    lines.append("| server | system calls per request |")
+    lines.append("| --- | --- |")
+    for label, key in (("forkd worker", "forkd"), ("plain hyper", "hyper")):
+        calls = sc.get(key, {})
+        shown = ", ".join(f"{name} {n:g}" for name, n in calls.items() if n >= 0.01)
+        lines.append(f"| {label} | {shown} (total {sum(v for v in calls.values() if v >= 0.01):.2f}) |")
+    lines.append("")
+
+
+def epoll_section(rows, lines):
+    lines.append("EPOLLEXCLUSIVE, tried outside forkd (`bench/epoll_exclusive.py`: pre-forked "
+                 "Python workers on one listener, connections arriving one at a time while every "
+                 "worker sleeps):")
+    lines.append("")
+    lines.append("| mode | workers | context switches per connection | epoll_wait returns per connection | accepted per worker |")
+    lines.append("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['workers']} | {r['switches_per_connection']} | "
+                     f"{r['returns_per_connection']} | {' / '.join(map(str, r['accepted_per_worker']))} |")
+    lines.append("")
+
+
 def variants_section(v, lines):
     tp = v.get("throughput")
     if tp:
@@ -220,6 +250,7 @@ def main():
     tp = load(args.dir, "throughput.json")
     probes = load(args.dir, "probes.json")
     variants = load(args.dir, "variants.json")
+    epoll = load(args.dir, "epoll.json")
     allocs = load(args.dir, "allocs.json")
     lines = ["", f"## Throughput, latency, memory and start-up — {m['date']}, commit {m['commit']}", "",
              b.machine_line(m) + f" {m['wrk']}.", ""]
@@ -233,6 +264,12 @@ def main():
     if probes:
         lines += ["### Spread across workers and idle wake-ups", ""]
         probes_section(probes, lines)
+        lines += ["### What supervision costs per request", ""]
+        syscalls_section(probes, lines)
+    if epoll:
+        if not probes:
+            lines += ["### Spread across workers and idle wake-ups", ""]
+        epoll_section(epoll, lines)
     if variants:
         lines += ["### Runtime flavour, allocator, release profile, panic strategy", ""]
         variants_section(variants, lines)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The whole benchmark, on a fresh Debian machine: installs wrk and nginx (apt), gunicorn,
-# uvicorn, uvloop and httptools (pip), builds forkd --release and the plain hyper server,
-# waits for a quiet machine, then runs
+# The whole benchmark, on a fresh Debian machine: installs wrk, nginx, valgrind and
+# strace (apt), gunicorn, uvicorn, uvloop and httptools (pip), builds forkd --release and
+# the plain hyper server, waits for a quiet machine, then runs
 #   compare.py   forkd vs nginx vs Gunicorn + UvicornWorker vs plain hyper (-c64, -c256)
 #   probes.py    start to first response, TTIN to serving, spread across workers, wake-ups
 #   variants.py  threads = 1 vs 2, allocators, release profiles, panic strategy
 #   allocs.py    heap allocations per hello request (valgrind DHAT)
+#   epoll_exclusive.py  the thundering herd with and without EPOLLEXCLUSIVE
 # and appends a section with the tables and the targets to bench/RESULTS.md.
 #
 #   bench/run.sh                       # everything (about 20 minutes on 2 cores)
@@ -15,14 +16,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PARTS=${PARTS:-compare probes variants allocs}
+PARTS=${PARTS:-compare probes variants allocs epoll}
 QUIET_WAIT_MIN=${QUIET_WAIT_MIN:-20}
 RECORD=${RECORD:-1}
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! [ -x /usr/sbin/nginx ] || ! need valgrind; then
+if ! need wrk || ! [ -x /usr/sbin/nginx ] || ! need valgrind || ! need strace; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx valgrind >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx valgrind strace >/dev/null
 fi
 if ! python3 -c 'import gunicorn, uvicorn, uvloop, httptools' 2>/dev/null; then
   python3 -m pip install -q gunicorn uvicorn uvloop httptools
@@ -60,7 +61,8 @@ for part in $PARTS; do
     probes) python3 probes.py --json "$OUT/probes.json" ;;
     variants) python3 variants.py --json "$OUT/variants.json" ;;
     allocs) python3 allocs.py --json "$OUT/allocs.json" ;;
-    *) echo "bench: unknown part $part (compare, probes, variants, allocs)" >&2; exit 2 ;;
+    epoll) python3 epoll_exclusive.py --json "$OUT/epoll.json" ;;
+    *) echo "bench: unknown part $part (compare, probes, variants, allocs, epoll)" >&2; exit 2 ;;
   esac
 done
 busy=$(python3 - "$OUT/throughput.json" <<'PY' 2>/dev/null || true
