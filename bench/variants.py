@@ -10,7 +10,7 @@ another allocator, or another release profile; an embedded app that panics on
   profile today) and with panic = "abort": which requests fail, whether the worker is
   replaced, and how long a graceful stop takes afterwards.
 
-    bench/variants.py [--rounds 3] [--duration 8] [--json FILE] [--skip-build]"""
+    bench/variants.py [--rounds 3] [--duration 6] [--json FILE] [--skip-build]"""
 
 import argparse
 import json
@@ -97,7 +97,7 @@ def panic_experiment(wd, binary, label):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--duration", type=int, default=6)
     ap.add_argument("--json")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
