@@ -62,6 +62,22 @@ def memory_kib(pid):
     return rss, pss
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids):
+    """User + system CPU time used so far by these processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / CLOCK_TICKS
+
+
 def context_switches(pid):
     """Voluntary context switches of every thread of a process: how often it slept and
     was woken."""
@@ -144,6 +160,9 @@ class Server:
 
     def workers(self):
         return [] if self.single_process else children(self.master_pid)
+
+    def pids(self):
+        return [self.master_pid, *self.workers()]
 
     def memory(self):
         """{'master': (rss, pss), 'workers': [(rss, pss), ...]} in KiB."""

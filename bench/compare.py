@@ -74,16 +74,22 @@ def main():
                 order = names if rnd % 2 else list(reversed(names))
                 for n in order:
                     s = servers[n]
+                    pids = s.pids()
+                    cpu0 = b.cpu_seconds(pids)
                     r = b.wrk(s.port, c, args.duration, threads=args.wrk_threads)
+                    # CPU the server spent per request: far less sensitive than req/s to
+                    # other processes competing for the 2 cores.
+                    cpu_us = (b.cpu_seconds(pids) - cpu0) / max(1, r.requests) * 1e6
                     mem = s.memory()
                     ours = {p for x in servers.values() for p in [x.master_pid, *x.workers()]}
                     busy = b.busy_processes(exclude=ours)
                     runs.append({"server": n, "round": rnd, "conns": c, "rps": r.rps,
                                  "requests": r.requests, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-                                 "errors": r.errors, "master_kib": mem["master"],
+                                 "errors": r.errors, "cpu_us_per_request": cpu_us,
+                                 "master_kib": mem["master"],
                                  "workers_kib": mem["workers"], "busy": busy})
                     b.log(f"round {rnd} c{c} {n:>10}: {r.rps:9.0f} req/s  p50 {r.p50_ms:.2f} ms  "
-                          f"p99 {r.p99_ms:.2f} ms  errors {r.errors}  busy: {busy}")
+                          f"p99 {r.p99_ms:.2f} ms  errors {r.errors}  cpu {cpu_us:.2f} us/req  busy: {busy}")
                     time.sleep(1)
     finally:
         for s in servers.values():
@@ -99,7 +105,8 @@ def main():
             rs = [r for r in runs if r["server"] == n and r["conns"] == c]
             print(f"{n:>10} c{c}: median {b.median([r['rps'] for r in rs]):.0f} req/s, "
                   f"p99 {b.median([r['p99_ms'] for r in rs]):.2f} ms, "
-                  f"errors {sum(r['errors'] for r in rs)}")
+                  f"errors {sum(r['errors'] for r in rs)}, "
+                  f"server CPU {b.median([r['cpu_us_per_request'] for r in rs]):.2f} us/request")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def summarize(tp):
                 "p50": b.median([r["p50_ms"] for r in rs]),
                 "p99": b.median([r["p99_ms"] for r in rs]),
                 "errors": sum(r["errors"] for r in rs),
+                "cpu_us": b.median([r.get("cpu_us_per_request", float("nan")) for r in rs]),
                 "requests": sum(r["requests"] for r in rs),
                 "master": max(r["master_kib"][0] for r in rs),
                 "worker": max(workers) if workers else None,
@@ -63,10 +64,12 @@ def throughput_table(tp, summary, lines):
                  f"brackets); errors are summed. RSS in MiB: at rest (after start, before any "
                  f"load) and the largest seen right after a run at that connection count; a "
                  f"worker's is the largest of its workers. Plain hyper is one process: its RSS "
-                 f"is in the master column.")
+                 f"is in the master column. CPU µs/req: the server's own user + system CPU "
+                 f"time (all its processes) per request, median over the rounds; it is less "
+                 f"sensitive than req/s to other processes taking the cores.")
     lines.append("")
-    lines.append("| server | conns | req/s | p50 ms | p99 ms | errors | master RSS rest / load | worker RSS rest / load |")
-    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    lines.append("| server | conns | req/s | p50 ms | p99 ms | errors | CPU µs/req | master RSS rest / load | worker RSS rest / load |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in s["servers"]:
         for c in s["conns"]:
             m = summary.get((n, c))
@@ -79,7 +82,7 @@ def throughput_table(tp, summary, lines):
             worker_load = f"{mib(m['worker']):.1f}" if m["worker"] else "–"
             lines.append(f"| {LABELS.get(n, n)} | {c} | {m['rps']:.0f} ({m['rps_min']:.0f}–{m['rps_max']:.0f}) "
                          f"| {m['p50']:.2f} | {m['p99']:.2f} | {m['errors']} of {m['requests']} "
-                         f"| {master_rest} / {mib(m['master']):.1f} | {worker_rest} / {worker_load} |")
+                         f"| {m['cpu_us']:.2f} | {master_rest} / {mib(m['master']):.1f} | {worker_rest} / {worker_load} |")
     lines.append("")
 
 
@@ -194,13 +197,26 @@ def variants_section(v, lines):
         summary = summarize(tp)
         lines.append("Variants of forkd (2 workers unless named), same wrk settings, alternating:")
         lines.append("")
-        lines.append("| variant | req/s -c64 | req/s -c256 | p99 ms -c256 | worker RSS MiB, -c256 |")
-        lines.append("| --- | --- | --- | --- | --- |")
+        lines.append("| variant | req/s -c64 | req/s -c256 | p99 ms -c64 | p99 ms -c256 | CPU µs/req -c64 | CPU µs/req -c256 | worker RSS MiB, -c256 |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for n in tp["settings"]["servers"]:
             a, c = summary.get((n, 64)), summary.get((n, 256))
             if a and c:
-                lines.append(f"| {LABELS.get(n, n)} | {a['rps']:.0f} | {c['rps']:.0f} | {c['p99']:.2f} "
-                             f"| {mib(c['worker']):.1f} |")
+                lines.append(f"| {LABELS.get(n, n)} | {a['rps']:.0f} ({a['rps_min']:.0f}–{a['rps_max']:.0f}) "
+                             f"| {c['rps']:.0f} ({c['rps_min']:.0f}–{c['rps_max']:.0f}) | {a['p99']:.2f} "
+                             f"| {c['p99']:.2f} | {a['cpu_us']:.2f} | {c['cpu_us']:.2f} | {mib(c['worker']):.1f} |")
+        lines.append("")
+    rss = v.get("allocator_rss")
+    if rss:
+        lines.append("Worker RSS (MiB, the larger of 2 workers) per allocator: at rest, then after "
+                     "each of 12 wrk runs of 2 s, alternately -c64 and -c256 (no leak: DHAT finds "
+                     "the same live heap at exit whatever the number of requests; what stays is "
+                     "what the allocator keeps):")
+        lines.append("")
+        lines.append("| allocator | at rest | after each run |")
+        lines.append("| --- | --- | --- |")
+        for name, r in rss.items():
+            lines.append(f"| {name} | {mib(r['rest']):.1f} | {' '.join(f'{mib(x):.1f}' for x in r['after'])} |")
         lines.append("")
     sizes = v.get("binary_bytes", {})
     if sizes:

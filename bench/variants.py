@@ -4,13 +4,14 @@ and panic strategy. Builds the bench-only binaries of bench/variants/ (forkd wit
 another allocator, or another release profile; an embedded app that panics on
 `/panic`), then
 
+- measures worker RSS at rest and after repeated load with each allocator;
 - runs bench/compare.py over forkd with `threads = 1` (2 workers), `threads = 2`
   (2 workers, and 1 worker), mimalloc, jemalloc, and the release profiles;
 - shows what a panicking request does to a worker with panic = "unwind" (forkd's
   profile today) and with panic = "abort": which requests fail, whether the worker is
   replaced, and how long a graceful stop takes afterwards.
 
-    bench/variants.py [--rounds 3] [--duration 6] [--json FILE] [--skip-build]"""
+    bench/variants.py [--rounds 3] [--duration 6] [--json FILE] [--skip-throughput]"""
 
 import argparse
 import json
@@ -94,6 +95,24 @@ def panic_experiment(wd, binary, label):
         server.stop()
 
 
+def allocator_rss(wd, binaries):
+    """Worker RSS at rest and after each of 12 short runs (alternately -c64, -c256)."""
+    out = {}
+    for name, binary in binaries.items():
+        server = b.start_forkd(wd, binary=binary, name=f"rss-{name}")
+        try:
+            rest = max(w[0] for w in server.memory()["workers"])
+            after = []
+            for i in range(12):
+                b.wrk(server.port, 64 if i % 2 == 0 else 256, 2)
+                after.append(max(w[0] for w in server.memory()["workers"]))
+            out[name] = {"rest": rest, "after": after}
+            b.log(f"RSS {name}: rest {rest} KiB, after runs {after}")
+        finally:
+            server.stop()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -111,6 +130,9 @@ def main():
              "thin-lto": os.path.getsize(bins_thin["forkd-system"]),
              "abort": os.path.getsize(bins_abort["forkd-system"])}
     result = {"binary_bytes": sizes, "panic": []}
+    result["allocator_rss"] = allocator_rss(wd, {"system (glibc)": b.FORKD,
+                                                 "mimalloc": bins["forkd-mimalloc"],
+                                                 "jemalloc": bins["forkd-jemalloc"]})
     for label, binary in (("unwind", bins["forkd-panicky"]), ("abort", bins_abort["forkd-panicky"])):
         r = panic_experiment(wd, binary, label)
         b.log(f"panic: {r}")
