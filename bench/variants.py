@@ -25,18 +25,18 @@ import benchlib as b
 
 VARIANTS_DIR = os.path.join(b.BENCH, "variants")
 
-# name -> (target dir suffix, CARGO_PROFILE_RELEASE_* overrides)
+# name -> (target dir under bench/variants/target/, CARGO_PROFILE_RELEASE_* overrides)
 PROFILES = {
-    "current": ("", {}),  # forkd's own: lto = "fat", codegen-units = 1, panic = "unwind"
-    "cargo-default": ("-default", {"LTO": "false", "CODEGEN_UNITS": "16"}),
-    "thin-lto": ("-thin", {"LTO": "thin", "CODEGEN_UNITS": "16"}),
-    "abort": ("-abort", {"PANIC": "abort"}),
+    "current": ("current", {}),  # forkd's own: lto = "fat", codegen-units = 1, panic = "unwind"
+    "cargo-default": ("default", {"LTO": "false", "CODEGEN_UNITS": "16"}),
+    "thin-lto": ("thin", {"LTO": "thin", "CODEGEN_UNITS": "16"}),
+    "abort": ("abort", {"PANIC": "abort"}),
 }
 
 
 def build(profile, bins):
     suffix, overrides = PROFILES[profile]
-    target = b.VARIANTS + suffix
+    target = os.path.join(b.VARIANTS, suffix)
     env = dict(os.environ)
     for key, value in overrides.items():
         env[f"CARGO_PROFILE_RELEASE_{key}"] = value
