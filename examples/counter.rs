@@ -5,7 +5,9 @@
 //!     cargo run --example counter -- -b 127.0.0.1:8000 -w 2
 //!
 //! `COUNTER_PANIC_AT_BOOT=1` makes the per-worker state refuse to build, to show (and
-//! test) that forkd exits 3 when no worker can boot.
+//! test) that forkd exits 3 when no worker can boot. A request for `/panic` panics in
+//! the handler, to show (and test) that a panicking request costs its own connection
+//! only: the worker keeps serving and still drains promptly.
 
 use forkd::app::{factory, respond, Request, Response};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,9 +25,12 @@ fn main() -> std::process::ExitCode {
         let state = Arc::new(Counter {
             served: AtomicU64::new(0),
         });
-        Ok(move |_req: Request| {
+        Ok(move |req: Request| {
             let state = state.clone();
             async move {
+                if req.uri().path() == "/panic" {
+                    panic!("counter: /panic requested");
+                }
                 let n = state.served.fetch_add(1, Ordering::Relaxed) + 1;
                 let body = format!("count={n} pid={}\n", std::process::id());
                 respond(200, "text/plain", body) as Response

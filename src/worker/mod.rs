@@ -387,17 +387,37 @@ where
         io::answer_and_close(stream, response);
         return;
     }
-    shared.open_connections.fetch_add(1, AcqRel);
-    shared.slot.connection_opened();
+    let open = OpenConnection::count(shared);
     let peer = conn::Peer::new(addr, shared);
     let shared = shared.clone();
     tokio::spawn(async move {
-        conn::serve(shared.clone(), stream, peer).await;
-        shared.slot.connection_closed();
-        if shared.open_connections.fetch_sub(1, AcqRel) == 1 {
-            shared.all_closed.notify_waiters();
-        }
+        let _open = open;
+        conn::serve(shared, stream, peer).await;
     });
+}
+
+/// Counts one connection as open (in the worker and its scoreboard slot) for as long as
+/// it lives. Dropping it uncounts it, also when the app panics: the panic unwinds the
+/// connection's task only, tokio drops its future, and without this guard the count
+/// would stay up and every later drain would wait out `graceful_timeout` for a
+/// connection that is long gone.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn count(shared: &Arc<Shared>) -> OpenConnection {
+        shared.open_connections.fetch_add(1, AcqRel);
+        shared.slot.connection_opened();
+        OpenConnection(shared.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.slot.connection_closed();
+        if self.0.open_connections.fetch_sub(1, AcqRel) == 1 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
 }
 
 /// Waits for TERM (drain); QUIT and INT exit at once; USR1 reopens the logs.
