@@ -153,6 +153,9 @@ pub struct Header {
     reloads: AtomicU64,
     upgrades: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
+    /// One past the highest slot index ever claimed: workers scanning their peers (accept
+    /// balancing) look at this many slots, not all of [`CAPACITY`].
+    slots_high_water: AtomicU32,
 }
 
 impl Header {
@@ -344,6 +347,19 @@ impl Board {
     pub fn header(&self) -> &Header {
         &self.header
     }
+    /// The fewest open connections among the other workers that are accepting (ready,
+    /// not draining) and whose event loop reported progress at or after `alive_since_ms`;
+    /// `None` when there is no such peer. A handful of relaxed loads, no syscall.
+    pub fn least_connections_of_peers(&self, me: &Slot, alive_since_ms: u64) -> Option<u64> {
+        let end = (self.header.slots_high_water.load(Relaxed) as usize).min(CAPACITY);
+        self.slots[..end]
+            .iter()
+            .filter(|s| !std::ptr::eq(*s, me))
+            .filter(|s| s.state.load(Relaxed) == WorkerState::Ready as u32)
+            .filter(|s| s.progress_ms() >= alive_since_ms)
+            .map(|s| s.connections())
+            .min()
+    }
     /// Slots in use (booting, ready or draining workers).
     pub fn live_slots(&self) -> impl Iterator<Item = &Slot> {
         self.slots
@@ -442,6 +458,9 @@ impl Scoreboard {
         let index = self.in_use.iter().position(|used| !used)?;
         self.in_use[index] = true;
         self.slot(index).reset();
+        self.header()
+            .slots_high_water
+            .fetch_max(index as u32 + 1, Relaxed);
         Some(index)
     }
 

@@ -3,6 +3,7 @@
 //! it, accept loops on every inherited listener (with `max_connections`), the metrics
 //! listener, progress reporting into the scoreboard, and the graceful drain.
 
+mod balance;
 mod conn;
 mod health;
 mod io;
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     drain_tx: watch::Sender<bool>,
     open_connections: AtomicUsize,
     all_closed: Notify,
+    /// Rung whenever a connection closes (accept balancing waits on it).
+    connection_closed: Notify,
     limits: HeadLimits,
     max_connections: usize,
     health: HealthPaths,
@@ -245,6 +248,7 @@ fn new_shared(
         drain_tx,
         open_connections: AtomicUsize::new(0),
         all_closed: Notify::new(),
+        connection_closed: Notify::new(),
         limits,
         max_connections: config.limits.max_connections,
         health: HealthPaths::from_config(&config.health),
@@ -335,11 +339,12 @@ async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let mut drain = shared.drain_signal();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    spawn_connection(&shared, stream, Some(addr));
-                }
+            accepted = async {
+                balance::wait_for_less_busy_peers(&shared).await;
+                listener.accept().await
+            } => match accepted {
+                // TCP_NODELAY: inherited from the listener, which the master set.
+                Ok((stream, addr)) => spawn_connection(&shared, stream, Some(addr)),
                 Err(e) => accept_error(e).await,
             },
             _ = drain.changed() => return,
@@ -351,7 +356,10 @@ async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
     let mut drain = shared.drain_signal();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = async {
+                balance::wait_for_less_busy_peers(&shared).await;
+                listener.accept().await
+            } => match accepted {
                 Ok((stream, _)) => spawn_connection(&shared, stream, None),
                 Err(e) => accept_error(e).await,
             },
@@ -417,6 +425,7 @@ impl Drop for OpenConnection {
         if self.0.open_connections.fetch_sub(1, AcqRel) == 1 {
             self.0.all_closed.notify_waiters();
         }
+        self.0.connection_closed.notify_waiters();
     }
 }
 
