@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -215,11 +216,20 @@ def start(name, argv, port, workdir, env=None, cwd=None, single_process=False, w
 
 
 def start_forkd(workdir, workers=2, threads=1, binary=FORKD, app="hello", extra=(),
-                name="forkd", port=None, env=None):
+                name="forkd", port=None, env=None, metrics=False):
+    """forkd on a free port; with metrics=True also [metrics] on another free port, for
+    read_scoreboard (off otherwise: the throughput runs measure forkd without it)."""
     port = port or free_port()
     argv = [binary, "-b", f"127.0.0.1:{port}", "-w", str(workers), "--threads", str(threads),
             "--access-log", "off", "--log-level", "warn", *extra, app]
-    return start(name, argv, port, workdir, env=env)
+    metrics_port = None
+    if metrics:
+        metrics_port = free_port()
+        env = dict(env if env is not None else os.environ)
+        env["FORKD_METRICS_BIND"] = f"127.0.0.1:{metrics_port}"
+    server = start(name, argv, port, workdir, env=env)
+    server.notes["metrics_port"] = metrics_port
+    return server
 
 
 def start_nginx(workdir, workers=2):
@@ -320,43 +330,24 @@ def wrk(port, connections, duration_s, threads=1, extra=(), path="/"):
 
 # ---- forkd's scoreboard ----------------------------------------------------------------
 
-# Layout of src/scoreboard.rs `Slot` (repr(C, align(64))): pid i32, state u32, flags u32,
-# message_len u32, progress_ms u64, requests u64, connections u64, message [u8; 240],
-# padded to 320 bytes; CAPACITY = 512 slots in one MAP_SHARED anonymous mapping.
-SLOT_BYTES = 320
-SLOTS = 512
-
-
-def read_scoreboard(master_pid):
-    """{worker pid: (requests served, open connections)} read from the master's
-    scoreboard mapping through /proc/PID/mem (root or the same user). Checks itself:
-    every live worker's pid must be found in a slot, else the layout above no longer
-    matches src/scoreboard.rs and this raises."""
-    size = SLOT_BYTES * SLOTS
-    start = None
-    with open(f"/proc/{master_pid}/maps") as f:
-        for line in f:
-            parts = line.split()
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            if parts[1] == "rw-s" and hi - lo == size and "zero" in line:
-                start = lo
-    if start is None:
-        raise RuntimeError(f"no scoreboard mapping ({size} bytes, rw-s) in pid {master_pid}")
-    with open(f"/proc/{master_pid}/mem", "rb") as f:
-        f.seek(start)
-        data = f.read(size)
-    slots = {}
-    for i in range(SLOTS):
-        slot = data[i * SLOT_BYTES:(i + 1) * SLOT_BYTES]
-        pid = int.from_bytes(slot[0:4], "little", signed=True)
-        state = int.from_bytes(slot[4:8], "little")
-        if pid > 0 and state != 0:
-            slots[pid] = (int.from_bytes(slot[24:32], "little"),
-                          int.from_bytes(slot[32:40], "little"))
-    live = set(children(master_pid))
-    if not live <= set(slots):
-        raise RuntimeError(f"scoreboard layout mismatch: workers {sorted(live)} but slots {slots}")
-    return {pid: slots[pid] for pid in sorted(live)}
+def read_scoreboard(server):
+    """{worker pid: (requests served, open connections)} for every live worker, from
+    the scoreboard as forkd's own /metrics shows it (the server must have been started
+    with start_forkd(..., metrics=True)). Checks itself: every live worker must be there."""
+    port = server.notes["metrics_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    requests, connections = {}, {}
+    for line in text.splitlines():
+        match = re.match(r'(forkd_worker_requests_total|forkd_worker_connections)'
+                         r'\{worker="\d+",pid="(\d+)"\} (\d+)$', line)
+        if match:
+            name, pid, value = match.group(1), int(match.group(2)), int(match.group(3))
+            (requests if name == "forkd_worker_requests_total" else connections)[pid] = value
+    live = set(children(server.master_pid))
+    if not live <= set(requests):
+        raise RuntimeError(f"/metrics lacks workers {sorted(live - set(requests))}:\n{text}")
+    return {pid: (requests[pid], connections.get(pid, 0)) for pid in sorted(live)}
 
 
 # ---- reporting -------------------------------------------------------------------------

@@ -7,7 +7,7 @@
   accept), TTIN is sent, and a request is made at once; the time until it is answered by
   the new worker (checked through the `echo` app's `pid`) is the time until it serves;
 - how requests and connections spread across workers on the shared accept queue, read
-  from forkd's scoreboard (see benchlib.read_scoreboard) during and after wrk runs,
+  from forkd's scoreboard through its /metrics (see benchlib.read_scoreboard) during and after wrk runs,
   checked against wrk's own request count;
 - wake-ups of idle workers: workers' voluntary context switches per new connection
   while connections arrive one at a time, for 1, 2 and 4 workers;
@@ -92,19 +92,19 @@ def ttin_to_serving(wd, repeats):
 
 def spread(wd, workers, conns, duration, close):
     """Per-worker requests (delta over the run) and open connections (mid-run)."""
-    server = b.start_forkd(wd, workers=workers, name=f"forkd-spread{workers}")
+    server = b.start_forkd(wd, workers=workers, name=f"forkd-spread{workers}", metrics=True)
     try:
         master = server.master_pid
         wait_workers(master, workers)
-        before = b.read_scoreboard(master)
+        before = b.read_scoreboard(server)
         extra = ["-H", "Connection: close"] if close else []
         argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s", *extra,
                 f"http://127.0.0.1:{server.port}/"]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(duration / 2)
-        mid = b.read_scoreboard(master)
+        mid = b.read_scoreboard(server)
         out, _ = proc.communicate(timeout=duration + 60)
-        after = b.read_scoreboard(master)
+        after = b.read_scoreboard(server)
         total_wrk = b.parse_wrk(out + "\n50% 0us\n99% 0us\n").requests if "requests in" in out else 0
         per_worker = [{"requests": after[p][0] - before.get(p, (0, 0))[0],
                        "open_connections_mid_run": mid.get(p, (0, 0))[1]} for p in sorted(after)]
@@ -116,7 +116,7 @@ def spread(wd, workers, conns, duration, close):
 
 def wakeups(wd, workers, connections):
     """Context switches per new connection arriving one at a time (each worker idle)."""
-    server = b.start_forkd(wd, workers=workers, name=f"forkd-wake{workers}")
+    server = b.start_forkd(wd, workers=workers, name=f"forkd-wake{workers}", metrics=True)
     try:
         master = server.master_pid
         pids = wait_workers(master, workers)
@@ -126,7 +126,7 @@ def wakeups(wd, workers, connections):
         t_idle = time.monotonic()
         time.sleep(2)
         idle = sum(b.context_switches(p) - idle0[p] for p in pids) / (time.monotonic() - t_idle)
-        score0 = b.read_scoreboard(master)
+        score0 = b.read_scoreboard(server)
         cs0 = {p: b.context_switches(p) for p in pids}
         t0 = time.monotonic()
         for _ in range(connections):
@@ -134,7 +134,7 @@ def wakeups(wd, workers, connections):
             if status != 200:
                 raise RuntimeError(f"status {status}")
         elapsed = time.monotonic() - t0
-        score1 = b.read_scoreboard(master)
+        score1 = b.read_scoreboard(server)
         per_worker = []
         for p in pids:
             per_worker.append({"accepted": score1[p][0] - score0[p][0],
