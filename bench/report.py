@@ -191,6 +191,23 @@ def epoll_section(rows, lines):
     lines.append("")
 
 
+def reuseport_section(rows, lines):
+    lines.append("SO_REUSEPORT against the shared accept queue (`bench/reuse_port.py`: pre-forked "
+                 "Python workers, 2 ms per request, 16 client threads opening a connection per "
+                 "request; rolling = one worker replaced every 100 ms, new one accepting before "
+                 "the old one stops):")
+    lines.append("")
+    lines.append("| listeners | load | failed requests | workers replaced | served per worker |")
+    lines.append("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items())
+        served = " / ".join(map(str, r.get("served_per_worker", []))) or "–"
+        lines.append(f"| {r['mode']} | {'rolling' if r['replaced'] else 'steady'} | "
+                     f"{r['failed']} of {r['requests']}{f' ({errors})' if errors else ''} | "
+                     f"{r['replaced']} | {served} |")
+    lines.append("")
+
+
 def variants_section(v, lines):
     tp = v.get("throughput")
     if tp:
@@ -268,6 +285,7 @@ def main():
     variants = load(args.dir, "variants.json")
     epoll = load(args.dir, "epoll.json")
     allocs = load(args.dir, "allocs.json")
+    reuseport = load(args.dir, "reuseport.json")
     lines = ["", f"## Throughput, latency, memory and start-up — {m['date']}, commit {m['commit']}", "",
              b.machine_line(m) + f" {m['wrk']}.", ""]
     if args.conditions:
@@ -286,6 +304,8 @@ def main():
         if not probes:
             lines += ["### Spread across workers and idle wake-ups", ""]
         epoll_section(epoll, lines)
+    if reuseport:
+        reuseport_section(reuseport, lines)
     if variants:
         lines += ["### Runtime flavour, allocator, release profile, panic strategy", ""]
         variants_section(variants, lines)

@@ -7,6 +7,7 @@
 #   variants.py  threads = 1 vs 2, allocators, release profiles, panic strategy
 #   allocs.py    heap allocations per hello request (valgrind DHAT)
 #   epoll_exclusive.py  the thundering herd with and without EPOLLEXCLUSIVE
+#   reuse_port.py  SO_REUSEPORT vs the shared accept queue: spread, and failures in reloads
 # and appends a section with the tables and the targets to bench/RESULTS.md.
 #
 #   bench/run.sh                       # everything (about 20 minutes on 2 cores)
@@ -16,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PARTS=${PARTS:-compare probes variants allocs epoll}
+PARTS=${PARTS:-compare probes variants allocs epoll reuseport}
 QUIET_WAIT_MIN=${QUIET_WAIT_MIN:-20}
 RECORD=${RECORD:-1}
 
@@ -62,7 +63,8 @@ for part in $PARTS; do
     variants) python3 variants.py --json "$OUT/variants.json" ;;
     allocs) python3 allocs.py --json "$OUT/allocs.json" ;;
     epoll) python3 epoll_exclusive.py --json "$OUT/epoll.json" ;;
-    *) echo "bench: unknown part $part (compare, probes, variants, allocs, epoll)" >&2; exit 2 ;;
+    reuseport) python3 reuse_port.py --json "$OUT/reuseport.json" ;;
+    *) echo "bench: unknown part $part (compare, probes, variants, allocs, epoll, reuseport)" >&2; exit 2 ;;
   esac
 done
 busy=$(python3 - "$OUT/throughput.json" <<'PY' 2>/dev/null || true
