@@ -46,10 +46,12 @@ pub(super) async fn wait_for_less_busy_peers(shared: &Shared) {
             .least_connections_of_peers(shared.slot, alive_since)
         {
             Some(least) if should_defer(mine, least) => {
+                shared.stepping_back.store(true, Relaxed);
                 tokio::select! {
                     _ = tokio::time::sleep(STEP) => {}
                     _ = shared.connection_closed.notified() => {}
                 }
+                shared.stepping_back.store(false, Relaxed);
             }
             _ => return,
         }

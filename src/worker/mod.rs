@@ -57,8 +57,11 @@ pub(crate) struct Shared {
     drain_tx: watch::Sender<bool>,
     open_connections: AtomicUsize,
     all_closed: Notify,
-    /// Rung whenever a connection closes (accept balancing waits on it).
+    /// Rung when a connection closes while the accept loop is stepping back (accept
+    /// balancing waits on it); `stepping_back` says whether anyone is waiting, so that
+    /// a closing connection costs no lock otherwise.
     connection_closed: Notify,
+    stepping_back: AtomicBool,
     limits: HeadLimits,
     max_connections: usize,
     health: HealthPaths,
@@ -249,6 +252,7 @@ fn new_shared(
         open_connections: AtomicUsize::new(0),
         all_closed: Notify::new(),
         connection_closed: Notify::new(),
+        stepping_back: AtomicBool::new(false),
         limits,
         max_connections: config.limits.max_connections,
         health: HealthPaths::from_config(&config.health),
@@ -425,7 +429,9 @@ impl Drop for OpenConnection {
         if self.0.open_connections.fetch_sub(1, AcqRel) == 1 {
             self.0.all_closed.notify_waiters();
         }
-        self.0.connection_closed.notify_waiters();
+        if self.0.stepping_back.load(Relaxed) {
+            self.0.connection_closed.notify_waiters();
+        }
     }
 }
 
