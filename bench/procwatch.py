@@ -21,35 +21,16 @@ import signal
 import sys
 import time
 
+import benchlib
+
 
 def children(master):
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        # The command name may hold spaces and parentheses: the fields follow the last ")".
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == master:
-            pids.append(int(entry))
-    return set(pids)
+    return set(benchlib.children(master))
 
 
 def memory_of(pid):
     """(RSS, PSS) in KiB; PSS shares each page among the processes that map it."""
-    rss = pss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1])
+    rss, pss = benchlib.memory_kib(pid)
     return {"rss_kib": rss, "pss_kib": pss}
 
 

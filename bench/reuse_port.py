@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 
+import benchlib as b
+
 WORK_S = 0.002
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
@@ -135,16 +137,9 @@ class Pool:
 def load(port, stop, tally, lock):
     while not stop.is_set():
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-                data = b""
-                while True:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                ok = data.endswith(b"ok")
-                error = None if ok else "short or empty response"
+            status, body = b.http_get(port, timeout=5)
+            ok = status == 200 and body == b"ok"
+            error = None if ok else "short or empty response"
         except OSError as e:
             ok, error = False, type(e).__name__
         with lock:
