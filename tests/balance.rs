@@ -6,7 +6,7 @@ mod harness;
 
 use harness::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -17,29 +17,7 @@ fn answering_pid(reader: &mut BufReader<TcpStream>) -> Result<i32, String> {
         .get_mut()
         .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         .map_err(|e| format!("send: {e}"))?;
-    let mut line = String::new();
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        if reader
-            .read_line(&mut line)
-            .map_err(|e| format!("read head: {e}"))?
-            == 0
-        {
-            return Err("closed in the head".into());
-        }
-        let header = line.trim_end().to_ascii_lowercase();
-        if header.is_empty() {
-            break;
-        }
-        if let Some(value) = header.strip_prefix("content-length:") {
-            length = value.trim().parse().map_err(|_| "bad content-length")?;
-        }
-    }
-    let mut body = vec![0; length];
-    reader
-        .read_exact(&mut body)
-        .map_err(|e| format!("read body: {e}"))?;
+    let (_, _, body) = read_response_with_body(reader)?;
     let body = String::from_utf8_lossy(&body);
     body.split("\"pid\":")
         .nth(1)

@@ -173,6 +173,13 @@ impl Tally {
 
 /// Reads one HTTP/1.1 response with a Content-Length; returns (status, close?).
 pub fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool), String> {
+    read_response_with_body(reader).map(|(status, close, _)| (status, close))
+}
+
+/// Reads one response: (status, whether the server said `Connection: close`, body).
+pub fn read_response_with_body(
+    reader: &mut BufReader<TcpStream>,
+) -> Result<(u16, bool, Vec<u8>), String> {
     let mut line = String::new();
     if reader
         .read_line(&mut line)
@@ -214,7 +221,7 @@ pub fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool), S
     reader
         .read_exact(&mut body)
         .map_err(|e| format!("short body: {e}"))?;
-    Ok((status, close))
+    Ok((status, close, body))
 }
 
 /// `connections` threads sending keep-alive requests until `stop`, reconnecting only
