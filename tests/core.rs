@@ -416,12 +416,7 @@ fn a_hup_with_an_invalid_config_keeps_serving_and_logs_the_key() {
     let before = workers_of(server.pid());
     std::fs::write(&path, "app = \"hello\"\nworkers = \"many\"\n").expect("rewrite");
     server.signal(Signal::SIGHUP);
-    assert!(
-        poll_until(Duration::from_secs(5), || server
-            .log_contains("reload failed")),
-        "{}",
-        server.log()
-    );
+    server.expect_log("reload failed", Duration::from_secs(5));
     assert!(server.log_contains("`workers`"), "{}", server.log());
     assert_eq!(workers_of(server.pid()), before, "old workers untouched");
     assert_eq!(get(&server.addr, "/").expect("serving").0, 200);
@@ -557,19 +552,9 @@ fn a_relative_config_path_still_reloads_after_chdir() {
             .args(["-c", "forkd.toml"])
             .current_dir(&dir),
     );
-    assert!(
-        poll_until(Duration::from_secs(10), || server
-            .log_contains("all workers ready")),
-        "{}",
-        server.log()
-    );
+    server.expect_log("all workers ready", Duration::from_secs(10));
     server.signal(Signal::SIGHUP);
-    assert!(
-        poll_until(Duration::from_secs(10), || server
-            .log_contains("reload finished")),
-        "{}",
-        server.log()
-    );
+    server.expect_log("reload finished", Duration::from_secs(10));
     assert!(!server.log_contains("reload failed"), "{}", server.log());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -61,8 +61,7 @@ fn uvicorn_workers_serve_and_a_hup_brings_new_code_live_under_load() {
     }
     assert_eq!(answered.len(), 2, "one worker served everything");
     // Their output reaches the error log, prefixed with their pid.
-    assert!(poll_until(Duration::from_secs(5), || server
-        .log_contains(&format!("[{}] ", workers[0]))));
+    server.expect_log(&format!("[{}] ", workers[0]), Duration::from_secs(5));
 
     // New code, then HUP under load (a fresh connection per request, as behind a
     // proxy that does not pool). forkd starts each new worker and waits until it polls
@@ -75,12 +74,7 @@ fn uvicorn_workers_serve_and_a_hup_brings_new_code_live_under_load() {
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(dir.join("app.py"), ASGI_APP.replace("\"v1\"", "\"v2\"")).expect("new code");
     server.signal(Signal::SIGHUP);
-    assert!(
-        poll_until(Duration::from_secs(30), || server
-            .log_contains("reload finished")),
-        "{}",
-        server.log()
-    );
+    server.expect_log("reload finished", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     finish(stop, handles);
     assert!(
@@ -280,12 +274,7 @@ fn notify_readiness_waits_for_ready_and_watchdog_drives_timeout() {
     std::thread::spawn(move || {
         let _ = get(&addr, "/hang");
     });
-    assert!(
-        poll_until(Duration::from_secs(15), || server
-            .log_contains("worker timeout")),
-        "{}",
-        server.log()
-    );
+    server.expect_log("worker timeout", Duration::from_secs(15));
     assert!(poll_until(Duration::from_secs(20), || {
         let now = children_of(server.pid());
         now.len() == 2 && hung.iter().any(|w| !now.contains(w))
@@ -304,11 +293,9 @@ fn a_worker_that_never_gets_ready_is_killed_and_a_hup_keeps_the_old_ones() {
     let stuck = text.replace("command = [", "command = [\"sleep\", \"60\"]\n# was: [");
     std::fs::write(&config, stuck).expect("config");
     server.signal(Signal::SIGHUP);
-    assert!(
-        poll_until(Duration::from_secs(20), || server
-            .log_contains("keeping the workers of the previous configuration")),
-        "{}",
-        server.log()
+    server.expect_log(
+        "keeping the workers of the previous configuration",
+        Duration::from_secs(20),
     );
     assert!(server.log_contains("not ready within"), "{}", server.log());
     // The old workers kept serving throughout.

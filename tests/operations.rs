@@ -88,8 +88,7 @@ fn access_log_lines_survive_a_move_and_usr1_and_a_stop() {
     );
     // Both workers have reopened once the file exists for each; send enough requests
     // that both serve some and check every one lands in the new file.
-    assert!(poll_until(Duration::from_secs(5), || server
-        .log_contains("USR1: reopening log files")));
+    server.expect_log("USR1: reopening log files", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     for i in 0..20 {
         assert_eq!(get_with(&server.addr, &format!("/after-usr1/{i}"), ""), 200);
@@ -177,8 +176,7 @@ fn access_log_format_fields_and_json_lines() {
 
 /// The address of the metrics listener, from the master's log.
 fn metrics_addr(server: &Server) -> String {
-    assert!(poll_until(Duration::from_secs(5), || server
-        .log_contains("serving /metrics on ")));
+    server.expect_log("serving /metrics on ", Duration::from_secs(5));
     server
         .log()
         .split("serving /metrics on ")
@@ -391,12 +389,7 @@ fn the_metrics_listener_moves_to_the_new_master_on_usr2() {
     );
     let new = read_pid(&pidfile).expect("new master");
     let _new_master = PidGuard(new);
-    assert!(
-        poll_until(Duration::from_secs(20), || server
-            .log_contains("master exiting")),
-        "{}",
-        server.log()
-    );
+    server.expect_log("master exiting", Duration::from_secs(20));
     // Same address, now served by the new master's workers.
     let scraped = scrape(&metrics);
     let theirs: Vec<String> = workers_of(new).iter().map(|p| p.to_string()).collect();

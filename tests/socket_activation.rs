@@ -167,13 +167,7 @@ fn fds_passed_by_hand_tcp_and_unix() {
         None,
         &["-b", "fd://admin", "-b", &addr, "-w", "2", "echo"],
     ));
-    assert!(
-        poll_until(Duration::from_secs(10), || server
-            .log()
-            .contains("all workers ready")),
-        "{}",
-        server.log()
-    );
+    server.expect_log("all workers ready", Duration::from_secs(10));
     // Both served by forkd's workers (echo reports a worker pid, not ours).
     for target in [&addr, &unix_bind] {
         let (status, _, body) = get(target, "/").expect("request");
@@ -221,13 +215,7 @@ fn sockets_meant_for_another_pid_are_ignored() {
         Some("1"),
         &["-b", &addr, "hello"],
     ));
-    assert!(
-        poll_until(Duration::from_secs(10), || server
-            .log()
-            .contains("all workers ready")),
-        "{}",
-        server.log()
-    );
+    server.expect_log("all workers ready", Duration::from_secs(10));
     // It bound its own address, and the passed fd stayed unused.
     assert_eq!(get(&addr, "/").map(|r| r.0), Ok(200));
     assert!(Path::new(&format!("/proc/{}", server.pid())).exists());

@@ -420,12 +420,7 @@ fn a_root_reload_of_a_master_running_as_another_user_gets_its_answer() {
         .arg(forkd())
         .args(["-c", config.to_str().unwrap()]);
     let server = Server::spawn(&mut command);
-    assert!(
-        poll_until(Duration::from_secs(10), || server
-            .log_contains("all workers ready")),
-        "{}",
-        server.log()
-    );
+    server.expect_log("all workers ready", Duration::from_secs(10));
     let (code, stderr) = signal_cli(&config, "reload");
     assert_eq!(code, Some(0), "{stderr}\n{}", server.log());
     assert!(server.log_contains("reload finished"));

@@ -308,12 +308,7 @@ fn manual_upgrade_rolls_back_with_hup_to_the_old_master_and_term_to_the_new() {
         server.log()
     );
     let new_pid = current_pid().unwrap_or(0);
-    assert!(
-        poll_until(Duration::from_secs(10), || server
-            .log_contains("staying for the operator")),
-        "{}",
-        server.log()
-    );
+    server.expect_log("staying for the operator", Duration::from_secs(10));
     assert!(
         poll_until(Duration::from_secs(10), || workers_of(old).is_empty()),
         "old workers stopped by WINCH"

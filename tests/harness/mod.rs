@@ -26,10 +26,7 @@ impl Server {
     /// As `start`, with extra environment variables for forkd.
     pub fn start_with_env(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut server = Server::spawn(Command::new(binary).args(args).envs(env.iter().copied()));
-        let found = poll_until(Duration::from_secs(10), || {
-            server.log_contains("all workers ready")
-        });
-        assert!(found, "forkd did not become ready:\n{}", server.log());
+        server.expect_log("all workers ready", Duration::from_secs(10));
         let log = server.log();
         let line = log
             .lines()
@@ -73,6 +70,14 @@ impl Server {
     }
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+    /// Waits (up to `limit`) for `needle` in the error log; fails the test with the log.
+    pub fn expect_log(&self, needle: &str, limit: Duration) {
+        assert!(
+            poll_until(limit, || self.log_contains(needle)),
+            "forkd did not log {needle:?} within {limit:?}:\n{}",
+            self.log()
+        );
     }
     pub fn log_contains(&self, needle: &str) -> bool {
         self.log.lock().unwrap().contains(needle)
