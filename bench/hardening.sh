@@ -18,15 +18,9 @@ ROOT=$PWD
 WORK=$(mktemp -d /tmp/forkd-hardening.XXXXXX)
 ROUNDS=${ROUNDS:-9}
 DURATION=${DURATION:-5}
+. bench/common.sh
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] || continue
-    pkill -9 -P "$p" 2>/dev/null || true
-    kill -9 "$p" 2>/dev/null || true
-  done
-}
-trap cleanup EXIT
+trap kill_started EXIT
 
 command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release -q

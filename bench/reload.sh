@@ -14,13 +14,10 @@ ROOT=$PWD
 WORK=$(mktemp -d /tmp/forkd-bench.XXXXXX)
 trap 'cleanup' EXIT
 PIDS=()
+. bench/common.sh
 # Kills every process the run started, with its children (workers of each master).
 cleanup() {
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] || continue
-    pkill -9 -P "$p" 2>/dev/null || true
-    kill -9 "$p" 2>/dev/null || true
-  done
+  kill_started
   # Masters started by an upgrade are found by the run's unique work dir in their args.
   pkill -9 -f "$WORK" 2>/dev/null || true
 }
