@@ -153,8 +153,8 @@ pub struct Header {
     reloads: AtomicU64,
     upgrades: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
-    /// One past the highest slot index ever claimed: workers scanning their peers (accept
-    /// balancing) look at this many slots, not all of [`CAPACITY`].
+    /// One past the highest slot index ever claimed: scans of the slots (accept
+    /// balancing, metrics, totals) look at this many, not all of [`CAPACITY`].
     slots_high_water: AtomicU32,
 }
 
@@ -351,8 +351,7 @@ impl Board {
     /// not draining) and whose event loop reported progress at or after `alive_since_ms`;
     /// `None` when there is no such peer. A handful of relaxed loads, no syscall.
     pub fn least_connections_of_peers(&self, me: &Slot, alive_since_ms: u64) -> Option<u64> {
-        let end = (self.header.slots_high_water.load(Relaxed) as usize).min(CAPACITY);
-        self.slots[..end]
+        self.claimed_slots()
             .iter()
             .filter(|s| !std::ptr::eq(*s, me))
             .filter(|s| s.state.load(Relaxed) == WorkerState::Ready as u32)
@@ -360,9 +359,14 @@ impl Board {
             .map(|s| s.connections())
             .min()
     }
+    /// Every slot that was ever claimed; the ones past it have always been free.
+    fn claimed_slots(&self) -> &[Slot] {
+        let end = (self.header.slots_high_water.load(Acquire) as usize).min(CAPACITY);
+        &self.slots[..end]
+    }
     /// Slots in use (booting, ready or draining workers).
     pub fn live_slots(&self) -> impl Iterator<Item = &Slot> {
-        self.slots
+        self.claimed_slots()
             .iter()
             .filter(|s| s.state() != WorkerState::Free && s.pid() != 0)
     }
@@ -379,7 +383,11 @@ impl Board {
                 requests: self.header.exited_requests.load(Relaxed),
                 durations: self.header.exited_durations.snapshot(),
             };
-            for slot in self.slots.iter().filter(|s| s.state() != WorkerState::Free) {
+            for slot in self
+                .claimed_slots()
+                .iter()
+                .filter(|s| s.state() != WorkerState::Free)
+            {
                 totals.requests += slot.requests();
                 totals.durations.add(&slot.durations());
             }
@@ -460,7 +468,7 @@ impl Scoreboard {
         self.slot(index).reset();
         self.header()
             .slots_high_water
-            .fetch_max(index as u32 + 1, Relaxed);
+            .fetch_max(index as u32 + 1, Release);
         Some(index)
     }
 
