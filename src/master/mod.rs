@@ -167,7 +167,6 @@ pub struct Master {
     /// `forkd -s reload` processes waiting for the outcome of the current reload.
     reload_waiters: Vec<i32>,
     /// Requests served by workers that have exited (for STATUS=).
-    requests_of_exited: u64,
     /// A new master took over (USR2): it owns the pidfile and the unix socket files.
     handed_over: bool,
     /// The socket exec workers send READY=1 / WATCHDOG=1 to (made with the first one).
@@ -242,7 +241,6 @@ impl Master {
             systemd,
             reloading: false,
             reload_waiters: Vec::new(),
-            requests_of_exited: 0,
             serving_passed_sockets,
             handed_over: false,
             metrics,
@@ -590,7 +588,6 @@ impl Master {
     fn worker_exited(&mut self, worker: Worker, status: WaitStatus) {
         let slot = self.scoreboard.slot(worker.slot);
         let message = slot.message();
-        self.requests_of_exited += slot.requests();
         // Exec workers do not count their requests in the scoreboard.
         let served = worker.exec.is_none().then(|| slot.requests());
         self.scoreboard.release(worker.slot);
@@ -909,16 +906,15 @@ impl Master {
                 .workers
                 .iter()
                 .any(|w| matches!(w.phase, Phase::Running) && w.generation < self.generation);
-            let ready_active = self
-                .workers
-                .iter()
-                .filter(|w| w.ready && self.is_active(w))
-                .count();
-            if !old_running && ready_active >= self.target {
+            if !old_running && self.ready_active() >= self.target {
                 self.finish_reload(true);
             }
         }
-        if self.state == RunState::Serving && !self.reloading && self.handoff_from.is_none() {
+        if self.state == RunState::Serving
+            && !self.reloading
+            && self.handoff_from.is_none()
+            && self.systemd.wants_status()
+        {
             let (counts, full) = self.status_line();
             self.systemd.status(&counts, &full);
         }
@@ -932,17 +928,9 @@ impl Master {
             .iter()
             .filter(|w| matches!(w.phase, Phase::Running))
             .count();
-        let ready = self
-            .workers
-            .iter()
-            .filter(|w| w.ready && self.is_active(w))
-            .count();
-        let served: u64 = self.requests_of_exited
-            + self
-                .workers
-                .iter()
-                .map(|w| self.scoreboard.slot(w.slot).requests())
-                .sum::<u64>();
+        let ready = self.ready_active();
+        // Exited workers' requests were folded into the scoreboard's totals.
+        let served = self.scoreboard.board().totals().requests;
         let counts = format!(
             "{ready} of {} workers ready ({running} running, generation {})",
             self.target, self.generation
@@ -1040,6 +1028,14 @@ impl Master {
 
     // ---- reconciling -----------------------------------------------------------------
 
+    /// Active workers (see [`Master::is_active`]) that are ready to serve.
+    fn ready_active(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.ready && self.is_active(w))
+            .count()
+    }
+
     fn is_active(&self, w: &Worker) -> bool {
         matches!(w.phase, Phase::Running)
             && w.generation == self.generation
@@ -1076,9 +1072,7 @@ impl Master {
         }
         // Surplus workers (old generation, or retiring): stop one whenever enough
         // active workers are ready to serve without it.
-        let ready_active = (0..self.workers.len())
-            .filter(|&i| self.workers[i].ready && self.is_active(&self.workers[i]))
-            .count();
+        let ready_active = self.ready_active();
         let mut surplus: Vec<usize> = (0..self.workers.len())
             .filter(|&i| {
                 matches!(self.workers[i].phase, Phase::Running) && !self.is_active(&self.workers[i])

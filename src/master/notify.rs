@@ -81,10 +81,16 @@ impl SystemdLink {
         self.ready(status);
     }
 
+    /// Whether `STATUS=` goes anywhere (a notify socket, and we are the main pid): the
+    /// status line need not be built otherwise.
+    pub fn wants_status(&self) -> bool {
+        self.notifier.is_some() && self.is_main
+    }
+
     /// Updates `STATUS=`: at once when `counts` (the worker part) changed, otherwise
     /// (only the request count moved) at most every `STATUS_REFRESH`.
     pub fn status(&mut self, counts: &str, full: &str) {
-        if self.notifier.is_none() || !self.is_main || full == self.status {
+        if !self.wants_status() || full == self.status {
             return;
         }
         let counts_changed = counts != self.status_counts;
