@@ -15,16 +15,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
-/// Variables a worker must get from forkd only (never inherited from forkd's own
-/// environment, where systemd may have put values meant for the master).
-const SYSTEMD_VARS: [&str; 6] = [
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-];
 /// How many of a worker's last output lines a boot failure quotes.
 const RECENT_LINES: usize = 5;
 /// A line of worker output longer than this is logged in pieces.
@@ -417,17 +407,16 @@ fn close_fds_from(first: RawFd) {
     }
 }
 
-/// forkd's environment without the systemd variables meant for the master, plus
-/// `[env]`, plus the socket-activation and notification variables for this child.
+/// forkd's environment (less what `[env]` sets), plus `[env]`, plus the
+/// socket-activation and notification variables for this child.
 fn child_environment(
     config: &Config,
     listeners: &[Listener],
     notify_address: &str,
 ) -> Result<Vec<CString>, String> {
+    // The systemd and upgrade variables meant for the master are not in it any more:
+    // the master took them out of its environment at start (`Master::new`).
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| {
-            !SYSTEMD_VARS.iter().any(|v| k == v) && !k.as_bytes().starts_with(b"_FORKD_")
-        })
         .filter(|(k, _)| !config.env.contains_key(&*k.to_string_lossy()))
         .collect();
     for (k, v) in &config.env {

@@ -107,8 +107,9 @@ impl Upgrade {
                 .map_err(|e| e.to_string())?,
         );
         env.push(CString::new(format!("{UPGRADE_FROM_VAR}={old_pid}")).map_err(|e| e.to_string())?);
+        // None of these is in our environment any more: the master took the systemd
+        // variables out of it at start (`Master::new`).
         for (key, value) in extra_env {
-            env.retain(|kv| !kv.as_bytes().starts_with(format!("{key}=").as_bytes()));
             env.push(CString::new(format!("{key}={value}")).map_err(|e| e.to_string())?);
         }
         let pid_slot = env.len();
