@@ -882,7 +882,7 @@ impl std::fmt::Display for BindSpec {
     }
 }
 
-/// `exec.ready` as it would be written in the file, for messages.
+/// `exec.ready` as it is written in the file (for messages and `--print-config`).
 pub fn ready_mode_text(mode: &ReadyMode) -> String {
     match mode {
         ReadyMode::Auto => "\"auto\"".to_string(),
@@ -1045,12 +1045,7 @@ impl Config {
         let command =
             (!self.exec.command.is_empty()).then(|| quoted_list(self.exec.command.iter().cloned()));
         optional(&mut out, "command", command);
-        let ready = match self.exec.ready {
-            ReadyMode::Auto => quoted("auto"),
-            ReadyMode::Notify => quoted("notify"),
-            ReadyMode::After(d) => fmt_duration(d),
-        };
-        out.push_str(&format!("ready = {ready}\n"));
+        out.push_str(&format!("ready = {}\n", ready_mode_text(&self.exec.ready)));
         out
     }
 }
