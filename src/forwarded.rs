@@ -51,7 +51,7 @@ impl TrustedProxies {
                     .ok_or_else(|| format!("{entry:?}: bad prefix length (0 to {max})"))?,
                 None => max,
             };
-            trusted.networks.push((ip, bits));
+            trusted.networks.push(canonical_network(ip, bits));
         }
         Ok(trusted)
     }
@@ -63,7 +63,21 @@ impl TrustedProxies {
         let ip = canonical(ip);
         self.networks
             .iter()
-            .any(|(net, bits)| in_network(ip, canonical(*net), *bits))
+            .any(|(net, bits)| in_network(ip, *net, *bits))
+    }
+}
+
+/// An IPv4-mapped network (`::ffff:10.0.0.0/104`) as the IPv4 network it covers
+/// (`10.0.0.0/8`), so that it matches peers as [`canonical`] presents them. Its prefix
+/// must shrink with it: an IPv4 mask of 104 bits would match every address. A prefix
+/// shorter than the mapped range's 96 bits stays an IPv6 network.
+fn canonical_network(ip: IpAddr, bits: u8) -> (IpAddr, u8) {
+    match ip {
+        IpAddr::V6(v6) if bits >= 96 => match v6.to_ipv4_mapped() {
+            Some(v4) => (IpAddr::V4(v4), bits - 96),
+            None => (ip, bits),
+        },
+        _ => (ip, bits),
     }
 }
 
@@ -301,6 +315,22 @@ mod tests {
         assert!(proxies(&["0.0.0.0/0"]).trusts(ip("8.8.8.8")));
         assert!(TrustedProxies::parse(&["10.0.0.0/33".to_string()]).is_err());
         assert!(TrustedProxies::parse(&["ten".to_string()]).is_err());
+    }
+
+    #[test]
+    fn mapped_networks_keep_their_width() {
+        let p = proxies(&["::ffff:10.0.0.0/104", "::ffff:192.0.2.7"]);
+        assert!(p.trusts(ip("10.9.8.7")));
+        assert!(p.trusts(ip("::ffff:10.9.8.7")));
+        assert!(p.trusts(ip("192.0.2.7")));
+        assert!(
+            !p.trusts(ip("11.0.0.1")),
+            "a mapped /104 is 10.0.0.0/8, not everything"
+        );
+        assert!(
+            !p.trusts(ip("192.0.2.8")),
+            "a mapped address is that one address"
+        );
     }
 
     #[test]
