@@ -20,10 +20,7 @@ fn twenty_hups_under_keepalive_load_drop_nothing() {
         server.signal(nix::sys::signal::Signal::SIGHUP);
         let generation = format!("generation={}", round + 1);
         // Wait for the new generation to be started before the next HUP.
-        assert!(
-            poll_until(Duration::from_secs(10), || server.log_contains(&generation)),
-            "no {generation}"
-        );
+        server.expect_log(&generation, Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(100));
     }
     let settled = poll_until(Duration::from_secs(10), || {
