@@ -147,14 +147,7 @@ enum Closing {
 /// has written (and dropped) the whole body; counts the bytes sent.
 pub struct TrackedBody {
     inner: Body,
-    state: Arc<ConnState>,
     request: RequestGuard,
-}
-
-impl Drop for TrackedBody {
-    fn drop(&mut self) {
-        self.state.request_finished();
-    }
 }
 
 impl hyper::body::Body for TrackedBody {
@@ -181,10 +174,12 @@ impl hyper::body::Body for TrackedBody {
 }
 
 /// One request from its head to the end of its response (or its abandonment): keeps
-/// the scoreboard's in-flight count, and on drop records the duration and writes the
-/// access log line. A request dropped before the app answered (the client went away)
-/// is logged with status 499, as nginx does.
+/// the connection's and the scoreboard's in-flight counts, and on drop records the
+/// duration and writes the access log line. A request dropped before the app answered
+/// (the client went away, an HTTP/2 stream was reset, the handler panicked) is logged
+/// with status 499, as nginx does, and no longer counts as in flight.
 struct RequestGuard {
+    state: Arc<ConnState>,
     slot: &'static Slot,
     began: Option<Instant>,
     record_duration: bool,
@@ -194,9 +189,16 @@ struct RequestGuard {
 }
 
 impl RequestGuard {
-    fn new(shared: &Shared, began: Option<Instant>, log: Option<Box<Record>>) -> RequestGuard {
+    fn new(
+        shared: &Shared,
+        state: Arc<ConnState>,
+        began: Option<Instant>,
+        log: Option<Box<Record>>,
+    ) -> RequestGuard {
+        state.request_started();
         shared.slot.request_began();
         RequestGuard {
+            state,
             slot: shared.slot,
             began,
             record_duration: shared.record_durations,
@@ -209,6 +211,7 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        self.state.request_finished();
         let duration = self.began.map(|at| at.elapsed());
         self.slot.request_ended(
             duration
@@ -248,15 +251,16 @@ where
         hyper::service::service_fn(move |req: crate::app::Request| {
             let shared = shared.clone();
             let state = state.clone();
-            state.request_started();
             let began = shared.timing.then(Instant::now);
             let (req, record) = prepare(&shared, &peer, req);
+            // Made before the future: if hyper drops the future unpolled or half-way
+            // (stream reset, panic), the guard still ends the request.
+            let mut guard = RequestGuard::new(&shared, state.clone(), began, record);
             let health = shared
                 .health
                 .answer(req.uri().path(), shared.board.header());
             async move {
                 shared.count_request();
-                let mut guard = RequestGuard::new(&shared, began, record);
                 let resp = match health {
                     Some(resp) => resp,
                     None if declares_too_large_h2_body(&req, shared.limits.max_body) => {
@@ -274,7 +278,6 @@ where
                 guard.status = resp.status().as_u16();
                 let mut resp = resp.map(|inner| TrackedBody {
                     inner,
-                    state,
                     request: guard,
                 });
                 if (too_large_body || shared.is_draining())
