@@ -495,9 +495,6 @@ impl AccessLog {
                 Piece::Field(Field::Bytes) => {
                     let _ = write!(out, "{}", outcome.bytes);
                 }
-                Piece::Field(Field::DurationMs) => {
-                    let _ = write!(out, "{:.3}", outcome.duration.as_secs_f64() * 1000.0);
-                }
                 Piece::Field(Field::UserAgent) => header(out, &record.user_agent),
                 Piece::Field(Field::Referer) => header(out, &record.referer),
                 Piece::Field(Field::Pid) => {
@@ -507,9 +504,11 @@ impl AccessLog {
                     let value = self.value(field, record, outcome, &mut header_index);
                     match value {
                         Value::Missing => out.push(b'-'),
-                        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+                        Value::Number(n) => {
+                            let _ = write!(out, "{n}");
+                        }
                         Value::Millis(d) => {
-                            out.extend_from_slice(format_millis(d).as_bytes());
+                            let _ = write!(out, "{:.3}", d.as_secs_f64() * 1000.0);
                         }
                         Value::Text(bytes) => escape_text(out, &bytes),
                     }
@@ -632,10 +631,6 @@ fn request_target(uri: &Uri) -> String {
             .unwrap_or("/")
             .to_string()
     }
-}
-
-fn format_millis(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
 /// Text fields escape `"`, `\` and bytes outside printable ASCII as `\xHH` (as nginx
