@@ -378,9 +378,9 @@ impl AccessLog {
     }
 
     /// Keeps what the log line needs from a request head.
-    pub fn capture(
+    pub fn capture<B>(
         &self,
-        req: &hyper::Request<hyper::body::Incoming>,
+        req: &hyper::Request<B>,
         client: Option<IpAddr>,
         peer: Option<SocketAddr>,
         scheme: &'static str,

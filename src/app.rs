@@ -11,7 +11,10 @@ use std::sync::Arc;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body type apps return.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-pub type Request = hyper::Request<hyper::body::Incoming>;
+/// A request as the app sees it. Its body is hyper's, wrapped so that forkd's limits
+/// also hold for HTTP/2 streams (see [`RequestBody`]).
+pub type Request = hyper::Request<RequestBody>;
+pub use crate::body::RequestBody;
 pub type Response = hyper::Response<Body>;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 

@@ -68,6 +68,8 @@ pub struct Limits {
     pub request_field_size: usize,     // 8190
     pub max_body: u64,                 // 10 MiB
     pub header_read_timeout: Duration, // 10 s
+    /// A request body that sends nothing this long gets 408; zero = off.
+    pub body_read_timeout: Duration, // 30 s
     pub max_connections: usize,        // 1000
 }
 
@@ -201,6 +203,7 @@ const KEYS: &[(&str, &str)] = &[
     ("limits.request_field_size", "an integer >= 1 (bytes)"),
     ("limits.max_body", "a size: bytes or a string like \"64KiB\", \"10MiB\""),
     ("limits.header_read_timeout", "a duration > 0: seconds or a string like \"10s\""),
+    ("limits.body_read_timeout", "a duration: seconds or a string like \"30s\"; 0 = off"),
     ("limits.max_connections", "an integer >= 1"),
     ("health.live_path", "a path starting with /"),
     ("health.ready_path", "a path starting with /"),
@@ -251,6 +254,7 @@ impl Default for Config {
                 request_field_size: 8190,
                 max_body: 10 * 1024 * 1024,
                 header_read_timeout: Duration::from_secs(10),
+                body_read_timeout: Duration::from_secs(30),
                 max_connections: 1000,
             },
             health: Health {
@@ -504,6 +508,9 @@ fn set(
                 return Err(fail("it must be greater than 0".into()));
             }
             config.limits.header_read_timeout = d;
+        }
+        "limits.body_read_timeout" => {
+            config.limits.body_read_timeout = duration(&value).map_err(fail)?
         }
         "limits.max_connections" => {
             config.limits.max_connections = positive(&value).ok_or_else(|| bad(&value))?
@@ -1017,8 +1024,8 @@ impl Config {
         );
         let l = &self.limits;
         out.push_str(&format!(
-            "\n[limits]\nrequest_line = {}\nrequest_fields = {}\nrequest_field_size = {}\nmax_body = {}\nheader_read_timeout = {}\nmax_connections = {}\n",
-            l.request_line, l.request_fields, l.request_field_size, l.max_body, fmt_duration(l.header_read_timeout), l.max_connections
+            "\n[limits]\nrequest_line = {}\nrequest_fields = {}\nrequest_field_size = {}\nmax_body = {}\nheader_read_timeout = {}\nbody_read_timeout = {}\nmax_connections = {}\n",
+            l.request_line, l.request_fields, l.request_field_size, l.max_body, fmt_duration(l.header_read_timeout), fmt_duration(l.body_read_timeout), l.max_connections
         ));
         out.push_str("\n[health]\n");
         optional(

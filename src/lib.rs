@@ -18,6 +18,7 @@
 mod access_log;
 pub mod app;
 pub mod apps;
+mod body;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -112,16 +112,21 @@ pub enum Rejection {
     MaxBody = 3,
     MaxConnections = 4,
     HeaderReadTimeout = 5,
+    /// Framing forkd will not guess at (400): see `worker/limits.rs`.
+    Malformed = 6,
+    BodyReadTimeout = 7,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 6] = [
+    pub const ALL: [Rejection; 8] = [
         Rejection::RequestLine,
         Rejection::RequestFields,
         Rejection::RequestFieldSize,
         Rejection::MaxBody,
         Rejection::MaxConnections,
         Rejection::HeaderReadTimeout,
+        Rejection::Malformed,
+        Rejection::BodyReadTimeout,
     ];
     /// The config key of the limit, as the metric's label.
     pub fn limit_name(self) -> &'static str {
@@ -132,6 +137,8 @@ impl Rejection {
             Rejection::MaxBody => "max_body",
             Rejection::MaxConnections => "max_connections",
             Rejection::HeaderReadTimeout => "header_read_timeout",
+            Rejection::Malformed => "malformed",
+            Rejection::BodyReadTimeout => "body_read_timeout",
         }
     }
 }

@@ -13,9 +13,12 @@
 //! would when not draining. HTTP/2 gets GOAWAY, which is race-free by protocol.
 
 use super::io::GuardedIo;
+use super::limits::Violation;
 use super::Shared;
 use crate::access_log::{AccessLog, Outcome, Record};
+use crate::app::RequestBody;
 use crate::app::{respond, Body, ClientAddr, Scheme};
+use crate::body::{Cut, Verdict};
 use crate::scoreboard::{monotonic_ms, Rejection, Slot, FLAG_RETIRE};
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
@@ -25,7 +28,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -62,8 +65,15 @@ pub(super) struct ConnState {
     bytes_read_at_idle: AtomicU64,
     idle_since_ms: AtomicU64,
     is_h2: AtomicBool,
-    /// A chunked request body grew past `max_body`: the response becomes 413.
-    body_too_large: AtomicBool,
+    /// Requests the service has started (HTTP/1: their number on the connection,
+    /// which is the scanner's count of heads).
+    requests: AtomicU64,
+    /// The number of the HTTP/1 request whose body the IO refused (0: none), and why:
+    /// that request's response becomes the refusal (413, 400, 431, 408), not another's.
+    refused_request: AtomicU64,
+    refused: Mutex<Option<Violation>>,
+    /// The app switched protocols (101, or 2xx to `CONNECT`): the IO stops scanning.
+    switched: AtomicBool,
     /// Until the first request, a silent connection gets `header_read_timeout`, not
     /// the (shorter, possibly zero) keep-alive period.
     served_any: AtomicBool,
@@ -77,7 +87,10 @@ impl ConnState {
             bytes_read_at_idle: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(monotonic_ms()),
             is_h2: AtomicBool::new(false),
-            body_too_large: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            refused_request: AtomicU64::new(0),
+            refused: Mutex::new(None),
+            switched: AtomicBool::new(false),
             served_any: AtomicBool::new(false),
         }
     }
@@ -88,8 +101,22 @@ impl ConnState {
     pub(super) fn mark_http2(&self) {
         self.is_h2.store(true, Relaxed);
     }
-    pub(super) fn mark_body_too_large(&self) {
-        self.body_too_large.store(true, Release);
+    /// The IO refused request `request`'s body.
+    pub(super) fn refuse(&self, request: u64, violation: Violation) {
+        if let Ok(mut refused) = self.refused.lock() {
+            *refused = Some(violation);
+        }
+        self.refused_request.store(request, Release);
+    }
+    /// Why request `request`'s body was refused, if it was.
+    fn refusal_for(&self, request: u64) -> Option<Violation> {
+        if self.refused_request.load(Acquire) != request {
+            return None;
+        }
+        self.refused.lock().ok().and_then(|refused| *refused)
+    }
+    pub(super) fn switched_protocols(&self) -> bool {
+        self.switched.load(Acquire)
     }
 
     /// How long until this connection should be closed for being idle (keep-alive) or
@@ -123,9 +150,11 @@ impl ConnState {
         }
     }
 
-    fn request_started(&self) {
+    /// Counts a request in; returns its number on the connection (1-based).
+    fn request_started(&self) -> u64 {
         self.served_any.store(true, Release);
         self.in_flight.fetch_add(1, AcqRel);
+        self.requests.fetch_add(1, Relaxed) + 1
     }
 
     fn request_finished(&self) {
@@ -148,6 +177,8 @@ enum Closing {
 pub struct TrackedBody {
     inner: Body,
     request: RequestGuard,
+    /// HTTP/2: a request body cut after the response started resets the stream.
+    cut: Option<Verdict>,
 }
 
 impl hyper::body::Body for TrackedBody {
@@ -157,6 +188,9 @@ impl hyper::body::Body for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.cut.as_ref().is_some_and(|cut| cut.get().is_some()) {
+            return Poll::Ready(Some(Err("request body cut by [limits]".into())));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
@@ -179,6 +213,8 @@ impl hyper::body::Body for TrackedBody {
 /// (the client went away, an HTTP/2 stream was reset, the handler panicked) is logged
 /// with status 499, as nginx does, and no longer counts as in flight.
 struct RequestGuard {
+    /// The request's number on its connection.
+    number: u64,
     state: Arc<ConnState>,
     slot: &'static Slot,
     began: Option<Instant>,
@@ -195,9 +231,10 @@ impl RequestGuard {
         began: Option<Instant>,
         log: Option<Box<Record>>,
     ) -> RequestGuard {
-        state.request_started();
+        let number = state.request_started();
         shared.slot.request_began();
         RequestGuard {
+            number,
             state,
             slot: shared.slot,
             began,
@@ -242,16 +279,18 @@ where
         stream,
         state.clone(),
         shared.limits,
+        shared.body_read_timeout,
         shared.board.header(),
         shared.access_log.clone().map(|log| (log, peer.clone())),
     ));
     let service = {
         let shared = shared.clone();
         let state = state.clone();
-        hyper::service::service_fn(move |req: crate::app::Request| {
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let shared = shared.clone();
             let state = state.clone();
             let began = shared.timing.then(Instant::now);
+            let (req, verdict) = limit_body(&shared, req);
             let (req, record) = prepare(&shared, &peer, req);
             // Made before the future: if hyper drops the future unpolled or half-way
             // (stream reset, panic), the guard still ends the request.
@@ -259,28 +298,53 @@ where
             let health = shared
                 .health
                 .answer(req.uri().path(), shared.board.header());
+            let connect = req.method() == hyper::Method::CONNECT;
             async move {
                 shared.count_request();
                 let resp = match health {
                     Some(resp) => resp,
                     None if declares_too_large_h2_body(&req, shared.limits.max_body) => {
                         shared.board.header().count_rejection(Rejection::MaxBody);
-                        too_large(&shared)
+                        refusal(&shared, Violation::BodyTooLarge)
                     }
                     None => shared.app.call(req).await,
                 };
-                let too_large_body = state.body_too_large.load(Acquire);
-                let resp = if too_large_body {
-                    too_large(&shared)
-                } else {
-                    resp
+                // A body forkd cut (HTTP/1: the IO refused this request's bytes;
+                // HTTP/2: the stream's body passed a limit) replaces the app's answer.
+                let cut = match &verdict {
+                    None => state.refusal_for(guard.number),
+                    Some(verdict) => verdict.get().map(|cut| match cut {
+                        Cut::TooLarge => {
+                            shared.board.header().count_rejection(Rejection::MaxBody);
+                            Violation::BodyTooLarge
+                        }
+                        Cut::Stalled => {
+                            shared
+                                .board
+                                .header()
+                                .count_rejection(Rejection::BodyReadTimeout);
+                            Violation::BodyTimeout
+                        }
+                    }),
                 };
-                guard.status = resp.status().as_u16();
+                let resp = match cut {
+                    Some(violation) => refusal(&shared, violation),
+                    None => resp,
+                };
+                let status = resp.status();
+                if status == hyper::StatusCode::SWITCHING_PROTOCOLS
+                    || (connect && status.is_success())
+                {
+                    // hyper hands the connection to the upgrade after this response.
+                    state.switched.store(true, Release);
+                }
+                guard.status = status.as_u16();
                 let mut resp = resp.map(|inner| TrackedBody {
                     inner,
                     request: guard,
+                    cut: verdict,
                 });
-                if (too_large_body || shared.is_draining())
+                if (cut.is_some() || shared.is_draining())
                     && !resp.headers().contains_key(CONNECTION)
                 {
                     resp.headers_mut()
@@ -366,13 +430,33 @@ fn declares_too_large_h2_body(req: &crate::app::Request, max_body: u64) -> bool 
             .is_some_and(|length| length > max_body)
 }
 
-fn too_large(shared: &Shared) -> crate::app::Response {
-    let violation = super::limits::Violation::BodyTooLarge;
+/// forkd's own answer for a request it refused.
+fn refusal(shared: &Shared, violation: Violation) -> crate::app::Response {
+    let (status, _) = violation.status();
     respond(
-        413,
+        status,
         "text/plain; charset=utf-8",
         violation.explain(&shared.limits),
     )
+}
+
+/// The body the app reads: HTTP/1 bodies are held to the limits by the IO already;
+/// an HTTP/2 stream's body is held to them here (with its verdict for the answer).
+fn limit_body(
+    shared: &Shared,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> (crate::app::Request, Option<Verdict>) {
+    let (parts, incoming) = req.into_parts();
+    if parts.version == hyper::Version::HTTP_2 {
+        let (body, verdict) =
+            RequestBody::limited(incoming, shared.limits.max_body, shared.body_read_timeout);
+        (hyper::Request::from_parts(parts, body), Some(verdict))
+    } else {
+        (
+            hyper::Request::from_parts(parts, RequestBody::plain(incoming)),
+            None,
+        )
+    }
 }
 
 impl Shared {

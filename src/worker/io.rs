@@ -3,8 +3,11 @@
 //! back a request head until it is complete, and turns a broken limit into the right
 //! answer: a head that breaks a limit never reaches hyper, which sees the connection
 //! end there, and forkd writes the 4xx itself once hyper is done with the connection;
-//! a chunked body that grows past `max_body` ends in a read error, and the request's
-//! service turns the app's response into 413.
+//! a body that breaks a limit (a chunked body past `max_body`, chunked framing the
+//! scanner refuses, trailers past the field limits) ends in a read error, and the
+//! request's service turns the app's response into the 4xx (see `ConnState::refuse`).
+//! A body that sends nothing for `body_read_timeout` while hyper waits for it ends the
+//! same way, with 408.
 //!
 //! Closing a connection that still has unread request bytes makes the kernel send a
 //! reset, which can destroy the error response before the client reads it; so an
@@ -16,6 +19,7 @@ use super::limits::{HeadLimits, Scan, Scanner, Violation};
 use crate::access_log::{AccessLog, Outcome, Record};
 use crate::scoreboard::Header;
 use crate::timefmt::Utc;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::*};
@@ -35,7 +39,8 @@ enum End {
     Open,
     /// A head broke a limit: hyper reads end-of-stream; forkd answers on drop.
     Head(Violation),
-    /// A chunked body grew too large: one read error, then end-of-stream.
+    /// A body broke a limit or stalled: one read error, then end-of-stream; the
+    /// service answers (see `ConnState::refusal_for`).
     Body {
         reported: bool,
     },
@@ -58,6 +63,13 @@ where
     end: End,
     /// Where a refused request is logged.
     log: Option<(Arc<AccessLog>, Arc<Peer>)>,
+    /// `limits.body_read_timeout` (zero: off), and its timer, armed while hyper waits
+    /// for body bytes; `body_progress` says bytes arrived since it was last set.
+    body_timeout: Duration,
+    body_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    body_progress: bool,
+    /// The app switched protocols: bytes pass through unscanned from now on.
+    switched: bool,
 }
 
 impl<T> GuardedIo<T>
@@ -68,6 +80,7 @@ where
         inner: T,
         state: Arc<ConnState>,
         limits: HeadLimits,
+        body_timeout: Duration,
         header: &'static Header,
         log: Option<(Arc<AccessLog>, Arc<Peer>)>,
     ) -> Self {
@@ -81,7 +94,35 @@ where
             ready: 0,
             end: End::Open,
             log,
+            body_timeout,
+            body_timer: None,
+            body_progress: false,
+            switched: false,
         }
+    }
+
+    /// Ends the current request's body with `violation`: hyper gets one read error,
+    /// the service answers for it.
+    fn refuse_body(&mut self, request: u64, violation: Violation) {
+        self.end = End::Body { reported: false };
+        self.state.refuse(request, violation);
+        self.header.count_rejection(violation.rejection());
+    }
+
+    /// Called when the inner read is pending: while hyper waits for a request body,
+    /// runs the `body_read_timeout` timer; true when it fired.
+    fn body_stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.body_timeout.is_zero() || !self.scanner.in_body() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + self.body_timeout;
+        let timer = self
+            .body_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if std::mem::take(&mut self.body_progress) {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
     }
 
     /// Acts on a scan of `data`; returns how many of its bytes may go to hyper.
@@ -107,11 +148,12 @@ where
                 }
                 start
             }
-            Scan::BodyViolation { at } => {
-                self.end = End::Body { reported: false };
-                self.state.mark_body_too_large();
-                self.header
-                    .count_rejection(Violation::BodyTooLarge.rejection());
+            Scan::BodyViolation {
+                at,
+                request,
+                violation,
+            } => {
+                self.refuse_body(request, violation);
                 at
             }
         }
@@ -128,6 +170,12 @@ where
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.switched && this.end == End::Open && this.state.switched_protocols() {
+            // hyper hands what follows to the upgrade: release what was held, unscanned.
+            this.switched = true;
+            this.scanner.stop_following();
+            this.ready = this.held.len();
+        }
         loop {
             if this.ready > 0 {
                 let n = this.ready.min(buf.remaining());
@@ -143,7 +191,7 @@ where
                     this.end = End::Body { reported: true };
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        "request body larger than limits.max_body",
+                        "request body refused by [limits]",
                     )));
                 }
             }
@@ -154,11 +202,19 @@ where
                 // The common case: read straight into hyper's buffer; copy nothing unless
                 // a head is cut by the end of the read.
                 let before = buf.filled().len();
-                ready!(Pin::new(inner).poll_read(cx, buf))?;
+                if Pin::new(inner).poll_read(cx, buf)?.is_pending() {
+                    if this.body_stalled(cx) {
+                        let request = this.scanner.current_request();
+                        this.refuse_body(request, Violation::BodyTimeout);
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
                 let read = buf.filled().len() - before;
                 if read == 0 {
                     return Poll::Ready(Ok(()));
                 }
+                this.body_progress = true;
                 this.state.add_bytes_read(read);
                 let scan = this.scanner.scan(&buf.filled()[before..]);
                 let keep = this.apply(scan, &buf.filled()[before..]).min(read);
@@ -176,6 +232,7 @@ where
             let start = this.held.len();
             this.held.reserve(16 * 1024);
             let mut spare = ReadBuf::uninit(this.held.spare_capacity_mut());
+            // A head is being collected: no body is awaited, so no body timer here.
             ready!(Pin::new(inner).poll_read(cx, &mut spare))?;
             let read = spare.filled().len();
             // SAFETY: the reader initialised the first `read` bytes of the spare capacity.

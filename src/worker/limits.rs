@@ -2,19 +2,44 @@
 //! connection reads, before hyper parses them, to find where each request head starts
 //! and ends and to check it against `request_line` (414), `request_fields` and
 //! `request_field_size` (431) and `max_body` (413: a declared `Content-Length`, or a
-//! chunked body that grows past it).
+//! chunked body that grows past it), and the chunked trailer section against the same
+//! field limits.
 //!
 //! Why not leave it to hyper: hyper answers 431 for any head larger than its buffer
 //! (also for a long request line), has no per-field limit, and has no body limit. The
 //! scanner sees every head before hyper does (the IO wrapper holds back an incomplete
 //! head), so a head that breaks a limit never reaches hyper: the connection answers the
-//! 4xx itself. It follows `Content-Length` and chunked framing to find the next head of
-//! a keep-alive or pipelined connection; where it cannot follow the bytes (HTTP/2,
-//! upgrades, `CONNECT`, framing hyper will reject anyway) it steps aside for the rest
-//! of the connection and hyper's own limits apply.
+//! 4xx itself.
+//!
+//! **One framing, never two.** Two parsers that read the same bytes are a request
+//! smuggling hole the moment they disagree on where a message ends. So the scanner
+//! accepts a strict subset of what hyper accepts and frames it exactly as hyper does
+//! (hyper 1.x `proto/h1/role.rs` for the head, `decode.rs` for chunked bodies): CRLF
+//! and nothing else ends every line of chunked framing, a chunk size is hex digits
+//! whose value fits in 64 bits, one `Transfer-Encoding: chunked` line or consistent
+//! `Content-Length`s and never both. Anything else (a bare LF or CR in chunked
+//! framing, an unknown transfer coding, a malformed length, oversized chunk
+//! extensions) is [`Violation::Malformed`]: answered 400 and the connection closed,
+//! never passed through. The scanner never stops following a connection, except
+//! after the HTTP/2 preface (then hyper speaks HTTP/2 on it) and after the app
+//! switched protocols (a 101, or a 2xx to `CONNECT`), which the connection tells it
+//! ([`Scanner::stop_following`]); an `Upgrade` header on its own changes nothing, as
+//! in hyper.
 
 use crate::config::Limits;
 use crate::scoreboard::Rejection;
+
+/// The HTTP/2 connection preface (RFC 9113, 3.4): hyper-util's auto builder serves a
+/// connection as HTTP/2 exactly when its first 24 bytes are these.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The most bytes of one chunk-size line (digits, whitespace, extensions), and of all
+/// extensions of one body; hyper's own cap on extensions is 16 KiB per body.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_CHUNK_EXTENSIONS: usize = 8 * 1024;
+/// The most bytes of a trailer section; hyper refuses 16 KiB (without a set
+/// `max_header_size`), so the scanner answers first, with 431.
+const MAX_TRAILER_BYTES: usize = 8 * 1024;
 
 /// The limits the scanner enforces, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,13 +73,17 @@ impl HeadLimits {
     }
 }
 
-/// A limit a request broke.
+/// A limit a request broke, or framing the scanner refuses to guess at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Violation {
     RequestLine,
     TooManyFields,
     FieldTooLarge,
     BodyTooLarge,
+    /// Framing that hyper might read differently, or not at all: 400.
+    Malformed(&'static str),
+    /// The request body sent nothing for `body_read_timeout`: 408 (set by the IO).
+    BodyTimeout,
 }
 
 impl Violation {
@@ -65,6 +94,8 @@ impl Violation {
                 (431, "Request Header Fields Too Large")
             }
             Violation::BodyTooLarge => (413, "Content Too Large"),
+            Violation::Malformed(_) => (400, "Bad Request"),
+            Violation::BodyTimeout => (408, "Request Timeout"),
         }
     }
 
@@ -74,6 +105,8 @@ impl Violation {
             Violation::TooManyFields => Rejection::RequestFields,
             Violation::FieldTooLarge => Rejection::RequestFieldSize,
             Violation::BodyTooLarge => Rejection::MaxBody,
+            Violation::Malformed(_) => Rejection::Malformed,
+            Violation::BodyTimeout => Rejection::BodyReadTimeout,
         }
     }
 
@@ -96,6 +129,10 @@ impl Violation {
                 "request body larger than {} bytes (limits.max_body)\n",
                 limits.max_body
             ),
+            Violation::Malformed(what) => format!("malformed request: {what}\n"),
+            Violation::BodyTimeout => {
+                "the request body stalled (limits.body_read_timeout)\n".to_string()
+            }
         }
     }
 }
@@ -110,17 +147,26 @@ pub enum Scan {
     PartialHead { start: usize },
     /// The head starting at `start` breaks a limit: give hyper only what is before it.
     HeadViolation { start: usize, violation: Violation },
-    /// A chunked body grew past `max_body` at this offset.
-    BodyViolation { at: usize },
+    /// The body of request number `request` (1-based on this connection) breaks a
+    /// limit at offset `at`: give hyper only what is before it, then a read error.
+    BodyViolation {
+        at: usize,
+        request: u64,
+        violation: Violation,
+    },
 }
 
+/// What a complete head says about the body that follows.
 #[derive(Debug, Default, Clone)]
 struct Framing {
     content_length: Option<u64>,
+    /// A `Content-Length` hyper would refuse (not digits, unequal values, overflow).
     bad_content_length: bool,
-    transfer_encoding: bool,
+    /// `Transfer-Encoding` lines seen.
+    transfer_encodings: u32,
+    /// The (last) `Transfer-Encoding` value is exactly `chunked`.
     chunked: bool,
-    upgrade: bool,
+    http10: bool,
 }
 
 /// Progress through one head, in offsets from its first byte.
@@ -133,34 +179,65 @@ struct HeadProgress {
     framing: Framing,
 }
 
-#[derive(Debug, Clone)]
+/// Where the scanner is inside a chunked body; each state names the byte it expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
-    Size {
-        value: u64,
-        digits: u32,
-        extension: bool,
-    },
+    /// The first hex digit of a chunk size.
+    SizeStart,
+    /// More hex digits, or whitespace, `;` or CR.
+    Size,
+    /// Whitespace after the digits: more of it, `;` or CR.
+    SizeSpace,
+    /// Extension bytes until CR.
+    Extension,
+    /// The LF that ends a chunk-size line.
+    SizeLf,
+    /// Chunk data, this many bytes still to come.
     Data(u64),
-    DataEnd,
-    Trailer {
-        line: usize,
-    },
+    /// The CR, then the LF, after chunk data.
+    DataCr,
+    DataLf,
+    /// After the last chunk: CR (the end) or the first byte of a trailer field.
+    EndCr,
+    EndLf,
+    /// Inside a trailer field line, until its CR.
+    Trailer,
+    TrailerLf,
+}
+
+#[derive(Debug, Clone)]
+struct Chunked {
+    state: Chunk,
+    /// The size of the chunk whose size line is being read.
+    size: u64,
+    /// Bytes of the current size line and of all extensions so far.
+    line_bytes: usize,
+    extension_bytes: usize,
+    /// Data bytes so far.
+    body_bytes: u64,
+    /// Trailer fields, bytes of the current one, and of the whole section.
+    trailers: usize,
+    trailer_line: usize,
+    trailer_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
 enum Phase {
+    /// The connection's first bytes, while they could still be the HTTP/2 preface.
+    Preface,
     Head(HeadProgress),
     Body(u64),
-    Chunked(Chunk),
-    /// Not following this connection any more (HTTP/2, upgrade, unknown framing).
-    Aside,
+    Chunked(Box<Chunked>),
+    /// Refused: nothing more is scanned (the connection is being closed).
+    Refused,
+    /// Not HTTP/1 any more: HTTP/2, or the app switched protocols.
+    NotFollowing,
 }
 
 enum HeadStep {
     NeedMore,
     Complete { end: usize },
     Violation(Violation),
-    Http2,
 }
 
 /// Follows one connection's HTTP/1 framing.
@@ -168,8 +245,8 @@ enum HeadStep {
 pub struct Scanner {
     limits: HeadLimits,
     phase: Phase,
-    /// Data bytes of the current chunked body so far.
-    body_bytes: u64,
+    /// Complete heads seen: the number of the request whose body is being read.
+    requests: u64,
     http2: bool,
 }
 
@@ -177,8 +254,8 @@ impl Scanner {
     pub fn new(limits: HeadLimits) -> Scanner {
         Scanner {
             limits,
-            phase: Phase::Head(HeadProgress::default()),
-            body_bytes: 0,
+            phase: Phase::Preface,
+            requests: 0,
             http2: false,
         }
     }
@@ -188,13 +265,53 @@ impl Scanner {
         self.http2
     }
 
+    /// Whether the bytes expected next are a request body (for `body_read_timeout`).
+    pub fn in_body(&self) -> bool {
+        matches!(self.phase, Phase::Body(_) | Phase::Chunked(_))
+    }
+
+    /// The number of the request whose body is being read (1-based).
+    pub fn current_request(&self) -> u64 {
+        self.requests
+    }
+
+    /// The app switched protocols (101, or 2xx to `CONNECT`): what follows is not
+    /// HTTP/1 and hyper hands it to the upgrade.
+    pub fn stop_following(&mut self) {
+        if !matches!(self.phase, Phase::Refused) {
+            self.phase = Phase::NotFollowing;
+        }
+    }
+
     /// Scans `data`. In a head, `data` starts at the head's first byte (see
     /// [`Scan::PartialHead`]); otherwise it is the bytes that arrived.
     pub fn scan(&mut self, data: &[u8]) -> Scan {
         let mut pos = 0;
         loop {
             match &mut self.phase {
-                Phase::Aside => return Scan::Clean,
+                Phase::NotFollowing => return Scan::Clean,
+                // The IO reads nothing after a refusal; this only keeps bytes from hyper.
+                Phase::Refused => {
+                    return Scan::HeadViolation {
+                        start: pos,
+                        violation: Violation::Malformed("data after a refused request"),
+                    }
+                }
+                Phase::Preface => {
+                    let seen = &data[pos..];
+                    let n = seen.len().min(H2_PREFACE.len());
+                    if seen[..n] != H2_PREFACE[..n] {
+                        self.phase = Phase::Head(HeadProgress::default());
+                    } else if n == H2_PREFACE.len() {
+                        self.http2 = true;
+                        self.phase = Phase::NotFollowing;
+                        return Scan::Clean;
+                    } else if n == 0 {
+                        return Scan::Clean;
+                    } else {
+                        return Scan::PartialHead { start: pos };
+                    }
+                }
                 Phase::Body(remaining) => {
                     let available = (data.len() - pos) as u64;
                     if available < *remaining {
@@ -204,10 +321,11 @@ impl Scanner {
                     pos += *remaining as usize;
                     self.phase = Phase::Head(HeadProgress::default());
                 }
-                Phase::Chunked(_) => match self.scan_chunked(data, &mut pos) {
-                    Some(result) => return result,
-                    None => continue,
-                },
+                Phase::Chunked(_) => {
+                    if let Some(result) = self.scan_chunked(data, &mut pos) {
+                        return result;
+                    }
+                }
                 Phase::Head(progress) => {
                     if pos == data.len() && progress.scanned == 0 {
                         return Scan::Clean;
@@ -216,27 +334,25 @@ impl Scanner {
                     match scan_head(progress, head, &self.limits) {
                         HeadStep::NeedMore => return Scan::PartialHead { start: pos },
                         HeadStep::Violation(violation) => {
+                            self.phase = Phase::Refused;
                             return Scan::HeadViolation {
                                 start: pos,
                                 violation,
-                            }
-                        }
-                        HeadStep::Http2 => {
-                            self.http2 = true;
-                            self.phase = Phase::Aside;
-                            return Scan::Clean;
+                            };
                         }
                         HeadStep::Complete { end } => {
                             let framing = std::mem::take(&mut progress.framing);
-                            match self.next_phase(&framing) {
+                            match body_framing(&framing, &self.limits) {
                                 Ok(phase) => self.phase = phase,
                                 Err(violation) => {
+                                    self.phase = Phase::Refused;
                                     return Scan::HeadViolation {
                                         start: pos,
                                         violation,
-                                    }
+                                    };
                                 }
                             }
+                            self.requests += 1;
                             pos += end;
                         }
                     }
@@ -245,123 +361,205 @@ impl Scanner {
         }
     }
 
-    /// What follows a complete head.
-    fn next_phase(&mut self, framing: &Framing) -> Result<Phase, Violation> {
-        if framing.upgrade {
-            return Ok(Phase::Aside);
-        }
-        if framing.transfer_encoding {
-            if framing.chunked {
-                self.body_bytes = 0;
-                return Ok(Phase::Chunked(Chunk::Size {
-                    value: 0,
-                    digits: 0,
-                    extension: false,
-                }));
-            }
-            return Ok(Phase::Aside);
-        }
-        if framing.bad_content_length {
-            return Ok(Phase::Aside);
-        }
-        match framing.content_length {
-            Some(length) if length > self.limits.max_body => Err(Violation::BodyTooLarge),
-            Some(length) if length > 0 => Ok(Phase::Body(length)),
-            _ => Ok(Phase::Head(HeadProgress::default())),
-        }
-    }
-
-    /// Follows chunked framing from `*pos`; `Some` ends this scan call.
+    /// Follows chunked framing from `*pos`; `Some` ends this scan call, `None` means the
+    /// body ended and the next head starts at `*pos`.
     fn scan_chunked(&mut self, data: &[u8], pos: &mut usize) -> Option<Scan> {
-        let Phase::Chunked(chunk) = &mut self.phase else {
+        let request = self.requests;
+        let Phase::Chunked(body) = &mut self.phase else {
             return Some(Scan::Clean);
         };
+        let max_body = self.limits.max_body;
+        let refuse = |phase: &mut Phase, at: usize, violation: Violation| {
+            *phase = Phase::Refused;
+            Some(Scan::BodyViolation {
+                at,
+                request,
+                violation,
+            })
+        };
         while *pos < data.len() {
-            match chunk {
+            let at = *pos;
+            let byte = data[at];
+            if !matches!(body.state, Chunk::Data(_)) {
+                *pos = at + 1;
+            }
+            if matches!(
+                body.state,
+                Chunk::SizeStart | Chunk::Size | Chunk::SizeSpace | Chunk::Extension
+            ) {
+                body.line_bytes += 1;
+                if body.line_bytes > MAX_CHUNK_LINE {
+                    return refuse(
+                        &mut self.phase,
+                        at,
+                        Violation::Malformed("chunk size line too long"),
+                    );
+                }
+            }
+            let bad = |what| Err(Violation::Malformed(what));
+            let next: Result<Chunk, Violation> = match body.state {
                 Chunk::Data(remaining) => {
-                    let available = (data.len() - *pos) as u64;
-                    let take = available.min(*remaining);
-                    self.body_bytes += take;
-                    if self.body_bytes > self.limits.max_body {
-                        let over = (self.body_bytes - self.limits.max_body) as usize;
-                        return Some(Scan::BodyViolation {
-                            at: *pos + take as usize - over,
-                        });
-                    }
-                    *pos += take as usize;
-                    *remaining -= take;
-                    if *remaining == 0 {
-                        *chunk = Chunk::DataEnd;
-                    }
+                    let take = ((data.len() - at) as u64).min(remaining);
+                    *pos = at + take as usize;
+                    Ok(if take == remaining {
+                        Chunk::DataCr
+                    } else {
+                        Chunk::Data(remaining - take)
+                    })
                 }
-                Chunk::Size {
-                    value,
-                    digits,
-                    extension,
-                } => {
-                    let byte = data[*pos];
-                    *pos += 1;
-                    match byte {
-                        b'\n' => {
-                            if *digits == 0 {
-                                self.phase = Phase::Aside;
-                                return Some(Scan::Clean);
+                Chunk::SizeStart | Chunk::Size => match hex_value(byte) {
+                    Some(digit) => {
+                        match body.size.checked_mul(16).and_then(|s| s.checked_add(digit)) {
+                            None => bad("chunk size does not fit in 64 bits"),
+                            // Known to be too large before its data arrives.
+                            Some(size) if size > max_body - body.body_bytes => {
+                                Err(Violation::BodyTooLarge)
                             }
-                            *chunk = if *value == 0 {
-                                Chunk::Trailer { line: 0 }
-                            } else {
-                                Chunk::Data(*value)
-                            };
-                        }
-                        b'\r' => {}
-                        _ if *extension => {}
-                        b';' | b' ' | b'\t' => *extension = true,
-                        _ => match (byte as char).to_digit(16) {
-                            Some(d) if *digits < 16 => {
-                                *value = *value * 16 + u64::from(d);
-                                *digits += 1;
-                            }
-                            _ => {
-                                self.phase = Phase::Aside;
-                                return Some(Scan::Clean);
-                            }
-                        },
-                    }
-                }
-                Chunk::DataEnd => {
-                    let byte = data[*pos];
-                    *pos += 1;
-                    match byte {
-                        b'\r' => {}
-                        b'\n' => {
-                            *chunk = Chunk::Size {
-                                value: 0,
-                                digits: 0,
-                                extension: false,
+                            Some(size) => {
+                                body.size = size;
+                                Ok(Chunk::Size)
                             }
                         }
+                    }
+                    None if body.state == Chunk::SizeStart => bad("chunk size without digits"),
+                    None => match byte {
+                        b' ' | b'\t' => Ok(Chunk::SizeSpace),
+                        b';' => Ok(Chunk::Extension),
+                        b'\r' => Ok(Chunk::SizeLf),
+                        _ => bad("invalid byte in chunk size"),
+                    },
+                },
+                Chunk::SizeSpace => match byte {
+                    b' ' | b'\t' => Ok(Chunk::SizeSpace),
+                    b';' => Ok(Chunk::Extension),
+                    b'\r' => Ok(Chunk::SizeLf),
+                    _ => bad("invalid byte after chunk size"),
+                },
+                Chunk::Extension => match byte {
+                    b'\r' => Ok(Chunk::SizeLf),
+                    b'\n' => bad("bare LF in chunk extension"),
+                    _ => {
+                        body.extension_bytes += 1;
+                        if body.extension_bytes > MAX_CHUNK_EXTENSIONS {
+                            bad("chunk extensions too long")
+                        } else {
+                            Ok(Chunk::Extension)
+                        }
+                    }
+                },
+                Chunk::SizeLf => match byte {
+                    b'\n' => {
+                        let size = std::mem::take(&mut body.size);
+                        body.line_bytes = 0;
+                        body.body_bytes += size;
+                        Ok(if size == 0 {
+                            Chunk::EndCr
+                        } else {
+                            Chunk::Data(size)
+                        })
+                    }
+                    _ => bad("chunk size line not ended by CRLF"),
+                },
+                Chunk::DataCr => match byte {
+                    b'\r' => Ok(Chunk::DataLf),
+                    _ => bad("chunk data not followed by CRLF"),
+                },
+                Chunk::DataLf => match byte {
+                    b'\n' => Ok(Chunk::SizeStart),
+                    _ => bad("chunk data not followed by CRLF"),
+                },
+                Chunk::EndCr => match byte {
+                    b'\r' => Ok(Chunk::EndLf),
+                    b'\n' => bad("bare LF in trailer section"),
+                    _ => {
+                        body.trailers += 1;
+                        body.trailer_line = 1;
+                        body.trailer_bytes += 1;
+                        if body.trailers > self.limits.fields {
+                            Err(Violation::TooManyFields)
+                        } else {
+                            Ok(Chunk::Trailer)
+                        }
+                    }
+                },
+                Chunk::EndLf => match byte {
+                    b'\n' => {
+                        self.phase = Phase::Head(HeadProgress::default());
+                        return None;
+                    }
+                    _ => bad("trailer section not ended by CRLF"),
+                },
+                Chunk::Trailer => {
+                    body.trailer_bytes += 1;
+                    match byte {
+                        b'\n' => bad("bare LF in trailer field"),
+                        b'\r' => Ok(Chunk::TrailerLf),
                         _ => {
-                            self.phase = Phase::Aside;
-                            return Some(Scan::Clean);
+                            // The line without its CR, as for header fields.
+                            body.trailer_line += 1;
+                            if body.trailer_line > self.limits.field_size
+                                || body.trailer_bytes > MAX_TRAILER_BYTES
+                            {
+                                Err(Violation::FieldTooLarge)
+                            } else {
+                                Ok(Chunk::Trailer)
+                            }
                         }
                     }
                 }
-                Chunk::Trailer { line } => {
-                    let byte = data[*pos];
-                    *pos += 1;
-                    match byte {
-                        b'\n' if *line == 0 => {
-                            self.phase = Phase::Head(HeadProgress::default());
-                            return None;
-                        }
-                        b'\n' => *line = 0,
-                        b'\r' => {}
-                        _ => *line += 1,
+                Chunk::TrailerLf => match byte {
+                    b'\n' => {
+                        body.trailer_bytes += 1;
+                        Ok(Chunk::EndCr)
                     }
-                }
+                    _ => bad("bare CR in trailer field"),
+                },
+            };
+            match next {
+                Ok(state) => body.state = state,
+                Err(violation) => return refuse(&mut self.phase, at, violation),
             }
         }
         Some(Scan::Clean)
+    }
+}
+
+fn hex_value(byte: u8) -> Option<u64> {
+    (byte as char).to_digit(16).map(u64::from)
+}
+
+/// What follows a complete head: hyper's rules (RFC 9112, 6.3), or a refusal where
+/// hyper would refuse too or where the request is ambiguous.
+fn body_framing(framing: &Framing, limits: &HeadLimits) -> Result<Phase, Violation> {
+    let malformed = |what| Err(Violation::Malformed(what));
+    if framing.transfer_encodings > 0 {
+        if framing.http10 {
+            return malformed("Transfer-Encoding in an HTTP/1.0 request");
+        }
+        if framing.content_length.is_some() || framing.bad_content_length {
+            return malformed("both Transfer-Encoding and Content-Length");
+        }
+        if framing.transfer_encodings > 1 || !framing.chunked {
+            return malformed("Transfer-Encoding other than one \"chunked\"");
+        }
+        return Ok(Phase::Chunked(Box::new(Chunked {
+            state: Chunk::SizeStart,
+            size: 0,
+            line_bytes: 0,
+            extension_bytes: 0,
+            body_bytes: 0,
+            trailers: 0,
+            trailer_line: 0,
+            trailer_bytes: 0,
+        })));
+    }
+    if framing.bad_content_length {
+        return malformed("invalid Content-Length");
+    }
+    match framing.content_length {
+        Some(length) if length > limits.max_body => Err(Violation::BodyTooLarge),
+        Some(length) if length > 0 => Ok(Phase::Body(length)),
+        _ => Ok(Phase::Head(HeadProgress::default())),
     }
 }
 
@@ -371,16 +569,19 @@ fn scan_head(progress: &mut HeadProgress, head: &[u8], limits: &HeadLimits) -> H
         let Some(found) = memchr::memchr(b'\n', &head[progress.scanned..]) else {
             progress.scanned = head.len();
             // An unfinished line already over its limit (with room for its CR) fails now,
-            // without waiting for the rest.
-            let length = head.len() - progress.line_start;
-            return if !progress.request_line_seen && length > limits.request_line + 1 {
-                if head[progress.line_start..].starts_with(b"PRI * HTTP/2.0") {
-                    HeadStep::Http2
+            // without waiting for the rest. Empty lines before the request line count
+            // against its limit: the request line is measured from the head's start.
+            return if !progress.request_line_seen && head.len() > limits.request_line + 1 {
+                HeadStep::Violation(Violation::RequestLine)
+            } else if progress.request_line_seen
+                && head.len() - progress.line_start > limits.field_size + 1
+            {
+                // Not the empty line that ends the head: one more field, and a long one.
+                HeadStep::Violation(if progress.fields >= limits.fields {
+                    Violation::TooManyFields
                 } else {
-                    HeadStep::Violation(Violation::RequestLine)
-                }
-            } else if progress.request_line_seen && length > limits.field_size + 1 {
-                HeadStep::Violation(Violation::FieldTooLarge)
+                    Violation::FieldTooLarge
+                })
             } else {
                 HeadStep::NeedMore
             };
@@ -393,20 +594,17 @@ fn scan_head(progress: &mut HeadProgress, head: &[u8], limits: &HeadLimits) -> H
         progress.scanned = newline + 1;
         let next_line = newline + 1;
         if !progress.request_line_seen {
-            progress.line_start = next_line;
-            if line.is_empty() {
-                // Empty lines before a request line are ignored (RFC 9112, 2.2).
-                continue;
-            }
-            if line == b"PRI * HTTP/2.0" {
-                return HeadStep::Http2;
-            }
-            if line.len() > limits.request_line {
+            let with_leading = newline - usize::from(head[..newline].ends_with(b"\r"));
+            if with_leading > limits.request_line {
                 return HeadStep::Violation(Violation::RequestLine);
             }
-            if line.starts_with(b"CONNECT ") {
-                progress.framing.upgrade = true;
+            progress.line_start = next_line;
+            if line.is_empty() {
+                // Empty lines before a request line are ignored (RFC 9112, 2.2), as
+                // httparse does, but they count against `request_line`.
+                continue;
             }
+            progress.framing.http10 = line.ends_with(b" HTTP/1.0");
             progress.request_line_seen = true;
             continue;
         }
@@ -425,24 +623,27 @@ fn scan_head(progress: &mut HeadProgress, head: &[u8], limits: &HeadLimits) -> H
     }
 }
 
-/// Notes the fields that decide where the body ends.
+/// Notes the fields that decide where the body ends, as hyper reads them (httparse
+/// gives hyper the name exactly as the bytes before the colon, and the value with
+/// surrounding whitespace trimmed; a head httparse refuses never frames a body).
 fn inspect_field(line: &[u8], framing: &mut Framing) {
     let Some(colon) = memchr::memchr(b':', line) else {
         return;
     };
     let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
     if name.eq_ignore_ascii_case(b"content-length") {
-        // "5" or a list of equal values ("5, 5"), as hyper accepts; anything else hyper
-        // rejects, so the scanner steps aside.
-        let mut parsed = None;
+        // "5" or a list of equal values ("5, 5"), in one line or several, as hyper
+        // accepts; anything else hyper refuses, and so does the scanner.
         for part in value.split(|b| *b == b',') {
             let part = part.trim_ascii();
-            let number = std::str::from_utf8(part)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok());
-            match (number, parsed) {
-                (Some(n), None) => parsed = Some(n),
+            let number = Some(part)
+                .filter(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(|s| s.parse::<u64>().ok())
+                // hyper's DecodedLength reserves the two largest values.
+                .filter(|n| *n < u64::MAX - 1);
+            match (number, framing.content_length) {
+                (Some(n), None) => framing.content_length = Some(n),
                 (Some(n), Some(previous)) if n == previous => {}
                 _ => {
                     framing.bad_content_length = true;
@@ -450,19 +651,9 @@ fn inspect_field(line: &[u8], framing: &mut Framing) {
                 }
             }
         }
-        match (parsed, framing.content_length) {
-            (Some(n), None) => framing.content_length = Some(n),
-            (Some(n), Some(previous)) if n == previous => {}
-            _ => framing.bad_content_length = true,
-        }
     } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-        framing.transfer_encoding = true;
-        framing.chunked = value
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-    } else if name.eq_ignore_ascii_case(b"upgrade") {
-        framing.upgrade = true;
+        framing.transfer_encodings += 1;
+        framing.chunked = value.eq_ignore_ascii_case(b"chunked");
     }
 }
 
@@ -483,8 +674,8 @@ mod tests {
 
     /// Feeds `input` in pieces of `step` bytes the way the IO wrapper does (holding an
     /// incomplete head) and returns the bytes given to hyper and the final result.
-    fn feed(input: &[u8], step: usize) -> (Vec<u8>, Scan) {
-        let mut scanner = Scanner::new(LIMITS);
+    fn feed_with(limits: HeadLimits, input: &[u8], step: usize) -> (Vec<u8>, Scan) {
+        let mut scanner = Scanner::new(limits);
         let (mut delivered, mut held) = (Vec::new(), Vec::new());
         let mut last = Scan::Clean;
         for piece in input.chunks(step) {
@@ -501,13 +692,56 @@ mod tests {
                     delivered.extend_from_slice(&data[..start]);
                     return (delivered, last);
                 }
-                Scan::BodyViolation { at } => {
+                Scan::BodyViolation { at, .. } => {
                     delivered.extend_from_slice(&data[..at]);
                     return (delivered, last);
                 }
             }
         }
         (delivered, last)
+    }
+
+    fn feed(input: &[u8], step: usize) -> (Vec<u8>, Scan) {
+        feed_with(LIMITS, input, step)
+    }
+
+    fn violation(scan: Scan) -> Option<Violation> {
+        match scan {
+            Scan::HeadViolation { violation, .. } | Scan::BodyViolation { violation, .. } => {
+                Some(violation)
+            }
+            _ => None,
+        }
+    }
+
+    /// Limits that framing tests do not run into.
+    const ROOMY: HeadLimits = HeadLimits {
+        request_line: 200,
+        fields: 10,
+        field_size: 200,
+        max_body: 1000,
+    };
+
+    /// Every split of `input` ends in the same verdict.
+    fn verdict(input: &[u8]) -> Option<Violation> {
+        verdict_with(LIMITS, input)
+    }
+
+    fn verdict_with(limits: HeadLimits, input: &[u8]) -> Option<Violation> {
+        let whole = violation(feed_with(limits, input, input.len().max(1)).1);
+        for step in [1, 2, 3, 5, 7, 13] {
+            assert_eq!(
+                violation(feed_with(limits, input, step).1),
+                whole,
+                "step {step}: {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        whole
+    }
+
+    fn is_malformed(v: Option<Violation>) -> bool {
+        matches!(v, Some(Violation::Malformed(_)))
     }
 
     #[test]
@@ -550,6 +784,23 @@ mod tests {
         // Exactly at the limit is fine.
         assert_eq!(scan_all(b"GET /aaaaaa HTTP/1.1\r\n\r\n"), Scan::Clean);
         assert!(scan_all(b"GET /aaaaaaa HTTP/1.1\r\n\r\n").is_violation());
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_count_against_it() {
+        // Within the limit with its empty lines: fine.
+        assert_eq!(scan_all(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Scan::Clean);
+        assert_eq!(scan_all(b"\n\nGET / HTTP/1.1\r\n\r\n"), Scan::Clean);
+        // 14 bytes of request line after 8 bytes of empty lines: over 20.
+        assert_eq!(
+            verdict(b"\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
+            Some(Violation::RequestLine)
+        );
+        // A flood of empty lines is refused once it passes the limit, not buffered.
+        let flood = b"\r\n".repeat(100_000);
+        let (delivered, last) = feed(&flood, 4096);
+        assert!(delivered.is_empty());
+        assert_eq!(violation(last), Some(Violation::RequestLine));
     }
 
     #[test]
@@ -601,8 +852,62 @@ mod tests {
     }
 
     #[test]
+    fn content_length_is_read_as_hyper_reads_it_or_refused() {
+        assert_eq!(
+            verdict_with(
+                ROOMY,
+                b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc"
+            ),
+            None
+        );
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3,\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        ] {
+            assert!(
+                is_malformed(verdict_with(ROOMY, bad)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_must_be_exactly_one_chunked_without_content_length() {
+        assert_eq!(
+            verdict(b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n"),
+            None
+        );
+        for bad in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                is_malformed(verdict_with(ROOMY, bad)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    const CHUNKED: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    fn chunked(body: &[u8]) -> Vec<u8> {
+        [CHUNKED, body].concat()
+    }
+
+    #[test]
     fn chunked_bodies_are_followed_and_limited() {
-        let ok: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nabcd\r\n6\r\nefghij\r\n0\r\nx-t: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let ok: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nabcd\r\n6 \t;x\r\nefghij\r\n0\r\nx-t: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         for step in [1, 4, 9, 200] {
             assert_eq!(feed(ok, step), (ok.to_vec(), Scan::Clean), "step {step}");
         }
@@ -610,31 +915,236 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nabcdefgh\r\n8\r\nijklmnop\r\n0\r\n\r\n";
         for step in [1, 5, 200] {
             let (delivered, last) = feed(over, step);
-            assert!(matches!(last, Scan::BodyViolation { .. }), "step {step}");
-            // Everything up to the 10th data byte reached hyper, nothing after.
-            let head_and_first = over.len() - b"klmnop\r\n0\r\n\r\n".len();
-            assert_eq!(delivered.len(), head_and_first, "step {step}");
+            assert_eq!(
+                violation(last),
+                Some(Violation::BodyTooLarge),
+                "step {step}"
+            );
+            // Refused at the size line of the chunk that would pass the limit.
+            let before_second_size = CHUNKED.len() + b"8\r\nabcdefgh\r\n".len();
+            assert_eq!(delivered.len(), before_second_size, "step {step}");
         }
     }
 
     #[test]
-    fn http2_and_upgrades_step_aside() {
-        let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00";
-        let mut scanner = Scanner::new(LIMITS);
-        assert_eq!(scanner.scan(preface), Scan::Clean);
-        assert!(scanner.is_http2());
-        assert_eq!(scanner.scan(&[0u8; 100]), Scan::Clean);
+    fn chunk_sizes_with_many_digits_are_followed_or_refused_never_skipped() {
+        for digits in 17..=64 {
+            // Leading zeros, as hyper accepts: a 4-byte chunk, then the next request,
+            // whose header breaks the field limit, must still be checked.
+            let size = format!("{}4", "0".repeat(digits - 1));
+            let input = chunked(
+                format!("{size}\r\nabcd\r\n0\r\n\r\nGET / HTTP/1.1\r\nx: 0123456789012345678901234567890\r\n\r\n")
+                    .as_bytes(),
+            );
+            assert_eq!(
+                verdict(&input),
+                Some(Violation::FieldTooLarge),
+                "{digits} digits"
+            );
+        }
+        // A value past 64 bits is refused, never wrapped.
+        let big = chunked(b"1ffffffffffffffff\r\n");
+        let limits = HeadLimits {
+            max_body: u64::MAX,
+            ..LIMITS
+        };
+        assert!(matches!(
+            violation(feed_with(limits, &big, 3).1),
+            Some(Violation::Malformed(_))
+        ));
+        // A size over max_body is refused as soon as it is known.
+        assert_eq!(verdict(&chunked(b"ff")), Some(Violation::BodyTooLarge));
+    }
+
+    #[test]
+    fn bare_lf_or_cr_anywhere_in_chunked_framing_is_refused() {
+        for body in [
+            &b"4\nabcd\r\n0\r\n\r\n"[..],
+            b"4\r\nabcd\n0\r\n\r\n",
+            b"4\r\nabcd\r0\r\n\r\n",
+            b"4;a\nabcd\r\n0\r\n\r\n",
+            b"4\r\nabcd\r\n0\n\r\n",
+            b"4\r\nabcd\r\n0\r\n\n",
+            b"0\r\nX: 1\n\r\n",
+            b"0\r\nX: 1\r\n\n",
+            b"0\r\nX: 1\rY: 2\r\n\r\n",
+            b"0\r\n\rX",
+            b"4\rabcd\r\n0\r\n\r\n",
+            b"\r\n4\r\nabcd\r\n0\r\n\r\n",
+            b" 4\r\nabcd\r\n0\r\n\r\n",
+            b"4 x\r\nabcd\r\n0\r\n\r\n",
+            b"0x4\r\nabcd\r\n0\r\n\r\n",
+            b"4\r\nabcdX\r\n0\r\n\r\n",
+        ] {
+            let input = chunked(body);
+            assert!(
+                is_malformed(verdict(&input)),
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(body),
+                verdict(&input)
+            );
+        }
+    }
+
+    #[test]
+    fn the_trailer_smuggling_bytes_from_the_issue_are_refused() {
+        let mut input =
+            b"POST /t1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n"
+                .to_vec();
+        let smuggled = format!(
+            "GET /smuggled HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            (0..41).map(|i| format!("h{i}: v\r\n")).collect::<String>()
+        );
+        input.extend_from_slice(
+            format!(
+                "POST /decoy HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            )
+            .as_bytes(),
+        );
+        let limits = HeadLimits {
+            request_line: 8190,
+            fields: 10,
+            field_size: 8190,
+            max_body: 1024,
+        };
+        let (delivered, last) = feed_with(limits, &input, 7);
+        assert!(
+            matches!(
+                last,
+                Scan::BodyViolation {
+                    request: 1,
+                    violation: Violation::Malformed(_),
+                    ..
+                }
+            ),
+            "{last:?}"
+        );
+        // hyper got the first request's head and the body up to the bad LF only.
+        let bad_lf = input.windows(2).position(|w| w == b"1\n").unwrap() + 1;
+        assert_eq!(delivered, &input[..bad_lf]);
+    }
+
+    #[test]
+    fn trailers_count_against_the_field_limits() {
+        assert_eq!(
+            verdict(&chunked(b"0\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n")),
+            None
+        );
+        assert_eq!(
+            verdict(&chunked(b"0\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n")),
+            Some(Violation::TooManyFields)
+        );
+        assert_eq!(
+            verdict(&chunked(b"0\r\nx: 012345678901234567890123456\r\n\r\n")),
+            None
+        );
+        assert_eq!(
+            verdict(&chunked(b"0\r\nx: 0123456789012345678901234567\r\n\r\n")),
+            Some(Violation::FieldTooLarge)
+        );
+        let big = HeadLimits {
+            fields: 1000,
+            field_size: 100_000,
+            ..LIMITS
+        };
+        let many = [
+            CHUNKED,
+            b"0\r\n",
+            &b"x: 0123456789\r\n".repeat(600),
+            b"\r\n",
+        ]
+        .concat();
+        assert_eq!(
+            violation(feed_with(big, &many, 100).1),
+            Some(Violation::FieldTooLarge)
+        );
+    }
+
+    #[test]
+    fn body_violations_name_the_request_they_belong_to() {
+        // The first request is fine; the second one's chunked body is too large.
+        let mut input = b"POST /first HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+        input.extend_from_slice(&chunked(b"8\r\nabcdefgh\r\n8\r\nijklmnop\r\n0\r\n\r\n"));
+        let (_, last) = feed(&input, input.len());
+        assert!(
+            matches!(
+                last,
+                Scan::BodyViolation {
+                    request: 2,
+                    violation: Violation::BodyTooLarge,
+                    ..
+                }
+            ),
+            "{last:?}"
+        );
+    }
+
+    #[test]
+    fn upgrade_and_connect_are_framed_as_usual_until_the_protocol_switches() {
+        // An Upgrade header alone changes nothing: the next head is still checked.
+        for head in [
+            &b"GET / HTTP/1.1\r\nUpgrade: ws\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nUpgrade: ws\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.0\r\nUpgrade: ws\r\nConnection: upgrade\r\n\r\n",
+            b"CONNECT a:1 HTTP/1.1\r\n\r\n",
+        ] {
+            let input = [
+                head,
+                b"GET / HTTP/1.1\r\nx: 0123456789012345678901234567890\r\n\r\n",
+            ]
+            .concat();
+            assert_eq!(verdict(&input), Some(Violation::FieldTooLarge));
+        }
+        // After the app switched protocols, nothing is scanned.
         let mut scanner = Scanner::new(LIMITS);
         assert_eq!(
-            scanner.scan(b"GET / HTTP/1.1\r\nUpgrade: ws\r\n\r\n\xff\xff\xff"),
+            scanner.scan(b"GET / HTTP/1.1\r\nUpgrade: ws\r\n\r\n"),
             Scan::Clean
         );
+        scanner.stop_following();
         assert_eq!(scanner.scan(&[b'x'; 500]), Scan::Clean);
     }
 
     #[test]
-    fn leading_empty_lines_are_ignored() {
-        assert_eq!(scan_all(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Scan::Clean);
+    fn http2_only_with_the_exact_preface_at_the_start() {
+        let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00";
+        let mut scanner = Scanner::new(LIMITS);
+        assert_eq!(scanner.scan(&preface[..10]), Scan::PartialHead { start: 0 });
+        assert_eq!(scanner.scan(preface), Scan::Clean);
+        assert!(scanner.is_http2());
+        assert_eq!(scanner.scan(&[0u8; 100]), Scan::Clean);
+        // Not at the start: ordinary (bad) HTTP/1 heads, still checked ("PRI * HTTP/2.0",
+        // "SM", then a request line over the limit).
+        let mut scanner = Scanner::new(LIMITS);
+        assert_eq!(scanner.scan(b"GET / HTTP/1.1\r\n\r\n"), Scan::Clean);
+        assert_eq!(
+            violation(scanner.scan(
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nx: 0123456789012345678901234567890\r\n\r\n"
+            )),
+            Some(Violation::RequestLine)
+        );
+        assert!(!scanner.is_http2());
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_splits_agree() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let alphabet: &[u8] = b"\r\n:;, 0123456789abcdefABCDEF\tGETPOSTHTP/1.chunkedContent-LengthTransfer-Encoding\x00\xff";
+        for _ in 0..3000 {
+            let mut input = chunked(b"");
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 200) as usize;
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                input.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            verdict(&input);
+        }
     }
 
     impl Scan {

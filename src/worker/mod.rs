@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     http: auto::Builder<TokioExecutor>,
     keepalive: Duration,
     header_read_timeout: Duration,
+    /// `limits.body_read_timeout`; zero = off.
+    body_read_timeout: Duration,
     /// This worker's own `max_requests` (with its jitter drawn); 0 = unlimited.
     request_limit: u64,
     draining: AtomicBool,
@@ -246,6 +248,7 @@ fn new_shared(
         http,
         keepalive: config.keepalive,
         header_read_timeout: config.limits.header_read_timeout,
+        body_read_timeout: config.limits.body_read_timeout,
         request_limit: request_limit(config.max_requests, config.max_requests_jitter),
         draining: AtomicBool::new(false),
         drain_tx,

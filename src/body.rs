@@ -1,0 +1,170 @@
+//! The request body an app reads ([`RequestBody`]): hyper's body, plus the limits that
+//! forkd cannot enforce below hyper for HTTP/2. For HTTP/1 the connection's IO (the
+//! framing scanner in `worker/limits.rs`) already holds every body to `max_body` and
+//! `body_read_timeout`, so the body passes through untouched; an HTTP/2 stream's data
+//! frames are decoded by hyper itself, so here they are counted against `max_body`
+//! and timed against `body_read_timeout`. A body past either ends with an error for the
+//! app, and the request's [`Verdict`] tells the connection to answer 413 or 408 (or,
+//! when the response has already started, to reset the stream).
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering::*};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A request body: `http_body::Body` with `Bytes` data, so `BodyExt::collect`,
+/// `axum` extractors and the like work on it as on hyper's own.
+pub struct RequestBody {
+    inner: Incoming,
+    /// Only for HTTP/2 streams (boxed: HTTP/1 requests pay one null pointer).
+    limit: Option<Box<StreamLimit>>,
+}
+
+/// Why a stream's body was cut, shared between the body and the connection.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Verdict(Arc<AtomicU8>);
+
+/// What [`Verdict`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    TooLarge,
+    Stalled,
+}
+
+impl Verdict {
+    pub(crate) fn get(&self) -> Option<Cut> {
+        match self.0.load(Acquire) {
+            1 => Some(Cut::TooLarge),
+            2 => Some(Cut::Stalled),
+            _ => None,
+        }
+    }
+    fn set(&self, cut: Cut) {
+        let code = match cut {
+            Cut::TooLarge => 1,
+            Cut::Stalled => 2,
+        };
+        self.0.store(code, Release);
+    }
+}
+
+struct StreamLimit {
+    max_body: u64,
+    received: u64,
+    /// Zero: off.
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Data arrived since the timer was last set.
+    progressed: bool,
+    verdict: Verdict,
+    /// The error has been returned; the body ends.
+    ended: bool,
+}
+
+/// The error a cut body ends with.
+#[derive(Debug)]
+pub struct BodyLimitError(&'static str);
+
+impl std::fmt::Display for BodyLimitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for BodyLimitError {}
+
+impl RequestBody {
+    /// An HTTP/1 body: limited by the connection's IO already.
+    pub(crate) fn plain(inner: Incoming) -> RequestBody {
+        RequestBody { inner, limit: None }
+    }
+
+    /// An HTTP/2 stream's body, held to `max_body` and `timeout` (zero: off).
+    pub(crate) fn limited(
+        inner: Incoming,
+        max_body: u64,
+        timeout: Duration,
+    ) -> (RequestBody, Verdict) {
+        let verdict = Verdict::default();
+        let body = RequestBody {
+            inner,
+            limit: Some(Box::new(StreamLimit {
+                max_body,
+                received: 0,
+                timeout,
+                timer: None,
+                progressed: false,
+                verdict: verdict.clone(),
+                ended: false,
+            })),
+        };
+        (body, verdict)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = crate::app::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(limit) = this.limit.as_mut() else {
+            return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        };
+        if limit.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    limit.received += data.len() as u64;
+                    limit.progressed = true;
+                    if limit.received > limit.max_body {
+                        limit.ended = true;
+                        limit.verdict.set(Cut::TooLarge);
+                        return Poll::Ready(Some(Err(Box::new(BodyLimitError(
+                            "request body larger than limits.max_body",
+                        )))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {
+                if limit.timeout.is_zero() {
+                    return Poll::Pending;
+                }
+                let deadline = tokio::time::Instant::now() + limit.timeout;
+                let timer = limit
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if std::mem::take(&mut limit.progressed) {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    limit.ended = true;
+                    limit.verdict.set(Cut::Stalled);
+                    return Poll::Ready(Some(Err(Box::new(BodyLimitError(
+                        "the request body stalled (limits.body_read_timeout)",
+                    )))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.limit.as_ref().is_some_and(|l| l.ended) || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
