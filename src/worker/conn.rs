@@ -342,7 +342,8 @@ where
                 let mut resp = resp.map(|inner| TrackedBody {
                     inner,
                     request: guard,
-                    cut: verdict,
+                    // forkd's own refusal is sent whole; the app's answer is cut.
+                    cut: verdict.filter(|_| cut.is_none()),
                 });
                 if (cut.is_some() || shared.is_draining())
                     && !resp.headers().contains_key(CONNECTION)
