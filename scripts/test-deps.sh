@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what forkd's test suite needs besides the Rust toolchain, on a fresh Debian
+# or Ubuntu machine (idempotent: installs only what is missing). Run as root, or with
+# sudo available for apt-get. Used by scripts/test.sh, which README.md and .ci/run call.
+#
+#   cargo-nextest                 the test runner (cargo install, if missing)
+#   systemd, systemd-container    systemd-socket-activate, systemd-analyze, and
+#                                 systemd-nspawn to boot a throw-away systemd
+#   util-linux                    unshare and nsenter
+#   python3 + pip, uvicorn        the reference exec worker
+set -euo pipefail
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "test-deps: need root (or sudo) to run: $*" >&2
+    return 1
+  fi
+}
+
+if ! command -v cargo >/dev/null; then
+  echo "test-deps: cargo is required (install Rust with rustup)" >&2
+  exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+
+apt_packages=()
+command -v systemd-socket-activate >/dev/null || apt_packages+=(systemd)
+command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
+command -v systemd-nspawn >/dev/null || apt_packages+=(systemd-container)
+{ command -v unshare && command -v nsenter; } >/dev/null || apt_packages+=(util-linux)
+command -v python3 >/dev/null || apt_packages+=(python3 python3-pip)
+if ((${#apt_packages[@]})); then
+  if ! command -v apt-get >/dev/null; then
+    echo "test-deps: missing ${apt_packages[*]} and no apt-get to install them" >&2
+    exit 1
+  fi
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}"
+fi
+
+if ! python3 -c "import uvicorn" 2>/dev/null || ! command -v uvicorn >/dev/null; then
+  # Debian's own python3 refuses pip installs outside a virtualenv (PEP 668); the
+  # tests need `uvicorn` on PATH, as a user's deployment has it.
+  python3 -m pip install --quiet --disable-pip-version-check uvicorn 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages uvicorn
+fi
