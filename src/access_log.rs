@@ -219,10 +219,21 @@ impl Format {
     }
 }
 
+/// The `remote_addr` of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remote {
+    /// The peer's IP, or the client's as a trusted proxy reported it.
+    Ip(IpAddr),
+    /// A unix socket peer that no proxy header names a client for: `unix`.
+    Unix,
+    /// A trusted proxy's headers name no usable client address: `-` (JSON `null`).
+    Unknown,
+}
+
 /// What is kept of a request for its log line, captured before the app takes it.
 pub struct Record {
     wall: SystemTime,
-    client: Option<IpAddr>,
+    client: Remote,
     peer: Option<SocketAddr>,
     /// None for a request refused before hyper parsed it (see [`Record::refused`]).
     head: Option<Head>,
@@ -239,7 +250,7 @@ pub struct Record {
 impl Record {
     /// A request refused before it was parsed (a broken limit, or a full worker):
     /// `line` is what arrived of its request line, if anything.
-    pub fn refused(client: Option<IpAddr>, peer: Option<SocketAddr>, line: &[u8]) -> Record {
+    pub fn refused(client: Remote, peer: Option<SocketAddr>, line: &[u8]) -> Record {
         let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let mut raw_line =
@@ -381,7 +392,7 @@ impl AccessLog {
     pub fn capture(
         &self,
         req: &hyper::Request<hyper::body::Incoming>,
-        client: Option<IpAddr>,
+        client: Remote,
         peer: Option<SocketAddr>,
         scheme: &'static str,
     ) -> Record {
@@ -465,10 +476,11 @@ impl AccessLog {
             match piece {
                 Piece::Literal(text) => out.extend_from_slice(text.as_bytes()),
                 Piece::Field(Field::RemoteAddr) => match record.client {
-                    Some(ip) => {
+                    Remote::Ip(ip) => {
                         let _ = write!(out, "{ip}");
                     }
-                    None => out.extend_from_slice(b"unix"),
+                    Remote::Unix => out.extend_from_slice(b"unix"),
+                    Remote::Unknown => missing(out),
                 },
                 Piece::Field(Field::Time) => {
                     with_common_log_time(record.wall, |t| out.extend_from_slice(t.as_bytes()))
@@ -555,8 +567,9 @@ impl AccessLog {
         };
         match field {
             Field::RemoteAddr => match record.client {
-                Some(ip) => text(ip.to_string()),
-                None => text("unix".into()),
+                Remote::Ip(ip) => text(ip.to_string()),
+                Remote::Unix => text("unix".into()),
+                Remote::Unknown => Value::Missing,
             },
             Field::PeerAddr => match record.peer {
                 Some(addr) => text(addr.to_string()),
