@@ -809,4 +809,37 @@ mod tests {
             "example.com:443"
         );
     }
+
+    #[test]
+    fn an_unknown_client_is_a_dash_or_null() {
+        let line = |json: bool, client: Remote| {
+            let log = AccessLog::start(&LogTarget::Std, Some("{remote_addr} {status}"), json, 1)
+                .unwrap()
+                .unwrap();
+            let record = Record::refused(client, None, b"GET / HTTP/1.1\r\n");
+            let outcome = Outcome {
+                status: 400,
+                bytes: 0,
+                duration: Duration::ZERO,
+            };
+            let mut out = Vec::new();
+            match json {
+                true => log.write_json(&mut out, &record, &outcome),
+                false => log.write_text(&mut out, &record, &outcome),
+            }
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(line(false, Remote::Unknown), "- 400");
+        assert_eq!(
+            line(true, Remote::Unknown),
+            r#"{"remote_addr":null,"status":400}"#
+        );
+        assert_eq!(line(false, Remote::Unix), "unix 400");
+        let ip = Remote::Ip("203.0.113.9".parse().unwrap());
+        assert_eq!(line(false, ip), "203.0.113.9 400");
+        assert_eq!(
+            line(true, ip),
+            r#"{"remote_addr":"203.0.113.9","status":400}"#
+        );
+    }
 }
