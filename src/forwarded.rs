@@ -8,6 +8,12 @@
 //! one) is the client; everything to its left could have been forged by the client.
 //! `Forwarded` wins over the `X-Forwarded-*` pair when a request carries both.
 //! Connections on unix sockets count as coming from 127.0.0.1 (a local proxy).
+//!
+//! An entry the walk reaches but cannot read (not UTF-8, malformed, empty, `unknown`,
+//! obfuscated) ends it with [`Client::Unknown`]: the trusted hop that wrote it said
+//! there was a client and did not say who, so the hop itself is never the answer.
+//! Entries the walk does not reach are not parsed at all, so what a client writes
+//! ahead of what its proxy appends cannot change the result.
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED};
 use std::net::{IpAddr, Ipv4Addr};
@@ -143,8 +149,8 @@ pub fn resolve(proxies: &TrustedProxies, peer: IpAddr, headers: &HeaderMap) -> O
         return None;
     }
     if headers.contains_key(FORWARDED) {
-        // It wins even when malformed: falling back to `X-Forwarded-For` would believe
-        // a header the proxy may not manage.
+        // It wins even when malformed: a proxy that writes `Forwarded` may pass the
+        // client's own `X-Forwarded-For` through untouched, so no fallback to it.
         let lines = headers.get_all(FORWARDED).iter().rev();
         let elements = FromRight::new(lines, true);
         let (client, scheme) = walk(proxies, peer, elements, parse_forwarded_element);
