@@ -219,10 +219,21 @@ impl Format {
     }
 }
 
+/// The `remote_addr` of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remote {
+    /// The peer's IP, or the client's as a trusted proxy reported it.
+    Ip(IpAddr),
+    /// A unix socket peer that no proxy header names a client for: `unix`.
+    Unix,
+    /// A trusted proxy's headers name no usable client address: `-` (JSON `null`).
+    Unknown,
+}
+
 /// What is kept of a request for its log line, captured before the app takes it.
 pub struct Record {
     wall: SystemTime,
-    client: Option<IpAddr>,
+    client: Remote,
     peer: Option<SocketAddr>,
     /// None for a request refused before hyper parsed it (see [`Record::refused`]).
     head: Option<Head>,
@@ -239,7 +250,7 @@ pub struct Record {
 impl Record {
     /// A request refused before it was parsed (a broken limit, or a full worker):
     /// `line` is what arrived of its request line, if anything.
-    pub fn refused(client: Option<IpAddr>, peer: Option<SocketAddr>, line: &[u8]) -> Record {
+    pub fn refused(client: Remote, peer: Option<SocketAddr>, line: &[u8]) -> Record {
         let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let mut raw_line =
@@ -381,7 +392,7 @@ impl AccessLog {
     pub fn capture<B>(
         &self,
         req: &hyper::Request<B>,
-        client: Option<IpAddr>,
+        client: Remote,
         peer: Option<SocketAddr>,
         scheme: &'static str,
     ) -> Record {
@@ -465,10 +476,11 @@ impl AccessLog {
             match piece {
                 Piece::Literal(text) => out.extend_from_slice(text.as_bytes()),
                 Piece::Field(Field::RemoteAddr) => match record.client {
-                    Some(ip) => {
+                    Remote::Ip(ip) => {
                         let _ = write!(out, "{ip}");
                     }
-                    None => out.extend_from_slice(b"unix"),
+                    Remote::Unix => out.extend_from_slice(b"unix"),
+                    Remote::Unknown => missing(out),
                 },
                 Piece::Field(Field::Time) => {
                     with_common_log_time(record.wall, |t| out.extend_from_slice(t.as_bytes()))
@@ -555,8 +567,9 @@ impl AccessLog {
         };
         match field {
             Field::RemoteAddr => match record.client {
-                Some(ip) => text(ip.to_string()),
-                None => text("unix".into()),
+                Remote::Ip(ip) => text(ip.to_string()),
+                Remote::Unix => text("unix".into()),
+                Remote::Unknown => Value::Missing,
             },
             Field::PeerAddr => match record.peer {
                 Some(addr) => text(addr.to_string()),
@@ -794,6 +807,39 @@ mod tests {
         assert_eq!(
             request_target(&"example.com:443".parse().unwrap()),
             "example.com:443"
+        );
+    }
+
+    #[test]
+    fn an_unknown_client_is_a_dash_or_null() {
+        let line = |json: bool, client: Remote| {
+            let log = AccessLog::start(&LogTarget::Std, Some("{remote_addr} {status}"), json, 1)
+                .unwrap()
+                .unwrap();
+            let record = Record::refused(client, None, b"GET / HTTP/1.1\r\n");
+            let outcome = Outcome {
+                status: 400,
+                bytes: 0,
+                duration: Duration::ZERO,
+            };
+            let mut out = Vec::new();
+            match json {
+                true => log.write_json(&mut out, &record, &outcome),
+                false => log.write_text(&mut out, &record, &outcome),
+            }
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(line(false, Remote::Unknown), "- 400");
+        assert_eq!(
+            line(true, Remote::Unknown),
+            r#"{"remote_addr":null,"status":400}"#
+        );
+        assert_eq!(line(false, Remote::Unix), "unix 400");
+        let ip = Remote::Ip("203.0.113.9".parse().unwrap());
+        assert_eq!(line(false, ip), "203.0.113.9 400");
+        assert_eq!(
+            line(true, ip),
+            r#"{"remote_addr":"203.0.113.9","status":400}"#
         );
     }
 }

@@ -20,7 +20,9 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// The client's address, in every request's extensions: the peer's `IP:PORT` (`unix`
 /// for unix sockets), or, when the peer is a proxy listed in `forwarded_allow_ips`, the
-/// client's IP as the proxy reported it in `Forwarded` or `X-Forwarded-For`.
+/// client's IP as the proxy reported it in `Forwarded` or `X-Forwarded-For`; `unknown`
+/// when the proxy's headers name no usable address for it (a malformed entry,
+/// `unknown`, an obfuscated name): never the proxy's own address then.
 #[derive(Debug, Clone)]
 pub struct ClientAddr(pub String);
 

@@ -339,6 +339,75 @@ fn proxy_headers_are_trusted_only_from_allowed_addresses() {
     }
 }
 
+/// Issue 12, item 7: behind a proxy that appends to what the client sent (nginx's
+/// `$proxy_add_x_forwarded_for`), a malformed entry must not make the proxy the client.
+#[test]
+fn malformed_proxy_headers_never_make_the_proxy_the_client() {
+    let dir = temp_dir("proxies-malformed");
+    let log = dir.join("access.log");
+    let path = dir.join("forkd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_allow_ips = [\"127.0.0.1\"]\n\
+             [log]\naccess_log = {:?}\naccess_log_format = \"{{path}} {{remote_addr}}\"\n",
+            log.to_str().unwrap()
+        ),
+    )
+    .expect("write config");
+    let server = Server::start(&forkd(), &["-c", path.to_str().unwrap()]);
+    let cases: [(&str, &[u8], &str); 6] = [
+        // What the proxy wrote itself is malformed: the client is unknown.
+        ("/xff-alone", b"X-Forwarded-For: \xff", "unknown"),
+        ("/fwd-alone", b"Forwarded: for=\"203.0.113.9", "unknown"),
+        // The client's garbage, then the address the proxy appended: that address.
+        (
+            "/xff-appended",
+            b"X-Forwarded-For: \xff, 203.0.113.9",
+            "203.0.113.9",
+        ),
+        (
+            "/fwd-appended",
+            b"Forwarded: for=\"\xff, for=203.0.113.9",
+            "203.0.113.9",
+        ),
+        (
+            "/fwd-lines",
+            b"Forwarded: for=\"\r\nForwarded: for=\"[2001:db8::5]:80\"",
+            "2001:db8::5",
+        ),
+        // A malformed Forwarded wins all the same: no fallback to X-Forwarded-For.
+        (
+            "/fwd-over-xff",
+            b"X-Forwarded-For: 203.0.113.9\r\nForwarded: for=\"\xff",
+            "unknown",
+        ),
+    ];
+    for (target, header, want) in cases {
+        let mut raw = format!("GET {target} HTTP/1.1\r\nHost: t\r\n").into_bytes();
+        raw.extend_from_slice(header);
+        raw.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+        let (status, head, body) = exchange(&server.addr, &raw);
+        assert_eq!(status, 200, "{target}: {head}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("echo json");
+        assert_eq!(json["remote_addr"], want, "{target}");
+        assert_eq!(json["scheme"], "http", "{target}");
+    }
+    let logged = |text: &str| {
+        cases.iter().all(|(target, _, want)| {
+            let want = if *want == "unknown" { "-" } else { want };
+            text.lines().any(|line| line == format!("{target} {want}"))
+        })
+    };
+    assert!(
+        poll_until(Duration::from_secs(5), || logged(
+            &std::fs::read_to_string(&log).unwrap_or_default()
+        )),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 #[test]
 fn bad_access_log_format_and_proxy_entries_are_config_errors() {
     for (name, text, needles) in [

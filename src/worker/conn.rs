@@ -15,10 +15,11 @@
 use super::io::GuardedIo;
 use super::limits::Violation;
 use super::Shared;
-use crate::access_log::{AccessLog, Outcome, Record};
+use crate::access_log::{AccessLog, Outcome, Record, Remote};
 use crate::app::RequestBody;
 use crate::app::{respond, Body, ClientAddr, Scheme};
 use crate::body::{Cut, Verdict};
+use crate::forwarded::Client;
 use crate::scoreboard::{monotonic_ms, Rejection, Slot, FLAG_RETIRE};
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
@@ -54,6 +55,10 @@ impl Peer {
     }
     fn ip(&self) -> IpAddr {
         self.addr.map_or(crate::forwarded::UNIX_PEER, |a| a.ip())
+    }
+    /// The log's `remote_addr` when no trusted proxy names the client.
+    pub(super) fn remote(&self) -> Remote {
+        self.addr.map_or(Remote::Unix, |a| Remote::Ip(a.ip()))
     }
 }
 
@@ -399,18 +404,19 @@ fn prepare(
     } else {
         None
     };
-    let (client_ip, scheme) = match &forwarded {
-        Some(f) => (Some(f.client), f.scheme),
-        None => (peer.addr.map(|a| a.ip()), None),
+    let scheme = forwarded.as_ref().and_then(|f| f.scheme);
+    // The app sees the peer's `IP:PORT` unless a proxy names another address.
+    let (remote, client) = match forwarded.map(|f| f.client) {
+        Some(Client::Ip(ip)) if Some(ip) != peer.addr.map(|a| a.ip()) => {
+            (Remote::Ip(ip), ip.to_string())
+        }
+        Some(Client::Unknown) => (Remote::Unknown, "unknown".to_string()),
+        _ => (peer.remote(), peer.display.clone()),
     };
     let record = shared
         .access_log
         .as_ref()
-        .map(|log| Box::new(log.capture(&req, client_ip, peer.addr, scheme.unwrap_or("http"))));
-    let client = match &forwarded {
-        Some(f) if Some(f.client) != peer.addr.map(|a| a.ip()) => f.client.to_string(),
-        _ => peer.display.clone(),
-    };
+        .map(|log| Box::new(log.capture(&req, remote, peer.addr, scheme.unwrap_or("http"))));
     let extensions = req.extensions_mut();
     extensions.insert(ClientAddr(client));
     if let Some(scheme) = scheme {

@@ -322,7 +322,7 @@ where
 
 /// Logs a request forkd answered itself before hyper parsed it.
 pub(super) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16, body: &str) {
-    let record = Record::refused(peer.addr.map(|a| a.ip()), peer.addr, head);
+    let record = Record::refused(peer.remote(), peer.addr, head);
     log.log(
         &record,
         &Outcome {
