@@ -21,6 +21,7 @@ pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod control;
+mod dirfd;
 mod forwarded;
 mod listeners;
 mod logging;
