@@ -28,7 +28,10 @@ fn is_root() -> bool {
 fn session_of(pid: i32) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let rest = &stat[stat.rfind(')').expect("name") + 2..];
-    rest.split(' ').nth(3).and_then(|s| s.parse().ok()).expect("session")
+    rest.split(' ')
+        .nth(3)
+        .and_then(|s| s.parse().ok())
+        .expect("session")
 }
 
 fn stdin_of(pid: i32) -> String {
@@ -67,8 +70,16 @@ fn the_pidfile_is_written_through_no_symlink_and_with_mode_0644() {
         "the symlink's target was written"
     );
     let meta = std::fs::symlink_metadata(&pidfile).expect("pidfile");
-    assert!(meta.file_type().is_file(), "pidfile is {:?}", meta.file_type());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o644, "umask 0077 applies");
+    assert!(
+        meta.file_type().is_file(),
+        "pidfile is {:?}",
+        meta.file_type()
+    );
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o644,
+        "umask 0077 applies"
+    );
     assert_eq!(read_pid(&pidfile), Some(server.pid()));
     // Nothing else was left in the directory.
     let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -139,7 +150,9 @@ fn the_socket_file_is_removed_only_from_the_directory_it_was_bound_in() {
     server.signal(Signal::SIGTERM);
     assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
     assert_eq!(
-        std::fs::read_to_string(victims.join("forkd.sock")).ok().as_deref(),
+        std::fs::read_to_string(victims.join("forkd.sock"))
+            .ok()
+            .as_deref(),
         Some("precious\n"),
         "the victim file was removed:\n{}",
         server.log()
@@ -159,7 +172,11 @@ fn native_workers_have_their_own_session_and_no_terminal_input() {
     let mut server = Server::spawn(&mut command);
     server.expect_log("all workers ready", Duration::from_secs(10));
     let master = server.pid();
-    assert!(stdin_of(master).starts_with("pipe:"), "{}", stdin_of(master));
+    assert!(
+        stdin_of(master).starts_with("pipe:"),
+        "{}",
+        stdin_of(master)
+    );
     let workers = workers_of(master);
     assert_eq!(workers.len(), 2);
     for worker in &workers {
@@ -213,7 +230,15 @@ fn workers_drop_the_masters_supplementary_groups() {
     command
         .args(["--regid=nogroup", "--groups=0,4", "--"])
         .arg(forkd())
-        .args(["-u", "nobody", "-g", "nogroup", "-b", "127.0.0.1:0", "hello"]);
+        .args([
+            "-u",
+            "nobody",
+            "-g",
+            "nogroup",
+            "-b",
+            "127.0.0.1:0",
+            "hello",
+        ]);
     let server = Server::spawn(&mut command);
     server.expect_log("all workers ready", Duration::from_secs(10));
     let master = server.pid();
@@ -260,7 +285,10 @@ fn exec_output_quoted_in_a_boot_failure_is_escaped() {
     );
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("boom \\x1b[2J\\x0dFORGED"), "{stderr}");
-    assert!(!stderr.contains('\u{1b}') && !stderr.contains('\r'), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\r'),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1015,7 +1015,7 @@ impl Master {
     }
 
     /// In a native worker: the master's own fds (signalfd, notify socket, exec workers'
-    /// output pipes) are not the worker's business.
+    /// output pipes, the directories of unix socket files) are not the worker's business.
     fn close_master_fds_in_child(&self) {
         let _ = nix::unistd::close(self.signals.fd().as_raw_fd());
         if let Some(intake) = &self.notify_intake {
@@ -1023,6 +1023,10 @@ impl Master {
         }
         for exec in self.workers.iter().filter_map(|w| w.exec.as_ref()) {
             let _ = nix::unistd::close(exec.output.fd().as_raw_fd());
+        }
+        let socket_files = self.listeners.iter().chain(self.metrics.iter());
+        for file in socket_files.filter_map(|l| l.socket_file.as_ref()) {
+            let _ = nix::unistd::close(file.dir_fd());
         }
     }
 
