@@ -344,6 +344,7 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
     // Rust ignores SIGPIPE for itself; an exec'd program expects the default.
     // SAFETY: resetting a signal disposition to its default.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    crate::privileges::detach_from_terminal()?;
     for target in [1, 2] {
         nix::unistd::dup2(output.as_raw_fd(), target)
             .map_err(|e| format!("cannot redirect output: {e}"))?;

@@ -118,6 +118,9 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     slot.set_pid(pid);
     slot.set_number(number);
     crate::proctitle::set(&format!("forkd: worker [{number}]"));
+    if let Err(e) = crate::privileges::detach_from_terminal() {
+        return Err(boot_failed(slot, &e));
+    }
     if let Err(e) = crate::privileges::drop_for_worker(&config) {
         return Err(boot_failed(slot, &e));
     }
