@@ -154,8 +154,9 @@ impl Output {
     }
 
     fn log_line(&mut self, pid: i32, line: &[u8]) {
-        let line = String::from_utf8_lossy(line);
-        let line = line.trim_end_matches('\r');
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // The program's bytes, escaped: it must not forge the master's log lines.
+        let line = crate::logging::escape_untrusted(line, 4 * MAX_LINE);
         tracing::info!(target: "forkd::worker", "[{pid}] {line}");
         if !line.trim().is_empty() {
             if self.recent.len() == RECENT_LINES {

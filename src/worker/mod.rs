@@ -186,7 +186,8 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
 
 /// Records a boot failure in the slot (the master reports it) and returns the exit code.
 fn boot_failed(slot: &Slot, reason: &str) -> i32 {
-    tracing::error!(pid = std::process::id(), "worker failed to boot: {reason}");
+    let shown = crate::logging::escape_untrusted(reason.as_bytes(), 4096);
+    tracing::error!(pid = std::process::id(), "worker failed to boot: {shown}");
     slot.set_message(reason);
     EXIT_BOOT_ERROR
 }
