@@ -83,8 +83,13 @@ fn check_executable(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{} is not executable: {e}", path.display()))
 }
 
+/// Only absolute `PATH` entries are searched. An empty entry means the working directory
+/// to `execvp(3)`, and a relative one a directory under it: there, whoever can write the
+/// working directory would choose the program a root master runs (`./uvicorn`). So
+/// those entries are skipped, as hardened `execvp`s and sudo's `secure_path` do.
 fn find_in_path(program: &str, search: &OsStr) -> Option<PathBuf> {
     std::env::split_paths(search)
+        .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join(program))
         .find(|candidate| check_executable(candidate).is_ok())
 }
@@ -451,4 +456,20 @@ fn child_environment(
             CString::new(kv).map_err(|_| "an environment variable contains a NUL byte".to_string())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_in_path;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn only_absolute_path_entries_are_searched() {
+        let found = find_in_path("sh", OsStr::new("/nonexistent:/bin")).expect("sh");
+        assert_eq!(found, std::path::Path::new("/bin/sh"));
+        // Relative: /bin from any working directory, and still not searched.
+        let up = "../".repeat(64) + "bin";
+        assert_eq!(find_in_path("sh", OsStr::new(&up)), None);
+        assert_eq!(find_in_path("sh", OsStr::new(&format!(":{up}:"))), None);
+    }
 }
