@@ -973,6 +973,7 @@ impl Master {
                     "STOPPING=1" => {}
                     other => {
                         if let Some(status) = other.strip_prefix("STATUS=") {
+                            let status = crate::logging::escape_untrusted(status.as_bytes(), 1024);
                             tracing::debug!(pid = sender, "worker status: {status}");
                         }
                     }
