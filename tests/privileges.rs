@@ -165,9 +165,12 @@ fn the_socket_file_is_removed_only_from_the_directory_it_was_bound_in() {
 
 #[test]
 fn native_workers_have_their_own_session_and_no_terminal_input() {
+    let dir = temp_dir("priv-session");
     let mut command = Command::new(forkd());
     command
         .args(["-b", "127.0.0.1:0", "-w", "2", "hello"])
+        .arg(format!("--bind=unix:{}", dir.join("s.sock").display()))
+        .arg(format!("--pid={}", dir.join("forkd.pid").display()))
         .stdin(Stdio::piped());
     let mut server = Server::spawn(&mut command);
     server.expect_log("all workers ready", Duration::from_secs(10));
@@ -183,6 +186,21 @@ fn native_workers_have_their_own_session_and_no_terminal_input() {
         assert_ne!(session_of(*worker), session_of(master));
         assert_eq!(session_of(*worker), *worker, "a session leader");
         assert_eq!(stdin_of(*worker), "/dev/null");
+    }
+    // The master holds the directory of its socket file and pidfile; workers do not.
+    let holds_dir = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == dir))
+    };
+    assert!(holds_dir(master));
+    for worker in &workers {
+        assert!(
+            !holds_dir(*worker),
+            "worker {worker} holds {}",
+            dir.display()
+        );
     }
     // INT (Ctrl-C) reaches the master only now; it still stops every worker.
     server.signal(Signal::SIGINT);

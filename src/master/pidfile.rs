@@ -12,7 +12,7 @@ use crate::dirfd::Dir;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A pid and a newline fit in far less; more is not a pidfile.
 const MAX_PIDFILE_BYTES: u64 = 64;
@@ -20,7 +20,10 @@ const MAX_PIDFILE_BYTES: u64 = 64;
 const PIDFILE_MODE: u32 = 0o644;
 
 pub struct Pidfile {
-    path: PathBuf,
+    /// The directory it was written in, held for its removal at exit (a directory
+    /// swapped since is not followed).
+    dir: Dir,
+    name: OsString,
 }
 
 /// Whether `pid` is a running forkd master (by its process title).
@@ -85,31 +88,29 @@ impl Pidfile {
                 format!("cannot write pidfile {}: {e}", path.display()),
             )
         })?;
-        Ok(Pidfile {
-            path: path.to_path_buf(),
-        })
+        Ok(Pidfile { dir, name })
     }
 
     /// Removes the pidfile if it still names this process.
     pub fn remove(&self) {
-        remove_if_ours(&self.path, |name| name.to_os_string());
+        remove_if_ours(&self.dir, &self.name);
+    }
+
+    /// The held directory's fd (closed in workers, which have no use for it).
+    pub fn dir_fd(&self) -> std::os::fd::RawFd {
+        self.dir.raw_fd()
     }
 }
 
-/// Removes the file `rename(name)` next to `path` if it is a regular file naming this
-/// process.
-fn remove_if_ours(path: &Path, rename: impl Fn(&std::ffi::OsStr) -> OsString) {
-    let Ok((dir, name)) = Dir::parent_of(path) else {
-        return;
-    };
-    let name = rename(&name);
-    let ours = read_at(&dir, &name)
+/// Removes `name` from `dir` if it is a regular file naming this process.
+fn remove_if_ours(dir: &Dir, name: &std::ffi::OsStr) {
+    let ours = read_at(dir, name)
         .ok()
         .flatten()
         .and_then(|t| parse(&t))
         .is_some_and(|pid| pid == std::process::id() as i32);
     if ours {
-        let _ = dir.unlink(&name);
+        let _ = dir.unlink(name);
     }
 }
 
@@ -136,5 +137,7 @@ pub fn restore_from_oldbin(path: &Path) -> io::Result<()> {
 
 /// The new master took over: `PIDFILE.oldbin` is removed if it still names this process.
 pub fn remove_oldbin(path: &Path) {
-    remove_if_ours(path, oldbin_name);
+    if let Ok((dir, name)) = Dir::parent_of(path) {
+        remove_if_ours(&dir, &oldbin_name(&name));
+    }
 }
