@@ -303,6 +303,32 @@ pub fn load(cli: &Cli, env: &[(String, String)]) -> Result<Config, ConfigError> 
     Ok(config)
 }
 
+/// A warning about the config file's permissions, if someone other than root and the
+/// user forkd runs as can change it: that someone chooses what forkd runs (`exec.command`,
+/// `user`...) with forkd's privileges, root's at start. Checked at start and on HUP.
+pub fn file_permission_warning(config: &Config) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = config.config_file.as_ref()?;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "config file {} has mode {mode:04o}: writable by {}, who can make forkd run any program with its privileges; `chmod go-w` it",
+            path.display(),
+            if mode & 0o002 != 0 { "everyone" } else { "its group" }
+        ));
+    }
+    let us = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != us {
+        return Some(format!(
+            "config file {} (mode {mode:04o}) is owned by uid {}, neither root nor forkd's uid {us}: its owner can make forkd run any program with its privileges; `chown root` it",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    None
+}
+
 fn env_name(key: &str) -> String {
     format!("FORKD_{}", key.replace('.', "_").to_ascii_uppercase())
 }

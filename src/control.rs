@@ -69,9 +69,10 @@ fn try_send(config: &Config, name: &str) -> Result<(), String> {
         .pidfile
         .as_ref()
         .ok_or("no pidfile is configured (set `pidfile` or -p), so there is no master to signal")?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read pidfile {}: {e}", path.display()))?;
-    let pid: i32 = text.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+    let text = crate::master::pidfile::read(path)
+        .map_err(|e| format!("cannot read pidfile {}: {e}", path.display()))?
+        .ok_or_else(|| format!("cannot read pidfile {}: it does not exist", path.display()))?;
+    let pid: i32 = crate::master::pidfile::parse(&text).ok_or_else(|| {
         format!(
             "pidfile {} does not hold a pid: {:?}",
             path.display(),

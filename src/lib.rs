@@ -22,6 +22,7 @@ mod body;
 pub mod cli;
 pub mod config;
 pub mod control;
+mod dirfd;
 mod forwarded;
 mod listeners;
 mod logging;
@@ -120,7 +121,16 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         eprintln!("forkd: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    let reload: master::Reloader = Box::new(move || config::load(&cli, &environment));
+    if let Some(warning) = config::file_permission_warning(&config) {
+        tracing::warn!("{warning}");
+    }
+    let reload: master::Reloader = Box::new(move || {
+        let config = config::load(&cli, &environment)?;
+        if let Some(warning) = config::file_permission_warning(&config) {
+            tracing::warn!("{warning}");
+        }
+        Ok(config)
+    });
     match master::Master::new(config, reload, resolve, relaunch) {
         Ok(master) => master.run(),
         Err(e) => {

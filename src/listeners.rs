@@ -3,10 +3,12 @@
 //! master for its whole life so that the accept queue survives worker restarts.
 
 use crate::config::{BindSpec, Config};
+use crate::dirfd::Dir;
 use crate::systemd::PassedFd;
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
 };
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -21,23 +23,71 @@ pub struct Listener {
     pub local: String,
     pub kind: ListenerKind,
     pub fd: OwnedFd,
+    /// The unix socket's file, when forkd created it (or took it over) and removes it
+    /// on exit.
+    pub socket_file: Option<SocketFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenerKind {
     Tcp,
-    /// A unix socket; `owned` means forkd created the file and removes it on exit.
+    /// A unix socket bound to `path`.
     Unix {
         path: PathBuf,
-        owned: bool,
     },
 }
 
+/// A unix socket's file, held for its removal at exit: the directory it was bound in,
+/// opened at bind time, and the file's identity then. The path is not looked up again:
+/// a directory swapped for a symlink since (its parent writable by someone else) must
+/// not make the root master unlink a file of the same name elsewhere.
+#[derive(Debug)]
+pub struct SocketFile {
+    dir: Dir,
+    name: OsString,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// Records the socket file now at `path` (the directory is opened first, the file
+    /// then looked up in it without following a symlink).
+    fn record(path: &Path) -> io::Result<SocketFile> {
+        let (dir, name) = Dir::parent_of(path)?;
+        match dir.stat(&name)? {
+            Some(st) if crate::dirfd::is_socket(&st) => Ok(SocketFile {
+                dir,
+                name,
+                dev: st.st_dev,
+                ino: st.st_ino,
+            }),
+            _ => Err(io::Error::other(format!(
+                "{} is not the socket file any more",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The held directory's fd (closed in workers, which have no use for it).
+    pub fn dir_fd(&self) -> RawFd {
+        self.dir.raw_fd()
+    }
+}
+
 impl Listener {
-    /// Removes the socket file if forkd created it.
+    /// Removes the socket file if forkd created it, and only if it is still the same
+    /// socket file in the directory it was bound in.
     pub fn cleanup(&self) {
-        if let ListenerKind::Unix { path, owned: true } = &self.kind {
-            let _ = std::fs::remove_file(path);
+        if let Some(file) = &self.socket_file {
+            let _ = file.dir.unlink_socket(&file.name, file.dev, file.ino);
+        }
+    }
+
+    /// Takes over the socket file of an adopted unix listener (removed at exit as if
+    /// forkd had created it).
+    pub fn own_socket_file(&mut self) {
+        if let ListenerKind::Unix { path } = &self.kind {
+            self.socket_file = SocketFile::record(path).ok();
         }
     }
 }
@@ -79,28 +129,29 @@ fn bind_tcp(spec: &BindSpec, addr: std::net::SocketAddr, backlog: i32) -> io::Re
         local,
         kind: ListenerKind::Tcp,
         fd,
+        socket_file: None,
     })
 }
 
 fn bind_unix(spec: &BindSpec, path: &Path, backlog: i32) -> io::Result<Listener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
+    // Every look-up at the socket's name is made in this directory, opened once.
+    let (dir, name) = Dir::parent_of(path)?;
+    if let Some(st) = dir.stat(&name)? {
+        if !crate::dirfd::is_socket(&st) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 "the path exists and is not a socket",
             ));
         }
         // A socket file is stale only if nobody accepts on it.
-        match UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process is listening on it",
-                ))
-            }
-            Err(_) => std::fs::remove_file(path)?,
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process is listening on it",
+            ));
         }
+        // Only that socket file, in that directory.
+        dir.unlink_socket(&name, st.st_dev, st.st_ino)?;
     }
     let fd = socket::socket(
         AddressFamily::Unix,
@@ -111,14 +162,26 @@ fn bind_unix(spec: &BindSpec, path: &Path, backlog: i32) -> io::Result<Listener>
     let addr = socket::UnixAddr::new(path)?;
     socket::bind(fd.as_raw_fd(), &addr)?;
     socket::listen(&fd, backlog_of(backlog))?;
+    let socket_file =
+        match dir.stat(&name)? {
+            Some(st) if crate::dirfd::is_socket(&st) => SocketFile {
+                dir,
+                name,
+                dev: st.st_dev,
+                ino: st.st_ino,
+            },
+            _ => return Err(io::Error::other(
+                "the socket file is not in its directory after bind (was the directory replaced?)",
+            )),
+        };
     Ok(Listener {
         spec: spec.clone(),
         local: format!("unix:{}", path.display()),
         kind: ListenerKind::Unix {
             path: path.to_path_buf(),
-            owned: true,
         },
         fd,
+        socket_file: Some(socket_file),
     })
 }
 
@@ -145,7 +208,7 @@ pub fn adopt_fd(spec: BindSpec, raw: RawFd) -> io::Result<Listener> {
         Some(unix) => {
             let path = unix.path().map(Path::to_path_buf).unwrap_or_default();
             let local = format!("unix:{}", path.display());
-            (ListenerKind::Unix { path, owned: false }, local)
+            (ListenerKind::Unix { path }, local)
         }
         None => {
             // As for sockets forkd binds itself (see bind_tcp); best effort.
@@ -158,6 +221,7 @@ pub fn adopt_fd(spec: BindSpec, raw: RawFd) -> io::Result<Listener> {
         local,
         kind,
         fd,
+        socket_file: None,
     })
 }
 

@@ -59,10 +59,8 @@ pub fn listen(config: &Config, passed: Option<PassedFd>) -> Result<Option<Listen
             let mut listener = listeners::adopt_fd(spec.clone(), p.fd)
                 .map_err(|e| format!("key `metrics.bind`: passed socket: {e}"))?;
             listener.spec = spec.clone();
-            if let ListenerKind::Unix { owned, .. } = &mut listener.kind {
-                // The old master created the file; this master now serves it.
-                *owned = true;
-            }
+            // The old master created the file; this master now serves it.
+            listener.own_socket_file();
             tracing::info!("metrics: serving /metrics on {}", listener.local);
             return Ok(Some(listener));
         }

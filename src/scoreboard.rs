@@ -315,7 +315,8 @@ impl Slot {
         }
         // SAFETY: published with Release by the writer; bounded by MESSAGE_BYTES.
         let bytes = unsafe { &(&*self.message.get())[..len.min(MESSAGE_BYTES)] };
-        Some(String::from_utf8_lossy(bytes).into_owned())
+        // Written by a worker, which may be compromised: it goes into the master's log.
+        Some(crate::logging::escape_untrusted(bytes, MESSAGE_BYTES * 4))
     }
 
     /// Master only: prepare a slot for a worker about to be forked.

@@ -83,8 +83,13 @@ fn check_executable(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{} is not executable: {e}", path.display()))
 }
 
+/// Only absolute `PATH` entries are searched. An empty entry means the working directory
+/// to `execvp(3)`, and a relative one a directory under it: there, whoever can write the
+/// working directory would choose the program a root master runs (`./uvicorn`). So
+/// those entries are skipped, as hardened `execvp`s and sudo's `secure_path` do.
 fn find_in_path(program: &str, search: &OsStr) -> Option<PathBuf> {
     std::env::split_paths(search)
+        .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join(program))
         .find(|candidate| check_executable(candidate).is_ok())
 }
@@ -154,8 +159,9 @@ impl Output {
     }
 
     fn log_line(&mut self, pid: i32, line: &[u8]) {
-        let line = String::from_utf8_lossy(line);
-        let line = line.trim_end_matches('\r');
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // The program's bytes, escaped: it must not forge the master's log lines.
+        let line = crate::logging::escape_untrusted(line, 4 * MAX_LINE);
         tracing::info!(target: "forkd::worker", "[{pid}] {line}");
         if !line.trim().is_empty() {
             if self.recent.len() == RECENT_LINES {
@@ -344,6 +350,7 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
     // Rust ignores SIGPIPE for itself; an exec'd program expects the default.
     // SAFETY: resetting a signal disposition to its default.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    crate::privileges::detach_from_terminal()?;
     for target in [1, 2] {
         nix::unistd::dup2(output.as_raw_fd(), target)
             .map_err(|e| format!("cannot redirect output: {e}"))?;
@@ -449,4 +456,20 @@ fn child_environment(
             CString::new(kv).map_err(|_| "an environment variable contains a NUL byte".to_string())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_in_path;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn only_absolute_path_entries_are_searched() {
+        let found = find_in_path("sh", OsStr::new("/nonexistent:/bin")).expect("sh");
+        assert_eq!(found, std::path::Path::new("/bin/sh"));
+        // Relative: /bin from any working directory, and still not searched.
+        let up = "../".repeat(64) + "bin";
+        assert_eq!(find_in_path("sh", OsStr::new(&up)), None);
+        assert_eq!(find_in_path("sh", OsStr::new(&format!(":{up}:"))), None);
+    }
 }

@@ -973,6 +973,7 @@ impl Master {
                     "STOPPING=1" => {}
                     other => {
                         if let Some(status) = other.strip_prefix("STATUS=") {
+                            let status = crate::logging::escape_untrusted(status.as_bytes(), 1024);
                             tracing::debug!(pid = sender, "worker status: {status}");
                         }
                     }
@@ -1015,7 +1016,8 @@ impl Master {
     }
 
     /// In a native worker: the master's own fds (signalfd, notify socket, exec workers'
-    /// output pipes) are not the worker's business.
+    /// output pipes, the directories of unix socket files and of the pidfile) are not the
+    /// worker's business.
     fn close_master_fds_in_child(&self) {
         let _ = nix::unistd::close(self.signals.fd().as_raw_fd());
         if let Some(intake) = &self.notify_intake {
@@ -1023,6 +1025,13 @@ impl Master {
         }
         for exec in self.workers.iter().filter_map(|w| w.exec.as_ref()) {
             let _ = nix::unistd::close(exec.output.fd().as_raw_fd());
+        }
+        let socket_files = self.listeners.iter().chain(self.metrics.iter());
+        for file in socket_files.filter_map(|l| l.socket_file.as_ref()) {
+            let _ = nix::unistd::close(file.dir_fd());
+        }
+        if let Some(pidfile) = &self.pidfile {
+            let _ = nix::unistd::close(pidfile.dir_fd());
         }
     }
 

@@ -41,12 +41,6 @@ pub struct Upgrade {
     pidfile: Option<PathBuf>,
 }
 
-fn oldbin(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".oldbin");
-    PathBuf::from(name)
-}
-
 impl Upgrade {
     /// Starts the new master. `signal_fd` is closed in the child.
     pub fn start(
@@ -61,7 +55,7 @@ impl Upgrade {
             return Err(format!("binary {} does not exist", relaunch.exe.display()));
         }
         if let Some(path) = pidfile {
-            std::fs::rename(path, oldbin(path))
+            super::pidfile::rename_to_oldbin(path)
                 .map_err(|e| format!("cannot rename pidfile {} to .oldbin: {e}", path.display()))?;
         }
         let exe = CString::new(relaunch.exe.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
@@ -150,7 +144,7 @@ impl Upgrade {
             }),
             Err(e) => {
                 if let Some(path) = pidfile {
-                    let _ = std::fs::rename(oldbin(path), path);
+                    let _ = super::pidfile::restore_from_oldbin(path);
                 }
                 Err(format!("fork failed: {e}"))
             }
@@ -160,7 +154,7 @@ impl Upgrade {
     /// The new master failed: give the pidfile back to this master.
     pub fn restore_pidfile(&self) {
         if let Some(path) = &self.pidfile {
-            match std::fs::rename(oldbin(path), path) {
+            match super::pidfile::restore_from_oldbin(path) {
                 Ok(()) => {}
                 Err(e) => tracing::error!("cannot restore pidfile {}: {e}", path.display()),
             }
@@ -170,7 +164,7 @@ impl Upgrade {
     /// The new master took over: the `.oldbin` file is ours to remove.
     pub fn remove_oldbin(&self) {
         if let Some(path) = &self.pidfile {
-            let _ = std::fs::remove_file(oldbin(path));
+            super::pidfile::remove_oldbin(path);
         }
     }
 }

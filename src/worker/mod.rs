@@ -120,6 +120,9 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     slot.set_pid(pid);
     slot.set_number(number);
     crate::proctitle::set(&format!("forkd: worker [{number}]"));
+    if let Err(e) = crate::privileges::detach_from_terminal() {
+        return Err(boot_failed(slot, &e));
+    }
     if let Err(e) = crate::privileges::drop_for_worker(&config) {
         return Err(boot_failed(slot, &e));
     }
@@ -185,7 +188,8 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
 
 /// Records a boot failure in the slot (the master reports it) and returns the exit code.
 fn boot_failed(slot: &Slot, reason: &str) -> i32 {
-    tracing::error!(pid = std::process::id(), "worker failed to boot: {reason}");
+    let shown = crate::logging::escape_untrusted(reason.as_bytes(), 4096);
+    tracing::error!(pid = std::process::id(), "worker failed to boot: {shown}");
     slot.set_message(reason);
     EXIT_BOOT_ERROR
 }
