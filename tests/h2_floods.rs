@@ -4,8 +4,9 @@
 //! HTTP/2 client written here (frames by hand, HPACK literals without Huffman coding);
 //! while it runs, a well-behaved HTTP/1.1 client must keep getting answers from the same
 //! worker in bounded time, the worker's RSS must stay bounded, and the attacking
-//! connection must end (GOAWAY or close) within a deadline. Every wait has a deadline;
-//! every process is killed by a guard.
+//! connection must end (GOAWAY or close) within a deadline. Also: the header list
+//! bound (431 past it, a 40 KiB head served). Every wait has a deadline; every process
+//! is killed by a guard.
 
 mod harness;
 
@@ -719,4 +720,75 @@ fn streams_held_open_by_a_silent_client_are_bounded_and_closed() {
         seen.opened
     );
     flood.check("streams held open");
+}
+
+/// Appends a request head of about `size` bytes on `stream` (HEADERS, then CONTINUATION
+/// frames of 16 KiB).
+fn big_head(out: &mut Vec<u8>, stream: u32, size: usize) {
+    let mut block = request_head(false, "/echo");
+    let mut n = 0;
+    while block.len() < size {
+        literal_named(&mut block, format!("x-big-{n:06}").as_bytes(), &[b'v'; 100]);
+        n += 1;
+    }
+    let pieces: Vec<&[u8]> = block.chunks(16 * 1024).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let last = if i + 1 == pieces.len() {
+            END_HEADERS
+        } else {
+            0
+        };
+        if i == 0 {
+            frame(out, HEADERS, END_STREAM | last, stream, piece);
+        } else {
+            frame(out, CONTINUATION, last, stream, piece);
+        }
+    }
+}
+
+/// A head over the header list size (64 KiB at most), sent in HEADERS and CONTINUATION
+/// frames, gets 431 on its stream; a 40 KiB one is served, on the same connection.
+#[test]
+fn an_oversized_head_gets_431_and_the_connection_goes_on() {
+    let flood = Flood::start("big-head");
+    let stream = TcpStream::connect(&flood.server.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    big_head(&mut out, 1, 80 * 1024);
+    // Within the limit, though over hyper's default of 16 KiB.
+    big_head(&mut out, 3, 40 * 1024);
+    (&stream).write_all(&out).expect("write");
+    let mut reader = &stream;
+    let mut head = [0u8; 9];
+    let (mut status_1, mut status_3) = (None, None);
+    while status_1.is_none() || status_3.is_none() {
+        reader
+            .read_exact(&mut head)
+            .expect("a frame from the server");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0; len];
+        reader.read_exact(&mut payload).expect("a frame's payload");
+        let stream_id = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        match head[3] {
+            SETTINGS if head[4] & ACK == 0 => {
+                let mut ack = Vec::new();
+                frame(&mut ack, SETTINGS, ACK, 0, &[]);
+                (&stream).write_all(&ack).expect("settings ack");
+            }
+            // "431" Huffman-coded is 0x69 0x90 0xff (length byte 0x83); 200 is indexed
+            // (0x88).
+            HEADERS if stream_id == 1 => {
+                status_1 = Some(payload.windows(4).any(|w| w == [0x83, 0x69, 0x90, 0xff]));
+            }
+            HEADERS if stream_id == 3 => status_3 = Some(payload.first() == Some(&0x88)),
+            RST_STREAM | GOAWAY => panic!("frame {} on stream {stream_id}: {payload:?}", head[3]),
+            _ => {}
+        }
+    }
+    assert_eq!(status_1, Some(true), "the oversized head did not get 431");
+    assert_eq!(status_3, Some(true), "the 40 KiB head did not get 200");
+    flood.check("oversized head");
 }

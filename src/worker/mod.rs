@@ -2,6 +2,7 @@
 //! parent-death signal, privileges, title), its own tokio runtime, the app built inside
 //! it, accept loops on every inherited listener (with `max_connections`), the metrics
 //! listener, progress reporting into the scoreboard, and the graceful drain.
+//! Every HTTP/2 connection gets explicit bounds against floods (`configure_http2`).
 
 mod balance;
 mod conn;
