@@ -292,7 +292,8 @@ const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// - heads (and CONTINUATION floods, which h2 counts against this since 0.4.4): the
 ///   header list is `[limits]`' largest HTTP/1 head, up to `H2_MAX_HEADER_LIST`;
 /// - SETTINGS and PING floods: h2 queues one acknowledgement of each and stops
-///   reading until it is written, so a client that does not read stalls itself;
+///   reading until it is written, so a client that does not read stalls itself; one
+///   that does is held to a budget of such frames in `io.rs`;
 /// - a client that stops answering: after `header_read_timeout` without a frame that
 ///   moves a stream, it gets a PING, and is closed if it has not answered within
 ///   another `header_read_timeout` (forkd's own watchdog covers connections with
