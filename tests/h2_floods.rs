@@ -538,7 +538,8 @@ fn continuation_flood_is_cut_off_and_others_are_served() {
 /// one asks for an acknowledgement that the server cannot send once its socket buffer
 /// is full.
 /// With `hold_stream`, the client first opens a stream whose body never ends, so that
-/// the connection is never idle in forkd's eyes: hyper's keep-alive PING ends it.
+/// the connection is never idle in forkd's eyes (before forkd's budget for PING and
+/// SETTINGS frames, only hyper's keep-alive PING ended it, after 8 s here).
 fn ack_flood(name: &str, kind: u8, payload: &[u8], hold_stream: bool) {
     let flood = Flood::start(name);
     let stream = attacker(&flood.server.addr);
@@ -791,4 +792,75 @@ fn an_oversized_head_gets_431_and_the_connection_goes_on() {
     assert_eq!(status_1, Some(true), "the oversized head did not get 431");
     assert_eq!(status_3, Some(true), "the 40 KiB head did not get 200");
     flood.check("oversized head");
+}
+
+/// A PING flood from a client that reads the acknowledgements and answers the server's
+/// keep-alive PINGs, beside a stream held open (so that nothing else would end it):
+/// forkd's budget for PING and SETTINGS frames closes the connection.
+#[test]
+fn ping_flood_from_a_client_that_reads_and_answers_is_cut_off() {
+    let flood = Flood::start("reading-ping");
+    let stream = attacker(&flood.server.addr);
+    let mut open = Vec::new();
+    frame(&mut open, SETTINGS, ACK, 0, &[]);
+    frame(
+        &mut open,
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_head(true, "/echo"),
+    );
+    (&stream).write_all(&open).expect("open a stream");
+    let started = Instant::now();
+    // Reads everything; the server's own PINGs are queued to be acknowledged.
+    let to_ack: Arc<Mutex<Vec<[u8; 8]>>> = Arc::default();
+    let ended: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let sink = {
+        let mut stream = stream.try_clone().expect("clone");
+        let (to_ack, ended) = (to_ack.clone(), ended.clone());
+        std::thread::spawn(move || {
+            let mut head = [0u8; 9];
+            while stream.read_exact(&mut head).is_ok() {
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0; len];
+                if stream.read_exact(&mut payload).is_err() {
+                    break;
+                }
+                if head[3] == PING && head[4] & ACK == 0 {
+                    to_ack
+                        .lock()
+                        .unwrap()
+                        .push(payload[..8].try_into().unwrap());
+                }
+            }
+            *ended.lock().unwrap() = Some(started.elapsed());
+        })
+    };
+    let deadline = started + Duration::from_secs(10);
+    let mut pings = Vec::new();
+    for _ in 0..100 {
+        frame(&mut pings, PING, 0, 0, b"floodpng");
+    }
+    let mut sent = 0u64;
+    while Instant::now() < deadline && ended.lock().unwrap().is_none() {
+        let mut batch = Vec::new();
+        for payload in to_ack.lock().unwrap().drain(..) {
+            frame(&mut batch, PING, ACK, 0, &payload);
+        }
+        batch.extend_from_slice(&pings);
+        match send(&stream, &batch, deadline) {
+            Ok(true) => sent += 100,
+            _ => break,
+        }
+    }
+    let _ = poll_until(Duration::from_secs(5), || ended.lock().unwrap().is_some());
+    let closed = *ended.lock().unwrap();
+    eprintln!("reading ping flood: {sent} PINGs sent; closed after {closed:?}");
+    let _ = stream.shutdown(Shutdown::Both);
+    let _ = sink.join();
+    assert!(
+        closed.is_some_and(|at| at < Duration::from_secs(5)),
+        "a PING flood answered in full was not cut off ({sent} PINGs)"
+    );
+    flood.check("reading ping flood");
 }
