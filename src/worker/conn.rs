@@ -11,6 +11,10 @@
 //! response `Connection: close` (hyper then closes after writing it) and closes an idle
 //! connection only after it has been silent for the keep-alive period, exactly as it
 //! would when not draining. HTTP/2 gets GOAWAY, which is race-free by protocol.
+//!
+//! HTTP/2 rapid reset paced below h2's own limit is caught here: a connection whose
+//! client abandoned most of its streams within a second of opening them gets GOAWAY
+//! and is closed (`RESET_FLOOD_STREAMS`).
 
 use super::io::GuardedIo;
 use super::limits::Violation;
@@ -33,6 +37,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+
+/// An HTTP/2 stream the client resets (or leaves) this soon after opening it, before
+/// its response is done, was abandoned early.
+const EARLY_RESET_MS: u64 = 1000;
+/// Once a connection's client has abandoned this many streams early, and they are more
+/// than half of the streams it opened, it is flooding resets (CVE-2023-44487 paced to
+/// stay under h2's limit of resets waiting to be accepted): GOAWAY, then close.
+const RESET_FLOOD_STREAMS: u64 = 100;
+/// How long in-flight streams get after that GOAWAY before the connection is closed.
+const RESET_FLOOD_GRACE: Duration = Duration::from_secs(1);
 
 /// Who is at the other end of a connection.
 pub(super) struct Peer {
@@ -82,6 +97,12 @@ pub(super) struct ConnState {
     /// Until the first request, a silent connection gets `header_read_timeout`, not
     /// the (shorter, possibly zero) keep-alive period.
     served_any: AtomicBool,
+    /// HTTP/2 streams ended, and of them those the client abandoned early.
+    streams_ended: AtomicU64,
+    streams_abandoned: AtomicU64,
+    /// The client turned out to be flooding resets; `reset_flood` is rung once then.
+    flooding: AtomicBool,
+    reset_flood: Notify,
 }
 
 impl ConnState {
@@ -97,6 +118,10 @@ impl ConnState {
             refused: Mutex::new(None),
             switched: AtomicBool::new(false),
             served_any: AtomicBool::new(false),
+            streams_ended: AtomicU64::new(0),
+            streams_abandoned: AtomicU64::new(0),
+            flooding: AtomicBool::new(false),
+            reset_flood: Notify::new(),
         }
     }
 
@@ -168,6 +193,21 @@ impl ConnState {
         self.idle_since_ms.store(monotonic_ms(), Release);
         self.in_flight.fetch_sub(1, AcqRel);
     }
+
+    /// Counts an ended HTTP/2 stream; rings `reset_flood` when the abandoned ones
+    /// first pass the bound.
+    fn stream_ended(&self, abandoned_early: bool) {
+        let ended = self.streams_ended.fetch_add(1, Relaxed) + 1;
+        if abandoned_early {
+            let abandoned = self.streams_abandoned.fetch_add(1, Relaxed) + 1;
+            if abandoned >= RESET_FLOOD_STREAMS
+                && abandoned * 2 > ended
+                && !self.flooding.swap(true, Relaxed)
+            {
+                self.reset_flood.notify_one();
+            }
+        }
+    }
 }
 
 /// Why the watchdog closes a connection.
@@ -197,15 +237,24 @@ impl hyper::body::Body for TrackedBody {
             return Poll::Ready(Some(Err("request body cut by [limits]".into())));
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.request.bytes += data.len() as u64;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.request.bytes += data.len() as u64;
+                }
             }
+            Poll::Ready(None) => self.request.complete.store(true, Relaxed),
+            _ => {}
         }
         polled
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            // hyper asks this before and after each frame and stops once it is true.
+            self.request.complete.store(true, Relaxed);
+        }
+        end
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
@@ -227,6 +276,10 @@ struct RequestGuard {
     log: Option<(Arc<AccessLog>, Box<Record>)>,
     status: u16,
     bytes: u64,
+    /// The whole response was handed to hyper.
+    complete: AtomicBool,
+    /// When the request began (ms, monotonic), for HTTP/2 streams only.
+    h2_began_ms: Option<u64>,
 }
 
 impl RequestGuard {
@@ -240,13 +293,15 @@ impl RequestGuard {
         shared.slot.request_began();
         RequestGuard {
             number,
-            state,
             slot: shared.slot,
             began,
             record_duration: shared.record_durations,
             log: shared.access_log.clone().zip(log),
             status: 499,
             bytes: 0,
+            complete: AtomicBool::new(false),
+            h2_began_ms: state.is_h2.load(Relaxed).then(monotonic_ms),
+            state,
         }
     }
 }
@@ -254,6 +309,11 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.state.request_finished();
+        if let Some(began) = self.h2_began_ms {
+            let early = !self.complete.load(Relaxed)
+                && monotonic_ms().saturating_sub(began) < EARLY_RESET_MS;
+            self.state.stream_ended(early);
+        }
         let duration = self.began.map(|at| at.elapsed());
         self.slot.request_ended(
             duration
@@ -280,6 +340,7 @@ where
 {
     let state = Arc::new(ConnState::new());
     let peer = Arc::new(peer);
+    let peer_name = peer.clone();
     let io = TokioIo::new(GuardedIo::new(
         stream,
         state.clone(),
@@ -365,6 +426,8 @@ where
     let mut drain = shared.drain_signal();
     let mut drain_seen = *drain.borrow();
     let mut goaway_sent = false;
+    // Set when the client floods resets: the connection ends then, whatever is open.
+    let mut close_at: Option<Instant> = None;
     let keepalive = shared.keepalive;
     let header_timeout = shared.header_read_timeout;
     loop {
@@ -373,7 +436,13 @@ where
             goaway_sent = true;
         }
         let wait = match state.time_left(keepalive, header_timeout) {
-            Ok(wait) => wait,
+            Ok(wait) => match close_at {
+                Some(at) => match at.checked_duration_since(Instant::now()) {
+                    Some(left) => wait.min(left),
+                    None => break,
+                },
+                None => wait,
+            },
             Err(Closing::Idle) => break,
             Err(Closing::HeaderTimeout) => {
                 shared
@@ -388,6 +457,21 @@ where
             _ = tokio::time::sleep(wait) => {}
             changed = drain.changed(), if !drain_seen => {
                 drain_seen = changed.is_err() || *drain.borrow();
+            }
+            _ = state.reset_flood.notified(), if close_at.is_none() => {
+                tracing::warn!(
+                    pid = std::process::id(),
+                    peer = %peer_name.display,
+                    streams = state.streams_ended.load(Relaxed),
+                    abandoned = state.streams_abandoned.load(Relaxed),
+                    "HTTP/2 client abandons most of its streams as it opens them \
+                     (rapid reset): closing the connection"
+                );
+                if !goaway_sent {
+                    conn.as_mut().graceful_shutdown();
+                    goaway_sent = true;
+                }
+                close_at = Some(Instant::now() + RESET_FLOOD_GRACE);
             }
         }
     }

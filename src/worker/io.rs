@@ -13,11 +13,15 @@
 //! reset, which can destroy the error response before the client reads it; so an
 //! answered connection is shut down for writing and drained for a short while
 //! ("lingering close", as nginx does) in a task of its own.
+//!
+//! On HTTP/2 it also follows the client's frames, and ends the connection of a client
+//! that sends PING or SETTINGS frames (each of which the server must answer) faster
+//! than `H2_CONTROL_PER_SEC` beyond a burst of `H2_CONTROL_BURST`.
 
 use super::conn::{ConnState, Peer};
 use super::limits::{HeadLimits, Scan, Scanner, Violation};
 use crate::access_log::{AccessLog, Outcome, Record};
-use crate::scoreboard::Header;
+use crate::scoreboard::{monotonic_ms, Header};
 use crate::timefmt::Utc;
 use std::future::Future;
 use std::io;
@@ -27,6 +31,13 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// PING and SETTINGS frames an HTTP/2 client may send at once, and per second after
+/// that, before its connection is closed. Clients send a handful (hyper's and gRPC's
+/// window-sizing PINGs are one per round trip at most, hyper's 100 ms apart); a flood
+/// sends hundreds of thousands a second, each costing the worker as much as the client.
+const H2_CONTROL_BURST: u32 = 1000;
+const H2_CONTROL_PER_SEC: u64 = 1000;
 
 /// How long an answered connection is drained before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
@@ -70,6 +81,75 @@ where
     body_progress: bool,
     /// The app switched protocols: bytes pass through unscanned from now on.
     switched: bool,
+    /// The client's HTTP/2 frames, once the connection turned out to be HTTP/2.
+    h2: Option<H2Frames>,
+    /// The client flooded PING or SETTINGS frames: hyper got an error, then sees the end.
+    h2_flood: bool,
+}
+
+/// Follows the frame boundaries of an HTTP/2 connection's incoming bytes to count the
+/// frames that make the server answer although they carry no request (PING and
+/// SETTINGS without ACK), against a budget refilled over time.
+struct H2Frames {
+    /// Bytes left of the connection preface or of the current frame's payload.
+    skip: usize,
+    head: [u8; 9],
+    have: usize,
+    credit: u32,
+    refilled_ms: u64,
+}
+
+impl H2Frames {
+    fn new() -> H2Frames {
+        H2Frames {
+            skip: b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".len(),
+            head: [0; 9],
+            have: 0,
+            credit: H2_CONTROL_BURST,
+            refilled_ms: monotonic_ms(),
+        }
+    }
+
+    /// Follows `data`, the next bytes for hyper; false once the client is flooding.
+    fn follow(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (self.head.len() - self.have).min(data.len());
+            self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have < self.head.len() {
+                break;
+            }
+            self.have = 0;
+            let [l0, l1, l2, kind, flags, ..] = self.head;
+            self.skip = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+            // SETTINGS (0x4) or PING (0x6) without the ACK flag (0x1).
+            if matches!(kind, 0x4 | 0x6) && flags & 0x1 == 0 && !self.spend() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn spend(&mut self) -> bool {
+        if self.credit == 0 {
+            let now = monotonic_ms();
+            let earned = now.saturating_sub(self.refilled_ms) * H2_CONTROL_PER_SEC / 1000;
+            if earned == 0 {
+                return false;
+            }
+            self.credit = earned.min(u64::from(H2_CONTROL_BURST)) as u32;
+            self.refilled_ms = now;
+        }
+        self.credit -= 1;
+        true
+    }
 }
 
 impl<T> GuardedIo<T>
@@ -98,6 +178,8 @@ where
             body_timer: None,
             body_progress: false,
             switched: false,
+            h2: None,
+            h2_flood: false,
         }
     }
 
@@ -123,6 +205,24 @@ where
             timer.as_mut().reset(deadline);
         }
         timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Follows bytes on their way to hyper on an HTTP/2 connection; false (and logged)
+    /// when the client floods PING or SETTINGS frames.
+    fn follow_h2(&mut self, data: &[u8]) -> bool {
+        if !self.scanner.is_http2() {
+            return true;
+        }
+        if self.h2.get_or_insert_with(H2Frames::new).follow(data) {
+            return true;
+        }
+        self.h2_flood = true;
+        tracing::warn!(
+            pid = std::process::id(),
+            "HTTP/2 client sends PING or SETTINGS frames faster than {H2_CONTROL_PER_SEC} a \
+             second: closing the connection"
+        );
+        false
     }
 
     /// Acts on a scan of `data`; returns how many of its bytes may go to hyper.
@@ -177,8 +277,17 @@ where
             this.ready = this.held.len();
         }
         loop {
+            if this.h2_flood {
+                return Poll::Ready(Ok(()));
+            }
             if this.ready > 0 {
                 let n = this.ready.min(buf.remaining());
+                let held = std::mem::take(&mut this.held);
+                let fine = this.follow_h2(&held[..n]);
+                this.held = held;
+                if !fine {
+                    return Poll::Ready(Err(h2_flood_error()));
+                }
                 buf.put_slice(&this.held[..n]);
                 this.held.drain(..n);
                 this.ready -= n;
@@ -220,6 +329,10 @@ where
                 let keep = this.apply(scan, &buf.filled()[before..]).min(read);
                 if keep < read && matches!(scan, Scan::PartialHead { .. }) {
                     this.held.extend_from_slice(&buf.filled()[before + keep..]);
+                }
+                if keep > 0 && !this.follow_h2(&buf.filled()[before..before + keep]) {
+                    buf.set_filled(before);
+                    return Poll::Ready(Err(h2_flood_error()));
                 }
                 buf.set_filled(before + keep);
                 if keep > 0 {
@@ -320,6 +433,10 @@ where
     }
 }
 
+fn h2_flood_error() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "HTTP/2 PING or SETTINGS flood")
+}
+
 /// Logs a request forkd answered itself before hyper parsed it.
 pub(super) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16, body: &str) {
     let record = Record::refused(peer.remote(), peer.addr, head);
@@ -369,4 +486,50 @@ where
         .await;
         LINGERING.fetch_sub(1, Relaxed);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags, 0, 0, 0, 0]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn h2_frames_count_pings_and_settings_across_reads() {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(frame(0x4, 0, &[0, 4, 0, 0, 0xff, 0xff]));
+        // A DATA frame whose payload looks like PING frames counts for nothing.
+        let fake: Vec<u8> = (0..50).flat_map(|_| frame(0x6, 0, b"12345678")).collect();
+        bytes.extend(frame(0x0, 0, &fake));
+        // Acknowledgements count for nothing either.
+        for _ in 0..2000 {
+            bytes.extend(frame(0x6, 0x1, b"12345678"));
+        }
+        for _ in 0..H2_CONTROL_BURST - 1 {
+            bytes.extend(frame(0x6, 0, b"12345678"));
+        }
+        let mut frames = H2Frames::new();
+        // Fed in uneven pieces, cutting frame heads.
+        for piece in bytes.chunks(7) {
+            assert!(frames.follow(piece));
+        }
+        // The SETTINGS frame and the PINGs spent the burst.
+        assert_eq!(frames.credit, 0);
+        let one = frame(0x6, 0, b"12345678");
+        // One more with no time passed is one too many...
+        frames.refilled_ms = monotonic_ms() + 60_000;
+        assert!(!frames.follow(&one));
+        // ...but time pays for more: 2 s earn 2000, of which a burst is kept.
+        let mut later = H2Frames::new();
+        later.skip = 0;
+        later.credit = 0;
+        later.refilled_ms = monotonic_ms() - 2000;
+        assert!(later.follow(&one));
+        assert_eq!(later.credit, H2_CONTROL_BURST - 1);
+    }
 }

@@ -2,6 +2,7 @@
 //! parent-death signal, privileges, title), its own tokio runtime, the app built inside
 //! it, accept loops on every inherited listener (with `max_connections`), the metrics
 //! listener, progress reporting into the scoreboard, and the graceful drain.
+//! Every HTTP/2 connection gets explicit bounds against floods (`configure_http2`).
 
 mod balance;
 mod conn;
@@ -241,7 +242,7 @@ fn new_shared(
     if config.limits.request_fields > HYPER_DEFAULT_MAX_HEADERS {
         http1.max_headers(config.limits.request_fields);
     }
-    http.http2().timer(TokioTimer::new());
+    configure_http2(&mut http, config);
     let (drain_tx, _) = watch::channel(false);
     let record_durations = config.metrics.bind.is_some();
     Shared {
@@ -268,6 +269,64 @@ fn new_shared(
         access_log,
         record_durations,
     }
+}
+
+/// Streams one HTTP/2 connection may have open at once (nginx's
+/// `http2_max_concurrent_streams` is 128; hyper's default is 200). More are refused.
+pub(crate) const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams the client reset before hyper accepted them, at one time, before the
+/// connection gets GOAWAY ENHANCE_YOUR_CALM (rapid reset; h2's default).
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams forkd had to reset for the client's protocol errors (including refusals past
+/// `H2_MAX_CONCURRENT_STREAMS`) over a connection's life before GOAWAY
+/// ENHANCE_YOUR_CALM (h2's default is 1024).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 2 * H2_MAX_CONCURRENT_STREAMS as usize;
+/// Ceiling on the HTTP/2 header list size: a head is held per open stream, so this
+/// times `H2_MAX_CONCURRENT_STREAMS` (8 MiB) is what heads can cost a connection.
+const H2_MAX_HEADER_LIST: usize = 64 * 1024;
+/// Response bytes buffered per stream (hyper's default is 400 KB); with the streams
+/// limit, 8 MiB a connection.
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+/// Request body bytes a connection may have in flight unread (the connection window,
+/// hyper's default); a stream's own window is at most this, and no more than `max_body`.
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// HTTP/2 bounds, so that floods cost a bounded amount (README, Limits):
+/// - concurrency: `H2_MAX_CONCURRENT_STREAMS`; a client that keeps opening more gets
+///   GOAWAY after `H2_MAX_LOCAL_ERROR_RESETS` refusals;
+/// - rapid reset (CVE-2023-44487): h2's pending-accept reset limit; a slower one is
+///   caught per connection in `conn.rs`;
+/// - heads (and CONTINUATION floods, which h2 counts against this since 0.4.4): the
+///   header list is `[limits]`' largest HTTP/1 head, up to `H2_MAX_HEADER_LIST`;
+/// - SETTINGS and PING floods: h2 queues one acknowledgement of each and stops
+///   reading until it is written, so a client that does not read stalls itself; one
+///   that does is held to a budget of such frames in `io.rs`;
+/// - a client that stops answering: after `header_read_timeout` without a frame that
+///   moves a stream, it gets a PING, and is closed if it has not answered within
+///   another `header_read_timeout` (forkd's own watchdog covers connections with
+///   nothing in flight).
+fn configure_http2(http: &mut auto::Builder<TokioExecutor>, config: &Config) {
+    let limits = &config.limits;
+    let head = limits.request_line.saturating_add(
+        limits
+            .request_fields
+            .saturating_mul(limits.request_field_size.saturating_add(32)),
+    );
+    let header_list = head.min(H2_MAX_HEADER_LIST) as u32;
+    let stream_window = limits
+        .max_body
+        .clamp(64 * 1024, u64::from(H2_CONNECTION_WINDOW)) as u32;
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .max_header_list_size(header_list)
+        .max_send_buf_size(H2_MAX_SEND_BUF)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .initial_stream_window_size(stream_window)
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
 }
 
 /// `max_requests + random(0..=jitter)`, so that workers do not all recycle at once.
