@@ -930,7 +930,7 @@ impl Master {
             .count();
         let ready = self.ready_active();
         // Exited workers' requests were folded into the scoreboard's totals.
-        let served = self.scoreboard.board().totals().requests;
+        let served = self.scoreboard.totals().requests;
         let counts = format!(
             "{ready} of {} workers ready ({running} running, generation {})",
             self.target, self.generation
