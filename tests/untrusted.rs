@@ -88,3 +88,90 @@ fn a_worker_leaving_the_fold_sequence_odd_does_not_hang_the_master() {
     );
     eprintln!("stopped in {:?}", started.elapsed());
 }
+
+fn stop_all(pids: &[i32], signal: Signal) {
+    for pid in pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal).expect("signal");
+    }
+}
+
+/// Sorted, for comparing worker sets.
+fn sorted(mut pids: Vec<i32>) -> Vec<i32> {
+    pids.sort_unstable();
+    pids
+}
+
+fn short_timeout_server(name: &str) -> Server {
+    let dir = temp_dir(name);
+    let config = dir.join("forkd.toml");
+    std::fs::write(
+        &config,
+        "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\ntimeout = 2\n",
+    )
+    .expect("config");
+    Server::start(&forkd(), &["-c", config.to_str().unwrap()])
+}
+
+/// Freezes the master and its workers for longer than `timeout`, then thaws them, the
+/// master first or last: no worker is taken for hung.
+fn freeze_whole_tree(name: &str, master_first: bool) {
+    let server = short_timeout_server(name);
+    let workers = sorted(workers_of(server.pid()));
+    assert_eq!(workers.len(), 2);
+    let mut tree = vec![server.pid()];
+    tree.extend(&workers);
+    stop_all(&tree, Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(4));
+    if master_first {
+        stop_all(&tree, Signal::SIGCONT);
+    } else {
+        tree.reverse();
+        stop_all(&tree, Signal::SIGCONT);
+    }
+    server.expect_log("did not run for", Duration::from_secs(5));
+    // Past another timeout window: still the same workers, all serving.
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..10 {
+        assert_eq!(get(&server.addr, "/").expect("request").0, 200);
+    }
+    assert!(
+        !server.log_contains("worker timeout"),
+        "a frozen tree killed workers:\n{}",
+        server.log()
+    );
+    assert_eq!(
+        sorted(workers_of(server.pid())),
+        workers,
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn freezing_the_whole_tree_kills_no_worker_master_thawed_first() {
+    freeze_whole_tree("untrusted-freeze-master-first", true);
+}
+
+#[test]
+fn freezing_the_whole_tree_kills_no_worker_master_thawed_last() {
+    freeze_whole_tree("untrusted-freeze-master-last", false);
+}
+
+#[test]
+fn a_single_stopped_worker_is_still_killed_at_timeout_and_replaced() {
+    let server = short_timeout_server("untrusted-freeze-one");
+    let workers = workers_of(server.pid());
+    let stopped = workers[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped), Signal::SIGSTOP).expect("stop");
+    server.expect_log("worker timeout", Duration::from_secs(10));
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            let now = workers_of(server.pid());
+            now.len() == 2 && !now.contains(&stopped)
+        }),
+        "the stopped worker was not replaced:\n{}",
+        server.log()
+    );
+    assert!(!server.log_contains("did not run for"), "{}", server.log());
+    assert_eq!(get(&server.addr, "/").expect("request").0, 200);
+}

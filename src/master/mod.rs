@@ -10,6 +10,7 @@
 //! (old generation, or asking to retire) is stopped only when enough active workers are
 //! ready to take its place, so capacity never dips below the target.
 
+mod clock;
 pub mod exec;
 mod notify;
 pub mod pidfile;
@@ -87,6 +88,10 @@ struct Worker {
     ready: bool,
     /// Set for an exec worker.
     exec: Option<ExecWorker>,
+    /// CLOCK_MONOTONIC ms from which this worker's silence is counted at the earliest:
+    /// its start, or the end of a freeze of the whole tree (see [`clock`]). Kept here,
+    /// not in the worker-writable slot.
+    clock_from_ms: u64,
 }
 
 /// What the master tracks for an exec worker beyond the scoreboard.
@@ -179,6 +184,9 @@ pub struct Master {
     /// TERM with `shutdown_delay`: readiness already answers 503; the graceful stop
     /// begins at this moment.
     stop_at: Option<Instant>,
+    /// When the loop last woke: a much longer gap than `MAX_SLEEP` means this master
+    /// was frozen (see [`clock`]).
+    last_wake: Instant,
 }
 
 impl Master {
@@ -246,6 +254,7 @@ impl Master {
             metrics,
             stop_at: None,
             notify_intake: None,
+            last_wake: Instant::now(),
         })
     }
 
@@ -256,6 +265,7 @@ impl Master {
         loop {
             self.reconcile();
             self.wait_for_events();
+            self.notice_freeze();
             while let Some(received) = self.signals.next() {
                 if received.signo == upgrade::ready_signal() {
                     if self.handoff_from == Some(received.sender) {
@@ -315,6 +325,29 @@ impl Master {
         );
     }
 
+    /// After a freeze of the whole tree (this master's own loop stood still), every
+    /// worker's progress clock restarts now, and graceful-stop deadlines move by the
+    /// gap: the workers were frozen too, so their silence is no evidence of a hang.
+    fn notice_freeze(&mut self) {
+        let now = Instant::now();
+        let gap = now.saturating_duration_since(self.last_wake);
+        self.last_wake = now;
+        if !clock::loop_was_frozen(gap, MAX_SLEEP) {
+            return;
+        }
+        tracing::warn!(
+            "the master did not run for {:.1}s (the process tree was stopped or frozen); giving every worker a fresh timeout window",
+            gap.as_secs_f64()
+        );
+        let now_ms = monotonic_ms();
+        for w in &mut self.workers {
+            w.clock_from_ms = now_ms;
+            if let Phase::Stopping { kill_at, .. } = &mut w.phase {
+                *kill_at += gap;
+            }
+        }
+    }
+
     /// The nearest moment the loop must act without a signal.
     fn next_deadline(&self) -> Instant {
         let now = Instant::now();
@@ -346,9 +379,12 @@ impl Master {
                     next = next.min(kill_at)
                 }
                 Phase::Running if w.timed() => {
-                    let silent = Duration::from_millis(
-                        now_ms.saturating_sub(self.scoreboard.slot(w.slot).progress_ms()),
-                    );
+                    let progress_ms = self.scoreboard.slot(w.slot).progress_ms();
+                    let silent = Duration::from_millis(clock::silent_ms(
+                        now_ms,
+                        progress_ms,
+                        w.clock_from_ms,
+                    ));
                     next = next.min(now + w.config.timeout.saturating_sub(silent));
                 }
                 _ => {}
@@ -751,8 +787,8 @@ impl Master {
             }
             match w.phase {
                 Phase::Running | Phase::Stopping { .. } if w.timed() => {
-                    let silent_ms =
-                        now_ms.saturating_sub(self.scoreboard.slot(w.slot).progress_ms());
+                    let progress_ms = self.scoreboard.slot(w.slot).progress_ms();
+                    let silent_ms = clock::silent_ms(now_ms, progress_ms, w.clock_from_ms);
                     if silent_ms >= w.config.timeout.as_millis() as u64 {
                         tracing::error!(
                             pid = w.pid.as_raw(),
@@ -1200,6 +1236,7 @@ impl Master {
                     phase: Phase::Running,
                     ready: false,
                     exec,
+                    clock_from_ms: monotonic_ms(),
                 });
                 Ok(())
             }
