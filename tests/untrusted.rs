@@ -175,3 +175,55 @@ fn a_single_stopped_worker_is_still_killed_at_timeout_and_replaced() {
     assert!(!server.log_contains("did not run for"), "{}", server.log());
     assert_eq!(get(&server.addr, "/").expect("request").0, 200);
 }
+
+/// The address forkd logged it listens on.
+fn listening_address(server: &Server) -> String {
+    server
+        .log()
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("listening line")
+        .to_string()
+}
+
+#[test]
+fn a_squatted_notify_socket_name_does_not_block_exec_workers() {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = temp_dir("untrusted-notify");
+    std::fs::write(
+        dir.join("notify_worker.py"),
+        include_str!("exec/notify_worker.py"),
+    )
+    .expect("worker");
+    let config = dir.join("forkd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bind = [\"127.0.0.1:0\"]\nworkers = 1\nchdir = {:?}\n[env]\nREADY_DELAY = \"0.1\"\n\
+             [exec]\ncommand = [\"python3\", \"notify_worker.py\"]\nready = \"notify\"\n",
+            dir.display()
+        ),
+    )
+    .expect("config");
+    // forkd's pid is the shell's (it execs forkd): take the name forkd would have used
+    // before forkd starts.
+    let server = Server::spawn(
+        std::process::Command::new("sh")
+            .args(["-c", "sleep 0.5; exec \"$0\" \"$@\""])
+            .arg(forkd())
+            .args(["-c", config.to_str().unwrap()]),
+    );
+    let name = format!("forkd/{}/notify", server.pid());
+    let squatter = std::os::unix::net::UnixDatagram::bind_addr(
+        &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name"),
+    )
+    .expect("bind the predictable name first");
+    server.expect_log("all workers ready", Duration::from_secs(15));
+    let addr = listening_address(&server);
+    let (status, _, body) = get(&addr, "/").expect("request");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).starts_with("notify-worker"));
+    assert!(!server.log_contains("Address already in use"), "{}", server.log());
+    drop(squatter);
+}

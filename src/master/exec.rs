@@ -173,32 +173,53 @@ impl Output {
 }
 
 /// The datagram socket exec workers send `READY=1` and `WATCHDOG=1` to. Abstract (no
-/// file to clean up); senders are identified by the kernel (`SCM_CREDENTIALS`), so a
-/// message counts only for the worker whose pid sent it.
+/// file to clean up) and autobound: the kernel picks a free random name, so no other
+/// process can take the name first (a predictable one could be bound by any local user
+/// to keep exec workers from starting). Senders are identified by the kernel
+/// (`SCM_CREDENTIALS`), so a message counts only for the worker whose pid sent it.
 pub struct NotifyIntake {
     socket: UnixDatagram,
-    /// The `NOTIFY_SOCKET` value given to workers.
+    /// The `NOTIFY_SOCKET` value given to workers (`@` and the kernel's name).
     pub address: String,
 }
 
 impl NotifyIntake {
-    pub fn bind(master_pid: i32) -> Result<NotifyIntake, String> {
+    pub fn bind() -> Result<NotifyIntake, String> {
         use std::os::linux::net::SocketAddrExt;
-        let name = format!("forkd/{master_pid}/notify");
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        let socket =
+            UnixDatagram::unbound().map_err(|e| format!("cannot create the notify socket: {e}"))?;
+        // SAFETY: a zeroed sockaddr_un with only the family set, and the length of the
+        // family alone: bind(2) then autobinds to a unique abstract name (unix(7)).
+        let bound = unsafe {
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            libc::bind(
+                socket.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t,
+            )
+        };
+        if bound != 0 {
+            return Err(format!(
+                "cannot bind the workers' notify socket: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let local = socket
+            .local_addr()
             .map_err(|e| format!("notify socket name: {e}"))?;
-        let socket = UnixDatagram::bind_addr(&addr)
-            .map_err(|e| format!("cannot bind the workers' notify socket @{name}: {e}"))?;
+        let name = local
+            .as_abstract_name()
+            .filter(|name| !name.is_empty() && !name.contains(&0))
+            .ok_or("the notify socket got no abstract name")?;
+        let address = format!("@{}", String::from_utf8_lossy(name));
         socket
             .set_nonblocking(true)
             .map_err(|e| format!("notify socket: {e}"))?;
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
             .map_err(|e| format!("notify socket SO_PASSCRED: {e}"))?;
         // CLOEXEC is set by std; native workers close it after the fork.
-        Ok(NotifyIntake {
-            socket,
-            address: format!("@{name}"),
-        })
+        Ok(NotifyIntake { socket, address })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {

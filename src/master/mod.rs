@@ -1151,10 +1151,9 @@ impl Master {
         let mut output = None;
         if let Program::Exec(_) = &self.factory {
             if self.notify_intake.is_none() {
-                self.notify_intake =
-                    Some(exec::NotifyIntake::bind(self.pid).inspect_err(|_| {
-                        self.scoreboard.release(slot_index);
-                    })?);
+                self.notify_intake = Some(exec::NotifyIntake::bind().inspect_err(|_| {
+                    self.scoreboard.release(slot_index);
+                })?);
             }
             output = Some(exec::output_pipe().inspect_err(|_| {
                 self.scoreboard.release(slot_index);
