@@ -1,6 +1,6 @@
 //! `forkd -c FILE -s SIGNAL`: signals the running master named by the config's pidfile,
-//! after checking that the pid really is a forkd master (a stale pidfile must not make
-//! forkd signal an unrelated process).
+//! after checking that the pid really is a forkd master (a stale or forged pidfile must
+//! not make forkd signal an unrelated process; see `pidfile::check_master`).
 //!
 //! `-s reload` waits for the outcome, so that `ExecReload=` (and scripts) return only
 //! once the reload is done: it sends HUP with sigqueue(3) carrying `RELOAD_TOKEN`, and
@@ -69,21 +69,7 @@ fn try_send(config: &Config, name: &str) -> Result<(), String> {
         .pidfile
         .as_ref()
         .ok_or("no pidfile is configured (set `pidfile` or -p), so there is no master to signal")?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read pidfile {}: {e}", path.display()))?;
-    let pid: i32 = text.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
-        format!(
-            "pidfile {} does not hold a pid: {:?}",
-            path.display(),
-            text.trim()
-        )
-    })?;
-    if !crate::master::pidfile::is_forkd_master(pid) {
-        return Err(format!(
-            "process {pid} named by {} is not a running forkd master",
-            path.display()
-        ));
-    }
+    let pid = crate::master::pidfile::check_master(path)?;
     if signal == Signal::SIGHUP {
         return reload_and_wait(pid);
     }

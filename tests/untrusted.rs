@@ -224,6 +224,84 @@ fn a_squatted_notify_socket_name_does_not_block_exec_workers() {
     let (status, _, body) = get(&addr, "/").expect("request");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).starts_with("notify-worker"));
-    assert!(!server.log_contains("Address already in use"), "{}", server.log());
+    assert!(
+        !server.log_contains("Address already in use"),
+        "{}",
+        server.log()
+    );
     drop(squatter);
+}
+
+#[test]
+fn signal_command_refuses_a_pidfile_naming_another_process() {
+    let dir = temp_dir("untrusted-pidfile");
+    let pidfile = dir.join("forkd.pid");
+    // A process that looks like a forkd master by its title, as any process can.
+    let mut impostor = std::process::Command::new("bash")
+        .args(["-c", "exec -a 'forkd: master' sleep 60"])
+        .spawn()
+        .expect("start sleep");
+    let _guard = PidGuard(impostor.id() as i32);
+    assert!(poll_until(Duration::from_secs(5), || {
+        std::fs::read(format!("/proc/{}/cmdline", impostor.id()))
+            .is_ok_and(|c| c.starts_with(b"forkd: master"))
+    }));
+    std::fs::write(&pidfile, format!("{}\n", impostor.id())).expect("pidfile");
+    let pid_arg = pidfile.to_str().unwrap();
+    for name in ["stop", "reload"] {
+        let (code, stderr) = run_to_exit(
+            &forkd(),
+            &["-p", pid_arg, "-s", name],
+            &[],
+            Duration::from_secs(10),
+        );
+        assert_eq!(code, Some(1), "-s {name}: {stderr}");
+        assert!(stderr.contains("refusing to signal"), "{stderr}");
+        assert!(
+            impostor.try_wait().expect("try_wait").is_none(),
+            "-s {name} signalled the process the pidfile names"
+        );
+    }
+    // Locked by someone else than the pid it names: refused too.
+    let holder = std::fs::File::open(&pidfile).expect("open");
+    // SAFETY: flock(2) on an open fd.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) },
+        0
+    );
+    let (code, stderr) = run_to_exit(
+        &forkd(),
+        &["-p", pid_arg, "-s", "stop"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(impostor.try_wait().expect("try_wait").is_none());
+    // A symlink is not a pidfile.
+    let link = dir.join("link.pid");
+    std::os::unix::fs::symlink(&pidfile, &link).expect("symlink");
+    let (code, stderr) = run_to_exit(
+        &forkd(),
+        &["-p", link.to_str().unwrap(), "-s", "stop"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+    assert!(impostor.try_wait().expect("try_wait").is_none());
+
+    // The real master passes every check.
+    std::fs::remove_file(&pidfile).expect("rm");
+    let mut server = Server::start(
+        &forkd(),
+        &["-p", pid_arg, "-b", "127.0.0.1:0", "-w", "1", "hello"],
+    );
+    let (code, stderr) = run_to_exit(
+        &forkd(),
+        &["-p", pid_arg, "-s", "stop"],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(0), "{stderr}\n{}", server.log());
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
 }

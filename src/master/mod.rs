@@ -1051,9 +1051,12 @@ impl Master {
     }
 
     /// In a native worker: the master's own fds (signalfd, notify socket, exec workers'
-    /// output pipes) are not the worker's business.
+    /// output pipes, the locked pidfile) are not the worker's business.
     fn close_master_fds_in_child(&self) {
         let _ = nix::unistd::close(self.signals.fd().as_raw_fd());
+        if let Some(pidfile) = &self.pidfile {
+            let _ = nix::unistd::close(pidfile.fd().as_raw_fd());
+        }
         if let Some(intake) = &self.notify_intake {
             let _ = nix::unistd::close(intake.fd().as_raw_fd());
         }
