@@ -305,3 +305,131 @@ fn signal_command_refuses_a_pidfile_naming_another_process() {
     assert_eq!(code, Some(0), "{stderr}\n{}", server.log());
     assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
 }
+
+/// A siginfo as rt_sigqueueinfo(2) takes it (the `_rt` member, 64-bit layout): every
+/// field the receiver sees is the sender's to choose.
+#[repr(C)]
+struct ForgedInfo {
+    signo: i32,
+    errno: i32,
+    code: i32,
+    _pad: i32,
+    pid: i32,
+    uid: u32,
+    value: u64,
+    _rest: [u8; 96],
+}
+
+/// Queues `signo` to `target` claiming to come from `claimed_pid` (root's uid) with
+/// `value`, as any process allowed to signal `target` can.
+fn forge(target: i32, signo: i32, claimed_pid: i32, value: u64) {
+    let info = ForgedInfo {
+        signo,
+        errno: 0,
+        code: libc::SI_QUEUE,
+        _pad: 0,
+        pid: claimed_pid,
+        uid: 0,
+        value,
+        _rest: [0; 96],
+    };
+    // SAFETY: rt_sigqueueinfo with a siginfo-sized, initialised buffer.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigqueueinfo,
+            target,
+            signo,
+            &info as *const ForgedInfo,
+        )
+    };
+    assert_eq!(
+        done,
+        0,
+        "rt_sigqueueinfo: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Whether `pid` has `signo` blocked.
+fn blocks(pid: i32, signo: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1 << (signo - 1)) != 0)
+}
+
+#[test]
+fn a_forged_reload_reply_is_ignored_by_the_waiting_client() {
+    let dir = temp_dir("untrusted-reload-reply");
+    std::fs::write(
+        dir.join("notify_worker.py"),
+        include_str!("exec/notify_worker.py"),
+    )
+    .expect("worker");
+    let config = dir.join("forkd.toml");
+    // Workers that take 3 s to be ready: the reload is still under way when the forged
+    // replies arrive.
+    std::fs::write(
+        &config,
+        format!(
+            "bind = [\"127.0.0.1:0\"]\nworkers = 1\nchdir = {:?}\npidfile = {:?}\n\
+             [env]\nREADY_DELAY = \"3\"\n\
+             [exec]\ncommand = [\"python3\", \"notify_worker.py\"]\nready = \"notify\"\n",
+            dir.display(),
+            dir.join("forkd.pid").display()
+        ),
+    )
+    .expect("config");
+    let config = config.to_str().unwrap();
+    let server = Server::start(&forkd(), &["-c", config]);
+    let mut client =
+        Server::spawn(std::process::Command::new(forkd()).args(["-c", config, "-s", "reload"]));
+    let reply = libc::SIGRTMIN() + 2;
+    assert!(
+        poll_until(Duration::from_secs(10), || blocks(client.pid(), reply)),
+        "the client never waited for the answer"
+    );
+    server.expect_log("HUP: reloading", Duration::from_secs(10));
+    // The old wire's "failed" and "ok" values, then a random one, all claiming to come
+    // from the master.
+    for value in [2, 1, 0x5eed_5eed_5eed_5eed] {
+        forge(client.pid(), reply, server.pid(), value);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        client.child.try_wait().expect("try_wait").is_none(),
+        "a forged reply ended the wait:\n{}",
+        client.log()
+    );
+    assert_eq!(
+        client.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "client:\n{}\nforkd:\n{}",
+        client.log(),
+        server.log()
+    );
+    assert!(server.log_contains("reload finished"));
+    assert!(
+        client.log_contains("ignoring a reply signal"),
+        "{}",
+        client.log()
+    );
+}
+
+#[test]
+fn a_forged_upgrade_ready_signal_does_not_stop_the_master() {
+    let server = short_timeout_server("untrusted-upgrade-forge");
+    let ready = libc::SIGRTMIN() + 1;
+    // No upgrade is under way, and none of these carries a token: all ignored.
+    for claimed in [1, server.pid() + 1, std::process::id() as i32] {
+        forge(server.pid(), ready, claimed, 0);
+    }
+    server.expect_log("ignoring an upgrade signal", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!server.log_contains("stops gracefully"), "{}", server.log());
+    assert_eq!(get(&server.addr, "/").expect("request").0, 200);
+}

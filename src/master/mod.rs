@@ -154,8 +154,9 @@ pub struct Master {
     relaunch: Relaunch,
     /// A USR2 upgrade this master started and is waiting on.
     upgrade: Option<Upgrade>,
-    /// Set when this master was started by USR2: the old master to tell when ready.
-    upgrade_from: Option<i32>,
+    /// Set when this master was started by USR2: the old master to tell when ready,
+    /// and the token that authenticates the handshake.
+    upgrade_from: Option<(i32, u64)>,
     /// WINCH arrived during an upgrade: the operator drives it (nginx style), so this
     /// master stays after the new one is ready, for TERM/QUIT or a HUP rollback.
     manual_upgrade: bool,
@@ -164,13 +165,14 @@ pub struct Master {
     successor: Option<Upgrade>,
     /// This master was started by USR2 and told its old master it is ready; once the
     /// old one has moved systemd's MAINPID here, it says so and this one sends READY=1.
-    handoff_from: Option<i32>,
+    handoff_from: Option<(i32, u64)>,
     /// sd_notify: READY, RELOADING, STOPPING, MAINPID, STATUS, WATCHDOG.
     systemd: SystemdLink,
     /// A HUP reload is under way (between RELOADING=1 and READY=1).
     reloading: bool,
-    /// `forkd -s reload` processes waiting for the outcome of the current reload.
-    reload_waiters: Vec<i32>,
+    /// `forkd -s reload` processes waiting for the outcome of the current reload, with
+    /// the token each sent (its answer carries it back).
+    reload_waiters: Vec<(i32, u64)>,
     /// Requests served by workers that have exited (for STATUS=).
     /// A new master took over (USR2): it owns the pidfile and the unix socket files.
     handed_over: bool,
@@ -199,10 +201,7 @@ impl Master {
     ) -> Result<Master, String> {
         let factory = resolve_app(&config)?;
         let systemd = SystemdLink::from_env();
-        let upgrade_from = std::env::var(upgrade::UPGRADE_FROM_VAR)
-            .ok()
-            .and_then(|v| v.parse::<i32>().ok());
-        std::env::remove_var(upgrade::UPGRADE_FROM_VAR);
+        let upgrade_from = upgrade::take_upgrade_from();
         let mut passed = crate::systemd::take_listen_fds();
         let passed_metrics = crate::metrics::take_passed(&mut passed);
         let serving_passed_sockets = !config.bind_given && !passed.is_empty();
@@ -268,16 +267,12 @@ impl Master {
             self.notice_freeze();
             while let Some(received) = self.signals.next() {
                 if received.signo == upgrade::ready_signal() {
-                    if self.handoff_from == Some(received.sender) {
-                        self.handoff_acknowledged();
-                    } else {
-                        self.upgrade_ready(received.sender);
-                    }
+                    self.upgrade_signal(&received);
                 } else {
                     if received.signo == libc::SIGHUP
-                        && control::wants_reload_reply(received.code, received.value)
+                        && control::wants_reload_reply(received.code, received.token)
                     {
-                        self.reload_waiters.push(received.sender);
+                        self.reload_waiters.push((received.sender, received.token));
                     }
                     self.handle_signal(received.signo);
                 }
@@ -732,16 +727,15 @@ impl Master {
             if ready >= self.target && self.target > 0 {
                 self.announced_ready = true;
                 tracing::info!(workers = ready, "all workers ready");
-                if let Some(old) = self.upgrade_from.take() {
+                if let Some((old, token)) = self.upgrade_from.take() {
                     tracing::info!(
                         old_master = old,
                         "upgrade: telling the old master that this one is ready"
                     );
                     // READY=1 waits for the old master's answer: systemd must first
                     // hear from it that this process is the main one.
-                    self.handoff_from = Some(old);
-                    // SAFETY: kill(2) with a realtime signal number.
-                    unsafe { libc::kill(old, upgrade::ready_signal()) };
+                    self.handoff_from = Some((old, token));
+                    let _ = signals::queue(old, upgrade::ready_signal(), token);
                 } else {
                     let status = self.status_line().1;
                     self.systemd.ready(&status);
@@ -866,20 +860,34 @@ impl Master {
         }
     }
 
+    /// The upgrade handshake's signal: the new master is ready (to the old master), or
+    /// the old one handed over (to the new master). Believed only with the token.
+    fn upgrade_signal(&mut self, received: &signals::Received) {
+        if let Some((old, token)) = self.handoff_from {
+            if received.is_from(old, token) {
+                return self.handoff_acknowledged();
+            }
+        } else if let Some(upgrade) = &self.upgrade {
+            if received.is_from(upgrade.child.as_raw(), upgrade.token) {
+                return self.upgrade_ready();
+            }
+        }
+        tracing::warn!(
+            claimed_sender = received.sender,
+            "ignoring an upgrade signal that does not carry the upgrade's token"
+        );
+    }
+
     /// The new master says its workers are ready: hand over and stop gracefully.
-    fn upgrade_ready(&mut self, sender: i32) {
+    fn upgrade_ready(&mut self) {
         let Some(upgrade) = self.upgrade.take() else {
             return;
         };
-        if upgrade.child.as_raw() != sender {
-            self.upgrade = Some(upgrade);
-            return;
-        }
+        let sender = upgrade.child.as_raw();
         // systemd follows the new master before this one may leave; then the new one
         // hears back and sends READY=1 as the main process.
         self.systemd.hand_over(sender);
-        // SAFETY: kill(2) with a realtime signal number.
-        unsafe { libc::kill(sender, upgrade::ready_signal()) };
+        let _ = signals::queue(sender, upgrade::ready_signal(), upgrade.token);
         if self.manual_upgrade {
             tracing::info!(
                 new_master = sender,
@@ -929,8 +937,8 @@ impl Master {
             let status = self.status_line().1;
             self.systemd.ready(&status);
         }
-        for waiter in self.reload_waiters.drain(..) {
-            control::answer_reload(waiter, ok);
+        for (waiter, token) in self.reload_waiters.drain(..) {
+            control::answer_reload(waiter, token, ok);
         }
     }
 
