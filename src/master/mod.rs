@@ -321,8 +321,9 @@ impl Master {
     }
 
     /// After a freeze of the whole tree (this master's own loop stood still), every
-    /// worker's progress clock restarts now, and graceful-stop deadlines move by the
-    /// gap: the workers were frozen too, so their silence is no evidence of a hang.
+    /// worker's progress clock restarts now, and graceful-stop and exec boot deadlines
+    /// move by the gap: the workers were frozen too, so their silence is no evidence of
+    /// a hang.
     fn notice_freeze(&mut self) {
         let now = Instant::now();
         let gap = now.saturating_duration_since(self.last_wake);
@@ -339,6 +340,10 @@ impl Master {
             w.clock_from_ms = now_ms;
             if let Phase::Stopping { kill_at, .. } = &mut w.phase {
                 *kill_at += gap;
+            }
+            // An exec worker still booting gets its boot window back too.
+            if let Some(exec) = &mut w.exec {
+                exec.spawned_at += gap;
             }
         }
     }
