@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 const RECENT_LINES: usize = 5;
 /// A line of worker output longer than this is logged in pieces.
 const MAX_LINE: usize = 16 * 1024;
+/// How many notify messages one pass of the master's loop reads at most.
+const MAX_NOTIFY_BATCH: usize = 256;
 
 /// The command every exec worker runs, resolved once per config.
 #[derive(Debug)]
@@ -226,11 +228,14 @@ impl NotifyIntake {
         self.socket.as_fd()
     }
 
-    /// Every message waiting: (sender pid, text).
+    /// The messages waiting, up to `MAX_NOTIFY_BATCH` per call: (sender pid, text).
+    /// Anyone on the machine can find the socket's name (/proc/net/unix) and send to
+    /// it, so a flood must not keep the master in this loop; the rest waits for the
+    /// next pass.
     pub fn receive(&self) -> Vec<(i32, String)> {
         let mut messages = Vec::new();
         let mut buf = [0u8; 4096];
-        loop {
+        while messages.len() < MAX_NOTIFY_BATCH {
             let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
             let Ok(msg) = nix::sys::socket::recvmsg::<()>(

@@ -1022,7 +1022,7 @@ impl Master {
                     "STOPPING=1" => {}
                     other => {
                         if let Some(status) = other.strip_prefix("STATUS=") {
-                            tracing::debug!(pid = sender, "worker status: {status}");
+                            tracing::debug!(pid = sender, "worker status: {status:?}");
                         }
                     }
                 }
