@@ -6,11 +6,12 @@ mod harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
-/// The start of the scoreboard in `pid`'s memory: its only shared anonymous mapping.
-fn scoreboard_address(pid: i32) -> u64 {
+/// The start and length of the scoreboard in `pid`'s memory: its only shared
+/// anonymous mapping.
+fn scoreboard_mapping(pid: i32) -> (u64, u64) {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
     let line = maps
         .lines()
@@ -20,9 +21,42 @@ fn scoreboard_address(pid: i32) -> u64 {
             perms == "rw-s" && (l.contains("/dev/zero") || l.contains("anon_shmem"))
         })
         .unwrap_or_else(|| panic!("no shared anonymous mapping in:\n{maps}"));
-    let start = line.split('-').next().expect("range");
-    u64::from_str_radix(start, 16).expect("hex address")
+    let range = line.split_whitespace().next().expect("range");
+    let (start, end) = range.split_once('-').expect("range");
+    let start = u64::from_str_radix(start, 16).expect("hex address");
+    let end = u64::from_str_radix(end, 16).expect("hex address");
+    (start, end - start)
 }
+
+fn scoreboard_address(pid: i32) -> u64 {
+    scoreboard_mapping(pid).0
+}
+
+/// The address of each worker's slot in `pid`'s scoreboard: 64-byte aligned, starting
+/// with the worker's pid (i32) and a valid state (u32, 1 to 3).
+fn slot_addresses(pid: i32, workers: &[i32]) -> Vec<u64> {
+    let (start, len) = scoreboard_mapping(pid);
+    let mut bytes = vec![0u8; len as usize];
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+    mem.seek(SeekFrom::Start(start)).expect("seek");
+    mem.read_exact(&mut bytes).expect("read the scoreboard");
+    let at = |offset: usize| u32::from_ne_bytes(bytes[offset..offset + 4].try_into().unwrap());
+    workers
+        .iter()
+        .map(|worker| {
+            (64..bytes.len() - 8)
+                .step_by(64)
+                .find(|&offset| at(offset) == *worker as u32 && (1..=3).contains(&at(offset + 4)))
+                .map(|offset| start + offset as u64)
+                .unwrap_or_else(|| panic!("no slot for worker {worker}"))
+        })
+        .collect()
+}
+
+/// Offsets in a slot: `pid` (i32), `state`, `flags`, `message_len` (u32), then
+/// `progress_ms` and `requests` (u64).
+const MESSAGE_LEN_OFFSET: u64 = 12;
+const REQUESTS_OFFSET: u64 = 24;
 
 /// Writes `bytes` at `address` of `pid`'s memory (root, or the process's tracer).
 fn poke(pid: i32, address: u64, bytes: &[u8]) {
@@ -87,6 +121,50 @@ fn a_worker_leaving_the_fold_sequence_odd_does_not_hang_the_master() {
         server.log()
     );
     eprintln!("stopped in {:?}", started.elapsed());
+}
+
+#[test]
+fn workers_writing_huge_counters_and_lengths_do_not_crash_the_master() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: writing another process's memory needs root");
+        return;
+    }
+    let dir = temp_dir("untrusted-counters");
+    let config = dir.join("forkd.toml");
+    std::fs::write(
+        &config,
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\ngraceful_timeout = 5\n\
+         [metrics]\nbind = \"127.0.0.1:0\"\n",
+    )
+    .expect("config");
+    let mut server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let metrics = metrics_addr(&server);
+    let workers = workers_of(server.pid());
+    for slot in slot_addresses(workers[0], &workers) {
+        poke(workers[0], slot + REQUESTS_OFFSET, &u64::MAX.to_ne_bytes());
+        poke(
+            workers[0],
+            slot + MESSAGE_LEN_OFFSET,
+            &u32::MAX.to_ne_bytes(),
+        );
+    }
+    // The master adds the counters up for its reload status; the workers for /metrics.
+    server.signal(Signal::SIGHUP);
+    server.expect_log("reload finished", Duration::from_secs(10));
+    let (status, _, body) = get(&metrics, "/metrics").expect("/metrics answers");
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&body).contains(&format!("forkd_requests_total {}", u64::MAX)),
+        "saturated, not wrapped"
+    );
+    assert_eq!(get(&server.addr, "/").expect("request").0, 200);
+    server.signal(Signal::SIGTERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "the master did not stop on TERM:\n{}",
+        server.log()
+    );
 }
 
 fn stop_all(pids: &[i32], signal: Signal) {
