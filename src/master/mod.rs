@@ -155,8 +155,9 @@ pub struct Master {
     /// A USR2 upgrade this master started and is waiting on.
     upgrade: Option<Upgrade>,
     /// Set when this master was started by USR2: the old master to tell when ready,
-    /// and the token that authenticates the handshake.
-    upgrade_from: Option<(i32, u64)>,
+    /// and the token that authenticates the handshake (`None`: an old master from
+    /// before tokens, see `upgrade::take_upgrade_from`).
+    upgrade_from: Option<(i32, Option<u64>)>,
     /// WINCH arrived during an upgrade: the operator drives it (nginx style), so this
     /// master stays after the new one is ready, for TERM/QUIT or a HUP rollback.
     manual_upgrade: bool,
@@ -165,7 +166,7 @@ pub struct Master {
     successor: Option<Upgrade>,
     /// This master was started by USR2 and told its old master it is ready; once the
     /// old one has moved systemd's MAINPID here, it says so and this one sends READY=1.
-    handoff_from: Option<(i32, u64)>,
+    handoff_from: Option<(i32, Option<u64>)>,
     /// sd_notify: READY, RELOADING, STOPPING, MAINPID, STATUS, WATCHDOG.
     systemd: SystemdLink,
     /// A HUP reload is under way (between RELOADING=1 and READY=1).
@@ -740,7 +741,15 @@ impl Master {
                     // READY=1 waits for the old master's answer: systemd must first
                     // hear from it that this process is the main one.
                     self.handoff_from = Some((old, token));
-                    let _ = signals::queue(old, upgrade::ready_signal(), token);
+                    match token {
+                        Some(token) => {
+                            let _ = signals::queue(old, upgrade::ready_signal(), token);
+                        }
+                        // SAFETY: kill(2) with a realtime signal number.
+                        None => unsafe {
+                            libc::kill(old, upgrade::ready_signal());
+                        },
+                    }
                 } else {
                     let status = self.status_line().1;
                     self.systemd.ready(&status);
@@ -869,7 +878,9 @@ impl Master {
     /// the old one handed over (to the new master). Believed only with the token.
     fn upgrade_signal(&mut self, received: &signals::Received) {
         if let Some((old, token)) = self.handoff_from {
-            if received.is_from(old, token) {
+            // An old master from before tokens answers with a plain signal.
+            let authentic = token.map_or(received.sender == old, |t| received.is_from(old, t));
+            if authentic {
                 return self.handoff_acknowledged();
             }
         } else if let Some(upgrade) = &self.upgrade {

@@ -32,14 +32,16 @@ pub fn ready_signal() -> libc::c_int {
 }
 
 /// In a master started by USR2: the old master's pid and the handshake token, taken
-/// out of the environment (so that no worker inherits them).
-pub fn take_upgrade_from() -> Option<(i32, u64)> {
+/// out of the environment (so that no worker inherits them). The token is `None` when
+/// the old master is a forkd from before tokens: the handshake then falls back to plain
+/// signals, so that upgrading from such a version still works.
+pub fn take_upgrade_from() -> Option<(i32, Option<u64>)> {
     let from = std::env::var(UPGRADE_FROM_VAR).ok();
     let token = std::env::var(UPGRADE_TOKEN_VAR).ok();
     std::env::remove_var(UPGRADE_FROM_VAR);
     std::env::remove_var(UPGRADE_TOKEN_VAR);
     let pid = from?.parse::<i32>().ok()?;
-    let token = u64::from_str_radix(&token?, 16).ok().filter(|t| *t != 0)?;
+    let token = token.and_then(|t| u64::from_str_radix(&t, 16).ok().filter(|t| *t != 0));
     Some((pid, token))
 }
 
