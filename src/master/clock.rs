@@ -1,8 +1,8 @@
 //! The master's clock decisions, as pure functions: how long a worker has been silent,
 //! and whether a gap in the master's own loop means the whole tree was frozen.
 //!
-//! The master wakes at least every `MAX_SLEEP`. When it finds that much more time went
-//! by between two wake-ups, it was not running: the process tree was stopped (Ctrl-Z,
+//! The master plans each sleep (at most a second) to its nearest deadline. When it
+//! wakes well over a second later than it planned, it was not running: the process tree was stopped (Ctrl-Z,
 //! `docker pause`, a cgroup freeze, a stopped VM whose guest clock jumps on). Its workers
 //! were frozen with it, so their silence says nothing about them: each gets a fresh
 //! `timeout` window from the moment the master runs again. A single stopped worker
@@ -14,10 +14,15 @@
 
 use std::time::Duration;
 
-/// Whether a gap of `gap` between two wake-ups of a loop that sleeps at most
-/// `max_sleep` means the master itself was frozen (not just slow for a moment).
-pub fn loop_was_frozen(gap: Duration, max_sleep: Duration) -> bool {
-    gap > max_sleep * 2
+/// How much later than planned the loop may wake before that counts as a freeze: far
+/// above any scheduling delay of a busy machine, and no more than the loop's longest
+/// sleep (so that a short `timeout` still benefits).
+pub const FREEZE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Whether `gap` between two wake-ups of the loop, which had planned to sleep
+/// `planned`, means the master itself was frozen (not just slow for a moment).
+pub fn loop_was_frozen(gap: Duration, planned: Duration) -> bool {
+    gap.saturating_sub(planned) > FREEZE_MARGIN
 }
 
 /// How long a worker has shown no progress at `now_ms`: since its last progress tick,
@@ -31,17 +36,23 @@ pub fn silent_ms(now_ms: u64, progress_ms: u64, clock_from_ms: u64) -> u64 {
 mod tests {
     use super::*;
 
-    const SLEEP: Duration = Duration::from_secs(1);
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     #[test]
-    fn only_a_gap_well_past_the_longest_sleep_is_a_freeze() {
-        assert!(!loop_was_frozen(Duration::from_millis(0), SLEEP));
-        assert!(!loop_was_frozen(Duration::from_millis(1_000), SLEEP));
+    fn only_waking_well_past_the_planned_sleep_is_a_freeze() {
+        // Woken early by a signal, or on time.
+        assert!(!loop_was_frozen(ms(0), ms(1_000)));
+        assert!(!loop_was_frozen(ms(1_000), ms(1_000)));
         // A slow pass on a busy machine is not a freeze.
-        assert!(!loop_was_frozen(Duration::from_millis(1_900), SLEEP));
-        assert!(!loop_was_frozen(Duration::from_millis(2_000), SLEEP));
-        assert!(loop_was_frozen(Duration::from_millis(2_001), SLEEP));
-        assert!(loop_was_frozen(Duration::from_secs(3_600), SLEEP));
+        assert!(!loop_was_frozen(ms(1_900), ms(1_000)));
+        assert!(!loop_was_frozen(ms(1_020), ms(20)));
+        assert!(!loop_was_frozen(ms(2_000), ms(1_000)));
+        assert!(loop_was_frozen(ms(2_001), ms(1_000)));
+        // A short planned sleep (a close deadline) makes a shorter freeze visible.
+        assert!(loop_was_frozen(ms(1_300), ms(250)));
+        assert!(loop_was_frozen(Duration::from_secs(3_600), ms(1_000)));
     }
 
     #[test]

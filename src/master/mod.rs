@@ -187,7 +187,7 @@ pub struct Master {
     /// TERM with `shutdown_delay`: readiness already answers 503; the graceful stop
     /// begins at this moment.
     stop_at: Option<Instant>,
-    /// When the loop last woke: a much longer gap than `MAX_SLEEP` means this master
+    /// When the loop last woke: waking much later than it planned means this master
     /// was frozen (see [`clock`]).
     last_wake: Instant,
 }
@@ -264,8 +264,8 @@ impl Master {
         tracing::info!(pid = self.pid, workers = self.target, "master started");
         loop {
             self.reconcile();
-            self.wait_for_events();
-            self.notice_freeze();
+            let planned = self.wait_for_events();
+            self.notice_freeze(planned);
             while let Some(received) = self.signals.next() {
                 if received.signo == upgrade::ready_signal() {
                     self.upgrade_signal(&received);
@@ -292,7 +292,9 @@ impl Master {
 
     // ---- waiting ---------------------------------------------------------------------
 
-    fn wait_for_events(&self) {
+    /// Waits for a signal, a notify message or worker output, at most until the nearest
+    /// deadline; returns how long it planned to sleep.
+    fn wait_for_events(&self) -> Duration {
         let timeout = self
             .next_deadline()
             .saturating_duration_since(Instant::now());
@@ -319,17 +321,18 @@ impl Master {
             &mut fds,
             nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX),
         );
+        timeout
     }
 
     /// After a freeze of the whole tree (this master's own loop stood still), every
     /// worker's progress clock restarts now, and graceful-stop and exec boot deadlines
     /// move by the gap: the workers were frozen too, so their silence is no evidence of
     /// a hang.
-    fn notice_freeze(&mut self) {
+    fn notice_freeze(&mut self, planned: Duration) {
         let now = Instant::now();
         let gap = now.saturating_duration_since(self.last_wake);
         self.last_wake = now;
-        if !clock::loop_was_frozen(gap, MAX_SLEEP) {
+        if !clock::loop_was_frozen(gap, planned) {
             return;
         }
         tracing::warn!(
