@@ -1,22 +1,27 @@
 //! `forkd -c FILE -s SIGNAL`: signals the running master named by the config's pidfile,
-//! after checking that the pid really is a forkd master (a stale pidfile must not make
-//! forkd signal an unrelated process).
+//! after checking that the pid really is a forkd master (a stale or forged pidfile must
+//! not make forkd signal an unrelated process; see `pidfile::check_master`).
 //!
 //! `-s reload` waits for the outcome, so that `ExecReload=` (and scripts) return only
-//! once the reload is done: it sends HUP with sigqueue(3) carrying `RELOAD_TOKEN`, and
-//! the master answers that sender with `reload_reply_signal()` carrying `RELOAD_OK` or
-//! `RELOAD_FAILED` when the new workers are all ready (or the reload was abandoned). A
-//! plain `kill -HUP` carries no token and gets no answer.
+//! once the reload is done. The wire, all realtime-signal values (sigqueue(3)):
+//!
+//! - the client picks a random 64-bit token T and sends HUP carrying T;
+//! - when the reload is finished (or abandoned) the master answers that sender with
+//!   `reload_reply_signal()` carrying T for success, or `!T` (T with every bit flipped)
+//!   for failure, and only if the sender has that signal blocked (a process waiting for
+//!   the answer: a forged HUP naming another pid cannot make the master kill it);
+//! - the client believes an answer only if it carries T or `!T`.
+//!
+//! The sender pid of a signal can be forged (rt_sigqueueinfo(2)) by anyone allowed to
+//! signal the process; the token cannot be guessed. A plain `kill -HUP` carries no
+//! token and gets no answer.
 
 use crate::config::Config;
+use crate::master::signals;
 use nix::sys::signal::Signal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// The value a waiting `-s reload` puts on its HUP ("fork" in ASCII).
-pub const RELOAD_TOKEN: i32 = 0x666f_726b;
-pub const RELOAD_OK: i32 = 1;
-pub const RELOAD_FAILED: i32 = 2;
 /// How long `-s reload` waits for the master's answer.
 const RELOAD_WAIT: Duration = Duration::from_secs(300);
 
@@ -25,18 +30,55 @@ pub fn reload_reply_signal() -> libc::c_int {
     libc::SIGRTMIN() + 2
 }
 
-/// Whether a received HUP came from a `-s reload` that waits for an answer.
-pub fn wants_reload_reply(code: i32, value: i32) -> bool {
-    code == libc::SI_QUEUE && value == RELOAD_TOKEN
+/// Whether a received HUP came from a `-s reload` that waits for an answer: queued,
+/// with a token.
+pub fn wants_reload_reply(code: i32, token: u64) -> bool {
+    code == libc::SI_QUEUE && token != 0
+}
+
+/// The value of the master's answer to the reload that sent `token`.
+pub fn reply_value(token: u64, ok: bool) -> u64 {
+    if ok {
+        token
+    } else {
+        !token
+    }
+}
+
+/// What a reply carrying `value` says about the reload that sent `token`: `None` for
+/// a value that is not an answer to it (forged, or meant for another reload).
+pub fn reply_outcome(token: u64, value: u64) -> Option<bool> {
+    if value == reply_value(token, true) {
+        Some(true)
+    } else if value == reply_value(token, false) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Whether `pid` has `signo` blocked (`SigBlk` in /proc/PID/status).
+fn blocks_signal(pid: i32, signo: libc::c_int) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1u64 << (signo - 1)) != 0)
 }
 
 /// The master's answer to a waiting `-s reload`.
-pub fn answer_reload(pid: i32, ok: bool) {
-    let value = libc::sigval {
-        sival_ptr: (if ok { RELOAD_OK } else { RELOAD_FAILED }) as usize as *mut libc::c_void,
-    };
-    // SAFETY: sigqueue(3) with a valid signal number and a plain integer value.
-    unsafe { libc::sigqueue(pid, reload_reply_signal(), value) };
+pub fn answer_reload(pid: i32, token: u64, ok: bool) {
+    if !blocks_signal(pid, reload_reply_signal()) {
+        tracing::warn!(
+            pid,
+            "not answering a reload request: process {pid} is not waiting for the answer"
+        );
+        return;
+    }
+    let _ = signals::queue(pid, reload_reply_signal(), reply_value(token, ok));
 }
 
 /// The signal behind each `-s` name.
@@ -69,22 +111,7 @@ fn try_send(config: &Config, name: &str) -> Result<(), String> {
         .pidfile
         .as_ref()
         .ok_or("no pidfile is configured (set `pidfile` or -p), so there is no master to signal")?;
-    let text = crate::master::pidfile::read(path)
-        .map_err(|e| format!("cannot read pidfile {}: {e}", path.display()))?
-        .ok_or_else(|| format!("cannot read pidfile {}: it does not exist", path.display()))?;
-    let pid: i32 = crate::master::pidfile::parse(&text).ok_or_else(|| {
-        format!(
-            "pidfile {} does not hold a pid: {:?}",
-            path.display(),
-            text.trim()
-        )
-    })?;
-    if !crate::master::pidfile::is_forkd_master(pid) {
-        return Err(format!(
-            "process {pid} named by {} is not a running forkd master",
-            path.display()
-        ));
-    }
+    let pid = crate::master::pidfile::check_master(path)?;
     if signal == Signal::SIGHUP {
         return reload_and_wait(pid);
     }
@@ -152,16 +179,9 @@ fn reload_and_wait(pid: i32) -> Result<(), String> {
         .map_err(|e| format!("cannot block the reply signal: {e}"))?;
     let replies = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("cannot wait for the master's answer: {e}"))?;
-    let token = libc::sigval {
-        sival_ptr: RELOAD_TOKEN as usize as *mut libc::c_void,
-    };
-    // SAFETY: sigqueue(3) to the checked master pid with a plain integer value.
-    if unsafe { libc::sigqueue(pid, libc::SIGHUP, token) } != 0 {
-        return Err(format!(
-            "cannot send HUP to {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let token = signals::random_token();
+    signals::queue(pid, libc::SIGHUP, token)
+        .map_err(|e| format!("cannot send HUP to {pid}: {e}"))?;
     let deadline = Instant::now() + RELOAD_WAIT;
     while Instant::now() < deadline {
         let mut fds = [nix::poll::PollFd::new(
@@ -170,15 +190,21 @@ fn reload_and_wait(pid: i32) -> Result<(), String> {
         )];
         let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16));
         while let Ok(Some(info)) = replies.read_signal() {
-            if info.ssi_pid as i32 != pid {
-                continue;
-            }
-            return match info.ssi_int {
-                RELOAD_OK => Ok(()),
-                _ => Err(format!(
+            let outcome = (info.ssi_code == libc::SI_QUEUE && info.ssi_pid as i32 == pid)
+                .then(|| reply_outcome(token, info.ssi_ptr))
+                .flatten();
+            match outcome {
+                Some(true) => return Ok(()),
+                Some(false) => {
+                    return Err(format!(
                     "the reload of master {pid} failed; it keeps serving as before (its error log says why)"
-                )),
-            };
+                ))
+                }
+                None => eprintln!(
+                    "forkd: ignoring a reply signal that does not carry this reload's token (claimed sender {})",
+                    info.ssi_pid
+                ),
+            }
         }
         if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
             return Err(format!("master {pid} exited during the reload"));
@@ -188,4 +214,23 @@ fn reload_and_wait(pid: i32) -> Result<(), String> {
         "master {pid} did not finish the reload within {}s",
         RELOAD_WAIT.as_secs()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_counts_only_with_the_reloads_token() {
+        let token = 0x0123_4567_89ab_cdef;
+        assert_eq!(reply_outcome(token, reply_value(token, true)), Some(true));
+        assert_eq!(reply_outcome(token, reply_value(token, false)), Some(false));
+        // What the old wire carried, and another reload's answers.
+        assert_eq!(reply_outcome(token, 1), None);
+        assert_eq!(reply_outcome(token, 2), None);
+        assert_eq!(reply_outcome(token, reply_value(token ^ 4, true)), None);
+        assert!(!wants_reload_reply(libc::SI_USER, token));
+        assert!(!wants_reload_reply(libc::SI_QUEUE, 0));
+        assert!(wants_reload_reply(libc::SI_QUEUE, token));
+    }
 }

@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -78,6 +78,16 @@ impl Dir {
     /// symlink, a FIFO that would block the read forever, a device) is an error that
     /// says what it is. `None` if it does not exist. Never blocks on the open.
     pub fn read_regular(&self, name: &OsStr, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some(file) = self.open_regular(name)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        file.take(limit).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    /// `name` opened for reading, if it is a regular file (as [`Dir::read_regular`]).
+    pub fn open_regular(&self, name: &OsStr) -> io::Result<Option<std::fs::File>> {
         // Looked at before it is opened, so that not even open(2) touches a device.
         let Some(st) = self.stat(name)? else {
             return Ok(None);
@@ -105,9 +115,7 @@ impl Dir {
         if let Some(what) = not_regular(&st) {
             return Err(self.not_regular_error(name, what));
         }
-        let mut bytes = Vec::new();
-        file.take(limit).read_to_end(&mut bytes)?;
-        Ok(Some(bytes))
+        Ok(Some(file))
     }
 
     fn not_regular_error(&self, name: &OsStr, what: &str) -> io::Error {
@@ -120,23 +128,29 @@ impl Dir {
         )
     }
 
-    /// Replaces `name` with a new regular file holding `contents`, mode `mode` whatever
-    /// the umask: written to a fresh, randomly named file in the same directory
-    /// (`O_CREAT|O_EXCL|O_NOFOLLOW`, so no existing file or symlink is ever opened), then
-    /// renamed over `name` (which replaces a symlink there, never its target).
-    pub fn write_atomically(&self, name: &OsStr, contents: &[u8], mode: u32) -> io::Result<()> {
-        let (temp, file) = self.create_temp(name, mode)?;
+    /// Replaces `name` with a new regular file that `fill` writes (and, say, locks), mode
+    /// `mode` whatever the umask: made as a fresh, randomly named file in the same
+    /// directory (`O_CREAT|O_EXCL|O_NOFOLLOW`, so no existing file or symlink is ever
+    /// opened), then renamed over `name` (which replaces a symlink there, never its
+    /// target). Returns the file, still open.
+    pub fn replace_with(
+        &self,
+        name: &OsStr,
+        mode: u32,
+        fill: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+    ) -> io::Result<std::fs::File> {
+        let (temp, mut file) = self.create_temp(name, mode)?;
         let written = (|| {
             nix::sys::stat::fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode))?;
-            let mut file = file;
-            file.write_all(contents)?;
+            fill(&mut file)?;
             nix::fcntl::renameat(Some(self.raw_fd()), &*temp, Some(self.raw_fd()), name)?;
             Ok::<(), io::Error>(())
         })();
-        if written.is_err() {
+        if let Err(e) = written {
             let _ = self.unlink(&temp);
+            return Err(e);
         }
-        written
+        Ok(file)
     }
 
     fn create_temp(&self, name: &OsStr, mode: u32) -> io::Result<(OsString, std::fs::File)> {
@@ -148,7 +162,7 @@ impl Dir {
             match nix::fcntl::openat(
                 Some(self.raw_fd()),
                 &*temp,
-                OFlag::O_WRONLY
+                OFlag::O_RDWR
                     | OFlag::O_CREAT
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW

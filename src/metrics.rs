@@ -280,7 +280,7 @@ pub fn render(board: &Board) -> String {
     );
     let mut cumulative = 0;
     for (index, count) in totals.durations.buckets.iter().enumerate() {
-        cumulative += count;
+        cumulative = count.saturating_add(cumulative);
         let le = match DURATION_BOUNDS_US.get(index) {
             Some(bound) => format!("{}", *bound as f64 / 1e6),
             None => "+Inf".to_string(),

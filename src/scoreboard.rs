@@ -5,6 +5,12 @@
 //! read all of it to serve `/metrics`. Slots are claimed and freed only by the master,
 //! which folds a freed slot's counters into the header so that server-wide counters
 //! never go backwards when a worker is replaced.
+//!
+//! Workers can write every byte of the mapping, so the master trusts none of it: its
+//! reads are bounded (no loop waits on a value a worker could hold), clamped and
+//! validated, and what it must know exactly (which pid is in which slot, the folded
+//! totals of exited workers) it keeps in its own memory ([`Scoreboard`]), copying it
+//! into the mapping only for the workers' `/metrics`.
 
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
@@ -53,13 +59,14 @@ pub struct HistogramSnapshot {
 
 impl HistogramSnapshot {
     pub fn count(&self) -> u64 {
-        self.buckets.iter().sum()
+        self.buckets.iter().fold(0, |sum, n| sum.saturating_add(*n))
     }
+    /// Adds `other`, saturating: a worker may have written any number into its slot.
     pub fn add(&mut self, other: &HistogramSnapshot) {
         for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets.iter()) {
-            *mine += theirs;
+            *mine = mine.saturating_add(*theirs);
         }
-        self.sum_us += other.sum_us;
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
     }
 }
 
@@ -78,11 +85,11 @@ impl Histogram {
             sum_us: self.sum_us.load(Relaxed),
         }
     }
-    fn add(&self, other: &HistogramSnapshot) {
-        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
-            mine.fetch_add(*theirs, Relaxed);
+    fn store(&self, values: &HistogramSnapshot) {
+        for (mine, value) in self.buckets.iter().zip(values.buckets.iter()) {
+            mine.store(*value, Relaxed);
         }
-        self.sum_us.fetch_add(other.sum_us, Relaxed);
+        self.sum_us.store(values.sum_us, Relaxed);
     }
     fn clear(&self) {
         for bucket in &self.buckets {
@@ -238,6 +245,8 @@ impl Slot {
     pub fn pid(&self) -> i32 {
         self.pid.load(Relaxed)
     }
+    /// The state the worker reports; a value that is no [`WorkerState`] reads as
+    /// `Free` (so never as ready).
     pub fn state(&self) -> WorkerState {
         match self.state.load(Acquire) {
             1 => WorkerState::Booting,
@@ -308,15 +317,21 @@ impl Slot {
         unsafe { (&mut *self.message.get())[..len].copy_from_slice(&bytes[..len]) };
         self.message_len.store(len as u32, Release);
     }
+    /// The worker's failure message: at most `MESSAGE_BYTES`, control characters
+    /// escaped (it goes into the master's log as one line).
     pub fn message(&self) -> Option<String> {
-        let len = self.message_len.load(Acquire) as usize;
+        let len = (self.message_len.load(Acquire) as usize).min(MESSAGE_BYTES);
         if len == 0 {
             return None;
         }
-        // SAFETY: published with Release by the writer; bounded by MESSAGE_BYTES.
-        let bytes = unsafe { &(&*self.message.get())[..len.min(MESSAGE_BYTES)] };
+        // SAFETY: published with Release by the writer; bounded by MESSAGE_BYTES. A
+        // worker writing while we copy gives garbled text, never an invalid read.
+        let bytes: [u8; MESSAGE_BYTES] = unsafe { std::ptr::read_volatile(self.message.get()) };
         // Written by a worker, which may be compromised: it goes into the master's log.
-        Some(crate::logging::escape_untrusted(bytes, MESSAGE_BYTES * 4))
+        Some(crate::logging::escape_untrusted(
+            &bytes[..len],
+            MESSAGE_BYTES * 4,
+        ))
     }
 
     /// Master only: prepare a slot for a worker about to be forked.
@@ -337,6 +352,10 @@ impl Slot {
     }
 }
 
+/// How many times [`Board::totals`] re-reads when the fold sequence is odd or moved
+/// before it settles for what it read: a worker can leave it odd forever.
+const TOTALS_RETRIES: usize = 8;
+
 /// The layout of the shared mapping.
 #[repr(C)]
 pub struct Board {
@@ -349,6 +368,14 @@ pub struct Board {
 pub struct Totals {
     pub requests: u64,
     pub durations: HistogramSnapshot,
+}
+
+impl Totals {
+    /// Adds a slot's counters, saturating (a worker may have written any number).
+    fn add_slot(&mut self, slot: &Slot) {
+        self.requests = self.requests.saturating_add(slot.requests());
+        self.durations.add(&slot.durations());
+    }
 }
 
 impl Board {
@@ -380,13 +407,13 @@ impl Board {
     }
     /// Requests and durations of every worker, exited or alive, read under the fold
     /// seqlock so that a worker being folded into the header is counted exactly once.
+    /// For `/metrics` in the workers: the seqlock is retried a few times only (a worker
+    /// can leave it odd), then the last read is the best effort. The master counts
+    /// from its own memory instead ([`Scoreboard::totals`]).
     pub fn totals(&self) -> Totals {
-        loop {
+        let mut best_effort = Totals::default();
+        for _ in 0..TOTALS_RETRIES {
             let before = self.header.fold_seq.load(Acquire);
-            if before % 2 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
             let mut totals = Totals {
                 requests: self.header.exited_requests.load(Relaxed),
                 durations: self.header.exited_durations.snapshot(),
@@ -396,36 +423,41 @@ impl Board {
                 .iter()
                 .filter(|s| s.state() != WorkerState::Free)
             {
-                totals.requests += slot.requests();
-                totals.durations.add(&slot.durations());
+                totals.add_slot(slot);
             }
             fence(Acquire);
-            if self.header.fold_seq.load(Relaxed) == before {
+            if before % 2 == 0 && self.header.fold_seq.load(Relaxed) == before {
                 return totals;
             }
+            best_effort = totals;
+            std::hint::spin_loop();
         }
+        best_effort
     }
-    /// Master only: adds a slot's counters to the exited totals and frees the slot, as
-    /// one step for [`Board::totals`].
-    fn fold_and_free(&self, index: usize) {
+    /// Master only: publishes the exited totals (kept exactly in the master's memory)
+    /// and frees the slot, as one step for [`Board::totals`].
+    fn publish_fold(&self, index: usize, exited: &Totals) {
         let slot = &self.slots[index];
-        let seq = self.header.fold_seq.load(Relaxed);
-        self.header.fold_seq.store(seq + 1, Relaxed);
+        // The master's own count, not the mapping's (a worker may have changed it).
+        let seq = self.header.fold_seq.load(Relaxed) | 1;
+        self.header.fold_seq.store(seq, Relaxed);
         fence(Release);
-        self.header
-            .exited_requests
-            .fetch_add(slot.requests(), Relaxed);
-        self.header.exited_durations.add(&slot.durations());
+        self.header.exited_requests.store(exited.requests, Relaxed);
+        self.header.exited_durations.store(&exited.durations);
         slot.set_state(WorkerState::Free);
         slot.set_pid(0);
-        self.header.fold_seq.store(seq + 2, Release);
+        self.header.fold_seq.store(seq.wrapping_add(1), Release);
     }
 }
 
 /// The shared mapping. Created once by the master; inherited by every worker.
 pub struct Scoreboard {
     board: NonNull<Board>,
+    /// Which slots the master gave out: its own record, never read from the mapping.
     in_use: Vec<bool>,
+    /// Counters of exited workers, kept by the master; the copy in the mapping's
+    /// header is only for the workers' `/metrics`.
+    exited: Totals,
 }
 
 impl Scoreboard {
@@ -446,6 +478,7 @@ impl Scoreboard {
         let scoreboard = Scoreboard {
             board: ptr.cast(),
             in_use: vec![false; CAPACITY],
+            exited: Totals::default(),
         };
         scoreboard
             .board()
@@ -482,8 +515,20 @@ impl Scoreboard {
 
     /// Frees a slot whose worker exited, keeping its counters in the server totals.
     pub fn release(&mut self, index: usize) {
-        self.board().fold_and_free(index);
+        self.exited.add_slot(self.slot(index));
+        self.board().publish_fold(index, &self.exited);
         self.in_use[index] = false;
+    }
+
+    /// The master's view of the server totals: exited workers from its own memory,
+    /// plus the live slots it gave out (read once each, saturating). No loop waits on
+    /// the mapping, so a worker cannot stall the master here.
+    pub fn totals(&self) -> Totals {
+        let mut totals = self.exited.clone();
+        for (index, _) in self.in_use.iter().enumerate().filter(|(_, used)| **used) {
+            totals.add_slot(self.slot(index));
+        }
+        totals
     }
 }
 
@@ -540,5 +585,75 @@ mod tests {
         board.header().count_restart("stop");
         assert_eq!(board.header().restarts()[4], 1);
         assert_eq!(board.header().restarts().iter().sum::<u64>(), 1);
+    }
+
+    /// A worker can write anything into the mapping: an odd fold sequence, a state
+    /// that is no state, counters at their maximum, a message length past the buffer.
+    /// The reads return promptly, and the master's totals stay exact.
+    #[test]
+    fn corrupt_slots_do_not_stall_or_fool_the_reads() {
+        let mut board = Scoreboard::new().expect("scoreboard");
+        let honest = board.claim().expect("slot");
+        board.slot(honest).count_request();
+        board.slot(honest).request_began();
+        board.slot(honest).request_ended(Some(1_000));
+        board.release(honest);
+        let evil = board.claim().expect("slot");
+        let slot = board.slot(evil);
+        slot.set_pid(4242);
+        slot.state.store(0xdead_beef, Relaxed);
+        slot.requests.store(u64::MAX, Relaxed);
+        slot.durations.sum_us.store(u64::MAX, Relaxed);
+        for bucket in &slot.durations.buckets {
+            bucket.store(u64::MAX, Relaxed);
+        }
+        slot.set_message("line one\nforged line\u{1b}[31m");
+        slot.message_len.store(u32::MAX, Relaxed);
+        let header = board.header();
+        header.fold_seq.store(1, Relaxed);
+        header.slots_high_water.store(u32::MAX, Relaxed);
+
+        let shared = board.board();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let totals = shared.totals();
+            let _ = tx.send(totals.requests);
+        });
+        let best_effort = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("Board::totals returns with the fold sequence left odd");
+        assert_eq!(best_effort, 1, "the garbage state counts as a free slot");
+
+        assert_eq!(
+            slot.state(),
+            WorkerState::Free,
+            "an invalid state is not ready"
+        );
+        let message = slot.message().expect("message");
+        assert!(
+            message.chars().count() <= 2 * MESSAGE_BYTES + 3,
+            "{message}"
+        );
+        assert!(
+            !message.contains('\n') && !message.contains('\u{1b}'),
+            "{message:?}"
+        );
+        assert!(message.starts_with("line one\\nforged line"), "{message:?}");
+
+        // The master's own totals: exact for exited workers, saturating for the live.
+        slot.state.store(WorkerState::Ready as u32, Relaxed);
+        let master = board.totals();
+        assert_eq!(master.requests, u64::MAX);
+        assert_eq!(master.durations.count(), u64::MAX);
+        board.release(evil);
+        assert_eq!(board.totals().requests, u64::MAX, "saturated, not wrapped");
+        let fresh = board.claim().expect("slot");
+        assert_eq!(board.slot(fresh).requests(), 0);
+        assert_eq!(
+            header.fold_seq.load(Relaxed) % 2,
+            0,
+            "the fold republished it"
+        );
+        assert_eq!(board.board().totals().requests, u64::MAX);
     }
 }

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 const RECENT_LINES: usize = 5;
 /// A line of worker output longer than this is logged in pieces.
 const MAX_LINE: usize = 16 * 1024;
+/// How many notify messages one pass of the master's loop reads at most.
+const MAX_NOTIFY_BATCH: usize = 256;
 
 /// The command every exec worker runs, resolved once per config.
 #[derive(Debug)]
@@ -179,43 +181,67 @@ impl Output {
 }
 
 /// The datagram socket exec workers send `READY=1` and `WATCHDOG=1` to. Abstract (no
-/// file to clean up); senders are identified by the kernel (`SCM_CREDENTIALS`), so a
-/// message counts only for the worker whose pid sent it.
+/// file to clean up) and autobound: the kernel picks a free random name, so no other
+/// process can take the name first (a predictable one could be bound by any local user
+/// to keep exec workers from starting). Senders are identified by the kernel
+/// (`SCM_CREDENTIALS`), so a message counts only for the worker whose pid sent it.
 pub struct NotifyIntake {
     socket: UnixDatagram,
-    /// The `NOTIFY_SOCKET` value given to workers.
+    /// The `NOTIFY_SOCKET` value given to workers (`@` and the kernel's name).
     pub address: String,
 }
 
 impl NotifyIntake {
-    pub fn bind(master_pid: i32) -> Result<NotifyIntake, String> {
+    pub fn bind() -> Result<NotifyIntake, String> {
         use std::os::linux::net::SocketAddrExt;
-        let name = format!("forkd/{master_pid}/notify");
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        let socket =
+            UnixDatagram::unbound().map_err(|e| format!("cannot create the notify socket: {e}"))?;
+        // SAFETY: a zeroed sockaddr_un with only the family set, and the length of the
+        // family alone: bind(2) then autobinds to a unique abstract name (unix(7)).
+        let bound = unsafe {
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            libc::bind(
+                socket.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t,
+            )
+        };
+        if bound != 0 {
+            return Err(format!(
+                "cannot bind the workers' notify socket: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let local = socket
+            .local_addr()
             .map_err(|e| format!("notify socket name: {e}"))?;
-        let socket = UnixDatagram::bind_addr(&addr)
-            .map_err(|e| format!("cannot bind the workers' notify socket @{name}: {e}"))?;
+        let name = local
+            .as_abstract_name()
+            .filter(|name| !name.is_empty() && !name.contains(&0))
+            .ok_or("the notify socket got no abstract name")?;
+        let address = format!("@{}", String::from_utf8_lossy(name));
         socket
             .set_nonblocking(true)
             .map_err(|e| format!("notify socket: {e}"))?;
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
             .map_err(|e| format!("notify socket SO_PASSCRED: {e}"))?;
         // CLOEXEC is set by std; native workers close it after the fork.
-        Ok(NotifyIntake {
-            socket,
-            address: format!("@{name}"),
-        })
+        Ok(NotifyIntake { socket, address })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
     }
 
-    /// Every message waiting: (sender pid, text).
+    /// The messages waiting, up to `MAX_NOTIFY_BATCH` per call: (sender pid, text).
+    /// Anyone on the machine can find the socket's name (/proc/net/unix) and send to
+    /// it, so a flood must not keep the master in this loop; the rest waits for the
+    /// next pass.
     pub fn receive(&self) -> Vec<(i32, String)> {
         let mut messages = Vec::new();
         let mut buf = [0u8; 4096];
-        loop {
+        while messages.len() < MAX_NOTIFY_BATCH {
             let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
             let Ok(msg) = nix::sys::socket::recvmsg::<()>(

@@ -10,6 +10,7 @@
 //! (old generation, or asking to retire) is stopped only when enough active workers are
 //! ready to take its place, so capacity never dips below the target.
 
+mod clock;
 pub mod exec;
 mod notify;
 pub mod pidfile;
@@ -87,6 +88,10 @@ struct Worker {
     ready: bool,
     /// Set for an exec worker.
     exec: Option<ExecWorker>,
+    /// CLOCK_MONOTONIC ms from which this worker's silence is counted at the earliest:
+    /// its start, or the end of a freeze of the whole tree (see [`clock`]). Kept here,
+    /// not in the worker-writable slot.
+    clock_from_ms: u64,
 }
 
 /// What the master tracks for an exec worker beyond the scoreboard.
@@ -149,8 +154,10 @@ pub struct Master {
     relaunch: Relaunch,
     /// A USR2 upgrade this master started and is waiting on.
     upgrade: Option<Upgrade>,
-    /// Set when this master was started by USR2: the old master to tell when ready.
-    upgrade_from: Option<i32>,
+    /// Set when this master was started by USR2: the old master to tell when ready,
+    /// and the token that authenticates the handshake (`None`: an old master from
+    /// before tokens, see `upgrade::take_upgrade_from`).
+    upgrade_from: Option<(i32, Option<u64>)>,
     /// WINCH arrived during an upgrade: the operator drives it (nginx style), so this
     /// master stays after the new one is ready, for TERM/QUIT or a HUP rollback.
     manual_upgrade: bool,
@@ -159,13 +166,14 @@ pub struct Master {
     successor: Option<Upgrade>,
     /// This master was started by USR2 and told its old master it is ready; once the
     /// old one has moved systemd's MAINPID here, it says so and this one sends READY=1.
-    handoff_from: Option<i32>,
+    handoff_from: Option<(i32, Option<u64>)>,
     /// sd_notify: READY, RELOADING, STOPPING, MAINPID, STATUS, WATCHDOG.
     systemd: SystemdLink,
     /// A HUP reload is under way (between RELOADING=1 and READY=1).
     reloading: bool,
-    /// `forkd -s reload` processes waiting for the outcome of the current reload.
-    reload_waiters: Vec<i32>,
+    /// `forkd -s reload` processes waiting for the outcome of the current reload, with
+    /// the token each sent (its answer carries it back).
+    reload_waiters: Vec<(i32, u64)>,
     /// Requests served by workers that have exited (for STATUS=).
     /// A new master took over (USR2): it owns the pidfile and the unix socket files.
     handed_over: bool,
@@ -179,6 +187,9 @@ pub struct Master {
     /// TERM with `shutdown_delay`: readiness already answers 503; the graceful stop
     /// begins at this moment.
     stop_at: Option<Instant>,
+    /// When the loop last woke: waking much later than it planned means this master
+    /// was frozen (see [`clock`]).
+    last_wake: Instant,
 }
 
 impl Master {
@@ -191,10 +202,7 @@ impl Master {
     ) -> Result<Master, String> {
         let factory = resolve_app(&config)?;
         let systemd = SystemdLink::from_env();
-        let upgrade_from = std::env::var(upgrade::UPGRADE_FROM_VAR)
-            .ok()
-            .and_then(|v| v.parse::<i32>().ok());
-        std::env::remove_var(upgrade::UPGRADE_FROM_VAR);
+        let upgrade_from = upgrade::take_upgrade_from();
         let mut passed = crate::systemd::take_listen_fds();
         let passed_metrics = crate::metrics::take_passed(&mut passed);
         let serving_passed_sockets = !config.bind_given && !passed.is_empty();
@@ -246,6 +254,7 @@ impl Master {
             metrics,
             stop_at: None,
             notify_intake: None,
+            last_wake: Instant::now(),
         })
     }
 
@@ -255,19 +264,16 @@ impl Master {
         tracing::info!(pid = self.pid, workers = self.target, "master started");
         loop {
             self.reconcile();
-            self.wait_for_events();
+            let planned = self.wait_for_events();
+            self.notice_freeze(planned);
             while let Some(received) = self.signals.next() {
                 if received.signo == upgrade::ready_signal() {
-                    if self.handoff_from == Some(received.sender) {
-                        self.handoff_acknowledged();
-                    } else {
-                        self.upgrade_ready(received.sender);
-                    }
+                    self.upgrade_signal(&received);
                 } else {
                     if received.signo == libc::SIGHUP
-                        && control::wants_reload_reply(received.code, received.value)
+                        && control::wants_reload_reply(received.code, received.token)
                     {
-                        self.reload_waiters.push(received.sender);
+                        self.reload_waiters.push((received.sender, received.token));
                     }
                     self.handle_signal(received.signo);
                 }
@@ -286,7 +292,9 @@ impl Master {
 
     // ---- waiting ---------------------------------------------------------------------
 
-    fn wait_for_events(&self) {
+    /// Waits for a signal, a notify message or worker output, at most until the nearest
+    /// deadline; returns how long it planned to sleep.
+    fn wait_for_events(&self) -> Duration {
         let timeout = self
             .next_deadline()
             .saturating_duration_since(Instant::now());
@@ -313,6 +321,35 @@ impl Master {
             &mut fds,
             nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX),
         );
+        timeout
+    }
+
+    /// After a freeze of the whole tree (this master's own loop stood still), every
+    /// worker's progress clock restarts now, and graceful-stop and exec boot deadlines
+    /// move by the gap: the workers were frozen too, so their silence is no evidence of
+    /// a hang.
+    fn notice_freeze(&mut self, planned: Duration) {
+        let now = Instant::now();
+        let gap = now.saturating_duration_since(self.last_wake);
+        self.last_wake = now;
+        if !clock::loop_was_frozen(gap, planned) {
+            return;
+        }
+        tracing::warn!(
+            "the master did not run for {:.1}s (the process tree was stopped or frozen); giving every worker a fresh timeout window",
+            gap.as_secs_f64()
+        );
+        let now_ms = monotonic_ms();
+        for w in &mut self.workers {
+            w.clock_from_ms = now_ms;
+            if let Phase::Stopping { kill_at, .. } = &mut w.phase {
+                *kill_at += gap;
+            }
+            // An exec worker still booting gets its boot window back too.
+            if let Some(exec) = &mut w.exec {
+                exec.spawned_at += gap;
+            }
+        }
     }
 
     /// The nearest moment the loop must act without a signal.
@@ -346,9 +383,12 @@ impl Master {
                     next = next.min(kill_at)
                 }
                 Phase::Running if w.timed() => {
-                    let silent = Duration::from_millis(
-                        now_ms.saturating_sub(self.scoreboard.slot(w.slot).progress_ms()),
-                    );
+                    let progress_ms = self.scoreboard.slot(w.slot).progress_ms();
+                    let silent = Duration::from_millis(clock::silent_ms(
+                        now_ms,
+                        progress_ms,
+                        w.clock_from_ms,
+                    ));
                     next = next.min(now + w.config.timeout.saturating_sub(silent));
                 }
                 _ => {}
@@ -696,16 +736,23 @@ impl Master {
             if ready >= self.target && self.target > 0 {
                 self.announced_ready = true;
                 tracing::info!(workers = ready, "all workers ready");
-                if let Some(old) = self.upgrade_from.take() {
+                if let Some((old, token)) = self.upgrade_from.take() {
                     tracing::info!(
                         old_master = old,
                         "upgrade: telling the old master that this one is ready"
                     );
                     // READY=1 waits for the old master's answer: systemd must first
                     // hear from it that this process is the main one.
-                    self.handoff_from = Some(old);
-                    // SAFETY: kill(2) with a realtime signal number.
-                    unsafe { libc::kill(old, upgrade::ready_signal()) };
+                    self.handoff_from = Some((old, token));
+                    match token {
+                        Some(token) => {
+                            let _ = signals::queue(old, upgrade::ready_signal(), token);
+                        }
+                        // SAFETY: kill(2) with a realtime signal number.
+                        None => unsafe {
+                            libc::kill(old, upgrade::ready_signal());
+                        },
+                    }
                 } else {
                     let status = self.status_line().1;
                     self.systemd.ready(&status);
@@ -751,8 +798,8 @@ impl Master {
             }
             match w.phase {
                 Phase::Running | Phase::Stopping { .. } if w.timed() => {
-                    let silent_ms =
-                        now_ms.saturating_sub(self.scoreboard.slot(w.slot).progress_ms());
+                    let progress_ms = self.scoreboard.slot(w.slot).progress_ms();
+                    let silent_ms = clock::silent_ms(now_ms, progress_ms, w.clock_from_ms);
                     if silent_ms >= w.config.timeout.as_millis() as u64 {
                         tracing::error!(
                             pid = w.pid.as_raw(),
@@ -830,20 +877,36 @@ impl Master {
         }
     }
 
+    /// The upgrade handshake's signal: the new master is ready (to the old master), or
+    /// the old one handed over (to the new master). Believed only with the token.
+    fn upgrade_signal(&mut self, received: &signals::Received) {
+        if let Some((old, token)) = self.handoff_from {
+            // An old master from before tokens answers with a plain signal.
+            let authentic = token.map_or(received.sender == old, |t| received.is_from(old, t));
+            if authentic {
+                return self.handoff_acknowledged();
+            }
+        } else if let Some(upgrade) = &self.upgrade {
+            if received.is_from(upgrade.child.as_raw(), upgrade.token) {
+                return self.upgrade_ready();
+            }
+        }
+        tracing::warn!(
+            claimed_sender = received.sender,
+            "ignoring an upgrade signal that does not carry the upgrade's token"
+        );
+    }
+
     /// The new master says its workers are ready: hand over and stop gracefully.
-    fn upgrade_ready(&mut self, sender: i32) {
+    fn upgrade_ready(&mut self) {
         let Some(upgrade) = self.upgrade.take() else {
             return;
         };
-        if upgrade.child.as_raw() != sender {
-            self.upgrade = Some(upgrade);
-            return;
-        }
+        let sender = upgrade.child.as_raw();
         // systemd follows the new master before this one may leave; then the new one
         // hears back and sends READY=1 as the main process.
         self.systemd.hand_over(sender);
-        // SAFETY: kill(2) with a realtime signal number.
-        unsafe { libc::kill(sender, upgrade::ready_signal()) };
+        let _ = signals::queue(sender, upgrade::ready_signal(), upgrade.token);
         if self.manual_upgrade {
             tracing::info!(
                 new_master = sender,
@@ -893,8 +956,8 @@ impl Master {
             let status = self.status_line().1;
             self.systemd.ready(&status);
         }
-        for waiter in self.reload_waiters.drain(..) {
-            control::answer_reload(waiter, ok);
+        for (waiter, token) in self.reload_waiters.drain(..) {
+            control::answer_reload(waiter, token, ok);
         }
     }
 
@@ -930,7 +993,7 @@ impl Master {
             .count();
         let ready = self.ready_active();
         // Exited workers' requests were folded into the scoreboard's totals.
-        let served = self.scoreboard.board().totals().requests;
+        let served = self.scoreboard.totals().requests;
         let counts = format!(
             "{ready} of {} workers ready ({running} running, generation {})",
             self.target, self.generation
@@ -1016,10 +1079,13 @@ impl Master {
     }
 
     /// In a native worker: the master's own fds (signalfd, notify socket, exec workers'
-    /// output pipes, the directories of unix socket files and of the pidfile) are not the
-    /// worker's business.
+    /// output pipes, the directories of unix socket files, the locked pidfile and its
+    /// directory) are not the worker's business.
     fn close_master_fds_in_child(&self) {
         let _ = nix::unistd::close(self.signals.fd().as_raw_fd());
+        if let Some(pidfile) = &self.pidfile {
+            let _ = nix::unistd::close(pidfile.fd().as_raw_fd());
+        }
         if let Some(intake) = &self.notify_intake {
             let _ = nix::unistd::close(intake.fd().as_raw_fd());
         }
@@ -1124,10 +1190,9 @@ impl Master {
         let mut output = None;
         if let Program::Exec(_) = &self.factory {
             if self.notify_intake.is_none() {
-                self.notify_intake =
-                    Some(exec::NotifyIntake::bind(self.pid).inspect_err(|_| {
-                        self.scoreboard.release(slot_index);
-                    })?);
+                self.notify_intake = Some(exec::NotifyIntake::bind().inspect_err(|_| {
+                    self.scoreboard.release(slot_index);
+                })?);
             }
             output = Some(exec::output_pipe().inspect_err(|_| {
                 self.scoreboard.release(slot_index);
@@ -1209,6 +1274,7 @@ impl Master {
                     phase: Phase::Running,
                     ready: false,
                     exec,
+                    clock_from_ms: monotonic_ms(),
                 });
                 Ok(())
             }

@@ -48,13 +48,59 @@ pub struct SignalIntake {
     fd: SignalFd,
 }
 
-/// One received signal: its number, the pid that sent it, and for a signal sent with
-/// sigqueue(3) (`code` = `SI_QUEUE`) the integer it carried.
+/// One received signal: its number, the pid and real uid that sent it, and for a signal
+/// sent with sigqueue(3) (`code` = `SI_QUEUE`) the value it carried. A process allowed
+/// to signal the master can forge `sender` and `uid` with rt_sigqueueinfo(2): only
+/// `token` (a secret the legitimate sender knows) authenticates a message.
 pub struct Received {
     pub signo: i32,
     pub sender: i32,
+    pub uid: u32,
     pub code: i32,
-    pub value: i32,
+    /// The whole sigqueue value (`sival_ptr`, 64 bits).
+    pub token: u64,
+}
+
+impl Received {
+    /// Whether this is a message from `pid` carrying `token`, queued by a process of
+    /// this master's user (see [`Received`] for why the token is what counts).
+    pub fn is_from(&self, pid: i32, token: u64) -> bool {
+        self.code == libc::SI_QUEUE
+            && self.sender == pid
+            && self.uid == nix::unistd::getuid().as_raw()
+            && token != 0
+            && self.token == token
+    }
+}
+
+/// A fresh random token for one exchange of realtime signals (never 0). The
+/// getrandom(2) system call; a failure leaves the clock's nanoseconds mixed with the pid.
+pub fn random_token() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom(2) into a local buffer of the given length.
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let token = if filled == bytes.len() as isize {
+        u64::from_ne_bytes(bytes)
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        now ^ (u64::from(std::process::id()) << 32)
+    };
+    token.max(1)
+}
+
+/// Sends `signo` with `token` as its sigqueue value.
+pub fn queue(pid: i32, signo: libc::c_int, token: u64) -> std::io::Result<()> {
+    let value = libc::sigval {
+        sival_ptr: token as usize as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue(3) with a valid signal number and a plain integer value.
+    if unsafe { libc::sigqueue(pid, signo, value) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl SignalIntake {
@@ -75,8 +121,9 @@ impl SignalIntake {
             Ok(Some(info)) => Some(Received {
                 signo: info.ssi_signo as i32,
                 sender: info.ssi_pid as i32,
+                uid: info.ssi_uid,
                 code: info.ssi_code,
-                value: info.ssi_int,
+                token: info.ssi_ptr,
             }),
             _ => None,
         }
@@ -87,4 +134,40 @@ impl SignalIntake {
 /// (its runtime installs its own handlers). The signalfd is closed with the intake.
 pub fn restore_in_child() {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(sender: i32, code: i32, token: u64) -> Received {
+        Received {
+            signo: libc::SIGRTMIN() + 1,
+            sender,
+            uid: nix::unistd::getuid().as_raw(),
+            code,
+            token,
+        }
+    }
+
+    #[test]
+    fn only_the_right_token_from_the_right_pid_authenticates() {
+        let token = random_token();
+        assert_ne!(token, 0);
+        assert_ne!(token, random_token());
+        assert!(received(42, libc::SI_QUEUE, token).is_from(42, token));
+        assert!(!received(42, libc::SI_QUEUE, token ^ 1).is_from(42, token));
+        assert!(!received(43, libc::SI_QUEUE, token).is_from(42, token));
+        assert!(
+            !received(42, libc::SI_USER, token).is_from(42, token),
+            "kill(2) carries no token"
+        );
+        assert!(
+            !received(42, libc::SI_QUEUE, 0).is_from(42, 0),
+            "0 is no token"
+        );
+        let mut other_user = received(42, libc::SI_QUEUE, token);
+        other_user.uid = other_user.uid.wrapping_add(1);
+        assert!(!other_user.is_from(42, token));
+    }
 }

@@ -3,6 +3,11 @@
 //! /proc/self/exe) with the listeners passed by the systemd protocol, and wait for the
 //! new master to say it is ready (the `upgrade_ready` signal). If it exits or misses the
 //! deadline, the pidfile is restored and this master keeps serving.
+//!
+//! The handshake is authenticated by a random token, not by sender pids (which any
+//! process allowed to signal a master can forge): the old master gives it to the new one
+//! in `_FORKD_UPGRADE_TOKEN`; the new master's "ready" signal and the old master's
+//! answer ("systemd follows you now") both carry it as their sigqueue value.
 
 use crate::listeners::Listener;
 use crate::systemd::LISTEN_FDS_START;
@@ -16,12 +21,28 @@ use std::time::{Duration, Instant};
 /// Environment variable telling a new master which old master to notify when ready.
 /// Deliberately outside the `FORKD_` prefix, which is reserved for config keys.
 pub const UPGRADE_FROM_VAR: &str = "_FORKD_UPGRADE_FROM";
+/// Environment variable with the handshake's token (hex), beside `UPGRADE_FROM_VAR`.
+pub const UPGRADE_TOKEN_VAR: &str = "_FORKD_UPGRADE_TOKEN";
 /// How long a new master gets to have all its workers ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The signal a new master sends its old master once its workers are ready.
 pub fn ready_signal() -> libc::c_int {
     libc::SIGRTMIN() + 1
+}
+
+/// In a master started by USR2: the old master's pid and the handshake token, taken
+/// out of the environment (so that no worker inherits them). The token is `None` when
+/// the old master is a forkd from before tokens: the handshake then falls back to plain
+/// signals, so that upgrading from such a version still works.
+pub fn take_upgrade_from() -> Option<(i32, Option<u64>)> {
+    let from = std::env::var(UPGRADE_FROM_VAR).ok();
+    let token = std::env::var(UPGRADE_TOKEN_VAR).ok();
+    std::env::remove_var(UPGRADE_FROM_VAR);
+    std::env::remove_var(UPGRADE_TOKEN_VAR);
+    let pid = from?.parse::<i32>().ok()?;
+    let token = token.and_then(|t| u64::from_str_radix(&t, 16).ok().filter(|t| *t != 0));
+    Some((pid, token))
 }
 
 /// How to start this program again: resolved once at start.
@@ -37,6 +58,8 @@ pub struct Relaunch {
 /// An upgrade in progress.
 pub struct Upgrade {
     pub child: Pid,
+    /// The secret the new master's signals must carry.
+    pub token: u64,
     pub deadline: Instant,
     pidfile: Option<PathBuf>,
 }
@@ -85,7 +108,13 @@ impl Upgrade {
             .filter(|(k, _)| {
                 !matches!(
                     k.to_str(),
-                    Some("LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES" | UPGRADE_FROM_VAR)
+                    Some(
+                        "LISTEN_FDS"
+                            | "LISTEN_PID"
+                            | "LISTEN_FDNAMES"
+                            | UPGRADE_FROM_VAR
+                            | UPGRADE_TOKEN_VAR
+                    )
                 )
             })
             .filter_map(|(k, v)| {
@@ -101,6 +130,10 @@ impl Upgrade {
                 .map_err(|e| e.to_string())?,
         );
         env.push(CString::new(format!("{UPGRADE_FROM_VAR}={old_pid}")).map_err(|e| e.to_string())?);
+        let token = super::signals::random_token();
+        env.push(
+            CString::new(format!("{UPGRADE_TOKEN_VAR}={token:x}")).map_err(|e| e.to_string())?,
+        );
         // None of these is in our environment any more: the master took the systemd
         // variables out of it at start (`Master::new`).
         for (key, value) in extra_env {
@@ -139,6 +172,7 @@ impl Upgrade {
             }
             Ok(ForkResult::Parent { child }) => Ok(Upgrade {
                 child,
+                token,
                 deadline: Instant::now() + READY_DEADLINE,
                 pidfile: pidfile.map(Path::to_path_buf),
             }),
