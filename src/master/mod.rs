@@ -136,6 +136,8 @@ pub struct Master {
     listeners: Vec<Listener>,
     scoreboard: Scoreboard,
     signals: signals::SignalIntake,
+    /// Rung by workers when their scoreboard state changes.
+    doorbell: signals::Doorbell,
     workers: Vec<Worker>,
     target: usize,
     next_number: u64,
@@ -201,6 +203,8 @@ impl Master {
         crate::privileges::apply_umask_and_chdir(&config)?;
         let signals =
             signals::SignalIntake::install().map_err(|e| format!("cannot set up signals: {e}"))?;
+        let doorbell =
+            signals::Doorbell::new().map_err(|e| format!("cannot set up the doorbell: {e}"))?;
         let listeners = listeners::bind_all(&config, passed)?;
         for listener in &listeners {
             tracing::info!("listening on {}", listener.local);
@@ -222,6 +226,7 @@ impl Master {
             listeners,
             scoreboard,
             signals,
+            doorbell,
             workers: Vec::new(),
             target,
             next_number: 1,
@@ -256,6 +261,7 @@ impl Master {
         loop {
             self.reconcile();
             self.wait_for_events();
+            self.doorbell.drain();
             while let Some(received) = self.signals.next() {
                 if received.signo == upgrade::ready_signal() {
                     if self.handoff_from == Some(received.sender) {
@@ -291,10 +297,10 @@ impl Master {
             .next_deadline()
             .saturating_duration_since(Instant::now());
         let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = vec![nix::poll::PollFd::new(
-            self.signals.fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
+        let mut fds = vec![
+            nix::poll::PollFd::new(self.signals.fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(self.doorbell.fd(), nix::poll::PollFlags::POLLIN),
+        ];
         if let Some(intake) = &self.notify_intake {
             fds.push(nix::poll::PollFd::new(
                 intake.fd(),
@@ -362,7 +368,7 @@ impl Master {
     fn handle_signal(&mut self, signo: i32) {
         let Ok(signal) = Signal::try_from(signo) else {
             return;
-        }; // the doorbell: just re-check
+        };
         match signal {
             Signal::SIGHUP => self.reload(),
             Signal::SIGTERM => self.term(),
@@ -1018,6 +1024,7 @@ impl Master {
     /// output pipes) are not the worker's business.
     fn close_master_fds_in_child(&self) {
         let _ = nix::unistd::close(self.signals.fd().as_raw_fd());
+        let _ = nix::unistd::close(self.doorbell.fd().as_raw_fd());
         if let Some(intake) = &self.notify_intake {
             let _ = nix::unistd::close(intake.fd().as_raw_fd());
         }
@@ -1160,6 +1167,7 @@ impl Master {
                             slot,
                             board: self.scoreboard.board(),
                             master_pid: self.pid,
+                            doorbell: self.doorbell.write.as_raw_fd(),
                             config: self.config.clone(),
                             listeners: &self.listeners,
                             metrics: self.metrics.as_ref(),

@@ -35,6 +35,8 @@ pub struct WorkerContext<'a> {
     /// The whole scoreboard: the server-wide header and every slot, for `/metrics`.
     pub board: &'static Board,
     pub master_pid: i32,
+    /// The write end of the master's doorbell pipe (see `master::signals::Doorbell`).
+    pub doorbell: std::os::fd::RawFd,
     pub config: Arc<Config>,
     pub listeners: &'a [Listener],
     /// The `[metrics]` listener, if metrics are on.
@@ -88,10 +90,18 @@ impl Shared {
     }
 }
 
-/// Tells the master that this worker's scoreboard slot changed.
-pub(crate) fn ring_doorbell(master_pid: i32) {
-    // SAFETY: kill(2) with a realtime signal number; no memory is involved.
-    unsafe { libc::kill(master_pid, crate::master::signals::doorbell()) };
+/// This worker's end of the master's doorbell pipe, set once at boot.
+static DOORBELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Tells the master that this worker's scoreboard slot changed: one byte into the
+/// doorbell pipe (non-blocking: a full pipe has rung already). Works whatever uid the
+/// worker switched to, which a signal to a root master would not.
+pub(crate) fn ring_doorbell(_master_pid: i32) {
+    let fd = DOORBELL.load(Relaxed);
+    if fd >= 0 {
+        // SAFETY: write(2) of one byte from a valid buffer to the inherited pipe.
+        unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    }
 }
 
 /// Runs the worker; never returns.
@@ -109,11 +119,13 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         slot,
         board,
         master_pid,
+        doorbell,
         config,
         listeners,
         metrics,
         factory,
     } = ctx;
+    DOORBELL.store(doorbell, Relaxed);
     let pid = std::process::id() as i32;
     slot.set_pid(pid);
     slot.set_number(number);
@@ -121,9 +133,16 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     if let Err(e) = crate::privileges::drop_for_worker(&config) {
         return Err(boot_failed(slot, &e));
     }
-    // After any uid change (which clears it): die with the master, then close the race
-    // where the master died before prctl.
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    // After any uid change (which clears it): hear of the master's death, then close
+    // the race where the master died before prctl. Its own signal, not TERM: a worker
+    // whose master is gone closes its listeners at once (see `wait_for_stop_signal`).
+    // SAFETY: prctl(2) with an integer argument.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            crate::master::signals::master_died() as libc::c_ulong,
+        )
+    };
     if nix::unistd::getppid().as_raw() != master_pid {
         return Err(0);
     }
@@ -171,6 +190,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
                     .map_err(|e| boot_failed(slot, &e))?,
             );
         }
+        close_inherited_listeners(listeners, metrics);
         tokio::spawn(report_progress(slot, progress_interval(config.timeout)));
         slot.set_state(WorkerState::Ready);
         ring_doorbell(master_pid);
@@ -179,6 +199,20 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         drain(&shared, accepting, config.graceful_timeout).await;
         Ok(())
     })
+}
+
+/// Closes the worker's copies of the master's listening fds, inherited by the fork:
+/// the accept tasks serve their own duplicates, which the drain closes. Otherwise a
+/// worker left behind by a master killed with SIGKILL would keep the port bound (the
+/// kernel accepting connections nobody serves, a restarted master failing with
+/// "Address already in use") until its last request ends.
+fn close_inherited_listeners(listeners: &[Listener], metrics: Option<&Listener>) {
+    use std::os::fd::AsRawFd;
+    for listener in listeners.iter().chain(metrics) {
+        // The `Listener`s are the master's, never dropped in this process (it leaves
+        // with `exit`), so nothing closes these numbers a second time.
+        let _ = nix::unistd::close(listener.fd.as_raw_fd());
+    }
 }
 
 /// Records a boot failure in the slot (the master reports it) and returns the exit code.
@@ -438,11 +472,12 @@ impl Drop for OpenConnection {
 /// Waits for TERM (drain); QUIT and INT exit at once; USR1 reopens the logs.
 async fn wait_for_stop_signal(shared: &Shared) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut usr1)) = (
+    let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut usr1), Ok(mut orphaned)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::quit()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::user_defined1()),
+        signal(SignalKind::from_raw(crate::master::signals::master_died())),
     ) else {
         tracing::error!("worker cannot install signal handlers");
         return;
@@ -450,6 +485,13 @@ async fn wait_for_stop_signal(shared: &Shared) {
     loop {
         tokio::select! {
             _ = term.recv() => return,
+            _ = orphaned.recv() => {
+                tracing::warn!(
+                    pid = std::process::id(),
+                    "the master died: closing the listeners, finishing the requests in flight"
+                );
+                return;
+            }
             _ = quit.recv() => exit_now(shared),
             _ = int.recv() => exit_now(shared),
             _ = usr1.recv() => {
