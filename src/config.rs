@@ -69,6 +69,8 @@ pub struct Limits {
     pub max_body: u64,                 // 10 MiB
     pub header_read_timeout: Duration, // 10 s
     pub max_connections: usize,        // 1000
+    /// Per worker and client IP; 0 = no limit.
+    pub max_connections_per_ip: usize, // 0
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +204,7 @@ const KEYS: &[(&str, &str)] = &[
     ("limits.max_body", "a size: bytes or a string like \"64KiB\", \"10MiB\""),
     ("limits.header_read_timeout", "a duration > 0: seconds or a string like \"10s\""),
     ("limits.max_connections", "an integer >= 1"),
+    ("limits.max_connections_per_ip", "an integer >= 0 (0 = no limit)"),
     ("health.live_path", "a path starting with /"),
     ("health.ready_path", "a path starting with /"),
     ("health.shutdown_delay", "a duration: seconds or a string like \"5s\""),
@@ -252,6 +255,7 @@ impl Default for Config {
                 max_body: 10 * 1024 * 1024,
                 header_read_timeout: Duration::from_secs(10),
                 max_connections: 1000,
+                max_connections_per_ip: 0,
             },
             health: Health {
                 live_path: None,
@@ -507,6 +511,11 @@ fn set(
         }
         "limits.max_connections" => {
             config.limits.max_connections = positive(&value).ok_or_else(|| bad(&value))?
+        }
+        "limits.max_connections_per_ip" => {
+            config.limits.max_connections_per_ip = integer(&value)
+                .map(|n| n as usize)
+                .ok_or_else(|| bad(&value))?
         }
         "health.live_path" => {
             config.health.live_path = Some(url_path(&value).ok_or_else(|| bad(&value))?)
@@ -1017,8 +1026,8 @@ impl Config {
         );
         let l = &self.limits;
         out.push_str(&format!(
-            "\n[limits]\nrequest_line = {}\nrequest_fields = {}\nrequest_field_size = {}\nmax_body = {}\nheader_read_timeout = {}\nmax_connections = {}\n",
-            l.request_line, l.request_fields, l.request_field_size, l.max_body, fmt_duration(l.header_read_timeout), l.max_connections
+            "\n[limits]\nrequest_line = {}\nrequest_fields = {}\nrequest_field_size = {}\nmax_body = {}\nheader_read_timeout = {}\nmax_connections = {}\nmax_connections_per_ip = {}\n",
+            l.request_line, l.request_fields, l.request_field_size, l.max_body, fmt_duration(l.header_read_timeout), l.max_connections, l.max_connections_per_ip
         ));
         out.push_str("\n[health]\n");
         optional(

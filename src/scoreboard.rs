@@ -112,16 +112,18 @@ pub enum Rejection {
     MaxBody = 3,
     MaxConnections = 4,
     HeaderReadTimeout = 5,
+    MaxConnectionsPerIp = 6,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 6] = [
+    pub const ALL: [Rejection; 7] = [
         Rejection::RequestLine,
         Rejection::RequestFields,
         Rejection::RequestFieldSize,
         Rejection::MaxBody,
         Rejection::MaxConnections,
         Rejection::HeaderReadTimeout,
+        Rejection::MaxConnectionsPerIp,
     ];
     /// The config key of the limit, as the metric's label.
     pub fn limit_name(self) -> &'static str {
@@ -132,6 +134,7 @@ impl Rejection {
             Rejection::MaxBody => "max_body",
             Rejection::MaxConnections => "max_connections",
             Rejection::HeaderReadTimeout => "header_read_timeout",
+            Rejection::MaxConnectionsPerIp => "max_connections_per_ip",
         }
     }
 }

@@ -6,6 +6,9 @@ mod harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -183,5 +186,205 @@ fn after_sigkill_of_the_master_the_port_is_free_at_once_and_in_flight_requests_f
     assert_eq!(status, 200);
 }
 
-#[allow(dead_code)]
-fn unused(_: &Path) {}
+fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("forkd.toml");
+    std::fs::write(&path, text).expect("config");
+    path.to_str().unwrap().to_string()
+}
+
+fn metrics_addr(server: &Server) -> String {
+    server.expect_log("serving /metrics on ", Duration::from_secs(5));
+    server
+        .log()
+        .split("serving /metrics on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("metrics address")
+        .to_string()
+}
+
+/// The value of one sample line of /metrics (`name{labels}`), 0 if absent.
+fn metric(metrics: &str, sample: &str) -> f64 {
+    let (status, _, body) = get(metrics, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(sample)?;
+            // `name` alone matches every label set of it (summed).
+            let rest = match rest.strip_prefix('{') {
+                Some(labels) if !sample.ends_with('}') => labels.split_once("} ")?.1,
+                _ => rest.strip_prefix(' ')?,
+            };
+            rest.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// A TCP connection to `addr` from the local address `from` (127.0.0.x).
+fn connect_from(from: [u8; 4], addr: &str) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let target: std::net::SocketAddrV4 = addr.parse().expect("v4 address");
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .expect("socket");
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::new(from[0], from[1], from[2], from[3], 0),
+    )
+    .expect("bind");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(target)).expect("connect");
+    TcpStream::from(fd)
+}
+
+fn exchange(mut stream: TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn max_connections_per_ip_refuses_one_client_not_the_others_and_idle_ones_count_as_header_timeouts()
+{
+    let dir = temp_dir("os-per-ip");
+    let config = write_config(
+        &dir,
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\nkeepalive = 30\n[limits]\nmax_connections_per_ip = 5\nheader_read_timeout = 2\n[metrics]\nbind = \"127.0.0.1:0\"\n",
+    );
+    let (code, _) = run_to_exit(
+        &forkd(),
+        &["-c", &config, "--print-config"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(0));
+    let printed = Command::new(forkd())
+        .args(["-c", &config, "--print-config"])
+        .output()
+        .expect("print-config");
+    assert!(
+        String::from_utf8_lossy(&printed.stdout).contains("max_connections_per_ip = 5"),
+        "{}",
+        String::from_utf8_lossy(&printed.stdout)
+    );
+    let bad = write_config(
+        &temp_dir("os-per-ip-bad"),
+        "[limits]\nmax_connections_per_ip = -1\n",
+    );
+    let (code, err) = run_to_exit(
+        &forkd(),
+        &["-c", &bad, "--check-config"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("max_connections_per_ip"), "{err}");
+
+    let server = Server::start(&forkd(), &["-c", &config]);
+    let metrics = metrics_addr(&server);
+    let idle: Vec<TcpStream> = (0..5)
+        .map(|_| connect_from([127, 0, 0, 1], &server.addr))
+        .collect();
+    assert!(poll_until(Duration::from_secs(3), || metric(
+        &metrics,
+        "forkd_worker_connections"
+    ) == 5.0));
+    let refused = exchange(connect_from([127, 0, 0, 1], &server.addr));
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 1"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("limits.max_connections_per_ip"),
+        "{refused}"
+    );
+    let other = exchange(connect_from([127, 0, 0, 2], &server.addr));
+    assert!(
+        other.starts_with("HTTP/1.1 200"),
+        "another client is served: {other}"
+    );
+    server.expect_log("worker full", Duration::from_secs(3));
+    assert_eq!(
+        metric(
+            &metrics,
+            "forkd_requests_rejected_total{limit=\"max_connections_per_ip\"}"
+        ),
+        1.0
+    );
+    // The idle ones are closed at header_read_timeout, and counted there.
+    assert!(
+        poll_until(Duration::from_secs(6), || metric(
+            &metrics,
+            "forkd_requests_rejected_total{limit=\"header_read_timeout\"}"
+        ) >= 5.0),
+        "idle connections not counted as header_read_timeout:\n{}",
+        server.log()
+    );
+    drop(idle);
+    let again = exchange(connect_from([127, 0, 0, 1], &server.addr));
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+}
+
+#[test]
+fn connections_held_open_to_the_metrics_listener_do_not_exhaust_the_worker() {
+    let dir = temp_dir("os-metrics-cap");
+    let config = write_config(
+        &dir,
+        "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[metrics]\nbind = \"127.0.0.1:0\"\n",
+    );
+    let mut command = Command::new(forkd());
+    command.args(["-c", &config]);
+    limit_fds(&mut command, 200);
+    let server = start_or_exit(&mut command, Duration::from_secs(10)).expect("started");
+    let metrics = metrics_addr(&server);
+    let addr = server
+        .log()
+        .lines()
+        .find(|l| l.contains("listening on "))
+        .and_then(|l| l.split("listening on ").nth(1))
+        .map(|a| a.trim().to_string())
+        .expect("address");
+    let held: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(&metrics).expect("connect to metrics"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // The app is still served: the worker did not run out of fds.
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    let answer = {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(4)))
+            .unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    };
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "app not served: {answer:?}\n{}",
+        server.log()
+    );
+    // Past the cap, held connections were closed by the worker.
+    let closed = held
+        .iter()
+        .filter(|s| {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(20)));
+            matches!((&**s).read(&mut [0u8; 1]), Ok(0))
+        })
+        .count();
+    // 64 per worker (metrics::MAX_CONNECTIONS).
+    assert!(closed >= 300 - 64, "only {closed} closed");
+}

@@ -113,7 +113,9 @@ impl ConnState {
         };
         let limit_ms = limit.as_millis() as u64;
         if idle_for >= limit_ms {
-            Err(if partial {
+            // A connection that never sent a whole request (not a byte, or part of a
+            // head) holds a slot until `header_read_timeout`: counted as such.
+            Err(if partial || waiting_for_first {
                 Closing::HeaderTimeout
             } else {
                 Closing::Idle
@@ -139,7 +141,8 @@ impl ConnState {
 /// Why the watchdog closes a connection.
 enum Closing {
     Idle,
-    /// Part of a request head arrived, the rest not within `header_read_timeout`.
+    /// No whole request head within `header_read_timeout`: part of one arrived, or
+    /// nothing at all since the connection opened.
     HeaderTimeout,
 }
 
