@@ -354,6 +354,17 @@ pub fn render(board: &Board) -> String {
     let _ = writeln!(out, "forkd_upgrades_total {}", header.upgrades());
     family(
         &mut out,
+        "forkd_log_lines_dropped_total",
+        "counter",
+        "Error and access log lines that could not be written (a full disk, a stderr nobody reads).",
+    );
+    let _ = writeln!(
+        out,
+        "forkd_log_lines_dropped_total {}",
+        header.log_lines_dropped()
+    );
+    family(
+        &mut out,
         "forkd_requests_rejected_total",
         "counter",
         "Requests and connections refused by a [limits] setting before reaching the app.",

@@ -156,6 +156,9 @@ pub struct Header {
     reloads: AtomicU64,
     upgrades: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
+    /// Error and access log lines that could not be written (full disk, stalled
+    /// stderr), from every process.
+    log_lines_dropped: AtomicU64,
     /// One past the highest slot index ever claimed: scans of the slots (accept
     /// balancing, metrics, totals) look at this many, not all of [`CAPACITY`].
     slots_high_water: AtomicU32,
@@ -201,6 +204,12 @@ impl Header {
     }
     pub fn count_rejection(&self, rejection: Rejection) {
         self.rejected[rejection as usize].fetch_add(1, Relaxed);
+    }
+    pub fn count_log_lines_dropped(&self, lines: u64) {
+        self.log_lines_dropped.fetch_add(lines, Relaxed);
+    }
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_lines_dropped.load(Relaxed)
     }
     pub fn rejections(&self, rejection: Rejection) -> u64 {
         self.rejected[rejection as usize].load(Relaxed)

@@ -211,6 +211,7 @@ impl Master {
         }
         let metrics = crate::metrics::listen(&config, passed_metrics)?;
         let scoreboard = Scoreboard::new().map_err(|e| e.to_string())?;
+        crate::logging::count_dropped_in(scoreboard.header());
         let pidfile = match &config.pidfile {
             Some(path) => Some(pidfile::Pidfile::create(path).map_err(|e| e.to_string())?),
             None => None,
@@ -315,10 +316,17 @@ impl Master {
                 ));
             }
         }
+        // Error-log lines waiting for a stderr that is not being read (never blocked on).
+        if let Some(fd) = crate::logging::waiting_for_stderr() {
+            // SAFETY: the logger keeps this fd open for the life of the process.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            fds.push(nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT));
+        }
         let _ = nix::poll::poll(
             &mut fds,
             nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX),
         );
+        crate::logging::pump();
     }
 
     /// The nearest moment the loop must act without a signal.
@@ -1244,5 +1252,6 @@ impl Master {
             successor.remove_oldbin();
         }
         tracing::info!(pid = self.pid, "master exiting");
+        crate::logging::flush();
     }
 }
