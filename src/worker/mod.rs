@@ -134,6 +134,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         factory,
     } = ctx;
     DOORBELL.store(doorbell, Relaxed);
+    crate::logging::in_worker();
     let pid = std::process::id() as i32;
     slot.set_pid(pid);
     slot.set_number(number);
