@@ -388,3 +388,291 @@ fn connections_held_open_to_the_metrics_listener_do_not_exhaust_the_worker() {
     // 64 per worker (metrics::MAX_CONNECTIONS).
     assert!(closed >= 300 - 64, "only {closed} closed");
 }
+
+/// A tmpfs of `size` mounted on `dir`, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Starts forkd whose error log is the file `error_log` and waits until it is ready.
+fn start_logging_to(command: &mut Command, error_log: &Path) -> Server {
+    let mut server = Server::spawn(command);
+    let read = || std::fs::read_to_string(error_log).unwrap_or_default();
+    assert!(
+        poll_until(Duration::from_secs(10), || read()
+            .contains("all workers ready")),
+        "not ready:\n{}\n{}",
+        read(),
+        server.log()
+    );
+    server.addr = read()
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_string();
+    server
+}
+
+#[test]
+fn on_a_full_disk_access_log_lines_stay_whole_and_drops_are_counted() {
+    let dir = temp_dir("os-full-disk");
+    let Some(disk) = Tmpfs::mount(&dir.join("logs"), "64k") else {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    // Nearly full: a few KiB left.
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![b'.'; 56 * 1024]).expect("filler");
+    let access = disk.0.join("access.log");
+    let config = write_config(
+        &dir,
+        &format!(
+            "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n[log]\naccess_log = {access:?}\nerror_log = {:?}\n[metrics]\nbind = \"127.0.0.1:0\"\n",
+            dir.join("error.log")
+        ),
+    );
+    let error_log = dir.join("error.log");
+    let server = start_logging_to(Command::new(forkd()).args(["-c", &config]), &error_log);
+    let read_error_log = || std::fs::read_to_string(&error_log).unwrap_or_default();
+    let line = read_error_log();
+    let metrics = line
+        .split("serving /metrics on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("metrics address")
+        .to_string();
+    let agent = "x".repeat(300);
+    let send = |n: usize| {
+        for _ in 0..n {
+            let raw = format!(
+                "GET /a HTTP/1.1\r\nHost: t\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n"
+            );
+            let (status, _, _) = request(&server.addr, &raw).expect("request");
+            assert_eq!(status, 200);
+        }
+        // The access log writer appends every 200 ms.
+        std::thread::sleep(Duration::from_millis(400));
+    };
+    for _ in 0..6 {
+        send(7);
+    }
+    let check_whole = |text: &str| {
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "torn last line: {:?}",
+            text.lines().last()
+        );
+        for line in text.lines() {
+            assert!(
+                line.starts_with("127.0.0.1 - - [") && line.matches("127.0.0.1 - - [").count() == 1,
+                "not a whole line: {line:?}"
+            );
+            let pid = line.rsplit(' ').next().unwrap_or("");
+            assert!(pid.parse::<u32>().is_ok(), "not a whole line: {line:?}");
+        }
+    };
+    let text = std::fs::read_to_string(&access).expect("access log");
+    check_whole(&text);
+    assert!(text.lines().count() < 42, "the disk was not full");
+    assert!(
+        poll_until(Duration::from_secs(5), || read_error_log()
+            .contains("access log write failed")),
+        "no report of the dropped lines:\n{}",
+        read_error_log()
+    );
+    assert!(metric(&metrics, "forkd_log_lines_dropped_total") > 0.0);
+    // Room again: new lines are whole, none glued to an old fragment.
+    std::fs::remove_file(&filler).expect("free space");
+    send(5);
+    let text = std::fs::read_to_string(&access).expect("access log");
+    check_whole(&text);
+    drop(server);
+    drop(disk);
+}
+
+#[test]
+fn a_master_whose_stderr_is_never_read_still_supervises() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = temp_dir("os-stalled-stderr");
+    let socket = dir.join("s.sock");
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    let mut command = Command::new(forkd());
+    command
+        .args([
+            "-b",
+            &format!("unix:{}", socket.display()),
+            "-w",
+            "2",
+            "--log-level",
+            "debug",
+            "hello",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(
+            write_end.try_clone().expect("dup"),
+        ));
+    let mut child = command.spawn().expect("start forkd");
+    let _guard = PidGuard(child.id() as i32);
+    let master = child.id() as i32;
+    let addr = format!("unix:{}", socket.display());
+    assert!(
+        poll_until(Duration::from_secs(10), || get(&addr, "/")
+            .is_ok_and(|r| r.0 == 200)),
+        "forkd does not serve"
+    );
+    // Fill the pipe through an own non-blocking handle (forkd's stays as it is).
+    let raw = nix::fcntl::open(
+        format!("/proc/self/fd/{}", write_end.as_raw_fd()).as_str(),
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    )
+    .expect("reopen pipe");
+    // SAFETY: just opened.
+    let filler = unsafe { OwnedFd::from_raw_fd(raw) };
+    while nix::unistd::write(&filler, &[b'#'; 4096]).is_ok() {}
+    while nix::unistd::write(&filler, b"#").is_ok() {}
+    drop(filler);
+    drop(write_end);
+    // A worker killed now must be replaced (the master logs that, into a full pipe).
+    let workers = workers_of(master);
+    assert_eq!(workers.len(), 2);
+    for round in 0..3 {
+        let victim = workers_of(master)[0];
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+        assert!(
+            poll_until(Duration::from_secs(5), || {
+                let now = workers_of(master);
+                now.len() == 2 && !now.contains(&victim)
+            }),
+            "round {round}: the killed worker was not replaced"
+        );
+    }
+    assert!(get(&addr, "/").is_ok_and(|r| r.0 == 200));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(master), Signal::SIGTERM).unwrap();
+    assert!(
+        poll_until(Duration::from_secs(10), || matches!(
+            child.try_wait(),
+            Ok(Some(_))
+        )),
+        "TERM did not stop a master whose stderr is full"
+    );
+    drop(read_end);
+}
+
+#[test]
+fn a_worker_that_crashes_right_after_ready_is_restarted_with_backoff() {
+    let server = Server::start(&forkd(), &["-b", "127.0.0.1:0", "-w", "1", "hello"]);
+    let began = Instant::now();
+    let mut killed = std::collections::HashSet::new();
+    while began.elapsed() < Duration::from_secs(4) {
+        for pid in workers_of(server.pid()) {
+            if !killed.contains(&pid) && server.log_contains(&format!("pid={pid} worker=")) {
+                let ready = server
+                    .log()
+                    .lines()
+                    .any(|l| l.contains("worker ready") && l.contains(&format!("pid={pid} ")));
+                if ready {
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                    killed.insert(pid);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = server.log();
+    // 0.5 + 1 + 2 s of backoff fit in 4 s: at most 4 or 5 crashes, not dozens.
+    assert!(
+        killed.len() <= 5,
+        "{} restarts in 4 s:\n{log}",
+        killed.len()
+    );
+    assert!(killed.len() >= 2, "{log}");
+    assert!(log.contains("replacing it in 0.5s"), "{log}");
+    assert!(log.contains("replacing it in 1.0s"), "{log}");
+}
+
+#[test]
+fn panics_reach_a_file_error_log_and_are_access_logged_as_500() {
+    let dir = temp_dir("os-panic");
+    let error_log = dir.join("error.log");
+    let access_log = dir.join("access.log");
+    let example = counter_example();
+    let server = start_logging_to(
+        Command::new(example).args([
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "--error-log",
+            error_log.to_str().unwrap(),
+            "--access-log",
+            access_log.to_str().unwrap(),
+        ]),
+        &error_log,
+    );
+    assert!(get(&server.addr, "/panic").is_err());
+    assert!(
+        poll_until(Duration::from_secs(3), || std::fs::read_to_string(
+            &error_log
+        )
+        .unwrap_or_default()
+        .contains("counter: /panic requested")),
+        "the panic is not in the error log file:\n{}",
+        std::fs::read_to_string(&error_log).unwrap_or_default()
+    );
+    assert!(
+        poll_until(Duration::from_secs(3), || std::fs::read_to_string(
+            &access_log
+        )
+        .unwrap_or_default()
+        .contains("\"GET /panic HTTP/1.1\" 500 ")),
+        "{}",
+        std::fs::read_to_string(&access_log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn accept_failures_are_rate_limited_and_a_short_fd_limit_is_warned_about() {
+    let mut command = Command::new(forkd());
+    command.args(["-b", "127.0.0.1:0", "-w", "1", "hello"]);
+    limit_fds(&mut command, 100);
+    let server = start_or_exit(&mut command, Duration::from_secs(10)).expect("started");
+    assert!(server.log_contains("RLIMIT_NOFILE"), "{}", server.log());
+    let addr = server
+        .log()
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_string();
+    let held: Vec<TcpStream> = (0..150)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = server.log().matches("accept failed").count();
+    assert!(lines >= 1, "{}", server.log());
+    assert!(
+        lines <= 2,
+        "{lines} accept lines in 1.5 s:\n{}",
+        server.log()
+    );
+    drop(held);
+}
