@@ -676,3 +676,66 @@ fn accept_failures_are_rate_limited_and_a_short_fd_limit_is_warned_about() {
     );
     drop(held);
 }
+
+/// A cgroup v1 memory group below this process's own, removed on drop.
+struct MemoryCgroup(PathBuf);
+
+impl MemoryCgroup {
+    fn new(name: &str, limit: &str) -> Option<MemoryCgroup> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let path = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))?;
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/memory{path}/{name}"));
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(dir.join("memory.limit_in_bytes"), limit).ok()?;
+        let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limit);
+        Some(MemoryCgroup(dir))
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = poll_until(Duration::from_secs(3), || {
+            std::fs::remove_dir(&self.0).is_ok()
+        });
+    }
+}
+
+#[test]
+fn a_worker_taken_by_the_oom_killer_is_logged_as_such() {
+    let name = format!("forkd-oom-{}", std::process::id());
+    let Some(cgroup) = MemoryCgroup::new(&name, "48M") else {
+        eprintln!("skipped: no writable cgroup v1 memory controller");
+        return;
+    };
+    let procs = cgroup.0.join("cgroup.procs");
+    let mut command = Command::new(forkd());
+    command.args(["-b", "127.0.0.1:0", "-w", "1", "echo"]);
+    // SAFETY: only open/write/close between fork and exec.
+    unsafe {
+        command.pre_exec(move || std::fs::write(&procs, "0"));
+    }
+    let server = start_or_exit(&mut command, Duration::from_secs(10)).expect("started");
+    let addr = server
+        .log()
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_string();
+    // 64 MiB of body in a 48 MiB group.
+    let _ = get(&addr, &format!("/?bytes={}", 64 * 1024 * 1024));
+    server.expect_log("worker exited unexpectedly", Duration::from_secs(10));
+    assert!(
+        server.log_contains("OOM killer"),
+        "the OOM kill is not named:\n{}",
+        server.log()
+    );
+    drop(server);
+    drop(cgroup);
+}
