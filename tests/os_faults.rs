@@ -742,3 +742,52 @@ fn a_worker_taken_by_the_oom_killer_is_logged_as_such() {
     drop(server);
     drop(cgroup);
 }
+
+#[test]
+fn a_failed_allocation_is_in_a_file_error_log_and_named() {
+    let dir = temp_dir("os-alloc");
+    let error_log = dir.join("error.log");
+    let server = start_logging_to(
+        Command::new(forkd()).args([
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "--error-log",
+            error_log.to_str().unwrap(),
+            "echo",
+        ]),
+        &error_log,
+    );
+    let worker = workers_of(server.pid())[0];
+    // Room for 16 MiB more address space in the worker: echo's 64 MiB body fails.
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).expect("status");
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmSize");
+    let limit = vm_kib * 1024 + 16 * 1024 * 1024;
+    let ok = Command::new("prlimit")
+        .args(["--pid", &worker.to_string(), &format!("--as={limit}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: prlimit(1) is not available");
+        return;
+    }
+    let _ = get(&server.addr, &format!("/?bytes={}", 64 * 1024 * 1024));
+    let read = || std::fs::read_to_string(&error_log).unwrap_or_default();
+    assert!(
+        poll_until(Duration::from_secs(5), || read()
+            .contains("worker exited unexpectedly")),
+        "{}",
+        read()
+    );
+    let log = read();
+    assert!(
+        log.contains("memory allocation of 67108864 bytes failed"),
+        "the runtime's message is not in the error log file:\n{log}"
+    );
+    assert!(log.contains("SIGABRT: an abort"), "{log}");
+}
