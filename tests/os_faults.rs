@@ -133,7 +133,7 @@ fn a_worker_running_as_another_user_is_seen_ready_at_once() {
 
 #[test]
 fn after_sigkill_of_the_master_the_port_is_free_at_once_and_in_flight_requests_finish() {
-    let server = Server::start(
+    let server = Server::start_with_env(
         &forkd(),
         &[
             "-b",
@@ -144,7 +144,9 @@ fn after_sigkill_of_the_master_the_port_is_free_at_once_and_in_flight_requests_f
             "20",
             "echo",
         ],
+        &[("FORKD_METRICS_BIND", "127.0.0.1:0")],
     );
+    let metrics = metrics_addr(&server);
     let _workers: Vec<PidGuard> = workers_of(server.pid()).into_iter().map(PidGuard).collect();
     let addr = server.addr.clone();
     let slow = {
@@ -160,7 +162,10 @@ fn after_sigkill_of_the_master_the_port_is_free_at_once_and_in_flight_requests_f
     let mut last_failure = String::new();
     while killed.elapsed() < Duration::from_secs(8) {
         let mut command = Command::new(forkd());
-        command.args(["-b", &addr, "-w", "1", "hello"]);
+        // The metrics port too: the workers closed their copy of it as well.
+        command
+            .args(["-b", &addr, "-w", "1", "hello"])
+            .env("FORKD_METRICS_BIND", &metrics);
         match start_or_exit(&mut command, Duration::from_secs(10)) {
             Ok(server) => {
                 restarted = Some((server, killed.elapsed()));
@@ -180,6 +185,11 @@ fn after_sigkill_of_the_master_the_port_is_free_at_once_and_in_flight_requests_f
         "the port was busy for {took:?} after the master died"
     );
     let (status, _, body) = get(&addr, "/").expect("new server serves");
+    assert!(
+        new_server.log_contains(&format!("serving /metrics on {metrics}")),
+        "{}",
+        new_server.log()
+    );
     drop(new_server);
     assert_eq!((status, body.as_slice()), (200, &b"Hello, world!"[..]));
     let (status, _, _) = slow
