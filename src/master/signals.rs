@@ -9,9 +9,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 /// The signal a native worker gets when its master dies (`PR_SET_PDEATHSIG`): not
 /// TERM, so that the worker can tell "the master is gone" (close every listener at
-/// once, so a restarted master can bind) from an ordinary graceful stop.
+/// once, so a restarted master can bind) from an ordinary graceful stop. (+1 is the
+/// upgrade's ready signal, +2 the answer to `-s reload`.)
 pub fn master_died() -> libc::c_int {
-    libc::SIGRTMIN() + 2
+    libc::SIGRTMIN() + 3
 }
 
 /// The doorbell: a pipe whose write end every native worker inherits. A worker writes a
