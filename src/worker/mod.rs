@@ -170,6 +170,12 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         Err(e) => return Err(boot_failed(slot, &format!("cannot start runtime: {e}"))),
     };
     runtime.block_on(async move {
+        // First thing in the runtime, so that the master's death during the app's start
+        // is heard (and acted on once serving) rather than killing the worker.
+        let orphaned = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+            crate::master::signals::master_died(),
+        ))
+        .ok();
         let app = build_app(factory)
             .await
             .map_err(|reason| boot_failed(slot, &reason))?;
@@ -204,7 +210,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         slot.set_state(WorkerState::Ready);
         ring_doorbell(master_pid);
         tracing::debug!(pid, worker = number, "worker ready");
-        wait_for_stop_signal(&shared).await;
+        wait_for_stop_signal(&shared, orphaned).await;
         drain(&shared, accepting, config.graceful_timeout).await;
         Ok(())
     })
@@ -589,15 +595,16 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Waits for TERM (drain); QUIT and INT exit at once; USR1 reopens the logs.
-async fn wait_for_stop_signal(shared: &Shared) {
+/// Waits for TERM or the master's death (drain); QUIT and INT exit at once; USR1 reopens
+/// the logs.
+async fn wait_for_stop_signal(shared: &Shared, orphaned: Option<tokio::signal::unix::Signal>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut usr1), Ok(mut orphaned)) = (
+    let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut usr1), Some(mut orphaned)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::quit()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::user_defined1()),
-        signal(SignalKind::from_raw(crate::master::signals::master_died())),
+        orphaned,
     ) else {
         tracing::error!("worker cannot install signal handlers");
         return;
