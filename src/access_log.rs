@@ -15,7 +15,6 @@ use hyper::header::{HeaderName, HeaderValue, HOST, REFERER, USER_AGENT};
 use hyper::{Method, Uri, Version};
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
@@ -703,7 +702,7 @@ fn write_lines(
     dropped: Arc<AtomicU64>,
 ) {
     let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut last_error: Option<Instant> = None;
+    let mut last_error = WriteFailures::default();
     loop {
         std::thread::park_timeout(FLUSH_EVERY);
         let mut taken = 0;
@@ -749,18 +748,41 @@ fn write_lines(
     }
 }
 
-fn flush(sink: &mut Sink, batch: &mut Vec<u8>, last_error: &mut Option<Instant>) {
+/// Appends the batch, whole lines only (see `logging::append_whole_lines`: on a full
+/// disk the lines that fit are written and the rest dropped, never half a line).
+/// Dropped lines are counted, and said in the error log once every 10 s at most, with
+/// how many since the last such line, so a full disk does not flood it.
+fn flush(sink: &mut Sink, batch: &mut Vec<u8>, failures: &mut WriteFailures) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = sink.file().write_all(batch) {
-        // Once every 10 s at most, so a full disk does not flood the error log.
-        if last_error.map_or(true, |at| at.elapsed() > Duration::from_secs(10)) {
-            tracing::error!(pid = std::process::id(), "access log write failed: {e}");
-            *last_error = Some(Instant::now());
+    if let Err(dropped) = crate::logging::append_whole_lines(sink.file(), batch) {
+        crate::logging::count_dropped(dropped.lines);
+        failures.lines += dropped.lines;
+        if failures
+            .reported
+            .map_or(true, |at| at.elapsed() > Duration::from_secs(10))
+        {
+            tracing::error!(
+                pid = std::process::id(),
+                dropped = failures.lines,
+                "access log write failed: {}; {} line(s) dropped",
+                dropped.error,
+                failures.lines
+            );
+            failures.reported = Some(Instant::now());
+            failures.lines = 0;
         }
     }
     batch.clear();
+}
+
+/// Access log lines a failing disk made the writer drop, for its rate-limited report.
+#[derive(Default)]
+struct WriteFailures {
+    /// Dropped since the last report.
+    lines: u64,
+    reported: Option<Instant>,
 }
 
 #[cfg(test)]

@@ -71,6 +71,8 @@ pub struct Limits {
     /// A request body that sends nothing this long gets 408; zero = off.
     pub body_read_timeout: Duration, // 30 s
     pub max_connections: usize,        // 1000
+    /// Per worker and client IP; 0 = no limit.
+    pub max_connections_per_ip: usize, // 0
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +207,7 @@ const KEYS: &[(&str, &str)] = &[
     ("limits.header_read_timeout", "a duration > 0: seconds or a string like \"10s\""),
     ("limits.body_read_timeout", "a duration: seconds or a string like \"30s\"; 0 = off"),
     ("limits.max_connections", "an integer >= 1"),
+    ("limits.max_connections_per_ip", "an integer >= 0 (0 = no limit)"),
     ("health.live_path", "a path starting with /"),
     ("health.ready_path", "a path starting with /"),
     ("health.shutdown_delay", "a duration: seconds or a string like \"5s\""),
@@ -256,6 +259,7 @@ impl Default for Config {
                 header_read_timeout: Duration::from_secs(10),
                 body_read_timeout: Duration::from_secs(30),
                 max_connections: 1000,
+                max_connections_per_ip: 0,
             },
             health: Health {
                 live_path: None,
@@ -540,6 +544,11 @@ fn set(
         }
         "limits.max_connections" => {
             config.limits.max_connections = positive(&value).ok_or_else(|| bad(&value))?
+        }
+        "limits.max_connections_per_ip" => {
+            config.limits.max_connections_per_ip = integer(&value)
+                .map(|n| n as usize)
+                .ok_or_else(|| bad(&value))?
         }
         "health.live_path" => {
             config.health.live_path = Some(url_path(&value).ok_or_else(|| bad(&value))?)
@@ -1050,8 +1059,8 @@ impl Config {
         );
         let l = &self.limits;
         out.push_str(&format!(
-            "\n[limits]\nrequest_line = {}\nrequest_fields = {}\nrequest_field_size = {}\nmax_body = {}\nheader_read_timeout = {}\nbody_read_timeout = {}\nmax_connections = {}\n",
-            l.request_line, l.request_fields, l.request_field_size, l.max_body, fmt_duration(l.header_read_timeout), fmt_duration(l.body_read_timeout), l.max_connections
+            "\n[limits]\nrequest_line = {}\nrequest_fields = {}\nrequest_field_size = {}\nmax_body = {}\nheader_read_timeout = {}\nbody_read_timeout = {}\nmax_connections = {}\nmax_connections_per_ip = {}\n",
+            l.request_line, l.request_fields, l.request_field_size, l.max_body, fmt_duration(l.header_read_timeout), fmt_duration(l.body_read_timeout), l.max_connections, l.max_connections_per_ip
         ));
         out.push_str("\n[health]\n");
         optional(

@@ -135,6 +135,7 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         Ok(master) => master.run(),
         Err(e) => {
             tracing::error!("cannot start: {e}");
+            logging::flush();
             ExitCode::from(EXIT_FAILURE)
         }
     }

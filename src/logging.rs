@@ -2,6 +2,24 @@
 //! reopens (for logrotate). One `write` per line, files opened `O_APPEND`, so lines from
 //! the master and its workers never interleave. The level can change on HUP.
 //!
+//! Two faults of the operating system are handled here:
+//!
+//! - **A full disk** (a file log): a line is written whole or not at all. Every writer
+//!   of a log file (the master and each worker, each with its own open file) appends
+//!   under an exclusive `flock`, so the end of the file is its own while it writes; a
+//!   short write (`ENOSPC` half-way) is cut back with `ftruncate` to the last whole
+//!   line, so no torn line stays for the next one to be glued to. The lines that could
+//!   not be written are counted (`forkd_log_lines_dropped_total`) and, once writing
+//!   works again, said in the log.
+//! - **A stalled stderr** (a pipe nobody reads): the master's writes never block. It
+//!   writes through its own non-blocking handle on the same pipe, tty or socket, and
+//!   keeps what does not fit in a bounded queue, written as the pipe drains (the
+//!   supervisor loop polls for it); past the bound, lines are dropped and counted.
+//!   A line of up to `PIPE_BUF` (4096) bytes goes into a pipe whole or not at all; the
+//!   rest of a longer one that went in partly is written next, before anything else.
+//!   Workers do the same (their event loop must not block either); nothing polls for
+//!   them, so their queue is written on their next line and before they exit.
+//!
 //! When stderr is the systemd journal (`JOURNAL_STREAM` names it), each line starts with
 //! its syslog priority (`<3>` for errors, sd-daemon(3)), so `journalctl -p err` works,
 //! and text lines leave the timestamp to the journal.
@@ -28,6 +46,209 @@ enum Sink {
 
 struct ErrorLog {
     sink: Mutex<Sink>,
+    /// The non-blocking path to stderr (set up by `init`).
+    stderr: Mutex<Option<Queued>>,
+}
+
+/// Lines that did not fit into stderr yet, bounded by [`MAX_QUEUED`] bytes.
+struct Queued {
+    out: NonBlocking,
+    lines: std::collections::VecDeque<Vec<u8>>,
+    /// Bytes of the first line already written.
+    offset: usize,
+    bytes: usize,
+    /// Lines dropped since the last report.
+    dropped: u64,
+}
+
+/// Bytes of error-log lines the master keeps while stderr is not being read.
+const MAX_QUEUED: usize = 256 * 1024;
+
+/// How the master writes stderr without blocking, without changing the file status
+/// flags of fd 2, which it shares with whoever started it (a shell's terminal).
+enum NonBlocking {
+    /// A pipe or a terminal: an own open file description of it, `O_NONBLOCK`.
+    Reopened(std::os::fd::OwnedFd),
+    /// A socket (the journal's stream): `send` with `MSG_DONTWAIT`.
+    Socket,
+    /// A regular file: writing it does not wait for a reader.
+    Direct,
+}
+
+impl NonBlocking {
+    fn for_stderr() -> NonBlocking {
+        use nix::sys::stat::SFlag;
+        let Ok(stat) = nix::sys::stat::fstat(2) else {
+            return NonBlocking::Direct;
+        };
+        let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFSOCK {
+            return NonBlocking::Socket;
+        }
+        if kind == SFlag::S_IFIFO || kind == SFlag::S_IFCHR {
+            let opened = nix::fcntl::open(
+                "/proc/self/fd/2",
+                nix::fcntl::OFlag::O_WRONLY
+                    | nix::fcntl::OFlag::O_NONBLOCK
+                    | nix::fcntl::OFlag::O_CLOEXEC
+                    | nix::fcntl::OFlag::O_NOCTTY,
+                nix::sys::stat::Mode::empty(),
+            );
+            if let Ok(fd) = opened {
+                // SAFETY: a freshly opened fd, owned from here.
+                return NonBlocking::Reopened(unsafe {
+                    <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                });
+            }
+        }
+        NonBlocking::Direct
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            NonBlocking::Reopened(fd) => fd.as_raw_fd(),
+            _ => 2,
+        }
+    }
+
+    fn write(&self, bytes: &[u8]) -> nix::Result<usize> {
+        match self {
+            NonBlocking::Socket => nix::sys::socket::send(
+                2,
+                bytes,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            ),
+            _ => nix::unistd::write(
+                // SAFETY: fd 2 or the handle this value owns, open for its lifetime.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) },
+                bytes,
+            ),
+        }
+    }
+}
+
+impl Queued {
+    /// Writes queued lines until stderr would block.
+    fn pump(&mut self) {
+        while let Some(line) = self.lines.front() {
+            match self.out.write(&line[self.offset..]) {
+                Ok(n) => {
+                    self.offset += n;
+                    if self.offset >= line.len() {
+                        self.bytes -= line.len();
+                        self.lines.pop_front();
+                        self.offset = 0;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => {
+                    // Gone for good (EPIPE...): nothing will ever take these lines.
+                    self.dropped += self.lines.len() as u64;
+                    count_dropped(self.lines.len() as u64);
+                    self.lines.clear();
+                    self.bytes = 0;
+                    self.offset = 0;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, line: &[u8]) {
+        self.pump();
+        if self.dropped > 0 && self.lines.is_empty() {
+            let note = format!(
+                "forkd: error log: {} line(s) dropped: stderr was not being read\n",
+                self.dropped
+            );
+            self.dropped = 0;
+            self.bytes += note.len();
+            self.lines.push_back(note.into_bytes());
+        }
+        if self.bytes + line.len() > MAX_QUEUED {
+            self.dropped += 1;
+            count_dropped(1);
+            return;
+        }
+        self.bytes += line.len();
+        self.lines.push_back(line.to_vec());
+        self.pump();
+    }
+}
+
+/// Where dropped lines are counted: the scoreboard's header, shared by all processes.
+static DROPPED: OnceLock<&'static crate::scoreboard::Header> = OnceLock::new();
+
+/// Counts dropped log lines in `header` from now on (the master, before forking).
+pub fn count_dropped_in(header: &'static crate::scoreboard::Header) {
+    let _ = DROPPED.set(header);
+}
+
+/// Counts `lines` log lines (error or access log) that could not be written.
+pub fn count_dropped(lines: u64) {
+    if let Some(header) = DROPPED.get() {
+        header.count_log_lines_dropped(lines);
+    }
+}
+
+/// What [`append_whole_lines`] could not write.
+pub struct Dropped {
+    pub lines: u64,
+    pub error: io::Error,
+}
+
+/// Appends `batch` (whole lines) to a log file opened `O_APPEND`: all of it, or, on a
+/// full disk, the whole lines that fit and nothing of the rest. Under an exclusive
+/// `flock` that every forkd writer of the file takes (each process has its own open
+/// file, so the lock excludes them from each other), so that after a short write the
+/// torn tail at the end of the file is this write's own and can be cut off.
+pub fn append_whole_lines(file: &File, batch: &[u8]) -> Result<(), Dropped> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: flock(2) on an open fd.
+    while unsafe { libc::flock(fd, libc::LOCK_EX) } != 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
+    let mut written = 0;
+    let mut error = None;
+    while written < batch.len() {
+        match (&*file).write(&batch[written..]) {
+            Ok(0) => {
+                error = Some(io::Error::from(io::ErrorKind::WriteZero));
+                break;
+            }
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let result = match error {
+        None => Ok(()),
+        Some(error) => {
+            let whole = batch[..written]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
+            let torn = (written - whole) as u64;
+            if torn > 0 {
+                if let Ok(meta) = file.metadata() {
+                    let _ = file.set_len(meta.len().saturating_sub(torn));
+                }
+            }
+            let rest = &batch[whole..];
+            let lines = rest.iter().filter(|&&b| b == b'\n').count() as u64
+                + u64::from(!rest.is_empty() && !rest.ends_with(b"\n"));
+            Err(Dropped { lines, error })
+        }
+    };
+    // SAFETY: as above.
+    unsafe { libc::flock(fd, libc::LOCK_UN) };
+    result
 }
 
 static ERROR_LOG: OnceLock<ErrorLog> = OnceLock::new();
@@ -124,8 +345,19 @@ pub fn init(config: &LogConfig) -> io::Result<()> {
     let sink = sink_for(&config.error_log)?;
     let log = ERROR_LOG.get_or_init(|| ErrorLog {
         sink: Mutex::new(Sink::Stderr),
+        stderr: Mutex::new(None),
     });
     set_sink(log, sink);
+    if let Ok(mut stderr) = log.stderr.lock() {
+        *stderr = Some(Queued {
+            out: NonBlocking::for_stderr(),
+            lines: Default::default(),
+            offset: 0,
+            bytes: 0,
+            dropped: 0,
+        });
+    }
+    install_panic_hook();
     let (filter, handle) = reload::Layer::new(level_filter(config.level));
     let _ = LEVEL.set(handle);
     let format = match config.format {
@@ -163,18 +395,115 @@ pub fn reconfigure(config: &LogConfig) -> io::Result<()> {
 /// Reopens the error log file at its path (after logrotate moved it).
 pub fn reopen() {
     let Some(log) = ERROR_LOG.get() else { return };
+    let failed = match log.sink.lock() {
+        Ok(mut guard) => match &mut *guard {
+            Sink::File { path, file } => match open_append(path) {
+                Ok(new) => {
+                    *file = new;
+                    if IN_WORKER.load(Ordering::Relaxed) {
+                        stderr_to(file);
+                    }
+                    None
+                }
+                Err(e) => Some(format!("cannot reopen {}: {e}", path.display())),
+            },
+            Sink::Stderr => None,
+        },
+        Err(_) => None,
+    };
+    if let Some(why) = failed {
+        tracing::error!("{why}; still writing to the old file");
+    }
+}
+
+/// Set in a worker (after the fork).
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// In a worker, just after the fork: its error log writes are its own (nothing of the
+/// master's queue), a file error log is opened anew (its own open file,
+/// for the append lock) and stderr points at it, so that what the runtime writes to
+/// stderr by itself (a failed allocation's "memory allocation of N bytes failed"
+/// before the abort) lands in the error log too.
+pub fn in_worker() {
+    IN_WORKER.store(true, Ordering::Relaxed);
+    let Some(log) = ERROR_LOG.get() else { return };
+    if let Ok(mut stderr) = log.stderr.lock() {
+        // The master's waiting lines are the master's to write.
+        if let Some(queued) = stderr.as_mut() {
+            queued.lines.clear();
+            queued.offset = 0;
+            queued.bytes = 0;
+            queued.dropped = 0;
+        }
+    }
     if let Ok(mut guard) = log.sink.lock() {
         if let Sink::File { path, file } = &mut *guard {
-            match open_append(path) {
-                Ok(new) => *file = new,
-                Err(e) => eprintln!("forkd: cannot reopen {}: {e}", path.display()),
+            if let Ok(new) = open_append(path) {
+                *file = new;
+            }
+            stderr_to(file);
+        }
+    }
+}
+
+fn stderr_to(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2(2) of an open fd onto fd 2.
+    unsafe { libc::dup2(file.as_raw_fd(), 2) };
+}
+
+/// Panics go to the error log (a file too), with the process and thread, instead of
+/// only to stderr.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            pid = std::process::id(),
+            thread = thread.name().unwrap_or("unnamed"),
+            "panic: {info}"
+        );
+    }));
+}
+
+/// The master's stderr fd while error-log lines wait for it (to poll for POLLOUT).
+pub fn waiting_for_stderr() -> Option<std::os::fd::RawFd> {
+    let log = ERROR_LOG.get()?;
+    let stderr = log.stderr.lock().ok()?;
+    let queued = stderr.as_ref()?;
+    (!queued.lines.is_empty() && !matches!(queued.out, NonBlocking::Direct))
+        .then(|| queued.out.fd())
+}
+
+/// Writes what waits for stderr, as far as it goes without blocking.
+pub fn pump() {
+    if let Some(log) = ERROR_LOG.get() {
+        if let Ok(mut stderr) = log.stderr.lock() {
+            if let Some(queued) = stderr.as_mut() {
+                queued.pump();
             }
         }
     }
 }
 
+/// Before exit: writes what is pending, waiting for stderr up to a second at most.
 pub fn flush() {
     let _ = io::stderr().flush();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while let Some(fd) = waiting_for_stderr() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        // SAFETY: the fd stays open while the log exists (for the process's life).
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let mut fds = [nix::poll::PollFd::new(
+            borrowed,
+            nix::poll::PollFlags::POLLOUT,
+        )];
+        let millis = left.as_millis().min(1000) as u16;
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(millis));
+        pump();
+    }
 }
 
 /// The tracing writer: one formatted line per write, with the event's level for the
@@ -200,16 +529,45 @@ impl Write for Writer {
                 let line = buf.trim_ascii_start();
                 let mut prefixed = format!("<{priority}>").into_bytes();
                 prefixed.extend_from_slice(line);
-                io::stderr().write_all(&prefixed)?
+                to_stderr(log, &prefixed)?
             }
-            Sink::Stderr => io::stderr().write_all(buf)?,
-            Sink::File { file, .. } => file.write_all(buf)?,
+            Sink::Stderr => to_stderr(log, buf)?,
+            Sink::File { file, .. } => {
+                if let Err(dropped) = append_whole_lines(file, buf) {
+                    count_dropped(dropped.lines);
+                    LOST_TO_FILE.fetch_add(dropped.lines, Ordering::Relaxed);
+                    return Ok(buf.len());
+                }
+                let lost = LOST_TO_FILE.swap(0, Ordering::Relaxed);
+                if lost > 0 {
+                    let note = format!(
+                        "forkd: error log: {lost} line(s) could not be written (disk full?) and were dropped\n"
+                    );
+                    if append_whole_lines(file, note.as_bytes()).is_err() {
+                        LOST_TO_FILE.fetch_add(lost, Ordering::Relaxed);
+                    }
+                }
+            }
         }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Error-log lines this process could not write to the file since the last note.
+static LOST_TO_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One line to stderr: through the master's queue (never blocking), or directly.
+fn to_stderr(log: &ErrorLog, line: &[u8]) -> io::Result<()> {
+    if let Ok(mut stderr) = log.stderr.lock() {
+        if let Some(queued) = stderr.as_mut() {
+            queued.push(line);
+            return Ok(());
+        }
+    }
+    io::stderr().write_all(line)
 }
 
 /// Hands the fmt layer a writer per event, knowing the event's level.

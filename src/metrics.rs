@@ -17,7 +17,9 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// `/metrics` is served by forkd's own workers from the scoreboard; an exec worker is
 /// another program, which would leave the listener unanswered: refuse the combination.
@@ -126,6 +128,7 @@ pub fn serve(
             Accepting::Unix(tokio::net::UnixListener::from_std(l).map_err(|e| e.to_string())?)
         }
     };
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -133,10 +136,10 @@ pub fn serve(
                 accepted = async {
                     match &accepting {
                         Accepting::Tcp(l) => l.accept().await.map(|(s, _)| {
-                            tokio::spawn(serve_connection(s, board));
+                            admit(s, board, &permits);
                         }),
                         Accepting::Unix(l) => l.accept().await.map(|(s, _)| {
-                            tokio::spawn(serve_connection(s, board));
+                            admit(s, board, &permits);
                         }),
                     }
                 } => {
@@ -150,6 +153,30 @@ pub fn serve(
     }))
 }
 
+/// Concurrent `/metrics` connections per worker: a scraper needs one or two; more are
+/// closed at once, so that clients holding connections to the metrics listener cannot
+/// use up the worker's fds (which its app connections need).
+pub const MAX_CONNECTIONS: usize = 64;
+/// A metrics connection that has not sent a whole request head this long (also
+/// between keep-alive requests) is closed.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `stream` if a connection permit is free, else closes it at once.
+fn admit<T>(stream: T, board: &'static Board, permits: &Arc<Semaphore>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                serve_connection(stream, board).await;
+                drop(permit);
+            });
+        }
+        Err(_) => drop(stream),
+    }
+}
+
 async fn serve_connection<T>(stream: T, board: &'static Board)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -159,7 +186,7 @@ where
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(READ_TIMEOUT);
     // A scraper that stops reading cannot hold a worker's task forever.
     let _ = tokio::time::timeout(
         Duration::from_secs(60),
@@ -323,6 +350,17 @@ pub fn render(board: &Board) -> String {
         "Binary upgrades (USR2) started.",
     );
     let _ = writeln!(out, "forkd_upgrades_total {}", header.upgrades());
+    family(
+        &mut out,
+        "forkd_log_lines_dropped_total",
+        "counter",
+        "Error and access log lines that could not be written (a full disk, a stderr nobody reads).",
+    );
+    let _ = writeln!(
+        out,
+        "forkd_log_lines_dropped_total {}",
+        header.log_lines_dropped()
+    );
     family(
         &mut out,
         "forkd_requests_rejected_total",

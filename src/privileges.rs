@@ -4,6 +4,23 @@
 use crate::config::Config;
 use nix::unistd::{Gid, Group, Uid, User};
 use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The directory forkd was started in, taken before the master applies `chdir`.
+static START_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Remembers the start directory; the master calls it before its own `chdir`.
+fn start_dir() -> &'static Path {
+    START_DIR.get_or_init(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")))
+}
+
+/// The config's `chdir` as an absolute path: a relative one is taken from the
+/// directory forkd was started in, once, whatever the current directory is by now
+/// (the master has changed to it already, and a HUP re-reads it).
+pub fn chdir_path(config: &Config) -> Option<PathBuf> {
+    config.chdir.as_ref().map(|dir| start_dir().join(dir))
+}
 
 /// Applies `umask` and `chdir` to the current process.
 pub fn apply_umask_and_chdir(config: &Config) -> Result<(), String> {
@@ -12,8 +29,8 @@ pub fn apply_umask_and_chdir(config: &Config) -> Result<(), String> {
             mask as libc::mode_t,
         ));
     }
-    if let Some(dir) = &config.chdir {
-        std::env::set_current_dir(dir).map_err(|e| format!("chdir to {}: {e}", dir.display()))?;
+    if let Some(dir) = chdir_path(config) {
+        std::env::set_current_dir(&dir).map_err(|e| format!("chdir to {}: {e}", dir.display()))?;
     }
     Ok(())
 }

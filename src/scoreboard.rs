@@ -122,10 +122,11 @@ pub enum Rejection {
     /// Framing forkd will not guess at (400): see `worker/limits.rs`.
     Malformed = 6,
     BodyReadTimeout = 7,
+    MaxConnectionsPerIp = 8,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::RequestLine,
         Rejection::RequestFields,
         Rejection::RequestFieldSize,
@@ -134,6 +135,7 @@ impl Rejection {
         Rejection::HeaderReadTimeout,
         Rejection::Malformed,
         Rejection::BodyReadTimeout,
+        Rejection::MaxConnectionsPerIp,
     ];
     /// The config key of the limit, as the metric's label.
     pub fn limit_name(self) -> &'static str {
@@ -146,6 +148,7 @@ impl Rejection {
             Rejection::HeaderReadTimeout => "header_read_timeout",
             Rejection::Malformed => "malformed",
             Rejection::BodyReadTimeout => "body_read_timeout",
+            Rejection::MaxConnectionsPerIp => "max_connections_per_ip",
         }
     }
 }
@@ -167,6 +170,9 @@ pub struct Header {
     reloads: AtomicU64,
     upgrades: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
+    /// Error and access log lines that could not be written (full disk, stalled
+    /// stderr), from every process.
+    log_lines_dropped: AtomicU64,
     /// One past the highest slot index ever claimed: scans of the slots (accept
     /// balancing, metrics, totals) look at this many, not all of [`CAPACITY`].
     slots_high_water: AtomicU32,
@@ -212,6 +218,12 @@ impl Header {
     }
     pub fn count_rejection(&self, rejection: Rejection) {
         self.rejected[rejection as usize].fetch_add(1, Relaxed);
+    }
+    pub fn count_log_lines_dropped(&self, lines: u64) {
+        self.log_lines_dropped.fetch_add(lines, Relaxed);
+    }
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_lines_dropped.load(Relaxed)
     }
     pub fn rejections(&self, rejection: Rejection) -> u64 {
         self.rejected[rejection as usize].load(Relaxed)

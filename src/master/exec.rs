@@ -41,7 +41,7 @@ impl ExecProgram {
             return Err("key `exec.command`: the list is empty".to_string());
         };
         let path = if program.contains('/') {
-            let path = match &config.chdir {
+            let path = match crate::privileges::chdir_path(config) {
                 Some(dir) if !program.starts_with('/') => dir.join(program),
                 _ => PathBuf::from(program),
             };
@@ -382,18 +382,20 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
             .map_err(|e| format!("cannot redirect output: {e}"))?;
     }
     // Listeners above the target range first (a target may be another's source, and
-    // dup2 onto the same number would keep FD_CLOEXEC), then onto 3, 4, ...
+    // dup2 onto the same number would keep FD_CLOEXEC), then onto 3, 4, ... "Above"
+    // is the lowest free number past the range, not a fixed one such as 1024, which a
+    // soft fd limit of 1024 or less refuses (EINVAL).
+    let first_free = crate::systemd::LISTEN_FDS_START + listeners.len() as RawFd;
     let high: Vec<RawFd> = listeners
         .iter()
         .map(|l| {
             nix::fcntl::fcntl(
                 l.fd.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(1024),
+                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(first_free),
             )
             .map_err(|e| format!("cannot pass listener {}: {e}", l.local))
         })
         .collect::<Result<_, _>>()?;
-    let first_free = crate::systemd::LISTEN_FDS_START + high.len() as RawFd;
     for (i, fd) in high.iter().enumerate() {
         nix::unistd::dup2(*fd, crate::systemd::LISTEN_FDS_START + i as RawFd)
             .map_err(|e| format!("cannot pass listener on fd {}: {e}", 3 + i))?;
@@ -405,8 +407,10 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
     if nix::unistd::getppid().as_raw() != *master_pid {
         return Err("the master exited during the worker's start".to_string());
     }
-    if let Some(dir) = &config.chdir {
-        std::env::set_current_dir(dir).map_err(|e| format!("chdir to {}: {e}", dir.display()))?;
+    // Absolute (a relative `chdir` is from forkd's start directory, not from the
+    // master's current one, which is that directory already).
+    if let Some(dir) = crate::privileges::chdir_path(config) {
+        std::env::set_current_dir(&dir).map_err(|e| format!("chdir to {}: {e}", dir.display()))?;
     }
     let env = child_environment(config, listeners, notify_address)?;
     let error = match nix::unistd::execve(&program.path, &program.argv, &env) {

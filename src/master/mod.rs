@@ -38,8 +38,61 @@ const KILL_GRACE: Duration = Duration::from_secs(1);
 /// Boot-failure backoff: doubles from the first to the last value.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A worker that crashes within this long of becoming ready is in a crash loop: its
+/// replacement waits (the boot backoff's doubling delays), rather than 20 restarts a
+/// second.
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(10);
 /// The loop wakes at least this often to look at the scoreboard.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// Says so at start when a worker's fd limit (RLIMIT_NOFILE, inherited from the
+/// master) is below what `max_connections` needs: past it accept(2) fails with EMFILE
+/// and clients wait in the queue instead of getting 503.
+fn warn_if_fds_fall_short(config: &Config) {
+    let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    else {
+        return;
+    };
+    // Besides one fd per connection: the listeners, the runtime, logs, the app.
+    let needed = config.limits.max_connections as u64 + config.bind.len() as u64 + 64;
+    if soft < needed {
+        tracing::warn!(
+            "limits.max_connections = {} per worker, but a worker may open only {soft} files (RLIMIT_NOFILE): it runs out of fds first (accept fails with EMFILE); raise the limit (LimitNOFILE=, ulimit -n) to at least {needed} or lower max_connections",
+            config.limits.max_connections
+        );
+    }
+}
+
+/// The `n`th delay (from 1) of a backoff: doubles from `BACKOFF_FIRST` to `BACKOFF_MAX`.
+fn backoff(n: u32) -> Duration {
+    BACKOFF_FIRST
+        .saturating_mul(1 << n.saturating_sub(1).min(10))
+        .min(BACKOFF_MAX)
+}
+
+/// The kernel's OOM kills in forkd's memory cgroup, to name a worker's SIGKILL that
+/// forkd did not send.
+mod oom {
+    /// `oom_kill` of cgroup v2's `memory.events`, or of v1's `memory.oom_control`.
+    pub fn kills() -> Option<u64> {
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let file = cgroups.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if controllers.split(',').any(|c| c == "memory") {
+                Some(format!("/sys/fs/cgroup/memory{path}/memory.oom_control"))
+            } else if controllers.is_empty() {
+                Some(format!("/sys/fs/cgroup{path}/memory.events"))
+            } else {
+                None
+            }
+        })?;
+        let text = std::fs::read_to_string(file).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+}
 
 /// Re-reads the configuration for HUP (file + the start-up environment and command line).
 pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError>>;
@@ -86,6 +139,8 @@ struct Worker {
     config: Arc<Config>,
     phase: Phase,
     ready: bool,
+    /// When the master saw it ready (for telling a crash loop from a one-off crash).
+    ready_at: Option<Instant>,
     /// Set for an exec worker.
     exec: Option<ExecWorker>,
     /// CLOCK_MONOTONIC ms from which this worker's silence is counted at the earliest:
@@ -141,6 +196,8 @@ pub struct Master {
     listeners: Vec<Listener>,
     scoreboard: Scoreboard,
     signals: signals::SignalIntake,
+    /// Rung by workers when their scoreboard state changes.
+    doorbell: signals::Doorbell,
     workers: Vec<Worker>,
     target: usize,
     next_number: u64,
@@ -148,7 +205,12 @@ pub struct Master {
     ever_booted: bool,
     announced_ready: bool,
     boot_failures: u32,
+    /// Crashes in a row of workers that had been ready less than `CRASH_LOOP_WINDOW`.
+    quick_crashes: u32,
     spawn_not_before: Option<Instant>,
+    /// The cgroup's OOM-kill counter as last read, to name a worker the kernel's OOM
+    /// killer took (a SIGKILL forkd did not send); None where it cannot be read.
+    oom_kills: Option<u64>,
     fatal: Option<(u8, String)>,
     pidfile: Option<pidfile::Pidfile>,
     relaunch: Relaunch,
@@ -209,17 +271,23 @@ impl Master {
         crate::privileges::apply_umask_and_chdir(&config)?;
         let signals =
             signals::SignalIntake::install().map_err(|e| format!("cannot set up signals: {e}"))?;
+        let doorbell =
+            signals::Doorbell::new().map_err(|e| format!("cannot set up the doorbell: {e}"))?;
         let listeners = listeners::bind_all(&config, passed)?;
         for listener in &listeners {
             tracing::info!("listening on {}", listener.local);
         }
         let metrics = crate::metrics::listen(&config, passed_metrics)?;
         let scoreboard = Scoreboard::new().map_err(|e| e.to_string())?;
+        crate::logging::count_dropped_in(scoreboard.header());
         let pidfile = match &config.pidfile {
             Some(path) => Some(pidfile::Pidfile::create(path).map_err(|e| e.to_string())?),
             None => None,
         };
         let target = config.worker_count();
+        if let Program::Native(_) = factory {
+            warn_if_fds_fall_short(&config);
+        }
         Ok(Master {
             pid: std::process::id() as i32,
             config: Arc::new(config),
@@ -230,6 +298,7 @@ impl Master {
             listeners,
             scoreboard,
             signals,
+            doorbell,
             workers: Vec::new(),
             target,
             next_number: 1,
@@ -237,7 +306,9 @@ impl Master {
             ever_booted: false,
             announced_ready: false,
             boot_failures: 0,
+            quick_crashes: 0,
             spawn_not_before: None,
+            oom_kills: oom::kills(),
             fatal: None,
             pidfile,
             relaunch,
@@ -265,6 +336,7 @@ impl Master {
         loop {
             self.reconcile();
             let planned = self.wait_for_events();
+            self.doorbell.drain();
             self.notice_freeze(planned);
             while let Some(received) = self.signals.next() {
                 if received.signo == upgrade::ready_signal() {
@@ -299,10 +371,10 @@ impl Master {
             .next_deadline()
             .saturating_duration_since(Instant::now());
         let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = vec![nix::poll::PollFd::new(
-            self.signals.fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
+        let mut fds = vec![
+            nix::poll::PollFd::new(self.signals.fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(self.doorbell.fd(), nix::poll::PollFlags::POLLIN),
+        ];
         if let Some(intake) = &self.notify_intake {
             fds.push(nix::poll::PollFd::new(
                 intake.fd(),
@@ -317,10 +389,17 @@ impl Master {
                 ));
             }
         }
+        // Error-log lines waiting for a stderr that is not being read (never blocked on).
+        if let Some(fd) = crate::logging::waiting_for_stderr() {
+            // SAFETY: the logger keeps this fd open for the life of the process.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            fds.push(nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT));
+        }
         let _ = nix::poll::poll(
             &mut fds,
             nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX),
         );
+        crate::logging::pump();
         timeout
     }
 
@@ -402,7 +481,7 @@ impl Master {
     fn handle_signal(&mut self, signo: i32) {
         let Ok(signal) = Signal::try_from(signo) else {
             return;
-        }; // the doorbell: just re-check
+        };
         match signal {
             Signal::SIGHUP => self.reload(),
             Signal::SIGTERM => self.term(),
@@ -631,8 +710,24 @@ impl Master {
         // Exec workers do not count their requests in the scoreboard.
         let served = worker.exec.is_none().then(|| slot.requests());
         self.scoreboard.release(worker.slot);
+        // Signals forkd sends show up in the phase; any other is named with its likely
+        // cause.
+        let unasked = matches!(worker.phase, Phase::Running);
         let how = match status {
             WaitStatus::Exited(_, code) => format!("exit code {code}"),
+            WaitStatus::Signaled(_, Signal::SIGKILL, _) if unasked => {
+                let before = self.oom_kills;
+                self.oom_kills = oom::kills();
+                match (before, self.oom_kills) {
+                    (Some(before), Some(after)) if after > before => {
+                        "killed by SIGKILL from the kernel's OOM killer (out of memory: the cgroup's oom_kill count rose)".to_string()
+                    }
+                    _ => "killed by SIGKILL, not sent by forkd (out of memory?)".to_string(),
+                }
+            }
+            WaitStatus::Signaled(_, Signal::SIGABRT, _) if unasked => {
+                "signal SIGABRT: an abort, such as a failed memory allocation or a panic with panic = \"abort\" (the error log has its message)".to_string()
+            }
             WaitStatus::Signaled(_, signal, _) => format!("signal {signal}"),
             other => format!("{other:?}"),
         };
@@ -652,12 +747,31 @@ impl Master {
         };
         self.scoreboard.header().count_restart(reason);
         match reason {
-            "crash" => tracing::error!(
-                pid,
-                worker = number,
-                requests = served,
-                "worker exited unexpectedly ({how}); replacing it"
-            ),
+            "crash" => {
+                let up_for = worker.ready_at.map(|at| at.elapsed());
+                if up_for.is_some_and(|d| d < CRASH_LOOP_WINDOW) {
+                    self.quick_crashes += 1;
+                    let delay = backoff(self.quick_crashes);
+                    let delay = self.delay_spawning(delay);
+                    tracing::error!(
+                        pid,
+                        worker = number,
+                        requests = served,
+                        "worker exited unexpectedly ({how}) {:.1}s after it became ready ({} such crashes in a row); replacing it in {:.1}s",
+                        up_for.unwrap_or_default().as_secs_f64(),
+                        self.quick_crashes,
+                        delay.as_secs_f64()
+                    );
+                } else {
+                    self.quick_crashes = 0;
+                    tracing::error!(
+                        pid,
+                        worker = number,
+                        requests = served,
+                        "worker exited unexpectedly ({how}); replacing it"
+                    );
+                }
+            }
             "boot failure" => {
                 let mut why =
                     message.unwrap_or_else(|| format!("it exited before it was ready ({how})"));
@@ -714,11 +828,17 @@ impl Master {
             }
         }
         self.boot_failures += 1;
-        let backoff = BACKOFF_FIRST
-            .saturating_mul(1 << (self.boot_failures - 1).min(10))
-            .min(BACKOFF_MAX);
-        tracing::warn!("retrying worker boot in {:.1}s", backoff.as_secs_f64());
-        self.spawn_not_before = Some(Instant::now() + backoff);
+        let delay = self.delay_spawning(backoff(self.boot_failures));
+        tracing::warn!("retrying worker boot in {:.1}s", delay.as_secs_f64());
+    }
+
+    /// Holds off spawning for at least `delay` (a pending longer hold stays); returns
+    /// the delay that really applies, for the log.
+    fn delay_spawning(&mut self, delay: Duration) -> Duration {
+        let now = Instant::now();
+        let at = (now + delay).max(self.spawn_not_before.unwrap_or(now));
+        self.spawn_not_before = Some(at);
+        at - now
     }
 
     fn observe_scoreboard(&mut self) {
@@ -726,6 +846,7 @@ impl Master {
         for w in &mut self.workers {
             if !w.ready && self.scoreboard.slot(w.slot).state() == WorkerState::Ready {
                 w.ready = true;
+                w.ready_at = Some(Instant::now());
                 self.ever_booted = true;
                 self.boot_failures = 0;
                 tracing::info!(pid = w.pid.as_raw(), worker = w.number, "worker ready");
@@ -1086,6 +1207,7 @@ impl Master {
         if let Some(pidfile) = &self.pidfile {
             let _ = nix::unistd::close(pidfile.fd().as_raw_fd());
         }
+        let _ = nix::unistd::close(self.doorbell.fd().as_raw_fd());
         if let Some(intake) = &self.notify_intake {
             let _ = nix::unistd::close(intake.fd().as_raw_fd());
         }
@@ -1234,6 +1356,7 @@ impl Master {
                             slot,
                             board: self.scoreboard.board(),
                             master_pid: self.pid,
+                            doorbell: self.doorbell.write.as_raw_fd(),
                             config: self.config.clone(),
                             listeners: &self.listeners,
                             metrics: self.metrics.as_ref(),
@@ -1273,6 +1396,7 @@ impl Master {
                     config: self.config.clone(),
                     phase: Phase::Running,
                     ready: false,
+                    ready_at: None,
                     exec,
                     clock_from_ms: monotonic_ms(),
                 });
@@ -1311,5 +1435,6 @@ impl Master {
             successor.remove_oldbin();
         }
         tracing::info!(pid = self.pid, "master exiting");
+        crate::logging::flush();
     }
 }

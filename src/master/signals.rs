@@ -5,12 +5,43 @@
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-/// A realtime signal workers send the master when their scoreboard state changes
-/// (ready, asking to be recycled) so the master reacts at once instead of on a tick.
-pub fn doorbell() -> libc::c_int {
-    libc::SIGRTMIN()
+/// The signal a native worker gets when its master dies (`PR_SET_PDEATHSIG`): not
+/// TERM, so that the worker can tell "the master is gone" (close every listener at
+/// once, so a restarted master can bind) from an ordinary graceful stop. (+1 is the
+/// upgrade's ready signal, +2 the answer to `-s reload`.)
+pub fn master_died() -> libc::c_int {
+    libc::SIGRTMIN() + 3
+}
+
+/// The doorbell: a pipe whose write end every native worker inherits. A worker writes a
+/// byte when its scoreboard state changes (ready, asking to be recycled) so that the
+/// master reacts at once instead of on its tick. A pipe rather than a signal: a worker
+/// running as `user` may not signal a root master (EPERM), but it may write to a pipe
+/// it inherited.
+pub struct Doorbell {
+    read: std::os::fd::OwnedFd,
+    /// The end workers write to (kept open in the master for the workers to come).
+    pub write: std::os::fd::OwnedFd,
+}
+
+impl Doorbell {
+    pub fn new() -> nix::Result<Doorbell> {
+        use nix::fcntl::OFlag;
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        Ok(Doorbell { read, write })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    /// Empties the pipe (how many times it rang does not matter).
+    pub fn drain(&self) {
+        let mut buf = [0u8; 256];
+        while matches!(nix::unistd::read(self.read.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
+    }
 }
 
 const HANDLED: [Signal; 10] = [
@@ -34,9 +65,8 @@ fn handled_set() -> SigSet {
         // SAFETY: raw is a valid sigset_t and the numbers are valid signals.
         unsafe { libc::sigaddset(&mut raw, signal as libc::c_int) };
     }
-    // SAFETY: as above, for the realtime doorbell and upgrade-ready signals.
+    // SAFETY: as above, for the realtime upgrade-ready signal.
     unsafe {
-        libc::sigaddset(&mut raw, doorbell());
         libc::sigaddset(&mut raw, super::upgrade::ready_signal());
     }
     // SAFETY: raw was initialised from an empty SigSet and filled with sigaddset.

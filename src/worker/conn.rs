@@ -170,7 +170,9 @@ impl ConnState {
         };
         let limit_ms = limit.as_millis() as u64;
         if idle_for >= limit_ms {
-            Err(if partial {
+            // A connection that never sent a whole request (not a byte, or part of a
+            // head) holds a slot until `header_read_timeout`: counted as such.
+            Err(if partial || waiting_for_first {
                 Closing::HeaderTimeout
             } else {
                 Closing::Idle
@@ -213,7 +215,8 @@ impl ConnState {
 /// Why the watchdog closes a connection.
 enum Closing {
     Idle,
-    /// Part of a request head arrived, the rest not within `header_read_timeout`.
+    /// No whole request head within `header_read_timeout`: part of one arrived, or
+    /// nothing at all since the connection opened.
     HeaderTimeout,
 }
 
@@ -264,8 +267,8 @@ impl hyper::body::Body for TrackedBody {
 /// One request from its head to the end of its response (or its abandonment): keeps
 /// the connection's and the scoreboard's in-flight counts, and on drop records the
 /// duration and writes the access log line. A request dropped before the app answered
-/// (the client went away, an HTTP/2 stream was reset, the handler panicked) is logged
-/// with status 499, as nginx does, and no longer counts as in flight.
+/// (the client went away, an HTTP/2 stream was reset) is logged with status 499, as
+/// nginx does, one whose handler panicked with 500; either no longer counts as in flight.
 struct RequestGuard {
     /// The request's number on its connection.
     number: u64,
@@ -320,11 +323,18 @@ impl Drop for RequestGuard {
                 .filter(|_| self.record_duration)
                 .map(|d| d.as_micros() as u64),
         );
+        // Dropped while unwinding: the handler panicked (tokio drops a task's future
+        // inside the unwind), a server error rather than a client that left.
+        let status = if self.status == 499 && std::thread::panicking() {
+            500
+        } else {
+            self.status
+        };
         if let Some((log, record)) = &self.log {
             log.log(
                 record,
                 &Outcome {
-                    status: self.status,
+                    status,
                     bytes: self.bytes,
                     duration: duration.unwrap_or_default(),
                 },

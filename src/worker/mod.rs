@@ -36,6 +36,8 @@ pub struct WorkerContext<'a> {
     /// The whole scoreboard: the server-wide header and every slot, for `/metrics`.
     pub board: &'static Board,
     pub master_pid: i32,
+    /// The write end of the master's doorbell pipe (see `master::signals::Doorbell`).
+    pub doorbell: std::os::fd::RawFd,
     pub config: Arc<Config>,
     pub listeners: &'a [Listener],
     /// The `[metrics]` listener, if metrics are on.
@@ -67,6 +69,14 @@ pub(crate) struct Shared {
     stepping_back: AtomicBool,
     limits: HeadLimits,
     max_connections: usize,
+    /// `limits.max_connections_per_ip`; 0 = off.
+    max_connections_per_ip: usize,
+    /// Open connections per client IP, kept only when `max_connections_per_ip` is on.
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// "This worker is full" error-log lines, at most one per period.
+    full_warning: Throttled,
+    /// accept(2) failures (EMFILE...) in the error log, at most one line per period.
+    accept_warning: Throttled,
     health: HealthPaths,
     proxies: TrustedProxies,
     access_log: Option<Arc<AccessLog>>,
@@ -91,10 +101,18 @@ impl Shared {
     }
 }
 
-/// Tells the master that this worker's scoreboard slot changed.
-pub(crate) fn ring_doorbell(master_pid: i32) {
-    // SAFETY: kill(2) with a realtime signal number; no memory is involved.
-    unsafe { libc::kill(master_pid, crate::master::signals::doorbell()) };
+/// This worker's end of the master's doorbell pipe, set once at boot.
+static DOORBELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Tells the master that this worker's scoreboard slot changed: one byte into the
+/// doorbell pipe (non-blocking: a full pipe has rung already). Works whatever uid the
+/// worker switched to, which a signal to a root master would not.
+pub(crate) fn ring_doorbell(_master_pid: i32) {
+    let fd = DOORBELL.load(Relaxed);
+    if fd >= 0 {
+        // SAFETY: write(2) of one byte from a valid buffer to the inherited pipe.
+        unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    }
 }
 
 /// Runs the worker; never returns.
@@ -112,11 +130,14 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         slot,
         board,
         master_pid,
+        doorbell,
         config,
         listeners,
         metrics,
         factory,
     } = ctx;
+    DOORBELL.store(doorbell, Relaxed);
+    crate::logging::in_worker();
     let pid = std::process::id() as i32;
     slot.set_pid(pid);
     slot.set_number(number);
@@ -127,9 +148,16 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     if let Err(e) = crate::privileges::drop_for_worker(&config) {
         return Err(boot_failed(slot, &e));
     }
-    // After any uid change (which clears it): die with the master, then close the race
-    // where the master died before prctl.
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    // After any uid change (which clears it): hear of the master's death, then close
+    // the race where the master died before prctl. Its own signal, not TERM: a worker
+    // whose master is gone closes its listeners at once (see `wait_for_stop_signal`).
+    // SAFETY: prctl(2) with an integer argument.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            crate::master::signals::master_died() as libc::c_ulong,
+        )
+    };
     if nix::unistd::getppid().as_raw() != master_pid {
         return Err(0);
     }
@@ -148,6 +176,12 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         Err(e) => return Err(boot_failed(slot, &format!("cannot start runtime: {e}"))),
     };
     runtime.block_on(async move {
+        // First thing in the runtime, so that the master's death during the app's start
+        // is heard (and acted on once serving) rather than killing the worker.
+        let orphaned = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+            crate::master::signals::master_died(),
+        ))
+        .ok();
         let app = build_app(factory)
             .await
             .map_err(|reason| boot_failed(slot, &reason))?;
@@ -177,14 +211,29 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
                     .map_err(|e| boot_failed(slot, &e))?,
             );
         }
+        close_inherited_listeners(listeners, metrics);
         tokio::spawn(report_progress(slot, progress_interval(config.timeout)));
         slot.set_state(WorkerState::Ready);
         ring_doorbell(master_pid);
         tracing::debug!(pid, worker = number, "worker ready");
-        wait_for_stop_signal(&shared).await;
+        wait_for_stop_signal(&shared, orphaned).await;
         drain(&shared, accepting, config.graceful_timeout).await;
         Ok(())
     })
+}
+
+/// Closes the worker's copies of the master's listening fds, inherited by the fork:
+/// the accept tasks serve their own duplicates, which the drain closes. Otherwise a
+/// worker left behind by a master killed with SIGKILL would keep the port bound (the
+/// kernel accepting connections nobody serves, a restarted master failing with
+/// "Address already in use") until its last request ends.
+fn close_inherited_listeners(listeners: &[Listener], metrics: Option<&Listener>) {
+    use std::os::fd::AsRawFd;
+    for listener in listeners.iter().chain(metrics) {
+        // The `Listener`s are the master's, never dropped in this process (it leaves
+        // with `exit`), so nothing closes these numbers a second time.
+        let _ = nix::unistd::close(listener.fd.as_raw_fd());
+    }
 }
 
 /// Records a boot failure in the slot (the master reports it) and returns the exit code.
@@ -263,6 +312,10 @@ fn new_shared(
         stepping_back: AtomicBool::new(false),
         limits,
         max_connections: config.limits.max_connections,
+        max_connections_per_ip: config.limits.max_connections_per_ip,
+        per_ip: Default::default(),
+        full_warning: Throttled::new(Duration::from_secs(10)),
+        accept_warning: Throttled::new(Duration::from_secs(5)),
         health: HealthPaths::from_config(&config.health),
         proxies,
         timing: record_durations || access_log.is_some(),
@@ -415,7 +468,7 @@ async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             } => match accepted {
                 // TCP_NODELAY: inherited from the listener, which the master set.
                 Ok((stream, addr)) => spawn_connection(&shared, stream, Some(addr)),
-                Err(e) => accept_error(e).await,
+                Err(e) => accept_error(&shared, e).await,
             },
             _ = drain.changed() => return,
         }
@@ -431,41 +484,90 @@ async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
                 listener.accept().await
             } => match accepted {
                 Ok((stream, _)) => spawn_connection(&shared, stream, None),
-                Err(e) => accept_error(e).await,
+                Err(e) => accept_error(&shared, e).await,
             },
             _ = drain.changed() => return,
         }
     }
 }
 
-/// Out of fds or similar: back off briefly instead of spinning.
-async fn accept_error(e: std::io::Error) {
-    tracing::warn!(pid = std::process::id(), "accept failed: {e}");
+/// Out of fds or similar: back off briefly instead of spinning, and say so in the
+/// error log at most once per period (with how many failed since), not every 50 ms.
+async fn accept_error(shared: &Shared, e: std::io::Error) {
+    if let Some(count) = shared.accept_warning.hit() {
+        tracing::warn!(
+            pid = std::process::id(),
+            failures = count,
+            "accept failed: {e} ({count} time(s) since the last such line)"
+        );
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// At most one log line per `period` for a condition that may recur in a burst;
+/// [`Throttled::hit`] counts every occurrence and says when to log, with the count.
+pub(crate) struct Throttled {
+    period_ms: u64,
+    /// When the last line was logged (monotonic ms; 0 = never).
+    last_ms: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl Throttled {
+    pub(crate) fn new(period: Duration) -> Throttled {
+        Throttled {
+            period_ms: period.as_millis() as u64,
+            last_ms: Default::default(),
+            count: Default::default(),
+        }
+    }
+
+    /// Counts one occurrence; `Some(occurrences since the last line)` when a line is due.
+    pub(crate) fn hit(&self) -> Option<u64> {
+        self.count.fetch_add(1, Relaxed);
+        let now = monotonic_ms().max(1);
+        let last = self.last_ms.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < self.period_ms {
+            return None;
+        }
+        if self
+            .last_ms
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        Some(self.count.swap(0, Relaxed))
+    }
 }
 
 fn spawn_connection<T>(shared: &Arc<Shared>, stream: T, addr: Option<std::net::SocketAddr>)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    if shared.open_connections.load(Acquire) >= shared.max_connections {
-        // Full: answer at once rather than leave the client hanging in the queue.
-        shared
-            .board
-            .header()
-            .count_rejection(Rejection::MaxConnections);
-        let body = format!(
+    let open = shared.open_connections.load(Acquire);
+    if open >= shared.max_connections {
+        let why = format!(
             "this worker has {} connections open (limits.max_connections)\n",
             shared.max_connections
         );
-        if let Some(log) = &shared.access_log {
-            io::log_refused(log, &conn::Peer::new(addr, shared), b"", 503, &body);
-        }
-        let response = io::error_response(503, "Service Unavailable", &body, "retry-after: 1\r\n");
-        io::answer_and_close(stream, response);
+        refuse(shared, stream, addr, Rejection::MaxConnections, &why);
         return;
     }
-    let open = OpenConnection::count(shared);
+    let ip = addr
+        .map(|a| a.ip())
+        .filter(|_| shared.max_connections_per_ip > 0);
+    if let Some(ip) = ip {
+        if !shared.claim_ip(ip) {
+            let why = format!(
+                "this worker has {} connections open from {ip} (limits.max_connections_per_ip)\n",
+                shared.max_connections_per_ip
+            );
+            refuse(shared, stream, addr, Rejection::MaxConnectionsPerIp, &why);
+            return;
+        }
+    }
+    let open = OpenConnection::count(shared, ip);
     let peer = conn::Peer::new(addr, shared);
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -474,23 +576,81 @@ where
     });
 }
 
+/// A full worker answers a new connection at once (503, `Retry-After: 1`) rather than
+/// leave the client hanging in the queue, counts it, and says so in the error log at
+/// most once per period.
+fn refuse<T>(
+    shared: &Shared,
+    stream: T,
+    addr: Option<std::net::SocketAddr>,
+    rejection: Rejection,
+    why: &str,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    shared.board.header().count_rejection(rejection);
+    if let Some(refused) = shared.full_warning.hit() {
+        tracing::error!(
+            pid = std::process::id(),
+            refused,
+            "worker full, refusing connections with 503: {} ({refused} refused since the last such line)",
+            why.trim_end()
+        );
+    }
+    if let Some(log) = &shared.access_log {
+        io::log_refused(log, &conn::Peer::new(addr, shared), b"", 503, why);
+    }
+    let response = io::error_response(503, "Service Unavailable", why, "retry-after: 1\r\n");
+    io::answer_and_close(stream, response);
+}
+
+impl Shared {
+    /// Counts a connection from `ip` if it stays within `max_connections_per_ip`.
+    fn claim_ip(&self, ip: std::net::IpAddr) -> bool {
+        let Ok(mut per_ip) = self.per_ip.lock() else {
+            return true;
+        };
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_connections_per_ip {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release_ip(&self, ip: std::net::IpAddr) {
+        if let Ok(mut per_ip) = self.per_ip.lock() {
+            if let std::collections::hash_map::Entry::Occupied(mut entry) = per_ip.entry(ip) {
+                *entry.get_mut() -= 1;
+                if *entry.get() == 0 {
+                    entry.remove();
+                }
+            }
+        }
+    }
+}
+
 /// Counts one connection as open (in the worker and its scoreboard slot) for as long as
 /// it lives. Dropping it uncounts it, also when the app panics: the panic unwinds the
 /// connection's task only, tokio drops its future, and without this guard the count
 /// would stay up and every later drain would wait out `graceful_timeout` for a
 /// connection that is long gone.
-struct OpenConnection(Arc<Shared>);
+/// It also holds the connection's place under `max_connections_per_ip` (`Some(ip)`).
+struct OpenConnection(Arc<Shared>, Option<std::net::IpAddr>);
 
 impl OpenConnection {
-    fn count(shared: &Arc<Shared>) -> OpenConnection {
+    fn count(shared: &Arc<Shared>, ip: Option<std::net::IpAddr>) -> OpenConnection {
         shared.open_connections.fetch_add(1, AcqRel);
         shared.slot.connection_opened();
-        OpenConnection(shared.clone())
+        OpenConnection(shared.clone(), ip)
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
+        if let Some(ip) = self.1 {
+            self.0.release_ip(ip);
+        }
         self.0.slot.connection_closed();
         if self.0.open_connections.fetch_sub(1, AcqRel) == 1 {
             self.0.all_closed.notify_waiters();
@@ -501,14 +661,16 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Waits for TERM (drain); QUIT and INT exit at once; USR1 reopens the logs.
-async fn wait_for_stop_signal(shared: &Shared) {
+/// Waits for TERM or the master's death (drain); QUIT and INT exit at once; USR1 reopens
+/// the logs.
+async fn wait_for_stop_signal(shared: &Shared, orphaned: Option<tokio::signal::unix::Signal>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut usr1)) = (
+    let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut usr1), Some(mut orphaned)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::quit()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::user_defined1()),
+        orphaned,
     ) else {
         tracing::error!("worker cannot install signal handlers");
         return;
@@ -516,6 +678,13 @@ async fn wait_for_stop_signal(shared: &Shared) {
     loop {
         tokio::select! {
             _ = term.recv() => return,
+            _ = orphaned.recv() => {
+                tracing::warn!(
+                    pid = std::process::id(),
+                    "the master died: closing the listeners, finishing the requests in flight"
+                );
+                return;
+            }
             _ = quit.recv() => exit_now(shared),
             _ = int.recv() => exit_now(shared),
             _ = usr1.recv() => {
