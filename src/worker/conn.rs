@@ -37,11 +37,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Notify;
 
 /// An HTTP/2 stream the client resets (or leaves) this soon after opening it, before
 /// its response is done, was abandoned early.
 const EARLY_RESET_MS: u64 = 1000;
+/// How often the loop of an HTTP/2 connection looks for a reset flood.
+const H2_WATCH: Duration = Duration::from_millis(100);
+
 /// Once a connection's client has abandoned this many streams early, and they are more
 /// than half of the streams it opened, it is flooding resets (CVE-2023-44487 paced to
 /// stay under h2's limit of resets waiting to be accepted): GOAWAY, then close.
@@ -100,9 +102,10 @@ pub(super) struct ConnState {
     /// HTTP/2 streams ended, and of them those the client abandoned early.
     streams_ended: AtomicU64,
     streams_abandoned: AtomicU64,
-    /// The client turned out to be flooding resets; `reset_flood` is rung once then.
+    /// The client turned out to be flooding resets: the connection's loop, which looks
+    /// at least every [`H2_WATCH`] on HTTP/2, closes it (a flag rather than a `Notify`,
+    /// which would be polled on every wake-up of every connection).
     flooding: AtomicBool,
-    reset_flood: Notify,
 }
 
 impl ConnState {
@@ -121,7 +124,6 @@ impl ConnState {
             streams_ended: AtomicU64::new(0),
             streams_abandoned: AtomicU64::new(0),
             flooding: AtomicBool::new(false),
-            reset_flood: Notify::new(),
         }
     }
 
@@ -196,17 +198,14 @@ impl ConnState {
         self.in_flight.fetch_sub(1, AcqRel);
     }
 
-    /// Counts an ended HTTP/2 stream; rings `reset_flood` when the abandoned ones
+    /// Counts an ended HTTP/2 stream; sets `flooding` when the abandoned ones
     /// first pass the bound.
     fn stream_ended(&self, abandoned_early: bool) {
         let ended = self.streams_ended.fetch_add(1, Relaxed) + 1;
         if abandoned_early {
             let abandoned = self.streams_abandoned.fetch_add(1, Relaxed) + 1;
-            if abandoned >= RESET_FLOOD_STREAMS
-                && abandoned * 2 > ended
-                && !self.flooding.swap(true, Relaxed)
-            {
-                self.reset_flood.notify_one();
+            if abandoned >= RESET_FLOOD_STREAMS && abandoned * 2 > ended {
+                self.flooding.store(true, Relaxed);
             }
         }
     }
@@ -462,26 +461,32 @@ where
                 break;
             }
         };
+        if close_at.is_none() && state.flooding.load(Relaxed) {
+            tracing::warn!(
+                pid = std::process::id(),
+                peer = %peer_name.display,
+                streams = state.streams_ended.load(Relaxed),
+                abandoned = state.streams_abandoned.load(Relaxed),
+                "HTTP/2 client abandons most of its streams as it opens them \
+                 (rapid reset): closing the connection"
+            );
+            if !goaway_sent {
+                conn.as_mut().graceful_shutdown();
+                goaway_sent = true;
+            }
+            close_at = Some(Instant::now() + RESET_FLOOD_GRACE);
+            continue;
+        }
+        let wait = if state.is_h2.load(Relaxed) {
+            wait.min(H2_WATCH)
+        } else {
+            wait
+        };
         tokio::select! {
             _ = conn.as_mut() => break,
             _ = tokio::time::sleep(wait) => {}
             changed = drain.changed(), if !drain_seen => {
                 drain_seen = changed.is_err() || *drain.borrow();
-            }
-            _ = state.reset_flood.notified(), if close_at.is_none() => {
-                tracing::warn!(
-                    pid = std::process::id(),
-                    peer = %peer_name.display,
-                    streams = state.streams_ended.load(Relaxed),
-                    abandoned = state.streams_abandoned.load(Relaxed),
-                    "HTTP/2 client abandons most of its streams as it opens them \
-                     (rapid reset): closing the connection"
-                );
-                if !goaway_sent {
-                    conn.as_mut().graceful_shutdown();
-                    goaway_sent = true;
-                }
-                close_at = Some(Instant::now() + RESET_FLOOD_GRACE);
             }
         }
     }
