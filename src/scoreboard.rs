@@ -339,10 +339,13 @@ impl Slot {
         // SAFETY: published with Release by the writer; bounded by MESSAGE_BYTES. A
         // worker writing while we copy gives garbled text, never an invalid read.
         let bytes: [u8; MESSAGE_BYTES] = unsafe { std::ptr::read_volatile(self.message.get()) };
-        // Written by a worker, which may be compromised: it goes into the master's log.
+        // Written by a worker, which may be compromised: it goes into the master's log,
+        // escaped, without trailing NULs, at most 2 * MESSAGE_BYTES characters.
+        let bytes = &bytes[..len.min(MESSAGE_BYTES)];
+        let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
         Some(crate::logging::escape_untrusted(
-            &bytes[..len],
-            MESSAGE_BYTES * 4,
+            &bytes[..end],
+            2 * MESSAGE_BYTES,
         ))
     }
 
@@ -650,7 +653,7 @@ mod tests {
             !message.contains('\n') && !message.contains('\u{1b}'),
             "{message:?}"
         );
-        assert!(message.starts_with("line one\\nforged line"), "{message:?}");
+        assert!(message.starts_with("line one\\x0aforged line"), "{message:?}");
 
         // The master's own totals: exact for exited workers, saturating for the live.
         slot.state.store(WorkerState::Ready as u32, Relaxed);
