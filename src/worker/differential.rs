@@ -28,9 +28,19 @@
 //! shows as the second: the scanner takes a request for body bytes (or stops looking),
 //! does not check it, and the app gets a request that breaks the limits.
 //!
-//! Runs for `FORKD_FUZZ_SECS` seconds (default 10); `FORKD_FUZZ_SEED=N` replays one case,
-//! `FORKD_FUZZ_ALL=1` keeps going after a failure and prints every failing case (shrunk).
-//! `cargo test --lib differential -- --nocapture` shows the number of cases per second.
+//! The fuzz test runs for `FORKD_FUZZ_SECS` seconds (default 10) and stops at the first
+//! failure, which it prints with its seed, its input (as a byte string), the pieces it
+//! was written in, what each app saw, and a shrunk version. Also:
+//!
+//! - `FORKD_FUZZ_SEED=N`: run only the case with that seed;
+//! - `FORKD_FUZZ_ALL=1`: go on after failures, print each, fail at the end;
+//! - `FORKD_FUZZ_AVOID=upgrade,long-chunk-size,lf-in-trailer`: leave known
+//!   disagreements out of the generator, to look for others (a replay needs the same);
+//! - `FORKD_FUZZ_TRACE=1`: print every case.
+//!
+//! `cargo test --lib differential::fuzz -- --nocapture` shows the cases per second. The
+//! fixed cases (`differential_*`) are the known disagreements of issue 12, and two that
+//! must pass (the harness's own checks).
 
 use super::conn::ConnState;
 use super::io::GuardedIo;
@@ -549,7 +559,7 @@ impl Case {
         };
         let connect_status = if rng.one_in(2) { 404 } else { 200 };
         // How much damage: none (only what hyper accepts, mostly), some, a lot.
-        let chaos = *rng.pick(&[0, 0, 1, 1, 2]);
+        let chaos = *rng.pick(&[0, 0, 0, 1, 1, 2]);
         let mut gen = Gen {
             rng: &mut rng,
             limits,
@@ -557,7 +567,7 @@ impl Case {
             chaos,
         };
         let mut input = Vec::new();
-        for _ in 0..gen.rng.range(1, 4) {
+        for _ in 0..gen.rng.range(1, 5) {
             // After the first request, often a decoy: a request whose body (declared
             // by Content-Length) is another request. If the scanner and hyper disagree
             // about where an earlier request ends, one of them reads the hidden one.
@@ -707,7 +717,7 @@ impl Gen<'_> {
     fn request(&mut self, out: &mut Vec<u8>, depth: usize, decoy: bool) {
         // A request hidden in a body is what a smuggler would send: mostly one that
         // breaks a limit.
-        let over = if !decoy && self.rng.one_in(if depth > 0 { 1 } else { 3 }) {
+        let over = if !decoy && self.rng.one_in(if depth > 0 { 1 } else { 4 }) {
             *self
                 .rng
                 .pick(&[Over::RequestLine, Over::Fields, Over::FieldSize, Over::Body])
@@ -1149,6 +1159,9 @@ fn shrink(
     avoid: Avoid,
     budget: Duration,
 ) -> Option<Case> {
+    if tag == "hang" {
+        return None;
+    }
     let deadline = Instant::now() + budget;
     let fails = |input: &[u8], each: usize| {
         if !avoid.allows(input) {
