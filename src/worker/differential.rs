@@ -567,6 +567,17 @@ impl Case {
             chaos,
         };
         let mut input = Vec::new();
+        if gen.rng.one_in(50) {
+            // The HTTP/2 preface (forkd serves HTTP/2 with prior knowledge), maybe cut.
+            let preface: &[u8] =
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+            let cut = if gen.rng.one_in(2) {
+                preface.len()
+            } else {
+                gen.rng.range(1, preface.len())
+            };
+            input.extend_from_slice(&preface[..cut]);
+        }
         for _ in 0..gen.rng.range(1, 5) {
             // After the first request, often a decoy: a request whose body (declared
             // by Content-Length) is another request. If the scanner and hyper disagree
@@ -1336,6 +1347,25 @@ fn differential_bare_lf_in_chunked_trailer() {
     assert_agrees(SMALL, 404, &input);
 }
 
+/// Issue 12 (1), the shortest form the fuzzer finds: a bare LF as the empty line that
+/// ends the trailer section (here with no trailers at all). The scanner ends the body
+/// there; hyper needs CRLF and reads the decoy's head as trailers.
+#[test]
+fn differential_bare_lf_ends_trailers() {
+    let smuggled = smuggled();
+    let mut input =
+        b"POST /t1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n".to_vec();
+    input.extend_from_slice(
+        format!(
+            "POST /decoy HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            smuggled.len()
+        )
+        .as_bytes(),
+    );
+    input.extend_from_slice(&smuggled);
+    assert_agrees(SMALL, 404, &input);
+}
+
 /// Issue 12 (2): a chunk size with 17 or more hex digits (leading zeros, which hyper
 /// accepts) turns the scanner off for the rest of the connection.
 fn long_chunk_size(digits: usize) {
@@ -1385,6 +1415,17 @@ fn differential_upgrade_http10() {
         b"GET /t3 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nUpgrade: websocket\r\n\r\n",
         404,
     );
+}
+
+/// Issue 12 (3), the request itself: the scanner steps aside before it checks the
+/// declared length, so the body of a request with `Upgrade` skips `max_body`.
+#[test]
+fn differential_upgrade_body_over_max_body() {
+    let mut input =
+        b"POST /t3 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nContent-Length: 101\r\n\r\n"
+            .to_vec();
+    input.extend_from_slice(&[b'a'; 101]);
+    assert_agrees(SMALL, 404, &input);
 }
 
 #[test]
