@@ -109,7 +109,7 @@ pub(super) struct ConnState {
 }
 
 impl ConnState {
-    fn new() -> ConnState {
+    pub(super) fn new() -> ConnState {
         ConnState {
             in_flight: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),

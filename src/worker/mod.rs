@@ -6,6 +6,8 @@
 
 mod balance;
 mod conn;
+#[cfg(test)]
+mod differential;
 mod health;
 mod io;
 mod limits;
