@@ -653,7 +653,10 @@ mod tests {
             !message.contains('\n') && !message.contains('\u{1b}'),
             "{message:?}"
         );
-        assert!(message.starts_with("line one\\x0aforged line"), "{message:?}");
+        assert!(
+            message.starts_with("line one\\x0aforged line"),
+            "{message:?}"
+        );
 
         // The master's own totals: exact for exited workers, saturating for the live.
         slot.state.store(WorkerState::Ready as u32, Relaxed);

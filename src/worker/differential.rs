@@ -100,6 +100,7 @@ fn forkd_path(
         stream,
         Arc::new(ConnState::new()),
         limits,
+        std::time::Duration::ZERO,
         board().1.header(),
         None,
     )

@@ -632,24 +632,19 @@ fn inspect_field(line: &[u8], framing: &mut Framing) {
     };
     let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
     if name.eq_ignore_ascii_case(b"content-length") {
-        // "5" or a list of equal values ("5, 5"), in one line or several, as hyper
-        // accepts; anything else hyper refuses, and so does the scanner.
-        for part in value.split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            let number = Some(part)
-                .filter(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
-                .and_then(|p| std::str::from_utf8(p).ok())
-                .and_then(|s| s.parse::<u64>().ok())
-                // hyper's DecodedLength reserves the two largest values.
-                .filter(|n| *n < u64::MAX - 1);
-            match (number, framing.content_length) {
-                (Some(n), None) => framing.content_length = Some(n),
-                (Some(n), Some(previous)) if n == previous => {}
-                _ => {
-                    framing.bad_content_length = true;
-                    return;
-                }
-            }
+        // Digits only, one number per line, as hyper's server reads it (a list such as
+        // "5, 5" it refuses); several lines must agree. Anything else hyper refuses, and
+        // so does the scanner.
+        let number = Some(value)
+            .filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|s| s.parse::<u64>().ok())
+            // hyper's DecodedLength reserves the two largest values.
+            .filter(|n| *n < u64::MAX - 1);
+        match (number, framing.content_length) {
+            (Some(n), None) => framing.content_length = Some(n),
+            (Some(n), Some(previous)) if n == previous => {}
+            _ => framing.bad_content_length = true,
         }
     } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
         framing.transfer_encodings += 1;
@@ -856,12 +851,13 @@ mod tests {
         assert_eq!(
             verdict_with(
                 ROOMY,
-                b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc"
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
             ),
             None
         );
         for bad in [
             &b"POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
