@@ -141,6 +141,7 @@ impl ConnState {
         self.refused_request.store(request, Release);
     }
     /// Why request `request`'s body was refused, if it was.
+    #[inline]
     fn refusal_for(&self, request: u64) -> Option<Violation> {
         if self.refused_request.load(Acquire) != request {
             return None;
@@ -365,8 +366,8 @@ where
             let shared = shared.clone();
             let state = state.clone();
             let began = shared.timing.then(Instant::now);
-            let (req, verdict) = limit_body(&shared, req);
-            let (req, record) = prepare(&shared, &peer, req);
+            let (mut req, verdict) = limit_body(&shared, req);
+            let record = prepare(&shared, &peer, &mut req);
             // Made before the future: if hyper drops the future unpolled or half-way
             // (stream reset, panic), the guard still ends the request.
             let mut guard = RequestGuard::new(&shared, state.clone(), began, record);
@@ -493,11 +494,7 @@ where
 }
 
 /// The client address (and scheme) the app sees, and the access log record.
-fn prepare(
-    shared: &Shared,
-    peer: &Peer,
-    mut req: crate::app::Request,
-) -> (crate::app::Request, Option<Box<Record>>) {
+fn prepare(shared: &Shared, peer: &Peer, req: &mut crate::app::Request) -> Option<Box<Record>> {
     let forwarded = if peer.trusted {
         crate::forwarded::resolve(&shared.proxies, peer.ip(), req.headers())
     } else {
@@ -515,13 +512,13 @@ fn prepare(
     let record = shared
         .access_log
         .as_ref()
-        .map(|log| Box::new(log.capture(&req, remote, peer.addr, scheme.unwrap_or("http"))));
+        .map(|log| Box::new(log.capture(req, remote, peer.addr, scheme.unwrap_or("http"))));
     let extensions = req.extensions_mut();
     extensions.insert(ClientAddr(client));
     if let Some(scheme) = scheme {
         extensions.insert(Scheme(scheme));
     }
-    (req, record)
+    record
 }
 
 /// HTTP/1 bodies are limited by the scanner; an HTTP/2 request's declared length is
@@ -548,6 +545,7 @@ fn refusal(shared: &Shared, violation: Violation) -> crate::app::Response {
 
 /// The body the app reads: HTTP/1 bodies are held to the limits by the IO already;
 /// an HTTP/2 stream's body is held to them here (with its verdict for the answer).
+#[inline]
 fn limit_body(
     shared: &Shared,
     req: hyper::Request<hyper::body::Incoming>,

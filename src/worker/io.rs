@@ -209,10 +209,16 @@ where
 
     /// Follows bytes on their way to hyper on an HTTP/2 connection; false (and logged)
     /// when the client floods PING or SETTINGS frames.
+    #[inline]
     fn follow_h2(&mut self, data: &[u8]) -> bool {
         if !self.scanner.is_http2() {
             return true;
         }
+        self.follow_h2_frames(data)
+    }
+
+    #[cold]
+    fn follow_h2_frames(&mut self, data: &[u8]) -> bool {
         if self.h2.get_or_insert_with(H2Frames::new).follow(data) {
             return true;
         }
