@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Instructions a worker executes per keep-alive request, counted by valgrind's
+callgrind: repeatable whatever else the machine is doing (the machines here are shared
+and their req/s swing by 3x between rounds, while `perf stat` cannot count instructions
+on them). For each forkd binary given, a 1-worker `hello` server runs under callgrind,
+gets N1 and then, in a second run, N2 requests over 8 keep-alive connections, and the
+worker's total instructions of the two runs give (I2 - I1) / (N2 - N1): the cost of one
+more request, start-up and drain cancelled out.
+
+    bench/instructions.py OLD_FORKD NEW_FORKD [--n1 2000] [--n2 12000] [--label A --label B]
+
+Prints one line per binary and, with --markdown FILE, appends a table to FILE."""
+
+import argparse
+import glob
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions.py\r\n\r\n"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_response(sock, buf):
+    """Reads one response with a Content-Length body; returns the leftover bytes."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("connection closed")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("connection closed in body")
+        rest += chunk
+    return rest[length:]
+
+
+def drive(port, total, connections=8):
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(connections)]
+    bufs = [b""] * connections
+    sent = 0
+    while sent < total:
+        for i, s in enumerate(socks):
+            if sent >= total:
+                break
+            s.sendall(REQUEST)
+            bufs[i] = read_response(s, bufs[i])
+            sent += 1
+    for s in socks:
+        s.close()
+
+
+def worker_instructions(binary, requests, work):
+    out = os.path.join(work, f"cg-{os.getpid()}-{time.monotonic_ns()}")
+    os.makedirs(out)
+    port = free_port()
+    log = open(os.path.join(out, "forkd.log"), "w")
+    # The output option goes in ./.valgrindrc, not on the command line: forkd rewrites
+    # its argv memory for its process titles, and a forked worker's valgrind reads the
+    # option from there again when it names its own output file.
+    with open(os.path.join(out, ".valgrindrc"), "w") as rc:
+        rc.write(f"--callgrind-out-file={out}/cg.%p\n")
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind",
+         binary, "-b", f"127.0.0.1:{port}", "-w", "1", "hello"],
+        stdout=subprocess.DEVNULL, stderr=log, cwd=out)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                drive(port, 1, 1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{binary} did not start under valgrind")
+                time.sleep(0.2)
+        drive(port, requests - 1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    counts = []
+    for path in glob.glob(f"{out}/cg.*"):
+        pid = int(path.rsplit(".", 1)[1])
+        if pid == proc.pid:
+            continue  # the master
+        with open(path) as f:
+            text = f.read()
+        match = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(r"^totals:\s+(\d+)", text, re.M)
+        if match:
+            counts.append(int(match.group(1)))
+    if len(counts) != 1:
+        raise RuntimeError(f"expected one worker profile, found {len(counts)} in {out}")
+    return counts[0]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("binaries", nargs="+")
+    parser.add_argument("--label", action="append", default=[])
+    parser.add_argument("--n1", type=int, default=2000)
+    parser.add_argument("--n2", type=int, default=12000)
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+    labels = args.label + args.binaries[len(args.label):]
+    work = tempfile.mkdtemp(prefix="forkd-instructions-")
+    rows = []
+    for label, binary in zip(labels, args.binaries):
+        i1 = worker_instructions(binary, args.n1, work)
+        i2 = worker_instructions(binary, args.n2, work)
+        per = (i2 - i1) / (args.n2 - args.n1)
+        rows.append((label, per))
+        print(f"{label}: {per:,.0f} instructions per keep-alive request ({i1:,} at {args.n1}, {i2:,} at {args.n2})", flush=True)
+    if args.markdown:
+        base = rows[0][1]
+        with open(args.markdown, "a") as f:
+            f.write("\n| build | worker instructions per keep-alive request | vs first |\n| --- | --- | --- |\n")
+            for label, per in rows:
+                f.write(f"| {label} | {per:,.0f} | {(per - base) * 100 / base:+.1f}% |\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
