@@ -179,12 +179,16 @@ pub struct Master {
     /// TERM with `shutdown_delay`: readiness already answers 503; the graceful stop
     /// begins at this moment.
     stop_at: Option<Instant>,
+    /// The current generation's `[tls]`, loaded and checked here and inherited by the
+    /// workers forked with it (older workers keep the one they were forked with).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Master {
     /// Binds everything and prepares the loop; errors here mean forkd does not start.
     pub fn new(
         config: Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
         reload_config: Reloader,
         resolve_app: AppResolver,
         relaunch: Relaunch,
@@ -246,6 +250,7 @@ impl Master {
             metrics,
             stop_at: None,
             notify_intake: None,
+            tls,
         })
     }
 
@@ -449,6 +454,21 @@ impl Master {
                 return;
             }
         };
+        // The certificate and key files are read here, before any new worker: a file
+        // that is missing, unparsable or does not match fails the reload.
+        let tls = match crate::tls::load(&config) {
+            Ok(loaded) => loaded.map(|loaded| {
+                for warning in &loaded.warnings {
+                    tracing::warn!("HUP: {warning}");
+                }
+                loaded.server
+            }),
+            Err(e) => {
+                tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
+                self.finish_reload(false);
+                return;
+            }
+        };
         if let Err(e) = self.rebind(&config) {
             tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
             self.finish_reload(false);
@@ -467,6 +487,7 @@ impl Master {
         self.target = config.worker_count();
         self.config = Arc::new(config);
         self.factory = factory;
+        self.tls = tls;
         self.boot_failures = 0;
         self.spawn_not_before = None;
         tracing::info!(
@@ -484,8 +505,16 @@ impl Master {
         }
         let mut next = Vec::new();
         for spec in &config.bind {
-            if let Some(pos) = self.listeners.iter().position(|l| &l.spec == spec) {
-                next.push(self.listeners.remove(pos));
+            // The same socket, also when it changes between plain and TLS: workers of
+            // the new generation serve it as the entry now says, old ones as before.
+            if let Some(pos) = self
+                .listeners
+                .iter()
+                .position(|l| l.spec.plain() == spec.plain())
+            {
+                let mut listener = self.listeners.remove(pos);
+                listener.spec = spec.clone();
+                next.push(listener);
                 continue;
             }
             match listeners::bind(spec, config.backlog) {
@@ -1173,6 +1202,7 @@ impl Master {
                             listeners: &self.listeners,
                             metrics: self.metrics.as_ref(),
                             factory: factory.clone(),
+                            tls: self.tls.clone(),
                         })
                     }
                 }

@@ -14,7 +14,7 @@ use crate::app::{App, AppFactory};
 use crate::config::Config;
 use crate::forwarded::TrustedProxies;
 use crate::listeners::{Listener, ListenerKind};
-use crate::scoreboard::{monotonic_ms, Board, Rejection, Slot, WorkerState};
+use crate::scoreboard::{monotonic_ms, Board, Handshake, Rejection, Slot, WorkerState};
 use health::HealthPaths;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -40,6 +40,8 @@ pub struct WorkerContext<'a> {
     /// The `[metrics]` listener, if metrics are on.
     pub metrics: Option<&'a Listener>,
     pub factory: AppFactory,
+    /// The `[tls]` of this worker's generation, loaded by the master before the fork.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// State shared by every task of the worker.
@@ -73,6 +75,10 @@ pub(crate) struct Shared {
     record_durations: bool,
     /// Something needs a request's start time (the histogram or the access log).
     timing: bool,
+    /// Wraps connections accepted on `tls://` listeners.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `tls.handshake_timeout`.
+    handshake_timeout: Duration,
 }
 
 impl Shared {
@@ -115,6 +121,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         listeners,
         metrics,
         factory,
+        tls,
     } = ctx;
     let pid = std::process::id() as i32;
     slot.set_pid(pid);
@@ -160,14 +167,9 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         .map(Arc::new);
         let proxies = TrustedProxies::parse(&config.forwarded_allow_ips)
             .map_err(|e| boot_failed(slot, &format!("key `forwarded_allow_ips`: {e}")))?;
-        let shared = Arc::new(new_shared(
-            app,
-            (slot, board),
-            master_pid,
-            &config,
-            access_log,
-            proxies,
-        ));
+        let mut shared = new_shared(app, (slot, board), master_pid, &config, access_log, proxies);
+        shared.tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        let shared = Arc::new(shared);
         let mut accepting =
             start_accepting(&shared, listeners).map_err(|e| boot_failed(slot, &e))?;
         if let Some(listener) = metrics {
@@ -267,6 +269,8 @@ fn new_shared(
         timing: record_durations || access_log.is_some(),
         access_log,
         record_durations,
+        tls: None,
+        handshake_timeout: config.tls.handshake_timeout,
     }
 }
 
@@ -323,6 +327,10 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
         let raw = fd.into_raw_fd();
         let shared = shared.clone();
         let name = listener.local.clone();
+        let tls = listener.spec.is_tls();
+        if tls && shared.tls.is_none() {
+            return Err(format!("{name}: a tls:// listener without [tls]"));
+        }
         let task = match &listener.kind {
             ListenerKind::Tcp => {
                 // SAFETY: raw is a fresh dup of a listening TCP socket, owned from here.
@@ -330,7 +338,7 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
                 let _ = std_listener.set_nonblocking(true);
                 let l = tokio::net::TcpListener::from_std(std_listener)
                     .map_err(|e| format!("{name}: {e}"))?;
-                tokio::spawn(accept_tcp(l, shared))
+                tokio::spawn(accept_tcp(l, shared, tls))
             }
             ListenerKind::Unix { .. } => {
                 // SAFETY: raw is a fresh dup of a listening unix socket, owned from here.
@@ -338,7 +346,7 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
                 let _ = std_listener.set_nonblocking(true);
                 let l = tokio::net::UnixListener::from_std(std_listener)
                     .map_err(|e| format!("{name}: {e}"))?;
-                tokio::spawn(accept_unix(l, shared))
+                tokio::spawn(accept_unix(l, shared, tls))
             }
         };
         tasks.push(task);
@@ -346,7 +354,7 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
     Ok(tasks)
 }
 
-async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: bool) {
     let mut drain = shared.drain_signal();
     loop {
         tokio::select! {
@@ -355,7 +363,7 @@ async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 listener.accept().await
             } => match accepted {
                 // TCP_NODELAY: inherited from the listener, which the master set.
-                Ok((stream, addr)) => spawn_connection(&shared, stream, Some(addr)),
+                Ok((stream, addr)) => spawn_connection(&shared, stream, Some(addr), tls),
                 Err(e) => accept_error(e).await,
             },
             _ = drain.changed() => return,
@@ -363,7 +371,7 @@ async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>, tls: bool) {
     let mut drain = shared.drain_signal();
     loop {
         tokio::select! {
@@ -371,7 +379,7 @@ async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
                 balance::wait_for_less_busy_peers(&shared).await;
                 listener.accept().await
             } => match accepted {
-                Ok((stream, _)) => spawn_connection(&shared, stream, None),
+                Ok((stream, _)) => spawn_connection(&shared, stream, None, tls),
                 Err(e) => accept_error(e).await,
             },
             _ = drain.changed() => return,
@@ -385,8 +393,12 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-fn spawn_connection<T>(shared: &Arc<Shared>, stream: T, addr: Option<std::net::SocketAddr>)
-where
+fn spawn_connection<T>(
+    shared: &Arc<Shared>,
+    stream: T,
+    addr: Option<std::net::SocketAddr>,
+    tls: bool,
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     if shared.open_connections.load(Acquire) >= shared.max_connections {
@@ -395,6 +407,10 @@ where
             .board
             .header()
             .count_rejection(Rejection::MaxConnections);
+        if tls {
+            // No clear-text answer on a TLS port, and no handshake for a full worker.
+            return;
+        }
         let body = format!(
             "this worker has {} connections open (limits.max_connections)\n",
             shared.max_connections
@@ -411,8 +427,47 @@ where
     let shared = shared.clone();
     tokio::spawn(async move {
         let _open = open;
-        conn::serve(shared, stream, peer).await;
+        if !tls {
+            return conn::serve(shared, stream, peer).await;
+        }
+        // In the connection's own task: a slow handshake holds up nobody else.
+        if let Some((stream, info)) = handshake(&shared, stream).await {
+            let mut peer = peer;
+            peer.tls = Some(info);
+            conn::serve(shared, stream, peer).await;
+        }
     });
+}
+
+/// The TLS handshake of an accepted connection, bounded by `tls.handshake_timeout`,
+/// counted in the scoreboard for `forkd_tls_handshakes_total`.
+async fn handshake<T>(
+    shared: &Shared,
+    stream: T,
+) -> Option<(tokio_rustls::server::TlsStream<T>, crate::tls::TlsInfo)>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let acceptor = shared.tls.as_ref()?;
+    let began = std::time::Instant::now();
+    let outcome = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await;
+    let header = shared.board.header();
+    match outcome {
+        Ok(Ok(stream)) => {
+            header.count_handshake(Handshake::Ok, began.elapsed());
+            let info = crate::tls::TlsInfo::of(stream.get_ref().1);
+            Some((stream, info))
+        }
+        Ok(Err(e)) => {
+            header.count_handshake(Handshake::Failed, began.elapsed());
+            tracing::debug!(pid = std::process::id(), "TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            header.count_handshake(Handshake::Timeout, began.elapsed());
+            None
+        }
+    }
 }
 
 /// Counts one connection as open (in the worker and its scoreboard slot) for as long as
