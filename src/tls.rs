@@ -23,6 +23,10 @@ use rustls::{RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
 
+/// The longest session-ticket plaintext every worker accepts from the start: a TLS
+/// session's state with room for a client certificate chain of a few KiB.
+const TICKET_PRIMING: usize = 4096;
+
 /// A loaded `[tls]`: the config the workers serve with, and what deserves a warning
 /// (an expired certificate, a key file others can read).
 pub struct Loaded {
@@ -136,6 +140,11 @@ pub fn load(config: &Config) -> Result<Option<Loaded>, String> {
     // the same tickets (until rustls rotates the key, every 6 hours, in each worker).
     server.ticketer = rustls::crypto::ring::Ticketer::new()
         .map_err(|e| at("tls.certfile", certfile, &format!("session tickets: {e}")))?;
+    // rustls's ticketer refuses tickets longer than the longest it has made itself (a
+    // defence against partitioning oracles); a worker that has issued none yet would
+    // refuse its siblings' tickets. One ticket of `TICKET_PRIMING` bytes made here,
+    // before the fork, sets that bound in every worker alike.
+    let _ = server.ticketer.encrypt(&[0; TICKET_PRIMING]);
     Ok(Some(Loaded {
         server: Arc::new(server),
         warnings,

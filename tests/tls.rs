@@ -796,3 +796,129 @@ fn ipv6_tls_bind_serves_https() {
     let (status, body, _) = https_get(&server.addr, &pki.client(&[], None), "/").unwrap();
     assert_eq!((status, body.as_str()), (200, "Hello, world!"));
 }
+
+#[test]
+fn sessions_resume_on_any_worker_with_the_ticket_key_shared_by_the_master() {
+    let pki = Pki::new("resume");
+    pki.install(&pki.issue("localhost", 1, false, false));
+    let server = start(&pki, &["-b", "tls://127.0.0.1:0", "-w", "2", "echo"], &[]);
+    // One client config: its session cache holds the tickets the server sent.
+    let client = pki.client(&[], None);
+    let mut pids = std::collections::HashSet::new();
+    let mut kinds = Vec::new();
+    // Connections stay open, so that accept balancing spreads them over both workers.
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        let mut stream = connect(&server.addr, &client).unwrap();
+        kinds.push(stream.conn.handshake_kind());
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let (status, _, body) = read_response(&mut BufReader::new(&mut stream)).unwrap();
+        assert_eq!(status, 200);
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let pid = body
+            .split("\"pid\":")
+            .nth(1)
+            .unwrap()
+            .split([',', '}'])
+            .next();
+        pids.insert(pid.unwrap().to_string());
+        open.push(stream);
+    }
+    assert_eq!(pids.len(), 2, "both workers served: {pids:?}");
+    assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full));
+    assert!(
+        kinds[1..]
+            .iter()
+            .all(|k| *k == Some(rustls::HandshakeKind::Resumed)),
+        "every later handshake resumes, whichever worker takes it: {kinds:?}"
+    );
+    // TLS 1.2 resumes too (stateless tickets).
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let tls12 = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let kinds: Vec<_> = (0..6)
+        .map(|_| {
+            let stream = connect(&server.addr, &tls12).unwrap();
+            (stream.conn.protocol_version(), stream.conn.handshake_kind())
+        })
+        .collect();
+    assert!(
+        kinds[1..].iter().all(|k| *k
+            == (
+                Some(rustls::ProtocolVersion::TLSv1_2),
+                Some(rustls::HandshakeKind::Resumed)
+            )),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn a_draining_worker_sends_goaway_on_h2_over_tls_and_finishes_the_stream() {
+    let pki = Pki::new("goaway");
+    pki.install(&pki.issue("localhost", 1, false, false));
+    // A long keep-alive: an h2 connection that ends soon after the HUP was told to.
+    let server = start(
+        &pki,
+        &[
+            "-b",
+            "tls://127.0.0.1:0",
+            "-w",
+            "1",
+            "--keepalive",
+            "60",
+            "echo",
+        ],
+        &[],
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(pki.client(&[b"h2"], None))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let request = |path: &str| {
+            hyper::Request::get(format!("https://localhost{path}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        let first = sender.send_request(request("/first")).await.unwrap();
+        assert_eq!(first.status(), 200);
+        // A slow request in flight when the drain begins.
+        let slow = tokio::spawn(sender.send_request(request("/slow?sleep_ms=1500")));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.signal(nix::sys::signal::Signal::SIGHUP);
+        let response = tokio::time::timeout(Duration::from_secs(10), slow)
+            .await
+            .expect("the in-flight stream finished")
+            .unwrap()
+            .expect("the in-flight stream was answered");
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("/slow"));
+        // GOAWAY: the connection ends well before the 60 s keep-alive.
+        let ended = tokio::time::timeout(Duration::from_secs(8), conn).await;
+        assert!(
+            ended.is_ok(),
+            "the h2 connection was not closed by the drain"
+        );
+    });
+}
