@@ -922,3 +922,75 @@ fn a_draining_worker_sends_goaway_on_h2_over_tls_and_finishes_the_stream() {
         );
     });
 }
+
+#[test]
+fn a_socket_passed_by_systemd_is_served_as_https_with_tls_fd_name() {
+    let pki = Pki::new("activate");
+    pki.install(&pki.issue("localhost", 1, false, false));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    // systemd-socket-activate passes no environment unless told (-E).
+    let mut command = std::process::Command::new("systemd-socket-activate");
+    command.args(["-l", &addr, "--fdname=https"]);
+    for (key, value) in pki.env() {
+        command.arg(format!("-E{key}={value}"));
+    }
+    command
+        .arg("--")
+        .arg(forkd())
+        .args(["-b", "tls+fd://https", "-w", "1", "hello"]);
+    let server = Server::spawn(&mut command);
+    let client = pki.client(&[], None);
+    let mut last = Err(String::new());
+    poll_until(Duration::from_secs(10), || {
+        last = https_get(&addr, &client, "/");
+        last.is_ok()
+    });
+    let (status, body, _) = last.unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    assert_eq!((status, body.as_str()), (200, "Hello, world!"));
+    assert!(
+        server.log_contains(&format!("listening on {addr}")),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn usr2_hands_the_tls_listener_over_with_no_failed_https_request() {
+    let pki = Pki::new("usr2");
+    pki.install(&pki.issue("localhost", 1, false, false));
+    let pidfile = pki.path("forkd.pid");
+    let server = start(
+        &pki,
+        &[
+            "-b",
+            "tls://127.0.0.1:0",
+            "-w",
+            "2",
+            "-p",
+            &pidfile,
+            "hello",
+        ],
+        &[],
+    );
+    let old = server.pid();
+    let client = pki.client(&[b"http/1.1"], None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = tls_load(&server.addr, client.clone(), 32, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(nix::sys::signal::Signal::SIGUSR2);
+    let new = new_master(Path::new(&pidfile), old, Duration::from_secs(15));
+    let _guard = PidGuard(new);
+    let mut server = server;
+    let old_gone = server.wait_exit(Duration::from_secs(15)).is_some();
+    std::thread::sleep(Duration::from_millis(300));
+    finish(stop, handles);
+    assert!(new > 0, "no new master:\n{}", server.log());
+    assert!(old_gone, "the old master did not leave:\n{}", server.log());
+    let (status, _, _) = https_get(&server.addr, &client, "/").unwrap();
+    assert_eq!(status, 200);
+    assert_no_failures(&tally, &server, "USR2 over HTTPS");
+}
