@@ -38,6 +38,11 @@ pub struct Scheme(pub &'static str);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCertSubject(pub String);
 
+/// The host name a TLS client asked for with SNI, on a TLS connection that sent one.
+/// forkd serves one certificate whatever it is; the app may route or check on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsServerName(pub std::sync::Arc<str>);
+
 /// A request handler. Implemented for any `Fn(Request) -> impl Future<Output = Response>`.
 pub trait App: Send + Sync + 'static {
     fn call(&self, req: Request) -> BoxFuture<Response>;

@@ -230,6 +230,8 @@ pub struct TlsInfo {
     pub h2: bool,
     /// The client certificate's subject, when the client presented one.
     pub client_subject: Option<String>,
+    /// The host name the client asked for (SNI), if it sent one.
+    pub server_name: Option<Arc<str>>,
 }
 
 impl TlsInfo {
@@ -253,6 +255,7 @@ impl TlsInfo {
             cipher,
             h2: conn.alpn_protocol() == Some(b"h2"),
             client_subject,
+            server_name: conn.server_name().map(Arc::from),
         }
     }
 }

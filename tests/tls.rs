@@ -371,6 +371,7 @@ fn https_with_alpn_h2_and_http11_and_the_access_log_fields() {
     assert_eq!(version, hyper::Version::HTTP_2);
     assert!(body.contains("\"scheme\":\"https\""), "{body}");
     assert!(body.contains("\"version\":\"HTTP/2.0\""), "{body}");
+    assert!(body.contains("\"tls_server_name\":\"localhost\""), "{body}");
     let (alpn, version, body) = rt.block_on(hyper_get(
         &server.addr,
         pki.client(&[b"http/1.1"], None),

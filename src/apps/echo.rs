@@ -3,10 +3,12 @@
 //! `status=N`, `bytes=N` (an N-byte body instead of JSON). Besides the contract's fields
 //! (`method`, `path`, `query`, `headers`, `body_bytes`, `remote_addr`, `pid`) the JSON
 //! carries `scheme` (`https` over TLS, or when a trusted proxy says so), `version`
-//! (`HTTP/1.1`, `HTTP/2.0`) and, with a verified TLS client certificate,
-//! `client_cert_subject`.
+//! (`HTTP/1.1`, `HTTP/2.0`), `tls_server_name` (the SNI a TLS client sent) and, with a
+//! verified TLS client certificate, `client_cert_subject`.
 
-use crate::app::{respond, ClientAddr, ClientCertSubject, Request, Response, Scheme};
+use crate::app::{
+    respond, ClientAddr, ClientCertSubject, Request, Response, Scheme, TlsServerName,
+};
 use http_body_util::BodyExt;
 use std::time::Duration;
 
@@ -79,6 +81,9 @@ pub async fn echo(req: Request) -> Response {
         "pid": std::process::id(),
         "version": format!("{:?}", parts.version),
     });
+    if let Some(name) = parts.extensions.get::<TlsServerName>() {
+        json["tls_server_name"] = serde_json::Value::from(&*name.0);
+    }
     if let Some(subject) = parts.extensions.get::<ClientCertSubject>() {
         json["client_cert_subject"] = serde_json::Value::from(subject.0.clone());
     }

@@ -17,7 +17,7 @@ use super::limits::Violation;
 use super::Shared;
 use crate::access_log::{AccessLog, Outcome, Record, Remote};
 use crate::app::RequestBody;
-use crate::app::{respond, Body, ClientAddr, ClientCertSubject, Scheme};
+use crate::app::{respond, Body, ClientAddr, ClientCertSubject, Scheme, TlsServerName};
 use crate::body::{Cut, Verdict};
 use crate::forwarded::Client;
 use crate::scoreboard::{monotonic_ms, Rejection, Slot, FLAG_RETIRE};
@@ -442,8 +442,13 @@ fn prepare(
     if let Some(scheme) = scheme {
         extensions.insert(Scheme(scheme));
     }
-    if let Some(subject) = peer.tls.as_ref().and_then(|t| t.client_subject.clone()) {
-        extensions.insert(ClientCertSubject(subject));
+    if let Some(tls) = &peer.tls {
+        if let Some(subject) = &tls.client_subject {
+            extensions.insert(ClientCertSubject(subject.clone()));
+        }
+        if let Some(name) = &tls.server_name {
+            extensions.insert(TlsServerName(name.clone()));
+        }
     }
     (req, record)
 }
