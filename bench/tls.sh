@@ -88,13 +88,18 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-# "rps p99 err;rps p99 err;..." -> "median_rps (min–max) median_p99 total_errors"
+# "rps p99 err;rps p99 err;..." -> "median_rps (min–max) | median_p99 | total_errors"
+# (plain awk and sort: Debian's awk is mawk, without asort)
 medians() {
-  echo "$1" | tr ';' '\n' | awk 'NF { r[n] = $1; p[n] = $2; e += $3; n++ }
-    END {
-      asort(r); asort(p)
-      printf "%d (%d–%d) | %.2f | %d\n", r[int((n + 1) / 2)], r[1], r[n], p[int((n + 1) / 2)], e
-    }'
+  local rows; rows=$(echo "$1" | tr ';' '\n' | awk 'NF')
+  local rps p99 errors
+  rps=$(echo "$rows" | awk '{ print $1 }' | sort -n | tr '\n' ' ')
+  p99=$(echo "$rows" | awk '{ print $2 }' | sort -n | tr '\n' ' ')
+  errors=$(echo "$rows" | awk '{ e += $3 } END { print e + 0 }')
+  echo "$rps" | awk -v p="$p99" -v e="$errors" '{
+    n = NF; split(p, q, " ")
+    printf "%d (%d–%d) | %.2f | %d\n", $(int((n + 1) / 2)), $1, $n, q[int((n + 1) / 2)], e
+  }'
 }
 
 commit=$(git rev-parse --short HEAD)
