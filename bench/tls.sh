@@ -16,7 +16,14 @@ ROOT=$PWD
 WORK=$(mktemp -d /tmp/forkd-bench-tls.XXXXXX)
 PIDS=()
 . bench/common.sh
-trap 'kill_started; rm -rf "$WORK"' EXIT
+cleanup() {
+  # nginx's own stop first: it waits for its workers (a SIGKILLed master can leave one).
+  [ -f "$WORK/nginx/nginx.pid" ] && nginx -q -s stop -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>/dev/null
+  sleep 0.5
+  kill_started
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; fi
