@@ -110,6 +110,7 @@ medians() {
 }
 
 commit=$(git rev-parse --short HEAD)
+described=$(git describe --always --dirty)   # before RESULTS.md is written to
 {
   echo
   echo "## HTTPS: forkd vs nginx ($(date -u +%Y-%m-%d), commit $commit)"
@@ -118,7 +119,7 @@ commit=$(git rev-parse --short HEAD)
   echo "certificate, wrk -t2 -c64 for ${DURATION}s, $ROUNDS rounds alternating servers (median, range);"
   echo "\"handshakes\" sends \`Connection: close\`, so each request is a new connection with a"
   echo "full TLS 1.3 handshake. $(nproc) CPUs, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg);"
-  echo "forkd $(git describe --always --dirty), $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(openssl version | cut -d' ' -f1-2)."
+  echo "forkd $described, $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(openssl version | cut -d' ' -f1-2)."
   echo
   echo "| server | mode | req/s | p99 ms | errors |"
   echo "| --- | --- | --- | --- | --- |"
