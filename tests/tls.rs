@@ -995,3 +995,39 @@ fn usr2_hands_the_tls_listener_over_with_no_failed_https_request() {
     assert_eq!(status, 200);
     assert_no_failures(&tally, &server, "USR2 over HTTPS");
 }
+
+#[test]
+fn optional_client_certificates_and_min_version_13() {
+    let pki = Pki::new("optional");
+    pki.install(&pki.issue("localhost", 1, false, false));
+    let server = start(
+        &pki,
+        &["-b", "tls://127.0.0.1:0", "-w", "1", "echo"],
+        &[
+            ("FORKD_TLS_CA_CERTS", &pki.path("ca.pem")),
+            ("FORKD_TLS_CLIENT_AUTH", "optional"),
+            ("FORKD_TLS_MIN_VERSION", "1.3"),
+        ],
+    );
+    // Optional: no certificate is served, without a subject; a good one shows it.
+    let (status, body, _) = https_get(&server.addr, &pki.client(&[], None), "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(!body.contains("client_cert_subject"), "{body}");
+    let client = pki.issue("opt client", 2, true, false);
+    let (status, body, _) = https_get(&server.addr, &pki.client(&[], Some(&client)), "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("CN=opt client"), "{body}");
+    // min_version = "1.3": a TLS 1.2-only client gets no handshake.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let tls12 = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    assert!(connect(&server.addr, &tls12).is_err());
+}
