@@ -8,6 +8,7 @@
 #                                 systemd-nspawn to boot a throw-away systemd
 #   util-linux                    unshare and nsenter
 #   python3 + pip, uvicorn        the reference exec worker
+#   curl                          an HTTPS client for tests/tls.rs (HTTP/1.1 and HTTP/2)
 set -euo pipefail
 
 as_root() {
@@ -31,6 +32,7 @@ command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
 command -v systemd-nspawn >/dev/null || apt_packages+=(systemd-container)
 { command -v unshare && command -v nsenter; } >/dev/null || apt_packages+=(util-linux)
 command -v python3 >/dev/null || apt_packages+=(python3 python3-pip)
+command -v curl >/dev/null || apt_packages+=(curl)
 if ((${#apt_packages[@]})); then
   if ! command -v apt-get >/dev/null; then
     echo "test-deps: missing ${apt_packages[*]} and no apt-get to install them" >&2

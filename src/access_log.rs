@@ -58,11 +58,15 @@ pub enum Field {
     Host,
     Pid,
     Worker,
+    /// `TLSv1.3` / `TLSv1.2`; `-` on a plain connection.
+    TlsVersion,
+    /// The negotiated cipher suite (`TLS13_AES_128_GCM_SHA256`); `-` on a plain connection.
+    TlsCipher,
     Header(HeaderName),
 }
 
 /// Every field name, for documentation and error messages.
-pub const FIELD_NAMES: [&str; 21] = [
+pub const FIELD_NAMES: [&str; 23] = [
     "remote_addr",
     "peer_addr",
     "time",
@@ -83,6 +87,8 @@ pub const FIELD_NAMES: [&str; 21] = [
     "host",
     "pid",
     "worker",
+    "tls_version",
+    "tls_cipher",
     "header:NAME",
 ];
 
@@ -109,6 +115,8 @@ impl Field {
             "host" => Field::Host,
             "pid" => Field::Pid,
             "worker" => Field::Worker,
+            "tls_version" => Field::TlsVersion,
+            "tls_cipher" => Field::TlsCipher,
             other => match other.strip_prefix("header:") {
                 Some(header) => Field::Header(
                     HeaderName::from_bytes(header.as_bytes())
@@ -147,6 +155,8 @@ impl Field {
             Field::Host => "host",
             Field::Pid => "pid",
             Field::Worker => "worker",
+            Field::TlsVersion => "tls_version",
+            Field::TlsCipher => "tls_cipher",
             Field::Header(name) => return format!("header:{name}"),
         }
         .to_string()
@@ -244,6 +254,8 @@ pub struct Record {
     host: Option<HeaderValue>,
     /// Values of the `{header:NAME}` fields, in format order.
     headers: Vec<Option<HeaderValue>>,
+    /// The TLS version and cipher suite, on a TLS connection.
+    tls: Option<(&'static str, &'static str)>,
 }
 
 impl Record {
@@ -268,7 +280,16 @@ impl Record {
             referer: None,
             host: None,
             headers: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// The request came over TLS (version, cipher suite).
+    pub fn set_tls(&mut self, tls: Option<(&'static str, &'static str)>) {
+        if tls.is_some() && self.scheme == "http" {
+            self.scheme = "https";
+        }
+        self.tls = tls;
     }
 }
 
@@ -394,6 +415,7 @@ impl AccessLog {
         client: Remote,
         peer: Option<SocketAddr>,
         scheme: &'static str,
+        tls: Option<(&'static str, &'static str)>,
     ) -> Record {
         let headers = req.headers();
         Record {
@@ -407,6 +429,7 @@ impl AccessLog {
             }),
             raw_line: String::new(),
             scheme,
+            tls,
             user_agent: headers.get(USER_AGENT).cloned(),
             referer: headers.get(REFERER).cloned(),
             host: headers.get(HOST).cloned(),
@@ -616,6 +639,8 @@ impl AccessLog {
             Field::Host => header(&record.host),
             Field::Pid => Value::Number(u64::from(self.pid)),
             Field::Worker => Value::Number(self.worker),
+            Field::TlsVersion => record.tls.map_or(Value::Missing, |(v, _)| text(v.into())),
+            Field::TlsCipher => record.tls.map_or(Value::Missing, |(_, c)| text(c.into())),
             Field::Header(_) => {
                 let value = record.headers.get(*header_index).cloned().flatten();
                 *header_index += 1;

@@ -27,9 +27,21 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub struct ClientAddr(pub String);
 
 /// `http` or `https` as a trusted proxy reported it (`Forwarded: proto=` or
-/// `X-Forwarded-Proto`); absent when no trusted proxy said, which means `http`.
+/// `X-Forwarded-Proto`), else `https` on a `tls://` listener; absent when neither
+/// says, which means `http`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scheme(pub &'static str);
+
+/// The subject of the certificate the client presented on a TLS connection
+/// (`tls.client_auth = "optional"` or `"required"`), verified against `tls.ca_certs`,
+/// in RFC 4514 style (`CN=alice, O=Example`). Absent without a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertSubject(pub String);
+
+/// The host name a TLS client asked for with SNI, on a TLS connection that sent one.
+/// forkd serves one certificate whatever it is; the app may route or check on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsServerName(pub std::sync::Arc<str>);
 
 /// A request handler. Implemented for any `Fn(Request) -> impl Future<Output = Response>`.
 pub trait App: Send + Sync + 'static {

@@ -20,6 +20,55 @@ pub enum BindSpec {
     Fd(RawFd),
     /// "fd://NAME": the socket systemd passed under that name (`FileDescriptorName=`).
     Named(String),
+    /// "tls://HOST:PORT", "tls+fd://NAME" (or N), "tls+unix:/path": the socket of the
+    /// inner entry, served with `[tls]`. The listener itself is plain; workers wrap
+    /// each accepted connection.
+    Tls(Box<BindSpec>),
+}
+
+impl BindSpec {
+    /// Served with TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, BindSpec::Tls(_))
+    }
+    /// The socket this entry names, without TLS.
+    pub fn plain(&self) -> &BindSpec {
+        match self {
+            BindSpec::Tls(inner) => inner.plain(),
+            other => other,
+        }
+    }
+}
+
+/// `tls.client_auth`: whether clients present a certificate (checked against `ca_certs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+/// `tls.min_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// The `[tls]` table, for `tls://` binds. The files are loaded and checked by
+/// `crate::tls::load` (at start, on HUP, and by `--check-config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// PEM certificate chain, the server's own certificate first.
+    pub certfile: Option<PathBuf>,
+    /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub keyfile: Option<PathBuf>,
+    /// PEM bundle of the CAs that client certificates must chain to.
+    pub ca_certs: Option<PathBuf>,
+    pub client_auth: ClientAuth,     // None
+    pub alpn: Vec<String>,           // ["h2", "http/1.1"]
+    pub min_version: TlsVersion,     // 1.2
+    pub handshake_timeout: Duration, // 10 s
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +179,7 @@ pub struct Config {
     pub health: Health,
     pub metrics: Metrics,
     pub exec: Exec,
+    pub tls: Tls,
 }
 
 // ---- loading ---------------------------------------------------------------------------
@@ -179,7 +229,7 @@ impl Origin<'_> {
 /// Every key: (dotted key, what is allowed). The order is the print order.
 const KEYS: &[(&str, &str)] = &[
     ("app", "a built-in app name: hello | echo"),
-    ("bind", "a list of \"HOST:PORT\", \"[V6]:PORT\", \"unix:/path\", \"fd://N\" (N >= 3) or \"fd://NAME\" (a socket systemd passed by that name)"),
+    ("bind", "a list of \"HOST:PORT\", \"[V6]:PORT\", \"unix:/path\", \"fd://N\" (N >= 3) or \"fd://NAME\" (a socket systemd passed by that name); \"tls://HOST:PORT\", \"tls+fd://NAME\" or \"tls+unix:/path\" for HTTPS with [tls]"),
     ("workers", "an integer >= 1 or \"auto\""),
     ("threads", "an integer >= 1"),
     ("backlog", "an integer from 1 to 65535"),
@@ -214,9 +264,16 @@ const KEYS: &[(&str, &str)] = &[
     ("metrics.bind", "\"HOST:PORT\" or \"unix:/path\""),
     ("exec.command", "a non-empty list of strings (the program and its arguments)"),
     ("exec.ready", "\"auto\", \"notify\" or a duration such as \"2s\""),
+    ("tls.certfile", "a PEM file: the certificate chain, the server's certificate first"),
+    ("tls.keyfile", "a PEM file: the private key (PKCS#8, PKCS#1 or SEC1)"),
+    ("tls.ca_certs", "a PEM file of CA certificates that client certificates must chain to"),
+    ("tls.client_auth", "none | optional | required (optional and required need ca_certs)"),
+    ("tls.alpn", "a list of \"h2\" and \"http/1.1\", in order of preference"),
+    ("tls.min_version", "\"1.2\" or \"1.3\""),
+    ("tls.handshake_timeout", "a duration > 0: seconds or a string like \"10s\""),
 ];
 
-const TABLES: &[&str] = &["env", "log", "limits", "health", "metrics", "exec"];
+const TABLES: &[&str] = &["env", "log", "limits", "health", "metrics", "exec", "tls"];
 
 fn allowed(key: &str) -> &'static str {
     KEYS.iter().find(|(k, _)| *k == key).map_or("", |(_, a)| a)
@@ -271,6 +328,15 @@ impl Default for Config {
                 command: Vec::new(),
                 ready: ReadyMode::Auto,
             },
+            tls: Tls {
+                certfile: None,
+                keyfile: None,
+                ca_certs: None,
+                client_auth: ClientAuth::None,
+                alpn: vec!["h2".to_string(), "http/1.1".to_string()],
+                min_version: TlsVersion::V1_2,
+                handshake_timeout: Duration::from_secs(10),
+            },
         }
     }
 }
@@ -279,11 +345,13 @@ impl Default for Config {
 /// `env`, then the command line.
 pub fn load(cli: &Cli, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let mut config = Config::default();
+    let mut file_source = None;
     if let Some(path) = &cli.config {
         let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
             message: format!("cannot read config file {}: {e}", path.display()),
         })?;
         apply_file(&mut config, path, &source)?;
+        file_source = Some((path.as_path(), source));
         config.config_file = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
     }
     for (var, value) in env.iter().filter(|(k, _)| k.starts_with("FORKD_")) {
@@ -304,7 +372,44 @@ pub fn load(cli: &Cli, env: &[(String, String)]) -> Result<Config, ConfigError> 
     for (option, key, value) in cli.overrides() {
         set(&mut config, key, value, &Origin::Flag(option))?;
     }
+    let origin = match &file_source {
+        Some((path, source)) => Origin::File { path, source },
+        None => Origin::Env("FORKD_* or the command line"),
+    };
+    check_tls(&config, &origin)?;
     Ok(config)
+}
+
+/// The checks across `bind` and `[tls]` (the files themselves: `crate::tls::load`).
+fn check_tls(config: &Config, origin: &Origin<'_>) -> Result<(), ConfigError> {
+    let tls = &config.tls;
+    let table_given = tls.certfile.is_some() || tls.keyfile.is_some() || tls.ca_certs.is_some();
+    if let Some(spec) = config.bind.iter().find(|b| b.is_tls()) {
+        if !table_given {
+            return Err(origin.error(
+                "bind",
+                &format!("\"{spec}\" is served with TLS and needs a [tls] table with certfile and keyfile"),
+            ));
+        }
+    }
+    if table_given {
+        if tls.certfile.is_none() {
+            return Err(origin.error(
+                "tls.certfile",
+                "[tls] needs certfile (the PEM certificate chain)",
+            ));
+        }
+        if tls.keyfile.is_none() {
+            return Err(origin.error("tls.keyfile", "[tls] needs keyfile (the PEM private key)"));
+        }
+    }
+    if tls.client_auth != ClientAuth::None && tls.ca_certs.is_none() {
+        return Err(origin.error(
+            "tls.client_auth",
+            "client certificates are checked against tls.ca_certs, which is not set",
+        ));
+    }
+    Ok(())
 }
 
 /// A warning about the config file's permissions, if someone other than root and the
@@ -559,7 +664,51 @@ fn set(
         "health.shutdown_delay" => config.health.shutdown_delay = duration(&value).map_err(fail)?,
         "metrics.bind" => {
             let entry = non_empty(&value).ok_or_else(|| bad(&value))?;
-            config.metrics.bind = Some(parse_bind(&entry).map_err(fail)?);
+            let spec = parse_bind(&entry).map_err(fail)?;
+            if spec.is_tls() {
+                return Err(fail("metrics are served over plain HTTP".into()));
+            }
+            config.metrics.bind = Some(spec);
+        }
+        "tls.certfile" => {
+            config.tls.certfile = Some(non_empty(&value).ok_or_else(|| bad(&value))?.into())
+        }
+        "tls.keyfile" => {
+            config.tls.keyfile = Some(non_empty(&value).ok_or_else(|| bad(&value))?.into())
+        }
+        "tls.ca_certs" => {
+            config.tls.ca_certs = Some(non_empty(&value).ok_or_else(|| bad(&value))?.into())
+        }
+        "tls.client_auth" => {
+            config.tls.client_auth = match text(&value).as_deref() {
+                Some("none") => ClientAuth::None,
+                Some("optional") => ClientAuth::Optional,
+                Some("required") => ClientAuth::Required,
+                _ => return Err(bad(&value)),
+            }
+        }
+        "tls.alpn" => {
+            let protocols = list(&value).ok_or_else(|| bad(&value))?;
+            if let Some(other) = protocols.iter().find(|p| *p != "h2" && *p != "http/1.1") {
+                return Err(fail(format!("{other:?} is not a protocol forkd serves")));
+            }
+            config.tls.alpn = protocols;
+        }
+        "tls.min_version" => {
+            config.tls.min_version = match &value {
+                Value::String(s) if s.trim() == "1.2" => TlsVersion::V1_2,
+                Value::String(s) if s.trim() == "1.3" => TlsVersion::V1_3,
+                Value::Float(f) if *f == 1.2 => TlsVersion::V1_2,
+                Value::Float(f) if *f == 1.3 => TlsVersion::V1_3,
+                _ => return Err(bad(&value)),
+            }
+        }
+        "tls.handshake_timeout" => {
+            let d = duration(&value).map_err(fail)?;
+            if d.is_zero() {
+                return Err(fail("it must be greater than 0".into()));
+            }
+            config.tls.handshake_timeout = d;
         }
         "exec.command" => {
             let words = match &value {
@@ -699,7 +848,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// A bind entry spelled literally (`unix:`, `fd://`, or an IP address and port), without
 /// resolving host names: for names that may or may not be entries (`LISTEN_FDNAMES`).
 pub fn parse_bind_literal(text: &str) -> Option<BindSpec> {
-    if text.starts_with("unix:") || text.starts_with("fd://") || text.parse::<SocketAddr>().is_ok()
+    let inner = text
+        .strip_prefix("tls://")
+        .or_else(|| text.strip_prefix("tls+"))
+        .unwrap_or(text);
+    if inner.starts_with("unix:")
+        || inner.starts_with("fd://")
+        || inner.parse::<SocketAddr>().is_ok()
     {
         parse_bind(text).ok()
     } else {
@@ -710,6 +865,22 @@ pub fn parse_bind_literal(text: &str) -> Option<BindSpec> {
 /// Parses one bind entry.
 pub fn parse_bind(text: &str) -> Result<BindSpec, String> {
     let t = text.trim();
+    if let Some(address) = t.strip_prefix("tls://") {
+        return match parse_bind(address)? {
+            inner @ BindSpec::Tcp(_) => Ok(BindSpec::Tls(Box::new(inner))),
+            _ => Err(format!(
+                "{text:?}: tls:// takes HOST:PORT; use tls+fd:// or tls+unix: for the others"
+            )),
+        };
+    }
+    if let Some(rest) = t.strip_prefix("tls+") {
+        if !(rest.starts_with("fd://") || rest.starts_with("unix:")) {
+            return Err(format!(
+                "{text:?}: tls+ goes before fd:// or unix: (tls:// for HOST:PORT)"
+            ));
+        }
+        return Ok(BindSpec::Tls(Box::new(parse_bind(rest)?)));
+    }
     if let Some(path) = t.strip_prefix("unix:") {
         if path.is_empty() {
             return Err(format!("{text:?}: unix: needs a path"));
@@ -920,6 +1091,10 @@ impl std::fmt::Display for BindSpec {
             BindSpec::Unix(path) => write!(f, "unix:{}", path.display()),
             BindSpec::Fd(fd) => write!(f, "fd://{fd}"),
             BindSpec::Named(name) => write!(f, "fd://{name}"),
+            BindSpec::Tls(inner) => match inner.as_ref() {
+                BindSpec::Tcp(addr) => write!(f, "tls://{addr}"),
+                other => write!(f, "tls+{other}"),
+            },
         }
     }
 }
@@ -1088,6 +1263,28 @@ impl Config {
             (!self.exec.command.is_empty()).then(|| quoted_list(self.exec.command.iter().cloned()));
         optional(&mut out, "command", command);
         out.push_str(&format!("ready = {}\n", ready_mode_text(&self.exec.ready)));
+        let tls = &self.tls;
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| quoted(&p.display().to_string()));
+        out.push_str("\n[tls]\n");
+        optional(&mut out, "certfile", path(&tls.certfile));
+        optional(&mut out, "keyfile", path(&tls.keyfile));
+        optional(&mut out, "ca_certs", path(&tls.ca_certs));
+        let client_auth = match tls.client_auth {
+            ClientAuth::None => "none",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "required",
+        };
+        let min_version = match tls.min_version {
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        };
+        out.push_str(&format!(
+            "client_auth = {}\nalpn = {}\nmin_version = {}\nhandshake_timeout = {}\n",
+            quoted(client_auth),
+            quoted_list(tls.alpn.iter().cloned()),
+            quoted(min_version),
+            fmt_duration(tls.handshake_timeout)
+        ));
         out
     }
 }
@@ -1135,7 +1332,33 @@ mod tests {
         assert!(parse_bind("localhost:80").is_ok());
         assert!(parse_bind("nowhere").is_err());
         assert!(parse_bind("127.0.0.1:99999").is_err());
-        for text in ["127.0.0.1:8000", "[::1]:8000", "unix:/run/a.sock", "fd://3"] {
+        assert_eq!(
+            parse_bind("tls://127.0.0.1:8443"),
+            Ok(BindSpec::Tls(Box::new(BindSpec::Tcp(
+                "127.0.0.1:8443".parse().unwrap()
+            ))))
+        );
+        assert_eq!(
+            parse_bind("tls+fd://https"),
+            Ok(BindSpec::Tls(Box::new(BindSpec::Named("https".into()))))
+        );
+        assert!(parse_bind("tls://unix:/run/a.sock").is_err());
+        assert!(parse_bind("tls+127.0.0.1:1").is_err());
+        assert_eq!(
+            parse_bind_literal("tls://[::1]:8443").map(|b| b.to_string()),
+            Some("tls://[::1]:8443".to_string())
+        );
+        for text in [
+            "127.0.0.1:8000",
+            "[::1]:8000",
+            "unix:/run/a.sock",
+            "fd://3",
+            "tls://127.0.0.1:8443",
+            "tls://[::1]:8443",
+            "tls+fd://https",
+            "tls+fd://4",
+            "tls+unix:/run/s.sock",
+        ] {
             assert_eq!(parse_bind(text).unwrap().to_string(), text);
         }
     }
@@ -1226,6 +1449,27 @@ mod tests {
         )
         .unwrap();
         config.env.insert("APP_ENV".into(), "production".into());
+        set(
+            &mut config,
+            "tls.certfile",
+            Value::String("/etc/forkd/cert.pem".into()),
+            &origin,
+        )
+        .unwrap();
+        set(
+            &mut config,
+            "tls.alpn",
+            Value::String("http/1.1".into()),
+            &origin,
+        )
+        .unwrap();
+        set(
+            &mut config,
+            "tls.min_version",
+            Value::String("1.3".into()),
+            &origin,
+        )
+        .unwrap();
         let text = config.to_toml();
         let mut reloaded = Config::default();
         apply_file(&mut reloaded, std::path::Path::new("printed.toml"), &text).unwrap();

@@ -33,6 +33,7 @@ mod proctitle;
 pub mod scoreboard;
 mod systemd;
 mod timefmt;
+mod tls;
 mod worker;
 
 use app::AppFactory;
@@ -88,6 +89,20 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
             eprintln!("forkd: config error: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
+        if cli.check_config {
+            // The files too: a bad key is found now, not at the next start or HUP.
+            match tls::load(&config) {
+                Ok(loaded) => {
+                    for warning in loaded.map(|l| l.warnings).unwrap_or_default() {
+                        eprintln!("forkd: warning: {warning}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("forkd: config error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
         if cli.print_config {
             print!("{}", config.to_toml());
         }
@@ -105,6 +120,12 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         }
+        if name == "reload" {
+            if let Err(e) = tls::load(&config) {
+                eprintln!("forkd: config error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
         return control::send_signal(&config, name);
     }
     if let Err(e) = resolve(&config) {
@@ -117,10 +138,23 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         eprintln!("forkd: config error: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
+    let tls = match tls::load(&config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("forkd: config error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     if let Err(e) = logging::init(&config.log) {
         eprintln!("forkd: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
+    let tls = tls.map(|loaded| {
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        loaded.server
+    });
     if let Some(warning) = config::file_permission_warning(&config) {
         tracing::warn!("{warning}");
     }
@@ -131,7 +165,7 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         }
         Ok(config)
     });
-    match master::Master::new(config, reload, resolve, relaunch) {
+    match master::Master::new(config, tls, reload, resolve, relaunch) {
         Ok(master) => master.run(),
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -147,6 +181,7 @@ fn app_resolver(embedded: Option<AppFactory>) -> master::AppResolver {
     Box::new(move |config: &config::Config| {
         if !config.exec.command.is_empty() {
             metrics::check_exec(config)?;
+            tls::check_exec(config)?;
             let program = master::exec::ExecProgram::resolve(config)?;
             return Ok(master::Program::Exec(std::sync::Arc::new(program)));
         }

@@ -103,6 +103,12 @@ pub fn bind(spec: &BindSpec, backlog: i32) -> io::Result<Listener> {
             io::ErrorKind::NotFound,
             format!("no socket named {name:?} was passed (LISTEN_FDNAMES); is the .socket unit's FileDescriptorName= the same?"),
         ))),
+        // The socket is a plain one; only the workers speak TLS on it.
+        BindSpec::Tls(inner) => {
+            let mut listener = bind(inner, backlog)?;
+            listener.spec = spec.clone();
+            Ok(listener)
+        }
     }
 }
 
@@ -260,11 +266,14 @@ pub fn bind_all(config: &Config, passed: Vec<PassedFd>) -> Result<Vec<Listener>,
     let mut listeners = Vec::new();
     for spec in &config.bind {
         let wanted = spec.to_string();
+        // A `tls://` entry takes the socket of its address (or name) as a plain one does.
+        let plain = spec.plain();
+        let wanted_plain = plain.to_string();
         let matching = adopted.iter().position(|(name, l)| {
             name.as_deref() == Some(wanted.as_str())
-                || matches!(spec, BindSpec::Named(n) if name.as_deref() == Some(n.as_str()))
-                || l.local == wanted
-                || matches!(spec, BindSpec::Fd(fd) if l.fd.as_raw_fd() == *fd)
+                || matches!(plain, BindSpec::Named(n) if name.as_deref() == Some(n.as_str()))
+                || l.local == wanted_plain
+                || matches!(plain, BindSpec::Fd(fd) if l.fd.as_raw_fd() == *fd)
         });
         match matching {
             Some(index) => {

@@ -7,7 +7,9 @@
 
 use crate::config::{BindSpec, Config};
 use crate::listeners::{self, Listener, ListenerKind};
-use crate::scoreboard::{Board, Rejection, WorkerState, DURATION_BOUNDS_US, RESTART_REASONS};
+use crate::scoreboard::{
+    Board, Handshake, Rejection, WorkerState, DURATION_BOUNDS_US, RESTART_REASONS,
+};
 use crate::systemd::PassedFd;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -375,5 +377,36 @@ pub fn render(board: &Board) -> String {
             header.rejections(rejection)
         );
     }
+    family(
+        &mut out,
+        "forkd_tls_handshakes_total",
+        "counter",
+        "TLS handshakes on tls:// listeners, by result.",
+    );
+    let mut handshakes = 0;
+    for result in Handshake::ALL {
+        let count = header.handshakes(result);
+        handshakes += count;
+        let _ = writeln!(
+            out,
+            "forkd_tls_handshakes_total{{result=\"{}\"}} {count}",
+            result.label()
+        );
+    }
+    family(
+        &mut out,
+        "forkd_tls_handshake_duration_seconds",
+        "summary",
+        "Time from accept to the end of the TLS handshake (every result).",
+    );
+    let _ = writeln!(
+        out,
+        "forkd_tls_handshake_duration_seconds_sum {}",
+        header.handshake_us() as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "forkd_tls_handshake_duration_seconds_count {handshakes}"
+    );
     out
 }

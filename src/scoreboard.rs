@@ -153,6 +153,25 @@ impl Rejection {
     }
 }
 
+/// How a TLS handshake ended, for `forkd_tls_handshakes_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Ok = 0,
+    Failed = 1,
+    Timeout = 2,
+}
+
+impl Handshake {
+    pub const ALL: [Handshake; 3] = [Handshake::Ok, Handshake::Failed, Handshake::Timeout];
+    pub fn label(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::Failed => "failed",
+            Handshake::Timeout => "timeout",
+        }
+    }
+}
+
 /// Server-wide state: written by the master (restarts, reloads, the stop flag, the
 /// counters of exited workers) and, rarely, by workers (rejections).
 #[repr(C, align(64))]
@@ -173,6 +192,9 @@ pub struct Header {
     /// Error and access log lines that could not be written (full disk, stalled
     /// stderr), from every process.
     log_lines_dropped: AtomicU64,
+    /// TLS handshakes by result, and their total duration in µs (all results).
+    handshakes: [AtomicU64; Handshake::ALL.len()],
+    handshake_us: AtomicU64,
     /// One past the highest slot index ever claimed: scans of the slots (accept
     /// balancing, metrics, totals) look at this many, not all of [`CAPACITY`].
     slots_high_water: AtomicU32,
@@ -227,6 +249,18 @@ impl Header {
     }
     pub fn rejections(&self, rejection: Rejection) -> u64 {
         self.rejected[rejection as usize].load(Relaxed)
+    }
+    pub fn count_handshake(&self, result: Handshake, took: std::time::Duration) {
+        self.handshakes[result as usize].fetch_add(1, Relaxed);
+        self.handshake_us
+            .fetch_add(took.as_micros() as u64, Relaxed);
+    }
+    pub fn handshakes(&self, result: Handshake) -> u64 {
+        self.handshakes[result as usize].load(Relaxed)
+    }
+    /// The summed duration of every handshake counted, in µs.
+    pub fn handshake_us(&self) -> u64 {
+        self.handshake_us.load(Relaxed)
     }
 }
 

@@ -202,7 +202,10 @@ fn scrape(addr: &str) -> Scrape {
             let mut words = rest.split(' ');
             let name = words.next().unwrap();
             let kind = words.next().unwrap();
-            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary"].contains(&kind),
+                "{line}"
+            );
             typed.insert(name.to_string());
             continue;
         }

@@ -2,9 +2,13 @@
 //! `sleep_ms=N` (async wait), `block_ms=N` (blocks the worker thread, to trip `timeout`),
 //! `status=N`, `bytes=N` (an N-byte body instead of JSON). Besides the contract's fields
 //! (`method`, `path`, `query`, `headers`, `body_bytes`, `remote_addr`, `pid`) the JSON
-//! carries `scheme` (`https` when a trusted proxy says so).
+//! carries `scheme` (`https` over TLS, or when a trusted proxy says so), `version`
+//! (`HTTP/1.1`, `HTTP/2.0`), `tls_server_name` (the SNI a TLS client sent) and, with a
+//! verified TLS client certificate, `client_cert_subject`.
 
-use crate::app::{respond, ClientAddr, Request, Response, Scheme};
+use crate::app::{
+    respond, ClientAddr, ClientCertSubject, Request, Response, Scheme, TlsServerName,
+};
 use http_body_util::BodyExt;
 use std::time::Duration;
 
@@ -66,7 +70,7 @@ pub async fn echo(req: Request) -> Response {
         .map(|c| c.0.clone())
         .unwrap_or_default();
     let scheme = parts.extensions.get::<Scheme>().map_or("http", |s| s.0);
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "query": query,
@@ -75,6 +79,13 @@ pub async fn echo(req: Request) -> Response {
         "remote_addr": remote,
         "scheme": scheme,
         "pid": std::process::id(),
+        "version": format!("{:?}", parts.version),
     });
+    if let Some(name) = parts.extensions.get::<TlsServerName>() {
+        json["tls_server_name"] = serde_json::Value::from(&*name.0);
+    }
+    if let Some(subject) = parts.extensions.get::<ClientCertSubject>() {
+        json["client_cert_subject"] = serde_json::Value::from(subject.0.clone());
+    }
     respond(status, "application/json", format!("{json}\n"))
 }

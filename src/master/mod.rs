@@ -252,12 +252,16 @@ pub struct Master {
     /// When the loop last woke: waking much later than it planned means this master
     /// was frozen (see [`clock`]).
     last_wake: Instant,
+    /// The current generation's `[tls]`, loaded and checked here and inherited by the
+    /// workers forked with it (older workers keep the one they were forked with).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Master {
     /// Binds everything and prepares the loop; errors here mean forkd does not start.
     pub fn new(
         config: Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
         reload_config: Reloader,
         resolve_app: AppResolver,
         relaunch: Relaunch,
@@ -326,6 +330,7 @@ impl Master {
             stop_at: None,
             notify_intake: None,
             last_wake: Instant::now(),
+            tls,
         })
     }
 
@@ -568,6 +573,21 @@ impl Master {
                 return;
             }
         };
+        // The certificate and key files are read here, before any new worker: a file
+        // that is missing, unparsable or does not match fails the reload.
+        let tls = match crate::tls::load(&config) {
+            Ok(loaded) => loaded.map(|loaded| {
+                for warning in &loaded.warnings {
+                    tracing::warn!("HUP: {warning}");
+                }
+                loaded.server
+            }),
+            Err(e) => {
+                tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
+                self.finish_reload(false);
+                return;
+            }
+        };
         if let Err(e) = self.rebind(&config) {
             tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
             self.finish_reload(false);
@@ -586,6 +606,7 @@ impl Master {
         self.target = config.worker_count();
         self.config = Arc::new(config);
         self.factory = factory;
+        self.tls = tls;
         self.boot_failures = 0;
         self.spawn_not_before = None;
         tracing::info!(
@@ -603,8 +624,16 @@ impl Master {
         }
         let mut next = Vec::new();
         for spec in &config.bind {
-            if let Some(pos) = self.listeners.iter().position(|l| &l.spec == spec) {
-                next.push(self.listeners.remove(pos));
+            // The same socket, also when it changes between plain and TLS: workers of
+            // the new generation serve it as the entry now says, old ones as before.
+            if let Some(pos) = self
+                .listeners
+                .iter()
+                .position(|l| l.spec.plain() == spec.plain())
+            {
+                let mut listener = self.listeners.remove(pos);
+                listener.spec = spec.clone();
+                next.push(listener);
                 continue;
             }
             match listeners::bind(spec, config.backlog) {
@@ -1361,6 +1390,7 @@ impl Master {
                             listeners: &self.listeners,
                             metrics: self.metrics.as_ref(),
                             factory: factory.clone(),
+                            tls: self.tls.clone(),
                         })
                     }
                 }

@@ -21,7 +21,7 @@ use super::limits::Violation;
 use super::Shared;
 use crate::access_log::{AccessLog, Outcome, Record, Remote};
 use crate::app::RequestBody;
-use crate::app::{respond, Body, ClientAddr, Scheme};
+use crate::app::{respond, Body, ClientAddr, ClientCertSubject, Scheme, TlsServerName};
 use crate::body::{Cut, Verdict};
 use crate::forwarded::Client;
 use crate::scoreboard::{monotonic_ms, Rejection, Slot, FLAG_RETIRE};
@@ -59,6 +59,8 @@ pub(super) struct Peer {
     pub display: String,
     /// The peer is in `forwarded_allow_ips`: its proxy headers are believed.
     pub trusted: bool,
+    /// What the TLS handshake negotiated, on a TLS connection.
+    pub tls: Option<crate::tls::TlsInfo>,
 }
 
 impl Peer {
@@ -68,7 +70,12 @@ impl Peer {
             addr,
             display: addr.map_or_else(|| "unix".to_string(), |a| a.to_string()),
             trusted: shared.proxies.trusts(ip),
+            tls: None,
         }
+    }
+    /// The TLS version and cipher suite, for the access log.
+    pub(super) fn tls_fields(&self) -> Option<(&'static str, &'static str)> {
+        self.tls.as_ref().map(|t| (t.version, t.cipher))
     }
     fn ip(&self) -> IpAddr {
         self.addr.map_or(crate::forwarded::UNIX_PEER, |a| a.ip())
@@ -349,6 +356,11 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new());
+    if peer.tls.as_ref().is_some_and(|t| t.h2) {
+        // ALPN chose HTTP/2: the drain sends GOAWAY even before the scanner has seen
+        // the preface (hyper-util's auto builder still tells the protocol by it).
+        state.mark_http2();
+    }
     let peer = Arc::new(peer);
     let peer_name = peer.clone();
     let io = TokioIo::new(GuardedIo::new(
@@ -500,7 +512,10 @@ fn prepare(shared: &Shared, peer: &Peer, req: &mut crate::app::Request) -> Optio
     } else {
         None
     };
-    let scheme = forwarded.as_ref().and_then(|f| f.scheme);
+    let scheme = forwarded
+        .as_ref()
+        .and_then(|f| f.scheme)
+        .or(peer.tls.as_ref().map(|_| "https"));
     // The app sees the peer's `IP:PORT` unless a proxy names another address.
     let (remote, client) = match forwarded.map(|f| f.client) {
         Some(Client::Ip(ip)) if Some(ip) != peer.addr.map(|a| a.ip()) => {
@@ -509,14 +524,27 @@ fn prepare(shared: &Shared, peer: &Peer, req: &mut crate::app::Request) -> Optio
         Some(Client::Unknown) => (Remote::Unknown, "unknown".to_string()),
         _ => (peer.remote(), peer.display.clone()),
     };
-    let record = shared
-        .access_log
-        .as_ref()
-        .map(|log| Box::new(log.capture(req, remote, peer.addr, scheme.unwrap_or("http"))));
+    let record = shared.access_log.as_ref().map(|log| {
+        Box::new(log.capture(
+            req,
+            remote,
+            peer.addr,
+            scheme.unwrap_or("http"),
+            peer.tls_fields(),
+        ))
+    });
     let extensions = req.extensions_mut();
     extensions.insert(ClientAddr(client));
     if let Some(scheme) = scheme {
         extensions.insert(Scheme(scheme));
+    }
+    if let Some(tls) = &peer.tls {
+        if let Some(subject) = &tls.client_subject {
+            extensions.insert(ClientCertSubject(subject.clone()));
+        }
+        if let Some(name) = &tls.server_name {
+            extensions.insert(TlsServerName(name.clone()));
+        }
     }
     record
 }

@@ -445,7 +445,8 @@ fn h2_flood_error() -> io::Error {
 
 /// Logs a request forkd answered itself before hyper parsed it.
 pub(super) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16, body: &str) {
-    let record = Record::refused(peer.remote(), peer.addr, head);
+    let mut record = Record::refused(peer.remote(), peer.addr, head);
+    record.set_tls(peer.tls_fields());
     log.log(
         &record,
         &Outcome {

@@ -17,7 +17,7 @@ use crate::app::{App, AppFactory};
 use crate::config::Config;
 use crate::forwarded::TrustedProxies;
 use crate::listeners::{Listener, ListenerKind};
-use crate::scoreboard::{monotonic_ms, Board, Rejection, Slot, WorkerState};
+use crate::scoreboard::{monotonic_ms, Board, Handshake, Rejection, Slot, WorkerState};
 use health::HealthPaths;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -45,6 +45,8 @@ pub struct WorkerContext<'a> {
     /// The `[metrics]` listener, if metrics are on.
     pub metrics: Option<&'a Listener>,
     pub factory: AppFactory,
+    /// The `[tls]` of this worker's generation, loaded by the master before the fork.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// State shared by every task of the worker.
@@ -86,6 +88,10 @@ pub(crate) struct Shared {
     record_durations: bool,
     /// Something needs a request's start time (the histogram or the access log).
     timing: bool,
+    /// Wraps connections accepted on `tls://` listeners.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `tls.handshake_timeout`.
+    handshake_timeout: Duration,
 }
 
 impl Shared {
@@ -137,6 +143,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         listeners,
         metrics,
         factory,
+        tls,
     } = ctx;
     DOORBELL.store(doorbell, Relaxed);
     crate::logging::in_worker();
@@ -197,14 +204,9 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         .map(Arc::new);
         let proxies = TrustedProxies::parse(&config.forwarded_allow_ips)
             .map_err(|e| boot_failed(slot, &format!("key `forwarded_allow_ips`: {e}")))?;
-        let shared = Arc::new(new_shared(
-            app,
-            (slot, board),
-            master_pid,
-            &config,
-            access_log,
-            proxies,
-        ));
+        let mut shared = new_shared(app, (slot, board), master_pid, &config, access_log, proxies);
+        shared.tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        let shared = Arc::new(shared);
         let mut accepting =
             start_accepting(&shared, listeners).map_err(|e| boot_failed(slot, &e))?;
         if let Some(listener) = metrics {
@@ -323,6 +325,8 @@ fn new_shared(
         timing: record_durations || access_log.is_some(),
         access_log,
         record_durations,
+        tls: None,
+        handshake_timeout: config.tls.handshake_timeout,
     }
 }
 
@@ -437,6 +441,10 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
         let raw = fd.into_raw_fd();
         let shared = shared.clone();
         let name = listener.local.clone();
+        let tls = listener.spec.is_tls();
+        if tls && shared.tls.is_none() {
+            return Err(format!("{name}: a tls:// listener without [tls]"));
+        }
         let task = match &listener.kind {
             ListenerKind::Tcp => {
                 // SAFETY: raw is a fresh dup of a listening TCP socket, owned from here.
@@ -444,7 +452,7 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
                 let _ = std_listener.set_nonblocking(true);
                 let l = tokio::net::TcpListener::from_std(std_listener)
                     .map_err(|e| format!("{name}: {e}"))?;
-                tokio::spawn(accept_tcp(l, shared))
+                tokio::spawn(accept_tcp(l, shared, tls))
             }
             ListenerKind::Unix { .. } => {
                 // SAFETY: raw is a fresh dup of a listening unix socket, owned from here.
@@ -452,7 +460,7 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
                 let _ = std_listener.set_nonblocking(true);
                 let l = tokio::net::UnixListener::from_std(std_listener)
                     .map_err(|e| format!("{name}: {e}"))?;
-                tokio::spawn(accept_unix(l, shared))
+                tokio::spawn(accept_unix(l, shared, tls))
             }
         };
         tasks.push(task);
@@ -460,7 +468,7 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
     Ok(tasks)
 }
 
-async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: bool) {
     let mut drain = shared.drain_signal();
     loop {
         tokio::select! {
@@ -469,7 +477,7 @@ async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 listener.accept().await
             } => match accepted {
                 // TCP_NODELAY: inherited from the listener, which the master set.
-                Ok((stream, addr)) => spawn_connection(&shared, stream, Some(addr)),
+                Ok((stream, addr)) => spawn_connection(&shared, stream, Some(addr), tls),
                 Err(e) => accept_error(&shared, e).await,
             },
             _ = drain.changed() => return,
@@ -477,7 +485,7 @@ async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>, tls: bool) {
     let mut drain = shared.drain_signal();
     loop {
         tokio::select! {
@@ -485,7 +493,7 @@ async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
                 balance::wait_for_less_busy_peers(&shared).await;
                 listener.accept().await
             } => match accepted {
-                Ok((stream, _)) => spawn_connection(&shared, stream, None),
+                Ok((stream, _)) => spawn_connection(&shared, stream, None, tls),
                 Err(e) => accept_error(&shared, e).await,
             },
             _ = drain.changed() => return,
@@ -543,8 +551,12 @@ impl Throttled {
     }
 }
 
-fn spawn_connection<T>(shared: &Arc<Shared>, stream: T, addr: Option<std::net::SocketAddr>)
-where
+fn spawn_connection<T>(
+    shared: &Arc<Shared>,
+    stream: T,
+    addr: Option<std::net::SocketAddr>,
+    tls: bool,
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let open = shared.open_connections.load(Acquire);
@@ -553,7 +565,7 @@ where
             "this worker has {} connections open (limits.max_connections)\n",
             shared.max_connections
         );
-        refuse(shared, stream, addr, Rejection::MaxConnections, &why);
+        refuse(shared, stream, addr, tls, Rejection::MaxConnections, &why);
         return;
     }
     let ip = addr
@@ -565,7 +577,14 @@ where
                 "this worker has {} connections open from {ip} (limits.max_connections_per_ip)\n",
                 shared.max_connections_per_ip
             );
-            refuse(shared, stream, addr, Rejection::MaxConnectionsPerIp, &why);
+            refuse(
+                shared,
+                stream,
+                addr,
+                tls,
+                Rejection::MaxConnectionsPerIp,
+                &why,
+            );
             return;
         }
     }
@@ -574,17 +593,58 @@ where
     let shared = shared.clone();
     tokio::spawn(async move {
         let _open = open;
-        conn::serve(shared, stream, peer).await;
+        if !tls {
+            return conn::serve(shared, stream, peer).await;
+        }
+        // In the connection's own task: a slow handshake holds up nobody else.
+        if let Some((stream, info)) = handshake(&shared, stream).await {
+            let mut peer = peer;
+            peer.tls = Some(info);
+            conn::serve(shared, stream, peer).await;
+        }
     });
+}
+
+/// The TLS handshake of an accepted connection, bounded by `tls.handshake_timeout`,
+/// counted in the scoreboard for `forkd_tls_handshakes_total`.
+async fn handshake<T>(
+    shared: &Shared,
+    stream: T,
+) -> Option<(tokio_rustls::server::TlsStream<T>, crate::tls::TlsInfo)>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let acceptor = shared.tls.as_ref()?;
+    let began = std::time::Instant::now();
+    let outcome = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await;
+    let header = shared.board.header();
+    match outcome {
+        Ok(Ok(stream)) => {
+            header.count_handshake(Handshake::Ok, began.elapsed());
+            let info = crate::tls::TlsInfo::of(stream.get_ref().1);
+            Some((stream, info))
+        }
+        Ok(Err(e)) => {
+            header.count_handshake(Handshake::Failed, began.elapsed());
+            tracing::debug!(pid = std::process::id(), "TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            header.count_handshake(Handshake::Timeout, began.elapsed());
+            None
+        }
+    }
 }
 
 /// A full worker answers a new connection at once (503, `Retry-After: 1`) rather than
 /// leave the client hanging in the queue, counts it, and says so in the error log at
-/// most once per period.
+/// most once per period. On a TLS port it is closed instead: no clear-text answer there,
+/// and no handshake for a full worker.
 fn refuse<T>(
     shared: &Shared,
     stream: T,
     addr: Option<std::net::SocketAddr>,
+    tls: bool,
     rejection: Rejection,
     why: &str,
 ) where
@@ -598,6 +658,9 @@ fn refuse<T>(
             "worker full, refusing connections with 503: {} ({refused} refused since the last such line)",
             why.trim_end()
         );
+    }
+    if tls {
+        return;
     }
     if let Some(log) = &shared.access_log {
         io::log_refused(log, &conn::Peer::new(addr, shared), b"", 503, why);
