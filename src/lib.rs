@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 mod dirfd;
 mod forwarded;
+pub mod hosted;
 mod listeners;
 mod logging;
 pub(crate) mod master;
@@ -53,14 +54,40 @@ pub fn run(app: AppFactory) -> ExitCode {
 
 /// The `forkd` binary's entry point; `embedded` is None for the built-in apps.
 pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
+    run_main(
+        std::env::args_os().collect(),
+        embedded,
+        hosted::Host::default(),
+    )
+}
+
+/// The entry point for a host embedding forkd in another runtime (the Python package):
+/// `args` is the command line (program name first), `host` its hooks.
+pub fn main_with_host(args: Vec<std::ffi::OsString>, host: hosted::Host) -> ExitCode {
+    run_main(args, None, host)
+}
+
+fn run_main(
+    args: Vec<std::ffi::OsString>,
+    embedded: Option<AppFactory>,
+    host: hosted::Host,
+) -> ExitCode {
     // Resolved now, before anything renames the process or replaces the binary on disk:
     // USR2 re-executes this path with these arguments.
-    let relaunch = master::upgrade::Relaunch {
-        exe: std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe")),
-        args: std::env::args_os().collect(),
-        cwd: std::env::current_dir().ok(),
+    let relaunch = match host.relaunch.clone() {
+        Some((exe, args)) => master::upgrade::Relaunch {
+            exe,
+            args,
+            cwd: std::env::current_dir().ok(),
+        },
+        None => master::upgrade::Relaunch {
+            exe: std::env::current_exe()
+                .unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe")),
+            args: args.clone(),
+            cwd: std::env::current_dir().ok(),
+        },
     };
-    let mut cli = match cli::Cli::parse_args(std::env::args_os()) {
+    let mut cli = match cli::Cli::parse_args(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -82,7 +109,8 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let resolve = app_resolver(embedded);
+    let fork_hooks = host.fork;
+    let resolve = app_resolver(embedded, host.loader);
     if cli.check_config || cli.print_config {
         if let Err(e) = resolve(&config) {
             eprintln!("forkd: config error: {e}");
@@ -131,7 +159,7 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         }
         Ok(config)
     });
-    match master::Master::new(config, reload, resolve, relaunch) {
+    match master::Master::new(config, reload, resolve, relaunch, fork_hooks) {
         Ok(master) => master.run(),
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -141,8 +169,12 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
 }
 
 /// Picks what workers run for a config: an exec command if one is given, else the
-/// embedded app if this is a library build, else a built-in app by name.
-fn app_resolver(embedded: Option<AppFactory>) -> master::AppResolver {
+/// embedded app if this is a library build, else a Python app (`MODULE:ATTR`) or a
+/// built-in app by name.
+fn app_resolver(
+    embedded: Option<AppFactory>,
+    loader: Option<hosted::HostedLoader>,
+) -> master::AppResolver {
     Box::new(move |config: &config::Config| {
         if !config.exec.command.is_empty() {
             metrics::check_exec(config)?;
@@ -153,6 +185,21 @@ fn app_resolver(embedded: Option<AppFactory>) -> master::AppResolver {
             return Ok(master::Program::Native(factory.clone()));
         }
         match config.app.as_deref() {
+            Some(spec) if hosted::is_python_app(spec) => {
+                hosted::check_python_spec(spec)?;
+                let Some(loader) = &loader else {
+                    return Err(format!(
+                        "key `app`: {spec:?} is a Python ASGI app (MODULE:ATTR), and this forkd \
+                         was built without Python support; install the Python package into \
+                         the app's virtualenv (`pip install /path/to/forkd`, or `pip install .` \
+                         in forkd's repository) and run the `forkd` command it installs"
+                    ));
+                };
+                Ok(master::Program::Hosted(hosted::HostedProgram {
+                    spec: spec.to_string(),
+                    loader: loader.clone(),
+                }))
+            }
             Some(name) => apps::builtin(name).map(master::Program::Native).ok_or_else(|| {
                 format!(
                     "key `app`: unknown app {name:?}; built-in apps are {}",

@@ -39,7 +39,16 @@ pub struct WorkerContext<'a> {
     pub listeners: &'a [Listener],
     /// The `[metrics]` listener, if metrics are on.
     pub metrics: Option<&'a Listener>,
-    pub factory: AppFactory,
+    pub app: WorkerApp,
+}
+
+/// What a worker serves.
+pub enum WorkerApp {
+    /// A Rust app built in the worker's runtime.
+    Native(AppFactory),
+    /// An app of the host's runtime (Python): booted on the main thread, which then runs
+    /// the host's event loop, while the server runs on a second thread.
+    Hosted(crate::hosted::HostedProgram),
 }
 
 /// State shared by every task of the worker.
@@ -114,7 +123,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         config,
         listeners,
         metrics,
-        factory,
+        app,
     } = ctx;
     let pid = std::process::id() as i32;
     slot.set_pid(pid);
@@ -132,7 +141,32 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     if nix::unistd::getppid().as_raw() != master_pid {
         return Err(0);
     }
-    let runtime = if config.threads <= 1 {
+    let server = Server {
+        number,
+        slot,
+        board,
+        master_pid,
+        config: config.clone(),
+        listeners,
+        metrics,
+    };
+    match app {
+        WorkerApp::Native(factory) => {
+            let runtime = new_runtime(&config).map_err(|e| boot_failed(slot, &e))?;
+            runtime.block_on(async move {
+                let app = build_app(factory)
+                    .await
+                    .map_err(|reason| boot_failed(slot, &reason))?;
+                server.serve(app, true).await
+            })
+        }
+        WorkerApp::Hosted(program) => serve_hosted(server, &program),
+    }
+}
+
+/// A worker's tokio runtime, made after the fork.
+fn new_runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
+    if config.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -141,15 +175,66 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
             .worker_threads(config.threads)
             .enable_all()
             .build()
-    };
-    let runtime = match runtime {
-        Ok(rt) => rt,
-        Err(e) => return Err(boot_failed(slot, &format!("cannot start runtime: {e}"))),
-    };
-    runtime.block_on(async move {
-        let app = build_app(factory)
-            .await
-            .map_err(|reason| boot_failed(slot, &reason))?;
+    }
+    .map_err(|e| format!("cannot start runtime: {e}"))
+}
+
+/// A hosted app: boot it on the main thread (import, startup), serve on a second
+/// thread, and give the main thread to the host's event loop until the drain is over.
+fn serve_hosted(server: Server<'_>, program: &crate::hosted::HostedProgram) -> Result<(), i32> {
+    let slot = server.slot;
+    let booted = (program.loader)(&crate::hosted::HostedBoot {
+        spec: &program.spec,
+        config: &server.config,
+        slot,
+        progress_every: progress_interval(server.config.timeout),
+    })
+    .map_err(|reason| boot_failed(slot, &reason))?;
+    let crate::hosted::Booted { app, run, stop } = booted;
+    std::thread::scope(|scope| {
+        let serving = std::thread::Builder::new()
+            .name("forkd-server".into())
+            .spawn_scoped(scope, move || {
+                let served = new_runtime(&server.config)
+                    .map_err(|e| boot_failed(slot, &e))
+                    .and_then(|runtime| runtime.block_on(server.serve(app, false)));
+                stop();
+                served
+            })
+            .map_err(|e| boot_failed(slot, &format!("cannot start the server thread: {e}")))?;
+        if let Err(e) = run() {
+            tracing::error!(pid = std::process::id(), "the app's event loop failed: {e}");
+            crate::logging::flush();
+            std::process::exit(1);
+        }
+        serving.join().unwrap_or(Err(1))
+    })
+}
+
+/// What the serving half of a worker needs.
+struct Server<'a> {
+    number: u64,
+    slot: &'static Slot,
+    board: &'static Board,
+    master_pid: i32,
+    config: Arc<Config>,
+    listeners: &'a [Listener],
+    metrics: Option<&'a Listener>,
+}
+
+impl Server<'_> {
+    /// Serves until told to stop, then drains. `report_progress`: stamp progress from
+    /// this runtime (a hosted app's own loop stamps it instead).
+    async fn serve(self, app: Arc<dyn App>, report_progress: bool) -> Result<(), i32> {
+        let Server {
+            number,
+            slot,
+            board,
+            master_pid,
+            config,
+            listeners,
+            metrics,
+        } = self;
         let access_log = AccessLog::start(
             &config.log.access_log,
             config.log.access_log_format.as_deref(),
@@ -176,14 +261,19 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
                     .map_err(|e| boot_failed(slot, &e))?,
             );
         }
-        tokio::spawn(report_progress(slot, progress_interval(config.timeout)));
+        if report_progress {
+            tokio::spawn(self::report_progress(
+                slot,
+                progress_interval(config.timeout),
+            ));
+        }
         slot.set_state(WorkerState::Ready);
         ring_doorbell(master_pid);
-        tracing::debug!(pid, worker = number, "worker ready");
+        tracing::debug!(pid = std::process::id(), worker = number, "worker ready");
         wait_for_stop_signal(&shared).await;
         drain(&shared, accepting, config.graceful_timeout).await;
         Ok(())
-    })
+    }
 }
 
 /// Records a boot failure in the slot (the master reports it) and returns the exit code.
