@@ -26,6 +26,10 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[derive(Debug, Clone)]
 pub struct ClientAddr(pub String);
 
+/// The local address the request arrived on (TCP listeners only): the ASGI `server`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerAddr(pub std::net::SocketAddr);
+
 /// `http` or `https` as a trusted proxy reported it (`Forwarded: proto=` or
 /// `X-Forwarded-Proto`); absent when no trusted proxy said, which means `http`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,6 @@
 
 use crate::config::Config;
 use nix::sys::signal::Signal;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// The value a waiting `-s reload` puts on its HUP ("fork" in ASCII).
@@ -53,12 +52,12 @@ pub fn signal_for(name: &str) -> Option<Signal> {
     })
 }
 
-pub fn send_signal(config: &Config, name: &str) -> ExitCode {
+pub fn send_signal(config: &Config, name: &str) -> u8 {
     match try_send(config, name) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("forkd: {e}");
-            ExitCode::from(1)
+            1
         }
     }
 }

@@ -54,24 +54,21 @@ pub fn run(app: AppFactory) -> ExitCode {
 
 /// The `forkd` binary's entry point; `embedded` is None for the built-in apps.
 pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
-    run_main(
+    ExitCode::from(run_main(
         std::env::args_os().collect(),
         embedded,
         hosted::Host::default(),
-    )
+    ))
 }
 
 /// The entry point for a host embedding forkd in another runtime (the Python package):
 /// `args` is the command line (program name first), `host` its hooks.
-pub fn main_with_host(args: Vec<std::ffi::OsString>, host: hosted::Host) -> ExitCode {
+/// Returns the exit code.
+pub fn main_with_host(args: Vec<std::ffi::OsString>, host: hosted::Host) -> u8 {
     run_main(args, None, host)
 }
 
-fn run_main(
-    args: Vec<std::ffi::OsString>,
-    embedded: Option<AppFactory>,
-    host: hosted::Host,
-) -> ExitCode {
+fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: hosted::Host) -> u8 {
     // Resolved now, before anything renames the process or replaces the binary on disk:
     // USR2 re-executes this path with these arguments.
     let relaunch = match host.relaunch.clone() {
@@ -91,7 +88,7 @@ fn run_main(
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
     // HUP re-reads the file after `chdir` may have moved the master elsewhere.
@@ -106,7 +103,7 @@ fn run_main(
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(EXIT_USAGE);
+            return EXIT_USAGE;
         }
     };
     let fork_hooks = host.fork;
@@ -114,12 +111,12 @@ fn run_main(
     if cli.check_config || cli.print_config {
         if let Err(e) = resolve(&config) {
             eprintln!("forkd: config error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return EXIT_USAGE;
         }
         if cli.print_config {
             print!("{}", config.to_toml());
         }
-        return ExitCode::SUCCESS;
+        return 0;
     }
     if let Some(name) = &cli.signal {
         // A reload is checked here first, as `nginx -t` before `nginx -s reload`: an
@@ -130,7 +127,7 @@ fn run_main(
         if name == "reload" && names_workers {
             if let Err(e) = resolve(&config) {
                 eprintln!("forkd: config error: {e}");
-                return ExitCode::from(EXIT_USAGE);
+                return EXIT_USAGE;
             }
         }
         return control::send_signal(&config, name);
@@ -140,14 +137,14 @@ fn run_main(
         // once and clearly rather than as a crash loop.
         if !config.exec.command.is_empty() {
             eprintln!("forkd: no worker could boot: {e}");
-            return ExitCode::from(EXIT_NO_WORKER);
+            return EXIT_NO_WORKER;
         }
         eprintln!("forkd: config error: {e}");
-        return ExitCode::from(EXIT_USAGE);
+        return EXIT_USAGE;
     }
     if let Err(e) = logging::init(&config.log) {
         eprintln!("forkd: {e}");
-        return ExitCode::from(EXIT_FAILURE);
+        return EXIT_FAILURE;
     }
     if let Some(warning) = config::file_permission_warning(&config) {
         tracing::warn!("{warning}");
@@ -163,7 +160,7 @@ fn run_main(
         Ok(master) => master.run(),
         Err(e) => {
             tracing::error!("cannot start: {e}");
-            ExitCode::from(EXIT_FAILURE)
+            EXIT_FAILURE
         }
     }
 }

@@ -27,7 +27,6 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use notify::SystemdLink;
 use std::os::fd::AsRawFd;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upgrade::{Relaunch, Upgrade};
@@ -257,7 +256,7 @@ impl Master {
     }
 
     /// The supervisor loop. Returns forkd's exit code.
-    pub fn run(mut self) -> ExitCode {
+    pub fn run(mut self) -> u8 {
         crate::proctitle::set("forkd: master");
         tracing::info!(pid = self.pid, workers = self.target, "master started");
         loop {
@@ -286,7 +285,7 @@ impl Master {
             self.report_to_systemd();
             if let Some(code) = self.finished() {
                 self.cleanup();
-                return ExitCode::from(code);
+                return code;
             }
         }
     }

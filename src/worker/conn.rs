@@ -17,7 +17,7 @@ use super::limits::Violation;
 use super::Shared;
 use crate::access_log::{AccessLog, Outcome, Record, Remote};
 use crate::app::RequestBody;
-use crate::app::{respond, Body, ClientAddr, Scheme};
+use crate::app::{respond, Body, ClientAddr, Scheme, ServerAddr};
 use crate::body::{Cut, Verdict};
 use crate::forwarded::Client;
 use crate::scoreboard::{monotonic_ms, Rejection, Slot, FLAG_RETIRE};
@@ -38,6 +38,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub(super) struct Peer {
     /// None for unix sockets.
     pub addr: Option<SocketAddr>,
+    /// The local end (TCP only), for apps that want it (`ServerAddr`).
+    pub local: Option<SocketAddr>,
     /// `ClientAddr` when no trusted proxy says otherwise: `IP:PORT`, or `unix`.
     pub display: String,
     /// The peer is in `forwarded_allow_ips`: its proxy headers are believed.
@@ -49,6 +51,7 @@ impl Peer {
         let ip = addr.map_or(crate::forwarded::UNIX_PEER, |a| a.ip());
         Peer {
             addr,
+            local: None,
             display: addr.map_or_else(|| "unix".to_string(), |a| a.to_string()),
             trusted: shared.proxies.trusts(ip),
         }
@@ -419,6 +422,9 @@ fn prepare(
         .map(|log| Box::new(log.capture(&req, remote, peer.addr, scheme.unwrap_or("http"))));
     let extensions = req.extensions_mut();
     extensions.insert(ClientAddr(client));
+    if let Some(local) = peer.local {
+        extensions.insert(ServerAddr(local));
+    }
     if let Some(scheme) = scheme {
         extensions.insert(Scheme(scheme));
     }

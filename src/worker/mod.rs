@@ -445,7 +445,10 @@ async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 listener.accept().await
             } => match accepted {
                 // TCP_NODELAY: inherited from the listener, which the master set.
-                Ok((stream, addr)) => spawn_connection(&shared, stream, Some(addr)),
+                Ok((stream, addr)) => {
+                    let local = stream.local_addr().ok();
+                    spawn_connection(&shared, stream, Some(addr), local)
+                }
                 Err(e) => accept_error(e).await,
             },
             _ = drain.changed() => return,
@@ -461,7 +464,7 @@ async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
                 balance::wait_for_less_busy_peers(&shared).await;
                 listener.accept().await
             } => match accepted {
-                Ok((stream, _)) => spawn_connection(&shared, stream, None),
+                Ok((stream, _)) => spawn_connection(&shared, stream, None, None),
                 Err(e) => accept_error(e).await,
             },
             _ = drain.changed() => return,
@@ -475,8 +478,12 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-fn spawn_connection<T>(shared: &Arc<Shared>, stream: T, addr: Option<std::net::SocketAddr>)
-where
+fn spawn_connection<T>(
+    shared: &Arc<Shared>,
+    stream: T,
+    addr: Option<std::net::SocketAddr>,
+    local: Option<std::net::SocketAddr>,
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     if shared.open_connections.load(Acquire) >= shared.max_connections {
@@ -497,7 +504,8 @@ where
         return;
     }
     let open = OpenConnection::count(shared);
-    let peer = conn::Peer::new(addr, shared);
+    let mut peer = conn::Peer::new(addr, shared);
+    peer.local = local;
     let shared = shared.clone();
     tokio::spawn(async move {
         let _open = open;
