@@ -8,6 +8,9 @@
 #                                 systemd-nspawn to boot a throw-away systemd
 #   util-linux                    unshare and nsenter
 #   python3 + pip, uvicorn        the reference exec worker
+#   python3-venv; target/pyenv-test  a virtualenv with FastAPI and forkd's own Python
+#                                 package (a debug build, `maturin develop`), for
+#                                 tests/python.rs (PYTHON_TEST_VENV overrides the path)
 set -euo pipefail
 
 as_root() {
@@ -31,6 +34,7 @@ command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
 command -v systemd-nspawn >/dev/null || apt_packages+=(systemd-container)
 { command -v unshare && command -v nsenter; } >/dev/null || apt_packages+=(util-linux)
 command -v python3 >/dev/null || apt_packages+=(python3 python3-pip)
+python3 -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
 if ((${#apt_packages[@]})); then
   if ! command -v apt-get >/dev/null; then
     echo "test-deps: missing ${apt_packages[*]} and no apt-get to install them" >&2
@@ -46,3 +50,23 @@ if ! python3 -c "import uvicorn" 2>/dev/null || ! command -v uvicorn >/dev/null;
   python3 -m pip install --quiet --disable-pip-version-check uvicorn 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages uvicorn
 fi
+
+# The Python package's test environment: made once, then only brought up to date (the
+# extension module is rebuilt incrementally, sharing target/ with the root crate).
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${PYTHON_TEST_VENV:-$root/target/pyenv-test}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import fastapi, maturin" 2>/dev/null; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check maturin fastapi
+fi
+(
+  cd "$root"
+  export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$root/target"
+  if [ -x "$venv/bin/forkd" ] && "$venv/bin/python" -c "import forkd._native" 2>/dev/null; then
+    maturin develop --quiet --skip-install # rebuild the module in place (editable install)
+  else
+    maturin develop --quiet
+  fi
+)

@@ -1,0 +1,271 @@
+//! Python ASGI apps in forkd's own workers: the `forkd` command of the Python package,
+//! serving the FastAPI app of tests/python/fastapi_app.py.
+//!
+//! The tests need a virtualenv with FastAPI and forkd's Python package installed;
+//! `scripts/test-deps.sh` makes it at `target/pyenv-test` (or point `PYTHON_TEST_VENV`
+//! at another one). Without it these tests fail, saying so: they never skip.
+
+mod harness;
+
+use harness::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The `forkd` command the Python package installed into the test virtualenv.
+fn python_forkd() -> PathBuf {
+    let venv = std::env::var_os("PYTHON_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv-test"));
+    let forkd = venv.join("bin/forkd");
+    assert!(
+        forkd.exists(),
+        "no Python test environment: {} does not exist. Run scripts/test-deps.sh, which makes \
+         a virtualenv at target/pyenv-test with FastAPI and forkd's Python package \
+         (or set PYTHON_TEST_VENV to one)",
+        forkd.display()
+    );
+    forkd
+}
+
+/// A fresh directory holding the test app (the HUP test edits its copy).
+fn app_dir(name: &str) -> PathBuf {
+    let dir = temp_dir(&format!("py-{name}"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/fastapi_app.py");
+    std::fs::copy(source, dir.join("fastapi_app.py")).expect("copy the test app");
+    dir
+}
+
+/// A config file in `dir` serving the app from `dir` (`[python] path`).
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("forkd.toml");
+    let text = format!(
+        "bind = [\"127.0.0.1:0\"]\napp = \"fastapi_app:app\"\n{extra}\n[python]\npath = [{:?}]\n",
+        dir.display().to_string()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Environment for the Python workers: no .pyc files, so that an edit of the app is
+/// always seen on the next import (the HUP test rewrites it within a second).
+const ENV: &[(&str, &str)] = &[("PYTHONDONTWRITEBYTECODE", "1")];
+
+fn start(dir: &Path, args: &[&str], extra_config: &str) -> Server {
+    let config = config(dir, extra_config);
+    let mut all = vec!["-c", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Server::start_with_env(&python_forkd(), &all, ENV)
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(500)])
+        )
+    })
+}
+
+#[test]
+fn a_build_without_python_support_exits_2_saying_how_to_get_it() {
+    let (code, stderr) = run_to_exit(
+        &forkd(),
+        &["-b", "127.0.0.1:0", "fastapi_app:app"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("without Python support") && stderr.contains("pip install"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn fastapi_json_path_query_post_stream_state_and_scope() {
+    let dir = app_dir("json");
+    let server = start(&dir, &["-w", "1"], "");
+    let log = server.log();
+    assert!(
+        log.contains("python 3.") && log.contains("loading fastapi_app:app"),
+        "the worker names its interpreter:\n{log}"
+    );
+
+    let (status, _, body) = get(&server.addr, "/items/42?q=hello%20there").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"item_id": 42, "q": "hello there"})
+    );
+
+    let payload = r#"{"name":"widget","tags":["a","b"],"price":1.5}"#;
+    let (status, _, body) = request(
+        &server.addr,
+        &format!(
+            "POST /items HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            payload.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"received": {"name": "widget", "tags": ["a", "b"], "price": 1.5}})
+    );
+
+    let (status, head, body) = get(&server.addr, "/stream").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "a streamed response is chunked: {head}"
+    );
+    let text = String::from_utf8_lossy(&body);
+    for i in 0..5 {
+        assert!(text.contains(&format!("chunk {i}\n")), "{text}");
+    }
+
+    let (status, _, body) = get(&server.addr, "/state").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"greeting": "hello from lifespan"})
+    );
+
+    let (status, _, body) = request(
+        &server.addr,
+        "GET /scope/caf%C3%A9%20x?a=1&b=%20 HTTP/1.1\r\nHost: test\r\nX-Dup: one\r\nX-Dup: two\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let scope = json(&body);
+    assert_eq!(scope["type"], "http");
+    assert_eq!(scope["asgi"]["version"], "3.0");
+    assert_eq!(scope["asgi"]["spec_version"], "2.4");
+    assert_eq!(scope["http_version"], "1.1");
+    assert_eq!(scope["method"], "GET");
+    assert_eq!(scope["scheme"], "http");
+    assert_eq!(scope["path"], "/scope/café x");
+    assert_eq!(scope["raw_path"], "/scope/caf%C3%A9%20x");
+    assert_eq!(scope["query_string"], "a=1&b=%20");
+    assert_eq!(scope["root_path"], "");
+    let headers = scope["headers"].as_array().unwrap();
+    let dups: Vec<&str> = headers
+        .iter()
+        .filter(|h| h[0] == "x-dup")
+        .map(|h| h[1].as_str().unwrap())
+        .collect();
+    assert_eq!(dups, ["one", "two"], "{headers:?}");
+    assert!(headers.iter().any(|h| h[0] == "host" && h[1] == "test"));
+    assert_eq!(scope["client"][0], "127.0.0.1");
+    assert!(scope["client"][1].as_u64().unwrap() > 0);
+    let port: u64 = server.addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(scope["server"], serde_json::json!(["127.0.0.1", port]));
+
+    // https behind a trusted proxy (127.0.0.1 is trusted by default).
+    let (_, _, body) = request(
+        &server.addr,
+        "GET /scope/x HTTP/1.1\r\nHost: t\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let scope = json(&body);
+    assert_eq!(scope["scheme"], "https");
+    assert_eq!(scope["client"][0], "203.0.113.7");
+}
+
+#[test]
+fn an_exception_is_a_500_with_the_traceback_logged_and_the_worker_lives() {
+    let dir = app_dir("boom");
+    let server = start(&dir, &["-w", "1"], "");
+    let (_, _, body) = get(&server.addr, "/").unwrap();
+    let pid = json(&body)["pid"].clone();
+    let (status, _, _) = get(&server.addr, "/boom").unwrap();
+    assert_eq!(status, 500);
+    server.expect_log("ValueError: kaboom", Duration::from_secs(5));
+    assert!(server.log_contains("Traceback (most recent call last)"));
+    let (status, _, body) = get(&server.addr, "/").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["pid"], pid, "the same worker still serves");
+
+    // print() and logging reach the error log, one line each, with the worker's pid.
+    let (status, _, _) = get(&server.addr, "/print").unwrap();
+    assert_eq!(status, 200);
+    server.expect_log("hello from print", Duration::from_secs(5));
+    server.expect_log("hello from logging", Duration::from_secs(5));
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("hello from print"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains(&format!("pid={pid}")), "{line}");
+}
+
+#[test]
+fn a_raising_lifespan_startup_exits_3_with_its_message() {
+    let dir = app_dir("startup");
+    let config = config(&dir, "");
+    let mut env = ENV.to_vec();
+    env.push(("APP_FAIL_STARTUP", "1"));
+    let (code, stderr) = run_to_exit(
+        &python_forkd(),
+        &["-c", config.to_str().unwrap(), "-w", "2"],
+        &env,
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no worker could boot") && stderr.contains("database is down"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn twenty_hups_with_new_app_code_under_keepalive_load_drop_nothing() {
+    let dir = app_dir("hup");
+    let server = start(&dir, &["-w", "2"], "");
+    let app = dir.join("fastapi_app.py");
+    let original = std::fs::read_to_string(&app).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    for round in 1..=20u64 {
+        let version = round + 1;
+        std::fs::write(
+            &app,
+            original.replace("VERSION = 1\n", &format!("VERSION = {version}\n")),
+        )
+        .unwrap();
+        server.signal(nix::sys::signal::Signal::SIGHUP);
+        server.expect_log(&format!("generation={version}"), Duration::from_secs(20));
+        // The new code answers once a new worker is ready.
+        let answered = poll_until(Duration::from_secs(20), || {
+            get(&server.addr, "/")
+                .ok()
+                .is_some_and(|(_, _, body)| json(&body)["version"] == version)
+        });
+        assert!(
+            answered,
+            "version {version} never answered:\n{}",
+            server.log()
+        );
+    }
+    let settled = poll_until(Duration::from_secs(30), || {
+        workers_of(server.pid()).len() == 2
+            && server.log().matches("reason=\"reload\"").count() >= 40
+    });
+    finish(stop, handles);
+    assert!(
+        settled,
+        "workers did not settle at 2: {:?}\n{}",
+        workers_of(server.pid()),
+        server.log()
+    );
+    assert_no_failures(&tally, &server, "20 HUPs of a FastAPI app");
+    // Only the new code answers now.
+    for _ in 0..10 {
+        let (_, _, body) = get(&server.addr, "/").unwrap();
+        assert_eq!(json(&body)["version"], 21);
+    }
+}

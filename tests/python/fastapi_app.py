@@ -1,0 +1,109 @@
+"""The FastAPI app of tests/python.rs. The tests copy it to a temporary directory and
+serve it with the `forkd` command of the test virtualenv; the HUP test rewrites VERSION."""
+
+import asyncio
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+VERSION = 1
+
+
+@asynccontextmanager
+async def lifespan(app):
+    if os.environ.get("APP_FAIL_STARTUP"):
+        raise RuntimeError("database is down")
+    yield {"greeting": "hello from lifespan"}
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.get("/")
+async def root():
+    return {"version": VERSION, "pid": os.getpid()}
+
+
+@app.get("/items/{item_id}")
+async def read_item(item_id: int, q: Optional[str] = None):
+    return {"item_id": item_id, "q": q}
+
+
+@app.post("/items")
+async def create_item(item: dict):
+    return {"received": item}
+
+
+@app.get("/stream")
+async def stream():
+    async def chunks():
+        for i in range(5):
+            yield f"chunk {i}\n"
+            await asyncio.sleep(0.01)
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
+@app.get("/boom")
+async def boom():
+    raise ValueError("kaboom")
+
+
+@app.get("/state")
+async def state(request: Request):
+    return {"greeting": request.state.greeting}
+
+
+@app.get("/scope/{rest:path}")
+async def scope(request: Request):
+    s = request.scope
+    return {
+        "type": s["type"],
+        "asgi": s["asgi"],
+        "http_version": s["http_version"],
+        "method": s["method"],
+        "scheme": s["scheme"],
+        "path": s["path"],
+        "raw_path": s["raw_path"].decode("latin-1"),
+        "query_string": s["query_string"].decode("latin-1"),
+        "root_path": s["root_path"],
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in s["headers"]],
+        "client": list(s["client"]) if s["client"] else None,
+        "server": list(s["server"]) if s["server"] else None,
+    }
+
+
+@app.get("/print")
+async def print_something():
+    print("hello from print")
+    logging.getLogger("fastapi_app").warning("hello from logging")
+    return {"printed": True}
+
+
+@app.get("/block")
+async def block(seconds: float):
+    time.sleep(seconds)
+    return {"blocked": seconds}
+
+
+def rss_kib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@app.post("/upload")
+async def upload(request: Request):
+    received = 0
+    peak = rss_kib()
+    async for chunk in request.stream():
+        received += len(chunk)
+        peak = max(peak, rss_kib())
+    return {"bytes": received, "peak_rss_kib": peak}
