@@ -269,3 +269,85 @@ fn twenty_hups_with_new_app_code_under_keepalive_load_drop_nothing() {
         assert_eq!(json(&body)["version"], 21);
     }
 }
+
+#[test]
+fn a_handler_blocking_the_event_loop_is_killed_at_timeout_and_replaced() {
+    let dir = app_dir("block");
+    let server = start(&dir, &["-w", "1", "--timeout", "2"], "");
+    let (_, _, body) = get(&server.addr, "/").unwrap();
+    let blocked_pid = json(&body)["pid"].as_i64().unwrap();
+    // time.sleep(60) in an async handler: the loop stops stamping progress, although
+    // the worker's tokio thread is fine.
+    let addr = server.addr.clone();
+    let blocked = std::thread::spawn(move || get(&addr, "/block?seconds=60"));
+    server.expect_log("worker timeout", Duration::from_secs(15));
+    let replaced = poll_until(Duration::from_secs(20), || {
+        get(&server.addr, "/")
+            .ok()
+            .is_some_and(|(status, _, body)| {
+                status == 200 && json(&body)["pid"].as_i64() != Some(blocked_pid)
+            })
+    });
+    assert!(replaced, "no new worker answered:\n{}", server.log());
+    // The blocked request's connection ended with its worker.
+    assert!(blocked.join().unwrap().is_err());
+}
+
+#[test]
+fn a_200_mib_upload_is_streamed_to_the_app_in_bounded_memory() {
+    use std::io::{Read, Write};
+    let dir = app_dir("upload");
+    let server = start(&dir, &["-w", "1"], "[limits]\nmax_body = \"300MiB\"\n");
+    let size: usize = 200 * 1024 * 1024;
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b'x'; 256 * 1024];
+    let mut sent = 0;
+    while sent < size {
+        stream.write_all(&chunk).unwrap();
+        sent += chunk.len();
+    }
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response");
+    let head = String::from_utf8_lossy(&response[..split]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let counted = json(&response[split + 4..]);
+    assert_eq!(counted["bytes"].as_u64(), Some(size as u64));
+    let peak_kib = counted["peak_rss_kib"].as_u64().unwrap();
+    assert!(
+        peak_kib < 64 * 1024,
+        "the worker's RSS reached {peak_kib} KiB while reading the upload"
+    );
+}
+
+#[test]
+fn term_drains_in_flight_requests_then_runs_the_lifespan_shutdown() {
+    let dir = app_dir("drain");
+    let mut server = start(&dir, &["-w", "1"], "");
+    let addr = server.addr.clone();
+    let slow = std::thread::spawn(move || get(&addr, "/slow?seconds=1.5"));
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, _, body) = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["slept"], 1.5);
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    let log = server.log();
+    let done = log.find("slow request done").expect("the request finished");
+    let shutdown = log.find("lifespan shutdown ran").expect("the shutdown ran");
+    assert!(done < shutdown, "shutdown before the drain ended:\n{log}");
+}

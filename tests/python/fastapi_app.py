@@ -19,6 +19,7 @@ async def lifespan(app):
     if os.environ.get("APP_FAIL_STARTUP"):
         raise RuntimeError("database is down")
     yield {"greeting": "hello from lifespan"}
+    print("lifespan shutdown ran")
 
 
 app = FastAPI(lifespan=lifespan)
@@ -83,6 +84,13 @@ async def print_something():
     print("hello from print")
     logging.getLogger("fastapi_app").warning("hello from logging")
     return {"printed": True}
+
+
+@app.get("/slow")
+async def slow(seconds: float):
+    await asyncio.sleep(seconds)
+    print(f"slow request done after {seconds}s")
+    return {"slept": seconds}
 
 
 @app.get("/block")
