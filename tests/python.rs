@@ -351,3 +351,57 @@ fn term_drains_in_flight_requests_then_runs_the_lifespan_shutdown() {
     let shutdown = log.find("lifespan shutdown ran").expect("the shutdown ran");
     assert!(done < shutdown, "shutdown before the drain ended:\n{log}");
 }
+
+#[test]
+fn max_requests_recycling_of_python_workers_under_keepalive_load_drops_nothing() {
+    let dir = app_dir("recycle");
+    let server = start(
+        &dir,
+        &[
+            "-w",
+            "2",
+            "--max-requests",
+            "500",
+            "--max-requests-jitter",
+            "100",
+        ],
+        "",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    let recycled = poll_until(Duration::from_secs(60), || {
+        server.log().matches("reason=\"max_requests\"").count() >= 6
+    });
+    finish(stop, handles);
+    assert!(recycled, "workers were not recycled:\n{}", server.log());
+    assert_no_failures(&tally, &server, "max_requests recycling of FastAPI workers");
+}
+
+#[test]
+fn usr2_starts_a_new_python_master_under_keepalive_load_dropping_nothing() {
+    let dir = app_dir("usr2");
+    let pidfile = dir.join("forkd.pid");
+    let server = start(&dir, &["-w", "2", "-p", pidfile.to_str().unwrap()], "");
+    let old = server.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(nix::sys::signal::Signal::SIGUSR2);
+    let moved = poll_until(Duration::from_secs(30), || {
+        read_pid(&pidfile).is_some_and(|p| p != old)
+    });
+    let new_pid = read_pid(&pidfile).unwrap_or(0);
+    // Stops the new master (not our child) whatever happens below.
+    let _new_master = PidGuard(new_pid);
+    let mut server = server;
+    let old_gone = poll_until(Duration::from_secs(30), || {
+        matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    finish(stop, handles);
+    let new_workers = workers_of(new_pid);
+    assert!(moved, "the pidfile did not move:\n{}", server.log());
+    assert!(old_gone, "the old master did not exit:\n{}", server.log());
+    assert_eq!(new_workers.len(), 2, "{}", server.log());
+    assert_no_failures(&tally, &server, "USR2 of the Python package's forkd");
+}
