@@ -405,3 +405,29 @@ fn usr2_starts_a_new_python_master_under_keepalive_load_dropping_nothing() {
     assert_eq!(new_workers.len(), 2, "{}", server.log());
     assert_no_failures(&tally, &server, "USR2 of the Python package's forkd");
 }
+
+#[test]
+fn a_syntax_error_in_the_app_on_hup_leaves_the_old_workers_serving() {
+    let dir = app_dir("syntax");
+    let server = start(&dir, &["-w", "2"], "");
+    let app = dir.join("fastapi_app.py");
+    let original = std::fs::read_to_string(&app).unwrap();
+    std::fs::write(&app, format!("{original}\ndef broken(:\n")).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.expect_log("SyntaxError", Duration::from_secs(20));
+    server.expect_log("worker failed to boot", Duration::from_secs(20));
+    for _ in 0..20 {
+        let (status, _, body) = get(&server.addr, "/").unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(json(&body)["version"], 1);
+    }
+    // Fixed code on the next HUP goes live.
+    std::fs::write(&app, original.replace("VERSION = 1\n", "VERSION = 3\n")).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let fixed = poll_until(Duration::from_secs(30), || {
+        get(&server.addr, "/")
+            .ok()
+            .is_some_and(|(_, _, body)| json(&body)["version"] == 3)
+    });
+    assert!(fixed, "the fixed code never answered:\n{}", server.log());
+}
