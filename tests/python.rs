@@ -431,3 +431,34 @@ fn a_syntax_error_in_the_app_on_hup_leaves_the_old_workers_serving() {
     });
     assert!(fixed, "the fixed code never answered:\n{}", server.log());
 }
+
+#[test]
+fn a_streamed_response_stops_when_the_client_goes_away() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = app_dir("gone");
+    let server = start(&dir, &["-w", "1"], "");
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /forever HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut seen = String::new();
+    while !seen.contains("data: tick") {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    drop(reader);
+    // `send` raised OSError in the app once the client was gone: the stream ended.
+    let closed = poll_until(Duration::from_secs(10), || {
+        get(&server.addr, "/forever/closed")
+            .ok()
+            .is_some_and(|(_, _, body)| json(&body)["closed"] == true)
+    });
+    assert!(closed, "the app's stream never ended:\n{}", server.log());
+    server.expect_log("client gone during GET /forever", Duration::from_secs(5));
+    assert!(!server.log_contains("Traceback"), "{}", server.log());
+}

@@ -50,6 +50,27 @@ async def stream():
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+STREAM_CLOSED = {"closed": False}
+
+
+@app.get("/forever")
+async def forever():
+    async def ticks():
+        try:
+            while True:
+                yield "data: tick\n\n"
+                await asyncio.sleep(0.02)
+        finally:
+            STREAM_CLOSED["closed"] = True
+
+    return StreamingResponse(ticks(), media_type="text/event-stream")
+
+
+@app.get("/forever/closed")
+async def forever_closed():
+    return STREAM_CLOSED
+
+
 @app.get("/boom")
 async def boom():
     raise ValueError("kaboom")

@@ -211,7 +211,15 @@ async def handle(app, scope, conn):
     try:
         await app(scope, conn.receive, conn.send)
     except BaseException as exc:  # noqa: BLE001 - the worker lives on
-        if not (conn.disconnected and isinstance(exc, OSError)):
+        if conn.disconnected:
+            # The client went away and `send` raised OSError (spec 2.4), which the app
+            # may have turned into its own exception (Starlette's ClientDisconnect):
+            # routine, not worth a traceback.
+            print(
+                f"client gone during {scope['method']} {scope['path']}; "
+                f"the app ended with {type(exc).__name__}"
+            )
+        else:
             sys.stderr.write(
                 f"Exception in ASGI application ({scope['method']} {scope['path']})\n"
                 + traceback.format_exc()
