@@ -462,3 +462,107 @@ fn a_streamed_response_stops_when_the_client_goes_away() {
     server.expect_log("client gone during GET /forever", Duration::from_secs(5));
     assert!(!server.log_contains("Traceback"), "{}", server.log());
 }
+
+/// A client WebSocket frame (masked, as RFC 6455 requires of clients).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads one server frame: (opcode, payload).
+fn server_frame(stream: &mut impl std::io::Read) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).expect("a frame");
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut ext = [0u8; 2];
+            stream.read_exact(&mut ext).unwrap();
+            u16::from_be_bytes(ext) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+#[test]
+fn a_fastapi_websocket_echoes_and_closes() {
+    use std::io::{Read, Write};
+    let dir = app_dir("ws");
+    let server = start(&dir, &["-w", "1"], "");
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream
+            .read_exact(&mut byte)
+            .expect("the handshake response");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // RFC 6455's own example key and answer.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    for word in ["one", "two"] {
+        stream
+            .write_all(&client_frame(0x1, word.as_bytes()))
+            .unwrap();
+        let (opcode, payload) = server_frame(&mut stream);
+        assert_eq!(opcode, 0x1);
+        assert_eq!(
+            String::from_utf8_lossy(&payload),
+            format!("echo: {word} (hello from lifespan)")
+        );
+    }
+    // The app closes with its own code.
+    stream.write_all(&client_frame(0x1, b"bye")).unwrap();
+    let (opcode, payload) = server_frame(&mut stream);
+    assert_eq!(opcode, 0x8, "a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4000);
+
+    // A client that closes: the app sees WebSocketDisconnect with its code.
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    stream
+        .write_all(&client_frame(0x8, &1001u16.to_be_bytes()))
+        .unwrap();
+    server.expect_log(
+        "websocket closed by the client with code 1001",
+        Duration::from_secs(10),
+    );
+    // The worker still serves HTTP.
+    let (status, _, _) = get(&server.addr, "/").unwrap();
+    assert_eq!(status, 200);
+}

@@ -47,6 +47,21 @@ pub struct Head {
 
 pub enum Event {
     Head(Box<Head>),
+    /// A WebSocket upgrade request.
+    WsHead(Box<crate::ws::Head>),
+    WsText {
+        id: u64,
+        text: String,
+    },
+    WsBinary {
+        id: u64,
+        data: Vec<u8>,
+    },
+    /// The WebSocket closed (the client's close code, or 1006).
+    WsClosed {
+        id: u64,
+        code: u16,
+    },
     Body {
         id: u64,
         data: Bytes,
@@ -87,7 +102,7 @@ impl Inbox {
         self.wake.as_raw_fd()
     }
 
-    fn push(&self, event: Event) {
+    pub(crate) fn push(&self, event: Event) {
         let was_empty = {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             let was_empty = queue.is_empty();
@@ -146,6 +161,9 @@ impl forkd::app::App for PyApp {
     fn call(&self, req: forkd::app::Request) -> forkd::app::BoxFuture<Response> {
         let id = self.next_id.fetch_add(1, Relaxed);
         let inbox = self.inbox.clone();
+        if crate::ws::is_upgrade(&req) {
+            return Box::pin(crate::ws::serve(id, req, inbox));
+        }
         Box::pin(async move {
             let (parts, mut body) = req.into_parts();
             let (respond, mut answer) = oneshot::channel();
@@ -282,7 +300,7 @@ impl Ready {
     }
 }
 
-fn ready(py: Python<'_>, value: PyObject) -> PyResult<PyObject> {
+pub(crate) fn ready(py: Python<'_>, value: PyObject) -> PyResult<PyObject> {
     Ok(Py::new(py, Ready { value: Some(value) })?.into_any())
 }
 
@@ -293,6 +311,7 @@ type Conns = Rc<RefCell<HashMap<u64, Py<Conn>>>>;
 pub struct Bridge {
     inbox: Arc<Inbox>,
     conns: Conns,
+    websockets: crate::ws::WsConns,
     app: PyObject,
     /// `forkd._worker.handle`: runs the app for one request, handles its exceptions.
     handle: PyObject,
@@ -322,6 +341,7 @@ impl Bridge {
         Ok(Bridge {
             inbox,
             conns: Rc::default(),
+            websockets: Rc::default(),
             app,
             handle: py.import("forkd._worker")?.getattr("handle")?.unbind(),
             create_task: event_loop.getattr(py, "create_task")?,
@@ -338,7 +358,7 @@ impl Bridge {
     }
 
     fn start(&mut self, py: Python<'_>, head: Head) -> PyResult<()> {
-        let scope = self.scope(py, &head)?;
+        let scope = self.scope(py, &head.parts, false)?;
         let Head {
             id,
             respond,
@@ -376,10 +396,49 @@ impl Bridge {
         Ok(())
     }
 
-    fn scope<'py>(&self, py: Python<'py>, head: &Head) -> PyResult<Bound<'py, PyDict>> {
-        let parts = &head.parts;
+    fn start_websocket(&mut self, py: Python<'_>, head: crate::ws::Head) -> PyResult<()> {
+        let scope = self.scope(py, &head.parts, true)?;
+        let subprotocols = PyList::empty(py);
+        for value in head.parts.headers.get_all("sec-websocket-protocol") {
+            for protocol in value.to_str().unwrap_or("").split(',') {
+                if !protocol.trim().is_empty() {
+                    subprotocols.append(protocol.trim())?;
+                }
+            }
+        }
+        scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
+        let id = head.id;
+        let conn = crate::ws::WsConn::new(
+            py,
+            head,
+            self.websockets.clone(),
+            self.create_future.clone_ref(py),
+        )?;
+        let conn = Py::new(py, conn)?;
+        self.websockets.borrow_mut().insert(id, conn.clone_ref(py));
+        let coroutine = self
+            .handle
+            .call1(py, (self.app.clone_ref(py), scope, conn))?;
+        self.create_task.call1(py, (coroutine,))?;
+        Ok(())
+    }
+
+    fn websocket(&self, py: Python<'_>, id: u64) -> Option<Py<crate::ws::WsConn>> {
+        self.websockets.borrow().get(&id).map(|c| c.clone_ref(py))
+    }
+
+    fn scope<'py>(
+        &self,
+        py: Python<'py>,
+        parts: &hyper::http::request::Parts,
+        websocket: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let scope = PyDict::new(py);
-        scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+        if websocket {
+            scope.set_item(intern!(py, "type"), intern!(py, "websocket"))?;
+        } else {
+            scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+        }
         scope.set_item(intern!(py, "asgi"), self.asgi.bind(py))?;
         let version = match parts.version {
             hyper::Version::HTTP_10 => "1.0",
@@ -387,9 +446,14 @@ impl Bridge {
             _ => "1.1",
         };
         scope.set_item(intern!(py, "http_version"), version)?;
-        scope.set_item(intern!(py, "method"), parts.method.as_str())?;
         let scheme = parts.extensions.get::<Scheme>().map_or("http", |s| s.0);
-        scope.set_item(intern!(py, "scheme"), scheme)?;
+        if websocket {
+            let scheme = if scheme == "https" { "wss" } else { "ws" };
+            scope.set_item(intern!(py, "scheme"), scheme)?;
+        } else {
+            scope.set_item(intern!(py, "method"), parts.method.as_str())?;
+            scope.set_item(intern!(py, "scheme"), scheme)?;
+        }
         let raw_path = parts.uri.path();
         let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
         if self.root_path.is_empty() {
@@ -464,6 +528,19 @@ impl Bridge {
                     Some(conn) => conn.borrow_mut(py).gone(py),
                     None => Ok(()),
                 },
+                Event::WsHead(head) => self.start_websocket(py, *head),
+                Event::WsText { id, text } => match self.websocket(py, id) {
+                    Some(conn) => conn.borrow_mut(py).text(py, text),
+                    None => Ok(()),
+                },
+                Event::WsBinary { id, data } => match self.websocket(py, id) {
+                    Some(conn) => conn.borrow_mut(py).binary(py, data),
+                    None => Ok(()),
+                },
+                Event::WsClosed { id, code } => match self.websocket(py, id) {
+                    Some(conn) => conn.borrow_mut(py).gone(py, code),
+                    None => Ok(()),
+                },
                 Event::Sent { id, ok } => match self.conn(py, id) {
                     Some(conn) => conn.borrow_mut(py).sent(py, ok),
                     None => Ok(()),
@@ -478,7 +555,7 @@ impl Bridge {
 }
 
 /// Resolves an asyncio future unless it is done (cancelled) already.
-fn resolve(py: Python<'_>, future: &PyObject, value: PyObject) -> PyResult<()> {
+pub(crate) fn resolve(py: Python<'_>, future: &PyObject, value: PyObject) -> PyResult<()> {
     if !future
         .call_method0(py, intern!(py, "done"))?
         .is_truthy(py)?

@@ -7,6 +7,7 @@
 
 mod boot;
 mod bridge;
+mod ws;
 
 use pyo3::prelude::*;
 use std::ffi::OsString;
@@ -56,5 +57,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<bridge::Conn>()?;
     m.add_class::<bridge::Ready>()?;
+    m.add_class::<ws::WsConn>()?;
     Ok(())
 }

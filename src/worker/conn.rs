@@ -363,7 +363,9 @@ where
             }
         })
     };
-    let conn = shared.http.serve_connection(io, service);
+    // With upgrades: an app answering 101 (a WebSocket) gets the connection's IO
+    // (`hyper::upgrade::on`), which the limits IO then passes through unscanned.
+    let conn = shared.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut drain = shared.drain_signal();
     let mut drain_seen = *drain.borrow();

@@ -8,7 +8,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Optional
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
 VERSION = 1
@@ -136,3 +136,17 @@ async def upload(request: Request):
         received += len(chunk)
         peak = max(peak, rss_kib())
     return {"bytes": received, "peak_rss_kib": peak}
+
+
+@app.websocket("/ws")
+async def echo(websocket: WebSocket):
+    await websocket.accept()
+    try:
+        while True:
+            text = await websocket.receive_text()
+            if text == "bye":
+                await websocket.close(code=4000)
+                return
+            await websocket.send_text(f"echo: {text} ({websocket.state.greeting})")
+    except WebSocketDisconnect as gone:
+        print(f"websocket closed by the client with code {gone.code}")

@@ -216,12 +216,12 @@ async def handle(app, scope, conn):
             # may have turned into its own exception (Starlette's ClientDisconnect):
             # routine, not worth a traceback.
             print(
-                f"client gone during {scope['method']} {scope['path']}; "
+                f"client gone during {scope.get('method', 'WEBSOCKET')} {scope['path']}; "
                 f"the app ended with {type(exc).__name__}"
             )
         else:
             sys.stderr.write(
-                f"Exception in ASGI application ({scope['method']} {scope['path']})\n"
+                f"Exception in ASGI application ({scope.get('method', 'WEBSOCKET')} {scope['path']})\n"
                 + traceback.format_exc()
             )
         conn.failed()
