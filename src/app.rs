@@ -38,6 +38,12 @@ pub struct Scheme(pub &'static str);
 /// A request handler. Implemented for any `Fn(Request) -> impl Future<Output = Response>`.
 pub trait App: Send + Sync + 'static {
     fn call(&self, req: Request) -> BoxFuture<Response>;
+
+    /// Called once when a draining worker's `graceful_timeout` is nearly over and
+    /// connections are still open: connections the app took over (WebSockets, after a
+    /// 101) should be closed now, cleanly. They count as open until they are dropped,
+    /// so the drain waits for them up to `graceful_timeout`.
+    fn closing(&self) {}
 }
 
 impl<F, Fut> App for F

@@ -491,6 +491,32 @@ fn server_frame(stream: &mut impl std::io::Read) -> (u8, Vec<u8>) {
     (head[0] & 0x0f, payload)
 }
 
+/// Opens a WebSocket to `/ws` (the handshake response is read and checked).
+fn open_websocket(addr: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream
+            .read_exact(&mut byte)
+            .expect("the handshake response");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    stream
+}
+
 #[test]
 fn a_fastapi_websocket_echoes_and_closes() {
     use std::io::{Read, Write};
@@ -565,4 +591,36 @@ fn a_fastapi_websocket_echoes_and_closes() {
     // The worker still serves HTTP.
     let (status, _, _) = get(&server.addr, "/").unwrap();
     assert_eq!(status, 200);
+}
+
+#[test]
+fn a_draining_worker_keeps_websockets_open_then_closes_them_with_1001() {
+    use std::io::Write;
+    let dir = app_dir("ws-drain");
+    let mut server = start(&dir, &["-w", "1", "--graceful-timeout", "3"], "");
+    let mut stream = open_websocket(&server.addr);
+    let started = std::time::Instant::now();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    // Still open while the worker drains.
+    stream.write_all(&client_frame(0x1, b"draining")).unwrap();
+    let (opcode, payload) = server_frame(&mut stream);
+    assert_eq!(opcode, 0x1);
+    assert!(String::from_utf8_lossy(&payload).starts_with("echo: draining"));
+    // Then "going away", before the master's SIGKILL at graceful_timeout.
+    let (opcode, payload) = server_frame(&mut stream);
+    assert_eq!(opcode, 0x8, "a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1001);
+    let waited = started.elapsed();
+    assert!(
+        waited > Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        server.log_contains("websocket closed by the client with code 1001")
+            || server.log_contains("exited (exit code 0)"),
+        "{}",
+        server.log()
+    );
 }

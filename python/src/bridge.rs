@@ -146,6 +146,8 @@ impl Drop for DisconnectGuard {
 pub struct PyApp {
     inbox: Arc<Inbox>,
     next_id: AtomicU64,
+    /// Set when the drain's deadline nears: open WebSockets close with 1001.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl PyApp {
@@ -153,6 +155,7 @@ impl PyApp {
         PyApp {
             inbox,
             next_id: AtomicU64::new(1),
+            closing: tokio::sync::watch::Sender::new(false),
         }
     }
 }
@@ -162,7 +165,7 @@ impl forkd::app::App for PyApp {
         let id = self.next_id.fetch_add(1, Relaxed);
         let inbox = self.inbox.clone();
         if crate::ws::is_upgrade(&req) {
-            return Box::pin(crate::ws::serve(id, req, inbox));
+            return Box::pin(crate::ws::serve(id, req, inbox, self.closing.subscribe()));
         }
         Box::pin(async move {
             let (parts, mut body) = req.into_parts();
@@ -212,6 +215,10 @@ impl forkd::app::App for PyApp {
                 }
             }
         })
+    }
+
+    fn closing(&self) {
+        self.closing.send_replace(true);
     }
 }
 

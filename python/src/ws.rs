@@ -81,7 +81,12 @@ impl Drop for Pending {
 }
 
 /// The server thread's side of a WebSocket request.
-pub async fn serve(id: u64, mut req: forkd::app::Request, inbox: Arc<Inbox>) -> Response {
+pub async fn serve(
+    id: u64,
+    mut req: forkd::app::Request,
+    inbox: Arc<Inbox>,
+    closing: tokio::sync::watch::Receiver<bool>,
+) -> Response {
     let upgrade = hyper::upgrade::on(&mut req);
     let key = req
         .headers()
@@ -125,7 +130,7 @@ pub async fn serve(id: u64, mut req: forkd::app::Request, inbox: Arc<Inbox>) -> 
     }
     tokio::spawn(async move {
         let code = match upgrade.await {
-            Ok(upgraded) => run(upgraded, to_send, id, &inbox).await,
+            Ok(upgraded) => run(upgraded, to_send, closing, id, &inbox).await,
             Err(_) => 1006,
         };
         inbox.push(Event::WsClosed { id, code });
@@ -141,6 +146,7 @@ fn deny(status: u16) -> Response {
 async fn run(
     upgraded: hyper::upgrade::Upgraded,
     mut to_send: mpsc::UnboundedReceiver<Outgoing>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
     id: u64,
     inbox: &Inbox,
 ) -> u16 {
@@ -163,6 +169,12 @@ async fn run(
                 }
                 Some(Err(_)) | None => return 1006,
             },
+            Ok(()) = closing.changed() => {
+                // The worker's drain is ending: "going away".
+                let frame = CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return 1001;
+            }
             out = to_send.recv() => match out {
                 Some(Outgoing::Message(message)) => {
                     if sink.send(message).await.is_err() {

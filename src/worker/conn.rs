@@ -277,7 +277,7 @@ impl Drop for RequestGuard {
 }
 
 /// Serves one accepted connection until it ends, is idle too long, or the drain ends it.
-pub async fn serve<T>(shared: Arc<Shared>, stream: T, peer: Peer)
+pub async fn serve<T>(shared: Arc<Shared>, stream: T, peer: Peer, open: super::OpenConnection)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -290,6 +290,7 @@ where
         shared.body_read_timeout,
         shared.board.header(),
         shared.access_log.clone().map(|log| (log, peer.clone())),
+        open,
     ));
     let service = {
         let shared = shared.clone();

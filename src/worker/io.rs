@@ -70,6 +70,9 @@ where
     body_progress: bool,
     /// The app switched protocols: bytes pass through unscanned from now on.
     switched: bool,
+    /// Counts the connection as open for as long as its IO lives, which after a
+    /// protocol switch is as long as the app holds it (a WebSocket).
+    _open: Option<super::OpenConnection>,
 }
 
 impl<T> GuardedIo<T>
@@ -83,6 +86,7 @@ where
         body_timeout: Duration,
         header: &'static Header,
         log: Option<(Arc<AccessLog>, Arc<Peer>)>,
+        open: super::OpenConnection,
     ) -> Self {
         GuardedIo {
             inner: Some(inner),
@@ -98,6 +102,7 @@ where
             body_timer: None,
             body_progress: false,
             switched: false,
+            _open: Some(open),
         }
     }
 

@@ -507,10 +507,7 @@ fn spawn_connection<T>(
     let mut peer = conn::Peer::new(addr, shared);
     peer.local = local;
     let shared = shared.clone();
-    tokio::spawn(async move {
-        let _open = open;
-        conn::serve(shared, stream, peer).await;
-    });
+    tokio::spawn(conn::serve(shared, stream, peer, open));
 }
 
 /// Counts one connection as open (in the worker and its scoreboard slot) for as long as
@@ -518,7 +515,7 @@ fn spawn_connection<T>(
 /// connection's task only, tokio drops its future, and without this guard the count
 /// would stay up and every later drain would wait out `graceful_timeout` for a
 /// connection that is long gone.
-struct OpenConnection(Arc<Shared>);
+pub(crate) struct OpenConnection(Arc<Shared>);
 
 impl OpenConnection {
     fn count(shared: &Arc<Shared>) -> OpenConnection {
@@ -583,12 +580,22 @@ async fn drain(shared: &Arc<Shared>, accepting: AcceptTasks, graceful_timeout: D
         let _ = task.await;
     }
     let deadline = tokio::time::Instant::now() + graceful_timeout;
+    // Connections the app took over (WebSockets) are asked to close a little before
+    // the deadline, so that they can say goodbye before the master's SIGKILL.
+    let closing_at = deadline - (graceful_timeout / 10).min(Duration::from_secs(1));
+    let mut told_app = false;
     loop {
         let closed = shared.all_closed.notified();
         if shared.open_connections.load(Acquire) == 0 {
             break;
         }
-        if tokio::time::timeout_at(deadline, closed).await.is_err() {
+        let until = if told_app { deadline } else { closing_at };
+        if tokio::time::timeout_at(until, closed).await.is_err() {
+            if !told_app {
+                told_app = true;
+                shared.app.closing();
+                continue;
+            }
             tracing::warn!(
                 pid = std::process::id(),
                 open = shared.open_connections.load(Acquire),
