@@ -1252,6 +1252,39 @@ mod tests {
     }
 
     #[test]
+    fn python_keys_are_validated() {
+        let mut config = Config::default();
+        let origin = Origin::Flag("test");
+        let bad = |config: &mut Config, key: &'static str, value: Value| {
+            set(config, key, value, &origin).is_err()
+        };
+        assert!(bad(
+            &mut config,
+            "python.lifespan",
+            Value::String("maybe".into())
+        ));
+        assert!(bad(
+            &mut config,
+            "python.root_path",
+            Value::String("api".into())
+        ));
+        assert!(bad(
+            &mut config,
+            "python.root_path",
+            Value::String("/api/".into())
+        ));
+        assert!(bad(&mut config, "python.path", Value::Integer(3)));
+        assert!(set(
+            &mut config,
+            "python.path",
+            Value::String("a,b".into()),
+            &origin
+        )
+        .is_ok());
+        assert_eq!(config.python.path, ["a", "b"]);
+    }
+
+    #[test]
     fn printed_config_loads_back_to_the_same_config() {
         let mut config = Config::default();
         let origin = Origin::Flag("test");
@@ -1274,6 +1307,30 @@ mod tests {
             &mut config,
             "exec.command",
             Value::String("uvicorn app:app --fd 3".into()),
+            &origin,
+        )
+        .unwrap();
+        set(
+            &mut config,
+            "python.path",
+            Value::Array(vec![
+                Value::String("src".into()),
+                Value::String("/srv/lib".into()),
+            ]),
+            &origin,
+        )
+        .unwrap();
+        set(
+            &mut config,
+            "python.lifespan",
+            Value::String("off".into()),
+            &origin,
+        )
+        .unwrap();
+        set(
+            &mut config,
+            "python.root_path",
+            Value::String("/api".into()),
             &origin,
         )
         .unwrap();

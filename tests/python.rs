@@ -624,3 +624,62 @@ fn a_draining_worker_keeps_websockets_open_then_closes_them_with_1001() {
         server.log()
     );
 }
+
+#[test]
+fn a_100_mib_streamed_download_is_sent_under_backpressure() {
+    use std::io::{Read, Write};
+    let dir = app_dir("download");
+    let server = start(&dir, &["-w", "1"], "");
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+        .write_all(b"GET /download?mb=100 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // Read slowly at first: the app must wait for the socket, not buffer the stream.
+    let mut first = vec![0u8; 1024 * 1024];
+    stream.read_exact(&mut first).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, _, body) = get(&server.addr, "/rss").unwrap();
+    let rss_kib = json(&body)["rss_kib"].as_u64().unwrap();
+    assert!(
+        rss_kib < 64 * 1024,
+        "the worker holds {rss_kib} KiB while its client is slow"
+    );
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    let split = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&first[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // Chunked framing adds a little; the payload is 100 MiB of 'z'.
+    let total = first.len() - split - 4 + rest.len();
+    assert!(total >= 100 * 1024 * 1024, "{total} bytes");
+    let z = rest.iter().filter(|b| **b == b'z').count()
+        + first[split + 4..].iter().filter(|b| **b == b'z').count();
+    assert_eq!(z, 100 * 1024 * 1024);
+}
+
+#[test]
+fn root_path_and_lifespan_off_are_applied() {
+    let dir = app_dir("root-path");
+    // `config` ends with the [python] table: these keys land in it.
+    let config_path = config(&dir, "");
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    text.push_str("root_path = \"/api\"\nlifespan = \"off\"\n");
+    std::fs::write(&config_path, text).unwrap();
+    let server = Server::start_with_env(
+        &python_forkd(),
+        &["-c", config_path.to_str().unwrap(), "-w", "1"],
+        ENV,
+    );
+    let (status, _, body) = get(&server.addr, "/scope/x").unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let scope = json(&body);
+    assert_eq!(scope["root_path"], "/api");
+    assert_eq!(scope["path"], "/api/scope/x");
+    // No lifespan: no state.
+    let (status, _, _) = get(&server.addr, "/state").unwrap();
+    assert_eq!(status, 500);
+    assert!(!server.log_contains("lifespan shutdown ran"));
+}

@@ -71,6 +71,22 @@ async def forever_closed():
     return STREAM_CLOSED
 
 
+@app.get("/download")
+async def download(mb: int):
+    chunk = b"z" * 65536
+
+    async def chunks():
+        for _ in range(mb * 16):
+            yield chunk
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
+@app.get("/rss")
+async def rss():
+    return {"rss_kib": rss_kib()}
+
+
 @app.get("/boom")
 async def boom():
     raise ValueError("kaboom")
