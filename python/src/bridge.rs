@@ -14,6 +14,7 @@
 
 use bytes::Bytes;
 use forkd::app::{BoxError, ClientAddr, Response, Scheme, ServerAddr};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration};
@@ -40,8 +41,9 @@ pub struct Head {
     respond: oneshot::Sender<Response>,
     /// Rung by `receive()`: read one more body chunk.
     demand: Arc<Notify>,
-    /// The request has no body (or an empty one): `receive()` answers at once.
-    body_ended: bool,
+    /// The body's first chunk when it was there with the head (always, for a request
+    /// without a body): `receive()` answers it at once, without a round trip.
+    first: Option<(Bytes, bool)>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -171,7 +173,16 @@ impl forkd::app::App for PyApp {
             let (parts, mut body) = req.into_parts();
             let (respond, mut answer) = oneshot::channel();
             let demand = Arc::new(Notify::new());
-            let body_ended = body.is_end_stream();
+            let first = if body.is_end_stream() {
+                Some((Bytes::new(), false))
+            } else {
+                // Already read with the head (a small JSON body, typically)?
+                match next_chunk(&mut body).now_or_never() {
+                    Some(Some(chunk)) => Some(chunk),
+                    _ => None,
+                }
+            };
+            let body_ended = first.as_ref().is_some_and(|(_, more)| !more);
             let guard = DisconnectGuard {
                 id,
                 inbox: inbox.clone(),
@@ -181,7 +192,7 @@ impl forkd::app::App for PyApp {
                 parts,
                 respond,
                 demand: demand.clone(),
-                body_ended,
+                first,
                 runtime: tokio::runtime::Handle::current(),
             })));
             let mut reading = !body_ended;
@@ -370,7 +381,7 @@ impl Bridge {
             id,
             respond,
             demand,
-            body_ended,
+            first,
             runtime,
             ..
         } = head;
@@ -383,7 +394,7 @@ impl Bridge {
                 runtime,
                 create_future: self.create_future.clone_ref(py),
                 demand,
-                buffered: body_ended.then(|| (Bytes::new(), false)),
+                buffered: first,
                 body_done: false,
                 pending_receive: None,
                 disconnected: false,
