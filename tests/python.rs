@@ -683,3 +683,41 @@ fn root_path_and_lifespan_off_are_applied() {
     assert_eq!(status, 500);
     assert!(!server.log_contains("lifespan shutdown ran"));
 }
+
+#[test]
+fn http2_requests_reach_the_app_with_a_host_header() {
+    use http_body_util::BodyExt;
+    let dir = app_dir("h2");
+    let server = start(&dir, &["-w", "1"], "");
+    let addr = server.addr.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://{addr}/scope/h2?x=1"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap().to_bytes()
+    });
+    let scope = json(&body);
+    assert_eq!(scope["http_version"], "2");
+    assert_eq!(scope["query_string"], "x=1");
+    let headers = scope["headers"].as_array().unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "host" && h[1] == server.addr.as_str()),
+        "{headers:?}"
+    );
+}

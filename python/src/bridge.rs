@@ -495,6 +495,18 @@ impl Bridge {
         )?;
         scope.set_item(intern!(py, "root_path"), &self.root_path)?;
         let headers = PyList::empty(py);
+        if let Some(authority) = parts.uri.authority() {
+            // HTTP/2 carries the host as `:authority`; ASGI apps read the `host` header.
+            if !parts.headers.contains_key(hyper::header::HOST) {
+                headers.append(PyTuple::new(
+                    py,
+                    [
+                        PyBytes::new(py, b"host"),
+                        PyBytes::new(py, authority.as_str().as_bytes()),
+                    ],
+                )?)?;
+            }
+        }
         for (name, value) in &parts.headers {
             headers.append(PyTuple::new(
                 py,
