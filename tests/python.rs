@@ -86,7 +86,7 @@ fn a_build_without_python_support_exits_2_saying_how_to_get_it() {
 #[test]
 fn fastapi_json_path_query_post_stream_state_and_scope() {
     let dir = app_dir("json");
-    let server = start(&dir, &["-w", "1"], "");
+    let server = start(&dir, &["-w", "1"], "[env]\nAPP_ENV = \"staging\"\n");
     let log = server.log();
     assert!(
         log.contains("python 3.") && log.contains("loading fastapi_app:app"),
@@ -133,6 +133,10 @@ fn fastapi_json_path_query_post_stream_state_and_scope() {
         json(&body),
         serde_json::json!({"greeting": "hello from lifespan"})
     );
+
+    // `[env]` reaches os.environ.
+    let (_, _, body) = get(&server.addr, "/env").unwrap();
+    assert_eq!(json(&body)["APP_ENV"], "staging");
 
     let (status, _, body) = request(
         &server.addr,

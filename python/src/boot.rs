@@ -71,10 +71,19 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
         })
         .collect();
     let worker = py.import("forkd._worker")?;
+    // `[env]` was set with setenv(3) after the fork; Python's os.environ is a copy made
+    // when the interpreter started, in the master.
+    let env: Vec<(String, String)> = boot
+        .config
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let booted = worker.call_method1(
         "boot",
         (
             boot.spec,
+            env,
             paths,
             python.lifespan.as_str(),
             boot.progress_every.as_secs_f64(),

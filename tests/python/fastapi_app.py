@@ -116,6 +116,11 @@ async def scope(request: Request):
     }
 
 
+@app.get("/env")
+async def env():
+    return {"APP_ENV": os.environ.get("APP_ENV")}
+
+
 @app.get("/print")
 async def print_something():
     print("hello from print")

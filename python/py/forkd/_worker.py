@@ -10,6 +10,7 @@ shutdown; ``handle`` runs the app for one request.
 import asyncio
 import importlib
 import io
+import os
 import signal
 import sys
 import traceback
@@ -160,8 +161,9 @@ def _new_loop():
     return uvloop.new_event_loop()
 
 
-def boot(spec, paths, lifespan_mode, progress_every):
+def boot(spec, env, paths, lifespan_mode, progress_every):
     """Imports the app and runs its startup; returns (loop, app, lifespan, state, stopped)."""
+    os.environ.update(env)
     sys.stdout = _LineWriter(False, "<stdout>")
     sys.stderr = _LineWriter(True, "<stderr>")
     # forkd's server thread handles the worker's signals; the interpreter's own SIGINT
