@@ -497,17 +497,20 @@ fn server_frame(stream: &mut impl std::io::Read) -> (u8, Vec<u8>) {
 
 /// Opens a WebSocket to `/ws` (the handshake response is read and checked).
 fn open_websocket(addr: &str) -> std::net::TcpStream {
+    open_websocket_at(addr, "/ws")
+}
+
+fn open_websocket_at(addr: &str, path: &str) -> std::net::TcpStream {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    stream
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -724,4 +727,33 @@ fn http2_requests_reach_the_app_with_a_host_header() {
             .any(|h| h[0] == "host" && h[1] == server.addr.as_str()),
         "{headers:?}"
     );
+}
+
+#[test]
+fn a_websocket_app_sending_to_a_slow_client_waits_instead_of_buffering() {
+    let dir = app_dir("ws-flood");
+    let server = start(&dir, &["-w", "1"], "");
+    let mut stream = open_websocket_at(&server.addr, "/ws-flood");
+    // 36 MB on their way; the client reads nothing for a while.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (_, _, body) = get(&server.addr, "/rss").unwrap();
+    let rss_kib = json(&body)["rss_kib"].as_u64().unwrap();
+    assert!(
+        rss_kib < 64 * 1024,
+        "the worker holds {rss_kib} KiB for its slow WebSocket client"
+    );
+    let mut received = 0;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    loop {
+        let (opcode, payload) = server_frame(&mut stream);
+        if opcode == 0x8 {
+            break;
+        }
+        assert_eq!(opcode, 0x2);
+        assert_eq!(payload.len(), 60000);
+        received += 1;
+    }
+    assert_eq!(received, 600);
 }

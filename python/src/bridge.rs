@@ -59,6 +59,11 @@ pub enum Event {
         id: u64,
         data: Vec<u8>,
     },
+    /// A WebSocket message that had to wait was queued (`ok`) or the socket is gone.
+    WsSent {
+        id: u64,
+        ok: bool,
+    },
     /// The WebSocket closed (the client's close code, or 1006).
     WsClosed {
         id: u64,
@@ -431,6 +436,7 @@ impl Bridge {
             head,
             self.websockets.clone(),
             self.create_future.clone_ref(py),
+            self.inbox.clone(),
         )?;
         let conn = Py::new(py, conn)?;
         self.websockets.borrow_mut().insert(id, conn.clone_ref(py));
@@ -567,6 +573,10 @@ impl Bridge {
                     Some(conn) => conn.borrow_mut(py).binary(py, data),
                     None => Ok(()),
                 },
+                Event::WsSent { id, ok } => match self.websocket(py, id) {
+                    Some(conn) => conn.borrow_mut(py).sent(py, ok),
+                    None => Ok(()),
+                },
                 Event::WsClosed { id, code } => match self.websocket(py, id) {
                     Some(conn) => conn.borrow_mut(py).gone(py, code),
                     None => Ok(()),
@@ -595,7 +605,7 @@ pub(crate) fn resolve(py: Python<'_>, future: &PyObject, value: PyObject) -> PyR
     Ok(())
 }
 
-fn fail(py: Python<'_>, future: &PyObject, error: PyErr) -> PyResult<()> {
+pub(crate) fn fail(py: Python<'_>, future: &PyObject, error: PyErr) -> PyResult<()> {
     if !future
         .call_method0(py, intern!(py, "done"))?
         .is_truthy(py)?

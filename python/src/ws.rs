@@ -2,8 +2,9 @@
 //! upgrade request once the app has sent `websocket.accept` (101, with the accept key)
 //! or `websocket.close` (403), then runs the connection with tungstenite over hyper's
 //! upgraded IO: each message from the client is an event for the loop, each message the
-//! app sends goes out through an unbounded channel (WebSocket apps send what they have;
-//! the socket's own buffer is the limit that matters).
+//! app sends goes out through a small bounded channel, whose `send()` waits (an asyncio
+//! future resolved by an event) while it is full: a client that reads slowly slows the
+//! app down instead of filling the worker's memory.
 
 use crate::bridge::{ready, resolve, Event, Inbox};
 use bytes::Bytes;
@@ -44,8 +45,12 @@ pub struct Head {
     pub id: u64,
     pub parts: hyper::http::request::Parts,
     pub answer: oneshot::Sender<Answer>,
-    pub outgoing: mpsc::UnboundedSender<Outgoing>,
+    pub outgoing: mpsc::Sender<Outgoing>,
+    pub runtime: tokio::runtime::Handle,
 }
+
+/// Messages from the app in flight to the socket.
+const OUTGOING: usize = 16;
 
 /// Whether a request asks for a WebSocket (RFC 6455 section 4.1).
 pub fn is_upgrade(req: &forkd::app::Request) -> bool {
@@ -95,7 +100,7 @@ pub async fn serve(
         .unwrap_or_default();
     let (parts, _body) = req.into_parts();
     let (answer, answered) = oneshot::channel();
-    let (outgoing, to_send) = mpsc::unbounded_channel();
+    let (outgoing, to_send) = mpsc::channel(OUTGOING);
     let mut pending = Pending {
         id,
         inbox: inbox.clone(),
@@ -106,6 +111,7 @@ pub async fn serve(
         parts,
         answer,
         outgoing,
+        runtime: tokio::runtime::Handle::current(),
     })));
     let (subprotocol, headers) = match answered.await {
         Ok(Answer::Accept {
@@ -145,7 +151,7 @@ fn deny(status: u16) -> Response {
 /// Runs an accepted WebSocket until either side closes it; returns the close code.
 async fn run(
     upgraded: hyper::upgrade::Upgraded,
-    mut to_send: mpsc::UnboundedReceiver<Outgoing>,
+    mut to_send: mpsc::Receiver<Outgoing>,
     mut closing: tokio::sync::watch::Receiver<bool>,
     id: u64,
     inbox: &Inbox,
@@ -204,8 +210,12 @@ pub struct WsConn {
     id: u64,
     conns: WsConns,
     create_future: PyObject,
+    inbox: Arc<Inbox>,
+    runtime: tokio::runtime::Handle,
     answer: Option<oneshot::Sender<Answer>>,
-    outgoing: Option<mpsc::UnboundedSender<Outgoing>>,
+    outgoing: Option<mpsc::Sender<Outgoing>>,
+    /// A `send()` waiting for room in `outgoing`.
+    pending_send: Option<PyObject>,
     /// Messages for `receive()`, oldest first (`websocket.connect` to begin with).
     queue: VecDeque<PyObject>,
     pending_receive: Option<PyObject>,
@@ -218,6 +228,7 @@ impl WsConn {
         head: Head,
         conns: WsConns,
         create_future: PyObject,
+        inbox: Arc<Inbox>,
     ) -> PyResult<WsConn> {
         let connect = PyDict::new(py);
         connect.set_item(intern!(py, "type"), intern!(py, "websocket.connect"))?;
@@ -225,8 +236,11 @@ impl WsConn {
             id: head.id,
             conns,
             create_future,
+            inbox,
+            runtime: head.runtime,
             answer: Some(head.answer),
             outgoing: Some(head.outgoing),
+            pending_send: None,
             queue: VecDeque::from([connect.into_any().unbind()]),
             pending_receive: None,
             closed: false,
@@ -263,6 +277,9 @@ impl WsConn {
         }
         self.closed = true;
         self.outgoing = None;
+        if let Some(future) = self.pending_send.take() {
+            crate::bridge::fail(py, &future, gone_error())?;
+        }
         let message = PyDict::new(py);
         message.set_item(intern!(py, "type"), intern!(py, "websocket.disconnect"))?;
         message.set_item(intern!(py, "code"), code)?;
@@ -274,9 +291,35 @@ impl WsConn {
         if let Some(answer) = self.answer.take() {
             let _ = answer.send(Answer::Deny(deny));
         } else if let Some(outgoing) = self.outgoing.take() {
-            let _ = outgoing.send(Outgoing::Close(close, String::new()));
+            let _ = self.post(&outgoing, Outgoing::Close(close, String::new()));
         }
         self.pending_receive = None;
+        self.pending_send = None;
+    }
+
+    /// Queues `item` for the socket: Ok(true) if it had to wait (a task sends it and an
+    /// event says when), Err if the socket is gone.
+    fn post(&self, outgoing: &mpsc::Sender<Outgoing>, item: Outgoing) -> Result<bool, ()> {
+        match outgoing.try_send(item) {
+            Ok(()) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                let (outgoing, inbox, id) = (outgoing.clone(), self.inbox.clone(), self.id);
+                self.runtime.spawn(async move {
+                    let ok = outgoing.send(item).await.is_ok();
+                    inbox.push(Event::WsSent { id, ok });
+                });
+                Ok(true)
+            }
+        }
+    }
+
+    pub fn sent(&mut self, py: Python<'_>, ok: bool) -> PyResult<()> {
+        match self.pending_send.take() {
+            Some(future) if ok => resolve(py, &future, py.None()),
+            Some(future) => crate::bridge::fail(py, &future, gone_error()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -336,7 +379,7 @@ impl WsConn {
                         "websocket.send before websocket.accept",
                     ));
                 }
-                let outgoing = self.outgoing.as_ref().ok_or_else(gone_error)?;
+                let outgoing = self.outgoing.clone().ok_or_else(gone_error)?;
                 let message = match message.get_item(intern!(py, "bytes"))? {
                     Some(data) if !data.is_none() => Message::Binary(data.extract::<Vec<u8>>()?),
                     _ => match message.get_item(intern!(py, "text"))? {
@@ -348,10 +391,15 @@ impl WsConn {
                         }
                     },
                 };
-                outgoing
-                    .send(Outgoing::Message(message))
-                    .map_err(|_| gone_error())?;
-                ready(py, py.None())
+                match self.post(&outgoing, Outgoing::Message(message)) {
+                    Ok(false) => ready(py, py.None()),
+                    Ok(true) => {
+                        let future = self.create_future.call0(py)?;
+                        self.pending_send = Some(future.clone_ref(py));
+                        Ok(future)
+                    }
+                    Err(()) => Err(gone_error()),
+                }
             }
             "websocket.close" => {
                 let code = match message.get_item(intern!(py, "code"))? {
@@ -365,7 +413,7 @@ impl WsConn {
                 if let Some(answer) = self.answer.take() {
                     let _ = answer.send(Answer::Deny(403));
                 } else if let Some(outgoing) = self.outgoing.take() {
-                    let _ = outgoing.send(Outgoing::Close(code, reason));
+                    let _ = self.post(&outgoing, Outgoing::Close(code, reason));
                 }
                 ready(py, py.None())
             }

@@ -171,3 +171,12 @@ async def echo(websocket: WebSocket):
             await websocket.send_text(f"echo: {text} ({websocket.state.greeting})")
     except WebSocketDisconnect as gone:
         print(f"websocket closed by the client with code {gone.code}")
+
+
+@app.websocket("/ws-flood")
+async def flood(websocket: WebSocket):
+    await websocket.accept()
+    message = b"w" * 60000
+    for _ in range(600):
+        await websocket.send_bytes(message)
+    await websocket.close()
