@@ -782,14 +782,18 @@ impl Conn {
     }
 }
 
-fn bytes_of(value: Option<Bound<'_, PyAny>>) -> PyResult<Bytes> {
-    match value {
-        None => Ok(Bytes::new()),
-        Some(value) => match value.downcast::<PyBytes>() {
-            Ok(bytes) => Ok(Bytes::copy_from_slice(bytes.as_bytes())),
-            Err(_) => Ok(Bytes::from(value.extract::<Vec<u8>>()?)),
-        },
+/// The bytes of a `bytes` object (one copy), or of a bytearray / memoryview / other
+/// buffer through `bytes(value)`.
+pub(crate) fn bytes_of(value: Option<Bound<'_, PyAny>>) -> PyResult<Bytes> {
+    let Some(value) = value else {
+        return Ok(Bytes::new());
+    };
+    if let Ok(bytes) = value.downcast::<PyBytes>() {
+        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
     }
+    let converted = value.py().get_type::<PyBytes>().call1((value,))?;
+    let bytes = converted.downcast::<PyBytes>()?;
+    Ok(Bytes::copy_from_slice(bytes.as_bytes()))
 }
 
 #[pymethods]

@@ -381,7 +381,9 @@ impl WsConn {
                 }
                 let outgoing = self.outgoing.clone().ok_or_else(gone_error)?;
                 let message = match message.get_item(intern!(py, "bytes"))? {
-                    Some(data) if !data.is_none() => Message::Binary(data.extract::<Vec<u8>>()?),
+                    Some(data) if !data.is_none() => {
+                        Message::Binary(crate::bridge::bytes_of(Some(data))?.to_vec())
+                    }
                     _ => match message.get_item(intern!(py, "text"))? {
                         Some(text) if !text.is_none() => Message::Text(text.extract::<String>()?),
                         _ => {

@@ -177,6 +177,6 @@ async def echo(websocket: WebSocket):
 async def flood(websocket: WebSocket):
     await websocket.accept()
     message = b"w" * 60000
-    for _ in range(600):
+    for _ in range(2000):
         await websocket.send_bytes(message)
     await websocket.close()
