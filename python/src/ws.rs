@@ -357,8 +357,8 @@ impl WsConn {
                 if let Some(list) = message.get_item(intern!(py, "headers"))? {
                     for item in list.try_iter()? {
                         let item = item?;
-                        let name: Vec<u8> = item.get_item(0)?.extract()?;
-                        let value: Vec<u8> = item.get_item(1)?.extract()?;
+                        let name = crate::bridge::bytes_of(Some(item.get_item(0)?))?;
+                        let value = crate::bridge::bytes_of(Some(item.get_item(1)?))?;
                         if let (Ok(name), Ok(value)) = (
                             hyper::header::HeaderName::from_bytes(&name),
                             HeaderValue::from_bytes(&value),
