@@ -9,6 +9,9 @@
 #   util-linux                    unshare and nsenter
 #   python3 + pip, uvicorn        the reference exec worker
 #   curl                          an HTTPS client for tests/tls.rs (HTTP/1.1 and HTTP/2)
+#   python3-venv; target/pyenv-test  a virtualenv with FastAPI and forkd's own Python
+#                                 package (a debug build, `maturin develop`), for
+#                                 tests/python.rs (PYTHON_TEST_VENV overrides the path)
 set -euo pipefail
 
 as_root() {
@@ -33,6 +36,7 @@ command -v systemd-nspawn >/dev/null || apt_packages+=(systemd-container)
 { command -v unshare && command -v nsenter; } >/dev/null || apt_packages+=(util-linux)
 command -v python3 >/dev/null || apt_packages+=(python3 python3-pip)
 command -v curl >/dev/null || apt_packages+=(curl)
+python3 -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
 if ((${#apt_packages[@]})); then
   if ! command -v apt-get >/dev/null; then
     echo "test-deps: missing ${apt_packages[*]} and no apt-get to install them" >&2
@@ -48,3 +52,23 @@ if ! python3 -c "import uvicorn" 2>/dev/null || ! command -v uvicorn >/dev/null;
   python3 -m pip install --quiet --disable-pip-version-check uvicorn 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages uvicorn
 fi
+
+# The Python package's test environment: made once, then only brought up to date (the
+# extension module is rebuilt incrementally, sharing target/ with the root crate).
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${PYTHON_TEST_VENV:-$root/target/pyenv-test}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import fastapi, maturin" 2>/dev/null; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check maturin fastapi
+fi
+(
+  cd "$root"
+  export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$root/target"
+  if [ -x "$venv/bin/forkd" ] && "$venv/bin/python" -c "import forkd._native" 2>/dev/null; then
+    maturin develop --quiet --skip-install # rebuild the module in place (editable install)
+  else
+    maturin develop --quiet
+  fi
+)

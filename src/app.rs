@@ -26,6 +26,10 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[derive(Debug, Clone)]
 pub struct ClientAddr(pub String);
 
+/// The local address the request arrived on (TCP listeners only): the ASGI `server`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerAddr(pub std::net::SocketAddr);
+
 /// `http` or `https` as a trusted proxy reported it (`Forwarded: proto=` or
 /// `X-Forwarded-Proto`), else `https` on a `tls://` listener; absent when neither
 /// says, which means `http`.
@@ -46,6 +50,12 @@ pub struct TlsServerName(pub std::sync::Arc<str>);
 /// A request handler. Implemented for any `Fn(Request) -> impl Future<Output = Response>`.
 pub trait App: Send + Sync + 'static {
     fn call(&self, req: Request) -> BoxFuture<Response>;
+
+    /// Called once when a draining worker's `graceful_timeout` is nearly over and
+    /// connections are still open: connections the app took over (WebSockets, after a
+    /// 101) should be closed now, cleanly. They count as open until they are dropped,
+    /// so the drain waits for them up to `graceful_timeout`.
+    fn closing(&self) {}
 }
 
 impl<F, Fut> App for F

@@ -72,7 +72,7 @@ pub struct Cli {
     /// Error log: "-" (stderr) or a file.
     #[arg(long, value_name = "TARGET")]
     pub error_log: Option<String>,
-    /// Built-in app to serve: hello | echo.
+    /// App to serve: a built-in one (hello | echo) or a Python ASGI app, MODULE:ATTR.
     #[arg(value_name = "APP")]
     pub app: Option<String>,
     /// Run COMMAND as each worker (exec workers), after `--`.

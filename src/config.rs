@@ -143,6 +143,36 @@ pub enum ReadyMode {
     After(Duration),
 }
 
+/// `[python]`: how a worker runs a `MODULE:ATTR` ASGI app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Python {
+    /// Directories put first on `sys.path`, relative to `chdir` (or the start directory).
+    pub path: Vec<String>,
+    pub lifespan: Lifespan,
+    /// The ASGI `root_path` of every request (an app mounted under a prefix).
+    pub root_path: String,
+}
+
+/// `python.lifespan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifespan {
+    /// Run it; an app that does not support it is served anyway.
+    Auto,
+    /// Run it; an app that does not support it fails to boot.
+    On,
+    Off,
+}
+
+impl Lifespan {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifespan::Auto => "auto",
+            Lifespan::On => "on",
+            Lifespan::Off => "off",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exec {
     pub command: Vec<String>, // empty = no exec workers
@@ -178,6 +208,7 @@ pub struct Config {
     pub limits: Limits,
     pub health: Health,
     pub metrics: Metrics,
+    pub python: Python,
     pub exec: Exec,
     pub tls: Tls,
 }
@@ -228,7 +259,7 @@ impl Origin<'_> {
 
 /// Every key: (dotted key, what is allowed). The order is the print order.
 const KEYS: &[(&str, &str)] = &[
-    ("app", "a built-in app name: hello | echo"),
+    ("app", "a built-in app name (hello | echo) or a Python ASGI app as MODULE:ATTR or MODULE:ATTR()"),
     ("bind", "a list of \"HOST:PORT\", \"[V6]:PORT\", \"unix:/path\", \"fd://N\" (N >= 3) or \"fd://NAME\" (a socket systemd passed by that name); \"tls://HOST:PORT\", \"tls+fd://NAME\" or \"tls+unix:/path\" for HTTPS with [tls]"),
     ("workers", "an integer >= 1 or \"auto\""),
     ("threads", "an integer >= 1"),
@@ -262,6 +293,9 @@ const KEYS: &[(&str, &str)] = &[
     ("health.ready_path", "a path starting with /"),
     ("health.shutdown_delay", "a duration: seconds or a string like \"5s\""),
     ("metrics.bind", "\"HOST:PORT\" or \"unix:/path\""),
+    ("python.path", "a list of directories (relative to chdir or the start directory)"),
+    ("python.lifespan", "auto | on | off"),
+    ("python.root_path", "a string: empty, or a path starting with / and not ending with /"),
     ("exec.command", "a non-empty list of strings (the program and its arguments)"),
     ("exec.ready", "\"auto\", \"notify\" or a duration such as \"2s\""),
     ("tls.certfile", "a PEM file: the certificate chain, the server's certificate first"),
@@ -273,7 +307,9 @@ const KEYS: &[(&str, &str)] = &[
     ("tls.handshake_timeout", "a duration > 0: seconds or a string like \"10s\""),
 ];
 
-const TABLES: &[&str] = &["env", "log", "limits", "health", "metrics", "exec", "tls"];
+const TABLES: &[&str] = &[
+    "env", "log", "limits", "health", "metrics", "python", "exec", "tls",
+];
 
 fn allowed(key: &str) -> &'static str {
     KEYS.iter().find(|(k, _)| *k == key).map_or("", |(_, a)| a)
@@ -324,6 +360,11 @@ impl Default for Config {
                 shutdown_delay: Duration::ZERO,
             },
             metrics: Metrics { bind: None },
+            python: Python {
+                path: vec![".".to_string()],
+                lifespan: Lifespan::Auto,
+                root_path: String::new(),
+            },
             exec: Exec {
                 command: Vec::new(),
                 ready: ReadyMode::Auto,
@@ -709,6 +750,20 @@ fn set(
                 return Err(fail("it must be greater than 0".into()));
             }
             config.tls.handshake_timeout = d;
+        }
+        "python.path" => config.python.path = list(&value).ok_or_else(|| bad(&value))?,
+        "python.lifespan" => {
+            config.python.lifespan = match text(&value).as_deref() {
+                Some("auto") => Lifespan::Auto,
+                Some("on") => Lifespan::On,
+                Some("off") => Lifespan::Off,
+                _ => return Err(bad(&value)),
+            }
+        }
+        "python.root_path" => {
+            config.python.root_path = text(&value)
+                .filter(|p| p.is_empty() || (p.starts_with('/') && !p.ends_with('/')))
+                .ok_or_else(|| bad(&value))?
         }
         "exec.command" => {
             let words = match &value {
@@ -1258,6 +1313,12 @@ impl Config {
             "bind",
             self.metrics.bind.as_ref().map(|b| quoted(&b.to_string())),
         );
+        out.push_str(&format!(
+            "\n[python]\npath = {}\nlifespan = {}\nroot_path = {}\n",
+            quoted_list(self.python.path.iter().cloned()),
+            quoted(self.python.lifespan.as_str()),
+            quoted(&self.python.root_path)
+        ));
         out.push_str("\n[exec]\n");
         let command =
             (!self.exec.command.is_empty()).then(|| quoted_list(self.exec.command.iter().cloned()));
@@ -1423,6 +1484,39 @@ mod tests {
     }
 
     #[test]
+    fn python_keys_are_validated() {
+        let mut config = Config::default();
+        let origin = Origin::Flag("test");
+        let bad = |config: &mut Config, key: &'static str, value: Value| {
+            set(config, key, value, &origin).is_err()
+        };
+        assert!(bad(
+            &mut config,
+            "python.lifespan",
+            Value::String("maybe".into())
+        ));
+        assert!(bad(
+            &mut config,
+            "python.root_path",
+            Value::String("api".into())
+        ));
+        assert!(bad(
+            &mut config,
+            "python.root_path",
+            Value::String("/api/".into())
+        ));
+        assert!(bad(&mut config, "python.path", Value::Integer(3)));
+        assert!(set(
+            &mut config,
+            "python.path",
+            Value::String("a,b".into()),
+            &origin
+        )
+        .is_ok());
+        assert_eq!(config.python.path, ["a", "b"]);
+    }
+
+    #[test]
     fn printed_config_loads_back_to_the_same_config() {
         let mut config = Config::default();
         let origin = Origin::Flag("test");
@@ -1445,6 +1539,30 @@ mod tests {
             &mut config,
             "exec.command",
             Value::String("uvicorn app:app --fd 3".into()),
+            &origin,
+        )
+        .unwrap();
+        set(
+            &mut config,
+            "python.path",
+            Value::Array(vec![
+                Value::String("src".into()),
+                Value::String("/srv/lib".into()),
+            ]),
+            &origin,
+        )
+        .unwrap();
+        set(
+            &mut config,
+            "python.lifespan",
+            Value::String("off".into()),
+            &origin,
+        )
+        .unwrap();
+        set(
+            &mut config,
+            "python.root_path",
+            Value::String("/api".into()),
             &origin,
         )
         .unwrap();

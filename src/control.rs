@@ -19,7 +19,6 @@
 use crate::config::Config;
 use crate::master::signals;
 use nix::sys::signal::Signal;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// How long `-s reload` waits for the master's answer.
@@ -95,12 +94,12 @@ pub fn signal_for(name: &str) -> Option<Signal> {
     })
 }
 
-pub fn send_signal(config: &Config, name: &str) -> ExitCode {
+pub fn send_signal(config: &Config, name: &str) -> u8 {
     match try_send(config, name) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("forkd: {e}");
-            ExitCode::from(1)
+            1
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 mod dirfd;
 mod forwarded;
+pub mod hosted;
 mod listeners;
 mod logging;
 pub(crate) mod master;
@@ -54,18 +55,41 @@ pub fn run(app: AppFactory) -> ExitCode {
 
 /// The `forkd` binary's entry point; `embedded` is None for the built-in apps.
 pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
+    ExitCode::from(run_main(
+        std::env::args_os().collect(),
+        embedded,
+        hosted::Host::default(),
+    ))
+}
+
+/// The entry point for a host embedding forkd in another runtime (the Python package):
+/// `args` is the command line (program name first), `host` its hooks.
+/// Returns the exit code.
+pub fn main_with_host(args: Vec<std::ffi::OsString>, host: hosted::Host) -> u8 {
+    run_main(args, None, host)
+}
+
+fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: hosted::Host) -> u8 {
     // Resolved now, before anything renames the process or replaces the binary on disk:
     // USR2 re-executes this path with these arguments.
-    let relaunch = master::upgrade::Relaunch {
-        exe: std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe")),
-        args: std::env::args_os().collect(),
-        cwd: std::env::current_dir().ok(),
+    let relaunch = match host.relaunch.clone() {
+        Some((exe, args)) => master::upgrade::Relaunch {
+            exe,
+            args,
+            cwd: std::env::current_dir().ok(),
+        },
+        None => master::upgrade::Relaunch {
+            exe: std::env::current_exe()
+                .unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe")),
+            args: args.clone(),
+            cwd: std::env::current_dir().ok(),
+        },
     };
-    let mut cli = match cli::Cli::parse_args(std::env::args_os()) {
+    let mut cli = match cli::Cli::parse_args(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
     // HUP re-reads the file after `chdir` may have moved the master elsewhere.
@@ -80,14 +104,15 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(EXIT_USAGE);
+            return EXIT_USAGE;
         }
     };
-    let resolve = app_resolver(embedded);
+    let fork_hooks = host.fork;
+    let resolve = app_resolver(embedded, host.loader);
     if cli.check_config || cli.print_config {
         if let Err(e) = resolve(&config) {
             eprintln!("forkd: config error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return EXIT_USAGE;
         }
         if cli.check_config {
             // The files too: a bad key is found now, not at the next start or HUP.
@@ -99,14 +124,14 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("forkd: config error: {e}");
-                    return ExitCode::from(EXIT_USAGE);
+                    return EXIT_USAGE;
                 }
             }
         }
         if cli.print_config {
             print!("{}", config.to_toml());
         }
-        return ExitCode::SUCCESS;
+        return 0;
     }
     if let Some(name) = &cli.signal {
         // A reload is checked here first, as `nginx -t` before `nginx -s reload`: an
@@ -117,13 +142,13 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         if name == "reload" && names_workers {
             if let Err(e) = resolve(&config) {
                 eprintln!("forkd: config error: {e}");
-                return ExitCode::from(EXIT_USAGE);
+                return EXIT_USAGE;
             }
         }
         if name == "reload" {
             if let Err(e) = tls::load(&config) {
                 eprintln!("forkd: config error: {e}");
-                return ExitCode::from(EXIT_USAGE);
+                return EXIT_USAGE;
             }
         }
         return control::send_signal(&config, name);
@@ -133,21 +158,21 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         // once and clearly rather than as a crash loop.
         if !config.exec.command.is_empty() {
             eprintln!("forkd: no worker could boot: {e}");
-            return ExitCode::from(EXIT_NO_WORKER);
+            return EXIT_NO_WORKER;
         }
         eprintln!("forkd: config error: {e}");
-        return ExitCode::from(EXIT_USAGE);
+        return EXIT_USAGE;
     }
     let tls = match tls::load(&config) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("forkd: config error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return EXIT_USAGE;
         }
     };
     if let Err(e) = logging::init(&config.log) {
         eprintln!("forkd: {e}");
-        return ExitCode::from(EXIT_FAILURE);
+        return EXIT_FAILURE;
     }
     let tls = tls.map(|loaded| {
         for warning in &loaded.warnings {
@@ -165,19 +190,23 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         }
         Ok(config)
     });
-    match master::Master::new(config, tls, reload, resolve, relaunch) {
+    match master::Master::new(config, tls, reload, resolve, relaunch, fork_hooks) {
         Ok(master) => master.run(),
         Err(e) => {
             tracing::error!("cannot start: {e}");
             logging::flush();
-            ExitCode::from(EXIT_FAILURE)
+            EXIT_FAILURE
         }
     }
 }
 
 /// Picks what workers run for a config: an exec command if one is given, else the
-/// embedded app if this is a library build, else a built-in app by name.
-fn app_resolver(embedded: Option<AppFactory>) -> master::AppResolver {
+/// embedded app if this is a library build, else a Python app (`MODULE:ATTR`) or a
+/// built-in app by name.
+fn app_resolver(
+    embedded: Option<AppFactory>,
+    loader: Option<hosted::HostedLoader>,
+) -> master::AppResolver {
     Box::new(move |config: &config::Config| {
         if !config.exec.command.is_empty() {
             metrics::check_exec(config)?;
@@ -189,6 +218,21 @@ fn app_resolver(embedded: Option<AppFactory>) -> master::AppResolver {
             return Ok(master::Program::Native(factory.clone()));
         }
         match config.app.as_deref() {
+            Some(spec) if hosted::is_python_app(spec) => {
+                hosted::check_python_spec(spec)?;
+                let Some(loader) = &loader else {
+                    return Err(format!(
+                        "key `app`: {spec:?} is a Python ASGI app (MODULE:ATTR), and this forkd \
+                         was built without Python support; install the Python package into \
+                         the app's virtualenv (`pip install /path/to/forkd`, or `pip install .` \
+                         in forkd's repository) and run the `forkd` command it installs"
+                    ));
+                };
+                Ok(master::Program::Hosted(hosted::HostedProgram {
+                    spec: spec.to_string(),
+                    loader: loader.clone(),
+                }))
+            }
             Some(name) => apps::builtin(name).map(master::Program::Native).ok_or_else(|| {
                 format!(
                     "key `app`: unknown app {name:?}; built-in apps are {}",

@@ -28,7 +28,6 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use notify::SystemdLink;
 use std::os::fd::AsRawFd;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upgrade::{Relaunch, Upgrade};
@@ -107,6 +106,9 @@ pub enum Program {
     Native(AppFactory),
     /// A program exec'd after the fork, given the listeners (exec workers).
     Exec(Arc<exec::ExecProgram>),
+    /// A hyper server around an app of the host's runtime (a Python ASGI app), whose
+    /// event loop owns the worker's main thread.
+    Hosted(crate::hosted::HostedProgram),
 }
 
 /// How often a booting exec worker is looked at in /proc for `ready = "auto"`.
@@ -191,6 +193,8 @@ pub struct Master {
     config: Arc<Config>,
     generation: u64,
     factory: Program,
+    /// The host's hooks around `fork()` (the Python package's interpreter), if any.
+    fork_hooks: Option<crate::hosted::ForkHooks>,
     reload_config: Reloader,
     resolve_app: AppResolver,
     listeners: Vec<Listener>,
@@ -265,6 +269,7 @@ impl Master {
         reload_config: Reloader,
         resolve_app: AppResolver,
         relaunch: Relaunch,
+        fork_hooks: Option<crate::hosted::ForkHooks>,
     ) -> Result<Master, String> {
         let factory = resolve_app(&config)?;
         let systemd = SystemdLink::from_env();
@@ -297,6 +302,7 @@ impl Master {
             config: Arc::new(config),
             generation: 1,
             factory,
+            fork_hooks,
             reload_config,
             resolve_app,
             listeners,
@@ -335,7 +341,7 @@ impl Master {
     }
 
     /// The supervisor loop. Returns forkd's exit code.
-    pub fn run(mut self) -> ExitCode {
+    pub fn run(mut self) -> u8 {
         crate::proctitle::set("forkd: master");
         tracing::info!(pid = self.pid, workers = self.target, "master started");
         loop {
@@ -362,7 +368,7 @@ impl Master {
             self.report_to_systemd();
             if let Some(code) = self.finished() {
                 self.cleanup();
-                return ExitCode::from(code);
+                return code;
             }
         }
     }
@@ -1149,7 +1155,9 @@ impl Master {
             self.target, self.generation
         );
         let full = match self.factory {
-            Program::Native(_) => format!("{counts}, {served} requests served"),
+            Program::Native(_) | Program::Hosted(_) => {
+                format!("{counts}, {served} requests served")
+            }
             Program::Exec(_) => counts.clone(),
         };
         (counts, full)
@@ -1331,6 +1339,31 @@ impl Master {
         };
     }
 
+    /// In a forked child: becomes a worker serving `app`; never returns.
+    fn run_worker(
+        &self,
+        number: u64,
+        slot: &'static crate::scoreboard::Slot,
+        app: worker::WorkerApp,
+    ) -> ! {
+        self.close_master_fds_in_child();
+        for (key, value) in &self.config.env {
+            std::env::set_var(key, value);
+        }
+        worker::run(WorkerContext {
+            number,
+            slot,
+            board: self.scoreboard.board(),
+            master_pid: self.pid,
+            doorbell: self.doorbell.write.as_raw_fd(),
+            config: self.config.clone(),
+            listeners: &self.listeners,
+            metrics: self.metrics.as_ref(),
+            app,
+            tls: self.tls.clone(),
+        })
+    }
+
     fn spawn_worker(&mut self) -> Result<(), String> {
         let slot_index = self
             .scoreboard
@@ -1349,9 +1382,19 @@ impl Master {
                 self.scoreboard.release(slot_index);
             })?);
         }
+        if let Some(hooks) = &self.fork_hooks {
+            (hooks.before)();
+        }
         // SAFETY: the master is single-threaded (no runtime, no helper threads), so the
         // child's copy of memory holds no lock another thread owned.
-        match unsafe { fork() } {
+        let forked = unsafe { fork() };
+        if let Some(hooks) = &self.fork_hooks {
+            match forked {
+                Ok(ForkResult::Child) => (hooks.child)(),
+                _ => (hooks.parent)(),
+            }
+        }
+        match forked {
             Ok(ForkResult::Child) => {
                 signals::restore_in_child();
                 let slot = self.scoreboard.slot(slot_index);
@@ -1376,22 +1419,10 @@ impl Master {
                         })
                     }
                     Program::Native(factory) => {
-                        self.close_master_fds_in_child();
-                        for (key, value) in &self.config.env {
-                            std::env::set_var(key, value);
-                        }
-                        worker::run(WorkerContext {
-                            number,
-                            slot,
-                            board: self.scoreboard.board(),
-                            master_pid: self.pid,
-                            doorbell: self.doorbell.write.as_raw_fd(),
-                            config: self.config.clone(),
-                            listeners: &self.listeners,
-                            metrics: self.metrics.as_ref(),
-                            factory: factory.clone(),
-                            tls: self.tls.clone(),
-                        })
+                        self.run_worker(number, slot, worker::WorkerApp::Native(factory.clone()))
+                    }
+                    Program::Hosted(program) => {
+                        self.run_worker(number, slot, worker::WorkerApp::Hosted(program.clone()))
                     }
                 }
             }
@@ -1416,6 +1447,13 @@ impl Master {
                         worker = number,
                         generation = self.generation,
                         "worker started"
+                    ),
+                    Program::Hosted(program) => tracing::info!(
+                        pid = child.as_raw(),
+                        worker = number,
+                        generation = self.generation,
+                        "worker started: {}",
+                        program.spec
                     ),
                 }
                 self.workers.push(Worker {

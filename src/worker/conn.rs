@@ -21,7 +21,7 @@ use super::limits::Violation;
 use super::Shared;
 use crate::access_log::{AccessLog, Outcome, Record, Remote};
 use crate::app::RequestBody;
-use crate::app::{respond, Body, ClientAddr, ClientCertSubject, Scheme, TlsServerName};
+use crate::app::{respond, Body, ClientAddr, ClientCertSubject, Scheme, ServerAddr, TlsServerName};
 use crate::body::{Cut, Verdict};
 use crate::forwarded::Client;
 use crate::scoreboard::{monotonic_ms, Rejection, Slot, FLAG_RETIRE};
@@ -55,6 +55,8 @@ const RESET_FLOOD_GRACE: Duration = Duration::from_secs(1);
 pub(super) struct Peer {
     /// None for unix sockets.
     pub addr: Option<SocketAddr>,
+    /// The local end (TCP only), for apps that want it (`ServerAddr`).
+    pub local: Option<SocketAddr>,
     /// `ClientAddr` when no trusted proxy says otherwise: `IP:PORT`, or `unix`.
     pub display: String,
     /// The peer is in `forwarded_allow_ips`: its proxy headers are believed.
@@ -68,6 +70,7 @@ impl Peer {
         let ip = addr.map_or(crate::forwarded::UNIX_PEER, |a| a.ip());
         Peer {
             addr,
+            local: None,
             display: addr.map_or_else(|| "unix".to_string(), |a| a.to_string()),
             trusted: shared.proxies.trusts(ip),
             tls: None,
@@ -351,7 +354,7 @@ impl Drop for RequestGuard {
 }
 
 /// Serves one accepted connection until it ends, is idle too long, or the drain ends it.
-pub async fn serve<T>(shared: Arc<Shared>, stream: T, peer: Peer)
+pub async fn serve<T>(shared: Arc<Shared>, stream: T, peer: Peer, open: super::OpenConnection)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -370,6 +373,7 @@ where
         shared.body_read_timeout,
         shared.board.header(),
         shared.access_log.clone().map(|log| (log, peer.clone())),
+        Some(open),
     ));
     let service = {
         let shared = shared.clone();
@@ -443,7 +447,9 @@ where
             }
         })
     };
-    let conn = shared.http.serve_connection(io, service);
+    // With upgrades: an app answering 101 (a WebSocket) gets the connection's IO
+    // (`hyper::upgrade::on`), which the limits IO then passes through unscanned.
+    let conn = shared.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut drain = shared.drain_signal();
     let mut drain_seen = *drain.borrow();
@@ -535,6 +541,9 @@ fn prepare(shared: &Shared, peer: &Peer, req: &mut crate::app::Request) -> Optio
     });
     let extensions = req.extensions_mut();
     extensions.insert(ClientAddr(client));
+    if let Some(local) = peer.local {
+        extensions.insert(ServerAddr(local));
+    }
     if let Some(scheme) = scheme {
         extensions.insert(Scheme(scheme));
     }

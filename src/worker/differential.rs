@@ -103,6 +103,7 @@ fn forkd_path(
         std::time::Duration::ZERO,
         board().1.header(),
         None,
+        None,
     )
 }
 

@@ -85,6 +85,9 @@ where
     h2: Option<H2Frames>,
     /// The client flooded PING or SETTINGS frames: hyper got an error, then sees the end.
     h2_flood: bool,
+    /// Counts the connection as open for as long as its IO lives, which after a
+    /// protocol switch is as long as the app holds it (a WebSocket).
+    _open: Option<super::OpenConnection>,
 }
 
 /// Follows the frame boundaries of an HTTP/2 connection's incoming bytes to count the
@@ -163,6 +166,7 @@ where
         body_timeout: Duration,
         header: &'static Header,
         log: Option<(Arc<AccessLog>, Arc<Peer>)>,
+        open: Option<super::OpenConnection>,
     ) -> Self {
         GuardedIo {
             inner: Some(inner),
@@ -180,6 +184,7 @@ where
             switched: false,
             h2: None,
             h2_flood: false,
+            _open: open,
         }
     }
 

@@ -44,9 +44,18 @@ pub struct WorkerContext<'a> {
     pub listeners: &'a [Listener],
     /// The `[metrics]` listener, if metrics are on.
     pub metrics: Option<&'a Listener>,
-    pub factory: AppFactory,
+    pub app: WorkerApp,
     /// The `[tls]` of this worker's generation, loaded by the master before the fork.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// What a worker serves.
+pub enum WorkerApp {
+    /// A Rust app built in the worker's runtime.
+    Native(AppFactory),
+    /// An app of the host's runtime (Python): booted on the main thread, which then runs
+    /// the host's event loop, while the server runs on a second thread.
+    Hosted(crate::hosted::HostedProgram),
 }
 
 /// State shared by every task of the worker.
@@ -142,7 +151,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         config,
         listeners,
         metrics,
-        factory,
+        app,
         tls,
     } = ctx;
     DOORBELL.store(doorbell, Relaxed);
@@ -170,7 +179,45 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     if nix::unistd::getppid().as_raw() != master_pid {
         return Err(0);
     }
-    let runtime = if config.threads <= 1 {
+    let server = Server {
+        number,
+        slot,
+        board,
+        master_pid,
+        config: config.clone(),
+        listeners,
+        metrics,
+        tls,
+    };
+    match app {
+        WorkerApp::Native(factory) => {
+            let runtime = new_runtime(&config).map_err(|e| boot_failed(slot, &e))?;
+            runtime.block_on(async move {
+                // First thing in the runtime, so that the master's death during the
+                // app's start is heard (and acted on once serving) rather than killing
+                // the worker.
+                let orphaned = master_death();
+                let app = build_app(factory)
+                    .await
+                    .map_err(|reason| boot_failed(slot, &reason))?;
+                server.serve(app, true, orphaned).await
+            })
+        }
+        WorkerApp::Hosted(program) => serve_hosted(server, &program),
+    }
+}
+
+/// The master's death, as the worker hears it (its own parent-death signal).
+fn master_death() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+        crate::master::signals::master_died(),
+    ))
+    .ok()
+}
+
+/// A worker's tokio runtime, made after the fork.
+fn new_runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
+    if config.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -179,21 +226,78 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
             .worker_threads(config.threads)
             .enable_all()
             .build()
-    };
-    let runtime = match runtime {
-        Ok(rt) => rt,
-        Err(e) => return Err(boot_failed(slot, &format!("cannot start runtime: {e}"))),
-    };
-    runtime.block_on(async move {
-        // First thing in the runtime, so that the master's death during the app's start
-        // is heard (and acted on once serving) rather than killing the worker.
-        let orphaned = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
-            crate::master::signals::master_died(),
-        ))
-        .ok();
-        let app = build_app(factory)
-            .await
-            .map_err(|reason| boot_failed(slot, &reason))?;
+    }
+    .map_err(|e| format!("cannot start runtime: {e}"))
+}
+
+/// A hosted app: boot it on the main thread (import, startup), serve on a second
+/// thread, and give the main thread to the host's event loop until the drain is over.
+fn serve_hosted(server: Server<'_>, program: &crate::hosted::HostedProgram) -> Result<(), i32> {
+    let slot = server.slot;
+    let booted = (program.loader)(&crate::hosted::HostedBoot {
+        spec: &program.spec,
+        config: &server.config,
+        slot,
+        progress_every: progress_interval(server.config.timeout),
+    })
+    .map_err(|reason| boot_failed(slot, &reason))?;
+    let crate::hosted::Booted { app, run, stop } = booted;
+    std::thread::scope(|scope| {
+        let serving = std::thread::Builder::new()
+            .name("forkd-server".into())
+            .spawn_scoped(scope, move || {
+                let served = new_runtime(&server.config)
+                    .map_err(|e| boot_failed(slot, &e))
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let orphaned = master_death();
+                            server.serve(app, false, orphaned).await
+                        })
+                    });
+                stop();
+                served
+            })
+            .map_err(|e| boot_failed(slot, &format!("cannot start the server thread: {e}")))?;
+        if let Err(e) = run() {
+            tracing::error!(pid = std::process::id(), "the app's event loop failed: {e}");
+            crate::logging::flush();
+            std::process::exit(1);
+        }
+        serving.join().unwrap_or(Err(1))
+    })
+}
+
+/// What the serving half of a worker needs.
+struct Server<'a> {
+    number: u64,
+    slot: &'static Slot,
+    board: &'static Board,
+    master_pid: i32,
+    config: Arc<Config>,
+    listeners: &'a [Listener],
+    metrics: Option<&'a Listener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Server<'_> {
+    /// Serves until told to stop, then drains. `report_progress`: stamp progress from
+    /// this runtime (a hosted app's own loop stamps it instead).
+    async fn serve(
+        self,
+        app: Arc<dyn App>,
+        report_progress: bool,
+        orphaned: Option<tokio::signal::unix::Signal>,
+    ) -> Result<(), i32> {
+        let Server {
+            number,
+            slot,
+            board,
+            master_pid,
+            config,
+            listeners,
+            metrics,
+            tls,
+        } = self;
         let access_log = AccessLog::start(
             &config.log.access_log,
             config.log.access_log_format.as_deref(),
@@ -216,14 +320,19 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
             );
         }
         close_inherited_listeners(listeners, metrics);
-        tokio::spawn(report_progress(slot, progress_interval(config.timeout)));
+        if report_progress {
+            tokio::spawn(self::report_progress(
+                slot,
+                progress_interval(config.timeout),
+            ));
+        }
         slot.set_state(WorkerState::Ready);
         ring_doorbell(master_pid);
-        tracing::debug!(pid, worker = number, "worker ready");
+        tracing::debug!(pid = std::process::id(), worker = number, "worker ready");
         wait_for_stop_signal(&shared, orphaned).await;
         drain(&shared, accepting, config.graceful_timeout).await;
         Ok(())
-    })
+    }
 }
 
 /// Closes the worker's copies of the master's listening fds, inherited by the fork:
@@ -477,7 +586,10 @@ async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls:
                 listener.accept().await
             } => match accepted {
                 // TCP_NODELAY: inherited from the listener, which the master set.
-                Ok((stream, addr)) => spawn_connection(&shared, stream, Some(addr), tls),
+                Ok((stream, addr)) => {
+                    let local = stream.local_addr().ok();
+                    spawn_connection(&shared, stream, Some(addr), local, tls)
+                }
                 Err(e) => accept_error(&shared, e).await,
             },
             _ = drain.changed() => return,
@@ -493,7 +605,7 @@ async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>, tl
                 balance::wait_for_less_busy_peers(&shared).await;
                 listener.accept().await
             } => match accepted {
-                Ok((stream, _)) => spawn_connection(&shared, stream, None, tls),
+                Ok((stream, _)) => spawn_connection(&shared, stream, None, None, tls),
                 Err(e) => accept_error(&shared, e).await,
             },
             _ = drain.changed() => return,
@@ -555,6 +667,7 @@ fn spawn_connection<T>(
     shared: &Arc<Shared>,
     stream: T,
     addr: Option<std::net::SocketAddr>,
+    local: Option<std::net::SocketAddr>,
     tls: bool,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -589,18 +702,18 @@ fn spawn_connection<T>(
         }
     }
     let open = OpenConnection::count(shared, ip);
-    let peer = conn::Peer::new(addr, shared);
+    let mut peer = conn::Peer::new(addr, shared);
+    peer.local = local;
     let shared = shared.clone();
     tokio::spawn(async move {
-        let _open = open;
         if !tls {
-            return conn::serve(shared, stream, peer).await;
+            return conn::serve(shared, stream, peer, open).await;
         }
         // In the connection's own task: a slow handshake holds up nobody else.
         if let Some((stream, info)) = handshake(&shared, stream).await {
             let mut peer = peer;
             peer.tls = Some(info);
-            conn::serve(shared, stream, peer).await;
+            conn::serve(shared, stream, peer, open).await;
         }
     });
 }
@@ -701,7 +814,7 @@ impl Shared {
 /// would stay up and every later drain would wait out `graceful_timeout` for a
 /// connection that is long gone.
 /// It also holds the connection's place under `max_connections_per_ip` (`Some(ip)`).
-struct OpenConnection(Arc<Shared>, Option<std::net::IpAddr>);
+pub(crate) struct OpenConnection(Arc<Shared>, Option<std::net::IpAddr>);
 
 impl OpenConnection {
     fn count(shared: &Arc<Shared>, ip: Option<std::net::IpAddr>) -> OpenConnection {
@@ -778,12 +891,22 @@ async fn drain(shared: &Arc<Shared>, accepting: AcceptTasks, graceful_timeout: D
         let _ = task.await;
     }
     let deadline = tokio::time::Instant::now() + graceful_timeout;
+    // Connections the app took over (WebSockets) are asked to close a little before
+    // the deadline, so that they can say goodbye before the master's SIGKILL.
+    let closing_at = deadline - (graceful_timeout / 10).min(Duration::from_secs(1));
+    let mut told_app = false;
     loop {
         let closed = shared.all_closed.notified();
         if shared.open_connections.load(Acquire) == 0 {
             break;
         }
-        if tokio::time::timeout_at(deadline, closed).await.is_err() {
+        let until = if told_app { deadline } else { closing_at };
+        if tokio::time::timeout_at(until, closed).await.is_err() {
+            if !told_app {
+                told_app = true;
+                shared.app.closing();
+                continue;
+            }
             tracing::warn!(
                 pid = std::process::id(),
                 open = shared.open_connections.load(Acquire),

@@ -1,0 +1,233 @@
+"""The Python half of a forkd worker serving an ASGI app (the Rust half is forkd._native).
+
+Runs in the worker process after the fork, on its main thread: ``boot`` sends print,
+stderr and ``logging`` output to forkd's error log, puts ``[python] path`` first on
+``sys.path``, makes the event loop (uvloop when installed), imports the app and runs the
+lifespan startup; ``run`` runs the loop until forkd's drain is over, then the lifespan
+shutdown; ``handle`` runs the app for one request.
+"""
+
+import asyncio
+import importlib
+import io
+import os
+import signal
+import sys
+import traceback
+
+from forkd import _native
+
+
+class BootError(Exception):
+    """The app cannot be served: the worker fails to boot with this message."""
+
+
+class _LineWriter(io.TextIOBase):
+    """A text stream that sends each complete line to forkd's error log."""
+
+    def __init__(self, stderr, name):
+        self._stderr = stderr
+        self._name = name
+        self._partial = ""
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    def writable(self):
+        return True
+
+    def isatty(self):
+        return False
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            _native.log_line(self._stderr, line.rstrip("\r"))
+        return len(text)
+
+    def flush(self):
+        if self._partial:
+            _native.log_line(self._stderr, self._partial)
+            self._partial = ""
+
+
+def _load(spec):
+    module_name, _, attr = spec.partition(":")
+    factory = attr.endswith("()")
+    if factory:
+        attr = attr[:-2]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise BootError(f"cannot import module {module_name!r} (from {spec!r}): {exc}") from exc
+        raise
+    app = module
+    for part in attr.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise BootError(f"module {module_name!r} has no attribute {attr!r} (from {spec!r})") from None
+    if factory:
+        app = app()
+    if not callable(app):
+        raise BootError(f"{spec!r} is not callable (an ASGI app is)")
+    return app
+
+
+class _Lifespan:
+    """ASGI lifespan 2.0: startup before the worker is ready, shutdown after its drain."""
+
+    def __init__(self, app, mode, loop):
+        self.app = app
+        self.mode = mode
+        self.loop = loop
+        self.state = {}
+        self.task = None
+        self.to_app = asyncio.Queue()
+        self.from_app = asyncio.Queue()
+        self.failure = None
+
+    async def _main(self):
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
+        try:
+            await self.app(scope, self.to_app.get, self.from_app.put)
+        except BaseException as exc:  # noqa: BLE001 - reported to the worker's boot
+            self.failure = (exc, traceback.format_exc())
+        finally:
+            await self.from_app.put(None)
+
+    async def startup(self):
+        if self.mode == "off":
+            return
+        self.task = self.loop.create_task(self._main())
+        await self.to_app.put({"type": "lifespan.startup"})
+        reply = await self.from_app.get()
+        if reply is None:
+            self.task = None
+            if self.mode == "auto":
+                if self.failure is not None:
+                    print(
+                        "ASGI lifespan unsupported by the app (lifespan = \"auto\", serving without it): "
+                        f"{self.failure[0]!r}",
+                        file=sys.stderr,
+                    )
+                return
+            if self.failure is not None:
+                sys.stderr.write(self.failure[1])
+                raise BootError(f"lifespan startup failed: {self.failure[0]!r}")
+            raise BootError("lifespan startup failed: the app returned without answering")
+        if reply.get("type") == "lifespan.startup.failed":
+            message = str(reply.get("message") or "")
+            if "\n" in message.strip():
+                sys.stderr.write(message if message.endswith("\n") else message + "\n")
+                message = message.strip().splitlines()[-1]
+            raise BootError(f"lifespan startup failed: {message or 'no message'}")
+        if reply.get("type") != "lifespan.startup.complete":
+            raise BootError(f"lifespan startup: unexpected message {reply!r}")
+
+    async def shutdown(self):
+        if self.task is None:
+            return
+        await self.to_app.put({"type": "lifespan.shutdown"})
+        reply = await self.from_app.get()
+        if reply is not None and reply.get("type") == "lifespan.shutdown.failed":
+            print(f"lifespan shutdown failed: {reply.get('message')}", file=sys.stderr)
+        elif reply is None and self.failure is not None:
+            sys.stderr.write(self.failure[1])
+        try:
+            await asyncio.wait_for(self.task, 5)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+
+
+def _new_loop():
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def boot(spec, env, paths, lifespan_mode, progress_every):
+    """Imports the app and runs its startup; returns (loop, app, lifespan, state, stopped)."""
+    os.environ.update(env)
+    sys.stdout = _LineWriter(False, "<stdout>")
+    sys.stderr = _LineWriter(True, "<stderr>")
+    # forkd's server thread handles the worker's signals; the interpreter's own SIGINT
+    # handler would raise KeyboardInterrupt in the app instead.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for path in reversed(paths):
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = _load(spec)
+        lifespan = _Lifespan(app, lifespan_mode, loop)
+        loop.run_until_complete(lifespan.startup())
+    except BootError:
+        raise
+    except BaseException:
+        sys.stderr.write(traceback.format_exc())
+        raise
+
+    def tick():
+        _native.stamp()
+        loop.call_later(progress_every, tick)
+
+    tick()
+    stopped = loop.create_future()
+    return loop, app, lifespan, lifespan.state, stopped
+
+
+def run(loop, lifespan, stopped):
+    """Runs the loop until forkd's drain is over, then the lifespan shutdown."""
+
+    async def main():
+        await stopped
+        await lifespan.shutdown()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+async def handle(app, scope, conn):
+    """Runs the app for one request; an exception is logged, and answered by the bridge."""
+    try:
+        await app(scope, conn.receive, conn.send)
+    except BaseException as exc:  # noqa: BLE001 - the worker lives on
+        if conn.disconnected:
+            # The client went away and `send` raised OSError (spec 2.4), which the app
+            # may have turned into its own exception (Starlette's ClientDisconnect):
+            # routine, not worth a traceback.
+            print(
+                f"client gone during {scope.get('method', 'WEBSOCKET')} {scope['path']}; "
+                f"the app ended with {type(exc).__name__}"
+            )
+        else:
+            sys.stderr.write(
+                f"Exception in ASGI application ({scope.get('method', 'WEBSOCKET')} {scope['path']})\n"
+                + traceback.format_exc()
+            )
+        conn.failed()
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+    else:
+        conn.finished()

@@ -1,0 +1,155 @@
+//! A worker's start, on its main thread just after the fork: `forkd._worker.boot`
+//! (Python) routes print/stderr/logging to the error log, puts `[python] path` first on
+//! `sys.path`, makes the event loop, imports the app and runs the lifespan startup; then
+//! the [`Bridge`](crate::bridge::Bridge) is wired to the loop and the worker's server
+//! thread starts (forkd's `worker::serve_hosted`).
+
+use crate::bridge::{Bridge, Inbox, PyApp};
+use forkd::hosted::{Booted, HostedBoot};
+use forkd::scoreboard::Slot;
+use pyo3::prelude::*;
+use std::sync::{Arc, OnceLock};
+
+/// This worker's scoreboard slot, stamped by the event loop (`stamp`).
+static SLOT: OnceLock<&'static Slot> = OnceLock::new();
+
+/// Called by the event loop every `progress_every` (`loop.call_later`): a blocked loop
+/// stops stamping, and the master's `timeout` replaces the worker.
+#[pyfunction]
+pub fn stamp() {
+    if let Some(slot) = SLOT.get() {
+        slot.report_progress();
+    }
+}
+
+/// One line the app printed (`stderr`: to sys.stderr, or through `logging`), into
+/// forkd's error log with the worker's pid.
+#[pyfunction]
+pub fn log_line(stderr: bool, line: &str) {
+    let line: String = line
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let pid = std::process::id();
+    if stderr {
+        tracing::warn!(pid, "{line}");
+    } else {
+        tracing::info!(pid, "{line}");
+    }
+}
+
+/// The [`HostedLoader`](forkd::hosted::HostedLoader) for `MODULE:ATTR` apps.
+pub fn load(boot: &HostedBoot<'_>) -> Result<Booted, String> {
+    let _ = SLOT.set(boot.slot);
+    Python::with_gil(|py| load_with(py, boot).map_err(|e| describe(py, &e)))
+}
+
+fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
+    let sys = py.import("sys")?;
+    let version: String = sys.getattr("version")?.extract()?;
+    let prefix: String = sys.getattr("prefix")?.extract()?;
+    tracing::info!(
+        pid = std::process::id(),
+        "python {} ({prefix}) loading {}",
+        version.split_whitespace().next().unwrap_or(&version),
+        boot.spec
+    );
+    let python = &boot.config.python;
+    let paths: Vec<String> = python
+        .path
+        .iter()
+        .map(|p| {
+            std::path::absolute(p)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| p.clone())
+        })
+        .collect();
+    let worker = py.import("forkd._worker")?;
+    // `[env]` was set with setenv(3) after the fork; Python's os.environ is a copy made
+    // when the interpreter started, in the master.
+    let env: Vec<(String, String)> = boot
+        .config
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let booted = worker.call_method1(
+        "boot",
+        (
+            boot.spec,
+            env,
+            paths,
+            python.lifespan.as_str(),
+            boot.progress_every.as_secs_f64(),
+        ),
+    )?;
+    let (event_loop, app, lifespan, state, stopped): (
+        PyObject,
+        PyObject,
+        PyObject,
+        PyObject,
+        PyObject,
+    ) = booted.extract()?;
+    let inbox = Arc::new(Inbox::new().map_err(|e| {
+        pyo3::exceptions::PyOSError::new_err(format!("cannot make the eventfd: {e}"))
+    })?);
+    let bridge = Bridge::new(
+        py,
+        inbox.clone(),
+        &event_loop,
+        app,
+        state,
+        stopped,
+        &python.root_path,
+    )?;
+    let bridge = Py::new(py, bridge)?;
+    event_loop.call_method1(py, "add_reader", (inbox.fd(), bridge.getattr(py, "wake")?))?;
+    let run = {
+        let worker = worker.unbind();
+        move || -> Result<(), String> {
+            Python::with_gil(|py| {
+                worker
+                    .call_method1(py, "run", (event_loop, lifespan, stopped_of(py, &bridge)))
+                    .map(drop)
+                    .map_err(|e| describe(py, &e))
+            })
+        }
+    };
+    let stop = {
+        let inbox = inbox.clone();
+        move || inbox.stop()
+    };
+    Ok(Booted {
+        app: Arc::new(PyApp::new(inbox)),
+        run: Box::new(run),
+        stop: Box::new(stop),
+    })
+}
+
+fn stopped_of(py: Python<'_>, bridge: &Py<Bridge>) -> PyObject {
+    bridge.borrow(py).stopped.clone_ref(py)
+}
+
+/// A Python exception as one line for the boot failure message (the traceback went to
+/// the error log already, from Python).
+fn describe(py: Python<'_>, e: &PyErr) -> String {
+    let kind = e
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".to_string());
+    let message = e.value(py).to_string();
+    if kind == "BootError" {
+        message
+    } else if message.is_empty() {
+        kind
+    } else {
+        format!("{kind}: {message}")
+    }
+}

@@ -1,0 +1,913 @@
+//! The ASGI bridge between the worker's server thread (tokio + hyper) and its main thread
+//! (the asyncio loop, holding the GIL).
+//!
+//! Server thread -> loop: events go into the [`Inbox`] (a mutex-guarded vector) and an
+//! eventfd the loop watches (`loop.add_reader`) is written when the vector was empty, so
+//! the server thread never waits for the GIL, and a busy loop takes many events per
+//! wake-up. One event per request head, one per body chunk the app asked for
+//! (`receive()` signals demand, so an upload is read only as fast as the app consumes
+//! it), one when the client is gone.
+//!
+//! Loop -> server thread: the response head and a whole body go back over a oneshot
+//! channel; a streamed body over a small bounded channel whose `send()` waits (an
+//! asyncio future resolved by an event) when it is full.
+
+use bytes::Bytes;
+use forkd::app::{BoxError, ClientAddr, Response, Scheme, ServerAddr};
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, SizeHint};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Chunks of a streamed response body in flight between the loop and hyper.
+const STREAM_CHUNKS: usize = 4;
+
+/// A request head, handed to the loop.
+pub struct Head {
+    id: u64,
+    parts: hyper::http::request::Parts,
+    respond: oneshot::Sender<Response>,
+    /// Rung by `receive()`: read one more body chunk.
+    demand: Arc<Notify>,
+    /// The body's first chunk when it was there with the head (always, for a request
+    /// without a body): `receive()` answers it at once, without a round trip.
+    first: Option<(Bytes, bool)>,
+    runtime: tokio::runtime::Handle,
+}
+
+pub enum Event {
+    Head(Box<Head>),
+    /// A WebSocket upgrade request.
+    WsHead(Box<crate::ws::Head>),
+    WsText {
+        id: u64,
+        text: String,
+    },
+    WsBinary {
+        id: u64,
+        data: Vec<u8>,
+    },
+    /// A WebSocket message that had to wait was queued (`ok`) or the socket is gone.
+    WsSent {
+        id: u64,
+        ok: bool,
+    },
+    /// The WebSocket closed (the client's close code, or 1006).
+    WsClosed {
+        id: u64,
+        code: u16,
+    },
+    Body {
+        id: u64,
+        data: Bytes,
+        more: bool,
+    },
+    /// The client went away, or the response was written and dropped.
+    Disconnect(u64),
+    /// A streamed chunk that had to wait was queued (`ok`) or the client is gone.
+    Sent {
+        id: u64,
+        ok: bool,
+    },
+    /// The worker's drain is over: run the lifespan shutdown and stop the loop.
+    Stop,
+}
+
+/// Events for the loop, and the eventfd that wakes it.
+pub struct Inbox {
+    queue: Mutex<Vec<Event>>,
+    wake: OwnedFd,
+}
+
+impl Inbox {
+    pub fn new() -> std::io::Result<Inbox> {
+        // SAFETY: eventfd(2) with valid flags; the fd is owned from here.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Inbox {
+            queue: Mutex::new(Vec::new()),
+            // SAFETY: fd is a fresh, valid descriptor.
+            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.wake.as_raw_fd()
+    }
+
+    pub(crate) fn push(&self, event: Event) {
+        let was_empty = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let was_empty = queue.is_empty();
+            queue.push(event);
+            was_empty
+        };
+        if was_empty {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+            unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    pub fn stop(&self) {
+        self.push(Event::Stop);
+    }
+
+    /// Everything queued; the eventfd is read first, so a push after it wakes again.
+    fn take(&self) -> Vec<Event> {
+        let mut counter: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our (non-blocking) eventfd.
+        unsafe { libc::read(self.fd(), (&mut counter as *mut u64).cast(), 8) };
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Tells the loop a request's client is gone when dropped: with the request's future
+/// (hyper dropped it) or with its response body (written, or the connection failed).
+struct DisconnectGuard {
+    id: u64,
+    inbox: Arc<Inbox>,
+}
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        self.inbox.push(Event::Disconnect(self.id));
+    }
+}
+
+/// The app as forkd's server calls it, on the server thread.
+pub struct PyApp {
+    inbox: Arc<Inbox>,
+    next_id: AtomicU64,
+    /// Set when the drain's deadline nears: open WebSockets close with 1001.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl PyApp {
+    pub fn new(inbox: Arc<Inbox>) -> PyApp {
+        PyApp {
+            inbox,
+            next_id: AtomicU64::new(1),
+            closing: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl forkd::app::App for PyApp {
+    fn call(&self, req: forkd::app::Request) -> forkd::app::BoxFuture<Response> {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let inbox = self.inbox.clone();
+        if crate::ws::is_upgrade(&req) {
+            return Box::pin(crate::ws::serve(id, req, inbox, self.closing.subscribe()));
+        }
+        Box::pin(async move {
+            let (parts, mut body) = req.into_parts();
+            let (respond, mut answer) = oneshot::channel();
+            let demand = Arc::new(Notify::new());
+            let first = if body.is_end_stream() {
+                Some((Bytes::new(), false))
+            } else {
+                // Already read with the head (a small JSON body, typically)?
+                match next_chunk(&mut body).now_or_never() {
+                    Some(Some(chunk)) => Some(chunk),
+                    _ => None,
+                }
+            };
+            let body_ended = first.as_ref().is_some_and(|(_, more)| !more);
+            let guard = DisconnectGuard {
+                id,
+                inbox: inbox.clone(),
+            };
+            inbox.push(Event::Head(Box::new(Head {
+                id,
+                parts,
+                respond,
+                demand: demand.clone(),
+                first,
+                runtime: tokio::runtime::Handle::current(),
+            })));
+            let mut reading = !body_ended;
+            loop {
+                tokio::select! {
+                    biased;
+                    answered = &mut answer => {
+                        return match answered {
+                            Ok(resp) => resp.map(|inner| {
+                                Guarded { inner, _guard: guard }.boxed_unsync()
+                            }),
+                            Err(_) => forkd::app::respond(
+                                500,
+                                "text/plain; charset=utf-8",
+                                "Internal Server Error\n",
+                            ),
+                        };
+                    }
+                    _ = demand.notified(), if reading => {
+                        match next_chunk(&mut body).await {
+                            Some((data, more)) => {
+                                reading = more;
+                                inbox.push(Event::Body { id, data, more });
+                            }
+                            None => {
+                                reading = false;
+                                inbox.push(Event::Disconnect(id));
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn closing(&self) {
+        self.closing.send_replace(true);
+    }
+}
+
+/// The next data chunk and whether more may follow; None if the body failed (the
+/// client went away, or forkd's limits cut it).
+async fn next_chunk(body: &mut forkd::app::RequestBody) -> Option<(Bytes, bool)> {
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Some((data, !body.is_end_stream()));
+                }
+                // Trailers: ASGI has no message for them.
+            }
+            None => return Some((Bytes::new(), false)),
+            Some(Err(_)) => return None,
+        }
+    }
+}
+
+/// A response body that tells the loop when hyper is done with it.
+struct Guarded {
+    inner: forkd::app::Body,
+    _guard: DisconnectGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A streamed response body: chunks from the loop; ends with an error (hyper then
+/// closes the connection) if the app failed after starting it.
+struct ChannelBody {
+    chunks: mpsc::Receiver<Bytes>,
+    aborted: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.chunks.poll_recv(cx) {
+            Poll::Ready(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Poll::Ready(None) if self.aborted.load(Acquire) => {
+                Poll::Ready(Some(Err("the ASGI app failed during its response".into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// An awaitable that is already done (no asyncio future, no loop iteration).
+#[pyclass]
+pub struct Ready {
+    value: Option<PyObject>,
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<PyObject> {
+        let value = self.value.take().unwrap_or_else(|| py.None());
+        Err(PyStopIteration::new_err((value,)))
+    }
+}
+
+pub(crate) fn ready(py: Python<'_>, value: PyObject) -> PyResult<PyObject> {
+    Ok(Py::new(py, Ready { value: Some(value) })?.into_any())
+}
+
+type Conns = Rc<RefCell<HashMap<u64, Py<Conn>>>>;
+
+/// The loop's side: turns events into ASGI calls. Lives on the main thread.
+#[pyclass(unsendable)]
+pub struct Bridge {
+    inbox: Arc<Inbox>,
+    conns: Conns,
+    websockets: crate::ws::WsConns,
+    app: PyObject,
+    /// `forkd._worker.handle`: runs the app for one request, handles its exceptions.
+    handle: PyObject,
+    create_task: PyObject,
+    create_future: PyObject,
+    /// The lifespan state, copied into each request's scope.
+    state: PyObject,
+    asgi: PyObject,
+    root_path: String,
+    /// Resolved on Stop.
+    pub stopped: PyObject,
+}
+
+impl Bridge {
+    pub fn new(
+        py: Python<'_>,
+        inbox: Arc<Inbox>,
+        event_loop: &PyObject,
+        app: PyObject,
+        state: PyObject,
+        stopped: PyObject,
+        root_path: &str,
+    ) -> PyResult<Bridge> {
+        let asgi = PyDict::new(py);
+        asgi.set_item("version", "3.0")?;
+        asgi.set_item("spec_version", "2.4")?;
+        Ok(Bridge {
+            inbox,
+            conns: Rc::default(),
+            websockets: Rc::default(),
+            app,
+            handle: py.import("forkd._worker")?.getattr("handle")?.unbind(),
+            create_task: event_loop.getattr(py, "create_task")?,
+            create_future: event_loop.getattr(py, "create_future")?,
+            state,
+            asgi: asgi.into_any().unbind(),
+            root_path: root_path.to_string(),
+            stopped,
+        })
+    }
+
+    fn conn(&self, py: Python<'_>, id: u64) -> Option<Py<Conn>> {
+        self.conns.borrow().get(&id).map(|c| c.clone_ref(py))
+    }
+
+    fn start(&mut self, py: Python<'_>, head: Head) -> PyResult<()> {
+        let scope = self.scope(py, &head.parts, false)?;
+        let Head {
+            id,
+            respond,
+            demand,
+            first,
+            runtime,
+            ..
+        } = head;
+        let conn = Py::new(
+            py,
+            Conn {
+                id,
+                conns: self.conns.clone(),
+                inbox: self.inbox.clone(),
+                runtime,
+                create_future: self.create_future.clone_ref(py),
+                demand,
+                buffered: first,
+                body_done: false,
+                pending_receive: None,
+                disconnected: false,
+                respond: Some(respond),
+                head: None,
+                stream: None,
+                aborted: Arc::new(AtomicBool::new(false)),
+                pending_send: None,
+                complete: false,
+            },
+        )?;
+        self.conns.borrow_mut().insert(id, conn.clone_ref(py));
+        let coroutine = self
+            .handle
+            .call1(py, (self.app.clone_ref(py), scope, conn))?;
+        self.create_task.call1(py, (coroutine,))?;
+        Ok(())
+    }
+
+    fn start_websocket(&mut self, py: Python<'_>, head: crate::ws::Head) -> PyResult<()> {
+        let scope = self.scope(py, &head.parts, true)?;
+        let subprotocols = PyList::empty(py);
+        for value in head.parts.headers.get_all("sec-websocket-protocol") {
+            for protocol in value.to_str().unwrap_or("").split(',') {
+                if !protocol.trim().is_empty() {
+                    subprotocols.append(protocol.trim())?;
+                }
+            }
+        }
+        scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
+        let id = head.id;
+        let conn = crate::ws::WsConn::new(
+            py,
+            head,
+            self.websockets.clone(),
+            self.create_future.clone_ref(py),
+            self.inbox.clone(),
+        )?;
+        let conn = Py::new(py, conn)?;
+        self.websockets.borrow_mut().insert(id, conn.clone_ref(py));
+        let coroutine = self
+            .handle
+            .call1(py, (self.app.clone_ref(py), scope, conn))?;
+        self.create_task.call1(py, (coroutine,))?;
+        Ok(())
+    }
+
+    fn websocket(&self, py: Python<'_>, id: u64) -> Option<Py<crate::ws::WsConn>> {
+        self.websockets.borrow().get(&id).map(|c| c.clone_ref(py))
+    }
+
+    fn scope<'py>(
+        &self,
+        py: Python<'py>,
+        parts: &hyper::http::request::Parts,
+        websocket: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let scope = PyDict::new(py);
+        if websocket {
+            scope.set_item(intern!(py, "type"), intern!(py, "websocket"))?;
+        } else {
+            scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+        }
+        scope.set_item(intern!(py, "asgi"), self.asgi.bind(py))?;
+        let version = match parts.version {
+            hyper::Version::HTTP_10 => "1.0",
+            hyper::Version::HTTP_2 => "2",
+            _ => "1.1",
+        };
+        scope.set_item(intern!(py, "http_version"), version)?;
+        let scheme = parts.extensions.get::<Scheme>().map_or("http", |s| s.0);
+        if websocket {
+            let scheme = if scheme == "https" { "wss" } else { "ws" };
+            scope.set_item(intern!(py, "scheme"), scheme)?;
+        } else {
+            scope.set_item(intern!(py, "method"), parts.method.as_str())?;
+            scope.set_item(intern!(py, "scheme"), scheme)?;
+        }
+        let raw_path = parts.uri.path();
+        let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
+        if self.root_path.is_empty() {
+            scope.set_item(intern!(py, "path"), path.as_ref())?;
+            scope.set_item(
+                intern!(py, "raw_path"),
+                PyBytes::new(py, raw_path.as_bytes()),
+            )?;
+        } else {
+            // As uvicorn does: `path` includes the mount prefix, which apps strip.
+            scope.set_item(intern!(py, "path"), format!("{}{path}", self.root_path))?;
+            scope.set_item(
+                intern!(py, "raw_path"),
+                PyBytes::new(py, format!("{}{raw_path}", self.root_path).as_bytes()),
+            )?;
+        }
+        let query = parts.uri.query().unwrap_or("");
+        scope.set_item(
+            intern!(py, "query_string"),
+            PyBytes::new(py, query.as_bytes()),
+        )?;
+        scope.set_item(intern!(py, "root_path"), &self.root_path)?;
+        let headers = PyList::empty(py);
+        if let Some(authority) = parts.uri.authority() {
+            // HTTP/2 carries the host as `:authority`; ASGI apps read the `host` header.
+            if !parts.headers.contains_key(hyper::header::HOST) {
+                headers.append(PyTuple::new(
+                    py,
+                    [
+                        PyBytes::new(py, b"host"),
+                        PyBytes::new(py, authority.as_str().as_bytes()),
+                    ],
+                )?)?;
+            }
+        }
+        for (name, value) in &parts.headers {
+            headers.append(PyTuple::new(
+                py,
+                [
+                    PyBytes::new(py, name.as_str().as_bytes()),
+                    PyBytes::new(py, value.as_bytes()),
+                ],
+            )?)?;
+        }
+        scope.set_item(intern!(py, "headers"), headers)?;
+        let client = parts
+            .extensions
+            .get::<ClientAddr>()
+            .and_then(|c| address(&c.0));
+        scope.set_item(intern!(py, "client"), client)?;
+        let server = parts
+            .extensions
+            .get::<ServerAddr>()
+            .map(|s| (s.0.ip().to_string(), s.0.port()));
+        scope.set_item(intern!(py, "server"), server)?;
+        let state = self.state.bind(py).downcast::<PyDict>()?.copy()?;
+        scope.set_item(intern!(py, "state"), state)?;
+        Ok(scope)
+    }
+}
+
+/// `IP:PORT` or `IP` (from a proxy) as ASGI's `(host, port)`.
+fn address(text: &str) -> Option<(String, u16)> {
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Some((addr.ip().to_string(), addr.port()));
+    }
+    text.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| (ip.to_string(), 0))
+}
+
+#[pymethods]
+impl Bridge {
+    /// The eventfd is readable: take every event.
+    fn wake(&mut self, py: Python<'_>) {
+        for event in self.inbox.take() {
+            let handled = match event {
+                Event::Head(head) => self.start(py, *head),
+                Event::Body { id, data, more } => match self.conn(py, id) {
+                    Some(conn) => conn.borrow_mut(py).chunk(py, data, more),
+                    None => Ok(()),
+                },
+                Event::Disconnect(id) => match self.conn(py, id) {
+                    Some(conn) => conn.borrow_mut(py).gone(py),
+                    None => Ok(()),
+                },
+                Event::WsHead(head) => self.start_websocket(py, *head),
+                Event::WsText { id, text } => match self.websocket(py, id) {
+                    Some(conn) => conn.borrow_mut(py).text(py, text),
+                    None => Ok(()),
+                },
+                Event::WsBinary { id, data } => match self.websocket(py, id) {
+                    Some(conn) => conn.borrow_mut(py).binary(py, data),
+                    None => Ok(()),
+                },
+                Event::WsSent { id, ok } => match self.websocket(py, id) {
+                    Some(conn) => conn.borrow_mut(py).sent(py, ok),
+                    None => Ok(()),
+                },
+                Event::WsClosed { id, code } => match self.websocket(py, id) {
+                    Some(conn) => conn.borrow_mut(py).gone(py, code),
+                    None => Ok(()),
+                },
+                Event::Sent { id, ok } => match self.conn(py, id) {
+                    Some(conn) => conn.borrow_mut(py).sent(py, ok),
+                    None => Ok(()),
+                },
+                Event::Stop => resolve(py, &self.stopped, py.None()),
+            };
+            if let Err(e) = handled {
+                tracing::error!(pid = std::process::id(), "ASGI bridge: {e}");
+            }
+        }
+    }
+}
+
+/// Resolves an asyncio future unless it is done (cancelled) already.
+pub(crate) fn resolve(py: Python<'_>, future: &PyObject, value: PyObject) -> PyResult<()> {
+    if !future
+        .call_method0(py, intern!(py, "done"))?
+        .is_truthy(py)?
+    {
+        future.call_method1(py, intern!(py, "set_result"), (value,))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn fail(py: Python<'_>, future: &PyObject, error: PyErr) -> PyResult<()> {
+    if !future
+        .call_method0(py, intern!(py, "done"))?
+        .is_truthy(py)?
+    {
+        future.call_method1(py, intern!(py, "set_exception"), (error.value(py),))?;
+    }
+    Ok(())
+}
+
+fn disconnected_error() -> PyErr {
+    PyOSError::new_err("the client disconnected")
+}
+
+/// One request as the app sees it: its `receive` and `send`.
+#[pyclass(unsendable)]
+pub struct Conn {
+    id: u64,
+    conns: Conns,
+    inbox: Arc<Inbox>,
+    runtime: tokio::runtime::Handle,
+    create_future: PyObject,
+    demand: Arc<Notify>,
+    /// A body chunk that arrived before `receive()` asked (or the empty body).
+    buffered: Option<(Bytes, bool)>,
+    /// The last body chunk was given to the app.
+    body_done: bool,
+    pending_receive: Option<PyObject>,
+    disconnected: bool,
+    /// Until the response (head, and the body or the start of its stream) is handed over.
+    respond: Option<oneshot::Sender<Response>>,
+    head: Option<(hyper::StatusCode, hyper::HeaderMap)>,
+    stream: Option<mpsc::Sender<Bytes>>,
+    aborted: Arc<AtomicBool>,
+    pending_send: Option<PyObject>,
+    /// The last body message was sent.
+    complete: bool,
+}
+
+impl Conn {
+    fn request_message(py: Python<'_>, data: &[u8], more: bool) -> PyResult<PyObject> {
+        let message = PyDict::new(py);
+        message.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
+        message.set_item(intern!(py, "body"), PyBytes::new(py, data))?;
+        message.set_item(intern!(py, "more_body"), more)?;
+        Ok(message.into_any().unbind())
+    }
+
+    fn disconnect_message(py: Python<'_>) -> PyResult<PyObject> {
+        let message = PyDict::new(py);
+        message.set_item(intern!(py, "type"), intern!(py, "http.disconnect"))?;
+        Ok(message.into_any().unbind())
+    }
+
+    fn chunk(&mut self, py: Python<'_>, data: Bytes, more: bool) -> PyResult<()> {
+        match self.pending_receive.take() {
+            Some(future) => {
+                self.body_done = !more;
+                resolve(py, &future, Self::request_message(py, &data, more)?)
+            }
+            None => {
+                self.buffered = Some((data, more));
+                Ok(())
+            }
+        }
+    }
+
+    fn gone(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.disconnected = true;
+        if let Some(future) = self.pending_receive.take() {
+            resolve(py, &future, Self::disconnect_message(py)?)?;
+        }
+        if let Some(future) = self.pending_send.take() {
+            fail(py, &future, disconnected_error())?;
+        }
+        Ok(())
+    }
+
+    fn sent(&mut self, py: Python<'_>, ok: bool) -> PyResult<()> {
+        if !ok {
+            self.disconnected = true;
+        }
+        match self.pending_send.take() {
+            Some(future) if ok => resolve(py, &future, py.None()),
+            Some(future) => fail(py, &future, disconnected_error()),
+            None => Ok(()),
+        }
+    }
+
+    fn future(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.create_future.call0(py)
+    }
+
+    /// Hands the response to hyper: whole, or the start of a stream.
+    fn respond(&mut self, py: Python<'_>, body: Bytes, more: bool) -> PyResult<PyObject> {
+        let Some((status, headers)) = self.head.take() else {
+            return Err(PyRuntimeError::new_err(
+                "http.response.body sent before http.response.start",
+            ));
+        };
+        let Some(respond) = self.respond.take() else {
+            return Err(PyRuntimeError::new_err("response already sent"));
+        };
+        let mut chunks = None;
+        let boxed = if more {
+            let (sender, receiver) = mpsc::channel(STREAM_CHUNKS);
+            chunks = Some(sender);
+            ChannelBody {
+                chunks: receiver,
+                aborted: self.aborted.clone(),
+            }
+            .boxed_unsync()
+        } else {
+            self.complete = true;
+            forkd::app::full(body.clone())
+        };
+        let mut response = hyper::Response::new(boxed);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        if respond.send(response).is_err() {
+            self.disconnected = true;
+            return Err(disconnected_error());
+        }
+        match chunks {
+            Some(sender) => {
+                self.stream = Some(sender);
+                self.push(py, body, true)
+            }
+            None => ready(py, py.None()),
+        }
+    }
+
+    /// Queues a streamed chunk; waits (a future) when the stream is full.
+    fn push(&mut self, py: Python<'_>, body: Bytes, more: bool) -> PyResult<PyObject> {
+        let Some(stream) = &self.stream else {
+            return Err(PyRuntimeError::new_err("no response stream"));
+        };
+        let result = if body.is_empty() {
+            Ok(())
+        } else {
+            stream.try_send(body)
+        };
+        let waited = match result {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.disconnected = true;
+                return Err(disconnected_error());
+            }
+            Err(mpsc::error::TrySendError::Full(body)) => {
+                let stream = stream.clone();
+                let inbox = self.inbox.clone();
+                let id = self.id;
+                self.runtime.spawn(async move {
+                    let ok = stream.send(body).await.is_ok();
+                    inbox.push(Event::Sent { id, ok });
+                });
+                let future = self.future(py)?;
+                self.pending_send = Some(future.clone_ref(py));
+                Some(future)
+            }
+        };
+        if !more {
+            // Dropping our sender ends the body once the queued chunks are written.
+            self.stream = None;
+            self.complete = true;
+        }
+        match waited {
+            Some(future) => Ok(future),
+            None => ready(py, py.None()),
+        }
+    }
+
+    fn forget(&self) {
+        self.conns.borrow_mut().remove(&self.id);
+    }
+}
+
+/// The bytes of a `bytes` object (one copy), or of a bytearray / memoryview / other
+/// buffer through `bytes(value)`.
+pub(crate) fn bytes_of(value: Option<Bound<'_, PyAny>>) -> PyResult<Bytes> {
+    let Some(value) = value else {
+        return Ok(Bytes::new());
+    };
+    if let Ok(bytes) = value.downcast::<PyBytes>() {
+        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
+    }
+    let converted = value.py().get_type::<PyBytes>().call1((value,))?;
+    let bytes = converted.downcast::<PyBytes>()?;
+    Ok(Bytes::copy_from_slice(bytes.as_bytes()))
+}
+
+#[pymethods]
+impl Conn {
+    fn receive(&mut self, py: Python<'_>) -> PyResult<PyObject> {
+        if let Some((data, more)) = self.buffered.take() {
+            self.body_done = !more;
+            return ready(py, Self::request_message(py, &data, more)?);
+        }
+        if self.disconnected {
+            return ready(py, Self::disconnect_message(py)?);
+        }
+        if !self.body_done {
+            self.demand.notify_one();
+        }
+        let future = self.future(py)?;
+        self.pending_receive = Some(future.clone_ref(py));
+        Ok(future)
+    }
+
+    fn send(&mut self, py: Python<'_>, message: &Bound<'_, PyDict>) -> PyResult<PyObject> {
+        let kind = message
+            .get_item(intern!(py, "type"))?
+            .ok_or_else(|| PyRuntimeError::new_err("ASGI message without a type"))?;
+        let kind = kind.extract::<&str>()?;
+        if self.disconnected {
+            return Err(disconnected_error());
+        }
+        match kind {
+            "http.response.start" => {
+                if self.head.is_some() || self.respond.is_none() {
+                    return Err(PyRuntimeError::new_err("response already started"));
+                }
+                let status: u16 = message
+                    .get_item(intern!(py, "status"))?
+                    .ok_or_else(|| PyRuntimeError::new_err("http.response.start without status"))?
+                    .extract()?;
+                let status = hyper::StatusCode::from_u16(status)
+                    .map_err(|_| PyRuntimeError::new_err(format!("invalid status {status}")))?;
+                let mut map = hyper::HeaderMap::new();
+                if let Some(headers) = message.get_item(intern!(py, "headers"))? {
+                    for item in headers.try_iter()? {
+                        let item = item?;
+                        let name = bytes_of(Some(item.get_item(0)?))?;
+                        let value = bytes_of(Some(item.get_item(1)?))?;
+                        let name = hyper::header::HeaderName::from_bytes(&name).map_err(|_| {
+                            PyRuntimeError::new_err(format!(
+                                "invalid header name {:?}",
+                                String::from_utf8_lossy(&name)
+                            ))
+                        })?;
+                        let value =
+                            hyper::header::HeaderValue::from_maybe_shared(value).map_err(|_| {
+                                PyRuntimeError::new_err(format!("invalid value for header {name}"))
+                            })?;
+                        map.append(name, value);
+                    }
+                }
+                self.head = Some((status, map));
+                ready(py, py.None())
+            }
+            "http.response.body" => {
+                if self.complete {
+                    return Err(PyRuntimeError::new_err(
+                        "http.response.body after the response completed",
+                    ));
+                }
+                let body = bytes_of(message.get_item(intern!(py, "body"))?)?;
+                let more = match message.get_item(intern!(py, "more_body"))? {
+                    Some(more) => more.is_truthy()?,
+                    None => false,
+                };
+                if self.stream.is_some() {
+                    self.push(py, body, more)
+                } else {
+                    self.respond(py, body, more)
+                }
+            }
+            other => Err(PyRuntimeError::new_err(format!(
+                "unexpected ASGI message {other:?} for an HTTP request"
+            ))),
+        }
+    }
+
+    #[getter]
+    fn disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// The app returned: a response never started is a 500; a stream never ended is cut.
+    fn finished(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.respond.is_some() {
+            tracing::error!(
+                pid = std::process::id(),
+                "ASGI app returned without sending a response"
+            );
+        }
+        self.failed(py)
+    }
+
+    /// The app raised: 500 if the response had not started, else the connection is cut.
+    fn failed(&mut self, _py: Python<'_>) -> PyResult<()> {
+        self.forget();
+        if let Some(respond) = self.respond.take() {
+            let _ = respond.send(forkd::app::respond(
+                500,
+                "text/plain; charset=utf-8",
+                "Internal Server Error\n",
+            ));
+        } else if self.stream.take().is_some() {
+            self.aborted.store(true, Release);
+        }
+        self.pending_receive = None;
+        self.pending_send = None;
+        Ok(())
+    }
+}

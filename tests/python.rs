@@ -1,0 +1,761 @@
+//! Python ASGI apps in forkd's own workers: the `forkd` command of the Python package,
+//! serving the FastAPI app of tests/python/fastapi_app.py.
+//!
+//! The tests need a virtualenv with FastAPI and forkd's Python package installed;
+//! `scripts/test-deps.sh` makes it at `target/pyenv-test` (or point `PYTHON_TEST_VENV`
+//! at another one). Without it these tests fail, saying so: they never skip.
+
+mod harness;
+
+use harness::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The `forkd` command the Python package installed into the test virtualenv.
+fn python_forkd() -> PathBuf {
+    let venv = std::env::var_os("PYTHON_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv-test"));
+    let forkd = venv.join("bin/forkd");
+    assert!(
+        forkd.exists(),
+        "no Python test environment: {} does not exist. Run scripts/test-deps.sh, which makes \
+         a virtualenv at target/pyenv-test with FastAPI and forkd's Python package \
+         (or set PYTHON_TEST_VENV to one)",
+        forkd.display()
+    );
+    forkd
+}
+
+/// A fresh directory holding the test app (the HUP test edits its copy).
+fn app_dir(name: &str) -> PathBuf {
+    let dir = temp_dir(&format!("py-{name}"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/fastapi_app.py");
+    std::fs::copy(source, dir.join("fastapi_app.py")).expect("copy the test app");
+    dir
+}
+
+/// A config file in `dir` serving the app from `dir` (`[python] path`).
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("forkd.toml");
+    let text = format!(
+        "bind = [\"127.0.0.1:0\"]\napp = \"fastapi_app:app\"\n{extra}\n[python]\npath = [{:?}]\n",
+        dir.display().to_string()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Environment for the Python workers: no .pyc files, so that an edit of the app is
+/// always seen on the next import (the HUP test rewrites it within a second).
+const ENV: &[(&str, &str)] = &[("PYTHONDONTWRITEBYTECODE", "1")];
+
+fn start(dir: &Path, args: &[&str], extra_config: &str) -> Server {
+    let config = config(dir, extra_config);
+    let mut all = vec!["-c", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Server::start_with_env(&python_forkd(), &all, ENV)
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(500)])
+        )
+    })
+}
+
+#[test]
+fn a_build_without_python_support_exits_2_saying_how_to_get_it() {
+    let (code, stderr) = run_to_exit(
+        &forkd(),
+        &["-b", "127.0.0.1:0", "fastapi_app:app"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("without Python support") && stderr.contains("pip install"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn fastapi_json_path_query_post_stream_state_and_scope() {
+    let dir = app_dir("json");
+    let server = start(&dir, &["-w", "1"], "[env]\nAPP_ENV = \"staging\"\n");
+    let log = server.log();
+    assert!(
+        log.contains("python 3.") && log.contains("loading fastapi_app:app"),
+        "the worker names its interpreter:\n{log}"
+    );
+
+    let (status, _, body) = get(&server.addr, "/items/42?q=hello%20there").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"item_id": 42, "q": "hello there"})
+    );
+
+    let payload = r#"{"name":"widget","tags":["a","b"],"price":1.5}"#;
+    let (status, _, body) = request(
+        &server.addr,
+        &format!(
+            "POST /items HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            payload.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"received": {"name": "widget", "tags": ["a", "b"], "price": 1.5}})
+    );
+
+    let (status, head, body) = get(&server.addr, "/stream").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "a streamed response is chunked: {head}"
+    );
+    let text = String::from_utf8_lossy(&body);
+    for i in 0..5 {
+        assert!(text.contains(&format!("chunk {i}\n")), "{text}");
+    }
+
+    let (status, _, body) = get(&server.addr, "/state").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"greeting": "hello from lifespan"})
+    );
+
+    // `[env]` reaches os.environ.
+    let (_, _, body) = get(&server.addr, "/env").unwrap();
+    assert_eq!(json(&body)["APP_ENV"], "staging");
+
+    let (status, _, body) = request(
+        &server.addr,
+        "GET /scope/caf%C3%A9%20x?a=1&b=%20 HTTP/1.1\r\nHost: test\r\nX-Dup: one\r\nX-Dup: two\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let scope = json(&body);
+    assert_eq!(scope["type"], "http");
+    assert_eq!(scope["asgi"]["version"], "3.0");
+    assert_eq!(scope["asgi"]["spec_version"], "2.4");
+    assert_eq!(scope["http_version"], "1.1");
+    assert_eq!(scope["method"], "GET");
+    assert_eq!(scope["scheme"], "http");
+    assert_eq!(scope["path"], "/scope/café x");
+    assert_eq!(scope["raw_path"], "/scope/caf%C3%A9%20x");
+    assert_eq!(scope["query_string"], "a=1&b=%20");
+    assert_eq!(scope["root_path"], "");
+    let headers = scope["headers"].as_array().unwrap();
+    let dups: Vec<&str> = headers
+        .iter()
+        .filter(|h| h[0] == "x-dup")
+        .map(|h| h[1].as_str().unwrap())
+        .collect();
+    assert_eq!(dups, ["one", "two"], "{headers:?}");
+    assert!(headers.iter().any(|h| h[0] == "host" && h[1] == "test"));
+    assert_eq!(scope["client"][0], "127.0.0.1");
+    assert!(scope["client"][1].as_u64().unwrap() > 0);
+    let port: u64 = server.addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(scope["server"], serde_json::json!(["127.0.0.1", port]));
+
+    // https behind a trusted proxy (127.0.0.1 is trusted by default).
+    let (_, _, body) = request(
+        &server.addr,
+        "GET /scope/x HTTP/1.1\r\nHost: t\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let scope = json(&body);
+    assert_eq!(scope["scheme"], "https");
+    assert_eq!(scope["client"][0], "203.0.113.7");
+}
+
+#[test]
+fn an_exception_is_a_500_with_the_traceback_logged_and_the_worker_lives() {
+    let dir = app_dir("boom");
+    let server = start(&dir, &["-w", "1"], "");
+    let (_, _, body) = get(&server.addr, "/").unwrap();
+    let pid = json(&body)["pid"].clone();
+    let (status, _, _) = get(&server.addr, "/boom").unwrap();
+    assert_eq!(status, 500);
+    server.expect_log("ValueError: kaboom", Duration::from_secs(5));
+    assert!(server.log_contains("Traceback (most recent call last)"));
+    let (status, _, body) = get(&server.addr, "/").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["pid"], pid, "the same worker still serves");
+
+    // print() and logging reach the error log, one line each, with the worker's pid.
+    let (status, _, _) = get(&server.addr, "/print").unwrap();
+    assert_eq!(status, 200);
+    server.expect_log("hello from print", Duration::from_secs(5));
+    server.expect_log("hello from logging", Duration::from_secs(5));
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("hello from print"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains(&format!("pid={pid}")), "{line}");
+}
+
+#[test]
+fn a_raising_lifespan_startup_exits_3_with_its_message() {
+    let dir = app_dir("startup");
+    let config = config(&dir, "");
+    let mut env = ENV.to_vec();
+    env.push(("APP_FAIL_STARTUP", "1"));
+    let (code, stderr) = run_to_exit(
+        &python_forkd(),
+        &["-c", config.to_str().unwrap(), "-w", "2"],
+        &env,
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no worker could boot") && stderr.contains("database is down"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn twenty_hups_with_new_app_code_under_keepalive_load_drop_nothing() {
+    let dir = app_dir("hup");
+    let server = start(&dir, &["-w", "2"], "");
+    let app = dir.join("fastapi_app.py");
+    let original = std::fs::read_to_string(&app).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    for round in 1..=20u64 {
+        let version = round + 1;
+        std::fs::write(
+            &app,
+            original.replace("VERSION = 1\n", &format!("VERSION = {version}\n")),
+        )
+        .unwrap();
+        server.signal(nix::sys::signal::Signal::SIGHUP);
+        server.expect_log(&format!("generation={version}"), Duration::from_secs(20));
+        // The new code answers once a new worker is ready.
+        let answered = poll_until(Duration::from_secs(20), || {
+            get(&server.addr, "/")
+                .ok()
+                .is_some_and(|(_, _, body)| json(&body)["version"] == version)
+        });
+        assert!(
+            answered,
+            "version {version} never answered:\n{}",
+            server.log()
+        );
+    }
+    let settled = poll_until(Duration::from_secs(30), || {
+        workers_of(server.pid()).len() == 2
+            && server.log().matches("reason=\"reload\"").count() >= 40
+    });
+    finish(stop, handles);
+    assert!(
+        settled,
+        "workers did not settle at 2: {:?}\n{}",
+        workers_of(server.pid()),
+        server.log()
+    );
+    assert_no_failures(&tally, &server, "20 HUPs of a FastAPI app");
+    // Only the new code answers now.
+    for _ in 0..10 {
+        let (_, _, body) = get(&server.addr, "/").unwrap();
+        assert_eq!(json(&body)["version"], 21);
+    }
+}
+
+#[test]
+fn a_handler_blocking_the_event_loop_is_killed_at_timeout_and_replaced() {
+    let dir = app_dir("block");
+    let server = start(&dir, &["-w", "1", "--timeout", "2"], "");
+    let (_, _, body) = get(&server.addr, "/").unwrap();
+    let blocked_pid = json(&body)["pid"].as_i64().unwrap();
+    // time.sleep(60) in an async handler: the loop stops stamping progress, although
+    // the worker's tokio thread is fine.
+    let addr = server.addr.clone();
+    let blocked = std::thread::spawn(move || get(&addr, "/block?seconds=60"));
+    server.expect_log("worker timeout", Duration::from_secs(15));
+    let replaced = poll_until(Duration::from_secs(20), || {
+        get(&server.addr, "/")
+            .ok()
+            .is_some_and(|(status, _, body)| {
+                status == 200 && json(&body)["pid"].as_i64() != Some(blocked_pid)
+            })
+    });
+    assert!(replaced, "no new worker answered:\n{}", server.log());
+    // The blocked request's connection ended with its worker.
+    assert!(blocked.join().unwrap().is_err());
+}
+
+#[test]
+fn a_200_mib_upload_is_streamed_to_the_app_in_bounded_memory() {
+    use std::io::{Read, Write};
+    let dir = app_dir("upload");
+    let server = start(&dir, &["-w", "1"], "[limits]\nmax_body = \"300MiB\"\n");
+    let size: usize = 200 * 1024 * 1024;
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b'x'; 256 * 1024];
+    let mut sent = 0;
+    while sent < size {
+        stream.write_all(&chunk).unwrap();
+        sent += chunk.len();
+    }
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response");
+    let head = String::from_utf8_lossy(&response[..split]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let counted = json(&response[split + 4..]);
+    assert_eq!(counted["bytes"].as_u64(), Some(size as u64));
+    let peak_kib = counted["peak_rss_kib"].as_u64().unwrap();
+    assert!(
+        peak_kib < 64 * 1024,
+        "the worker's RSS reached {peak_kib} KiB while reading the upload"
+    );
+}
+
+#[test]
+fn term_drains_in_flight_requests_then_runs_the_lifespan_shutdown() {
+    let dir = app_dir("drain");
+    let mut server = start(&dir, &["-w", "1"], "");
+    let addr = server.addr.clone();
+    let slow = std::thread::spawn(move || get(&addr, "/slow?seconds=1.5"));
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, _, body) = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["slept"], 1.5);
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    let log = server.log();
+    let done = log.find("slow request done").expect("the request finished");
+    let shutdown = log.find("lifespan shutdown ran").expect("the shutdown ran");
+    assert!(done < shutdown, "shutdown before the drain ended:\n{log}");
+}
+
+#[test]
+fn max_requests_recycling_of_python_workers_under_keepalive_load_drops_nothing() {
+    let dir = app_dir("recycle");
+    let server = start(
+        &dir,
+        &[
+            "-w",
+            "2",
+            "--max-requests",
+            "500",
+            "--max-requests-jitter",
+            "100",
+        ],
+        "",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    let recycled = poll_until(Duration::from_secs(60), || {
+        server.log().matches("reason=\"max_requests\"").count() >= 6
+    });
+    finish(stop, handles);
+    assert!(recycled, "workers were not recycled:\n{}", server.log());
+    assert_no_failures(&tally, &server, "max_requests recycling of FastAPI workers");
+}
+
+#[test]
+fn usr2_starts_a_new_python_master_under_keepalive_load_dropping_nothing() {
+    let dir = app_dir("usr2");
+    let pidfile = dir.join("forkd.pid");
+    let server = start(&dir, &["-w", "2", "-p", pidfile.to_str().unwrap()], "");
+    let old = server.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(nix::sys::signal::Signal::SIGUSR2);
+    let moved = poll_until(Duration::from_secs(30), || {
+        read_pid(&pidfile).is_some_and(|p| p != old)
+    });
+    let new_pid = read_pid(&pidfile).unwrap_or(0);
+    // Stops the new master (not our child) whatever happens below.
+    let _new_master = PidGuard(new_pid);
+    let mut server = server;
+    let old_gone = poll_until(Duration::from_secs(30), || {
+        matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    finish(stop, handles);
+    let new_workers = workers_of(new_pid);
+    assert!(moved, "the pidfile did not move:\n{}", server.log());
+    assert!(old_gone, "the old master did not exit:\n{}", server.log());
+    assert_eq!(new_workers.len(), 2, "{}", server.log());
+    assert_no_failures(&tally, &server, "USR2 of the Python package's forkd");
+}
+
+#[test]
+fn a_syntax_error_in_the_app_on_hup_leaves_the_old_workers_serving() {
+    let dir = app_dir("syntax");
+    let server = start(&dir, &["-w", "2"], "");
+    let app = dir.join("fastapi_app.py");
+    let original = std::fs::read_to_string(&app).unwrap();
+    std::fs::write(&app, format!("{original}\ndef broken(:\n")).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.expect_log("SyntaxError", Duration::from_secs(20));
+    server.expect_log("worker failed to boot", Duration::from_secs(20));
+    for _ in 0..20 {
+        let (status, _, body) = get(&server.addr, "/").unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(json(&body)["version"], 1);
+    }
+    // Fixed code on the next HUP goes live.
+    std::fs::write(&app, original.replace("VERSION = 1\n", "VERSION = 3\n")).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let fixed = poll_until(Duration::from_secs(30), || {
+        get(&server.addr, "/")
+            .ok()
+            .is_some_and(|(_, _, body)| json(&body)["version"] == 3)
+    });
+    assert!(fixed, "the fixed code never answered:\n{}", server.log());
+}
+
+#[test]
+fn a_streamed_response_stops_when_the_client_goes_away() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = app_dir("gone");
+    let server = start(&dir, &["-w", "1"], "");
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /forever HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut seen = String::new();
+    while !seen.contains("data: tick") {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    drop(reader);
+    // `send` raised OSError in the app once the client was gone: the stream ended.
+    let closed = poll_until(Duration::from_secs(10), || {
+        get(&server.addr, "/forever/closed")
+            .ok()
+            .is_some_and(|(_, _, body)| json(&body)["closed"] == true)
+    });
+    assert!(closed, "the app's stream never ended:\n{}", server.log());
+    server.expect_log("client gone during GET /forever", Duration::from_secs(5));
+    assert!(!server.log_contains("Traceback"), "{}", server.log());
+}
+
+/// A client WebSocket frame (masked, as RFC 6455 requires of clients).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads one server frame: (opcode, payload).
+fn server_frame(stream: &mut impl std::io::Read) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).expect("a frame");
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut ext = [0u8; 2];
+            stream.read_exact(&mut ext).unwrap();
+            u16::from_be_bytes(ext) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+/// Opens a WebSocket to `/ws` (the handshake response is read and checked).
+fn open_websocket(addr: &str) -> std::net::TcpStream {
+    open_websocket_at(addr, "/ws")
+}
+
+fn open_websocket_at(addr: &str, path: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream
+            .read_exact(&mut byte)
+            .expect("the handshake response");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    stream
+}
+
+#[test]
+fn a_fastapi_websocket_echoes_and_closes() {
+    use std::io::{Read, Write};
+    let dir = app_dir("ws");
+    let server = start(&dir, &["-w", "1"], "");
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream
+            .read_exact(&mut byte)
+            .expect("the handshake response");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // RFC 6455's own example key and answer.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    for word in ["one", "two"] {
+        stream
+            .write_all(&client_frame(0x1, word.as_bytes()))
+            .unwrap();
+        let (opcode, payload) = server_frame(&mut stream);
+        assert_eq!(opcode, 0x1);
+        assert_eq!(
+            String::from_utf8_lossy(&payload),
+            format!("echo: {word} (hello from lifespan)")
+        );
+    }
+    // The app closes with its own code.
+    stream.write_all(&client_frame(0x1, b"bye")).unwrap();
+    let (opcode, payload) = server_frame(&mut stream);
+    assert_eq!(opcode, 0x8, "a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4000);
+
+    // A client that closes: the app sees WebSocketDisconnect with its code.
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    stream
+        .write_all(&client_frame(0x8, &1001u16.to_be_bytes()))
+        .unwrap();
+    server.expect_log(
+        "websocket closed by the client with code 1001",
+        Duration::from_secs(10),
+    );
+    // The worker still serves HTTP.
+    let (status, _, _) = get(&server.addr, "/").unwrap();
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_draining_worker_keeps_websockets_open_then_closes_them_with_1001() {
+    use std::io::Write;
+    let dir = app_dir("ws-drain");
+    let mut server = start(&dir, &["-w", "1", "--graceful-timeout", "3"], "");
+    let mut stream = open_websocket(&server.addr);
+    let started = std::time::Instant::now();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    // Still open while the worker drains.
+    stream.write_all(&client_frame(0x1, b"draining")).unwrap();
+    let (opcode, payload) = server_frame(&mut stream);
+    assert_eq!(opcode, 0x1);
+    assert!(String::from_utf8_lossy(&payload).starts_with("echo: draining"));
+    // Then "going away", before the master's SIGKILL at graceful_timeout.
+    let (opcode, payload) = server_frame(&mut stream);
+    assert_eq!(opcode, 0x8, "a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1001);
+    let waited = started.elapsed();
+    assert!(
+        waited > Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        server.log_contains("websocket closed by the client with code 1001")
+            || server.log_contains("exited (exit code 0)"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_100_mib_streamed_download_is_sent_under_backpressure() {
+    use std::io::{Read, Write};
+    let dir = app_dir("download");
+    let server = start(&dir, &["-w", "1"], "");
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+        .write_all(b"GET /download?mb=100 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // Read slowly at first: the app must wait for the socket, not buffer the stream.
+    let mut first = vec![0u8; 1024 * 1024];
+    stream.read_exact(&mut first).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, _, body) = get(&server.addr, "/rss").unwrap();
+    let rss_kib = json(&body)["rss_kib"].as_u64().unwrap();
+    assert!(
+        rss_kib < 64 * 1024,
+        "the worker holds {rss_kib} KiB while its client is slow"
+    );
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    let split = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&first[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // Chunked framing adds a little; the payload is 100 MiB of 'z'.
+    let total = first.len() - split - 4 + rest.len();
+    assert!(total >= 100 * 1024 * 1024, "{total} bytes");
+    let z = rest.iter().filter(|b| **b == b'z').count()
+        + first[split + 4..].iter().filter(|b| **b == b'z').count();
+    assert_eq!(z, 100 * 1024 * 1024);
+}
+
+#[test]
+fn root_path_and_lifespan_off_are_applied() {
+    let dir = app_dir("root-path");
+    // `config` ends with the [python] table: these keys land in it.
+    let config_path = config(&dir, "");
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    text.push_str("root_path = \"/api\"\nlifespan = \"off\"\n");
+    std::fs::write(&config_path, text).unwrap();
+    let server = Server::start_with_env(
+        &python_forkd(),
+        &["-c", config_path.to_str().unwrap(), "-w", "1"],
+        ENV,
+    );
+    let (status, _, body) = get(&server.addr, "/scope/x").unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let scope = json(&body);
+    assert_eq!(scope["root_path"], "/api");
+    assert_eq!(scope["path"], "/api/scope/x");
+    // No lifespan: no state.
+    let (status, _, _) = get(&server.addr, "/state").unwrap();
+    assert_eq!(status, 500);
+    assert!(!server.log_contains("lifespan shutdown ran"));
+}
+
+#[test]
+fn http2_requests_reach_the_app_with_a_host_header() {
+    use http_body_util::BodyExt;
+    let dir = app_dir("h2");
+    let server = start(&dir, &["-w", "1"], "");
+    let addr = server.addr.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://{addr}/scope/h2?x=1"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap().to_bytes()
+    });
+    let scope = json(&body);
+    assert_eq!(scope["http_version"], "2");
+    assert_eq!(scope["query_string"], "x=1");
+    let headers = scope["headers"].as_array().unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "host" && h[1] == server.addr.as_str()),
+        "{headers:?}"
+    );
+}
+
+#[test]
+fn a_websocket_app_sending_to_a_slow_client_waits_instead_of_buffering() {
+    let dir = app_dir("ws-flood");
+    // A short timeout: sending must not starve the event loop's progress stamps.
+    let server = start(&dir, &["-w", "1", "--timeout", "3"], "");
+    let mut stream = open_websocket_at(&server.addr, "/ws-flood");
+    // 120 MB on their way; the client reads nothing for a while.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (_, _, body) = get(&server.addr, "/rss").unwrap();
+    let rss_kib = json(&body)["rss_kib"].as_u64().unwrap();
+    assert!(
+        rss_kib < 64 * 1024,
+        "the worker holds {rss_kib} KiB for its slow WebSocket client"
+    );
+    let mut received = 0;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    loop {
+        let (opcode, payload) = server_frame(&mut stream);
+        if opcode == 0x8 {
+            break;
+        }
+        assert_eq!(opcode, 0x2);
+        assert_eq!(payload.len(), 60000);
+        received += 1;
+    }
+    assert_eq!(received, 2000);
+    assert!(!server.log_contains("worker timeout"), "{}", server.log());
+}
