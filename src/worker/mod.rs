@@ -22,7 +22,6 @@ use health::HealthPaths;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use limits::HeadLimits;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
@@ -438,7 +437,6 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
             .fd
             .try_clone()
             .map_err(|e| format!("dup listener {}: {e}", listener.local))?;
-        let raw = fd.into_raw_fd();
         let shared = shared.clone();
         let name = listener.local.clone();
         let tls = listener.spec.is_tls();
@@ -447,16 +445,14 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
         }
         let task = match &listener.kind {
             ListenerKind::Tcp => {
-                // SAFETY: raw is a fresh dup of a listening TCP socket, owned from here.
-                let std_listener = unsafe { std::net::TcpListener::from_raw_fd(raw) };
+                let std_listener = std::net::TcpListener::from(fd);
                 let _ = std_listener.set_nonblocking(true);
                 let l = tokio::net::TcpListener::from_std(std_listener)
                     .map_err(|e| format!("{name}: {e}"))?;
                 tokio::spawn(accept_tcp(l, shared, tls))
             }
             ListenerKind::Unix { .. } => {
-                // SAFETY: raw is a fresh dup of a listening unix socket, owned from here.
-                let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(raw) };
+                let std_listener = std::os::unix::net::UnixListener::from(fd);
                 let _ = std_listener.set_nonblocking(true);
                 let l = tokio::net::UnixListener::from_std(std_listener)
                     .map_err(|e| format!("{name}: {e}"))?;
