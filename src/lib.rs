@@ -31,6 +31,7 @@ mod metrics;
 mod privileges;
 mod proctitle;
 pub mod scoreboard;
+mod single_threaded;
 mod systemd;
 mod timefmt;
 mod tls;

@@ -22,10 +22,11 @@ use crate::config::{Config, ConfigError, ReadyMode};
 use crate::control;
 use crate::listeners::{self, Listener};
 use crate::scoreboard::{monotonic_ms, Scoreboard, WorkerState, FLAG_RETIRE};
+use crate::single_threaded::fork;
 use crate::worker::{self, WorkerContext, EXIT_BOOT_ERROR};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{ForkResult, Pid};
 use notify::SystemdLink;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
@@ -1349,8 +1350,9 @@ impl Master {
                 self.scoreboard.release(slot_index);
             })?);
         }
-        // SAFETY: the master is single-threaded (no runtime, no helper threads), so the
-        // child's copy of memory holds no lock another thread owned.
+        // SAFETY: the master is single-threaded (no runtime, no helper threads; checked
+        // by `fork` in debug builds), so the child's copy of memory holds no lock another
+        // thread owned.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
                 signals::restore_in_child();
@@ -1378,7 +1380,7 @@ impl Master {
                     Program::Native(factory) => {
                         self.close_master_fds_in_child();
                         for (key, value) in &self.config.env {
-                            std::env::set_var(key, value);
+                            crate::single_threaded::set_env(key, Some(value.as_ref()));
                         }
                         worker::run(WorkerContext {
                             number,

@@ -123,6 +123,7 @@ pub(crate) fn ring_doorbell(_master_pid: i32) {
 }
 
 /// Runs the worker; never returns.
+#[allow(clippy::disallowed_methods)] // process::exit: the worker's exit point
 pub fn run(ctx: WorkerContext<'_>) -> ! {
     let code = match boot_and_serve(ctx) {
         Ok(()) => 0,
@@ -759,6 +760,7 @@ async fn wait_for_stop_signal(shared: &Shared, orphaned: Option<tokio::signal::u
 }
 
 /// QUIT or INT: exit at once, but with the access log lines written.
+#[allow(clippy::disallowed_methods)] // process::exit: the worker's exit point
 fn exit_now(shared: &Shared) -> ! {
     if let Some(log) = &shared.access_log {
         log.finish();
