@@ -11,10 +11,14 @@
 //! ready to take its place, so capacity never dips below the target.
 
 mod clock;
+#[allow(unsafe_code)] // the exec child: autobind, SIGPIPE, close_range, _exit
 pub mod exec;
 mod notify;
+#[allow(unsafe_code)] // flock
 pub mod pidfile;
+#[allow(unsafe_code)] // signal sets with a realtime signal, getrandom, sigqueue
 pub mod signals;
+#[allow(unsafe_code)] // fork and exec of the new master
 pub mod upgrade;
 
 use crate::app::AppFactory;
@@ -372,6 +376,7 @@ impl Master {
 
     /// Waits for a signal, a notify message or worker output, at most until the nearest
     /// deadline; returns how long it planned to sleep.
+    #[allow(unsafe_code)] // borrowing the logger's stderr fd
     fn wait_for_events(&self) -> Duration {
         let timeout = self
             .next_deadline()
@@ -871,6 +876,7 @@ impl Master {
         at - now
     }
 
+    #[allow(unsafe_code)] // kill(2) with a realtime signal
     fn observe_scoreboard(&mut self) {
         self.probe_exec_readiness();
         for w in &mut self.workers {
@@ -1332,6 +1338,7 @@ impl Master {
         };
     }
 
+    #[allow(unsafe_code)] // fork, _exit
     fn spawn_worker(&mut self) -> Result<(), String> {
         let slot_index = self
             .scoreboard

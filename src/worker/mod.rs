@@ -9,6 +9,7 @@ mod conn;
 #[cfg(test)]
 mod differential;
 mod health;
+#[allow(unsafe_code)] // Vec::set_len after a read into spare capacity
 mod io;
 mod limits;
 
@@ -114,6 +115,7 @@ static DOORBELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::ne
 /// Tells the master that this worker's scoreboard slot changed: one byte into the
 /// doorbell pipe (non-blocking: a full pipe has rung already). Works whatever uid the
 /// worker switched to, which a signal to a root master would not.
+#[allow(unsafe_code)] // write(2) to an inherited raw fd
 pub(crate) fn ring_doorbell(_master_pid: i32) {
     let fd = DOORBELL.load(Relaxed);
     if fd >= 0 {
@@ -132,6 +134,7 @@ pub fn run(ctx: WorkerContext<'_>) -> ! {
     std::process::exit(code)
 }
 
+#[allow(unsafe_code)] // prctl(PR_SET_PDEATHSIG) with a realtime signal
 fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     let WorkerContext {
         number,
