@@ -33,7 +33,7 @@ mod dirfd;
 mod forwarded;
 #[allow(unsafe_code)] // adopting inherited listening fds
 mod listeners;
-#[allow(unsafe_code)] // flock, dup2 onto stderr, borrowing the log fd
+#[allow(unsafe_code)] // flock, adopting a reopened fd, borrowing the log fd
 mod logging;
 pub(crate) mod master;
 mod metrics;
