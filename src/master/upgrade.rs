@@ -104,7 +104,7 @@ impl Upgrade {
             fds.push(metrics.fd.as_raw_fd());
         }
         let old_pid = std::process::id();
-        // Build everything that allocates before forking; the child only does syscalls.
+        // Build the environment before forking; the child only adds its own `LISTEN_PID`.
         let mut env: Vec<CString> = std::env::vars_os()
             .filter(|(k, _)| {
                 !matches!(
