@@ -60,3 +60,20 @@ pub fn set_env(key: impl AsRef<OsStr>, value: Option<&OsStr>) {
         None => std::env::remove_var(key),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_count_sees_a_new_thread() {
+        let before = thread_count().expect("/proc/self/task");
+        let (stop, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || wait.recv());
+        let during = thread_count().expect("/proc/self/task");
+        drop(stop);
+        let _ = thread.join();
+        // Other tests run threads of their own meanwhile: at least one more.
+        assert!(during >= 2 && before >= 1, "{before} then {during}");
+    }
+}
