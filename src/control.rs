@@ -164,12 +164,9 @@ fn accept_answers_from(pid: i32) {
 fn reload_and_wait(pid: i32) -> Result<(), String> {
     use nix::sys::signal::SigSet;
     use nix::sys::signalfd::{SfdFlags, SignalFd};
-    // SAFETY: sigemptyset/sigaddset on a zeroed sigset_t with a valid signal number.
-    let mut raw: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigemptyset(&mut raw);
-        libc::sigaddset(&mut raw, reload_reply_signal());
-    }
+    let mut raw = *SigSet::empty().as_ref();
+    // SAFETY: sigaddset on an initialised sigset_t with a valid (realtime) signal number.
+    unsafe { libc::sigaddset(&mut raw, reload_reply_signal()) };
     // SAFETY: raw was initialised above.
     let set = unsafe { SigSet::from_sigset_t_unchecked(raw) };
     accept_answers_from(pid);

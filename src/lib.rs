@@ -15,23 +15,36 @@
 //! }
 //! ```
 
+// `unsafe` only where a module needs it (marked `#[allow(unsafe_code)]` below, and on
+// the few functions of `master` and `worker` that fork, signal or prctl); every block
+// says why it is sound (clippy's `undocumented_unsafe_blocks`).
+#![deny(unsafe_code)]
+
 mod access_log;
 pub mod app;
 pub mod apps;
 mod body;
 pub mod cli;
 pub mod config;
+#[allow(unsafe_code)] // a signal set with a realtime signal
 pub mod control;
+#[allow(unsafe_code)] // adopting fds from openat(2), getrandom
 mod dirfd;
 mod forwarded;
 pub mod hosted;
+#[allow(unsafe_code)] // adopting inherited listening fds
 mod listeners;
+#[allow(unsafe_code)] // flock, adopting a reopened fd, borrowing the log fd
 mod logging;
 pub(crate) mod master;
 mod metrics;
 mod privileges;
+#[allow(unsafe_code)] // writing the process title over argv
 mod proctitle;
+#[allow(unsafe_code)] // the shared mapping (mmap)
 pub mod scoreboard;
+#[allow(unsafe_code)] // fork
+mod single_threaded;
 mod systemd;
 mod timefmt;
 mod tls;

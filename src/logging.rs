@@ -448,8 +448,7 @@ pub fn in_worker() {
 
 fn stderr_to(file: &File) {
     use std::os::fd::AsRawFd;
-    // SAFETY: dup2(2) of an open fd onto fd 2.
-    unsafe { libc::dup2(file.as_raw_fd(), 2) };
+    let _ = nix::unistd::dup2(file.as_raw_fd(), 2);
 }
 
 /// Panics go to the error log (a file too), with the process and thread, instead of

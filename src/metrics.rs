@@ -18,7 +18,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::fmt::Write;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -111,21 +110,18 @@ pub fn serve(
         .fd
         .try_clone()
         .map_err(|e| format!("dup metrics listener {}: {e}", listener.local))?;
-    let raw = fd.into_raw_fd();
     enum Accepting {
         Tcp(tokio::net::TcpListener),
         Unix(tokio::net::UnixListener),
     }
     let accepting = match listener.kind {
         ListenerKind::Tcp => {
-            // SAFETY: raw is a fresh dup of a listening TCP socket, owned from here.
-            let l = unsafe { std::net::TcpListener::from_raw_fd(raw) };
+            let l = std::net::TcpListener::from(fd);
             let _ = l.set_nonblocking(true);
             Accepting::Tcp(tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?)
         }
         ListenerKind::Unix { .. } => {
-            // SAFETY: raw is a fresh dup of a listening unix socket, owned from here.
-            let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(raw) };
+            let l = std::os::unix::net::UnixListener::from(fd);
             let _ = l.set_nonblocking(true);
             Accepting::Unix(tokio::net::UnixListener::from_std(l).map_err(|e| e.to_string())?)
         }

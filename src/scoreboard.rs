@@ -12,9 +12,8 @@
 //! totals of exited workers) it keeps in its own memory ([`Scoreboard`]), copying it
 //! into the mapping only for the workers' `/metrics`.
 
-use std::cell::UnsafeCell;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 
 /// Maximum number of worker processes alive at once (including old ones during a reload).
 pub const CAPACITY: usize = 512;
@@ -275,17 +274,16 @@ pub struct Slot {
     progress_ms: AtomicU64,
     requests: AtomicU64,
     connections: AtomicU64,
-    message: UnsafeCell<[u8; MESSAGE_BYTES]>,
+    /// Bytes, not a plain buffer: both the master (an exec worker's boot deadline) and
+    /// the worker (or the forked child before exec) write it, so a concurrent write
+    /// garbles the text but is never a data race.
+    message: [AtomicU8; MESSAGE_BYTES],
     /// The worker's number (`forkd: worker [N]`), set by the worker.
     number: AtomicU64,
     /// Requests whose response has not been completely sent yet.
     in_flight: AtomicU64,
     durations: Histogram,
 }
-
-// SAFETY: `message` is written only by the slot's own worker before it publishes
-// `message_len` with Release, and read by the master after loading it with Acquire.
-unsafe impl Sync for Slot {}
 
 impl Slot {
     pub fn pid(&self) -> i32 {
@@ -359,8 +357,9 @@ impl Slot {
     pub fn set_message(&self, text: &str) {
         let bytes = text.as_bytes();
         let len = bytes.len().min(MESSAGE_BYTES);
-        // SAFETY: only this slot's worker writes, before publishing the length.
-        unsafe { (&mut *self.message.get())[..len].copy_from_slice(&bytes[..len]) };
+        for (cell, byte) in self.message.iter().zip(&bytes[..len]) {
+            cell.store(*byte, Relaxed);
+        }
         self.message_len.store(len as u32, Release);
     }
     /// The worker's failure message: at most `MESSAGE_BYTES`, control characters
@@ -370,9 +369,9 @@ impl Slot {
         if len == 0 {
             return None;
         }
-        // SAFETY: published with Release by the writer; bounded by MESSAGE_BYTES. A
-        // worker writing while we copy gives garbled text, never an invalid read.
-        let bytes: [u8; MESSAGE_BYTES] = unsafe { std::ptr::read_volatile(self.message.get()) };
+        // Published with Release by the writer; a writer still at work gives garbled
+        // text, never an invalid read.
+        let bytes: [u8; MESSAGE_BYTES] = std::array::from_fn(|i| self.message[i].load(Relaxed));
         // Written by a worker, which may be compromised: it goes into the master's log,
         // escaped, without trailing NULs, at most 2 * MESSAGE_BYTES characters.
         let bytes = &bytes[..len.min(MESSAGE_BYTES)];

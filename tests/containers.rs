@@ -10,6 +10,9 @@
 //! probes ask its health paths on its port, the grace period covers its drain, and the
 //! image's entrypoint is in exec form with a valid default command.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 mod nspawn;
 

@@ -2,6 +2,9 @@
 //! worker replacement, TTIN/TTOU, WINCH, timeout, max_requests recycling, graceful TERM,
 //! quick QUIT, master death, boot failure (exit 3), unix sockets and the pidfile.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

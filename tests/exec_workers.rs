@@ -2,6 +2,9 @@
 //! `[exec] command`), with real uvicorn as the reference and a standard-library Python
 //! worker for `ready = "notify"` and `timeout` by WATCHDOG=1.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

@@ -6,6 +6,9 @@
 //! whose JSON names the path it served, so a request that reached the app shows.
 //! Real sockets on loopback, deadlines on every wait, every process killed by a guard.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

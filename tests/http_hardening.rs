@@ -4,6 +4,9 @@
 //! trusted proxy headers. Real sockets on loopback, deadlines on every wait, every
 //! process killed by a guard.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

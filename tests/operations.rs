@@ -3,6 +3,9 @@
 //! moved the file, no line lost on stop) and the Prometheus endpoint (parses as the
 //! text format; its counters move with requests, reloads, crashes and rejections).
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

@@ -2,6 +2,9 @@
 //! workers running as another user, full disks, stalled pipes, crash loops, floods of
 //! idle connections. Each test starts the real binary and provokes the fault.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

@@ -2,6 +2,9 @@
 //! panic = "unwind"): only that request's connection is lost, the worker keeps serving,
 //! and a later graceful stop is not held up waiting for the connection that panicked.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

@@ -5,6 +5,9 @@
 //! master (its terminal, its session, its supplementary groups) or write the master's
 //! log lines for it.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

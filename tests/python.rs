@@ -5,6 +5,9 @@
 //! `scripts/test-deps.sh` makes it at `target/pyenv-test` (or point `PYTHON_TEST_VENV`
 //! at another one). Without it these tests fail, saying so: they never skip.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

@@ -2,6 +2,9 @@
 //! is its own, matched to `bind` entries by name or address, through the real
 //! `systemd-socket-activate` and through a test that passes the fds itself.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

@@ -10,6 +10,9 @@
 //! bad config fails `systemctl reload` and keeps serving; forkd's lines reach the journal
 //! with their priority and without a second timestamp.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 mod nspawn;
 

@@ -2,6 +2,9 @@
 //! datagram socket in a temp dir (or the abstract namespace) that records each message
 //! with the pid that sent it (SCM_CREDENTIALS), as systemd does to decide whom to trust.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

@@ -2,6 +2,9 @@
 //! scoreboard, the exec workers' notify socket name, the pidfile `-s` reads, the sender
 //! of a realtime signal. And a freeze of the whole process tree is not a timeout.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;
@@ -343,10 +346,8 @@ fn signal_command_refuses_a_pidfile_naming_another_process() {
     // Locked by someone else than the pid it names: refused too.
     let holder = std::fs::File::open(&pidfile).expect("open");
     // SAFETY: flock(2) on an open fd.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) },
-        0
-    );
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) };
+    assert_eq!(locked, 0);
     let (code, stderr) = run_to_exit(
         &forkd(),
         &["-p", pid_arg, "-s", "stop"],

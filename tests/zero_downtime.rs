@@ -3,6 +3,9 @@
 //! (connect error, reset, short read, non-2xx). The real binary, real sockets, real
 //! signals; every wait has a deadline and every process is killed by a guard.
 
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 use harness::*;

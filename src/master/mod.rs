@@ -11,10 +11,14 @@
 //! ready to take its place, so capacity never dips below the target.
 
 mod clock;
+#[allow(unsafe_code)] // the exec child: autobind, SIGPIPE, close_range, _exit
 pub mod exec;
 mod notify;
+#[allow(unsafe_code)] // flock
 pub mod pidfile;
+#[allow(unsafe_code)] // signal sets with a realtime signal, getrandom, sigqueue
 pub mod signals;
+#[allow(unsafe_code)] // fork and exec of the new master
 pub mod upgrade;
 
 use crate::app::AppFactory;
@@ -22,10 +26,11 @@ use crate::config::{Config, ConfigError, ReadyMode};
 use crate::control;
 use crate::listeners::{self, Listener};
 use crate::scoreboard::{monotonic_ms, Scoreboard, WorkerState, FLAG_RETIRE};
+use crate::single_threaded::fork;
 use crate::worker::{self, WorkerContext, EXIT_BOOT_ERROR};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{ForkResult, Pid};
 use notify::SystemdLink;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -377,6 +382,7 @@ impl Master {
 
     /// Waits for a signal, a notify message or worker output, at most until the nearest
     /// deadline; returns how long it planned to sleep.
+    #[allow(unsafe_code)] // borrowing the logger's stderr fd
     fn wait_for_events(&self) -> Duration {
         let timeout = self
             .next_deadline()
@@ -876,6 +882,7 @@ impl Master {
         at - now
     }
 
+    #[allow(unsafe_code)] // kill(2) with a realtime signal
     fn observe_scoreboard(&mut self) {
         self.probe_exec_readiness();
         for w in &mut self.workers {
@@ -1348,7 +1355,7 @@ impl Master {
     ) -> ! {
         self.close_master_fds_in_child();
         for (key, value) in &self.config.env {
-            std::env::set_var(key, value);
+            crate::single_threaded::set_env(key, Some(value.as_ref()));
         }
         worker::run(WorkerContext {
             number,
@@ -1364,6 +1371,7 @@ impl Master {
         })
     }
 
+    #[allow(unsafe_code)] // fork, _exit
     fn spawn_worker(&mut self) -> Result<(), String> {
         let slot_index = self
             .scoreboard
@@ -1385,8 +1393,9 @@ impl Master {
         if let Some(hooks) = &self.fork_hooks {
             (hooks.before)();
         }
-        // SAFETY: the master is single-threaded (no runtime, no helper threads), so the
-        // child's copy of memory holds no lock another thread owned.
+        // SAFETY: the master is single-threaded (no runtime, no helper threads; checked
+        // by `fork` in debug builds), so the child's copy of memory holds no lock another
+        // thread owned.
         let forked = unsafe { fork() };
         if let Some(hooks) = &self.fork_hooks {
             match forked {

@@ -58,17 +58,14 @@ const HANDLED: [Signal; 10] = [
 ];
 
 fn handled_set() -> SigSet {
-    // SAFETY: sigemptyset initialises the zeroed sigset_t.
-    let mut raw: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::sigemptyset(&mut raw) };
+    let mut set = SigSet::empty();
     for signal in HANDLED {
-        // SAFETY: raw is a valid sigset_t and the numbers are valid signals.
-        unsafe { libc::sigaddset(&mut raw, signal as libc::c_int) };
+        set.add(signal);
     }
-    // SAFETY: as above, for the realtime upgrade-ready signal.
-    unsafe {
-        libc::sigaddset(&mut raw, super::upgrade::ready_signal());
-    }
+    // nix's `Signal` has no realtime signals: that one is added to the raw set.
+    let mut raw = *set.as_ref();
+    // SAFETY: raw is an initialised sigset_t and the upgrade-ready signal a valid number.
+    unsafe { libc::sigaddset(&mut raw, super::upgrade::ready_signal()) };
     // SAFETY: raw was initialised from an empty SigSet and filled with sigaddset.
     unsafe { SigSet::from_sigset_t_unchecked(raw) }
 }

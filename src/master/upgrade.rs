@@ -10,8 +10,9 @@
 //! answer ("systemd follows you now") both carry it as their sigqueue value.
 
 use crate::listeners::Listener;
+use crate::single_threaded::fork;
 use crate::systemd::LISTEN_FDS_START;
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{ForkResult, Pid};
 use std::ffi::{CString, OsString};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -38,8 +39,8 @@ pub fn ready_signal() -> libc::c_int {
 pub fn take_upgrade_from() -> Option<(i32, Option<u64>)> {
     let from = std::env::var(UPGRADE_FROM_VAR).ok();
     let token = std::env::var(UPGRADE_TOKEN_VAR).ok();
-    std::env::remove_var(UPGRADE_FROM_VAR);
-    std::env::remove_var(UPGRADE_TOKEN_VAR);
+    crate::single_threaded::set_env(UPGRADE_FROM_VAR, None);
+    crate::single_threaded::set_env(UPGRADE_TOKEN_VAR, None);
     let pid = from?.parse::<i32>().ok()?;
     let token = token.and_then(|t| u64::from_str_radix(&t, 16).ok().filter(|t| *t != 0));
     Some((pid, token))
@@ -103,7 +104,7 @@ impl Upgrade {
             fds.push(metrics.fd.as_raw_fd());
         }
         let old_pid = std::process::id();
-        // Build everything that allocates before forking; the child only does syscalls.
+        // Build the environment before forking; the child only adds its own `LISTEN_PID`.
         let mut env: Vec<CString> = std::env::vars_os()
             .filter(|(k, _)| {
                 !matches!(
@@ -141,8 +142,10 @@ impl Upgrade {
         }
         let pid_slot = env.len();
         env.push(CString::new("LISTEN_PID=0").map_err(|e| e.to_string())?);
-        // SAFETY: single-threaded master; the child only calls async-signal-safe functions
-        // (dup/dup2/fcntl/getpid/execve) and formats into preallocated memory.
+        // SAFETY: the master is single-threaded (checked by `fork` in debug builds), so
+        // the child's copy of memory holds no lock another thread owned, and it may
+        // allocate (`LISTEN_PID`'s value, the fd list, nix's execve arrays) before it
+        // execs or `_exit`s. (It is not limited to async-signal-safe calls.)
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
                 super::signals::restore_in_child();

@@ -9,6 +9,7 @@ mod conn;
 #[cfg(test)]
 mod differential;
 mod health;
+#[allow(unsafe_code)] // Vec::set_len after a read into spare capacity
 mod io;
 mod limits;
 
@@ -22,7 +23,6 @@ use health::HealthPaths;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use limits::HeadLimits;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +124,7 @@ static DOORBELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::ne
 /// Tells the master that this worker's scoreboard slot changed: one byte into the
 /// doorbell pipe (non-blocking: a full pipe has rung already). Works whatever uid the
 /// worker switched to, which a signal to a root master would not.
+#[allow(unsafe_code)] // write(2) to an inherited raw fd
 pub(crate) fn ring_doorbell(_master_pid: i32) {
     let fd = DOORBELL.load(Relaxed);
     if fd >= 0 {
@@ -133,6 +134,7 @@ pub(crate) fn ring_doorbell(_master_pid: i32) {
 }
 
 /// Runs the worker; never returns.
+#[allow(clippy::disallowed_methods)] // process::exit: the worker's exit point
 pub fn run(ctx: WorkerContext<'_>) -> ! {
     let code = match boot_and_serve(ctx) {
         Ok(()) => 0,
@@ -141,6 +143,7 @@ pub fn run(ctx: WorkerContext<'_>) -> ! {
     std::process::exit(code)
 }
 
+#[allow(unsafe_code)] // prctl(PR_SET_PDEATHSIG) with a realtime signal
 fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     let WorkerContext {
         number,
@@ -261,6 +264,9 @@ fn serve_hosted(server: Server<'_>, program: &crate::hosted::HostedProgram) -> R
         if let Err(e) = run() {
             tracing::error!(pid = std::process::id(), "the app's event loop failed: {e}");
             crate::logging::flush();
+            // The server thread is still serving inside this scope, which would wait
+            // for it: the worker ends here, as at its other exit points.
+            #[allow(clippy::disallowed_methods)]
             std::process::exit(1);
         }
         serving.join().unwrap_or(Err(1))
@@ -547,7 +553,6 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
             .fd
             .try_clone()
             .map_err(|e| format!("dup listener {}: {e}", listener.local))?;
-        let raw = fd.into_raw_fd();
         let shared = shared.clone();
         let name = listener.local.clone();
         let tls = listener.spec.is_tls();
@@ -556,16 +561,14 @@ fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<Accep
         }
         let task = match &listener.kind {
             ListenerKind::Tcp => {
-                // SAFETY: raw is a fresh dup of a listening TCP socket, owned from here.
-                let std_listener = unsafe { std::net::TcpListener::from_raw_fd(raw) };
+                let std_listener = std::net::TcpListener::from(fd);
                 let _ = std_listener.set_nonblocking(true);
                 let l = tokio::net::TcpListener::from_std(std_listener)
                     .map_err(|e| format!("{name}: {e}"))?;
                 tokio::spawn(accept_tcp(l, shared, tls))
             }
             ListenerKind::Unix { .. } => {
-                // SAFETY: raw is a fresh dup of a listening unix socket, owned from here.
-                let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(raw) };
+                let std_listener = std::os::unix::net::UnixListener::from(fd);
                 let _ = std_listener.set_nonblocking(true);
                 let l = tokio::net::UnixListener::from_std(std_listener)
                     .map_err(|e| format!("{name}: {e}"))?;
@@ -876,6 +879,7 @@ async fn wait_for_stop_signal(shared: &Shared, orphaned: Option<tokio::signal::u
 }
 
 /// QUIT or INT: exit at once, but with the access log lines written.
+#[allow(clippy::disallowed_methods)] // process::exit: the worker's exit point
 fn exit_now(shared: &Shared) -> ! {
     if let Some(log) = &shared.access_log {
         log.finish();
