@@ -9,6 +9,9 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::access_log::Format as AccessLogFormat;
+pub use crate::forwarded::TrustedProxies;
+
 /// One `bind` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BindSpec {
@@ -107,7 +110,8 @@ pub struct LogConfig {
     pub format: LogFormat,     // default Text
     pub error_log: LogTarget,  // default Std ("-"); "off" not allowed here
     pub access_log: LogTarget, // default Off
-    pub access_log_format: Option<String>,
+    /// Parsed once here; the workers use it as it is. None: the default format.
+    pub access_log_format: Option<AccessLogFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -172,7 +176,8 @@ pub struct Config {
     pub group: Option<String>,
     pub umask: Option<u32>,
     pub chdir: Option<PathBuf>,
-    pub forwarded_allow_ips: Vec<String>,
+    /// Parsed once here; the workers use it as it is.
+    pub forwarded_allow_ips: TrustedProxies,
     pub env: BTreeMap<String, String>,
     pub log: LogConfig,
     pub limits: Limits,
@@ -299,7 +304,7 @@ impl Default for Config {
             group: None,
             umask: None,
             chdir: None,
-            forwarded_allow_ips: vec!["127.0.0.1".to_string(), "::1".to_string()],
+            forwarded_allow_ips: TrustedProxies::loopback(),
             env: BTreeMap::new(),
             log: LogConfig {
                 level: LogLevel::Info,
@@ -586,10 +591,7 @@ fn set(
         "chdir" => config.chdir = Some(non_empty(&value).ok_or_else(|| bad(&value))?.into()),
         "forwarded_allow_ips" => {
             let entries = list(&value).ok_or_else(|| bad(&value))?;
-            for entry in &entries {
-                check_ip_or_cidr(entry).map_err(fail)?;
-            }
-            config.forwarded_allow_ips = entries;
+            config.forwarded_allow_ips = TrustedProxies::parse(&entries).map_err(fail)?;
         }
         "log.level" => {
             config.log.level = match text(&value).as_deref() {
@@ -624,8 +626,7 @@ fn set(
         }
         "log.access_log_format" => {
             let format = non_empty(&value).ok_or_else(|| bad(&value))?;
-            crate::access_log::Format::parse(&format).map_err(fail)?;
-            config.log.access_log_format = Some(format)
+            config.log.access_log_format = Some(AccessLogFormat::parse(&format).map_err(fail)?)
         }
         "limits.request_line" => {
             config.limits.request_line = positive(&value).ok_or_else(|| bad(&value))?
@@ -931,29 +932,6 @@ pub fn parse_bind(text: &str) -> Result<BindSpec, String> {
         .ok_or_else(|| format!("{text:?}: {host} has no address"))
 }
 
-fn check_ip_or_cidr(entry: &str) -> Result<(), String> {
-    if entry == "*" {
-        return Ok(());
-    }
-    let (ip, prefix) = match entry.split_once('/') {
-        Some((ip, prefix)) => (ip, Some(prefix)),
-        None => (entry, None),
-    };
-    let ip: std::net::IpAddr = ip
-        .parse()
-        .map_err(|_| format!("{entry:?} is not an IP address or CIDR"))?;
-    if let Some(prefix) = prefix {
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        let bits: u8 = prefix
-            .parse()
-            .map_err(|_| format!("{entry:?}: bad prefix length"))?;
-        if bits > max {
-            return Err(format!("{entry:?}: prefix length above {max}"));
-        }
-    }
-    Ok(())
-}
-
 /// The line (1-based) where `key` (dotted for tables) is set in a TOML source.
 fn line_of(source: &str, key: &str) -> Option<usize> {
     let (table, name) = match key.split_once('.') {
@@ -1209,7 +1187,7 @@ impl Config {
         );
         out.push_str(&format!(
             "forwarded_allow_ips = {}\n",
-            quoted_list(self.forwarded_allow_ips.iter().cloned())
+            quoted_list(self.forwarded_allow_ips.entries().iter().cloned())
         ));
         out.push_str("\n[env]\n");
         for (k, v) in &self.env {
@@ -1230,7 +1208,10 @@ impl Config {
         optional(
             &mut out,
             "access_log_format",
-            self.log.access_log_format.as_deref().map(quoted),
+            self.log
+                .access_log_format
+                .as_ref()
+                .map(|f| quoted(f.as_str())),
         );
         let l = &self.limits;
         out.push_str(&format!(
