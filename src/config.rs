@@ -2,6 +2,10 @@
 //! `FORKD_*` environment variables and command-line options (in that order of
 //! precedence, lowest first). Errors name the file, key, line, problem and what is allowed.
 //!
+//! Every key is declared once, in [`KEYS`] (its name, what is allowed, how it is parsed
+//! into the typed `Config`, how `--print-config` writes it, its command-line option);
+//! tables, `FORKD_*` names, options and suggestions are derived from there. Values are
+//! parsed once, here: the workers use `Config` as it is.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
