@@ -170,9 +170,12 @@ enum Piece {
 }
 
 /// A parsed `access_log_format`: literal text and `{field}`s; `{{` and `}}` are braces.
+/// Parsed once, by the config; the workers use it as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Format {
     pieces: Vec<Piece>,
+    /// The format as written, for `--print-config`.
+    text: String,
 }
 
 impl Format {
@@ -217,7 +220,15 @@ impl Format {
                 FIELD_NAMES.join(", ")
             ));
         }
-        Ok(Format { pieces })
+        Ok(Format {
+            pieces,
+            text: text.to_string(),
+        })
+    }
+
+    /// The format as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     fn fields(&self) -> impl Iterator<Item = &Field> {
@@ -374,18 +385,22 @@ fn open_append(path: &PathBuf) -> Result<File, String> {
 }
 
 impl AccessLog {
-    /// Opens the log and starts its writer thread; `None` when the log is off.
+    /// Opens the log and starts its writer thread; `None` when the log is off. No
+    /// `format` means [`DEFAULT_FORMAT`].
     pub fn start(
         target: &LogTarget,
-        format: Option<&str>,
+        format: Option<&Format>,
         json: bool,
         worker: u64,
     ) -> Result<Option<AccessLog>, String> {
         let Some(sink) = Sink::open(target)? else {
             return Ok(None);
         };
-        let format = Format::parse(format.unwrap_or(DEFAULT_FORMAT))
-            .map_err(|e| format!("key `log.access_log_format`: {e}"))?;
+        let format = match format {
+            Some(format) => format.clone(),
+            None => Format::parse(DEFAULT_FORMAT)
+                .map_err(|e| format!("the default access_log_format: {e}"))?,
+        };
         let (sender, receiver) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
@@ -859,8 +874,9 @@ mod tests {
 
     #[test]
     fn an_unknown_client_is_a_dash_or_null() {
+        let format = Format::parse("{remote_addr} {status}").unwrap();
         let line = |json: bool, client: Remote| {
-            let log = AccessLog::start(&LogTarget::Std, Some("{remote_addr} {status}"), json, 1)
+            let log = AccessLog::start(&LogTarget::Std, Some(&format), json, 1)
                 .unwrap()
                 .unwrap();
             let record = Record::refused(client, None, b"GET / HTTP/1.1\r\n");

@@ -1,8 +1,9 @@
-//! The command line: clap's parser for forkd's options, and the mapping of each option to
-//! the config key it overrides (values are validated by the config module, so a bad
-//! option gets the same message as a bad key, naming the option).
+//! The command line: clap's parser for forkd's options. Which option sets which config
+//! key is said by the key, in `config::KEYS` (`Key::option`, the option's id here);
+//! values are validated by the config module, so a bad option gets the same message as
+//! a bad key, naming the option.
 
-use clap::Parser;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use toml::Value;
@@ -78,6 +79,20 @@ pub struct Cli {
     /// Run COMMAND as each worker (exec workers), after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+    /// The options above that set config keys, as given.
+    #[arg(skip)]
+    overrides: Vec<Given>,
+}
+
+/// An option that sets a config key, as given.
+#[derive(Debug, Clone)]
+pub struct Given {
+    /// The option as the user knows it: `--workers`, `APP`, `-- COMMAND`.
+    pub option: String,
+    /// The config key it sets.
+    pub key: &'static str,
+    /// Its value: a string, or an array for a repeatable option.
+    pub value: Value,
 }
 
 impl Cli {
@@ -86,54 +101,137 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        Cli::try_parse_from(args)
+        let command = Cli::command();
+        let matches = command.clone().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.overrides = given(&command, &matches);
+        Ok(cli)
     }
 
-    /// The options given, as (option name, config key, value), lowest precedence first.
-    pub fn overrides(&self) -> Vec<(&'static str, &'static str, Value)> {
-        let mut out = Vec::new();
-        let text = |v: &Option<String>| v.clone().map(Value::String);
-        let single: [(&'static str, &'static str, Option<Value>); 17] = [
-            ("--workers", "workers", text(&self.workers)),
-            ("--threads", "threads", text(&self.threads)),
-            ("--timeout", "timeout", text(&self.timeout)),
-            (
-                "--graceful-timeout",
-                "graceful_timeout",
-                text(&self.graceful_timeout),
-            ),
-            ("--keepalive", "keepalive", text(&self.keepalive)),
-            ("--max-requests", "max_requests", text(&self.max_requests)),
-            (
-                "--max-requests-jitter",
-                "max_requests_jitter",
-                text(&self.max_requests_jitter),
-            ),
-            ("--backlog", "backlog", text(&self.backlog)),
-            ("--pid", "pidfile", text(&self.pid)),
-            ("--user", "user", text(&self.user)),
-            ("--group", "group", text(&self.group)),
-            ("--log-level", "log.level", text(&self.log_level)),
-            ("--log-format", "log.format", text(&self.log_format)),
-            ("--access-log", "log.access_log", text(&self.access_log)),
-            ("--error-log", "log.error_log", text(&self.error_log)),
-            ("APP", "app", text(&self.app)),
-            (
-                "--bind",
-                "bind",
-                (!self.bind.is_empty())
-                    .then(|| Value::Array(self.bind.iter().cloned().map(Value::String).collect())),
-            ),
-        ];
-        for (option, key, value) in single {
-            if let Some(value) = value {
-                out.push((option, key, value));
+    /// The options given that set config keys, lowest precedence first.
+    pub fn overrides(&self) -> &[Given] {
+        &self.overrides
+    }
+}
+
+/// For every key that an option sets (`config::KEYS`), the option if it was given.
+fn given(command: &clap::Command, matches: &clap::ArgMatches) -> Vec<Given> {
+    crate::config::KEYS
+        .iter()
+        .filter_map(|key| {
+            let id = key.option?;
+            let arg = command.get_arguments().find(|a| a.get_id() == id)?;
+            let mut values = matches
+                .get_raw(id)?
+                .map(|v| Value::String(v.to_string_lossy().into_owned()));
+            let value = match arg.get_action() {
+                ArgAction::Append => Value::Array(values.collect()),
+                _ => values.next()?,
+            };
+            Some(Given {
+                option: shown(arg),
+                key: key.name,
+                value,
+            })
+        })
+        .collect()
+}
+
+/// An option as the user knows it: `--pid`, `APP`, `-- COMMAND`.
+fn shown(arg: &clap::Arg) -> String {
+    if let Some(long) = arg.get_long() {
+        return format!("--{long}");
+    }
+    let name = arg
+        .get_value_names()
+        .and_then(|names| names.first())
+        .map_or_else(|| arg.get_id().to_string(), |name| name.to_string());
+    if arg.is_last_set() {
+        format!("-- {name}")
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Options that are not config keys.
+    const NOT_KEYS: &[&str] = &[
+        "config",
+        "check_config",
+        "print_config",
+        "signal",
+        "help",
+        "version",
+    ];
+
+    #[test]
+    fn every_option_sets_a_registry_key_and_every_key_option_exists() {
+        let command = Cli::command();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if NOT_KEYS.contains(&id) {
+                continue;
+            }
+            assert!(
+                crate::config::KEYS.iter().any(|k| k.option == Some(id)),
+                "option {id} ({}) sets no config key: name it in its key's `option`",
+                shown(arg)
+            );
+        }
+        for key in crate::config::KEYS {
+            if let Some(id) = key.option {
+                assert!(
+                    command.get_arguments().any(|a| a.get_id() == id),
+                    "key {} names option {id}, which cli::Cli does not have",
+                    key.name
+                );
+                assert!(!NOT_KEYS.contains(&id), "{id}");
             }
         }
-        if !self.command.is_empty() {
-            let words = self.command.iter().cloned().map(Value::String).collect();
-            out.push(("-- COMMAND", "exec.command", Value::Array(words)));
-        }
-        out
+    }
+
+    #[test]
+    fn options_map_to_their_keys_as_given() {
+        let cli = Cli::parse_args([
+            "forkd",
+            "-w",
+            "4",
+            "-b",
+            "127.0.0.1:1",
+            "--bind",
+            "unix:/a",
+            "-p",
+            "/x.pid",
+            "--log-level",
+            "debug",
+            "echo",
+            "--",
+            "sleep",
+            "1",
+        ])
+        .unwrap();
+        let given: Vec<(&str, &str, Value)> = cli
+            .overrides()
+            .iter()
+            .map(|g| (g.option.as_str(), g.key, g.value.clone()))
+            .collect();
+        let strings = |items: &[&str]| {
+            Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
+        };
+        assert_eq!(
+            given,
+            vec![
+                ("APP", "app", Value::String("echo".into())),
+                ("--bind", "bind", strings(&["127.0.0.1:1", "unix:/a"])),
+                ("--workers", "workers", Value::String("4".into())),
+                ("--pid", "pidfile", Value::String("/x.pid".into())),
+                ("--log-level", "log.level", Value::String("debug".into())),
+                ("-- COMMAND", "exec.command", strings(&["sleep", "1"])),
+            ]
+        );
+        assert!(Cli::parse_args(["forkd"]).unwrap().overrides().is_empty());
     }
 }

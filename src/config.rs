@@ -2,12 +2,19 @@
 //! `FORKD_*` environment variables and command-line options (in that order of
 //! precedence, lowest first). Errors name the file, key, line, problem and what is allowed.
 //!
+//! Every key is declared once, in [`KEYS`] (its name, what is allowed, how it is parsed
+//! into the typed `Config`, how `--print-config` writes it, its command-line option);
+//! tables, `FORKD_*` names, options and suggestions are derived from there. Values are
+//! parsed once, here: the workers use `Config` as it is.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::access_log::Format as AccessLogFormat;
+pub use crate::forwarded::TrustedProxies;
 
 /// One `bind` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -107,7 +114,8 @@ pub struct LogConfig {
     pub format: LogFormat,     // default Text
     pub error_log: LogTarget,  // default Std ("-"); "off" not allowed here
     pub access_log: LogTarget, // default Off
-    pub access_log_format: Option<String>,
+    /// Parsed once here; the workers use it as it is. None: the default format.
+    pub access_log_format: Option<AccessLogFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,7 +210,8 @@ pub struct Config {
     pub group: Option<String>,
     pub umask: Option<u32>,
     pub chdir: Option<PathBuf>,
-    pub forwarded_allow_ips: Vec<String>,
+    /// Parsed once here; the workers use it as it is.
+    pub forwarded_allow_ips: TrustedProxies,
     pub env: BTreeMap<String, String>,
     pub log: LogConfig,
     pub limits: Limits,
@@ -257,62 +266,459 @@ impl Origin<'_> {
     }
 }
 
-/// Every key: (dotted key, what is allowed). The order is the print order.
-const KEYS: &[(&str, &str)] = &[
-    ("app", "a built-in app name (hello | echo) or a Python ASGI app as MODULE:ATTR or MODULE:ATTR()"),
-    ("bind", "a list of \"HOST:PORT\", \"[V6]:PORT\", \"unix:/path\", \"fd://N\" (N >= 3) or \"fd://NAME\" (a socket systemd passed by that name); \"tls://HOST:PORT\", \"tls+fd://NAME\" or \"tls+unix:/path\" for HTTPS with [tls]"),
-    ("workers", "an integer >= 1 or \"auto\""),
-    ("threads", "an integer >= 1"),
-    ("backlog", "an integer from 1 to 65535"),
-    ("timeout", "a duration: seconds (integer or float) or a string like \"500ms\", \"30s\", \"2m\"; 0 = off"),
-    ("graceful_timeout", "a duration: seconds or a string like \"30s\""),
-    ("keepalive", "a duration: seconds or a string like \"2s\"; 0 = no keep-alive"),
-    ("max_requests", "an integer >= 0 (0 = never recycle)"),
-    ("max_requests_jitter", "an integer >= 0"),
-    ("pidfile", "a file path"),
-    ("user", "a user name or uid"),
-    ("group", "a group name or gid"),
-    ("umask", "an octal string such as \"0022\" or an integer"),
-    ("chdir", "a directory path"),
-    ("forwarded_allow_ips", "a list of IP addresses or CIDRs, or \"*\""),
-    ("env", "a table of strings"),
-    ("log.level", "error | warn | info | debug | trace"),
-    ("log.format", "text | json"),
-    ("log.error_log", "\"-\" (stderr) or a file path"),
-    ("log.access_log", "\"-\" (stdout), a file path, or \"off\""),
-    ("log.access_log_format", "a format string of {named} fields (see the README)"),
-    ("limits.request_line", "an integer >= 1 (bytes)"),
-    ("limits.request_fields", "an integer >= 1"),
-    ("limits.request_field_size", "an integer >= 1 (bytes)"),
-    ("limits.max_body", "a size: bytes or a string like \"64KiB\", \"10MiB\""),
-    ("limits.header_read_timeout", "a duration > 0: seconds or a string like \"10s\""),
-    ("limits.body_read_timeout", "a duration: seconds or a string like \"30s\"; 0 = off"),
-    ("limits.max_connections", "an integer >= 1"),
-    ("limits.max_connections_per_ip", "an integer >= 0 (0 = no limit)"),
-    ("health.live_path", "a path starting with /"),
-    ("health.ready_path", "a path starting with /"),
-    ("health.shutdown_delay", "a duration: seconds or a string like \"5s\""),
-    ("metrics.bind", "\"HOST:PORT\" or \"unix:/path\""),
-    ("python.path", "a list of directories (relative to chdir or the start directory)"),
-    ("python.lifespan", "auto | on | off"),
-    ("python.root_path", "a string: empty, or a path starting with / and not ending with /"),
-    ("exec.command", "a non-empty list of strings (the program and its arguments)"),
-    ("exec.ready", "\"auto\", \"notify\" or a duration such as \"2s\""),
-    ("tls.certfile", "a PEM file: the certificate chain, the server's certificate first"),
-    ("tls.keyfile", "a PEM file: the private key (PKCS#8, PKCS#1 or SEC1)"),
-    ("tls.ca_certs", "a PEM file of CA certificates that client certificates must chain to"),
-    ("tls.client_auth", "none | optional | required (optional and required need ca_certs)"),
-    ("tls.alpn", "a list of \"h2\" and \"http/1.1\", in order of preference"),
-    ("tls.min_version", "\"1.2\" or \"1.3\""),
-    ("tls.handshake_timeout", "a duration > 0: seconds or a string like \"10s\""),
+// ---- the keys ----------------------------------------------------------------------------
+
+/// One config key, declared once. Everything else is derived from [`KEYS`]: the file's
+/// tables (the part of a name before its dot), the `FORKD_<KEY>` environment variables,
+/// which command-line option sets what, `--print-config`, and the closest-key suggestion.
+///
+/// Adding a table (say `[python]`) is adding its keys here, in print order, after the
+/// top-level keys, plus their fields in [`Config`] and its `Default`.
+#[derive(Debug)]
+pub(crate) struct Key {
+    /// The dotted name: `workers`, `log.level` (key `level` of table `[log]`).
+    pub(crate) name: &'static str,
+    /// What is allowed, for error messages.
+    allowed: &'static str,
+    /// The id of the command-line option that sets it (the field's name in `cli::Cli`).
+    pub(crate) option: Option<&'static str>,
+    /// Parses and checks a value into the config: TOML from the file, a string from the
+    /// environment or the command line (an array for a repeated option).
+    set: fn(&mut Config, &Value) -> Result<(), Problem>,
+    /// How `--print-config` writes it.
+    print: Print,
+}
+
+/// How `--print-config` writes a key.
+#[derive(Debug, Clone, Copy)]
+enum Print {
+    /// `name = VALUE` in the key's table; None is written `# name = (unset)`.
+    Value(fn(&Config) -> Option<String>),
+    /// A table of free names (`[env]`): its entries, as strings. A key printed this way
+    /// is set from the file only (no environment variable, no option).
+    Table(fn(&Config) -> Vec<(String, String)>),
+}
+
+/// What is wrong with a value; [`set`] makes the message, naming where it came from.
+#[derive(Debug)]
+enum Problem {
+    /// Not of the allowed kind: "expected ALLOWED, got VALUE".
+    Expected,
+    /// Of the allowed kind, but wrong: "WHY; allowed: ALLOWED".
+    Invalid(String),
+    /// A message of its own about the key, or (`Some`) about one entry of its table.
+    Said(Option<String>, String),
+}
+
+use Problem::{Expected, Invalid};
+
+impl Key {
+    const fn new(
+        name: &'static str,
+        allowed: &'static str,
+        set: fn(&mut Config, &Value) -> Result<(), Problem>,
+        print: fn(&Config) -> Option<String>,
+    ) -> Key {
+        Key {
+            name,
+            allowed,
+            option: None,
+            set,
+            print: Print::Value(print),
+        }
+    }
+
+    /// Also set by the command-line option with this id.
+    const fn option(self, id: &'static str) -> Key {
+        Key {
+            option: Some(id),
+            ..self
+        }
+    }
+
+    /// Its table (`log` for `log.level`); None at the top level.
+    fn table(&self) -> Option<&'static str> {
+        match self.print {
+            Print::Table(_) => Some(self.name),
+            Print::Value(_) => self.name.split_once('.').map(|(table, _)| table),
+        }
+    }
+
+    /// Its name in its table.
+    fn short_name(&self) -> &'static str {
+        self.name
+            .split_once('.')
+            .map_or(self.name, |(_, name)| name)
+    }
+
+    /// `FORKD_<KEY>`: the name upper-cased, dots as underscores; None for a table of free
+    /// names.
+    fn env_var(&self) -> Option<String> {
+        match self.print {
+            Print::Table(_) => None,
+            Print::Value(_) => Some(format!(
+                "FORKD_{}",
+                self.name.replace('.', "_").to_ascii_uppercase()
+            )),
+        }
+    }
+}
+
+/// Every key, in the order `--print-config` writes them: the top-level keys first, then
+/// each table's keys together.
+#[rustfmt::skip]
+pub(crate) const KEYS: &[Key] = &[
+    Key::new("app", "a built-in app name (hello | echo) or a Python ASGI app as MODULE:ATTR or MODULE:ATTR()",
+        |c, v| { c.app = Some(string(v)?); Ok(()) },
+        |c| c.app.as_deref().map(quoted),
+    ).option("app"),
+    Key::new("bind", "a list of \"HOST:PORT\", \"[V6]:PORT\", \"unix:/path\", \"fd://N\" (N >= 3) or \"fd://NAME\" (a socket systemd passed by that name); \"tls://HOST:PORT\", \"tls+fd://NAME\" or \"tls+unix:/path\" for HTTPS with [tls]",
+        |c, v| {
+            let entries = list(v).ok_or(Expected)?;
+            if entries.is_empty() {
+                return Err(Invalid("the list is empty".into()));
+            }
+            c.bind = entries.iter().map(|e| parse_bind(e)).collect::<Result<_, _>>().map_err(Invalid)?;
+            c.bind_given = true;
+            Ok(())
+        },
+        |c| Some(quoted_list(c.bind.iter().map(|b| b.to_string()))),
+    ).option("bind"),
+    Key::new("workers", "an integer >= 1 or \"auto\"",
+        |c, v| {
+            c.workers = match v {
+                Value::String(s) if s.trim() == "auto" => Workers::Auto,
+                _ => Workers::Count(at_least(v, 1)? as usize),
+            };
+            Ok(())
+        },
+        |c| Some(match c.workers {
+            Workers::Auto => format!("\"auto\"  # = {} here", available_cpus()),
+            Workers::Count(n) => n.to_string(),
+        }),
+    ).option("workers"),
+    Key::new("threads", "an integer >= 1",
+        |c, v| { c.threads = at_least(v, 1)? as usize; Ok(()) },
+        |c| Some(c.threads.to_string()),
+    ).option("threads"),
+    Key::new("backlog", "an integer from 1 to 65535",
+        |c, v| {
+            c.backlog = integer(v).filter(|n| (1..=65535).contains(n)).ok_or(Expected)? as i32;
+            Ok(())
+        },
+        |c| Some(c.backlog.to_string()),
+    ).option("backlog"),
+    Key::new("timeout", "a duration: seconds (integer or float) or a string like \"500ms\", \"30s\", \"2m\"; 0 = off",
+        |c, v| { c.timeout = duration(v)?; Ok(()) },
+        |c| Some(fmt_duration(c.timeout)),
+    ).option("timeout"),
+    Key::new("graceful_timeout", "a duration: seconds or a string like \"30s\"",
+        |c, v| { c.graceful_timeout = duration(v)?; Ok(()) },
+        |c| Some(fmt_duration(c.graceful_timeout)),
+    ).option("graceful_timeout"),
+    Key::new("keepalive", "a duration: seconds or a string like \"2s\"; 0 = no keep-alive",
+        |c, v| { c.keepalive = duration(v)?; Ok(()) },
+        |c| Some(fmt_duration(c.keepalive)),
+    ).option("keepalive"),
+    Key::new("max_requests", "an integer >= 0 (0 = never recycle)",
+        |c, v| { c.max_requests = at_least(v, 0)?; Ok(()) },
+        |c| Some(c.max_requests.to_string()),
+    ).option("max_requests"),
+    Key::new("max_requests_jitter", "an integer >= 0",
+        |c, v| { c.max_requests_jitter = at_least(v, 0)?; Ok(()) },
+        |c| Some(c.max_requests_jitter.to_string()),
+    ).option("max_requests_jitter"),
+    Key::new("pidfile", "a file path",
+        |c, v| { c.pidfile = Some(string(v)?.into()); Ok(()) },
+        |c| c.pidfile.as_deref().map(quoted_path),
+    ).option("pid"),
+    Key::new("user", "a user name or uid",
+        |c, v| { c.user = Some(string(v)?); Ok(()) },
+        |c| c.user.as_deref().map(quoted),
+    ).option("user"),
+    Key::new("group", "a group name or gid",
+        |c, v| { c.group = Some(string(v)?); Ok(()) },
+        |c| c.group.as_deref().map(quoted),
+    ).option("group"),
+    Key::new("umask", "an octal string such as \"0022\" or an integer",
+        |c, v| {
+            let mask = match v {
+                Value::Integer(n) => u32::try_from(*n).ok(),
+                Value::String(s) => u32::from_str_radix(s.trim(), 8).ok(),
+                _ => None,
+            };
+            c.umask = Some(mask.filter(|m| *m <= 0o777).ok_or(Expected)?);
+            Ok(())
+        },
+        |c| c.umask.map(|m| quoted(&format!("{m:04o}"))),
+    ),
+    Key::new("chdir", "a directory path",
+        |c, v| { c.chdir = Some(string(v)?.into()); Ok(()) },
+        |c| c.chdir.as_deref().map(quoted_path),
+    ),
+    Key::new("forwarded_allow_ips", "a list of IP addresses or CIDRs, or \"*\"",
+        |c, v| {
+            c.forwarded_allow_ips = TrustedProxies::parse(&list(v).ok_or(Expected)?).map_err(Invalid)?;
+            Ok(())
+        },
+        |c| Some(quoted_list(c.forwarded_allow_ips.entries().iter().cloned())),
+    ),
+    Key {
+        name: "env",
+        allowed: "a table of strings",
+        option: None,
+        set: |c, v| {
+            let Value::Table(entries) = v else {
+                return Err(Problem::Said(None, "expected a table [env]".into()));
+            };
+            for (name, value) in entries {
+                let Value::String(text) = value else {
+                    return Err(Problem::Said(Some(format!("env.{name}")), "expected a string".into()));
+                };
+                c.env.insert(name.clone(), text.clone());
+            }
+            Ok(())
+        },
+        print: Print::Table(|c| c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+    },
+    Key::new("log.level", "error | warn | info | debug | trace",
+        |c, v| {
+            c.log.level = match text(v).as_deref() {
+                Some("error") => LogLevel::Error,
+                Some("warn") => LogLevel::Warn,
+                Some("info") => LogLevel::Info,
+                Some("debug") => LogLevel::Debug,
+                Some("trace") => LogLevel::Trace,
+                _ => return Err(Expected),
+            };
+            Ok(())
+        },
+        |c| Some(quoted(&format!("{:?}", c.log.level).to_ascii_lowercase())),
+    ).option("log_level"),
+    Key::new("log.format", "text | json",
+        |c, v| {
+            c.log.format = match text(v).as_deref() {
+                Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                _ => return Err(Expected),
+            };
+            Ok(())
+        },
+        |c| Some(quoted(&format!("{:?}", c.log.format).to_ascii_lowercase())),
+    ).option("log_format"),
+    Key::new("log.error_log", "\"-\" (stderr) or a file path",
+        |c, v| {
+            c.log.error_log = match string(v)?.as_str() {
+                "-" => LogTarget::Std,
+                "off" => return Err(Invalid("the error log cannot be turned off".into())),
+                path => LogTarget::File(path.into()),
+            };
+            Ok(())
+        },
+        |c| Some(target(&c.log.error_log)),
+    ).option("error_log"),
+    Key::new("log.access_log", "\"-\" (stdout), a file path, or \"off\"",
+        |c, v| {
+            c.log.access_log = match string(v)?.as_str() {
+                "-" => LogTarget::Std,
+                "off" => LogTarget::Off,
+                path => LogTarget::File(path.into()),
+            };
+            Ok(())
+        },
+        |c| Some(target(&c.log.access_log)),
+    ).option("access_log"),
+    Key::new("log.access_log_format", "a format string of {named} fields (see the README)",
+        |c, v| {
+            c.log.access_log_format = Some(AccessLogFormat::parse(&string(v)?).map_err(Invalid)?);
+            Ok(())
+        },
+        |c| c.log.access_log_format.as_ref().map(|f| quoted(f.as_str())),
+    ),
+    Key::new("limits.request_line", "an integer >= 1 (bytes)",
+        |c, v| { c.limits.request_line = at_least(v, 1)? as usize; Ok(()) },
+        |c| Some(c.limits.request_line.to_string()),
+    ),
+    Key::new("limits.request_fields", "an integer >= 1",
+        |c, v| { c.limits.request_fields = at_least(v, 1)? as usize; Ok(()) },
+        |c| Some(c.limits.request_fields.to_string()),
+    ),
+    Key::new("limits.request_field_size", "an integer >= 1 (bytes)",
+        |c, v| { c.limits.request_field_size = at_least(v, 1)? as usize; Ok(()) },
+        |c| Some(c.limits.request_field_size.to_string()),
+    ),
+    Key::new("limits.max_body", "a size: bytes or a string like \"64KiB\", \"10MiB\"",
+        |c, v| { c.limits.max_body = size(v)?; Ok(()) },
+        |c| Some(c.limits.max_body.to_string()),
+    ),
+    Key::new("limits.header_read_timeout", "a duration > 0: seconds or a string like \"10s\"",
+        |c, v| { c.limits.header_read_timeout = positive_duration(v)?; Ok(()) },
+        |c| Some(fmt_duration(c.limits.header_read_timeout)),
+    ),
+    Key::new("limits.body_read_timeout", "a duration: seconds or a string like \"30s\"; 0 = off",
+        |c, v| { c.limits.body_read_timeout = duration(v)?; Ok(()) },
+        |c| Some(fmt_duration(c.limits.body_read_timeout)),
+    ),
+    Key::new("limits.max_connections", "an integer >= 1",
+        |c, v| { c.limits.max_connections = at_least(v, 1)? as usize; Ok(()) },
+        |c| Some(c.limits.max_connections.to_string()),
+    ),
+    Key::new("limits.max_connections_per_ip", "an integer >= 0 (0 = no limit)",
+        |c, v| { c.limits.max_connections_per_ip = at_least(v, 0)? as usize; Ok(()) },
+        |c| Some(c.limits.max_connections_per_ip.to_string()),
+    ),
+    Key::new("health.live_path", "a path starting with /",
+        |c, v| { c.health.live_path = Some(url_path(v).ok_or(Expected)?); Ok(()) },
+        |c| c.health.live_path.as_deref().map(quoted),
+    ),
+    Key::new("health.ready_path", "a path starting with /",
+        |c, v| { c.health.ready_path = Some(url_path(v).ok_or(Expected)?); Ok(()) },
+        |c| c.health.ready_path.as_deref().map(quoted),
+    ),
+    Key::new("health.shutdown_delay", "a duration: seconds or a string like \"5s\"",
+        |c, v| { c.health.shutdown_delay = duration(v)?; Ok(()) },
+        |c| Some(fmt_duration(c.health.shutdown_delay)),
+    ),
+    Key::new("metrics.bind", "\"HOST:PORT\" or \"unix:/path\"",
+        |c, v| {
+            let spec = parse_bind(&string(v)?).map_err(Invalid)?;
+            if spec.is_tls() {
+                return Err(Invalid("metrics are served over plain HTTP".into()));
+            }
+            c.metrics.bind = Some(spec);
+            Ok(())
+        },
+        |c| c.metrics.bind.as_ref().map(|b| quoted(&b.to_string())),
+    ),
+    Key::new("python.path", "a list of directories (relative to chdir or the start directory)",
+        |c, v| { c.python.path = list(v).ok_or(Expected)?; Ok(()) },
+        |c| Some(quoted_list(c.python.path.iter().cloned())),
+    ),
+    Key::new("python.lifespan", "auto | on | off",
+        |c, v| {
+            c.python.lifespan = match text(v).as_deref() {
+                Some("auto") => Lifespan::Auto,
+                Some("on") => Lifespan::On,
+                Some("off") => Lifespan::Off,
+                _ => return Err(Expected),
+            };
+            Ok(())
+        },
+        |c| Some(quoted(c.python.lifespan.as_str())),
+    ),
+    Key::new("python.root_path", "a string: empty, or a path starting with / and not ending with /",
+        |c, v| {
+            c.python.root_path = text(v)
+                .filter(|p| p.is_empty() || (p.starts_with('/') && !p.ends_with('/')))
+                .ok_or(Expected)?;
+            Ok(())
+        },
+        |c| Some(quoted(&c.python.root_path)),
+    ),
+    Key::new("exec.command", "a non-empty list of strings (the program and its arguments)",
+        |c, v| {
+            let words = match v {
+                Value::String(s) => Some(s.split_whitespace().map(str::to_string).collect::<Vec<_>>()),
+                Value::Array(_) => list(v),
+                _ => None,
+            };
+            c.exec.command = words.filter(|w| !w.is_empty()).ok_or(Expected)?;
+            Ok(())
+        },
+        |c| (!c.exec.command.is_empty()).then(|| quoted_list(c.exec.command.iter().cloned())),
+    ).option("command"),
+    Key::new("exec.ready", "\"auto\", \"notify\" or a duration such as \"2s\"",
+        |c, v| {
+            c.exec.ready = match v {
+                Value::String(s) if s == "auto" => ReadyMode::Auto,
+                Value::String(s) if s == "notify" => ReadyMode::Notify,
+                _ => ReadyMode::After(duration(v)?),
+            };
+            Ok(())
+        },
+        |c| Some(ready_mode_text(&c.exec.ready)),
+    ),
+    Key::new("tls.certfile", "a PEM file: the certificate chain, the server's certificate first",
+        |c, v| { c.tls.certfile = Some(string(v)?.into()); Ok(()) },
+        |c| c.tls.certfile.as_deref().map(quoted_path),
+    ),
+    Key::new("tls.keyfile", "a PEM file: the private key (PKCS#8, PKCS#1 or SEC1)",
+        |c, v| { c.tls.keyfile = Some(string(v)?.into()); Ok(()) },
+        |c| c.tls.keyfile.as_deref().map(quoted_path),
+    ),
+    Key::new("tls.ca_certs", "a PEM file of CA certificates that client certificates must chain to",
+        |c, v| { c.tls.ca_certs = Some(string(v)?.into()); Ok(()) },
+        |c| c.tls.ca_certs.as_deref().map(quoted_path),
+    ),
+    Key::new("tls.client_auth", "none | optional | required (optional and required need ca_certs)",
+        |c, v| {
+            c.tls.client_auth = match text(v).as_deref() {
+                Some("none") => ClientAuth::None,
+                Some("optional") => ClientAuth::Optional,
+                Some("required") => ClientAuth::Required,
+                _ => return Err(Expected),
+            };
+            Ok(())
+        },
+        |c| Some(quoted(match c.tls.client_auth {
+            ClientAuth::None => "none",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "required",
+        })),
+    ),
+    Key::new("tls.alpn", "a list of \"h2\" and \"http/1.1\", in order of preference",
+        |c, v| {
+            let protocols = list(v).ok_or(Expected)?;
+            if let Some(other) = protocols.iter().find(|p| *p != "h2" && *p != "http/1.1") {
+                return Err(Invalid(format!("{other:?} is not a protocol forkd serves")));
+            }
+            c.tls.alpn = protocols;
+            Ok(())
+        },
+        |c| Some(quoted_list(c.tls.alpn.iter().cloned())),
+    ),
+    Key::new("tls.min_version", "\"1.2\" or \"1.3\"",
+        |c, v| {
+            c.tls.min_version = match v {
+                Value::String(s) if s.trim() == "1.2" => TlsVersion::V1_2,
+                Value::String(s) if s.trim() == "1.3" => TlsVersion::V1_3,
+                Value::Float(f) if *f == 1.2 => TlsVersion::V1_2,
+                Value::Float(f) if *f == 1.3 => TlsVersion::V1_3,
+                _ => return Err(Expected),
+            };
+            Ok(())
+        },
+        |c| Some(quoted(match c.tls.min_version {
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        })),
+    ),
+    Key::new("tls.handshake_timeout", "a duration > 0: seconds or a string like \"10s\"",
+        |c, v| { c.tls.handshake_timeout = positive_duration(v)?; Ok(()) },
+        |c| Some(fmt_duration(c.tls.handshake_timeout)),
+    ),
 ];
 
-const TABLES: &[&str] = &[
-    "env", "log", "limits", "health", "metrics", "python", "exec", "tls",
-];
+/// The key with this dotted name.
+fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
 
-fn allowed(key: &str) -> &'static str {
-    KEYS.iter().find(|(k, _)| *k == key).map_or("", |(_, a)| a)
+/// The tables, in print order.
+fn tables() -> Vec<&'static str> {
+    let mut tables: Vec<&'static str> = Vec::new();
+    for table in KEYS.iter().filter_map(Key::table) {
+        if !tables.contains(&table) {
+            tables.push(table);
+        }
+    }
+    tables
+}
+
+/// The key set by `FORKD_<KEY>` variable `var`.
+fn key_for_env(var: &str) -> Option<&'static Key> {
+    KEYS.iter()
+        .find(|k| k.env_var().is_some_and(|name| name == var))
 }
 
 impl Default for Config {
@@ -335,7 +741,7 @@ impl Default for Config {
             group: None,
             umask: None,
             chdir: None,
-            forwarded_allow_ips: vec!["127.0.0.1".to_string(), "::1".to_string()],
+            forwarded_allow_ips: TrustedProxies::loopback(),
             env: BTreeMap::new(),
             log: LogConfig {
                 level: LogLevel::Info,
@@ -397,8 +803,15 @@ pub fn load(cli: &Cli, env: &[(String, String)]) -> Result<Config, ConfigError> 
     }
     for (var, value) in env.iter().filter(|(k, _)| k.starts_with("FORKD_")) {
         let key = key_for_env(var).ok_or_else(|| {
-            let names: Vec<String> = KEYS.iter().map(|(k, _)| env_name(k)).collect();
-            let hint = suggestion(var, names.iter().map(String::as_str));
+            let names: Vec<String> = KEYS.iter().filter_map(Key::env_var).collect();
+            let table = KEYS.iter().find(|k| {
+                matches!(k.print, Print::Table(_))
+                    && var == &format!("FORKD_{}", k.name.to_ascii_uppercase())
+            });
+            let hint = match table {
+                Some(k) => format!(" (the [{}] table is set in the config file only)", k.name),
+                None => suggestion(var, names.iter().map(String::as_str)),
+            };
             ConfigError {
                 message: format!("unknown environment variable {var}{hint}"),
             }
@@ -406,12 +819,15 @@ pub fn load(cli: &Cli, env: &[(String, String)]) -> Result<Config, ConfigError> 
         set(
             &mut config,
             key,
-            Value::String(value.clone()),
+            &Value::String(value.clone()),
             &Origin::Env(var),
         )?;
     }
-    for (option, key, value) in cli.overrides() {
-        set(&mut config, key, value, &Origin::Flag(option))?;
+    for given in cli.overrides() {
+        let key = key(given.key).ok_or_else(|| ConfigError {
+            message: format!("option {} sets no key", given.option),
+        })?;
+        set(&mut config, key, &given.value, &Origin::Flag(&given.option))?;
     }
     let origin = match &file_source {
         Some((path, source)) => Origin::File { path, source },
@@ -479,16 +895,6 @@ pub fn file_permission_warning(config: &Config) -> Option<String> {
     None
 }
 
-fn env_name(key: &str) -> String {
-    format!("FORKD_{}", key.replace('.', "_").to_ascii_uppercase())
-}
-
-fn key_for_env(var: &str) -> Option<&'static str> {
-    KEYS.iter()
-        .map(|(k, _)| *k)
-        .find(|k| env_name(k) == var && *k != "env")
-}
-
 fn apply_file(
     config: &mut Config,
     path: &std::path::Path,
@@ -510,38 +916,32 @@ fn apply_file(
             },
         }
     })?;
+    let tables = tables();
     for (name, value) in table {
-        if TABLES.contains(&name.as_str()) {
+        if let Some(key) = key(&name) {
+            set(config, key, &value, &origin)?;
+        } else if tables.contains(&name.as_str()) {
             let Value::Table(inner) = value else {
                 return Err(origin.error(&name, &format!("expected a table [{name}]")));
             };
             for (sub, value) in inner {
-                if name == "env" {
-                    let Value::String(text) = value else {
-                        return Err(origin.error(&format!("env.{sub}"), "expected a string"));
-                    };
-                    config.env.insert(sub, text);
-                    continue;
-                }
                 let dotted = format!("{name}.{sub}");
-                if !KEYS.iter().any(|(k, _)| *k == dotted) {
-                    let prefix = format!("{name}.");
+                let Some(key) = key(&dotted) else {
                     let known = KEYS
                         .iter()
-                        .filter_map(|(k, _)| k.strip_prefix(prefix.as_str()));
+                        .filter(|k| k.table() == Some(name.as_str()))
+                        .map(Key::short_name);
                     let hint = suggestion(&sub, known);
                     return Err(origin.error(&dotted, &format!("unknown key in [{name}]{hint}")));
-                }
-                set(config, leak_key(&dotted), value, &origin)?;
+                };
+                set(config, key, &value, &origin)?;
             }
-        } else if let Some((key, _)) = KEYS.iter().find(|(k, _)| *k == name && !k.contains('.')) {
-            set(config, key, value, &origin)?;
         } else {
             let known = KEYS
                 .iter()
-                .map(|(k, _)| *k)
-                .filter(|k| !k.contains('.'))
-                .chain(TABLES.iter().copied());
+                .filter(|k| !k.name.contains('.'))
+                .map(|k| k.name)
+                .chain(tables.iter().copied());
             let hint = suggestion(&name, known);
             return Err(origin.error(&name, &format!("unknown key{hint}")));
         }
@@ -549,242 +949,26 @@ fn apply_file(
     Ok(())
 }
 
-/// The static key name for a dotted key known to be in KEYS.
-fn leak_key(dotted: &str) -> &'static str {
-    KEYS.iter()
-        .map(|(k, _)| *k)
-        .find(|k| *k == dotted)
-        .unwrap_or("")
-}
-
-/// Sets one key from a TOML value (a file) or a string (environment, command line).
+/// Sets one key from a TOML value (a file) or a string (environment, command line);
+/// the error names the key, where the value came from and what is allowed.
 fn set(
     config: &mut Config,
-    key: &'static str,
-    value: Value,
+    key: &Key,
+    value: &Value,
     origin: &Origin<'_>,
 ) -> Result<(), ConfigError> {
-    let bad = |got: &Value| {
-        origin.error(
-            key,
-            &format!("expected {}, got {}", allowed(key), show(got)),
-        )
-    };
-    let fail =
-        |problem: String| origin.error(key, &format!("{problem}; allowed: {}", allowed(key)));
-    match key {
-        "app" => config.app = Some(non_empty(&value).ok_or_else(|| bad(&value))?),
-        "bind" => {
-            let entries = list(&value).ok_or_else(|| bad(&value))?;
-            if entries.is_empty() {
-                return Err(fail("the list is empty".into()));
-            }
-            config.bind = entries
-                .iter()
-                .map(|e| parse_bind(e))
-                .collect::<Result<_, _>>()
-                .map_err(fail)?;
-            config.bind_given = true;
+    (key.set)(config, value).map_err(|problem| match problem {
+        Problem::Expected => origin.error(
+            key.name,
+            &format!("expected {}, got {}", key.allowed, show(value)),
+        ),
+        Problem::Invalid(why) => {
+            origin.error(key.name, &format!("{why}; allowed: {}", key.allowed))
         }
-        "workers" => {
-            config.workers = match &value {
-                Value::String(s) if s.trim() == "auto" => Workers::Auto,
-                _ => Workers::Count(
-                    integer(&value)
-                        .filter(|n| *n >= 1)
-                        .ok_or_else(|| bad(&value))? as usize,
-                ),
-            }
+        Problem::Said(entry, message) => {
+            origin.error(entry.as_deref().unwrap_or(key.name), &message)
         }
-        "threads" => {
-            config.threads = integer(&value)
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| bad(&value))? as usize
-        }
-        "backlog" => {
-            config.backlog = integer(&value)
-                .filter(|n| (1..=65535).contains(n))
-                .ok_or_else(|| bad(&value))? as i32
-        }
-        "timeout" => config.timeout = duration(&value).map_err(fail)?,
-        "graceful_timeout" => config.graceful_timeout = duration(&value).map_err(fail)?,
-        "keepalive" => config.keepalive = duration(&value).map_err(fail)?,
-        "max_requests" => config.max_requests = integer(&value).ok_or_else(|| bad(&value))? as u64,
-        "max_requests_jitter" => {
-            config.max_requests_jitter = integer(&value).ok_or_else(|| bad(&value))? as u64
-        }
-        "pidfile" => config.pidfile = Some(non_empty(&value).ok_or_else(|| bad(&value))?.into()),
-        "user" => config.user = Some(non_empty(&value).ok_or_else(|| bad(&value))?),
-        "group" => config.group = Some(non_empty(&value).ok_or_else(|| bad(&value))?),
-        "umask" => {
-            let mask = match &value {
-                Value::Integer(n) => u32::try_from(*n).ok(),
-                Value::String(s) => u32::from_str_radix(s.trim(), 8).ok(),
-                _ => None,
-            };
-            config.umask = Some(mask.filter(|m| *m <= 0o777).ok_or_else(|| bad(&value))?);
-        }
-        "chdir" => config.chdir = Some(non_empty(&value).ok_or_else(|| bad(&value))?.into()),
-        "forwarded_allow_ips" => {
-            let entries = list(&value).ok_or_else(|| bad(&value))?;
-            for entry in &entries {
-                check_ip_or_cidr(entry).map_err(fail)?;
-            }
-            config.forwarded_allow_ips = entries;
-        }
-        "log.level" => {
-            config.log.level = match text(&value).as_deref() {
-                Some("error") => LogLevel::Error,
-                Some("warn") => LogLevel::Warn,
-                Some("info") => LogLevel::Info,
-                Some("debug") => LogLevel::Debug,
-                Some("trace") => LogLevel::Trace,
-                _ => return Err(bad(&value)),
-            }
-        }
-        "log.format" => {
-            config.log.format = match text(&value).as_deref() {
-                Some("text") => LogFormat::Text,
-                Some("json") => LogFormat::Json,
-                _ => return Err(bad(&value)),
-            }
-        }
-        "log.error_log" => {
-            config.log.error_log = match non_empty(&value).ok_or_else(|| bad(&value))?.as_str() {
-                "-" => LogTarget::Std,
-                "off" => return Err(fail("the error log cannot be turned off".into())),
-                path => LogTarget::File(path.into()),
-            }
-        }
-        "log.access_log" => {
-            config.log.access_log = match non_empty(&value).ok_or_else(|| bad(&value))?.as_str() {
-                "-" => LogTarget::Std,
-                "off" => LogTarget::Off,
-                path => LogTarget::File(path.into()),
-            }
-        }
-        "log.access_log_format" => {
-            let format = non_empty(&value).ok_or_else(|| bad(&value))?;
-            crate::access_log::Format::parse(&format).map_err(fail)?;
-            config.log.access_log_format = Some(format)
-        }
-        "limits.request_line" => {
-            config.limits.request_line = positive(&value).ok_or_else(|| bad(&value))?
-        }
-        "limits.request_fields" => {
-            config.limits.request_fields = positive(&value).ok_or_else(|| bad(&value))?
-        }
-        "limits.request_field_size" => {
-            config.limits.request_field_size = positive(&value).ok_or_else(|| bad(&value))?
-        }
-        "limits.max_body" => config.limits.max_body = size(&value).map_err(fail)?,
-        "limits.header_read_timeout" => {
-            let d = duration(&value).map_err(fail)?;
-            if d.is_zero() {
-                return Err(fail("it must be greater than 0".into()));
-            }
-            config.limits.header_read_timeout = d;
-        }
-        "limits.body_read_timeout" => {
-            config.limits.body_read_timeout = duration(&value).map_err(fail)?
-        }
-        "limits.max_connections" => {
-            config.limits.max_connections = positive(&value).ok_or_else(|| bad(&value))?
-        }
-        "limits.max_connections_per_ip" => {
-            config.limits.max_connections_per_ip = integer(&value)
-                .map(|n| n as usize)
-                .ok_or_else(|| bad(&value))?
-        }
-        "health.live_path" => {
-            config.health.live_path = Some(url_path(&value).ok_or_else(|| bad(&value))?)
-        }
-        "health.ready_path" => {
-            config.health.ready_path = Some(url_path(&value).ok_or_else(|| bad(&value))?)
-        }
-        "health.shutdown_delay" => config.health.shutdown_delay = duration(&value).map_err(fail)?,
-        "metrics.bind" => {
-            let entry = non_empty(&value).ok_or_else(|| bad(&value))?;
-            let spec = parse_bind(&entry).map_err(fail)?;
-            if spec.is_tls() {
-                return Err(fail("metrics are served over plain HTTP".into()));
-            }
-            config.metrics.bind = Some(spec);
-        }
-        "tls.certfile" => {
-            config.tls.certfile = Some(non_empty(&value).ok_or_else(|| bad(&value))?.into())
-        }
-        "tls.keyfile" => {
-            config.tls.keyfile = Some(non_empty(&value).ok_or_else(|| bad(&value))?.into())
-        }
-        "tls.ca_certs" => {
-            config.tls.ca_certs = Some(non_empty(&value).ok_or_else(|| bad(&value))?.into())
-        }
-        "tls.client_auth" => {
-            config.tls.client_auth = match text(&value).as_deref() {
-                Some("none") => ClientAuth::None,
-                Some("optional") => ClientAuth::Optional,
-                Some("required") => ClientAuth::Required,
-                _ => return Err(bad(&value)),
-            }
-        }
-        "tls.alpn" => {
-            let protocols = list(&value).ok_or_else(|| bad(&value))?;
-            if let Some(other) = protocols.iter().find(|p| *p != "h2" && *p != "http/1.1") {
-                return Err(fail(format!("{other:?} is not a protocol forkd serves")));
-            }
-            config.tls.alpn = protocols;
-        }
-        "tls.min_version" => {
-            config.tls.min_version = match &value {
-                Value::String(s) if s.trim() == "1.2" => TlsVersion::V1_2,
-                Value::String(s) if s.trim() == "1.3" => TlsVersion::V1_3,
-                Value::Float(f) if *f == 1.2 => TlsVersion::V1_2,
-                Value::Float(f) if *f == 1.3 => TlsVersion::V1_3,
-                _ => return Err(bad(&value)),
-            }
-        }
-        "tls.handshake_timeout" => {
-            let d = duration(&value).map_err(fail)?;
-            if d.is_zero() {
-                return Err(fail("it must be greater than 0".into()));
-            }
-            config.tls.handshake_timeout = d;
-        }
-        "python.path" => config.python.path = list(&value).ok_or_else(|| bad(&value))?,
-        "python.lifespan" => {
-            config.python.lifespan = match text(&value).as_deref() {
-                Some("auto") => Lifespan::Auto,
-                Some("on") => Lifespan::On,
-                Some("off") => Lifespan::Off,
-                _ => return Err(bad(&value)),
-            }
-        }
-        "python.root_path" => {
-            config.python.root_path = text(&value)
-                .filter(|p| p.is_empty() || (p.starts_with('/') && !p.ends_with('/')))
-                .ok_or_else(|| bad(&value))?
-        }
-        "exec.command" => {
-            let words = match &value {
-                Value::String(s) => {
-                    Some(s.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-                }
-                Value::Array(_) => list(&value),
-                _ => None,
-            };
-            config.exec.command = words.filter(|w| !w.is_empty()).ok_or_else(|| bad(&value))?;
-        }
-        "exec.ready" => {
-            config.exec.ready = match &value {
-                Value::String(s) if s == "auto" => ReadyMode::Auto,
-                Value::String(s) if s == "notify" => ReadyMode::Notify,
-                _ => ReadyMode::After(duration(&value).map_err(fail)?),
-            }
-        }
-        _ => return Err(origin.error(key, "unknown key")),
-    }
-    Ok(())
+    })
 }
 
 fn show(value: &Value) -> String {
@@ -805,6 +989,11 @@ fn non_empty(value: &Value) -> Option<String> {
     text(value).filter(|s| !s.is_empty())
 }
 
+/// A non-empty string.
+fn string(value: &Value) -> Result<String, Problem> {
+    non_empty(value).ok_or(Expected)
+}
+
 fn integer(value: &Value) -> Option<i64> {
     match value {
         Value::Integer(n) if *n >= 0 => Some(*n),
@@ -813,8 +1002,12 @@ fn integer(value: &Value) -> Option<i64> {
     }
 }
 
-fn positive(value: &Value) -> Option<usize> {
-    integer(value).filter(|n| *n >= 1).map(|n| n as usize)
+/// An integer >= `min` (and >= 0).
+fn at_least(value: &Value, min: i64) -> Result<u64, Problem> {
+    integer(value)
+        .filter(|n| *n >= min)
+        .map(|n| n as u64)
+        .ok_or(Expected)
 }
 
 fn list(value: &Value) -> Option<Vec<String>> {
@@ -834,20 +1027,28 @@ fn url_path(value: &Value) -> Option<String> {
     non_empty(value).filter(|p| p.starts_with('/'))
 }
 
-fn duration(value: &Value) -> Result<Duration, String> {
+fn duration(value: &Value) -> Result<Duration, Problem> {
     match value {
         Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
         Value::Float(f) if f.is_finite() && *f >= 0.0 => Ok(Duration::from_secs_f64(*f)),
-        Value::String(s) => parse_duration(s),
-        other => Err(format!("got {}", show(other))),
+        Value::String(s) => parse_duration(s).map_err(Invalid),
+        other => Err(Invalid(format!("got {}", show(other)))),
     }
 }
 
-fn size(value: &Value) -> Result<u64, String> {
+fn positive_duration(value: &Value) -> Result<Duration, Problem> {
+    let d = duration(value)?;
+    if d.is_zero() {
+        return Err(Invalid("it must be greater than 0".into()));
+    }
+    Ok(d)
+}
+
+fn size(value: &Value) -> Result<u64, Problem> {
     match value {
         Value::Integer(n) if *n >= 0 => Ok(*n as u64),
-        Value::String(s) => parse_size(s),
-        other => Err(format!("got {}", show(other))),
+        Value::String(s) => parse_size(s).map_err(Invalid),
+        other => Err(Invalid(format!("got {}", show(other)))),
     }
 }
 
@@ -984,29 +1185,6 @@ pub fn parse_bind(text: &str) -> Result<BindSpec, String> {
         .next()
         .map(BindSpec::Tcp)
         .ok_or_else(|| format!("{text:?}: {host} has no address"))
-}
-
-fn check_ip_or_cidr(entry: &str) -> Result<(), String> {
-    if entry == "*" {
-        return Ok(());
-    }
-    let (ip, prefix) = match entry.split_once('/') {
-        Some((ip, prefix)) => (ip, Some(prefix)),
-        None => (entry, None),
-    };
-    let ip: std::net::IpAddr = ip
-        .parse()
-        .map_err(|_| format!("{entry:?} is not an IP address or CIDR"))?;
-    if let Some(prefix) = prefix {
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        let bits: u8 = prefix
-            .parse()
-            .map_err(|_| format!("{entry:?}: bad prefix length"))?;
-        if bits > max {
-            return Err(format!("{entry:?}: prefix length above {max}"));
-        }
-    }
-    Ok(())
 }
 
 /// The line (1-based) where `key` (dotted for tables) is set in a TOML source.
@@ -1189,11 +1367,8 @@ fn target(t: &LogTarget) -> String {
     }
 }
 
-fn optional(out: &mut String, key: &str, value: Option<String>) {
-    match value {
-        Some(v) => out.push_str(&format!("{key} = {v}\n")),
-        None => out.push_str(&format!("# {key} = (unset)\n")),
-    }
+fn quoted_path(path: &std::path::Path) -> String {
+    quoted(&path.display().to_string())
 }
 
 impl Config {
@@ -1205,7 +1380,7 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML, every key included.
+    /// The effective configuration as TOML, every key included (unset ones as comments).
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
         let file = self
@@ -1215,137 +1390,24 @@ impl Config {
         out.push_str(&format!(
             "# forkd effective configuration (config file: {file})\n"
         ));
-        optional(&mut out, "app", self.app.as_deref().map(quoted));
-        out.push_str(&format!(
-            "bind = {}\n",
-            quoted_list(self.bind.iter().map(|b| b.to_string()))
-        ));
-        match self.workers {
-            Workers::Auto => out.push_str(&format!(
-                "workers = \"auto\"  # = {} here\n",
-                available_cpus()
-            )),
-            Workers::Count(n) => out.push_str(&format!("workers = {n}\n")),
+        let mut current = None;
+        for key in KEYS {
+            if key.table() != current {
+                current = key.table();
+                out.push_str(&format!("\n[{}]\n", current.unwrap_or_default()));
+            }
+            match key.print {
+                Print::Value(print) => match print(self) {
+                    Some(value) => out.push_str(&format!("{} = {value}\n", key.short_name())),
+                    None => out.push_str(&format!("# {} = (unset)\n", key.short_name())),
+                },
+                Print::Table(entries) => {
+                    for (name, value) in entries(self) {
+                        out.push_str(&format!("{} = {}\n", quoted(&name), quoted(&value)));
+                    }
+                }
+            }
         }
-        out.push_str(&format!(
-            "threads = {}\nbacklog = {}\n",
-            self.threads, self.backlog
-        ));
-        out.push_str(&format!("timeout = {}\n", fmt_duration(self.timeout)));
-        out.push_str(&format!(
-            "graceful_timeout = {}\n",
-            fmt_duration(self.graceful_timeout)
-        ));
-        out.push_str(&format!("keepalive = {}\n", fmt_duration(self.keepalive)));
-        out.push_str(&format!(
-            "max_requests = {}\nmax_requests_jitter = {}\n",
-            self.max_requests, self.max_requests_jitter
-        ));
-        optional(
-            &mut out,
-            "pidfile",
-            self.pidfile
-                .as_ref()
-                .map(|p| quoted(&p.display().to_string())),
-        );
-        optional(&mut out, "user", self.user.as_deref().map(quoted));
-        optional(&mut out, "group", self.group.as_deref().map(quoted));
-        optional(
-            &mut out,
-            "umask",
-            self.umask.map(|m| quoted(&format!("{m:04o}"))),
-        );
-        optional(
-            &mut out,
-            "chdir",
-            self.chdir
-                .as_ref()
-                .map(|p| quoted(&p.display().to_string())),
-        );
-        out.push_str(&format!(
-            "forwarded_allow_ips = {}\n",
-            quoted_list(self.forwarded_allow_ips.iter().cloned())
-        ));
-        out.push_str("\n[env]\n");
-        for (k, v) in &self.env {
-            out.push_str(&format!("{} = {}\n", quoted(k), quoted(v)));
-        }
-        let level = format!("{:?}", self.log.level).to_ascii_lowercase();
-        let format = format!("{:?}", self.log.format).to_ascii_lowercase();
-        out.push_str(&format!(
-            "\n[log]\nlevel = {}\nformat = {}\n",
-            quoted(&level),
-            quoted(&format)
-        ));
-        out.push_str(&format!(
-            "error_log = {}\naccess_log = {}\n",
-            target(&self.log.error_log),
-            target(&self.log.access_log)
-        ));
-        optional(
-            &mut out,
-            "access_log_format",
-            self.log.access_log_format.as_deref().map(quoted),
-        );
-        let l = &self.limits;
-        out.push_str(&format!(
-            "\n[limits]\nrequest_line = {}\nrequest_fields = {}\nrequest_field_size = {}\nmax_body = {}\nheader_read_timeout = {}\nbody_read_timeout = {}\nmax_connections = {}\nmax_connections_per_ip = {}\n",
-            l.request_line, l.request_fields, l.request_field_size, l.max_body, fmt_duration(l.header_read_timeout), fmt_duration(l.body_read_timeout), l.max_connections, l.max_connections_per_ip
-        ));
-        out.push_str("\n[health]\n");
-        optional(
-            &mut out,
-            "live_path",
-            self.health.live_path.as_deref().map(quoted),
-        );
-        optional(
-            &mut out,
-            "ready_path",
-            self.health.ready_path.as_deref().map(quoted),
-        );
-        out.push_str(&format!(
-            "shutdown_delay = {}\n",
-            fmt_duration(self.health.shutdown_delay)
-        ));
-        out.push_str("\n[metrics]\n");
-        optional(
-            &mut out,
-            "bind",
-            self.metrics.bind.as_ref().map(|b| quoted(&b.to_string())),
-        );
-        out.push_str(&format!(
-            "\n[python]\npath = {}\nlifespan = {}\nroot_path = {}\n",
-            quoted_list(self.python.path.iter().cloned()),
-            quoted(self.python.lifespan.as_str()),
-            quoted(&self.python.root_path)
-        ));
-        out.push_str("\n[exec]\n");
-        let command =
-            (!self.exec.command.is_empty()).then(|| quoted_list(self.exec.command.iter().cloned()));
-        optional(&mut out, "command", command);
-        out.push_str(&format!("ready = {}\n", ready_mode_text(&self.exec.ready)));
-        let tls = &self.tls;
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| quoted(&p.display().to_string()));
-        out.push_str("\n[tls]\n");
-        optional(&mut out, "certfile", path(&tls.certfile));
-        optional(&mut out, "keyfile", path(&tls.keyfile));
-        optional(&mut out, "ca_certs", path(&tls.ca_certs));
-        let client_auth = match tls.client_auth {
-            ClientAuth::None => "none",
-            ClientAuth::Optional => "optional",
-            ClientAuth::Required => "required",
-        };
-        let min_version = match tls.min_version {
-            TlsVersion::V1_2 => "1.2",
-            TlsVersion::V1_3 => "1.3",
-        };
-        out.push_str(&format!(
-            "client_auth = {}\nalpn = {}\nmin_version = {}\nhandshake_timeout = {}\n",
-            quoted(client_auth),
-            quoted_list(tls.alpn.iter().cloned()),
-            quoted(min_version),
-            fmt_duration(tls.handshake_timeout)
-        ));
         out
     }
 }
@@ -1353,6 +1415,287 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sets a key by name (from the file, the environment or the command line).
+    fn set(
+        config: &mut Config,
+        name: &str,
+        value: Value,
+        origin: &Origin<'_>,
+    ) -> Result<(), ConfigError> {
+        super::set(config, key(name).expect("a known key"), &value, origin)
+    }
+
+    /// `name = value` as the file writes it: under `[table]` for a dotted name.
+    fn file_text(name: &str, value: &str) -> String {
+        match name.split_once('.') {
+            Some((table, short)) => format!("[{table}]\n{short} = {value}\n"),
+            None => format!("{name} = {value}\n"),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        apply_file(&mut config, std::path::Path::new("forkd.toml"), text)?;
+        Ok(config)
+    }
+
+    /// A value other than the default for each key, as the file writes it.
+    const SAMPLES: &[(&str, &str)] = &[
+        ("app", "\"echo\""),
+        (
+            "bind",
+            "[\"127.0.0.1:9000\", \"unix:/tmp/x.sock\", \"fd://web\", \"fd://5\"]",
+        ),
+        ("workers", "\"auto\""),
+        ("threads", "4"),
+        ("backlog", "100"),
+        ("timeout", "1.5"),
+        ("graceful_timeout", "\"2m\""),
+        ("keepalive", "0"),
+        ("max_requests", "5"),
+        ("max_requests_jitter", "\"3\""),
+        ("pidfile", "\"/run/forkd.pid\""),
+        ("user", "\"nobody\""),
+        ("group", "\"nogroup\""),
+        ("umask", "\"0027\""),
+        ("chdir", "\"/srv\""),
+        (
+            "forwarded_allow_ips",
+            "[\"10.0.0.0/8\", \"::ffff:10.0.0.0/104\", \"*\"]",
+        ),
+        (
+            "env",
+            "{ APP_ENV = \"production\", \"A B\" = \"x = \\\"y\\\"\" }",
+        ),
+        ("log.level", "\"debug\""),
+        ("log.format", "\"json\""),
+        ("log.error_log", "\"/var/log/forkd error.log\""),
+        ("log.access_log", "\"-\""),
+        (
+            "log.access_log_format",
+            "\"{{literal}} { status } {header:x-request-id} \\\"q\\\"\"",
+        ),
+        ("limits.request_line", "100"),
+        ("limits.request_fields", "5"),
+        ("limits.request_field_size", "50"),
+        ("limits.max_body", "\"64KiB\""),
+        ("limits.header_read_timeout", "\"500ms\""),
+        ("limits.body_read_timeout", "0"),
+        ("limits.max_connections", "7"),
+        ("limits.max_connections_per_ip", "2"),
+        ("health.live_path", "\"/live\""),
+        ("health.ready_path", "\"/ready\""),
+        ("health.shutdown_delay", "3"),
+        ("metrics.bind", "\"[::1]:9100\""),
+        ("python.path", "[\"src\", \"/srv/lib\"]"),
+        ("python.lifespan", "\"off\""),
+        ("python.root_path", "\"/api\""),
+        (
+            "exec.command",
+            "[\"uvicorn\", \"app:app\", \"--fd\", \"3\"]",
+        ),
+        ("exec.ready", "\"2s\""),
+        ("tls.certfile", "\"/etc/forkd/cert.pem\""),
+        ("tls.keyfile", "\"/etc/forkd/key.pem\""),
+        ("tls.ca_certs", "\"/etc/forkd/ca.pem\""),
+        ("tls.client_auth", "\"required\""),
+        ("tls.alpn", "[\"http/1.1\"]"),
+        ("tls.min_version", "1.3"),
+        ("tls.handshake_timeout", "\"250ms\""),
+    ];
+
+    #[test]
+    fn python_keys_are_validated() {
+        let mut config = Config::default();
+        let origin = Origin::Flag("test");
+        let bad = |config: &mut Config, key: &'static str, value: Value| {
+            set(config, key, value, &origin).is_err()
+        };
+        assert!(bad(
+            &mut config,
+            "python.lifespan",
+            Value::String("maybe".into())
+        ));
+        assert!(bad(
+            &mut config,
+            "python.root_path",
+            Value::String("api".into())
+        ));
+        assert!(bad(
+            &mut config,
+            "python.root_path",
+            Value::String("/api/".into())
+        ));
+        assert!(bad(&mut config, "python.path", Value::Integer(3)));
+        assert!(set(
+            &mut config,
+            "python.path",
+            Value::String("a,b".into()),
+            &origin
+        )
+        .is_ok());
+        assert_eq!(config.python.path, ["a", "b"]);
+    }
+
+    #[test]
+    fn every_key_round_trips_through_print_config() {
+        // Every key at its default (printing names `bind`, so it counts as given)...
+        let mut default = Config::default();
+        let reloaded = parse(&default.to_toml()).unwrap();
+        default.bind_given = true;
+        assert_eq!(reloaded, default, "{}", default.to_toml());
+        // ... and every key set to something else, one at a time.
+        for (name, sample) in SAMPLES {
+            let mut config = parse(&file_text(name, sample))
+                .unwrap_or_else(|e| panic!("sample for {name}: {e}"));
+            assert_ne!(
+                config,
+                Config::default(),
+                "sample for {name} is the default"
+            );
+            config.bind_given = true;
+            let text = config.to_toml();
+            let reloaded =
+                parse(&text).unwrap_or_else(|e| panic!("{name}: printed config: {e}\n{text}"));
+            assert_eq!(reloaded, config, "{name}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn keys_print_top_level_first_then_each_table_together() {
+        let mut seen: Vec<Option<&str>> = Vec::new();
+        for key in KEYS {
+            assert!(!key.name.is_empty() && !key.allowed.is_empty());
+            assert_eq!(
+                KEYS.iter().filter(|k| k.name == key.name).count(),
+                1,
+                "{}",
+                key.name
+            );
+            let table = key.table();
+            if seen.last() != Some(&table) {
+                assert!(
+                    !seen.contains(&table),
+                    "the keys of {table:?} are not together ({})",
+                    key.name
+                );
+                assert!(
+                    table.is_some() || seen.is_empty(),
+                    "top-level key {} comes after a table",
+                    key.name
+                );
+                seen.push(table);
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_has_an_env_name_that_maps_back() {
+        for key in KEYS {
+            match key.env_var() {
+                Some(var) => {
+                    assert!(var.starts_with("FORKD_"), "{var}");
+                    assert_eq!(key_for_env(&var).map(|k| k.name), Some(key.name), "{var}");
+                    if let Some((_, sample)) = SAMPLES.iter().find(|(n, _)| *n == key.name) {
+                        // A string as the environment gives it: lists comma-separated.
+                        let value: Value = toml::from_str::<toml::Table>(&format!("v = {sample}"))
+                            .unwrap()
+                            .remove("v")
+                            .unwrap();
+                        let text = match value {
+                            Value::String(s) => s,
+                            Value::Array(items) => items
+                                .iter()
+                                .map(|i| i.as_str().unwrap().to_string())
+                                .collect::<Vec<_>>()
+                                .join(if key.name == "exec.command" { " " } else { "," }),
+                            other => other.to_string(),
+                        };
+                        let mut from_env = Config::default();
+                        super::set(&mut from_env, key, &Value::String(text), &Origin::Env(&var))
+                            .unwrap_or_else(|e| panic!("{var}: {e}"));
+                        let from_file = parse(&file_text(key.name, sample)).unwrap();
+                        assert_eq!(from_env, from_file, "{var}");
+                    }
+                }
+                None => assert!(matches!(key.print, Print::Table(_)), "{}", key.name),
+            }
+        }
+        assert_eq!(
+            key_for_env("FORKD_LOG_ACCESS_LOG").map(|k| k.name),
+            Some("log.access_log")
+        );
+        assert!(key_for_env("FORKD_ENV").is_none());
+        let err = load(&Cli::default(), &[("FORKD_ENV".into(), "x".into())]).unwrap_err();
+        assert!(err.to_string().contains("[env] table"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_closest() {
+        let error = |text: &str| parse(text).unwrap_err().to_string();
+        for key in KEYS {
+            // The name with its last letter missing.
+            let short = key.short_name();
+            let typo = &short[..short.len() - 1];
+            let text = match key.table() {
+                Some(table) if table != key.name => format!("[{table}]\n{typo} = 1\n"),
+                _ => format!("{typo} = 1\n"),
+            };
+            let err = error(&text);
+            assert!(
+                err.contains(&format!("(did you mean `{short}`?)")),
+                "{text}: {err}"
+            );
+            assert!(err.contains("line"), "{err}");
+        }
+        let err = error("[lgo]\nlevel = \"info\"\n");
+        assert!(
+            err.contains("key `lgo`: unknown key (did you mean `log`?)"),
+            "{err}"
+        );
+        let err = error("[limits]\nmax_bdy = 1\n");
+        assert!(
+            err.contains("forkd.toml line 2: key `limits.max_bdy`: unknown key in [limits] (did you mean `max_body`?)"),
+            "{err}"
+        );
+        let err = load(&Cli::default(), &[("FORKD_WORKRS".into(), "2".into())]).unwrap_err();
+        assert!(
+            err.to_string().contains("(did you mean `FORKD_WORKERS`?)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_the_problem_and_what_is_allowed() {
+        let error = |text: &str| parse(text).unwrap_err().to_string();
+        assert_eq!(
+            error("app = \"hello\"\nworkers = 0\n"),
+            "forkd: config error: forkd.toml line 2: key `workers`: expected an integer >= 1 or \"auto\", got 0"
+        );
+        assert_eq!(
+            error("forwarded_allow_ips = [\"10.0.0.0/40\"]\n"),
+            "forkd: config error: forkd.toml line 1: key `forwarded_allow_ips`: \"10.0.0.0/40\": prefix length above 32; allowed: a list of IP addresses or CIDRs, or \"*\""
+        );
+        assert_eq!(
+            error("env = 3\n"),
+            "forkd: config error: forkd.toml line 1: key `env`: expected a table [env]"
+        );
+        assert_eq!(
+            error("[env]\nA = 1\n"),
+            "forkd: config error: forkd.toml line 2: key `env.A`: expected a string"
+        );
+        assert_eq!(
+            error("log = 1\n"),
+            "forkd: config error: forkd.toml line 1: key `log`: expected a table [log]"
+        );
+        let err = error("[log]\naccess_log_format = \"{stauts}\"\n");
+        assert!(
+            err.starts_with("forkd: config error: forkd.toml line 2: key `log.access_log_format`: unknown field {stauts}")
+                && err.ends_with("; allowed: a format string of {named} fields (see the README)"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn durations_and_sizes() {
@@ -1484,39 +1827,6 @@ mod tests {
     }
 
     #[test]
-    fn python_keys_are_validated() {
-        let mut config = Config::default();
-        let origin = Origin::Flag("test");
-        let bad = |config: &mut Config, key: &'static str, value: Value| {
-            set(config, key, value, &origin).is_err()
-        };
-        assert!(bad(
-            &mut config,
-            "python.lifespan",
-            Value::String("maybe".into())
-        ));
-        assert!(bad(
-            &mut config,
-            "python.root_path",
-            Value::String("api".into())
-        ));
-        assert!(bad(
-            &mut config,
-            "python.root_path",
-            Value::String("/api/".into())
-        ));
-        assert!(bad(&mut config, "python.path", Value::Integer(3)));
-        assert!(set(
-            &mut config,
-            "python.path",
-            Value::String("a,b".into()),
-            &origin
-        )
-        .is_ok());
-        assert_eq!(config.python.path, ["a", "b"]);
-    }
-
-    #[test]
     fn printed_config_loads_back_to_the_same_config() {
         let mut config = Config::default();
         let origin = Origin::Flag("test");
@@ -1539,30 +1849,6 @@ mod tests {
             &mut config,
             "exec.command",
             Value::String("uvicorn app:app --fd 3".into()),
-            &origin,
-        )
-        .unwrap();
-        set(
-            &mut config,
-            "python.path",
-            Value::Array(vec![
-                Value::String("src".into()),
-                Value::String("/srv/lib".into()),
-            ]),
-            &origin,
-        )
-        .unwrap();
-        set(
-            &mut config,
-            "python.lifespan",
-            Value::String("off".into()),
-            &origin,
-        )
-        .unwrap();
-        set(
-            &mut config,
-            "python.root_path",
-            Value::String("/api".into()),
             &origin,
         )
         .unwrap();

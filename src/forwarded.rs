@@ -24,9 +24,12 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// The peer address used for connections on unix sockets.
 pub const UNIX_PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// The parsed `forwarded_allow_ips`.
-#[derive(Debug, Clone, Default)]
+/// The parsed `forwarded_allow_ips` (parsed once, by the config; the workers use it as
+/// it is).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
+    /// The entries as written (trimmed), for `--print-config`.
+    entries: Vec<String>,
     any: bool,
     networks: Vec<(IpAddr, u8)>,
 }
@@ -37,6 +40,7 @@ impl TrustedProxies {
         let mut trusted = TrustedProxies::default();
         for entry in entries {
             let entry = entry.trim();
+            trusted.entries.push(entry.to_string());
             if entry == "*" {
                 trusted.any = true;
                 continue;
@@ -50,16 +54,37 @@ impl TrustedProxies {
                 .map_err(|_| format!("{entry:?} is not an IP address or CIDR"))?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let bits = match prefix {
-                Some(p) => p
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|b| *b <= max)
-                    .ok_or_else(|| format!("{entry:?}: bad prefix length (0 to {max})"))?,
+                Some(p) => {
+                    let bits = p
+                        .parse::<u8>()
+                        .map_err(|_| format!("{entry:?}: bad prefix length"))?;
+                    if bits > max {
+                        return Err(format!("{entry:?}: prefix length above {max}"));
+                    }
+                    bits
+                }
                 None => max,
             };
             trusted.networks.push(canonical_network(ip, bits));
         }
         Ok(trusted)
+    }
+
+    /// The default: the loopback addresses, `["127.0.0.1", "::1"]`.
+    pub fn loopback() -> TrustedProxies {
+        TrustedProxies {
+            entries: vec!["127.0.0.1".to_string(), "::1".to_string()],
+            any: false,
+            networks: vec![
+                (IpAddr::V4(Ipv4Addr::LOCALHOST), 32),
+                (IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 128),
+            ],
+        }
+    }
+
+    /// The entries as written.
+    pub fn entries(&self) -> &[String] {
+        &self.entries
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
@@ -489,6 +514,11 @@ mod tests {
         assert!(proxies(&["0.0.0.0/0"]).trusts(ip("8.8.8.8")));
         assert!(TrustedProxies::parse(&["10.0.0.0/33".to_string()]).is_err());
         assert!(TrustedProxies::parse(&["ten".to_string()]).is_err());
+        let loopback = ["127.0.0.1".to_string(), "::1".to_string()];
+        assert_eq!(
+            TrustedProxies::parse(&loopback),
+            Ok(TrustedProxies::loopback())
+        );
     }
 
     #[test]

@@ -306,14 +306,13 @@ impl Server<'_> {
         } = self;
         let access_log = AccessLog::start(
             &config.log.access_log,
-            config.log.access_log_format.as_deref(),
+            config.log.access_log_format.as_ref(),
             config.log.format == crate::config::LogFormat::Json,
             number,
         )
         .map_err(|e| boot_failed(slot, &e))?
         .map(Arc::new);
-        let proxies = TrustedProxies::parse(&config.forwarded_allow_ips)
-            .map_err(|e| boot_failed(slot, &format!("key `forwarded_allow_ips`: {e}")))?;
+        let proxies = config.forwarded_allow_ips.clone();
         let mut shared = new_shared(app, (slot, board), master_pid, &config, access_log, proxies);
         shared.tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let shared = Arc::new(shared);
