@@ -21,7 +21,8 @@
 #                Gunicorn: HUP to the master; nginx: `nginx -s reload`); every failed
 #                request is counted by kind (connect, reset, eof, status, timeout). At
 #                the end the serial the server presents (openssl s_client) is compared
-#                with the last certificate's.
+#                with the last certificate's; it is also read just before each next
+#                rotation, which counts the reloads that took effect in time.
 # Results are appended to bench/RESULTS.md with the date, the machine's load and the commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -184,7 +185,7 @@ reload() {
 serial() { # port -> the serial of the certificate served there
   echo | openssl s_client -connect "127.0.0.1:$1" 2>/dev/null | openssl x509 -noout -serial | cut -d= -f2
 }
-declare -A ROTATED SERVED
+declare -A ROTATED SERVED IN_TIME
 want_serial=$(openssl x509 -noout -serial -in "$WORK/rot$ROTATIONS.cert.pem" | cut -d= -f2)
 for server in "${SERVERS[@]}"; do
   echo "== $ROTATIONS certificate rotations: $server" >&2
@@ -201,6 +202,9 @@ for server in "${SERVERS[@]}"; do
     mv "$WORK/live/$server/key.pem.new" "$WORK/live/$server/key.pem"
     reload "$server"
     sleep "$ROTATE_EVERY"
+    # Did the reload take effect before the next one? (one more connection, not counted)
+    [ "$(serial "${PORT[$server]}")" = "$(openssl x509 -noout -serial -in "$WORK/rot$i.cert.pem" | cut -d= -f2)" ] &&
+      IN_TIME[$server]=$((${IN_TIME[$server]:-0} + 1))
   done
   kill -TERM "$load_pid"
   wait "$load_pid" || true
@@ -263,9 +267,9 @@ versions=$("$VPY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.v
     done
   done
   echo
-  echo "| server | worker RSS under keep-alive load, MiB | failed requests during $ROTATIONS rotations | serves the last certificate |"
-  echo "| --- | --- | --- | --- |"
+  echo "| server | worker RSS under keep-alive load, MiB | failed requests during $ROTATIONS rotations | new certificate served within ${ROTATE_EVERY}s | serves the last certificate |"
+  echo "| --- | --- | --- | --- | --- |"
   for server in "${SERVERS[@]}"; do
-    echo "| ${NAME[$server]} | $(rss_median "${RSS[$server]}") | ${ROTATED[$server]} | ${SERVED[$server]} |"
+    echo "| ${NAME[$server]} | $(rss_median "${RSS[$server]}") | ${ROTATED[$server]} | ${IN_TIME[$server]:-0} of $ROTATIONS | ${SERVED[$server]} |"
   done
 } | tee -a "${RESULTS:-bench/RESULTS.md}"
