@@ -17,11 +17,15 @@ response with `Connection: close` ends it without counting a failure); `close` o
 fresh connection per request (`Connection: close`), as a proxy that does not pool does.
 A request that fails is not retried: the next request starts a new connection. wrk
 counts the same things, but adds them up in one number for keep-alive only.
+
+--tls speaks HTTPS (Python's ssl module, the server's certificate not verified, no
+session resumption); a failed handshake counts as `connect`.
 """
 import argparse
 import asyncio
 import json
 import signal
+import ssl
 import sys
 import time
 
@@ -79,17 +83,17 @@ async def read_response(reader):
     return status, closes
 
 
-async def open_connection(port):
+async def open_connection(port, tls):
     try:
-        return await asyncio.open_connection("127.0.0.1", port)
-    except OSError as e:
-        raise Failure("connect", f"connect: {e}")
+        return await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+    except OSError as e:  # ssl.SSLError is one too: a failed handshake
+        raise Failure("connect", f"connect: {type(e).__name__}: {e}")
 
 
-async def one_request(state, port, request, keep_alive):
+async def one_request(state, port, tls, request, keep_alive):
     """Sends one request on the connection in `state` (opening one if needed)."""
     if state.get("conn") is None:
-        state["conn"] = await open_connection(port)
+        state["conn"] = await open_connection(port, tls)
     reader, writer = state["conn"]
     try:
         writer.write(request)
@@ -115,13 +119,13 @@ def close(state):
         conn[1].close()
 
 
-async def connection_loop(port, keep_alive, timeout, tally, stopping):
+async def connection_loop(port, tls, keep_alive, timeout, tally, stopping):
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n"
     request += b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
     state = {}
     while not stopping.is_set():
         try:
-            await asyncio.wait_for(one_request(state, port, request, keep_alive), timeout)
+            await asyncio.wait_for(one_request(state, port, tls, request, keep_alive), timeout)
             tally.ok += 1
         except Failure as failure:
             tally.fail(failure)
@@ -141,7 +145,14 @@ async def main():
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=0, help="0 = until a signal")
+    parser.add_argument("--tls", action="store_true", help="HTTPS, certificate not verified")
     args = parser.parse_args()
+    tls = None
+    if args.tls:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        tls.set_alpn_protocols(["http/1.1"])
 
     tally = Tally()
     stopping = asyncio.Event()
@@ -154,7 +165,7 @@ async def main():
     keep_alive = args.mode == "keepalive"
     await asyncio.gather(
         *(
-            connection_loop(args.port, keep_alive, args.timeout, tally, stopping)
+            connection_loop(args.port, tls, keep_alive, args.timeout, tally, stopping)
             for _ in range(args.connections)
         )
     )
@@ -163,6 +174,7 @@ async def main():
         json.dumps(
             {
                 "mode": args.mode,
+                "tls": args.tls,
                 "connections": args.connections,
                 "seconds": round(elapsed, 2),
                 "ok": tally.ok,
