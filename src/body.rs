@@ -52,14 +52,52 @@ impl Verdict {
     }
 }
 
+/// `body_read_timeout` for one body: how long it may send nothing while someone waits
+/// for it. Used by this module for HTTP/2 streams and by the HTTP/1 connection IO.
+pub(crate) struct StallTimer {
+    /// Zero: off.
+    timeout: Duration,
+    /// Armed the first time a read waits, then moved on whenever bytes arrived.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes arrived since the timer was last set.
+    progressed: bool,
+}
+
+impl StallTimer {
+    pub(crate) fn new(timeout: Duration) -> StallTimer {
+        StallTimer {
+            timeout,
+            timer: None,
+            progressed: false,
+        }
+    }
+
+    /// Bytes of the body arrived.
+    pub(crate) fn progressed(&mut self) {
+        self.progressed = true;
+    }
+
+    /// Called when a read of the body is pending: true once it has waited `timeout`
+    /// with nothing arriving. Registers `cx` to be woken then.
+    pub(crate) fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timeout.is_zero() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if std::mem::take(&mut self.progressed) {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
 struct StreamLimit {
     max_body: u64,
     received: u64,
-    /// Zero: off.
-    timeout: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Data arrived since the timer was last set.
-    progressed: bool,
+    stall: StallTimer,
     verdict: Verdict,
     /// The error has been returned; the body ends.
     ended: bool,
@@ -95,9 +133,7 @@ impl RequestBody {
             limit: Some(Box::new(StreamLimit {
                 max_body,
                 received: 0,
-                timeout,
-                timer: None,
-                progressed: false,
+                stall: StallTimer::new(timeout),
                 verdict: verdict.clone(),
                 ended: false,
             })),
@@ -125,7 +161,7 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     limit.received += data.len() as u64;
-                    limit.progressed = true;
+                    limit.stall.progressed();
                     if limit.received > limit.max_body {
                         limit.ended = true;
                         limit.verdict.set(Cut::TooLarge);
@@ -138,17 +174,7 @@ impl Body for RequestBody {
             }
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
             Poll::Pending => {
-                if limit.timeout.is_zero() {
-                    return Poll::Pending;
-                }
-                let deadline = tokio::time::Instant::now() + limit.timeout;
-                let timer = limit
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if std::mem::take(&mut limit.progressed) {
-                    timer.as_mut().reset(deadline);
-                }
-                if timer.as_mut().poll(cx).is_ready() {
+                if limit.stall.stalled(cx) {
                     limit.ended = true;
                     limit.verdict.set(Cut::Stalled);
                     return Poll::Ready(Some(Err(Box::new(BodyLimitError(

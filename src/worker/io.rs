@@ -21,9 +21,9 @@
 use super::conn::{ConnState, Peer};
 use super::limits::{HeadLimits, Scan, Scanner, Violation};
 use crate::access_log::{AccessLog, Outcome, Record};
+use crate::body::StallTimer;
 use crate::scoreboard::{monotonic_ms, Header};
 use crate::timefmt::Utc;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::*};
@@ -76,9 +76,7 @@ where
     log: Option<(Arc<AccessLog>, Arc<Peer>)>,
     /// `limits.body_read_timeout` (zero: off), and its timer, armed while hyper waits
     /// for body bytes; `body_progress` says bytes arrived since it was last set.
-    body_timeout: Duration,
-    body_timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    body_progress: bool,
+    body_stall: StallTimer,
     /// The app switched protocols: bytes pass through unscanned from now on.
     switched: bool,
     /// The client's HTTP/2 frames, once the connection turned out to be HTTP/2.
@@ -178,9 +176,7 @@ where
             ready: 0,
             end: End::Open,
             log,
-            body_timeout,
-            body_timer: None,
-            body_progress: false,
+            body_stall: StallTimer::new(body_timeout),
             switched: false,
             h2: None,
             h2_flood: false,
@@ -199,17 +195,7 @@ where
     /// Called when the inner read is pending: while hyper waits for a request body,
     /// runs the `body_read_timeout` timer; true when it fired.
     fn body_stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.body_timeout.is_zero() || !self.scanner.in_body() {
-            return false;
-        }
-        let deadline = tokio::time::Instant::now() + self.body_timeout;
-        let timer = self
-            .body_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if std::mem::take(&mut self.body_progress) {
-            timer.as_mut().reset(deadline);
-        }
-        timer.as_mut().poll(cx).is_ready()
+        self.scanner.in_body() && self.body_stall.stalled(cx)
     }
 
     /// Follows bytes on their way to hyper on an HTTP/2 connection; false (and logged)
@@ -334,7 +320,7 @@ where
                 if read == 0 {
                     return Poll::Ready(Ok(()));
                 }
-                this.body_progress = true;
+                this.body_stall.progressed();
                 this.state.add_bytes_read(read);
                 let scan = this.scanner.scan(&buf.filled()[before..]);
                 let keep = this.apply(scan, &buf.filled()[before..]).min(read);
