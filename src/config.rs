@@ -205,6 +205,10 @@ pub struct Config {
     pub keepalive: Duration,
     pub max_requests: u64,
     pub max_requests_jitter: u64,
+    /// Recycle a worker whose RSS passes this many bytes; 0 = off.
+    pub max_worker_memory: u64,
+    /// Recycle a worker this old (each spread by up to 10%); zero = off.
+    pub max_worker_lifetime: Duration,
     pub pidfile: Option<PathBuf>,
     pub user: Option<String>,
     pub group: Option<String>,
@@ -428,6 +432,14 @@ pub(crate) const KEYS: &[Key] = &[
         |c, v| { c.max_requests_jitter = at_least(v, 0)?; Ok(()) },
         |c| Some(c.max_requests_jitter.to_string()),
     ).option("max_requests_jitter"),
+    Key::new("max_worker_memory", "a size: bytes or a string like \"512MiB\", \"1GiB\"; 0 = off",
+        |c, v| { c.max_worker_memory = size(v)?; Ok(()) },
+        |c| Some(c.max_worker_memory.to_string()),
+    ),
+    Key::new("max_worker_lifetime", "a duration: seconds or a string like \"6h\", \"30m\"; 0 = off",
+        |c, v| { c.max_worker_lifetime = duration(v)?; Ok(()) },
+        |c| Some(fmt_duration(c.max_worker_lifetime)),
+    ),
     Key::new("pidfile", "a file path",
         |c, v| { c.pidfile = Some(string(v)?.into()); Ok(()) },
         |c| c.pidfile.as_deref().map(quoted_path),
@@ -736,6 +748,8 @@ impl Default for Config {
             keepalive: Duration::from_secs(2),
             max_requests: 0,
             max_requests_jitter: 0,
+            max_worker_memory: 0,
+            max_worker_lifetime: Duration::ZERO,
             pidfile: None,
             user: None,
             group: None,
@@ -1455,6 +1469,8 @@ mod tests {
         ("keepalive", "0"),
         ("max_requests", "5"),
         ("max_requests_jitter", "\"3\""),
+        ("max_worker_memory", "\"512MiB\""),
+        ("max_worker_lifetime", "\"6h\""),
         ("pidfile", "\"/run/forkd.pid\""),
         ("user", "\"nobody\""),
         ("group", "\"nogroup\""),
@@ -1504,6 +1520,32 @@ mod tests {
         ("tls.min_version", "1.3"),
         ("tls.handshake_timeout", "\"250ms\""),
     ];
+
+    #[test]
+    fn recycling_keys_are_validated() {
+        for (key, value) in [
+            ("max_worker_memory", "\"lots\""),
+            ("max_worker_memory", "\"512PiB\""),
+            ("max_worker_memory", "-1"),
+            ("max_worker_lifetime", "\"6 days\""),
+            ("max_worker_lifetime", "-5"),
+            ("max_worker_lifetime", "true"),
+        ] {
+            let err = parse(&format!("{key} = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("line 1: key `{key}`")) && err.contains("0 = off"),
+                "{err}"
+            );
+        }
+        let config =
+            parse("max_worker_memory = \"64MiB\"\nmax_worker_lifetime = \"2s\"\n").unwrap();
+        assert_eq!(config.max_worker_memory, 64 << 20);
+        assert_eq!(config.max_worker_lifetime, Duration::from_secs(2));
+        assert_eq!(Config::default().max_worker_memory, 0);
+        assert!(Config::default().max_worker_lifetime.is_zero());
+    }
 
     #[test]
     fn python_keys_are_validated() {

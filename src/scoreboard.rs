@@ -99,13 +99,15 @@ impl Histogram {
 }
 
 /// Why a worker was replaced, for `forkd_worker_restarts_total{reason}`.
-pub const RESTART_REASONS: [&str; 6] = [
+pub const RESTART_REASONS: [&str; 8] = [
     "crash",
     "timeout",
     "max_requests",
     "reload",
     "scale",
     "boot_failure",
+    "max_worker_memory",
+    "max_worker_lifetime",
 ];
 
 /// Requests forkd refused before they reached the app, for
@@ -210,7 +212,8 @@ impl Header {
         self.server_stopping.store(1, Release);
     }
     /// Counts a worker's exit under its reason as the master logs it ("crash",
-    /// "timeout", "max_requests", "reload", "scale down", "boot failure"); exits for a
+    /// "timeout", "max_requests", "max_worker_memory", "max_worker_lifetime", "reload",
+    /// "scale down", "boot failure"); exits for a
     /// stop are not restarts and are not counted.
     pub fn count_restart(&self, reason: &str) {
         let name = match reason {

@@ -308,3 +308,33 @@ fn a_worker_that_never_gets_ready_is_killed_and_a_hup_keeps_the_old_ones() {
     assert!(body_of(&server.addr).starts_with("v1 "));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn max_worker_memory_reads_an_exec_workers_rss_and_recycles_it() {
+    // Any Python program's RSS is far above 1 MiB: each worker is recycled once ready,
+    // its replacement first.
+    let (dir, config) = project("exec-memory", &uvicorn(), "max_worker_memory = \"1MiB\"\n");
+    let server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let first = children_of(server.pid());
+    let exited = |server: &Server| {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("worker exited") && l.contains("reason=\"max_worker_memory\""))
+            .count()
+    };
+    assert!(
+        poll_until(Duration::from_secs(30), || exited(&server) >= 2),
+        "exec workers were not recycled:\n{}",
+        server.log()
+    );
+    assert!(server.log_contains("passed max_worker_memory = 1.0 MiB"));
+    // The workers it started with were among those recycled.
+    let now = children_of(server.pid());
+    assert!(
+        first.iter().any(|pid| !now.contains(pid)),
+        "{first:?} {now:?}"
+    );
+    assert_eq!(get(&server.addr, "/").map(|r| r.0), Ok(200));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -385,6 +385,45 @@ fn max_requests_recycling_of_python_workers_under_keepalive_load_drops_nothing()
 }
 
 #[test]
+fn max_worker_memory_recycles_a_python_worker_that_allocates_dropping_nothing() {
+    let dir = app_dir("memory");
+    let server = start(&dir, &["-w", "2"], "max_worker_memory = \"96MiB\"\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, mut handles) = load(&server.addr, 64, stop.clone());
+    // Grows the workers' RSS: 4 MiB kept per request.
+    let (addr, grow_stop, grow_tally) = (server.addr.clone(), stop.clone(), tally.clone());
+    handles.push(std::thread::spawn(move || {
+        while !grow_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match get(&addr, "/leak?kb=4096") {
+                Ok((200, _, _)) => {
+                    grow_tally
+                        .ok
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok((status, _, _)) => grow_tally.fail(format!("leak request: status {status}")),
+                Err(e) => grow_tally.fail(format!("leak request: {e}")),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }));
+    let recycled = poll_until(Duration::from_secs(60), || {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("worker exited") && l.contains("reason=\"max_worker_memory\""))
+            .count()
+            >= 2
+    });
+    finish(stop, handles);
+    assert!(recycled, "workers were not recycled:\n{}", server.log());
+    assert_no_failures(
+        &tally,
+        &server,
+        "max_worker_memory recycling of FastAPI workers",
+    );
+}
+
+#[test]
 fn usr2_starts_a_new_python_master_under_keepalive_load_dropping_nothing() {
     let dir = app_dir("usr2");
     let pidfile = dir.join("forkd.pid");

@@ -339,3 +339,108 @@ fn manual_upgrade_rolls_back_with_hup_to_the_old_master_and_term_to_the_new() {
     );
     assert_no_failures(&tally, &server, "manual upgrade rollback");
 }
+
+/// A counter's value from a /metrics scrape (the line `NAME_AND_LABELS VALUE`).
+fn scrape_value(metrics_addr: &str, series: &str) -> Option<f64> {
+    let (status, _, body) = get(metrics_addr, "/metrics").ok()?;
+    if status != 200 {
+        return None;
+    }
+    String::from_utf8_lossy(&body).lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn max_worker_memory_recycles_a_growing_worker_under_keepalive_load_dropping_nothing() {
+    let server = Server::start_with_env(
+        &forkd(),
+        &["-b", "127.0.0.1:0", "-w", "2", "echo"],
+        &[
+            ("FORKD_MAX_WORKER_MEMORY", "48MiB"),
+            ("FORKD_METRICS_BIND", "127.0.0.1:0"),
+        ],
+    );
+    server.expect_log("serving /metrics on ", Duration::from_secs(5));
+    let metrics = server
+        .log()
+        .split("serving /metrics on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("metrics address")
+        .to_string();
+    let series = "forkd_worker_restarts_total{reason=\"max_worker_memory\"}";
+    assert_eq!(scrape_value(&metrics, series), Some(0.0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, mut handles) = load(&server.addr, 64, stop.clone());
+    // Grows the workers' RSS: 4 MiB kept per request, ~80 MiB a second in all.
+    let (addr, grow_stop, grow_tally) = (server.addr.clone(), stop.clone(), tally.clone());
+    handles.push(std::thread::spawn(move || {
+        while !grow_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match get(&addr, "/?leak_kb=4096") {
+                Ok((200, _, _)) => {
+                    grow_tally
+                        .ok
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok((status, _, _)) => grow_tally.fail(format!("leak request: status {status}")),
+                Err(e) => grow_tally.fail(format!("leak request: {e}")),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }));
+    let recycled = poll_until(Duration::from_secs(30), || {
+        scrape_value(&metrics, series).is_some_and(|n| n >= 3.0)
+    });
+    finish(stop, handles);
+    assert!(recycled, "workers were not recycled:\n{}", server.log());
+    assert!(
+        server.log_contains("passed max_worker_memory = 48.0 MiB"),
+        "{}",
+        server.log()
+    );
+    let settled = poll_until(Duration::from_secs(10), || {
+        workers_of(server.pid()).len() == 2
+    });
+    assert!(settled, "{:?}", workers_of(server.pid()));
+    assert_no_failures(&tally, &server, "max_worker_memory recycling");
+}
+
+#[test]
+fn max_worker_lifetime_recycles_every_worker_under_keepalive_load_dropping_nothing() {
+    let server = Server::start_with_env(
+        &forkd(),
+        &["-b", "127.0.0.1:0", "-w", "2", "hello"],
+        &[("FORKD_MAX_WORKER_LIFETIME", "2s")],
+    );
+    let first = workers_of(server.pid());
+    assert_eq!(first.len(), 2, "{first:?}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    // Two rounds of recycling: every first worker gone, and at least 4 recycled.
+    let recycled = poll_until(Duration::from_secs(20), || {
+        let now = workers_of(server.pid());
+        now.len() == 2
+            && now.iter().all(|pid| !first.contains(pid))
+            && server
+                .log()
+                .lines()
+                .filter(|l| {
+                    l.contains("worker exited") && l.contains("reason=\"max_worker_lifetime\"")
+                })
+                .count()
+                >= 4
+    });
+    finish(stop, handles);
+    assert!(recycled, "workers were not recycled:\n{}", server.log());
+    assert!(
+        server.log_contains("reached its max_worker_lifetime of 2."),
+        "{}",
+        server.log()
+    );
+    assert_no_failures(&tally, &server, "max_worker_lifetime recycling");
+}

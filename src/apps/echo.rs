@@ -1,6 +1,8 @@
 //! `echo`: describes the request as JSON. Query parameters steer it for tests:
 //! `sleep_ms=N` (async wait), `block_ms=N` (blocks the worker thread, to trip `timeout`),
-//! `status=N`, `bytes=N` (an N-byte body instead of JSON). Besides the contract's fields
+//! `status=N`, `bytes=N` (an N-byte body instead of JSON), `leak_kb=N` (a test aid for
+//! `max_worker_memory`: keeps N KiB, written to so they are resident, for the life of the
+//! worker process; at most 64 MiB a request). Besides the contract's fields
 //! (`method`, `path`, `query`, `headers`, `body_bytes`, `remote_addr`, `pid`) the JSON
 //! carries `scheme` (`https` over TLS, or when a trusted proxy says so), `version`
 //! (`HTTP/1.1`, `HTTP/2.0`), `tls_server_name` (the SNI a TLS client sent) and, with a
@@ -15,6 +17,21 @@ use std::time::Duration;
 /// Largest `bytes=N` echo produces, so a typo cannot exhaust memory.
 const MAX_ECHO_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Largest `leak_kb=N` one request may keep (64 MiB).
+const MAX_LEAK_KB: u64 = 64 * 1024;
+
+/// What `leak_kb=N` keeps: a leak on purpose, to make a worker's RSS grow in tests.
+static LEAKED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps `kb` KiB resident until the process exits.
+fn leak(kb: u64) {
+    // Non-zero bytes: every page is written, so it counts in the RSS.
+    let block = vec![0xA5u8; (kb * 1024) as usize];
+    if let Ok(mut leaked) = LEAKED.lock() {
+        leaked.push(block);
+    }
+}
+
 pub async fn echo(req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let query = parts.uri.query().unwrap_or("").to_string();
@@ -27,7 +44,8 @@ pub async fn echo(req: Request) -> Response {
             ("block_ms", Ok(ms)) => std::thread::sleep(Duration::from_millis(ms)),
             ("status", Ok(code)) if (200..=999).contains(&code) => status = code as u16,
             ("bytes", Ok(n)) if n <= MAX_ECHO_BYTES => bytes = Some(n),
-            ("sleep_ms" | "block_ms" | "status" | "bytes", _) => {
+            ("leak_kb", Ok(kb)) if kb <= MAX_LEAK_KB => leak(kb),
+            ("sleep_ms" | "block_ms" | "status" | "bytes" | "leak_kb", _) => {
                 return respond(
                     400,
                     "text/plain",

@@ -16,6 +16,7 @@ pub mod exec;
 mod notify;
 #[allow(unsafe_code)] // flock
 pub mod pidfile;
+pub mod recycle;
 #[allow(unsafe_code)] // signal sets with a realtime signal, getrandom, sigqueue
 pub mod signals;
 #[allow(unsafe_code)] // fork and exec of the new master
@@ -154,6 +155,8 @@ struct Worker {
     /// its start, or the end of a freeze of the whole tree (see [`clock`]). Kept here,
     /// not in the worker-writable slot.
     clock_from_ms: u64,
+    /// `max_worker_memory` / `max_worker_lifetime`: its age, limit and RSS samples.
+    recycle: recycle::Watch,
 }
 
 /// What the master tracks for an exec worker beyond the scoreboard.
@@ -369,6 +372,7 @@ impl Master {
             self.read_exec_reports();
             self.reap();
             self.observe_scoreboard();
+            self.check_recycling();
             self.enforce_deadlines();
             self.report_to_systemd();
             if let Some(code) = self.finished() {
@@ -1281,6 +1285,29 @@ impl Master {
         matches!(w.phase, Phase::Running)
             && w.generation == self.generation
             && self.scoreboard.slot(w.slot).flags() & FLAG_RETIRE == 0
+            && w.recycle.reason().is_none()
+    }
+
+    /// `max_worker_memory` and `max_worker_lifetime`: marks a ready worker of the current
+    /// generation past either as retiring, the way `max_requests` does (see [`recycle`]).
+    fn check_recycling(&mut self) {
+        let now = Instant::now();
+        for w in &mut self.workers {
+            let asked = self.scoreboard.slot(w.slot).flags() & FLAG_RETIRE != 0;
+            if !w.ready || asked || w.generation != self.generation || w.phase != Phase::Running {
+                continue;
+            }
+            let pid = w.pid.as_raw();
+            let limit = w.config.max_worker_memory;
+            if let Some(why) = w.recycle.check(now, limit, || recycle::read_rss(pid)) {
+                tracing::info!(
+                    pid,
+                    worker = w.number,
+                    reason = why.reason(),
+                    "recycling worker: {why}"
+                );
+            }
+        }
     }
 
     fn reconcile(&mut self) {
@@ -1325,8 +1352,13 @@ impl Master {
             if ready_active + remaining - 1 < self.target {
                 break;
             }
-            let retiring = self.workers[index].generation == self.generation;
-            self.stop_worker(index, if retiring { "max_requests" } else { "reload" });
+            let w = &self.workers[index];
+            let reason = match w.recycle.reason() {
+                _ if w.generation != self.generation => "reload",
+                Some(reason) => reason,
+                None => "max_requests",
+            };
+            self.stop_worker(index, reason);
             remaining -= 1;
         }
     }
@@ -1476,6 +1508,10 @@ impl Master {
                     ready_at: None,
                     exec,
                     clock_from_ms: monotonic_ms(),
+                    recycle: recycle::Watch::new(
+                        self.config.max_worker_lifetime,
+                        signals::random_token(),
+                    ),
                 });
                 Ok(())
             }

@@ -87,6 +87,17 @@ async def rss():
     return {"rss_kib": rss_kib()}
 
 
+LEAKED = []
+
+
+@app.get("/leak")
+async def leak(kb: int):
+    # Kept for the life of the worker, written to so that it is resident: a leak on
+    # purpose, for the max_worker_memory test.
+    LEAKED.append(b"\xa5" * (kb * 1024))
+    return {"leaked_kib": kb * len(LEAKED)}
+
+
 @app.get("/boom")
 async def boom():
     raise ValueError("kaboom")
