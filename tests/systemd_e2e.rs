@@ -8,7 +8,9 @@
 //! request finish and ends inactive, not failed; socket activation starts forkd on the
 //! first connection and keeps the socket across upgrades and restarts; a reload with a
 //! bad config fails `systemctl reload` and keeps serving; forkd's lines reach the journal
-//! with their priority and without a second timestamp.
+//! with their priority and without a second timestamp. The unit's privilege split holds:
+//! a root master with a bounded capability set, workers as the `forkd` system user that
+//! `config/forkd.sysusers` creates at boot, and `NotifyAccess=main`.
 
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 const SERVICE: &str = include_str!("../config/forkd.service");
 const SOCKET: &str = include_str!("../config/forkd.socket");
 const CONFIG: &str = include_str!("../config/forkd.toml");
+const SYSUSERS: &str = include_str!("../config/forkd.sysusers");
 /// Where the shipped config (and forkd.socket) listen, inside the container's own
 /// network namespace: no port is shared with anything else on the host.
 const ADDR: &str = "127.0.0.1:8000";
@@ -51,6 +54,7 @@ fn boot(tag: &str) -> Container {
             units: &[("forkd.service", SERVICE), ("forkd.socket", SOCKET)],
             binary: &harness::forkd(),
             config: &config,
+            sysusers: &[("forkd.conf", SYSUSERS)],
         },
     )
 }
@@ -151,6 +155,7 @@ fn start_reload_upgrade_and_stop_under_systemd() {
     assert_state(&c, "forkd.service", "active", "running");
     let (mut main_inner, mut master) = main_pid(&c);
     assert_eq!(workers_of(master).len(), 2, "the config asks for 2 workers");
+    assert_privileges(&c, master);
     let status = c.property("forkd.service", "StatusText");
     assert!(status_ready(&status, 2, 1), "status: {status:?}");
     let (code, _, _) = c
@@ -238,6 +243,13 @@ fn start_reload_upgrade_and_stop_under_systemd() {
         "the unit left `active` during the upgrade: {states:?}"
     );
     assert_state(&c, "forkd.service", "active", "running");
+    // NotifyAccess=main: systemd logs every message it refuses from another pid; forkd
+    // sends none (the new master waits for the hand-over, the old one is silent after).
+    let journal = c.journal("forkd.service");
+    assert!(
+        !journal.contains("reception only permitted for main PID"),
+        "a process other than the main one notified systemd:\n{journal}"
+    );
     assert_eq!(workers_of(master).len(), 2);
     assert!(
         poll_until(Duration::from_secs(20), || served(&tally) > before + 50),
@@ -501,6 +513,54 @@ fn a_failed_reload_keeps_serving_and_logs_reach_the_journal_by_priority() {
         "info lines are logged as errors:\n{errors}"
     );
     assert_state(&c, "forkd.service", "active", "running");
+}
+
+/// A `Name:` line of /proc/PID/status, its first field.
+fn status_field(host_pid: i32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The privilege split of the shipped unit: a root master bounded to the capabilities
+/// it needs, workers as the `forkd` system user (made by forkd.sysusers at boot) with
+/// no capability at all, and only the main process allowed to notify.
+fn assert_privileges(c: &Container, master: i32) {
+    let id = c.run(&["id", "-u", "forkd"], Duration::from_secs(10));
+    assert!(id.ok(), "no `forkd` user in the container: {id:?}");
+    let forkd_uid = id.stdout.trim().to_string();
+    assert_ne!(forkd_uid, "0");
+    assert_eq!(
+        c.property("forkd.service", "NotifyAccess"),
+        "main",
+        "the unit lets more than its main process notify"
+    );
+    // CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_NET_BIND_SERVICE 10, CAP_SYS_PTRACE 19.
+    let bounding: u64 = (1 << 5) | (1 << 6) | (1 << 7) | (1 << 10) | (1 << 19);
+    assert_eq!(status_field(master, "Uid"), "0", "the master is not root");
+    assert_eq!(
+        u64::from_str_radix(&status_field(master, "CapBnd"), 16).expect("CapBnd"),
+        bounding,
+        "the master's capability bounding set"
+    );
+    for worker in workers_of(master) {
+        assert_eq!(
+            status_field(worker, "Uid"),
+            forkd_uid,
+            "worker {worker} does not run as the forkd user"
+        );
+        for set in ["CapEff", "CapPrm", "CapAmb"] {
+            assert_eq!(
+                u64::from_str_radix(&status_field(worker, set), 16).expect("capabilities"),
+                0,
+                "worker {worker} has capabilities ({set})"
+            );
+        }
+    }
 }
 
 /// `systemctl reload` while the master is stopped: it must still be waiting (the unit

@@ -1,6 +1,6 @@
 //! The shipped units (`config/forkd.service`, `config/forkd.socket`) pass
 //! `systemd-analyze verify` with no output at all (it exits 0 on an unknown key, only
-//! warning), and agree with the shipped `config/forkd.toml`.
+//! warning), and agree with the shipped `config/forkd.toml` and `config/forkd.sysusers`.
 
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,6 +15,7 @@ use std::time::Duration;
 const SERVICE: &str = include_str!("../config/forkd.service");
 const SOCKET: &str = include_str!("../config/forkd.socket");
 const CONFIG: &str = include_str!("../config/forkd.toml");
+const SYSUSERS: &str = include_str!("../config/forkd.sysusers");
 
 /// A root directory for `systemd-analyze verify --root`: the host's system units (the
 /// targets the units depend on), the units under test in /etc/systemd/system, and the
@@ -87,7 +88,7 @@ fn the_lint_fails_on_a_misspelled_key_or_a_bad_value() {
     };
     let cases = [
         (
-            edit(SERVICE, "NotifyAccess=all", "NotifyAcess=all"),
+            edit(SERVICE, "NotifyAccess=main", "NotifyAcess=main"),
             SOCKET.to_string(),
             "NotifyAcess",
         ),
@@ -145,7 +146,15 @@ fn config_seconds(table: &toml::Table, path: &[&str], default: f64) -> f64 {
 #[test]
 fn the_service_fits_forkd_and_its_config() {
     assert_eq!(setting(SERVICE, "Type"), Some("notify"));
-    assert_eq!(setting(SERVICE, "NotifyAccess"), Some("all"));
+    assert_eq!(setting(SERVICE, "NotifyAccess"), Some("main"));
+    // Workers as a fixed account, not a uid shared with the root master; no capability
+    // handed across exec.
+    assert_eq!(setting(SERVICE, "DynamicUser"), None);
+    assert_eq!(setting(SERVICE, "User"), None, "the master runs as root");
+    assert_eq!(setting(SERVICE, "AmbientCapabilities"), None);
+    // ProcSubset=pid hides /proc/locks, where `forkd -s` (ExecReload, ExecStop) checks
+    // that the pidfile's lock holder is the pid it names: every reload would fail.
+    assert_ne!(setting(SERVICE, "ProcSubset"), Some("pid"));
     assert_eq!(setting(SERVICE, "KillMode"), Some("mixed"));
     assert_eq!(setting(SERVICE, "RuntimeDirectory"), Some("forkd"));
     let start = setting(SERVICE, "ExecStart").expect("ExecStart");
@@ -157,6 +166,17 @@ fn the_service_fits_forkd_and_its_config() {
     assert!(
         start.contains("/run/forkd/"),
         "the pidfile lives in RuntimeDirectory"
+    );
+    // The workers' account is the one forkd.sysusers creates.
+    assert!(
+        start.ends_with(" --user forkd --group forkd"),
+        "ExecStart does not drop the workers to forkd: {start}"
+    );
+    assert!(
+        SYSUSERS
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["u", "forkd"])),
+        "config/forkd.sysusers does not create the forkd user"
     );
 
     let config: toml::Table = CONFIG.parse().expect("config/forkd.toml parses");
