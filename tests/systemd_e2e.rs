@@ -217,6 +217,23 @@ fn start_reload_upgrade_and_stop_under_systemd() {
         );
         eprintln!("systemctl reload {generation}: {took:?}");
     }
+    // From a root shell on the machine (outside the unit's namespaces and capability
+    // bounds) `forkd -s reload` gets the root master's answer too.
+    let reload = c.run(
+        &[
+            "forkd",
+            "-c",
+            "/etc/forkd/forkd.toml",
+            "--pid",
+            "/run/forkd/forkd.pid",
+            "-s",
+            "reload",
+        ],
+        STEP,
+    );
+    assert!(reload.ok(), "forkd -s reload from a root shell: {reload:?}");
+    let status = c.property("forkd.service", "StatusText");
+    assert!(status_ready(&status, 2, 5), "status: {status:?}");
 
     // USR2: the new master sends READY=1, the old one MAINPID=; the unit stays active.
     let before = served(&tally);
