@@ -10,7 +10,8 @@
 //! bad config fails `systemctl reload` and keeps serving; forkd's lines reach the journal
 //! with their priority and without a second timestamp. The unit's privilege split holds:
 //! a root master with a bounded capability set, workers as the `forkd` system user that
-//! `config/forkd.sysusers` creates at boot, and `NotifyAccess=main`.
+//! `config/forkd.sysusers` creates at boot, and `NotifyAccess=main`; exec workers with
+//! `ready = "auto"` are seen ready as `forkd` because the master keeps CAP_SYS_PTRACE.
 
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -615,4 +616,97 @@ fn socket_inodes(pid: i32) -> Vec<u64> {
                 .ok()
         })
         .collect()
+}
+
+/// An exec worker for the container's own Python (/usr/bin/python3, as the unit's
+/// `ProtectHome=` hides anything under /root): an asyncio server on the listener forkd
+/// passes as fd 3, which puts it in an epoll set, as uvicorn does.
+const EXEC_WORKER: &str = r#"import asyncio, socket
+async def handle(reader, writer):
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    await writer.drain()
+    writer.close()
+async def main():
+    server = await asyncio.start_server(handle, sock=socket.socket(fileno=3))
+    await server.serve_forever()
+asyncio.run(main())
+"#;
+
+fn exec_config() -> String {
+    let command = toml::Value::Array(vec![
+        "/usr/bin/python3".into(),
+        "-c".into(),
+        EXEC_WORKER.into(),
+    ]);
+    format!(
+        "bind = [\"{ADDR}\"]\nworkers = 2\ntimeout = 5\n\n[exec]\ncommand = {command}\nready = \"auto\"\n"
+    )
+}
+
+/// `ready = "auto"` exec workers under the shipped unit: the root master sees workers
+/// that run as `forkd` serving (their /proc/PID/fdinfo) thanks to CAP_SYS_PTRACE in its
+/// bounding set, and only thanks to it: without it they are never ready and the start
+/// fails. Also runs the workers under `MemoryDenyWriteExecute=yes` and the syscall
+/// filter.
+#[test]
+fn exec_workers_as_the_forkd_user_are_seen_ready_under_the_unit() {
+    assert!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "/usr/bin/python3 is missing: install python3"
+    );
+    let config = exec_config();
+    let without_ptrace = SERVICE.replacen(" CAP_SYS_PTRACE\n", "\n", 1);
+    assert_ne!(
+        without_ptrace, SERVICE,
+        "the unit's CapabilityBoundingSet= no longer ends with CAP_SYS_PTRACE"
+    );
+    for (tag, service, sees_ready) in [
+        ("exec", SERVICE, true),
+        ("exec-noptrace", without_ptrace.as_str(), false),
+    ] {
+        let c = Container::boot(
+            tag,
+            &Payload {
+                units: &[("forkd.service", service)],
+                binary: &harness::forkd(),
+                config: &config,
+                sysusers: &[("forkd.conf", SYSUSERS)],
+            },
+        );
+        let start = c.run(&["systemctl", "--no-pager", "start", "forkd.service"], STEP);
+        if !sees_ready {
+            assert!(
+                !start.ok(),
+                "forkd started without CAP_SYS_PTRACE: did it see the workers ready?\n{}",
+                c.journal("forkd.service")
+            );
+            let journal = c.journal("forkd.service");
+            assert!(
+                journal.contains("not ready within") && journal.contains("ready = \"auto\""),
+                "the start failed for another reason than readiness:\n{journal}"
+            );
+            continue;
+        }
+        assert!(
+            start.ok(),
+            "systemctl start with exec workers: {start:?}\n{}",
+            c.journal("forkd.service")
+        );
+        assert_state(&c, "forkd.service", "active", "running");
+        let (_, master) = main_pid(&c);
+        let workers = harness::children_of(master);
+        assert_eq!(workers.len(), 2, "exec workers: {workers:?}");
+        let id = c.run(&["id", "-u", "forkd"], Duration::from_secs(10));
+        for worker in &workers {
+            assert_eq!(status_field(*worker, "Uid"), id.stdout.trim());
+        }
+        let (code, _, _) = c
+            .in_network(|| get(ADDR, "/"))
+            .expect("GET / from an exec worker");
+        assert_eq!(code, 200);
+        c.systemctl(&["reload", "forkd.service"], STEP);
+        assert_state(&c, "forkd.service", "active", "running");
+        c.systemctl(&["stop", "forkd.service"], STEP);
+    }
 }
