@@ -8,7 +8,10 @@
 //! request finish and ends inactive, not failed; socket activation starts forkd on the
 //! first connection and keeps the socket across upgrades and restarts; a reload with a
 //! bad config fails `systemctl reload` and keeps serving; forkd's lines reach the journal
-//! with their priority and without a second timestamp.
+//! with their priority and without a second timestamp. The unit's privilege split holds:
+//! a root master with a bounded capability set, workers as the `forkd` system user that
+//! `config/forkd.sysusers` creates at boot, and `NotifyAccess=main`; exec workers with
+//! `ready = "auto"` are seen ready as `forkd` because the master keeps CAP_SYS_PTRACE.
 
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,6 +31,7 @@ use std::time::{Duration, Instant};
 const SERVICE: &str = include_str!("../config/forkd.service");
 const SOCKET: &str = include_str!("../config/forkd.socket");
 const CONFIG: &str = include_str!("../config/forkd.toml");
+const SYSUSERS: &str = include_str!("../config/forkd.sysusers");
 /// Where the shipped config (and forkd.socket) listen, inside the container's own
 /// network namespace: no port is shared with anything else on the host.
 const ADDR: &str = "127.0.0.1:8000";
@@ -51,6 +55,7 @@ fn boot(tag: &str) -> Container {
             units: &[("forkd.service", SERVICE), ("forkd.socket", SOCKET)],
             binary: &harness::forkd(),
             config: &config,
+            sysusers: &[("forkd.conf", SYSUSERS)],
         },
     )
 }
@@ -151,6 +156,7 @@ fn start_reload_upgrade_and_stop_under_systemd() {
     assert_state(&c, "forkd.service", "active", "running");
     let (mut main_inner, mut master) = main_pid(&c);
     assert_eq!(workers_of(master).len(), 2, "the config asks for 2 workers");
+    assert_privileges(&c, master);
     let status = c.property("forkd.service", "StatusText");
     assert!(status_ready(&status, 2, 1), "status: {status:?}");
     let (code, _, _) = c
@@ -212,6 +218,23 @@ fn start_reload_upgrade_and_stop_under_systemd() {
         );
         eprintln!("systemctl reload {generation}: {took:?}");
     }
+    // From a root shell on the machine (outside the unit's namespaces and capability
+    // bounds) `forkd -s reload` gets the root master's answer too.
+    let reload = c.run(
+        &[
+            "forkd",
+            "-c",
+            "/etc/forkd/forkd.toml",
+            "--pid",
+            "/run/forkd/forkd.pid",
+            "-s",
+            "reload",
+        ],
+        STEP,
+    );
+    assert!(reload.ok(), "forkd -s reload from a root shell: {reload:?}");
+    let status = c.property("forkd.service", "StatusText");
+    assert!(status_ready(&status, 2, 5), "status: {status:?}");
 
     // USR2: the new master sends READY=1, the old one MAINPID=; the unit stays active.
     let before = served(&tally);
@@ -238,6 +261,13 @@ fn start_reload_upgrade_and_stop_under_systemd() {
         "the unit left `active` during the upgrade: {states:?}"
     );
     assert_state(&c, "forkd.service", "active", "running");
+    // NotifyAccess=main: systemd logs every message it refuses from another pid; forkd
+    // sends none (the new master waits for the hand-over, the old one is silent after).
+    let journal = c.journal("forkd.service");
+    assert!(
+        !journal.contains("reception only permitted for main PID"),
+        "a process other than the main one notified systemd:\n{journal}"
+    );
     assert_eq!(workers_of(master).len(), 2);
     assert!(
         poll_until(Duration::from_secs(20), || served(&tally) > before + 50),
@@ -503,6 +533,54 @@ fn a_failed_reload_keeps_serving_and_logs_reach_the_journal_by_priority() {
     assert_state(&c, "forkd.service", "active", "running");
 }
 
+/// A `Name:` line of /proc/PID/status, its first field.
+fn status_field(host_pid: i32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The privilege split of the shipped unit: a root master bounded to the capabilities
+/// it needs, workers as the `forkd` system user (made by forkd.sysusers at boot) with
+/// no capability at all, and only the main process allowed to notify.
+fn assert_privileges(c: &Container, master: i32) {
+    let id = c.run(&["id", "-u", "forkd"], Duration::from_secs(10));
+    assert!(id.ok(), "no `forkd` user in the container: {id:?}");
+    let forkd_uid = id.stdout.trim().to_string();
+    assert_ne!(forkd_uid, "0");
+    assert_eq!(
+        c.property("forkd.service", "NotifyAccess"),
+        "main",
+        "the unit lets more than its main process notify"
+    );
+    // CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_NET_BIND_SERVICE 10, CAP_SYS_PTRACE 19.
+    let bounding: u64 = (1 << 5) | (1 << 6) | (1 << 7) | (1 << 10) | (1 << 19);
+    assert_eq!(status_field(master, "Uid"), "0", "the master is not root");
+    assert_eq!(
+        u64::from_str_radix(&status_field(master, "CapBnd"), 16).expect("CapBnd"),
+        bounding,
+        "the master's capability bounding set"
+    );
+    for worker in workers_of(master) {
+        assert_eq!(
+            status_field(worker, "Uid"),
+            forkd_uid,
+            "worker {worker} does not run as the forkd user"
+        );
+        for set in ["CapEff", "CapPrm", "CapAmb"] {
+            assert_eq!(
+                u64::from_str_radix(&status_field(worker, set), 16).expect("capabilities"),
+                0,
+                "worker {worker} has capabilities ({set})"
+            );
+        }
+    }
+}
+
 /// `systemctl reload` while the master is stopped: it must still be waiting (the unit
 /// `reloading`) a while later, and finish once the master runs again.
 fn reload_with_master_frozen(c: &Container, master: i32) {
@@ -538,4 +616,97 @@ fn socket_inodes(pid: i32) -> Vec<u64> {
                 .ok()
         })
         .collect()
+}
+
+/// An exec worker for the container's own Python (/usr/bin/python3, as the unit's
+/// `ProtectHome=` hides anything under /root): an asyncio server on the listener forkd
+/// passes as fd 3, which puts it in an epoll set, as uvicorn does.
+const EXEC_WORKER: &str = r#"import asyncio, socket
+async def handle(reader, writer):
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    await writer.drain()
+    writer.close()
+async def main():
+    server = await asyncio.start_server(handle, sock=socket.socket(fileno=3))
+    await server.serve_forever()
+asyncio.run(main())
+"#;
+
+fn exec_config() -> String {
+    let command = toml::Value::Array(vec![
+        "/usr/bin/python3".into(),
+        "-c".into(),
+        EXEC_WORKER.into(),
+    ]);
+    format!(
+        "bind = [\"{ADDR}\"]\nworkers = 2\ntimeout = 5\n\n[exec]\ncommand = {command}\nready = \"auto\"\n"
+    )
+}
+
+/// `ready = "auto"` exec workers under the shipped unit: the root master sees workers
+/// that run as `forkd` serving (their /proc/PID/fdinfo) thanks to CAP_SYS_PTRACE in its
+/// bounding set, and only thanks to it: without it they are never ready and the start
+/// fails. Also runs the workers under `MemoryDenyWriteExecute=yes` and the syscall
+/// filter.
+#[test]
+fn exec_workers_as_the_forkd_user_are_seen_ready_under_the_unit() {
+    assert!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "/usr/bin/python3 is missing: install python3"
+    );
+    let config = exec_config();
+    let without_ptrace = SERVICE.replacen(" CAP_SYS_PTRACE\n", "\n", 1);
+    assert_ne!(
+        without_ptrace, SERVICE,
+        "the unit's CapabilityBoundingSet= no longer ends with CAP_SYS_PTRACE"
+    );
+    for (tag, service, sees_ready) in [
+        ("exec", SERVICE, true),
+        ("exec-noptrace", without_ptrace.as_str(), false),
+    ] {
+        let c = Container::boot(
+            tag,
+            &Payload {
+                units: &[("forkd.service", service)],
+                binary: &harness::forkd(),
+                config: &config,
+                sysusers: &[("forkd.conf", SYSUSERS)],
+            },
+        );
+        let start = c.run(&["systemctl", "--no-pager", "start", "forkd.service"], STEP);
+        if !sees_ready {
+            assert!(
+                !start.ok(),
+                "forkd started without CAP_SYS_PTRACE: did it see the workers ready?\n{}",
+                c.journal("forkd.service")
+            );
+            let journal = c.journal("forkd.service");
+            assert!(
+                journal.contains("not ready within") && journal.contains("ready = \"auto\""),
+                "the start failed for another reason than readiness:\n{journal}"
+            );
+            continue;
+        }
+        assert!(
+            start.ok(),
+            "systemctl start with exec workers: {start:?}\n{}",
+            c.journal("forkd.service")
+        );
+        assert_state(&c, "forkd.service", "active", "running");
+        let (_, master) = main_pid(&c);
+        let workers = harness::children_of(master);
+        assert_eq!(workers.len(), 2, "exec workers: {workers:?}");
+        let id = c.run(&["id", "-u", "forkd"], Duration::from_secs(10));
+        for worker in &workers {
+            assert_eq!(status_field(*worker, "Uid"), id.stdout.trim());
+        }
+        let (code, _, _) = c
+            .in_network(|| get(ADDR, "/"))
+            .expect("GET / from an exec worker");
+        assert_eq!(code, 200);
+        c.systemctl(&["reload", "forkd.service"], STEP);
+        assert_state(&c, "forkd.service", "active", "running");
+        c.systemctl(&["stop", "forkd.service"], STEP);
+    }
 }

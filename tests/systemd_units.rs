@@ -1,6 +1,7 @@
 //! The shipped units (`config/forkd.service`, `config/forkd.socket`) pass
 //! `systemd-analyze verify` with no output at all (it exits 0 on an unknown key, only
-//! warning), and agree with the shipped `config/forkd.toml`.
+//! warning), and agree with the shipped `config/forkd.toml` and `config/forkd.sysusers`;
+//! the README records the unit's `systemd-analyze security` exposure.
 
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,6 +16,8 @@ use std::time::Duration;
 const SERVICE: &str = include_str!("../config/forkd.service");
 const SOCKET: &str = include_str!("../config/forkd.socket");
 const CONFIG: &str = include_str!("../config/forkd.toml");
+const SYSUSERS: &str = include_str!("../config/forkd.sysusers");
+const README: &str = include_str!("../README.md");
 
 /// A root directory for `systemd-analyze verify --root`: the host's system units (the
 /// targets the units depend on), the units under test in /etc/systemd/system, and the
@@ -87,7 +90,7 @@ fn the_lint_fails_on_a_misspelled_key_or_a_bad_value() {
     };
     let cases = [
         (
-            edit(SERVICE, "NotifyAccess=all", "NotifyAcess=all"),
+            edit(SERVICE, "NotifyAccess=main", "NotifyAcess=main"),
             SOCKET.to_string(),
             "NotifyAcess",
         ),
@@ -145,7 +148,15 @@ fn config_seconds(table: &toml::Table, path: &[&str], default: f64) -> f64 {
 #[test]
 fn the_service_fits_forkd_and_its_config() {
     assert_eq!(setting(SERVICE, "Type"), Some("notify"));
-    assert_eq!(setting(SERVICE, "NotifyAccess"), Some("all"));
+    assert_eq!(setting(SERVICE, "NotifyAccess"), Some("main"));
+    // Workers as a fixed account, not a uid shared with the root master; no capability
+    // handed across exec.
+    assert_eq!(setting(SERVICE, "DynamicUser"), None);
+    assert_eq!(setting(SERVICE, "User"), None, "the master runs as root");
+    assert_eq!(setting(SERVICE, "AmbientCapabilities"), None);
+    // ProcSubset=pid hides /proc/locks, where `forkd -s` (ExecReload, ExecStop) checks
+    // that the pidfile's lock holder is the pid it names: every reload would fail.
+    assert_ne!(setting(SERVICE, "ProcSubset"), Some("pid"));
     assert_eq!(setting(SERVICE, "KillMode"), Some("mixed"));
     assert_eq!(setting(SERVICE, "RuntimeDirectory"), Some("forkd"));
     let start = setting(SERVICE, "ExecStart").expect("ExecStart");
@@ -157,6 +168,17 @@ fn the_service_fits_forkd_and_its_config() {
     assert!(
         start.contains("/run/forkd/"),
         "the pidfile lives in RuntimeDirectory"
+    );
+    // The workers' account is the one forkd.sysusers creates.
+    assert!(
+        start.ends_with(" --user forkd --group forkd"),
+        "ExecStart does not drop the workers to forkd: {start}"
+    );
+    assert!(
+        SYSUSERS
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["u", "forkd"])),
+        "config/forkd.sysusers does not create the forkd user"
     );
 
     let config: toml::Table = CONFIG.parse().expect("config/forkd.toml parses");
@@ -180,5 +202,39 @@ fn the_service_fits_forkd_and_its_config() {
     assert!(
         binds.iter().any(|b| b.as_str() == Some(listen)),
         "forkd.socket's ListenStream={listen} matches no bind entry of forkd.toml {binds:?}"
+    );
+}
+
+/// The README records the exposure `systemd-analyze security` gives the shipped unit;
+/// a change to the unit that moves it must update the README.
+#[test]
+fn the_readme_records_the_units_security_exposure() {
+    let dir = harness::temp_dir("security");
+    let unit = dir.join("forkd.service");
+    std::fs::write(&unit, SERVICE).expect("write service");
+    let mut command = Command::new("systemd-analyze");
+    command
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .env("SYSTEMD_COLORS", "0");
+    let out = nspawn::run_bounded(&mut command, Duration::from_secs(60));
+    let _ = std::fs::remove_dir_all(&dir);
+    let exposure = out
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("Overall exposure level for forkd.service: ")?
+                .1
+                .split_whitespace()
+                .next()
+        })
+        .unwrap_or_else(|| panic!("no overall exposure from systemd-analyze security: {out:?}"))
+        .to_string();
+    let recorded = format!("rates the unit **{exposure}**");
+    assert!(
+        README.contains(&recorded),
+        "systemd-analyze security rates config/forkd.service {exposure}; the README \
+         (\"Running under systemd\", Exposure) records another score"
     );
 }

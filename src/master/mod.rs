@@ -280,8 +280,8 @@ impl Master {
         fork_hooks: Option<crate::hosted::ForkHooks>,
     ) -> Result<Master, String> {
         let factory = resolve_app(&config)?;
-        let systemd = SystemdLink::from_env();
         let upgrade_from = upgrade::take_upgrade_from();
+        let systemd = SystemdLink::from_env(upgrade_from.is_some());
         let mut passed = crate::systemd::take_listen_fds();
         let passed_metrics = crate::metrics::take_passed(&mut passed);
         let serving_passed_sockets = !config.bind_given && !passed.is_empty();
@@ -1099,7 +1099,7 @@ impl Master {
         self.handoff_from = None;
         tracing::info!("upgrade: the old master handed over; this master is the main one now");
         let status = self.status_line().1;
-        self.systemd.ready(&status);
+        self.systemd.took_over(&status);
     }
 
     fn upgrade_failed(&mut self, why: &str) {

@@ -1,6 +1,11 @@
 //! What the master tells systemd (sd_notify), and when: readiness, reloads, stopping, the
 //! hand-over of the main pid on a binary upgrade, a `STATUS=` line that follows the
 //! worker set, and watchdog keep-alives. Without `NOTIFY_SOCKET` every call is a no-op.
+//!
+//! Only the service's main process speaks, so that the unit can say `NotifyAccess=main`
+//! (systemd then refuses, and logs, any message from another pid): a new master started
+//! by USR2 is silent until the old one has sent `MAINPID=` for it, and the old one is
+//! silent from then on (no watchdog keep-alives or status while it drains).
 
 use crate::systemd::{self, Notifier};
 use std::time::{Duration, Instant};
@@ -10,8 +15,9 @@ const STATUS_REFRESH: Duration = Duration::from_secs(2);
 
 pub struct SystemdLink {
     notifier: Option<Notifier>,
-    /// False once `MAINPID=` named a new master: systemd no longer follows this one,
-    /// so its own stop must not be reported as the service stopping.
+    /// Whether systemd follows this process: false in a new master until the old one
+    /// has moved `MAINPID=` here, and in the old one once it has. Only the main process
+    /// notifies.
     is_main: bool,
     watchdog: Option<Duration>,
     next_watchdog: Instant,
@@ -23,7 +29,9 @@ pub struct SystemdLink {
 impl SystemdLink {
     /// Reads (and removes) `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
     /// An unusable `NOTIFY_SOCKET` is logged and ignored, as sd_notify(3) would.
-    pub fn from_env() -> SystemdLink {
+    /// `successor`: this master was started by a USR2 upgrade and is not the main
+    /// process yet (see [`SystemdLink::took_over`]).
+    pub fn from_env(successor: bool) -> SystemdLink {
         let notifier = Notifier::from_env().unwrap_or_else(|e| {
             tracing::warn!("{e}; not notifying systemd");
             None
@@ -31,7 +39,7 @@ impl SystemdLink {
         let watchdog = systemd::take_watchdog().filter(|_| notifier.is_some());
         SystemdLink {
             notifier,
-            is_main: true,
+            is_main: !successor,
             watchdog,
             next_watchdog: Instant::now(),
             status: String::new(),
@@ -46,15 +54,27 @@ impl SystemdLink {
         }
     }
 
-    /// The service is up (start, end of a reload, or a new master after an upgrade).
+    /// The service is up (start, end of a reload).
     pub fn ready(&mut self, status: &str) {
+        if !self.is_main {
+            return;
+        }
         self.status = status.to_string();
         self.status_sent_at = Some(Instant::now());
         self.send(&format!("READY=1\nSTATUS={status}"));
     }
 
+    /// A new master after an upgrade: the old one has made this process the main one.
+    pub fn took_over(&mut self, status: &str) {
+        self.is_main = true;
+        self.ready(status);
+    }
+
     /// A HUP reload starts.
     pub fn reloading(&mut self) {
+        if !self.is_main {
+            return;
+        }
         self.send(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
             systemd::monotonic_usec()
@@ -75,6 +95,8 @@ impl SystemdLink {
     }
 
     /// A successor went away and this master serves again (manual-upgrade rollback).
+    /// With `NotifyAccess=main` systemd refuses this (the main pid is the successor's),
+    /// as it would any other message from this process.
     pub fn take_back(&mut self, status: &str) {
         self.send(&format!("MAINPID={}", std::process::id()));
         self.is_main = true;
@@ -111,6 +133,9 @@ impl SystemdLink {
         let Some(interval) = self.watchdog else {
             return;
         };
+        if !self.is_main {
+            return;
+        }
         let now = Instant::now();
         if now >= self.next_watchdog {
             self.send("WATCHDOG=1");
@@ -120,7 +145,9 @@ impl SystemdLink {
 
     /// When the loop must wake next for the watchdog.
     pub fn deadline(&self) -> Option<Instant> {
-        self.watchdog.map(|_| self.next_watchdog)
+        self.watchdog
+            .filter(|_| self.is_main)
+            .map(|_| self.next_watchdog)
     }
 
     /// What a new master started by USR2 needs to reach systemd: `NOTIFY_SOCKET` and

@@ -28,13 +28,16 @@ impl Output {
     }
 }
 
-/// What goes into the container: files for /etc/systemd/system, /usr/local/bin and
-/// /etc/forkd (each dir bound read-only, so the shipped units and config are used as
-/// they are, with no path rewritten).
+/// What goes into the container: files for /etc/systemd/system, /usr/local/bin,
+/// /etc/forkd and /etc/sysusers.d (each dir bound read-only, so the shipped units,
+/// config and sysusers.d file are used as they are, with no path rewritten).
 pub struct Payload<'a> {
     pub units: &'a [(&'a str, &'a str)],
     pub binary: &'a Path,
     pub config: &'a str,
+    /// `(file name, text)` for /etc/sysusers.d: the container's /etc starts empty, and
+    /// its systemd-sysusers creates these accounts at boot, before any service starts.
+    pub sysusers: &'a [(&'a str, &'a str)],
 }
 
 /// A booted container; halted and cleaned up on drop.
@@ -88,14 +91,18 @@ impl Container {
         let dir = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&dir);
         let (units, bin, conf) = (dir.join("units"), dir.join("bin"), dir.join("conf"));
-        for d in [&dir, &units, &bin, &conf] {
+        let sysusers = dir.join("sysusers");
+        for d in [&dir, &units, &bin, &conf, &sysusers] {
             std::fs::create_dir_all(d).expect("container temp dir");
-            // The service runs as a dynamic user, which must reach the config.
+            // Readable by the unprivileged users the service's processes run as.
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
                 .expect("chmod temp dir");
         }
         for (file, text) in payload.units {
             std::fs::write(units.join(file), text).expect("write unit");
+        }
+        for (file, text) in payload.sysusers {
+            std::fs::write(sysusers.join(file), text).expect("write sysusers.d file");
         }
         // First boot on an empty /etc would otherwise enable the host's presets and
         // end `degraded`.
@@ -124,8 +131,9 @@ impl Container {
             "{enter}exec systemd-nspawn -q -D / --volatile=yes -M {name} --register=no \
              --keep-unit --console=pipe --private-network \
              --bind-ro={units}:/etc/systemd/system --bind-ro={bin}:/usr/local/bin \
-             --bind-ro={conf}:/etc/forkd -b",
+             --bind-ro={conf}:/etc/forkd --bind-ro={sysusers}:/etc/sysusers.d -b",
             units = units.display(),
+            sysusers = sysusers.display(),
             bin = bin.display(),
             conf = conf.display(),
         );
