@@ -28,8 +28,10 @@ mod listeners;
 mod logging;
 pub(crate) mod master;
 mod metrics;
+mod pidfile;
 mod privileges;
 mod proctitle;
+pub mod protocol;
 pub mod scoreboard;
 mod systemd;
 mod timefmt;
@@ -39,12 +41,7 @@ mod worker;
 use app::AppFactory;
 use std::process::ExitCode;
 
-/// Exit code for a bad command line or config.
-const EXIT_USAGE: u8 = 2;
-/// Exit code when no worker could boot.
-const EXIT_NO_WORKER: u8 = 3;
-/// Exit code when forkd fails at run time (cannot bind, cannot write the pidfile...).
-const EXIT_FAILURE: u8 = 1;
+use protocol::{EXIT_FAILURE, EXIT_NO_WORKER, EXIT_OK, EXIT_USAGE};
 
 /// Runs forkd with your own app (see the crate docs): the same command line, config,
 /// signals and supervision as the `forkd` binary.
@@ -65,7 +62,7 @@ pub fn main_with(embedded: Option<AppFactory>) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
         }
     };
     // HUP re-reads the file after `chdir` may have moved the master elsewhere.

@@ -358,7 +358,7 @@ pub fn exec_child(setup: ChildSetup<'_>) -> ! {
     };
     setup.slot.set_message(&reason);
     // SAFETY: leaving the forked child without running the master's destructors.
-    unsafe { libc::_exit(crate::worker::EXIT_BOOT_ERROR) }
+    unsafe { libc::_exit(crate::protocol::EXIT_BOOT_ERROR) }
 }
 
 enum Never {}

@@ -13,7 +13,6 @@
 mod clock;
 pub mod exec;
 mod notify;
-pub mod pidfile;
 pub mod signals;
 pub mod upgrade;
 
@@ -21,8 +20,10 @@ use crate::app::AppFactory;
 use crate::config::{Config, ConfigError, ReadyMode};
 use crate::control;
 use crate::listeners::{self, Listener};
+use crate::pidfile;
+use crate::protocol::{self, EXIT_BOOT_ERROR, EXIT_NO_WORKER};
 use crate::scoreboard::{monotonic_ms, Scoreboard, WorkerState, FLAG_RETIRE};
-use crate::worker::{self, WorkerContext, EXIT_BOOT_ERROR};
+use crate::worker::{self, WorkerContext};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -344,11 +345,11 @@ impl Master {
             self.doorbell.drain();
             self.notice_freeze(planned);
             while let Some(received) = self.signals.next() {
-                if received.signo == upgrade::ready_signal() {
+                if received.signo == protocol::upgrade_ready_signal() {
                     self.upgrade_signal(&received);
                 } else {
                     if received.signo == libc::SIGHUP
-                        && control::wants_reload_reply(received.code, received.token)
+                        && protocol::wants_reload_reply(received.code, received.token)
                     {
                         self.reload_waiters.push((received.sender, received.token));
                     }
@@ -828,7 +829,7 @@ impl Master {
     /// whose new workers cannot boot, or retry with backoff.
     fn boot_failed(&mut self, worker: &Worker, why: String, _boot_error: bool) {
         if !self.ever_booted {
-            self.fatal = Some((3, format!("no worker could boot: {why}")));
+            self.fatal = Some((EXIT_NO_WORKER, format!("no worker could boot: {why}")));
             self.begin_stop(false, "no worker could boot");
             return;
         }
@@ -894,15 +895,12 @@ impl Master {
                     // READY=1 waits for the old master's answer: systemd must first
                     // hear from it that this process is the main one.
                     self.handoff_from = Some((old, token));
-                    match token {
+                    let _ = match token {
                         Some(token) => {
-                            let _ = signals::queue(old, upgrade::ready_signal(), token);
+                            protocol::queue(old, protocol::upgrade_ready_signal(), token)
                         }
-                        // SAFETY: kill(2) with a realtime signal number.
-                        None => unsafe {
-                            libc::kill(old, upgrade::ready_signal());
-                        },
-                    }
+                        None => protocol::kill(old, protocol::upgrade_ready_signal()),
+                    };
                 } else {
                     let status = self.status_line().1;
                     self.systemd.ready(&status);
@@ -923,7 +921,7 @@ impl Master {
                 let child = upgrade.child;
                 self.upgrade_failed(&format!(
                     "the new master {child} was not ready within {}s",
-                    upgrade::READY_DEADLINE.as_secs()
+                    protocol::UPGRADE_READY_DEADLINE.as_secs()
                 ));
                 let _ = kill(child, Signal::SIGTERM);
             }
@@ -1056,7 +1054,7 @@ impl Master {
         // systemd follows the new master before this one may leave; then the new one
         // hears back and sends READY=1 as the main process.
         self.systemd.hand_over(sender);
-        let _ = signals::queue(sender, upgrade::ready_signal(), upgrade.token);
+        let _ = protocol::queue(sender, protocol::upgrade_ready_signal(), upgrade.token);
         if self.manual_upgrade {
             tracing::info!(
                 new_master = sender,
@@ -1360,7 +1358,7 @@ impl Master {
                         let Some((_, write_end)) = output else {
                             // Made above for every exec worker; never reached.
                             // SAFETY: leaving the forked child at once.
-                            unsafe { libc::_exit(worker::EXIT_BOOT_ERROR) }
+                            unsafe { libc::_exit(EXIT_BOOT_ERROR) }
                         };
                         exec::exec_child(exec::ChildSetup {
                             program,
@@ -1443,7 +1441,11 @@ impl Master {
 
     fn finished(&self) -> Option<u8> {
         if matches!(self.state, RunState::Stopping { .. }) && self.workers.is_empty() {
-            return Some(self.fatal.as_ref().map_or(0, |(code, _)| *code));
+            return Some(
+                self.fatal
+                    .as_ref()
+                    .map_or(protocol::EXIT_OK, |(code, _)| *code),
+            );
         }
         None
     }
