@@ -13,6 +13,7 @@
 mod clock;
 pub mod exec;
 mod notify;
+mod plan;
 pub mod signals;
 pub mod upgrade;
 
@@ -28,6 +29,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use notify::SystemdLink;
+use plan::{ExitReason, Plan, View, WorkerView, BACKOFF_FIRST};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -36,13 +38,6 @@ use upgrade::{Relaunch, Upgrade};
 
 /// How long a worker sent SIGABRT (timeout) or QUIT gets before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(1);
-/// Boot-failure backoff: doubles from the first to the last value.
-const BACKOFF_FIRST: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A worker that crashes within this long of becoming ready is in a crash loop: its
-/// replacement waits (the boot backoff's doubling delays), rather than 20 restarts a
-/// second.
-const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(10);
 /// The loop wakes at least this often to look at the scoreboard.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -62,13 +57,6 @@ fn warn_if_fds_fall_short(config: &Config) {
             config.limits.max_connections
         );
     }
-}
-
-/// The `n`th delay (from 1) of a backoff: doubles from `BACKOFF_FIRST` to `BACKOFF_MAX`.
-fn backoff(n: u32) -> Duration {
-    BACKOFF_FIRST
-        .saturating_mul(1 << n.saturating_sub(1).min(10))
-        .min(BACKOFF_MAX)
 }
 
 /// The kernel's OOM kills in forkd's memory cgroup, to name a worker's SIGKILL that
@@ -120,15 +108,20 @@ enum Phase {
     Running,
     /// Told to stop (TERM or QUIT); SIGKILL at `kill_at`.
     Stopping {
-        reason: &'static str,
+        /// Why it was asked to stop.
+        reason: ExitReason,
+        /// When SIGKILL follows.
         kill_at: Instant,
     },
     /// Timed out: SIGABRT sent, SIGKILL at `kill_at`.
     Aborting {
+        /// When SIGKILL follows.
         kill_at: Instant,
     },
+    /// SIGKILL sent; waiting to reap it.
     Killed {
-        reason: &'static str,
+        /// Why it was killed.
+        reason: ExitReason,
     },
 }
 
@@ -558,47 +551,14 @@ impl Master {
         }
         self.systemd.reloading();
         self.reloading = true;
-        let config = match (self.reload_config)() {
-            Ok(config) => config,
+        let (config, factory, tls) = match self.prepare_reload() {
+            Ok(prepared) => prepared,
             Err(e) => {
                 tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
                 self.finish_reload(false);
                 return;
             }
         };
-        let factory = match (self.resolve_app)(&config) {
-            Ok(factory) => factory,
-            Err(e) => {
-                tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
-                self.finish_reload(false);
-                return;
-            }
-        };
-        // The certificate and key files are read here, before any new worker: a file
-        // that is missing, unparsable or does not match fails the reload.
-        let tls = match crate::tls::load(&config) {
-            Ok(loaded) => loaded.map(|loaded| {
-                for warning in &loaded.warnings {
-                    tracing::warn!("HUP: {warning}");
-                }
-                loaded.server
-            }),
-            Err(e) => {
-                tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
-                self.finish_reload(false);
-                return;
-            }
-        };
-        if let Err(e) = self.rebind(&config) {
-            tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
-            self.finish_reload(false);
-            return;
-        }
-        if let Err(e) = crate::metrics::rebind(&mut self.metrics, &config) {
-            tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
-            self.finish_reload(false);
-            return;
-        }
         self.scoreboard.header().count_reload();
         if let Err(e) = crate::logging::reconfigure(&config.log) {
             tracing::error!("HUP: {e}; keeping the previous error log");
@@ -615,6 +575,27 @@ impl Master {
             workers = self.target,
             "HUP: reloading, starting new workers"
         );
+    }
+
+    /// HUP's fallible part: reads the config, resolves the app, loads the TLS files
+    /// (a file that is missing, unparsable or does not match fails the reload, before
+    /// any new worker) and binds the listeners the new config names.
+    fn prepare_reload(
+        &mut self,
+    ) -> Result<(Config, Program, Option<Arc<rustls::ServerConfig>>), String> {
+        let config = (self.reload_config)().map_err(|e| e.to_string())?;
+        let factory = (self.resolve_app)(&config)?;
+        let tls = crate::tls::load(&config)
+            .map_err(|e| e.to_string())?
+            .map(|loaded| {
+                for warning in &loaded.warnings {
+                    tracing::warn!("HUP: {warning}");
+                }
+                loaded.server
+            });
+        self.rebind(&config)?;
+        crate::metrics::rebind(&mut self.metrics, &config)?;
+        Ok((config, factory, tls))
     }
 
     /// Binds addresses new in `config` and closes the ones it no longer has (running
@@ -677,7 +658,7 @@ impl Master {
             let w = &self.workers[index];
             if graceful {
                 if matches!(w.phase, Phase::Running) {
-                    self.stop_worker(index, "stop");
+                    self.stop_worker(index, ExitReason::Stop);
                 }
             } else if !matches!(w.phase, Phase::Killed { .. }) {
                 // A worker still booting has no QUIT handler yet (QUIT's default action
@@ -693,7 +674,7 @@ impl Master {
                     },
                 );
                 self.workers[index].phase = Phase::Stopping {
-                    reason: "stop",
+                    reason: ExitReason::Stop,
                     kill_at: Instant::now() + KILL_GRACE,
                 };
             }
@@ -764,24 +745,26 @@ impl Master {
         let (pid, number) = (worker.pid.as_raw(), worker.number);
         let reason = match worker.phase {
             Phase::Stopping { reason, .. } | Phase::Killed { reason } => reason,
-            Phase::Aborting { .. } => "timeout",
-            Phase::Running if !worker.ready => "boot failure",
+            Phase::Aborting { .. } => ExitReason::Timeout,
+            Phase::Running if !worker.ready => ExitReason::BootFailure,
             // A program that ends by itself with 0 (uvicorn --limit-max-requests) is
             // recycling, not crashing; it is replaced the same way.
             Phase::Running
                 if worker.exec.is_some() && matches!(status, WaitStatus::Exited(_, 0)) =>
             {
-                "exited"
+                ExitReason::Exited
             }
-            Phase::Running => "crash",
+            Phase::Running => ExitReason::Crash,
         };
-        self.scoreboard.header().count_restart(reason);
+        if let Some(restart) = reason.restart() {
+            self.scoreboard.header().count_restart(restart);
+        }
         match reason {
-            "crash" => {
+            ExitReason::Crash => {
                 let up_for = worker.ready_at.map(|at| at.elapsed());
-                if up_for.is_some_and(|d| d < CRASH_LOOP_WINDOW) {
-                    self.quick_crashes += 1;
-                    let delay = backoff(self.quick_crashes);
+                let (quick_crashes, hold_off) = plan::after_crash(up_for, self.quick_crashes);
+                self.quick_crashes = quick_crashes;
+                if let Some(delay) = hold_off {
                     let delay = self.delay_spawning(delay);
                     tracing::error!(
                         pid,
@@ -793,7 +776,6 @@ impl Master {
                         delay.as_secs_f64()
                     );
                 } else {
-                    self.quick_crashes = 0;
                     tracing::error!(
                         pid,
                         worker = number,
@@ -802,7 +784,7 @@ impl Master {
                     );
                 }
             }
-            "boot failure" => {
+            ExitReason::BootFailure => {
                 let mut why =
                     message.unwrap_or_else(|| format!("it exited before it was ready ({how})"));
                 if let Some(output) = worker.exec.as_ref().and_then(|e| e.output.recent()) {
@@ -815,10 +797,16 @@ impl Master {
                     matches!(status, WaitStatus::Exited(_, EXIT_BOOT_ERROR)),
                 );
             }
-            _ => tracing::info!(
+            ExitReason::Timeout
+            | ExitReason::MaxRequests
+            | ExitReason::Reload
+            | ExitReason::ScaleDown
+            | ExitReason::Stop
+            | ExitReason::Exited
+            | ExitReason::ReloadFailed => tracing::info!(
                 pid,
                 worker = number,
-                reason,
+                reason = reason.as_str(),
                 requests = served,
                 "worker exited ({how})"
             ),
@@ -850,7 +838,7 @@ impl Master {
                 self.config = config;
                 for index in 0..self.workers.len() {
                     if self.workers[index].generation > generation && !self.workers[index].ready {
-                        self.stop_worker(index, "reload failed");
+                        self.stop_worker(index, ExitReason::ReloadFailed);
                     }
                 }
                 self.finish_reload(false);
@@ -858,7 +846,7 @@ impl Master {
             }
         }
         self.boot_failures += 1;
-        let delay = self.delay_spawning(backoff(self.boot_failures));
+        let delay = self.delay_spawning(plan::backoff(self.boot_failures));
         tracing::warn!("retrying worker boot in {:.1}s", delay.as_secs_f64());
     }
 
@@ -939,7 +927,7 @@ impl Master {
                     self.scoreboard.slot(w.slot).set_message(&why);
                     let _ = kill(w.pid, Signal::SIGKILL);
                     w.phase = Phase::Killed {
-                        reason: "boot failure",
+                        reason: ExitReason::BootFailure,
                     };
                     continue;
                 }
@@ -982,7 +970,9 @@ impl Master {
                         "worker still alive after SIGABRT; sending SIGKILL"
                     );
                     let _ = kill(w.pid, Signal::SIGKILL);
-                    w.phase = Phase::Killed { reason: "timeout" };
+                    w.phase = Phase::Killed {
+                        reason: ExitReason::Timeout,
+                    };
                 }
                 _ => {}
             }
@@ -1266,27 +1256,39 @@ impl Master {
             && self.scoreboard.slot(w.slot).flags() & FLAG_RETIRE == 0
     }
 
+    /// The workers as [`plan::plan`] sees them, in `self.workers`' order.
+    fn worker_views(&self) -> Vec<WorkerView> {
+        self.workers
+            .iter()
+            .map(|w| WorkerView {
+                number: w.number,
+                running: matches!(w.phase, Phase::Running),
+                ready: w.ready,
+                current: w.generation == self.generation,
+                retiring: self.scoreboard.slot(w.slot).flags() & FLAG_RETIRE != 0,
+            })
+            .collect()
+    }
+
+    /// Decides what to start and whom to stop ([`plan::plan`]) and does it.
     fn reconcile(&mut self) {
         if self.state != RunState::Serving || self.fatal.is_some() {
             return;
         }
-        // Too many active workers (TTOU, WINCH, a smaller reload): stop the excess,
-        // those not yet ready first, then the oldest.
-        let mut active: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| self.is_active(&self.workers[i]))
-            .collect();
-        if active.len() > self.target {
-            active.sort_by_key(|&i| (self.workers[i].ready, self.workers[i].number));
-            for &index in &active[..active.len() - self.target] {
-                self.stop_worker(index, "scale down");
-            }
-        }
-        let active_count = active.len().min(self.target);
-        // Missing workers: spawn them (unless backing off after boot failures).
         let backing_off = self.spawn_not_before.is_some_and(|at| Instant::now() < at);
+        let workers = self.worker_views();
+        let Plan { stop, spawn } = plan::plan(&View {
+            workers: &workers,
+            target: self.target,
+            backing_off,
+        });
+        // Indexes are into the worker list as it was viewed: stop before any spawn.
+        for (index, reason) in stop {
+            self.stop_worker(index, reason);
+        }
         if !backing_off {
             self.spawn_not_before = None;
-            for _ in active_count..self.target {
+            for _ in 0..spawn {
                 if let Err(e) = self.spawn_worker() {
                     tracing::error!("cannot start a worker: {e}");
                     self.spawn_not_before = Some(Instant::now() + BACKOFF_FIRST);
@@ -1294,32 +1296,14 @@ impl Master {
                 }
             }
         }
-        // Surplus workers (old generation, or retiring): stop one whenever enough
-        // active workers are ready to serve without it.
-        let ready_active = self.ready_active();
-        let mut surplus: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| {
-                matches!(self.workers[i].phase, Phase::Running) && !self.is_active(&self.workers[i])
-            })
-            .collect();
-        surplus.sort_by_key(|&i| self.workers[i].number);
-        let mut remaining = surplus.len();
-        for index in surplus {
-            if ready_active + remaining - 1 < self.target {
-                break;
-            }
-            let retiring = self.workers[index].generation == self.generation;
-            self.stop_worker(index, if retiring { "max_requests" } else { "reload" });
-            remaining -= 1;
-        }
     }
 
-    fn stop_worker(&mut self, index: usize, reason: &'static str) {
+    fn stop_worker(&mut self, index: usize, reason: ExitReason) {
         let w = &mut self.workers[index];
         tracing::info!(
             pid = w.pid.as_raw(),
             worker = w.number,
-            reason,
+            reason = reason.as_str(),
             "stopping worker gracefully"
         );
         let _ = kill(w.pid, Signal::SIGTERM);
