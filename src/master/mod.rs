@@ -180,6 +180,49 @@ enum RunState {
     Stopping { graceful: bool },
 }
 
+/// A USR2 binary upgrade, seen from this master: as the new master (started by an old
+/// one) or as the old one (starting a new one). One at a time: USR2 is refused until
+/// the current one is over.
+enum UpgradeState {
+    /// No upgrade under way.
+    None,
+    /// This master was started by USR2 and its workers are booting: once all are ready
+    /// it tells the old master. `token` authenticates the handshake (`None`: an old
+    /// master from before tokens, see `upgrade::take_upgrade_from`).
+    StartedBy {
+        /// The old master's pid.
+        old: i32,
+        /// The handshake's token.
+        token: Option<u64>,
+    },
+    /// This master told its old master it is ready; once the old one has moved
+    /// systemd's MAINPID here, it says so and this one sends READY=1.
+    HandingOff {
+        /// The old master's pid.
+        old: i32,
+        /// The handshake's token.
+        token: Option<u64>,
+    },
+    /// USR2: this master started a new one and serves until it is ready.
+    Starting {
+        /// The new master.
+        new: Upgrade,
+        /// WINCH arrived meanwhile: the operator drives the upgrade (nginx style), so
+        /// this master stays after the new one is ready, for TERM/QUIT or a HUP
+        /// rollback.
+        manual: bool,
+    },
+    /// A manual upgrade's new master took over while this one stays; when it exits,
+    /// this master takes the pidfile back.
+    Superseded {
+        /// The new master.
+        successor: Upgrade,
+    },
+    /// The new master took over and this one stops: the pidfile and the unix socket
+    /// files are the new master's.
+    HandedOver,
+}
+
 pub struct Master {
     pid: i32,
     config: Arc<Config>,
@@ -208,21 +251,8 @@ pub struct Master {
     fatal: Option<(u8, String)>,
     pidfile: Option<pidfile::Pidfile>,
     relaunch: Relaunch,
-    /// A USR2 upgrade this master started and is waiting on.
-    upgrade: Option<Upgrade>,
-    /// Set when this master was started by USR2: the old master to tell when ready,
-    /// and the token that authenticates the handshake (`None`: an old master from
-    /// before tokens, see `upgrade::take_upgrade_from`).
-    upgrade_from: Option<(i32, Option<u64>)>,
-    /// WINCH arrived during an upgrade: the operator drives it (nginx style), so this
-    /// master stays after the new one is ready, for TERM/QUIT or a HUP rollback.
-    manual_upgrade: bool,
-    /// A new master that took over while this one stayed (manual upgrade); when it
-    /// exits, this master takes the pidfile back.
-    successor: Option<Upgrade>,
-    /// This master was started by USR2 and told its old master it is ready; once the
-    /// old one has moved systemd's MAINPID here, it says so and this one sends READY=1.
-    handoff_from: Option<(i32, Option<u64>)>,
+    /// Where this master is in a USR2 binary upgrade, on either side of it.
+    upgrade: UpgradeState,
     /// sd_notify: READY, RELOADING, STOPPING, MAINPID, STATUS, WATCHDOG.
     systemd: SystemdLink,
     /// A HUP reload is under way (between RELOADING=1 and READY=1).
@@ -230,9 +260,6 @@ pub struct Master {
     /// `forkd -s reload` processes waiting for the outcome of the current reload, with
     /// the token each sent (its answer carries it back).
     reload_waiters: Vec<(i32, u64)>,
-    /// Requests served by workers that have exited (for STATUS=).
-    /// A new master took over (USR2): it owns the pidfile and the unix socket files.
-    handed_over: bool,
     /// The socket exec workers send READY=1 / WATCHDOG=1 to (made with the first one).
     notify_intake: Option<exec::NotifyIntake>,
     /// Serving every socket systemd passed, as there is no `bind` setting: a reload
@@ -310,16 +337,14 @@ impl Master {
             fatal: None,
             pidfile,
             relaunch,
-            upgrade: None,
-            upgrade_from,
-            manual_upgrade: false,
-            successor: None,
-            handoff_from: None,
+            upgrade: match upgrade_from {
+                Some((old, token)) => UpgradeState::StartedBy { old, token },
+                None => UpgradeState::None,
+            },
             systemd,
             reloading: false,
             reload_waiters: Vec::new(),
             serving_passed_sockets,
-            handed_over: false,
             metrics,
             stop_at: None,
             notify_intake: None,
@@ -437,8 +462,8 @@ impl Master {
         if let Some(at) = self.spawn_not_before {
             next = next.min(at);
         }
-        if let Some(upgrade) = &self.upgrade {
-            next = next.min(upgrade.deadline);
+        if let UpgradeState::Starting { new, .. } = &self.upgrade {
+            next = next.min(new.deadline);
         }
         if let Some(at) = self.systemd.deadline() {
             next = next.min(at);
@@ -507,9 +532,9 @@ impl Master {
             Signal::SIGWINCH => {
                 tracing::info!("WINCH: stopping all workers gracefully; the master stays (HUP starts them again)");
                 self.target = 0;
-                if self.upgrade.is_some() {
+                if let UpgradeState::Starting { manual, .. } = &mut self.upgrade {
                     tracing::info!("WINCH during an upgrade: this master stays after the new one is ready (TERM or QUIT it to finish, HUP it to roll back)");
-                    self.manual_upgrade = true;
+                    *manual = true;
                 }
             }
             Signal::SIGTTIN => {
@@ -690,11 +715,17 @@ impl Master {
                 Ok(status) => status,
             };
             let Some(pid) = status.pid() else { continue };
-            if self.upgrade.as_ref().is_some_and(|u| u.child == pid) {
+            if matches!(&self.upgrade, UpgradeState::Starting { new, .. } if new.child == pid) {
                 self.upgrade_failed(&format!("the new master exited ({status:?})"));
                 continue;
             }
-            if let Some(successor) = self.successor.take_if(|s| s.child == pid) {
+            if matches!(&self.upgrade, UpgradeState::Superseded { successor } if successor.child == pid)
+            {
+                let UpgradeState::Superseded { successor } =
+                    std::mem::replace(&mut self.upgrade, UpgradeState::None)
+                else {
+                    continue;
+                };
                 tracing::info!(
                     new_master = pid.as_raw(),
                     "the new master exited; this master is the master again"
@@ -875,14 +906,14 @@ impl Master {
             if ready >= self.target && self.target > 0 {
                 self.announced_ready = true;
                 tracing::info!(workers = ready, "all workers ready");
-                if let Some((old, token)) = self.upgrade_from.take() {
+                if let UpgradeState::StartedBy { old, token } = self.upgrade {
                     tracing::info!(
                         old_master = old,
                         "upgrade: telling the old master that this one is ready"
                     );
                     // READY=1 waits for the old master's answer: systemd must first
                     // hear from it that this process is the main one.
-                    self.handoff_from = Some((old, token));
+                    self.upgrade = UpgradeState::HandingOff { old, token };
                     let _ = match token {
                         Some(token) => {
                             protocol::queue(old, protocol::upgrade_ready_signal(), token)
@@ -904,9 +935,9 @@ impl Master {
             self.stop_at = None;
             self.begin_stop(true, "TERM (after shutdown_delay)");
         }
-        if let Some(upgrade) = &self.upgrade {
-            if now >= upgrade.deadline {
-                let child = upgrade.child;
+        if let UpgradeState::Starting { new, .. } = &self.upgrade {
+            if now >= new.deadline {
+                let child = new.child;
                 self.upgrade_failed(&format!(
                     "the new master {child} was not ready within {}s",
                     protocol::UPGRADE_READY_DEADLINE.as_secs()
@@ -986,12 +1017,23 @@ impl Master {
         if self.state != RunState::Serving || self.stop_at.is_some() {
             return;
         }
-        if let Some(upgrade) = &self.upgrade {
-            tracing::warn!(
-                new_master = upgrade.child.as_raw(),
-                "USR2: an upgrade is already in progress; ignoring"
-            );
-            return;
+        match &self.upgrade {
+            UpgradeState::None => {}
+            UpgradeState::Starting { new, .. } | UpgradeState::Superseded { successor: new } => {
+                tracing::warn!(
+                    new_master = new.child.as_raw(),
+                    "USR2: an upgrade is already in progress; ignoring"
+                );
+                return;
+            }
+            UpgradeState::StartedBy { old, .. } | UpgradeState::HandingOff { old, .. } => {
+                tracing::warn!(
+                    old_master = old,
+                    "USR2: this master's own upgrade is not finished; ignoring"
+                );
+                return;
+            }
+            UpgradeState::HandedOver => return,
         }
         let pidfile = self.config.pidfile.as_deref();
         match Upgrade::start(
@@ -1009,7 +1051,10 @@ impl Master {
                     binary = %self.relaunch.exe.display(),
                     "USR2: binary upgrade started; serving until the new master is ready"
                 );
-                self.upgrade = Some(upgrade);
+                self.upgrade = UpgradeState::Starting {
+                    new: upgrade,
+                    manual: false,
+                };
             }
             Err(e) => tracing::error!("USR2: binary upgrade failed, keeping this master: {e}"),
         }
@@ -1018,16 +1063,23 @@ impl Master {
     /// The upgrade handshake's signal: the new master is ready (to the old master), or
     /// the old one handed over (to the new master). Believed only with the token.
     fn upgrade_signal(&mut self, received: &signals::Received) {
-        if let Some((old, token)) = self.handoff_from {
-            // An old master from before tokens answers with a plain signal.
-            let authentic = token.map_or(received.sender == old, |t| received.is_from(old, t));
-            if authentic {
-                return self.handoff_acknowledged();
+        match &self.upgrade {
+            &UpgradeState::HandingOff { old, token } => {
+                // An old master from before tokens answers with a plain signal.
+                let authentic = token.map_or(received.sender == old, |t| received.is_from(old, t));
+                if authentic {
+                    return self.handoff_acknowledged();
+                }
             }
-        } else if let Some(upgrade) = &self.upgrade {
-            if received.is_from(upgrade.child.as_raw(), upgrade.token) {
-                return self.upgrade_ready();
+            UpgradeState::Starting { new, .. } => {
+                if received.is_from(new.child.as_raw(), new.token) {
+                    return self.upgrade_ready();
+                }
             }
+            UpgradeState::None
+            | UpgradeState::StartedBy { .. }
+            | UpgradeState::Superseded { .. }
+            | UpgradeState::HandedOver => {}
         }
         tracing::warn!(
             claimed_sender = received.sender,
@@ -1037,7 +1089,7 @@ impl Master {
 
     /// The new master says its workers are ready: hand over and stop gracefully.
     fn upgrade_ready(&mut self) {
-        let Some(upgrade) = self.upgrade.take() else {
+        let Some((upgrade, manual)) = self.take_starting_upgrade() else {
             return;
         };
         let sender = upgrade.child.as_raw();
@@ -1045,12 +1097,12 @@ impl Master {
         // hears back and sends READY=1 as the main process.
         self.systemd.hand_over(sender);
         let _ = protocol::queue(sender, protocol::upgrade_ready_signal(), upgrade.token);
-        if self.manual_upgrade {
+        if manual {
             tracing::info!(
                 new_master = sender,
                 "upgrade: the new master is ready; staying for the operator (manual upgrade)"
             );
-            self.successor = Some(upgrade);
+            self.upgrade = UpgradeState::Superseded { successor: upgrade };
             return;
         }
         tracing::info!(
@@ -1061,20 +1113,35 @@ impl Master {
         // The pidfile and the socket files now belong to the new master: leave them
         // alone on exit.
         self.pidfile = None;
-        self.handed_over = true;
+        self.upgrade = UpgradeState::HandedOver;
         self.begin_stop(true, "upgrade");
+    }
+
+    /// Ends the `Starting` phase (to `None`): the new master and whether the upgrade is
+    /// manual. Any other phase stays as it is.
+    fn take_starting_upgrade(&mut self) -> Option<(Upgrade, bool)> {
+        if !matches!(self.upgrade, UpgradeState::Starting { .. }) {
+            return None;
+        }
+        match std::mem::replace(&mut self.upgrade, UpgradeState::None) {
+            UpgradeState::Starting { new, manual } => Some((new, manual)),
+            other => {
+                self.upgrade = other;
+                None
+            }
+        }
     }
 
     /// The new master's side: the old master has moved MAINPID here.
     fn handoff_acknowledged(&mut self) {
-        self.handoff_from = None;
+        self.upgrade = UpgradeState::None;
         tracing::info!("upgrade: the old master handed over; this master is the main one now");
         let status = self.status_line().1;
         self.systemd.ready(&status);
     }
 
     fn upgrade_failed(&mut self, why: &str) {
-        if let Some(upgrade) = self.upgrade.take() {
+        if let Some((upgrade, _)) = self.take_starting_upgrade() {
             tracing::error!(
                 "upgrade failed: {why}; this master keeps serving and the pidfile is restored"
             );
@@ -1113,7 +1180,7 @@ impl Master {
         }
         if self.state == RunState::Serving
             && !self.reloading
-            && self.handoff_from.is_none()
+            && !matches!(self.upgrade, UpgradeState::HandingOff { .. })
             && self.systemd.wants_status()
         {
             let (counts, full) = self.status_line();
@@ -1439,7 +1506,10 @@ impl Master {
             tracing::error!("{reason}");
         }
         // After a hand-over the new master serves the same socket files.
-        if !self.handed_over && self.successor.is_none() {
+        if !matches!(
+            self.upgrade,
+            UpgradeState::HandedOver | UpgradeState::Superseded { .. }
+        ) {
             for listener in self.listeners.iter().chain(self.metrics.iter()) {
                 listener.cleanup();
             }
@@ -1447,7 +1517,7 @@ impl Master {
         if let Some(pidfile) = &self.pidfile {
             pidfile.remove();
         }
-        if let Some(successor) = &self.successor {
+        if let UpgradeState::Superseded { successor } = &self.upgrade {
             successor.remove_oldbin();
         }
         tracing::info!(pid = self.pid, "master exiting");
