@@ -103,6 +103,28 @@ const EXEC_READY_PROBE: Duration = Duration::from_millis(20);
 /// How long an exec worker may take to be ready when `timeout` is 0.
 const EXEC_BOOT_LIMIT: Duration = Duration::from_secs(60);
 
+/// What is due at a deadline (see [`Master::deadlines`]); a `usize` is the worker's
+/// index in `Master::workers`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Deadline {
+    /// `shutdown_delay` is over: the graceful stop begins.
+    ShutdownDelay,
+    /// The upgrade's new master was not ready in time.
+    UpgradeReady,
+    /// The boot backoff is over: spawning may resume.
+    SpawnBackoff,
+    /// systemd's watchdog keep-alive is due.
+    Systemd,
+    /// A booting exec worker is looked at again for readiness.
+    ExecReadyProbe,
+    /// An exec worker was not ready in time: SIGKILL.
+    ExecBoot(usize),
+    /// A worker stopped reporting progress for `timeout`: SIGABRT.
+    Progress(usize),
+    /// A worker told to stop (or aborted) is still there: SIGKILL.
+    Kill(usize),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     Running,
@@ -455,49 +477,56 @@ impl Master {
         }
     }
 
-    /// The nearest moment the loop must act without a signal.
-    fn next_deadline(&self) -> Instant {
-        let now = Instant::now();
-        let mut next = now + MAX_SLEEP;
-        if let Some(at) = self.spawn_not_before {
-            next = next.min(at);
+    /// Every moment the loop must act at without a signal, with what is due then; the
+    /// one list behind [`Master::next_deadline`] and [`Master::enforce_deadlines`].
+    /// Process-wide deadlines come first, then each worker's in the order they are
+    /// enforced (boot, progress, kill).
+    fn deadlines(&self, now: Instant) -> Vec<(Instant, Deadline)> {
+        let mut due = Vec::new();
+        if let Some(at) = self.stop_at {
+            due.push((at, Deadline::ShutdownDelay));
         }
         if let UpgradeState::Starting { new, .. } = &self.upgrade {
-            next = next.min(new.deadline);
+            due.push((new.deadline, Deadline::UpgradeReady));
+        }
+        if let Some(at) = self.spawn_not_before {
+            due.push((at, Deadline::SpawnBackoff));
         }
         if let Some(at) = self.systemd.deadline() {
-            next = next.min(at);
-        }
-        if let Some(at) = self.stop_at {
-            next = next.min(at);
+            due.push((at, Deadline::Systemd));
         }
         let now_ms = monotonic_ms();
-        for w in &self.workers {
+        for (index, w) in self.workers.iter().enumerate() {
             if let Some(deadline) = w.boot_deadline() {
-                next = next.min(deadline);
-                next = next.min(match w.config.exec.ready {
+                due.push((deadline, Deadline::ExecBoot(index)));
+                let probe = match w.config.exec.ready {
                     ReadyMode::Auto => now + EXEC_READY_PROBE,
                     ReadyMode::Notify => deadline,
                     ReadyMode::After(wait) => w.exec.as_ref().map_or(now, |e| e.spawned_at + wait),
-                });
+                };
+                due.push((probe, Deadline::ExecReadyProbe));
             }
-            match w.phase {
-                Phase::Stopping { kill_at, .. } | Phase::Aborting { kill_at } => {
-                    next = next.min(kill_at)
-                }
-                Phase::Running if w.timed() => {
-                    let progress_ms = self.scoreboard.slot(w.slot).progress_ms();
-                    let silent = Duration::from_millis(clock::silent_ms(
-                        now_ms,
-                        progress_ms,
-                        w.clock_from_ms,
-                    ));
-                    next = next.min(now + w.config.timeout.saturating_sub(silent));
-                }
-                _ => {}
+            if matches!(w.phase, Phase::Running | Phase::Stopping { .. }) && w.timed() {
+                let progress_ms = self.scoreboard.slot(w.slot).progress_ms();
+                let silent = clock::silent_ms(now_ms, progress_ms, w.clock_from_ms);
+                let timeout = w.config.timeout.as_millis() as u64;
+                let left = Duration::from_millis(timeout.saturating_sub(silent));
+                due.push((now + left, Deadline::Progress(index)));
+            }
+            if let Phase::Stopping { kill_at, .. } | Phase::Aborting { kill_at } = w.phase {
+                due.push((kill_at, Deadline::Kill(index)));
             }
         }
-        next
+        due
+    }
+
+    /// The nearest moment the loop must act without a signal (at most `MAX_SLEEP` away).
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        self.deadlines(now)
+            .into_iter()
+            .map(|(at, _)| at)
+            .fold(now + MAX_SLEEP, Instant::min)
     }
 
     // ---- signals ---------------------------------------------------------------------
@@ -928,27 +957,59 @@ impl Master {
         }
     }
 
-    /// Kills workers that stopped reporting progress, and those past their stop deadline.
+    /// Acts on every deadline that has come ([`Master::deadlines`]): the end of
+    /// `shutdown_delay`, an upgrade's new master that is not ready in time, exec workers
+    /// that do not boot, workers that stopped reporting progress, and those past their
+    /// stop deadline.
     fn enforce_deadlines(&mut self) {
         let now = Instant::now();
-        if self.stop_at.is_some_and(|at| now >= at) {
-            self.stop_at = None;
-            self.begin_stop(true, "TERM (after shutdown_delay)");
-        }
-        if let UpgradeState::Starting { new, .. } = &self.upgrade {
-            if now >= new.deadline {
-                let child = new.child;
-                self.upgrade_failed(&format!(
-                    "the new master {child} was not ready within {}s",
-                    protocol::UPGRADE_READY_DEADLINE.as_secs()
-                ));
-                let _ = kill(child, Signal::SIGTERM);
+        // Process-wide first: the graceful stop one may begin changes the workers'.
+        for (at, deadline) in self.deadlines(now) {
+            if at > now {
+                continue;
+            }
+            match deadline {
+                Deadline::ShutdownDelay => {
+                    self.stop_at = None;
+                    self.begin_stop(true, "TERM (after shutdown_delay)");
+                }
+                Deadline::UpgradeReady => {
+                    if let UpgradeState::Starting { new, .. } = &self.upgrade {
+                        let child = new.child;
+                        self.upgrade_failed(&format!(
+                            "the new master {child} was not ready within {}s",
+                            protocol::UPGRADE_READY_DEADLINE.as_secs()
+                        ));
+                        let _ = kill(child, Signal::SIGTERM);
+                    }
+                }
+                // reconcile() and report_to_systemd() act on these, and exec readiness
+                // is probed in observe_scoreboard(); waking up is all they need here.
+                Deadline::SpawnBackoff | Deadline::Systemd | Deadline::ExecReadyProbe => {}
+                // The workers' own: below.
+                Deadline::ExecBoot(_) | Deadline::Progress(_) | Deadline::Kill(_) => {}
             }
         }
-        let now_ms = monotonic_ms();
-        for w in &mut self.workers {
-            if let Some(deadline) = w.boot_deadline() {
-                if now >= deadline && matches!(w.phase, Phase::Running) {
+        // Then each worker: the first deadline acted on ends its turn.
+        let mut acted = vec![false; self.workers.len()];
+        for (at, deadline) in self.deadlines(now) {
+            if at > now {
+                continue;
+            }
+            let index = match deadline {
+                Deadline::ExecBoot(i) | Deadline::Progress(i) | Deadline::Kill(i) => i,
+                Deadline::ShutdownDelay
+                | Deadline::UpgradeReady
+                | Deadline::SpawnBackoff
+                | Deadline::Systemd
+                | Deadline::ExecReadyProbe => continue,
+            };
+            if acted[index] {
+                continue;
+            }
+            let w = &mut self.workers[index];
+            acted[index] = match deadline {
+                Deadline::ExecBoot(_) if matches!(w.phase, Phase::Running) => {
                     let waited = now.duration_since(w.exec.as_ref().map_or(now, |e| e.spawned_at));
                     let why = format!(
                         "not ready within {:.1}s (ready = {}); killed",
@@ -960,53 +1021,49 @@ impl Master {
                     w.phase = Phase::Killed {
                         reason: ExitReason::BootFailure,
                     };
-                    continue;
+                    true
                 }
-            }
-            match w.phase {
-                Phase::Running | Phase::Stopping { .. } if w.timed() => {
+                Deadline::Progress(_) => {
                     let progress_ms = self.scoreboard.slot(w.slot).progress_ms();
-                    let silent_ms = clock::silent_ms(now_ms, progress_ms, w.clock_from_ms);
-                    if silent_ms >= w.config.timeout.as_millis() as u64 {
-                        tracing::error!(
-                            pid = w.pid.as_raw(),
-                            worker = w.number,
-                            "worker timeout: no progress from its event loop for {:.1}s (timeout = {}s); sending SIGABRT",
-                            silent_ms as f64 / 1000.0,
-                            w.config.timeout.as_secs_f64()
-                        );
-                        let _ = kill(w.pid, Signal::SIGABRT);
-                        w.phase = Phase::Aborting {
-                            kill_at: now + KILL_GRACE,
-                        };
-                        continue;
-                    }
-                }
-                _ => {}
-            }
-            match w.phase {
-                Phase::Stopping { reason, kill_at } if now >= kill_at => {
-                    tracing::warn!(
+                    let silent_ms = clock::silent_ms(monotonic_ms(), progress_ms, w.clock_from_ms);
+                    tracing::error!(
                         pid = w.pid.as_raw(),
                         worker = w.number,
-                        "worker did not stop in time; sending SIGKILL"
+                        "worker timeout: no progress from its event loop for {:.1}s (timeout = {}s); sending SIGABRT",
+                        silent_ms as f64 / 1000.0,
+                        w.config.timeout.as_secs_f64()
                     );
+                    let _ = kill(w.pid, Signal::SIGABRT);
+                    w.phase = Phase::Aborting {
+                        kill_at: now + KILL_GRACE,
+                    };
+                    true
+                }
+                Deadline::Kill(_) => {
+                    let reason = match w.phase {
+                        Phase::Stopping { reason, .. } => {
+                            tracing::warn!(
+                                pid = w.pid.as_raw(),
+                                worker = w.number,
+                                "worker did not stop in time; sending SIGKILL"
+                            );
+                            reason
+                        }
+                        _ => {
+                            tracing::warn!(
+                                pid = w.pid.as_raw(),
+                                worker = w.number,
+                                "worker still alive after SIGABRT; sending SIGKILL"
+                            );
+                            ExitReason::Timeout
+                        }
+                    };
                     let _ = kill(w.pid, Signal::SIGKILL);
                     w.phase = Phase::Killed { reason };
+                    true
                 }
-                Phase::Aborting { kill_at } if now >= kill_at => {
-                    tracing::warn!(
-                        pid = w.pid.as_raw(),
-                        worker = w.number,
-                        "worker still alive after SIGABRT; sending SIGKILL"
-                    );
-                    let _ = kill(w.pid, Signal::SIGKILL);
-                    w.phase = Phase::Killed {
-                        reason: ExitReason::Timeout,
-                    };
-                }
-                _ => {}
-            }
+                _ => false,
+            };
         }
     }
 
