@@ -10,6 +10,7 @@
 //! (old generation, or asking to retire) is stopped only when enough active workers are
 //! ready to take its place, so capacity never dips below the target.
 
+mod child;
 mod clock;
 pub mod exec;
 mod notify;

@@ -11,7 +11,6 @@
 
 use crate::listeners::Listener;
 use crate::protocol::{UPGRADE_FROM_VAR, UPGRADE_READY_DEADLINE, UPGRADE_TOKEN_VAR};
-use crate::systemd::LISTEN_FDS_START;
 use nix::unistd::{fork, ForkResult, Pid};
 use std::ffi::{CString, OsString};
 use std::os::fd::AsRawFd;
@@ -129,8 +128,9 @@ impl Upgrade {
         }
         let pid_slot = env.len();
         env.push(CString::new("LISTEN_PID=0").map_err(|e| e.to_string())?);
-        // SAFETY: single-threaded master; the child only calls async-signal-safe functions
-        // (dup/dup2/fcntl/getpid/execve) and formats into preallocated memory.
+        // SAFETY: the master is single-threaded (no runtime, no helper threads), so the
+        // child's copy of memory holds no lock another thread owned, and the child may
+        // allocate (it formats LISTEN_PID and error messages) before it execs.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
                 super::signals::restore_in_child();
@@ -139,22 +139,18 @@ impl Upgrade {
                 if let Ok(pid_var) = CString::new(format!("LISTEN_PID={}", std::process::id())) {
                     env[pid_slot] = pid_var;
                 }
-                // Move the listeners above the target range first, then into 3, 4, ...
-                let high: Vec<i32> = fds
-                    .iter()
-                    .filter_map(|&fd| {
-                        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100)).ok()
-                    })
-                    .collect();
-                for (i, fd) in high.iter().enumerate() {
-                    let target = LISTEN_FDS_START + i as i32;
-                    // dup2 clears FD_CLOEXEC on the target: exactly these fds are inherited.
-                    let _ = nix::unistd::dup2(*fd, target);
+                // LISTEN_FDS counts every fd: a child that cannot pass one of them does
+                // not exec (the old master sees the new one exit and keeps serving).
+                if let Err(e) = super::child::pass_listen_fds(&fds, &names) {
+                    // Straight to stderr: the logger's queue would die with this child.
+                    let line = format!("forkd: upgrade: {e}\n");
+                    let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
+                } else {
+                    if let Some(dir) = &cwd {
+                        let _ = nix::unistd::chdir(dir.as_c_str());
+                    }
+                    let _ = nix::unistd::execve(&exe, &args, &env);
                 }
-                if let Some(dir) = &cwd {
-                    let _ = nix::unistd::chdir(dir.as_c_str());
-                }
-                let _ = nix::unistd::execve(&exe, &args, &env);
                 // SAFETY: exec failed; leave without running the parent's destructors.
                 unsafe { libc::_exit(crate::protocol::EXIT_EXEC_FAILED) }
             }
