@@ -197,10 +197,42 @@ impl Worker {
     }
 }
 
+/// Whether the master serves or stops.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum RunState {
+    /// Supervising workers as wanted.
     Serving,
-    Stopping { graceful: bool },
+    /// TERM with `shutdown_delay`: readiness already answers 503, everything else is
+    /// served as usual; the graceful stop begins at `at`.
+    StopDelayed {
+        /// When the graceful stop begins.
+        at: Instant,
+    },
+    /// Stopping the workers (QUIT/INT: quickly; TERM: gracefully); forkd exits when
+    /// the last one is gone.
+    Stopping {
+        /// TERM's drain rather than QUIT's quick stop.
+        graceful: bool,
+    },
+}
+
+impl RunState {
+    /// Supervising as usual: serving, or serving out a `shutdown_delay`.
+    fn supervising(self) -> bool {
+        matches!(self, RunState::Serving | RunState::StopDelayed { .. })
+    }
+}
+
+/// A HUP reload, between RELOADING=1 and READY=1.
+enum ReloadState {
+    /// No reload under way.
+    Idle,
+    /// The new generation's workers are starting; the old ones go as they are ready.
+    InProgress {
+        /// `forkd -s reload` processes waiting for the outcome, with the token each
+        /// sent (its answer carries it back).
+        waiters: Vec<(i32, u64)>,
+    },
 }
 
 /// A USR2 binary upgrade, seen from this master: as the new master (started by an old
@@ -278,11 +310,8 @@ pub struct Master {
     upgrade: UpgradeState,
     /// sd_notify: READY, RELOADING, STOPPING, MAINPID, STATUS, WATCHDOG.
     systemd: SystemdLink,
-    /// A HUP reload is under way (between RELOADING=1 and READY=1).
-    reloading: bool,
-    /// `forkd -s reload` processes waiting for the outcome of the current reload, with
-    /// the token each sent (its answer carries it back).
-    reload_waiters: Vec<(i32, u64)>,
+    /// A HUP reload under way, if any.
+    reload: ReloadState,
     /// The socket exec workers send READY=1 / WATCHDOG=1 to (made with the first one).
     notify_intake: Option<exec::NotifyIntake>,
     /// Serving every socket systemd passed, as there is no `bind` setting: a reload
@@ -290,9 +319,6 @@ pub struct Master {
     serving_passed_sockets: bool,
     /// The `[metrics]` listener, served by the workers.
     metrics: Option<Listener>,
-    /// TERM with `shutdown_delay`: readiness already answers 503; the graceful stop
-    /// begins at this moment.
-    stop_at: Option<Instant>,
     /// When the loop last woke: waking much later than it planned means this master
     /// was frozen (see [`clock`]).
     last_wake: Instant,
@@ -365,11 +391,9 @@ impl Master {
                 None => UpgradeState::None,
             },
             systemd,
-            reloading: false,
-            reload_waiters: Vec::new(),
+            reload: ReloadState::Idle,
             serving_passed_sockets,
             metrics,
-            stop_at: None,
             notify_intake: None,
             last_wake: Instant::now(),
             tls,
@@ -388,12 +412,11 @@ impl Master {
             while let Some(received) = self.signals.next() {
                 if received.signo == protocol::upgrade_ready_signal() {
                     self.upgrade_signal(&received);
+                } else if received.signo == libc::SIGHUP {
+                    let waiter = protocol::wants_reload_reply(received.code, received.token)
+                        .then_some((received.sender, received.token));
+                    self.reload(waiter);
                 } else {
-                    if received.signo == libc::SIGHUP
-                        && protocol::wants_reload_reply(received.code, received.token)
-                    {
-                        self.reload_waiters.push((received.sender, received.token));
-                    }
                     self.handle_signal(received.signo);
                 }
             }
@@ -484,7 +507,7 @@ impl Master {
     /// enforced (boot, progress, kill).
     fn deadlines(&self, now: Instant) -> Vec<(Instant, Deadline)> {
         let mut due = Vec::new();
-        if let Some(at) = self.stop_at {
+        if let RunState::StopDelayed { at } = self.state {
             due.push((at, Deadline::ShutdownDelay));
         }
         if let UpgradeState::Starting { new, .. } = &self.upgrade {
@@ -537,11 +560,10 @@ impl Master {
             return;
         };
         match signal {
-            Signal::SIGHUP => self.reload(),
+            Signal::SIGHUP => self.reload(None),
             Signal::SIGTERM => self.term(),
             Signal::SIGINT | Signal::SIGQUIT => {
                 self.scoreboard.header().set_server_stopping();
-                self.stop_at = None;
                 let name = if signal == Signal::SIGINT {
                     "INT"
                 } else {
@@ -585,27 +607,42 @@ impl Master {
     fn term(&mut self) {
         self.scoreboard.header().set_server_stopping();
         let delay = self.config.health.shutdown_delay;
-        if self.state != RunState::Serving || delay.is_zero() {
-            self.stop_at = None;
-            self.begin_stop(true, "TERM");
-        } else if self.stop_at.is_none() {
-            tracing::info!(
-                "TERM: reporting not ready for {:.1}s (shutdown_delay), then draining",
-                delay.as_secs_f64()
-            );
-            self.systemd.stopping("stopping: shutdown_delay");
-            self.stop_at = Some(Instant::now() + delay);
+        match self.state {
+            RunState::Serving if !delay.is_zero() => {
+                tracing::info!(
+                    "TERM: reporting not ready for {:.1}s (shutdown_delay), then draining",
+                    delay.as_secs_f64()
+                );
+                self.systemd.stopping("stopping: shutdown_delay");
+                self.state = RunState::StopDelayed {
+                    at: Instant::now() + delay,
+                };
+            }
+            // Already counting down.
+            RunState::StopDelayed { .. } if !delay.is_zero() => {}
+            _ => self.begin_stop(true, "TERM"),
         }
     }
 
     /// HUP: re-read the config; on success roll the workers over to a new generation.
-    fn reload(&mut self) {
-        if self.state != RunState::Serving || self.stop_at.is_some() {
+    /// `waiter`: a `forkd -s reload` to answer when it is over.
+    fn reload(&mut self, waiter: Option<(i32, u64)>) {
+        if self.state != RunState::Serving {
             self.finish_reload(false);
+            if let Some((pid, token)) = waiter {
+                control::answer_reload(pid, token, false);
+            }
             return;
         }
         self.systemd.reloading();
-        self.reloading = true;
+        match &mut self.reload {
+            ReloadState::InProgress { waiters } => waiters.extend(waiter),
+            ReloadState::Idle => {
+                self.reload = ReloadState::InProgress {
+                    waiters: waiter.into_iter().collect(),
+                }
+            }
+        }
         let (config, factory, tls) = match self.prepare_reload() {
             Ok(prepared) => prepared,
             Err(e) => {
@@ -698,9 +735,7 @@ impl Master {
         }
         self.state = RunState::Stopping { graceful };
         self.systemd.stopping(&format!("stopping ({name})"));
-        if self.reloading {
-            self.finish_reload(false);
-        }
+        self.finish_reload(false);
         if graceful {
             tracing::info!(
                 "{name}: graceful stop, draining {} workers",
@@ -931,7 +966,7 @@ impl Master {
                 tracing::info!(pid = w.pid.as_raw(), worker = w.number, "worker ready");
             }
         }
-        if !self.announced_ready && self.state == RunState::Serving {
+        if !self.announced_ready && self.state.supervising() {
             let ready = self.workers.iter().filter(|w| w.ready).count();
             if ready >= self.target && self.target > 0 {
                 self.announced_ready = true;
@@ -971,7 +1006,6 @@ impl Master {
             }
             match deadline {
                 Deadline::ShutdownDelay => {
-                    self.stop_at = None;
                     self.begin_stop(true, "TERM (after shutdown_delay)");
                 }
                 Deadline::UpgradeReady => {
@@ -1072,7 +1106,7 @@ impl Master {
 
     /// USR2: start a new master from the binary on disk, handing it the listeners.
     fn start_upgrade(&mut self) {
-        if self.state != RunState::Serving || self.stop_at.is_some() {
+        if self.state != RunState::Serving {
             return;
         }
         match &self.upgrade {
@@ -1211,15 +1245,17 @@ impl Master {
 
     /// Ends a HUP reload: READY=1 to systemd, and the answer to `forkd -s reload`.
     fn finish_reload(&mut self, ok: bool) {
-        if self.reloading {
-            self.reloading = false;
-            if ok {
-                tracing::info!(generation = self.generation, "HUP: reload finished");
-            }
-            let status = self.status_line().1;
-            self.systemd.ready(&status);
+        let ReloadState::InProgress { waiters } =
+            std::mem::replace(&mut self.reload, ReloadState::Idle)
+        else {
+            return;
+        };
+        if ok {
+            tracing::info!(generation = self.generation, "HUP: reload finished");
         }
-        for (waiter, token) in self.reload_waiters.drain(..) {
+        let status = self.status_line().1;
+        self.systemd.ready(&status);
+        for (waiter, token) in waiters {
             control::answer_reload(waiter, token, ok);
         }
     }
@@ -1227,7 +1263,8 @@ impl Master {
     /// Once per loop: finish a reload whose new workers all serve, refresh STATUS=, and
     /// send the watchdog keep-alive.
     fn report_to_systemd(&mut self) {
-        if self.reloading && self.state == RunState::Serving {
+        let reloading = matches!(self.reload, ReloadState::InProgress { .. });
+        if reloading && self.state.supervising() {
             let old_running = self
                 .workers
                 .iter()
@@ -1236,8 +1273,8 @@ impl Master {
                 self.finish_reload(true);
             }
         }
-        if self.state == RunState::Serving
-            && !self.reloading
+        if self.state.supervising()
+            && !matches!(self.reload, ReloadState::InProgress { .. })
             && !matches!(self.upgrade, UpgradeState::HandingOff { .. })
             && self.systemd.wants_status()
         {
@@ -1397,7 +1434,7 @@ impl Master {
 
     /// Decides what to start and whom to stop ([`plan::plan`]) and does it.
     fn reconcile(&mut self) {
-        if self.state != RunState::Serving || self.fatal.is_some() {
+        if !self.state.supervising() || self.fatal.is_some() {
             return;
         }
         let backing_off = self.spawn_not_before.is_some_and(|at| Instant::now() < at);
