@@ -8,7 +8,14 @@
 //! reloads and `max_requests` recycling: workers of the current generation that are not
 //! retiring count as *active*; missing active workers are spawned; a *surplus* worker
 //! (old generation, or asking to retire) is stopped only when enough active workers are
-//! ready to take its place, so capacity never dips below the target.
+//! ready to take its place, so capacity never dips below the target. The decision is the
+//! pure function [`plan::plan`]; this loop applies it.
+//!
+//! The master's state is spelled as types: [`RunState`] (serving, serving out a
+//! `shutdown_delay`, stopping), [`ReloadState`] (a HUP under way and who waits for it),
+//! [`UpgradeState`] (either side of a USR2 upgrade), a worker's [`Phase`] and the
+//! [`plan::ExitReason`] it exits for; every timed action is a [`Deadline`] listed once
+//! by [`Master::deadlines`].
 
 mod child;
 mod clock;
@@ -126,8 +133,10 @@ enum Deadline {
     Kill(usize),
 }
 
+/// Where a worker is in its life, as far as the master asked.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
+    /// Booting or serving; nothing asked of it.
     Running,
     /// Told to stop (TERM or QUIT); SIGKILL at `kill_at`.
     Stopping {
@@ -148,13 +157,21 @@ enum Phase {
     },
 }
 
+/// A worker process the master supervises.
 struct Worker {
+    /// Its process id.
     pid: Pid,
+    /// Its scoreboard slot.
     slot: usize,
+    /// Its start order (1, 2, ...; lower is older).
     number: u64,
+    /// The configuration generation it was forked with (HUP makes a new one).
     generation: u64,
+    /// That generation's configuration.
     config: Arc<Config>,
+    /// Where it is in its life, as far as the master asked.
     phase: Phase,
+    /// The master has seen it ready to serve.
     ready: bool,
     /// When the master saw it ready (for telling a crash loop from a one-off crash).
     ready_at: Option<Instant>,
@@ -278,33 +295,54 @@ enum UpgradeState {
     HandedOver,
 }
 
+/// The supervisor's state; [`Master::run`] is the loop.
 pub struct Master {
+    /// This process's pid.
     pid: i32,
+    /// The current generation's configuration.
     config: Arc<Config>,
+    /// The current configuration generation (1, then +1 per HUP that succeeds).
     generation: u64,
+    /// What the current generation's workers run.
     factory: Program,
+    /// Re-reads the configuration for HUP.
     reload_config: Reloader,
+    /// Chooses what workers run for a configuration.
     resolve_app: AppResolver,
+    /// The bound listeners, inherited by every worker forked from now on.
     listeners: Vec<Listener>,
+    /// The shared-memory scoreboard: one slot per worker, and the server-wide header.
     scoreboard: Scoreboard,
+    /// The signalfd every handled signal is read from.
     signals: signals::SignalIntake,
     /// Rung by workers when their scoreboard state changes.
     doorbell: signals::Doorbell,
+    /// Every worker not yet reaped.
     workers: Vec<Worker>,
+    /// How many active workers are wanted (config, TTIN/TTOU, WINCH).
     target: usize,
+    /// The next worker's `number`.
     next_number: u64,
+    /// Serving or stopping.
     state: RunState,
+    /// Some worker has been ready once (else a boot failure is fatal: exit 3).
     ever_booted: bool,
+    /// "all workers ready" was said (to the log, systemd or an old master) once.
     announced_ready: bool,
+    /// Boot failures in a row, for the boot backoff.
     boot_failures: u32,
     /// Crashes in a row of workers that had been ready less than `CRASH_LOOP_WINDOW`.
     quick_crashes: u32,
+    /// No worker is started before this moment (boot backoff, crash loop).
     spawn_not_before: Option<Instant>,
     /// The cgroup's OOM-kill counter as last read, to name a worker the kernel's OOM
     /// killer took (a SIGKILL forkd did not send); None where it cannot be read.
     oom_kills: Option<u64>,
+    /// Why forkd stops on its own, and its exit code (no worker could boot).
     fatal: Option<(u8, String)>,
+    /// The locked pidfile, while this master owns it.
     pidfile: Option<pidfile::Pidfile>,
+    /// How to start this binary again (USR2).
     relaunch: Relaunch,
     /// Where this master is in a USR2 binary upgrade, on either side of it.
     upgrade: UpgradeState,
