@@ -7,7 +7,7 @@
 //!
 //! - the client picks a random 64-bit token T and sends HUP carrying T;
 //! - when the reload is finished (or abandoned) the master answers that sender with
-//!   `reload_reply_signal()` carrying T for success, or `!T` (T with every bit flipped)
+//!   `protocol::reload_reply_signal()` carrying T for success, or `!T` (T with every bit flipped)
 //!   for failure, and only if the sender has that signal blocked (a process waiting for
 //!   the answer: a forged HUP naming another pid cannot make the master kill it);
 //! - the client believes an answer only if it carries T or `!T`.
@@ -17,44 +17,12 @@
 //! token and gets no answer.
 
 use crate::config::Config;
-use crate::master::signals;
+use crate::protocol::{self, reload_reply_signal};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
 /// How long `-s reload` waits for the master's answer.
 const RELOAD_WAIT: Duration = Duration::from_secs(300);
-
-/// The signal the master answers a waiting `-s reload` with.
-pub fn reload_reply_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 2
-}
-
-/// Whether a received HUP came from a `-s reload` that waits for an answer: queued,
-/// with a token.
-pub fn wants_reload_reply(code: i32, token: u64) -> bool {
-    code == libc::SI_QUEUE && token != 0
-}
-
-/// The value of the master's answer to the reload that sent `token`.
-pub fn reply_value(token: u64, ok: bool) -> u64 {
-    if ok {
-        token
-    } else {
-        !token
-    }
-}
-
-/// What a reply carrying `value` says about the reload that sent `token`: `None` for
-/// a value that is not an answer to it (forged, or meant for another reload).
-pub fn reply_outcome(token: u64, value: u64) -> Option<bool> {
-    if value == reply_value(token, true) {
-        Some(true)
-    } else if value == reply_value(token, false) {
-        Some(false)
-    } else {
-        None
-    }
-}
 
 /// Whether `pid` has `signo` blocked (`SigBlk` in /proc/PID/status).
 fn blocks_signal(pid: i32, signo: libc::c_int) -> bool {
@@ -77,7 +45,11 @@ pub fn answer_reload(pid: i32, token: u64, ok: bool) {
         );
         return;
     }
-    let _ = signals::queue(pid, reload_reply_signal(), reply_value(token, ok));
+    let _ = protocol::queue(
+        pid,
+        reload_reply_signal(),
+        protocol::reload_reply_value(token, ok),
+    );
 }
 
 /// The signal behind each `-s` name.
@@ -110,7 +82,7 @@ fn try_send(config: &Config, name: &str) -> Result<(), String> {
         .pidfile
         .as_ref()
         .ok_or("no pidfile is configured (set `pidfile` or -p), so there is no master to signal")?;
-    let pid = crate::master::pidfile::check_master(path)?;
+    let pid = crate::pidfile::check_master(path)?;
     if signal == Signal::SIGHUP {
         return reload_and_wait(pid);
     }
@@ -125,13 +97,38 @@ fn try_send(config: &Config, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The state and start time of `pid` (fields 3 and 22 of `/proc/PID/stat`).
+fn process_stat(pid: i32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn process_start(pid: i32) -> Option<u64> {
+    process_stat(pid).map(|(_, start)| start)
+}
+
+/// Whether the process `pid` (started at `started`) is gone: reaped, a zombie, or the
+/// pid now names another process. An exiting process loses its command line before it
+/// is done exiting (its memory goes first), so the title alone says too early.
+fn has_exited(pid: i32, started: Option<u64>) -> bool {
+    match process_stat(pid) {
+        None => true,
+        Some((state, start)) => matches!(state, 'Z' | 'X') || Some(start) != started,
+    }
+}
+
 /// What `-s stop` waits beyond `graceful_timeout + shutdown_delay` for the master.
 const STOP_MARGIN: Duration = Duration::from_secs(10);
 
 fn wait_for_exit(pid: i32, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
+    let started = process_start(pid);
     while Instant::now() < deadline {
-        if !crate::master::pidfile::is_forkd_master(pid) {
+        if has_exited(pid, started) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -175,8 +172,8 @@ fn reload_and_wait(pid: i32) -> Result<(), String> {
         .map_err(|e| format!("cannot block the reply signal: {e}"))?;
     let replies = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("cannot wait for the master's answer: {e}"))?;
-    let token = signals::random_token();
-    signals::queue(pid, libc::SIGHUP, token)
+    let token = protocol::random_token();
+    protocol::queue(pid, libc::SIGHUP, token)
         .map_err(|e| format!("cannot send HUP to {pid}: {e}"))?;
     let deadline = Instant::now() + RELOAD_WAIT;
     while Instant::now() < deadline {
@@ -187,7 +184,7 @@ fn reload_and_wait(pid: i32) -> Result<(), String> {
         let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16));
         while let Ok(Some(info)) = replies.read_signal() {
             let outcome = (info.ssi_code == libc::SI_QUEUE && info.ssi_pid as i32 == pid)
-                .then(|| reply_outcome(token, info.ssi_ptr))
+                .then(|| protocol::reload_reply_outcome(token, info.ssi_ptr))
                 .flatten();
             match outcome {
                 Some(true) => return Ok(()),
@@ -210,23 +207,4 @@ fn reload_and_wait(pid: i32) -> Result<(), String> {
         "master {pid} did not finish the reload within {}s",
         RELOAD_WAIT.as_secs()
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reply_counts_only_with_the_reloads_token() {
-        let token = 0x0123_4567_89ab_cdef;
-        assert_eq!(reply_outcome(token, reply_value(token, true)), Some(true));
-        assert_eq!(reply_outcome(token, reply_value(token, false)), Some(false));
-        // What the old wire carried, and another reload's answers.
-        assert_eq!(reply_outcome(token, 1), None);
-        assert_eq!(reply_outcome(token, 2), None);
-        assert_eq!(reply_outcome(token, reply_value(token ^ 4, true)), None);
-        assert!(!wants_reload_reply(libc::SI_USER, token));
-        assert!(!wants_reload_reply(libc::SI_QUEUE, 0));
-        assert!(wants_reload_reply(libc::SI_QUEUE, token));
-    }
 }

@@ -38,9 +38,13 @@ mod listeners;
 mod logging;
 pub(crate) mod master;
 mod metrics;
+#[allow(unsafe_code)] // flock
+mod pidfile;
 mod privileges;
 #[allow(unsafe_code)] // writing the process title over argv
 mod proctitle;
+#[allow(unsafe_code)] // kill and sigqueue with realtime signals
+pub mod protocol;
 #[allow(unsafe_code)] // the shared mapping (mmap)
 pub mod scoreboard;
 #[allow(unsafe_code)] // fork
@@ -53,12 +57,7 @@ mod worker;
 use app::AppFactory;
 use std::process::ExitCode;
 
-/// Exit code for a bad command line or config.
-const EXIT_USAGE: u8 = 2;
-/// Exit code when no worker could boot.
-const EXIT_NO_WORKER: u8 = 3;
-/// Exit code when forkd fails at run time (cannot bind, cannot write the pidfile...).
-const EXIT_FAILURE: u8 = 1;
+use protocol::{EXIT_FAILURE, EXIT_NO_WORKER, EXIT_OK, EXIT_USAGE};
 
 /// Runs forkd with your own app (see the crate docs): the same command line, config,
 /// signals and supervision as the `forkd` binary.
@@ -102,7 +101,7 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
         }
     };
     // HUP re-reads the file after `chdir` may have moved the master elsewhere.

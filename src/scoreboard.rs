@@ -98,7 +98,29 @@ impl Histogram {
     }
 }
 
-/// Why a worker was replaced, for `forkd_worker_restarts_total{reason}`.
+/// A `forkd_worker_restarts_total{reason}` counter: why a worker was replaced. The
+/// master maps each of its exit reasons to one of these or to none, exhaustively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// `crash`: died unasked after it was ready.
+    Crash,
+    /// `timeout`: stopped reporting progress.
+    Timeout,
+    /// `max_requests`: recycled.
+    MaxRequests,
+    /// `reload`: an old generation's worker replaced by a HUP.
+    Reload,
+    /// `scale`: one too many for the target.
+    Scale,
+    /// `boot_failure`: died before it was ready.
+    BootFailure,
+    /// `max_worker_memory`: recycled, its RSS past the limit.
+    MaxWorkerMemory,
+    /// `max_worker_lifetime`: recycled, older than its lifetime.
+    MaxWorkerLifetime,
+}
+
+/// The labels of [`Restart`]'s counters, in its order (`Restart as usize` indexes it).
 pub const RESTART_REASONS: [&str; 8] = [
     "crash",
     "timeout",
@@ -211,19 +233,10 @@ impl Header {
     pub fn set_server_stopping(&self) {
         self.server_stopping.store(1, Release);
     }
-    /// Counts a worker's exit under its reason as the master logs it ("crash",
-    /// "timeout", "max_requests", "max_worker_memory", "max_worker_lifetime", "reload",
-    /// "scale down", "boot failure"); exits for a
-    /// stop are not restarts and are not counted.
-    pub fn count_restart(&self, reason: &str) {
-        let name = match reason {
-            "scale down" => "scale",
-            "boot failure" => "boot_failure",
-            other => other,
-        };
-        if let Some(index) = RESTART_REASONS.iter().position(|r| *r == name) {
-            self.restarts[index].fetch_add(1, Relaxed);
-        }
+    /// Counts a worker's replacement under its reason (the master decides which exits
+    /// are restarts: see `master::plan::ExitReason::restart`).
+    pub fn count_restart(&self, reason: Restart) {
+        self.restarts[reason as usize].fetch_add(1, Relaxed);
     }
     pub fn restarts(&self) -> [u64; RESTART_REASONS.len()] {
         std::array::from_fn(|i| self.restarts[i].load(Relaxed))
@@ -632,8 +645,7 @@ mod tests {
         assert_eq!(after.requests, 4);
         assert_eq!(after.durations, before.durations);
         assert_eq!(board.board().live_slots().count(), 1);
-        board.header().count_restart("scale down");
-        board.header().count_restart("stop");
+        board.header().count_restart(Restart::Scale);
         assert_eq!(board.header().restarts()[4], 1);
         assert_eq!(board.header().restarts().iter().sum::<u64>(), 1);
     }

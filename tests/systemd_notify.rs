@@ -212,8 +212,19 @@ fn ready_only_when_serving_then_reload_and_stop_in_order() {
         "forkd -s reload failed: {stderr}\n{}",
         server.log()
     );
+    let returned_at = std::time::SystemTime::now();
+    // The line may still be on its way through the log pipe: wait for it, then check
+    // that the master wrote it before `-s reload` returned.
+    server.expect_log("HUP: reload finished", Duration::from_secs(10));
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("HUP: reload finished"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let logged_at = log_time(&line).expect("a timestamp on the log line");
     assert!(
-        server.log_contains("HUP: reload finished"),
+        logged_at <= returned_at,
         "-s reload returned before the reload finished:\n{}",
         server.log()
     );
@@ -439,4 +450,33 @@ fn a_root_reload_of_a_master_running_as_another_user_gets_its_answer() {
     assert!(server.log_contains("reload finished"));
     assert_eq!(get(&http, "/").map(|r| r.0), Ok(200));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The time at the start of a text log line (`2026-11-30T10:25:29.186829Z ...`).
+fn log_time(line: &str) -> Option<std::time::SystemTime> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut ymd = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut parts = hms.split(':').map(|p| p.parse::<i64>());
+    let (hh, mm, ss) = (
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    );
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's method).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let micros: u64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
+    Some(
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(secs).ok()?)
+            + Duration::from_micros(micros),
+    )
 }

@@ -358,7 +358,7 @@ pub fn exec_child(setup: ChildSetup<'_>) -> ! {
     };
     setup.slot.set_message(&reason);
     // SAFETY: leaving the forked child without running the master's destructors.
-    unsafe { libc::_exit(crate::worker::EXIT_BOOT_ERROR) }
+    unsafe { libc::_exit(crate::protocol::EXIT_BOOT_ERROR) }
 }
 
 enum Never {}
@@ -381,26 +381,10 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
         nix::unistd::dup2(output.as_raw_fd(), target)
             .map_err(|e| format!("cannot redirect output: {e}"))?;
     }
-    // Listeners above the target range first (a target may be another's source, and
-    // dup2 onto the same number would keep FD_CLOEXEC), then onto 3, 4, ... "Above"
-    // is the lowest free number past the range, not a fixed one such as 1024, which a
-    // soft fd limit of 1024 or less refuses (EINVAL).
-    let first_free = crate::systemd::LISTEN_FDS_START + listeners.len() as RawFd;
-    let high: Vec<RawFd> = listeners
-        .iter()
-        .map(|l| {
-            nix::fcntl::fcntl(
-                l.fd.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(first_free),
-            )
-            .map_err(|e| format!("cannot pass listener {}: {e}", l.local))
-        })
-        .collect::<Result<_, _>>()?;
-    for (i, fd) in high.iter().enumerate() {
-        nix::unistd::dup2(*fd, crate::systemd::LISTEN_FDS_START + i as RawFd)
-            .map_err(|e| format!("cannot pass listener on fd {}: {e}", 3 + i))?;
-    }
-    close_fds_from(first_free);
+    let fds: Vec<RawFd> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+    let names: Vec<String> = listeners.iter().map(|l| l.local.to_string()).collect();
+    let first_free = super::child::pass_listen_fds(&fds, &names)?;
+    super::child::close_fds_from(first_free);
     crate::privileges::drop_for_worker(config)?;
     // After the uid change (which clears it); it survives exec for a normal binary.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
@@ -422,26 +406,6 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
         program.command.join(" "),
         program.path.to_string_lossy()
     ))
-}
-
-/// Closes every fd from `first` on (close_range(2), or one by one from /proc/self/fd on
-/// kernels before 5.9), so nothing of the master's leaks into the program.
-fn close_fds_from(first: RawFd) {
-    // SAFETY: close_range with valid bounds and no flags.
-    let done = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0) } == 0;
-    if done {
-        return;
-    }
-    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd >= first)
-        .collect();
-    for fd in open {
-        let _ = nix::unistd::close(fd);
-    }
 }
 
 /// forkd's environment (less what `[env]` sets), plus `[env]`, plus the

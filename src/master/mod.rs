@@ -8,14 +8,22 @@
 //! reloads and `max_requests` recycling: workers of the current generation that are not
 //! retiring count as *active*; missing active workers are spawned; a *surplus* worker
 //! (old generation, or asking to retire) is stopped only when enough active workers are
-//! ready to take its place, so capacity never dips below the target.
+//! ready to take its place, so capacity never dips below the target. The decision is the
+//! pure function [`plan::plan`]; this loop applies it.
+//!
+//! The master's state is spelled as types: [`RunState`] (serving, serving out a
+//! `shutdown_delay`, stopping), [`ReloadState`] (a HUP under way and who waits for it),
+//! [`UpgradeState`] (either side of a USR2 upgrade), a worker's [`Phase`] and the
+//! [`plan::ExitReason`] it exits for; every timed action is a [`Deadline`] listed once
+//! by [`Master::deadlines`].
 
+#[allow(unsafe_code)] // close_range, dup of fds for a child
+mod child;
 mod clock;
 #[allow(unsafe_code)] // the exec child: autobind, SIGPIPE, close_range, _exit
 pub mod exec;
 mod notify;
-#[allow(unsafe_code)] // flock
-pub mod pidfile;
+mod plan;
 pub mod recycle;
 #[allow(unsafe_code)] // signal sets with a realtime signal, getrandom, sigqueue
 pub mod signals;
@@ -26,13 +34,16 @@ use crate::app::AppFactory;
 use crate::config::{Config, ConfigError, ReadyMode};
 use crate::control;
 use crate::listeners::{self, Listener};
+use crate::pidfile;
+use crate::protocol::{self, EXIT_BOOT_ERROR, EXIT_NO_WORKER};
 use crate::scoreboard::{monotonic_ms, Scoreboard, WorkerState, FLAG_RETIRE};
 use crate::single_threaded::fork;
-use crate::worker::{self, WorkerContext, EXIT_BOOT_ERROR};
+use crate::worker::{self, WorkerContext};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 use notify::SystemdLink;
+use plan::{ExitReason, Plan, View, WorkerView, BACKOFF_FIRST};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,13 +51,6 @@ use upgrade::{Relaunch, Upgrade};
 
 /// How long a worker sent SIGABRT (timeout) or QUIT gets before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(1);
-/// Boot-failure backoff: doubles from the first to the last value.
-const BACKOFF_FIRST: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A worker that crashes within this long of becoming ready is in a crash loop: its
-/// replacement waits (the boot backoff's doubling delays), rather than 20 restarts a
-/// second.
-const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(10);
 /// The loop wakes at least this often to look at the scoreboard.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -66,13 +70,6 @@ fn warn_if_fds_fall_short(config: &Config) {
             config.limits.max_connections
         );
     }
-}
-
-/// The `n`th delay (from 1) of a backoff: doubles from `BACKOFF_FIRST` to `BACKOFF_MAX`.
-fn backoff(n: u32) -> Duration {
-    BACKOFF_FIRST
-        .saturating_mul(1 << n.saturating_sub(1).min(10))
-        .min(BACKOFF_MAX)
 }
 
 /// The kernel's OOM kills in forkd's memory cgroup, to name a worker's SIGKILL that
@@ -122,30 +119,67 @@ const EXEC_READY_PROBE: Duration = Duration::from_millis(20);
 /// How long an exec worker may take to be ready when `timeout` is 0.
 const EXEC_BOOT_LIMIT: Duration = Duration::from_secs(60);
 
+/// What is due at a deadline (see [`Master::deadlines`]); a `usize` is the worker's
+/// index in `Master::workers`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Deadline {
+    /// `shutdown_delay` is over: the graceful stop begins.
+    ShutdownDelay,
+    /// The upgrade's new master was not ready in time.
+    UpgradeReady,
+    /// The boot backoff is over: spawning may resume.
+    SpawnBackoff,
+    /// systemd's watchdog keep-alive is due.
+    Systemd,
+    /// A booting exec worker is looked at again for readiness.
+    ExecReadyProbe,
+    /// An exec worker was not ready in time: SIGKILL.
+    ExecBoot(usize),
+    /// A worker stopped reporting progress for `timeout`: SIGABRT.
+    Progress(usize),
+    /// A worker told to stop (or aborted) is still there: SIGKILL.
+    Kill(usize),
+}
+
+/// Where a worker is in its life, as far as the master asked.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
+    /// Booting or serving; nothing asked of it.
     Running,
     /// Told to stop (TERM or QUIT); SIGKILL at `kill_at`.
     Stopping {
-        reason: &'static str,
+        /// Why it was asked to stop.
+        reason: ExitReason,
+        /// When SIGKILL follows.
         kill_at: Instant,
     },
     /// Timed out: SIGABRT sent, SIGKILL at `kill_at`.
     Aborting {
+        /// When SIGKILL follows.
         kill_at: Instant,
     },
+    /// SIGKILL sent; waiting to reap it.
     Killed {
-        reason: &'static str,
+        /// Why it was killed.
+        reason: ExitReason,
     },
 }
 
+/// A worker process the master supervises.
 struct Worker {
+    /// Its process id.
     pid: Pid,
+    /// Its scoreboard slot.
     slot: usize,
+    /// Its start order (1, 2, ...; lower is older).
     number: u64,
+    /// The configuration generation it was forked with (HUP makes a new one).
     generation: u64,
+    /// That generation's configuration.
     config: Arc<Config>,
+    /// Where it is in its life, as far as the master asked.
     phase: Phase,
+    /// The master has seen it ready to serve.
     ready: bool,
     /// When the master saw it ready (for telling a crash loop from a one-off crash).
     ready_at: Option<Instant>,
@@ -190,67 +224,144 @@ impl Worker {
     }
 }
 
+/// Whether the master serves or stops.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum RunState {
+    /// Supervising workers as wanted.
     Serving,
-    Stopping { graceful: bool },
+    /// TERM with `shutdown_delay`: readiness already answers 503, everything else is
+    /// served as usual; the graceful stop begins at `at`.
+    StopDelayed {
+        /// When the graceful stop begins.
+        at: Instant,
+    },
+    /// Stopping the workers (QUIT/INT: quickly; TERM: gracefully); forkd exits when
+    /// the last one is gone.
+    Stopping {
+        /// TERM's drain rather than QUIT's quick stop.
+        graceful: bool,
+    },
 }
 
+impl RunState {
+    /// Supervising as usual: serving, or serving out a `shutdown_delay`.
+    fn supervising(self) -> bool {
+        matches!(self, RunState::Serving | RunState::StopDelayed { .. })
+    }
+}
+
+/// A HUP reload, between RELOADING=1 and READY=1.
+enum ReloadState {
+    /// No reload under way.
+    Idle,
+    /// The new generation's workers are starting; the old ones go as they are ready.
+    InProgress {
+        /// `forkd -s reload` processes waiting for the outcome, with the token each
+        /// sent (its answer carries it back).
+        waiters: Vec<(i32, u64)>,
+    },
+}
+
+/// A USR2 binary upgrade, seen from this master: as the new master (started by an old
+/// one) or as the old one (starting a new one). One at a time: USR2 is refused until
+/// the current one is over.
+enum UpgradeState {
+    /// No upgrade under way.
+    None,
+    /// This master was started by USR2 and its workers are booting: once all are ready
+    /// it tells the old master. `token` authenticates the handshake (`None`: an old
+    /// master from before tokens, see `upgrade::take_upgrade_from`).
+    StartedBy {
+        /// The old master's pid.
+        old: i32,
+        /// The handshake's token.
+        token: Option<u64>,
+    },
+    /// This master told its old master it is ready; once the old one has moved
+    /// systemd's MAINPID here, it says so and this one sends READY=1.
+    HandingOff {
+        /// The old master's pid.
+        old: i32,
+        /// The handshake's token.
+        token: Option<u64>,
+    },
+    /// USR2: this master started a new one and serves until it is ready.
+    Starting {
+        /// The new master.
+        new: Upgrade,
+        /// WINCH arrived meanwhile: the operator drives the upgrade (nginx style), so
+        /// this master stays after the new one is ready, for TERM/QUIT or a HUP
+        /// rollback.
+        manual: bool,
+    },
+    /// A manual upgrade's new master took over while this one stays; when it exits,
+    /// this master takes the pidfile back.
+    Superseded {
+        /// The new master.
+        successor: Upgrade,
+    },
+    /// The new master took over and this one stops: the pidfile and the unix socket
+    /// files are the new master's.
+    HandedOver,
+}
+
+/// The supervisor's state; [`Master::run`] is the loop.
 pub struct Master {
+    /// This process's pid.
     pid: i32,
+    /// The current generation's configuration.
     config: Arc<Config>,
+    /// The current configuration generation (1, then +1 per HUP that succeeds).
     generation: u64,
+    /// What the current generation's workers run.
     factory: Program,
     /// The host's hooks around `fork()` (the Python package's interpreter), if any.
     fork_hooks: Option<crate::hosted::ForkHooks>,
+    /// Re-reads the configuration for HUP.
     reload_config: Reloader,
+    /// Chooses what workers run for a configuration.
     resolve_app: AppResolver,
+    /// The bound listeners, inherited by every worker forked from now on.
     listeners: Vec<Listener>,
+    /// The shared-memory scoreboard: one slot per worker, and the server-wide header.
     scoreboard: Scoreboard,
+    /// The signalfd every handled signal is read from.
     signals: signals::SignalIntake,
     /// Rung by workers when their scoreboard state changes.
     doorbell: signals::Doorbell,
+    /// Every worker not yet reaped.
     workers: Vec<Worker>,
+    /// How many active workers are wanted (config, TTIN/TTOU, WINCH).
     target: usize,
+    /// The next worker's `number`.
     next_number: u64,
+    /// Serving or stopping.
     state: RunState,
+    /// Some worker has been ready once (else a boot failure is fatal: exit 3).
     ever_booted: bool,
+    /// "all workers ready" was said (to the log, systemd or an old master) once.
     announced_ready: bool,
+    /// Boot failures in a row, for the boot backoff.
     boot_failures: u32,
     /// Crashes in a row of workers that had been ready less than `CRASH_LOOP_WINDOW`.
     quick_crashes: u32,
+    /// No worker is started before this moment (boot backoff, crash loop).
     spawn_not_before: Option<Instant>,
     /// The cgroup's OOM-kill counter as last read, to name a worker the kernel's OOM
     /// killer took (a SIGKILL forkd did not send); None where it cannot be read.
     oom_kills: Option<u64>,
+    /// Why forkd stops on its own, and its exit code (no worker could boot).
     fatal: Option<(u8, String)>,
+    /// The locked pidfile, while this master owns it.
     pidfile: Option<pidfile::Pidfile>,
+    /// How to start this binary again (USR2).
     relaunch: Relaunch,
-    /// A USR2 upgrade this master started and is waiting on.
-    upgrade: Option<Upgrade>,
-    /// Set when this master was started by USR2: the old master to tell when ready,
-    /// and the token that authenticates the handshake (`None`: an old master from
-    /// before tokens, see `upgrade::take_upgrade_from`).
-    upgrade_from: Option<(i32, Option<u64>)>,
-    /// WINCH arrived during an upgrade: the operator drives it (nginx style), so this
-    /// master stays after the new one is ready, for TERM/QUIT or a HUP rollback.
-    manual_upgrade: bool,
-    /// A new master that took over while this one stayed (manual upgrade); when it
-    /// exits, this master takes the pidfile back.
-    successor: Option<Upgrade>,
-    /// This master was started by USR2 and told its old master it is ready; once the
-    /// old one has moved systemd's MAINPID here, it says so and this one sends READY=1.
-    handoff_from: Option<(i32, Option<u64>)>,
+    /// Where this master is in a USR2 binary upgrade, on either side of it.
+    upgrade: UpgradeState,
     /// sd_notify: READY, RELOADING, STOPPING, MAINPID, STATUS, WATCHDOG.
     systemd: SystemdLink,
-    /// A HUP reload is under way (between RELOADING=1 and READY=1).
-    reloading: bool,
-    /// `forkd -s reload` processes waiting for the outcome of the current reload, with
-    /// the token each sent (its answer carries it back).
-    reload_waiters: Vec<(i32, u64)>,
-    /// Requests served by workers that have exited (for STATUS=).
-    /// A new master took over (USR2): it owns the pidfile and the unix socket files.
-    handed_over: bool,
+    /// A HUP reload under way, if any.
+    reload: ReloadState,
     /// The socket exec workers send READY=1 / WATCHDOG=1 to (made with the first one).
     notify_intake: Option<exec::NotifyIntake>,
     /// Serving every socket systemd passed, as there is no `bind` setting: a reload
@@ -258,9 +369,6 @@ pub struct Master {
     serving_passed_sockets: bool,
     /// The `[metrics]` listener, served by the workers.
     metrics: Option<Listener>,
-    /// TERM with `shutdown_delay`: readiness already answers 503; the graceful stop
-    /// begins at this moment.
-    stop_at: Option<Instant>,
     /// When the loop last woke: waking much later than it planned means this master
     /// was frozen (see [`clock`]).
     last_wake: Instant,
@@ -330,18 +438,14 @@ impl Master {
             fatal: None,
             pidfile,
             relaunch,
-            upgrade: None,
-            upgrade_from,
-            manual_upgrade: false,
-            successor: None,
-            handoff_from: None,
+            upgrade: match upgrade_from {
+                Some((old, token)) => UpgradeState::StartedBy { old, token },
+                None => UpgradeState::None,
+            },
             systemd,
-            reloading: false,
-            reload_waiters: Vec::new(),
+            reload: ReloadState::Idle,
             serving_passed_sockets,
-            handed_over: false,
             metrics,
-            stop_at: None,
             notify_intake: None,
             last_wake: Instant::now(),
             tls,
@@ -358,14 +462,13 @@ impl Master {
             self.doorbell.drain();
             self.notice_freeze(planned);
             while let Some(received) = self.signals.next() {
-                if received.signo == upgrade::ready_signal() {
+                if received.signo == protocol::upgrade_ready_signal() {
                     self.upgrade_signal(&received);
+                } else if received.signo == libc::SIGHUP {
+                    let waiter = protocol::wants_reload_reply(received.code, received.token)
+                        .then_some((received.sender, received.token));
+                    self.reload(waiter);
                 } else {
-                    if received.signo == libc::SIGHUP
-                        && control::wants_reload_reply(received.code, received.token)
-                    {
-                        self.reload_waiters.push((received.sender, received.token));
-                    }
                     self.handle_signal(received.signo);
                 }
             }
@@ -452,49 +555,56 @@ impl Master {
         }
     }
 
-    /// The nearest moment the loop must act without a signal.
-    fn next_deadline(&self) -> Instant {
-        let now = Instant::now();
-        let mut next = now + MAX_SLEEP;
-        if let Some(at) = self.spawn_not_before {
-            next = next.min(at);
+    /// Every moment the loop must act at without a signal, with what is due then; the
+    /// one list behind [`Master::next_deadline`] and [`Master::enforce_deadlines`].
+    /// Process-wide deadlines come first, then each worker's in the order they are
+    /// enforced (boot, progress, kill).
+    fn deadlines(&self, now: Instant) -> Vec<(Instant, Deadline)> {
+        let mut due = Vec::new();
+        if let RunState::StopDelayed { at } = self.state {
+            due.push((at, Deadline::ShutdownDelay));
         }
-        if let Some(upgrade) = &self.upgrade {
-            next = next.min(upgrade.deadline);
+        if let UpgradeState::Starting { new, .. } = &self.upgrade {
+            due.push((new.deadline, Deadline::UpgradeReady));
+        }
+        if let Some(at) = self.spawn_not_before {
+            due.push((at, Deadline::SpawnBackoff));
         }
         if let Some(at) = self.systemd.deadline() {
-            next = next.min(at);
-        }
-        if let Some(at) = self.stop_at {
-            next = next.min(at);
+            due.push((at, Deadline::Systemd));
         }
         let now_ms = monotonic_ms();
-        for w in &self.workers {
+        for (index, w) in self.workers.iter().enumerate() {
             if let Some(deadline) = w.boot_deadline() {
-                next = next.min(deadline);
-                next = next.min(match w.config.exec.ready {
+                due.push((deadline, Deadline::ExecBoot(index)));
+                let probe = match w.config.exec.ready {
                     ReadyMode::Auto => now + EXEC_READY_PROBE,
                     ReadyMode::Notify => deadline,
                     ReadyMode::After(wait) => w.exec.as_ref().map_or(now, |e| e.spawned_at + wait),
-                });
+                };
+                due.push((probe, Deadline::ExecReadyProbe));
             }
-            match w.phase {
-                Phase::Stopping { kill_at, .. } | Phase::Aborting { kill_at } => {
-                    next = next.min(kill_at)
-                }
-                Phase::Running if w.timed() => {
-                    let progress_ms = self.scoreboard.slot(w.slot).progress_ms();
-                    let silent = Duration::from_millis(clock::silent_ms(
-                        now_ms,
-                        progress_ms,
-                        w.clock_from_ms,
-                    ));
-                    next = next.min(now + w.config.timeout.saturating_sub(silent));
-                }
-                _ => {}
+            if matches!(w.phase, Phase::Running | Phase::Stopping { .. }) && w.timed() {
+                let progress_ms = self.scoreboard.slot(w.slot).progress_ms();
+                let silent = clock::silent_ms(now_ms, progress_ms, w.clock_from_ms);
+                let timeout = w.config.timeout.as_millis() as u64;
+                let left = Duration::from_millis(timeout.saturating_sub(silent));
+                due.push((now + left, Deadline::Progress(index)));
+            }
+            if let Phase::Stopping { kill_at, .. } | Phase::Aborting { kill_at } = w.phase {
+                due.push((kill_at, Deadline::Kill(index)));
             }
         }
-        next
+        due
+    }
+
+    /// The nearest moment the loop must act without a signal (at most `MAX_SLEEP` away).
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        self.deadlines(now)
+            .into_iter()
+            .map(|(at, _)| at)
+            .fold(now + MAX_SLEEP, Instant::min)
     }
 
     // ---- signals ---------------------------------------------------------------------
@@ -504,11 +614,10 @@ impl Master {
             return;
         };
         match signal {
-            Signal::SIGHUP => self.reload(),
+            Signal::SIGHUP => self.reload(None),
             Signal::SIGTERM => self.term(),
             Signal::SIGINT | Signal::SIGQUIT => {
                 self.scoreboard.header().set_server_stopping();
-                self.stop_at = None;
                 let name = if signal == Signal::SIGINT {
                     "INT"
                 } else {
@@ -529,9 +638,9 @@ impl Master {
             Signal::SIGWINCH => {
                 tracing::info!("WINCH: stopping all workers gracefully; the master stays (HUP starts them again)");
                 self.target = 0;
-                if self.upgrade.is_some() {
+                if let UpgradeState::Starting { manual, .. } = &mut self.upgrade {
                     tracing::info!("WINCH during an upgrade: this master stays after the new one is ready (TERM or QUIT it to finish, HUP it to roll back)");
-                    self.manual_upgrade = true;
+                    *manual = true;
                 }
             }
             Signal::SIGTTIN => {
@@ -552,68 +661,50 @@ impl Master {
     fn term(&mut self) {
         self.scoreboard.header().set_server_stopping();
         let delay = self.config.health.shutdown_delay;
-        if self.state != RunState::Serving || delay.is_zero() {
-            self.stop_at = None;
-            self.begin_stop(true, "TERM");
-        } else if self.stop_at.is_none() {
-            tracing::info!(
-                "TERM: reporting not ready for {:.1}s (shutdown_delay), then draining",
-                delay.as_secs_f64()
-            );
-            self.systemd.stopping("stopping: shutdown_delay");
-            self.stop_at = Some(Instant::now() + delay);
+        match self.state {
+            RunState::Serving if !delay.is_zero() => {
+                tracing::info!(
+                    "TERM: reporting not ready for {:.1}s (shutdown_delay), then draining",
+                    delay.as_secs_f64()
+                );
+                self.systemd.stopping("stopping: shutdown_delay");
+                self.state = RunState::StopDelayed {
+                    at: Instant::now() + delay,
+                };
+            }
+            // Already counting down.
+            RunState::StopDelayed { .. } if !delay.is_zero() => {}
+            _ => self.begin_stop(true, "TERM"),
         }
     }
 
     /// HUP: re-read the config; on success roll the workers over to a new generation.
-    fn reload(&mut self) {
-        if self.state != RunState::Serving || self.stop_at.is_some() {
+    /// `waiter`: a `forkd -s reload` to answer when it is over.
+    fn reload(&mut self, waiter: Option<(i32, u64)>) {
+        if self.state != RunState::Serving {
             self.finish_reload(false);
+            if let Some((pid, token)) = waiter {
+                control::answer_reload(pid, token, false);
+            }
             return;
         }
         self.systemd.reloading();
-        self.reloading = true;
-        let config = match (self.reload_config)() {
-            Ok(config) => config,
-            Err(e) => {
-                tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
-                self.finish_reload(false);
-                return;
-            }
-        };
-        let factory = match (self.resolve_app)(&config) {
-            Ok(factory) => factory,
-            Err(e) => {
-                tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
-                self.finish_reload(false);
-                return;
-            }
-        };
-        // The certificate and key files are read here, before any new worker: a file
-        // that is missing, unparsable or does not match fails the reload.
-        let tls = match crate::tls::load(&config) {
-            Ok(loaded) => loaded.map(|loaded| {
-                for warning in &loaded.warnings {
-                    tracing::warn!("HUP: {warning}");
+        match &mut self.reload {
+            ReloadState::InProgress { waiters } => waiters.extend(waiter),
+            ReloadState::Idle => {
+                self.reload = ReloadState::InProgress {
+                    waiters: waiter.into_iter().collect(),
                 }
-                loaded.server
-            }),
+            }
+        }
+        let (config, factory, tls) = match self.prepare_reload() {
+            Ok(prepared) => prepared,
             Err(e) => {
                 tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
                 self.finish_reload(false);
                 return;
             }
         };
-        if let Err(e) = self.rebind(&config) {
-            tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
-            self.finish_reload(false);
-            return;
-        }
-        if let Err(e) = crate::metrics::rebind(&mut self.metrics, &config) {
-            tracing::error!("HUP: reload failed, keeping the current workers and config: {e}");
-            self.finish_reload(false);
-            return;
-        }
         self.scoreboard.header().count_reload();
         if let Err(e) = crate::logging::reconfigure(&config.log) {
             tracing::error!("HUP: {e}; keeping the previous error log");
@@ -630,6 +721,27 @@ impl Master {
             workers = self.target,
             "HUP: reloading, starting new workers"
         );
+    }
+
+    /// HUP's fallible part: reads the config, resolves the app, loads the TLS files
+    /// (a file that is missing, unparsable or does not match fails the reload, before
+    /// any new worker) and binds the listeners the new config names.
+    fn prepare_reload(
+        &mut self,
+    ) -> Result<(Config, Program, Option<Arc<rustls::ServerConfig>>), String> {
+        let config = (self.reload_config)().map_err(|e| e.to_string())?;
+        let factory = (self.resolve_app)(&config)?;
+        let tls = crate::tls::load(&config)
+            .map_err(|e| e.to_string())?
+            .map(|loaded| {
+                for warning in &loaded.warnings {
+                    tracing::warn!("HUP: {warning}");
+                }
+                loaded.server
+            });
+        self.rebind(&config)?;
+        crate::metrics::rebind(&mut self.metrics, &config)?;
+        Ok((config, factory, tls))
     }
 
     /// Binds addresses new in `config` and closes the ones it no longer has (running
@@ -677,9 +789,7 @@ impl Master {
         }
         self.state = RunState::Stopping { graceful };
         self.systemd.stopping(&format!("stopping ({name})"));
-        if self.reloading {
-            self.finish_reload(false);
-        }
+        self.finish_reload(false);
         if graceful {
             tracing::info!(
                 "{name}: graceful stop, draining {} workers",
@@ -692,7 +802,7 @@ impl Master {
             let w = &self.workers[index];
             if graceful {
                 if matches!(w.phase, Phase::Running) {
-                    self.stop_worker(index, "stop");
+                    self.stop_worker(index, ExitReason::Stop);
                 }
             } else if !matches!(w.phase, Phase::Killed { .. }) {
                 // A worker still booting has no QUIT handler yet (QUIT's default action
@@ -708,7 +818,7 @@ impl Master {
                     },
                 );
                 self.workers[index].phase = Phase::Stopping {
-                    reason: "stop",
+                    reason: ExitReason::Stop,
                     kill_at: Instant::now() + KILL_GRACE,
                 };
             }
@@ -724,11 +834,17 @@ impl Master {
                 Ok(status) => status,
             };
             let Some(pid) = status.pid() else { continue };
-            if self.upgrade.as_ref().is_some_and(|u| u.child == pid) {
+            if matches!(&self.upgrade, UpgradeState::Starting { new, .. } if new.child == pid) {
                 self.upgrade_failed(&format!("the new master exited ({status:?})"));
                 continue;
             }
-            if let Some(successor) = self.successor.take_if(|s| s.child == pid) {
+            if matches!(&self.upgrade, UpgradeState::Superseded { successor } if successor.child == pid)
+            {
+                let UpgradeState::Superseded { successor } =
+                    std::mem::replace(&mut self.upgrade, UpgradeState::None)
+                else {
+                    continue;
+                };
                 tracing::info!(
                     new_master = pid.as_raw(),
                     "the new master exited; this master is the master again"
@@ -779,24 +895,26 @@ impl Master {
         let (pid, number) = (worker.pid.as_raw(), worker.number);
         let reason = match worker.phase {
             Phase::Stopping { reason, .. } | Phase::Killed { reason } => reason,
-            Phase::Aborting { .. } => "timeout",
-            Phase::Running if !worker.ready => "boot failure",
+            Phase::Aborting { .. } => ExitReason::Timeout,
+            Phase::Running if !worker.ready => ExitReason::BootFailure,
             // A program that ends by itself with 0 (uvicorn --limit-max-requests) is
             // recycling, not crashing; it is replaced the same way.
             Phase::Running
                 if worker.exec.is_some() && matches!(status, WaitStatus::Exited(_, 0)) =>
             {
-                "exited"
+                ExitReason::Exited
             }
-            Phase::Running => "crash",
+            Phase::Running => ExitReason::Crash,
         };
-        self.scoreboard.header().count_restart(reason);
+        if let Some(restart) = reason.restart() {
+            self.scoreboard.header().count_restart(restart);
+        }
         match reason {
-            "crash" => {
+            ExitReason::Crash => {
                 let up_for = worker.ready_at.map(|at| at.elapsed());
-                if up_for.is_some_and(|d| d < CRASH_LOOP_WINDOW) {
-                    self.quick_crashes += 1;
-                    let delay = backoff(self.quick_crashes);
+                let (quick_crashes, hold_off) = plan::after_crash(up_for, self.quick_crashes);
+                self.quick_crashes = quick_crashes;
+                if let Some(delay) = hold_off {
                     let delay = self.delay_spawning(delay);
                     tracing::error!(
                         pid,
@@ -808,7 +926,6 @@ impl Master {
                         delay.as_secs_f64()
                     );
                 } else {
-                    self.quick_crashes = 0;
                     tracing::error!(
                         pid,
                         worker = number,
@@ -817,7 +934,7 @@ impl Master {
                     );
                 }
             }
-            "boot failure" => {
+            ExitReason::BootFailure => {
                 let mut why =
                     message.unwrap_or_else(|| format!("it exited before it was ready ({how})"));
                 if let Some(output) = worker.exec.as_ref().and_then(|e| e.output.recent()) {
@@ -830,10 +947,18 @@ impl Master {
                     matches!(status, WaitStatus::Exited(_, EXIT_BOOT_ERROR)),
                 );
             }
-            _ => tracing::info!(
+            ExitReason::Timeout
+            | ExitReason::MaxRequests
+            | ExitReason::MaxWorkerMemory
+            | ExitReason::MaxWorkerLifetime
+            | ExitReason::Reload
+            | ExitReason::ScaleDown
+            | ExitReason::Stop
+            | ExitReason::Exited
+            | ExitReason::ReloadFailed => tracing::info!(
                 pid,
                 worker = number,
-                reason,
+                reason = reason.as_str(),
                 requests = served,
                 "worker exited ({how})"
             ),
@@ -844,7 +969,7 @@ impl Master {
     /// whose new workers cannot boot, or retry with backoff.
     fn boot_failed(&mut self, worker: &Worker, why: String, _boot_error: bool) {
         if !self.ever_booted {
-            self.fatal = Some((3, format!("no worker could boot: {why}")));
+            self.fatal = Some((EXIT_NO_WORKER, format!("no worker could boot: {why}")));
             self.begin_stop(false, "no worker could boot");
             return;
         }
@@ -865,7 +990,7 @@ impl Master {
                 self.config = config;
                 for index in 0..self.workers.len() {
                     if self.workers[index].generation > generation && !self.workers[index].ready {
-                        self.stop_worker(index, "reload failed");
+                        self.stop_worker(index, ExitReason::ReloadFailed);
                     }
                 }
                 self.finish_reload(false);
@@ -873,7 +998,7 @@ impl Master {
             }
         }
         self.boot_failures += 1;
-        let delay = self.delay_spawning(backoff(self.boot_failures));
+        let delay = self.delay_spawning(plan::backoff(self.boot_failures));
         tracing::warn!("retrying worker boot in {:.1}s", delay.as_secs_f64());
     }
 
@@ -898,28 +1023,25 @@ impl Master {
                 tracing::info!(pid = w.pid.as_raw(), worker = w.number, "worker ready");
             }
         }
-        if !self.announced_ready && self.state == RunState::Serving {
+        if !self.announced_ready && self.state.supervising() {
             let ready = self.workers.iter().filter(|w| w.ready).count();
             if ready >= self.target && self.target > 0 {
                 self.announced_ready = true;
                 tracing::info!(workers = ready, "all workers ready");
-                if let Some((old, token)) = self.upgrade_from.take() {
+                if let UpgradeState::StartedBy { old, token } = self.upgrade {
                     tracing::info!(
                         old_master = old,
                         "upgrade: telling the old master that this one is ready"
                     );
                     // READY=1 waits for the old master's answer: systemd must first
                     // hear from it that this process is the main one.
-                    self.handoff_from = Some((old, token));
-                    match token {
+                    self.upgrade = UpgradeState::HandingOff { old, token };
+                    let _ = match token {
                         Some(token) => {
-                            let _ = signals::queue(old, upgrade::ready_signal(), token);
+                            protocol::queue(old, protocol::upgrade_ready_signal(), token)
                         }
-                        // SAFETY: kill(2) with a realtime signal number.
-                        None => unsafe {
-                            libc::kill(old, upgrade::ready_signal());
-                        },
-                    }
+                        None => protocol::kill(old, protocol::upgrade_ready_signal()),
+                    };
                 } else {
                     let status = self.status_line().1;
                     self.systemd.ready(&status);
@@ -928,27 +1050,58 @@ impl Master {
         }
     }
 
-    /// Kills workers that stopped reporting progress, and those past their stop deadline.
+    /// Acts on every deadline that has come ([`Master::deadlines`]): the end of
+    /// `shutdown_delay`, an upgrade's new master that is not ready in time, exec workers
+    /// that do not boot, workers that stopped reporting progress, and those past their
+    /// stop deadline.
     fn enforce_deadlines(&mut self) {
         let now = Instant::now();
-        if self.stop_at.is_some_and(|at| now >= at) {
-            self.stop_at = None;
-            self.begin_stop(true, "TERM (after shutdown_delay)");
-        }
-        if let Some(upgrade) = &self.upgrade {
-            if now >= upgrade.deadline {
-                let child = upgrade.child;
-                self.upgrade_failed(&format!(
-                    "the new master {child} was not ready within {}s",
-                    upgrade::READY_DEADLINE.as_secs()
-                ));
-                let _ = kill(child, Signal::SIGTERM);
+        // Process-wide first: the graceful stop one may begin changes the workers'.
+        for (at, deadline) in self.deadlines(now) {
+            if at > now {
+                continue;
+            }
+            match deadline {
+                Deadline::ShutdownDelay => {
+                    self.begin_stop(true, "TERM (after shutdown_delay)");
+                }
+                Deadline::UpgradeReady => {
+                    if let UpgradeState::Starting { new, .. } = &self.upgrade {
+                        let child = new.child;
+                        self.upgrade_failed(&format!(
+                            "the new master {child} was not ready within {}s",
+                            protocol::UPGRADE_READY_DEADLINE.as_secs()
+                        ));
+                        let _ = kill(child, Signal::SIGTERM);
+                    }
+                }
+                // reconcile() and report_to_systemd() act on these, and exec readiness
+                // is probed in observe_scoreboard(); waking up is all they need here.
+                Deadline::SpawnBackoff | Deadline::Systemd | Deadline::ExecReadyProbe => {}
+                // The workers' own: below.
+                Deadline::ExecBoot(_) | Deadline::Progress(_) | Deadline::Kill(_) => {}
             }
         }
-        let now_ms = monotonic_ms();
-        for w in &mut self.workers {
-            if let Some(deadline) = w.boot_deadline() {
-                if now >= deadline && matches!(w.phase, Phase::Running) {
+        // Then each worker: the first deadline acted on ends its turn.
+        let mut acted = vec![false; self.workers.len()];
+        for (at, deadline) in self.deadlines(now) {
+            if at > now {
+                continue;
+            }
+            let index = match deadline {
+                Deadline::ExecBoot(i) | Deadline::Progress(i) | Deadline::Kill(i) => i,
+                Deadline::ShutdownDelay
+                | Deadline::UpgradeReady
+                | Deadline::SpawnBackoff
+                | Deadline::Systemd
+                | Deadline::ExecReadyProbe => continue,
+            };
+            if acted[index] {
+                continue;
+            }
+            let w = &mut self.workers[index];
+            acted[index] = match deadline {
+                Deadline::ExecBoot(_) if matches!(w.phase, Phase::Running) => {
                     let waited = now.duration_since(w.exec.as_ref().map_or(now, |e| e.spawned_at));
                     let why = format!(
                         "not ready within {:.1}s (ready = {}); killed",
@@ -958,53 +1111,51 @@ impl Master {
                     self.scoreboard.slot(w.slot).set_message(&why);
                     let _ = kill(w.pid, Signal::SIGKILL);
                     w.phase = Phase::Killed {
-                        reason: "boot failure",
+                        reason: ExitReason::BootFailure,
                     };
-                    continue;
+                    true
                 }
-            }
-            match w.phase {
-                Phase::Running | Phase::Stopping { .. } if w.timed() => {
+                Deadline::Progress(_) => {
                     let progress_ms = self.scoreboard.slot(w.slot).progress_ms();
-                    let silent_ms = clock::silent_ms(now_ms, progress_ms, w.clock_from_ms);
-                    if silent_ms >= w.config.timeout.as_millis() as u64 {
-                        tracing::error!(
-                            pid = w.pid.as_raw(),
-                            worker = w.number,
-                            "worker timeout: no progress from its event loop for {:.1}s (timeout = {}s); sending SIGABRT",
-                            silent_ms as f64 / 1000.0,
-                            w.config.timeout.as_secs_f64()
-                        );
-                        let _ = kill(w.pid, Signal::SIGABRT);
-                        w.phase = Phase::Aborting {
-                            kill_at: now + KILL_GRACE,
-                        };
-                        continue;
-                    }
-                }
-                _ => {}
-            }
-            match w.phase {
-                Phase::Stopping { reason, kill_at } if now >= kill_at => {
-                    tracing::warn!(
+                    let silent_ms = clock::silent_ms(monotonic_ms(), progress_ms, w.clock_from_ms);
+                    tracing::error!(
                         pid = w.pid.as_raw(),
                         worker = w.number,
-                        "worker did not stop in time; sending SIGKILL"
+                        "worker timeout: no progress from its event loop for {:.1}s (timeout = {}s); sending SIGABRT",
+                        silent_ms as f64 / 1000.0,
+                        w.config.timeout.as_secs_f64()
                     );
+                    let _ = kill(w.pid, Signal::SIGABRT);
+                    w.phase = Phase::Aborting {
+                        kill_at: now + KILL_GRACE,
+                    };
+                    true
+                }
+                Deadline::Kill(_) => {
+                    let reason = match w.phase {
+                        Phase::Stopping { reason, .. } => {
+                            tracing::warn!(
+                                pid = w.pid.as_raw(),
+                                worker = w.number,
+                                "worker did not stop in time; sending SIGKILL"
+                            );
+                            reason
+                        }
+                        _ => {
+                            tracing::warn!(
+                                pid = w.pid.as_raw(),
+                                worker = w.number,
+                                "worker still alive after SIGABRT; sending SIGKILL"
+                            );
+                            ExitReason::Timeout
+                        }
+                    };
                     let _ = kill(w.pid, Signal::SIGKILL);
                     w.phase = Phase::Killed { reason };
+                    true
                 }
-                Phase::Aborting { kill_at } if now >= kill_at => {
-                    tracing::warn!(
-                        pid = w.pid.as_raw(),
-                        worker = w.number,
-                        "worker still alive after SIGABRT; sending SIGKILL"
-                    );
-                    let _ = kill(w.pid, Signal::SIGKILL);
-                    w.phase = Phase::Killed { reason: "timeout" };
-                }
-                _ => {}
-            }
+                _ => false,
+            };
         }
     }
 
@@ -1012,15 +1163,26 @@ impl Master {
 
     /// USR2: start a new master from the binary on disk, handing it the listeners.
     fn start_upgrade(&mut self) {
-        if self.state != RunState::Serving || self.stop_at.is_some() {
+        if self.state != RunState::Serving {
             return;
         }
-        if let Some(upgrade) = &self.upgrade {
-            tracing::warn!(
-                new_master = upgrade.child.as_raw(),
-                "USR2: an upgrade is already in progress; ignoring"
-            );
-            return;
+        match &self.upgrade {
+            UpgradeState::None => {}
+            UpgradeState::Starting { new, .. } | UpgradeState::Superseded { successor: new } => {
+                tracing::warn!(
+                    new_master = new.child.as_raw(),
+                    "USR2: an upgrade is already in progress; ignoring"
+                );
+                return;
+            }
+            UpgradeState::StartedBy { old, .. } | UpgradeState::HandingOff { old, .. } => {
+                tracing::warn!(
+                    old_master = old,
+                    "USR2: this master's own upgrade is not finished; ignoring"
+                );
+                return;
+            }
+            UpgradeState::HandedOver => return,
         }
         let pidfile = self.config.pidfile.as_deref();
         match Upgrade::start(
@@ -1038,7 +1200,10 @@ impl Master {
                     binary = %self.relaunch.exe.display(),
                     "USR2: binary upgrade started; serving until the new master is ready"
                 );
-                self.upgrade = Some(upgrade);
+                self.upgrade = UpgradeState::Starting {
+                    new: upgrade,
+                    manual: false,
+                };
             }
             Err(e) => tracing::error!("USR2: binary upgrade failed, keeping this master: {e}"),
         }
@@ -1047,16 +1212,23 @@ impl Master {
     /// The upgrade handshake's signal: the new master is ready (to the old master), or
     /// the old one handed over (to the new master). Believed only with the token.
     fn upgrade_signal(&mut self, received: &signals::Received) {
-        if let Some((old, token)) = self.handoff_from {
-            // An old master from before tokens answers with a plain signal.
-            let authentic = token.map_or(received.sender == old, |t| received.is_from(old, t));
-            if authentic {
-                return self.handoff_acknowledged();
+        match &self.upgrade {
+            &UpgradeState::HandingOff { old, token } => {
+                // An old master from before tokens answers with a plain signal.
+                let authentic = token.map_or(received.sender == old, |t| received.is_from(old, t));
+                if authentic {
+                    return self.handoff_acknowledged();
+                }
             }
-        } else if let Some(upgrade) = &self.upgrade {
-            if received.is_from(upgrade.child.as_raw(), upgrade.token) {
-                return self.upgrade_ready();
+            UpgradeState::Starting { new, .. } => {
+                if received.is_from(new.child.as_raw(), new.token) {
+                    return self.upgrade_ready();
+                }
             }
+            UpgradeState::None
+            | UpgradeState::StartedBy { .. }
+            | UpgradeState::Superseded { .. }
+            | UpgradeState::HandedOver => {}
         }
         tracing::warn!(
             claimed_sender = received.sender,
@@ -1066,20 +1238,20 @@ impl Master {
 
     /// The new master says its workers are ready: hand over and stop gracefully.
     fn upgrade_ready(&mut self) {
-        let Some(upgrade) = self.upgrade.take() else {
+        let Some((upgrade, manual)) = self.take_starting_upgrade() else {
             return;
         };
         let sender = upgrade.child.as_raw();
         // systemd follows the new master before this one may leave; then the new one
         // hears back and sends READY=1 as the main process.
         self.systemd.hand_over(sender);
-        let _ = signals::queue(sender, upgrade::ready_signal(), upgrade.token);
-        if self.manual_upgrade {
+        let _ = protocol::queue(sender, protocol::upgrade_ready_signal(), upgrade.token);
+        if manual {
             tracing::info!(
                 new_master = sender,
                 "upgrade: the new master is ready; staying for the operator (manual upgrade)"
             );
-            self.successor = Some(upgrade);
+            self.upgrade = UpgradeState::Superseded { successor: upgrade };
             return;
         }
         tracing::info!(
@@ -1090,20 +1262,35 @@ impl Master {
         // The pidfile and the socket files now belong to the new master: leave them
         // alone on exit.
         self.pidfile = None;
-        self.handed_over = true;
+        self.upgrade = UpgradeState::HandedOver;
         self.begin_stop(true, "upgrade");
+    }
+
+    /// Ends the `Starting` phase (to `None`): the new master and whether the upgrade is
+    /// manual. Any other phase stays as it is.
+    fn take_starting_upgrade(&mut self) -> Option<(Upgrade, bool)> {
+        if !matches!(self.upgrade, UpgradeState::Starting { .. }) {
+            return None;
+        }
+        match std::mem::replace(&mut self.upgrade, UpgradeState::None) {
+            UpgradeState::Starting { new, manual } => Some((new, manual)),
+            other => {
+                self.upgrade = other;
+                None
+            }
+        }
     }
 
     /// The new master's side: the old master has moved MAINPID here.
     fn handoff_acknowledged(&mut self) {
-        self.handoff_from = None;
+        self.upgrade = UpgradeState::None;
         tracing::info!("upgrade: the old master handed over; this master is the main one now");
         let status = self.status_line().1;
         self.systemd.took_over(&status);
     }
 
     fn upgrade_failed(&mut self, why: &str) {
-        if let Some(upgrade) = self.upgrade.take() {
+        if let Some((upgrade, _)) = self.take_starting_upgrade() {
             tracing::error!(
                 "upgrade failed: {why}; this master keeps serving and the pidfile is restored"
             );
@@ -1115,15 +1302,17 @@ impl Master {
 
     /// Ends a HUP reload: READY=1 to systemd, and the answer to `forkd -s reload`.
     fn finish_reload(&mut self, ok: bool) {
-        if self.reloading {
-            self.reloading = false;
-            if ok {
-                tracing::info!(generation = self.generation, "HUP: reload finished");
-            }
-            let status = self.status_line().1;
-            self.systemd.ready(&status);
+        let ReloadState::InProgress { waiters } =
+            std::mem::replace(&mut self.reload, ReloadState::Idle)
+        else {
+            return;
+        };
+        if ok {
+            tracing::info!(generation = self.generation, "HUP: reload finished");
         }
-        for (waiter, token) in self.reload_waiters.drain(..) {
+        let status = self.status_line().1;
+        self.systemd.ready(&status);
+        for (waiter, token) in waiters {
             control::answer_reload(waiter, token, ok);
         }
     }
@@ -1131,7 +1320,8 @@ impl Master {
     /// Once per loop: finish a reload whose new workers all serve, refresh STATUS=, and
     /// send the watchdog keep-alive.
     fn report_to_systemd(&mut self) {
-        if self.reloading && self.state == RunState::Serving {
+        let reloading = matches!(self.reload, ReloadState::InProgress { .. });
+        if reloading && self.state.supervising() {
             let old_running = self
                 .workers
                 .iter()
@@ -1140,9 +1330,9 @@ impl Master {
                 self.finish_reload(true);
             }
         }
-        if self.state == RunState::Serving
-            && !self.reloading
-            && self.handoff_from.is_none()
+        if self.state.supervising()
+            && !matches!(self.reload, ReloadState::InProgress { .. })
+            && !matches!(self.upgrade, UpgradeState::HandingOff { .. })
             && self.systemd.wants_status()
         {
             let (counts, full) = self.status_line();
@@ -1310,27 +1500,43 @@ impl Master {
         }
     }
 
+    /// The workers as [`plan::plan`] sees them, in `self.workers`' order.
+    fn worker_views(&self) -> Vec<WorkerView> {
+        self.workers
+            .iter()
+            .map(|w| WorkerView {
+                number: w.number,
+                running: matches!(w.phase, Phase::Running),
+                ready: w.ready,
+                current: w.generation == self.generation,
+                retiring: if self.scoreboard.slot(w.slot).flags() & FLAG_RETIRE != 0 {
+                    Some(ExitReason::MaxRequests)
+                } else {
+                    w.recycle.exit_reason()
+                },
+            })
+            .collect()
+    }
+
+    /// Decides what to start and whom to stop ([`plan::plan`]) and does it.
     fn reconcile(&mut self) {
-        if self.state != RunState::Serving || self.fatal.is_some() {
+        if !self.state.supervising() || self.fatal.is_some() {
             return;
         }
-        // Too many active workers (TTOU, WINCH, a smaller reload): stop the excess,
-        // those not yet ready first, then the oldest.
-        let mut active: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| self.is_active(&self.workers[i]))
-            .collect();
-        if active.len() > self.target {
-            active.sort_by_key(|&i| (self.workers[i].ready, self.workers[i].number));
-            for &index in &active[..active.len() - self.target] {
-                self.stop_worker(index, "scale down");
-            }
-        }
-        let active_count = active.len().min(self.target);
-        // Missing workers: spawn them (unless backing off after boot failures).
         let backing_off = self.spawn_not_before.is_some_and(|at| Instant::now() < at);
+        let workers = self.worker_views();
+        let Plan { stop, spawn } = plan::plan(&View {
+            workers: &workers,
+            target: self.target,
+            backing_off,
+        });
+        // Indexes are into the worker list as it was viewed: stop before any spawn.
+        for (index, reason) in stop {
+            self.stop_worker(index, reason);
+        }
         if !backing_off {
             self.spawn_not_before = None;
-            for _ in active_count..self.target {
+            for _ in 0..spawn {
                 if let Err(e) = self.spawn_worker() {
                     tracing::error!("cannot start a worker: {e}");
                     self.spawn_not_before = Some(Instant::now() + BACKOFF_FIRST);
@@ -1338,37 +1544,14 @@ impl Master {
                 }
             }
         }
-        // Surplus workers (old generation, or retiring): stop one whenever enough
-        // active workers are ready to serve without it.
-        let ready_active = self.ready_active();
-        let mut surplus: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| {
-                matches!(self.workers[i].phase, Phase::Running) && !self.is_active(&self.workers[i])
-            })
-            .collect();
-        surplus.sort_by_key(|&i| self.workers[i].number);
-        let mut remaining = surplus.len();
-        for index in surplus {
-            if ready_active + remaining - 1 < self.target {
-                break;
-            }
-            let w = &self.workers[index];
-            let reason = match w.recycle.reason() {
-                _ if w.generation != self.generation => "reload",
-                Some(reason) => reason,
-                None => "max_requests",
-            };
-            self.stop_worker(index, reason);
-            remaining -= 1;
-        }
     }
 
-    fn stop_worker(&mut self, index: usize, reason: &'static str) {
+    fn stop_worker(&mut self, index: usize, reason: ExitReason) {
         let w = &mut self.workers[index];
         tracing::info!(
             pid = w.pid.as_raw(),
             worker = w.number,
-            reason,
+            reason = reason.as_str(),
             "stopping worker gracefully"
         );
         let _ = kill(w.pid, Signal::SIGTERM);
@@ -1444,7 +1627,7 @@ impl Master {
                         let Some((_, write_end)) = output else {
                             // Made above for every exec worker; never reached.
                             // SAFETY: leaving the forked child at once.
-                            unsafe { libc::_exit(worker::EXIT_BOOT_ERROR) }
+                            unsafe { libc::_exit(EXIT_BOOT_ERROR) }
                         };
                         exec::exec_child(exec::ChildSetup {
                             program,
@@ -1510,7 +1693,7 @@ impl Master {
                     clock_from_ms: monotonic_ms(),
                     recycle: recycle::Watch::new(
                         self.config.max_worker_lifetime,
-                        signals::random_token(),
+                        crate::protocol::random_token(),
                     ),
                 });
                 Ok(())
@@ -1526,7 +1709,11 @@ impl Master {
 
     fn finished(&self) -> Option<u8> {
         if matches!(self.state, RunState::Stopping { .. }) && self.workers.is_empty() {
-            return Some(self.fatal.as_ref().map_or(0, |(code, _)| *code));
+            return Some(
+                self.fatal
+                    .as_ref()
+                    .map_or(protocol::EXIT_OK, |(code, _)| *code),
+            );
         }
         None
     }
@@ -1536,7 +1723,10 @@ impl Master {
             tracing::error!("{reason}");
         }
         // After a hand-over the new master serves the same socket files.
-        if !self.handed_over && self.successor.is_none() {
+        if !matches!(
+            self.upgrade,
+            UpgradeState::HandedOver | UpgradeState::Superseded { .. }
+        ) {
             for listener in self.listeners.iter().chain(self.metrics.iter()) {
                 listener.cleanup();
             }
@@ -1544,7 +1734,7 @@ impl Master {
         if let Some(pidfile) = &self.pidfile {
             pidfile.remove();
         }
-        if let Some(successor) = &self.successor {
+        if let UpgradeState::Superseded { successor } = &self.upgrade {
             successor.remove_oldbin();
         }
         tracing::info!(pid = self.pid, "master exiting");

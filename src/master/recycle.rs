@@ -152,6 +152,14 @@ impl Watch {
     pub fn reason(&self) -> Option<&'static str> {
         self.decided.as_ref().map(Recycle::reason)
     }
+
+    /// The decision as the reconcile plan names it.
+    pub fn exit_reason(&self) -> Option<super::plan::ExitReason> {
+        self.decided.as_ref().map(|decided| match decided {
+            Recycle::Memory { .. } => super::plan::ExitReason::MaxWorkerMemory,
+            Recycle::Lifetime { .. } => super::plan::ExitReason::MaxWorkerLifetime,
+        })
+    }
 }
 
 #[cfg(test)]

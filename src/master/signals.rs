@@ -7,14 +7,6 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-/// The signal a native worker gets when its master dies (`PR_SET_PDEATHSIG`): not
-/// TERM, so that the worker can tell "the master is gone" (close every listener at
-/// once, so a restarted master can bind) from an ordinary graceful stop. (+1 is the
-/// upgrade's ready signal, +2 the answer to `-s reload`.)
-pub fn master_died() -> libc::c_int {
-    libc::SIGRTMIN() + 3
-}
-
 /// The doorbell: a pipe whose write end every native worker inherits. A worker writes a
 /// byte when its scoreboard state changes (ready, asking to be recycled) so that the
 /// master reacts at once instead of on its tick. A pipe rather than a signal: a worker
@@ -65,7 +57,7 @@ fn handled_set() -> SigSet {
     // nix's `Signal` has no realtime signals: that one is added to the raw set.
     let mut raw = *set.as_ref();
     // SAFETY: raw is an initialised sigset_t and the upgrade-ready signal a valid number.
-    unsafe { libc::sigaddset(&mut raw, super::upgrade::ready_signal()) };
+    unsafe { libc::sigaddset(&mut raw, crate::protocol::upgrade_ready_signal()) };
     // SAFETY: raw was initialised from an empty SigSet and filled with sigaddset.
     unsafe { SigSet::from_sigset_t_unchecked(raw) }
 }
@@ -97,36 +89,6 @@ impl Received {
             && self.uid == nix::unistd::getuid().as_raw()
             && token != 0
             && self.token == token
-    }
-}
-
-/// A fresh random token for one exchange of realtime signals (never 0). The
-/// getrandom(2) system call; a failure leaves the clock's nanoseconds mixed with the pid.
-pub fn random_token() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom(2) into a local buffer of the given length.
-    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    let token = if filled == bytes.len() as isize {
-        u64::from_ne_bytes(bytes)
-    } else {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        now ^ (u64::from(std::process::id()) << 32)
-    };
-    token.max(1)
-}
-
-/// Sends `signo` with `token` as its sigqueue value.
-pub fn queue(pid: i32, signo: libc::c_int, token: u64) -> std::io::Result<()> {
-    let value = libc::sigval {
-        sival_ptr: token as usize as *mut libc::c_void,
-    };
-    // SAFETY: sigqueue(3) with a valid signal number and a plain integer value.
-    if unsafe { libc::sigqueue(pid, signo, value) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -169,7 +131,7 @@ mod tests {
 
     fn received(sender: i32, code: i32, token: u64) -> Received {
         Received {
-            signo: libc::SIGRTMIN() + 1,
+            signo: crate::protocol::upgrade_ready_signal(),
             sender,
             uid: nix::unistd::getuid().as_raw(),
             code,
@@ -179,9 +141,7 @@ mod tests {
 
     #[test]
     fn only_the_right_token_from_the_right_pid_authenticates() {
-        let token = random_token();
-        assert_ne!(token, 0);
-        assert_ne!(token, random_token());
+        let token = crate::protocol::random_token();
         assert!(received(42, libc::SI_QUEUE, token).is_from(42, token));
         assert!(!received(42, libc::SI_QUEUE, token ^ 1).is_from(42, token));
         assert!(!received(43, libc::SI_QUEUE, token).is_from(42, token));

@@ -1,7 +1,7 @@
 //! USR2 binary upgrade, the old master's side: rename the pidfile to `PIDFILE.oldbin`,
 //! fork and exec the binary now on disk (the path resolved at start, not
 //! /proc/self/exe) with the listeners passed by the systemd protocol, and wait for the
-//! new master to say it is ready (the `upgrade_ready` signal). If it exits or misses the
+//! new master to say it is ready (`protocol::upgrade_ready_signal`). If it exits or misses the
 //! deadline, the pidfile is restored and this master keeps serving.
 //!
 //! The handshake is authenticated by a random token, not by sender pids (which any
@@ -10,27 +10,14 @@
 //! answer ("systemd follows you now") both carry it as their sigqueue value.
 
 use crate::listeners::Listener;
+use crate::protocol::{UPGRADE_FROM_VAR, UPGRADE_READY_DEADLINE, UPGRADE_TOKEN_VAR};
 use crate::single_threaded::fork;
-use crate::systemd::LISTEN_FDS_START;
 use nix::unistd::{ForkResult, Pid};
 use std::ffi::{CString, OsString};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-/// Environment variable telling a new master which old master to notify when ready.
-/// Deliberately outside the `FORKD_` prefix, which is reserved for config keys.
-pub const UPGRADE_FROM_VAR: &str = "_FORKD_UPGRADE_FROM";
-/// Environment variable with the handshake's token (hex), beside `UPGRADE_FROM_VAR`.
-pub const UPGRADE_TOKEN_VAR: &str = "_FORKD_UPGRADE_TOKEN";
-/// How long a new master gets to have all its workers ready.
-pub const READY_DEADLINE: Duration = Duration::from_secs(60);
-
-/// The signal a new master sends its old master once its workers are ready.
-pub fn ready_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 1
-}
+use std::time::Instant;
 
 /// In a master started by USR2: the old master's pid and the handshake token, taken
 /// out of the environment (so that no worker inherits them). The token is `None` when
@@ -79,7 +66,7 @@ impl Upgrade {
             return Err(format!("binary {} does not exist", relaunch.exe.display()));
         }
         if let Some(path) = pidfile {
-            super::pidfile::rename_to_oldbin(path)
+            crate::pidfile::rename_to_oldbin(path)
                 .map_err(|e| format!("cannot rename pidfile {} to .oldbin: {e}", path.display()))?;
         }
         let exe = CString::new(relaunch.exe.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
@@ -131,7 +118,7 @@ impl Upgrade {
                 .map_err(|e| e.to_string())?,
         );
         env.push(CString::new(format!("{UPGRADE_FROM_VAR}={old_pid}")).map_err(|e| e.to_string())?);
-        let token = super::signals::random_token();
+        let token = crate::protocol::random_token();
         env.push(
             CString::new(format!("{UPGRADE_TOKEN_VAR}={token:x}")).map_err(|e| e.to_string())?,
         );
@@ -154,34 +141,30 @@ impl Upgrade {
                 if let Ok(pid_var) = CString::new(format!("LISTEN_PID={}", std::process::id())) {
                     env[pid_slot] = pid_var;
                 }
-                // Move the listeners above the target range first, then into 3, 4, ...
-                let high: Vec<i32> = fds
-                    .iter()
-                    .filter_map(|&fd| {
-                        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100)).ok()
-                    })
-                    .collect();
-                for (i, fd) in high.iter().enumerate() {
-                    let target = LISTEN_FDS_START + i as i32;
-                    // dup2 clears FD_CLOEXEC on the target: exactly these fds are inherited.
-                    let _ = nix::unistd::dup2(*fd, target);
+                // LISTEN_FDS counts every fd: a child that cannot pass one of them does
+                // not exec (the old master sees the new one exit and keeps serving).
+                if let Err(e) = super::child::pass_listen_fds(&fds, &names) {
+                    // Straight to stderr: the logger's queue would die with this child.
+                    let line = format!("forkd: upgrade: {e}\n");
+                    let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
+                } else {
+                    if let Some(dir) = &cwd {
+                        let _ = nix::unistd::chdir(dir.as_c_str());
+                    }
+                    let _ = nix::unistd::execve(&exe, &args, &env);
                 }
-                if let Some(dir) = &cwd {
-                    let _ = nix::unistd::chdir(dir.as_c_str());
-                }
-                let _ = nix::unistd::execve(&exe, &args, &env);
                 // SAFETY: exec failed; leave without running the parent's destructors.
-                unsafe { libc::_exit(127) }
+                unsafe { libc::_exit(crate::protocol::EXIT_EXEC_FAILED) }
             }
             Ok(ForkResult::Parent { child }) => Ok(Upgrade {
                 child,
                 token,
-                deadline: Instant::now() + READY_DEADLINE,
+                deadline: Instant::now() + UPGRADE_READY_DEADLINE,
                 pidfile: pidfile.map(Path::to_path_buf),
             }),
             Err(e) => {
                 if let Some(path) = pidfile {
-                    let _ = super::pidfile::restore_from_oldbin(path);
+                    let _ = crate::pidfile::restore_from_oldbin(path);
                 }
                 Err(format!("fork failed: {e}"))
             }
@@ -191,7 +174,7 @@ impl Upgrade {
     /// The new master failed: give the pidfile back to this master.
     pub fn restore_pidfile(&self) {
         if let Some(path) = &self.pidfile {
-            match super::pidfile::restore_from_oldbin(path) {
+            match crate::pidfile::restore_from_oldbin(path) {
                 Ok(()) => {}
                 Err(e) => tracing::error!("cannot restore pidfile {}: {e}", path.display()),
             }
@@ -201,7 +184,7 @@ impl Upgrade {
     /// The new master took over: the `.oldbin` file is ours to remove.
     pub fn remove_oldbin(&self) {
         if let Some(path) = &self.pidfile {
-            super::pidfile::remove_oldbin(path);
+            crate::pidfile::remove_oldbin(path);
         }
     }
 }

@@ -28,8 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
-/// Exit status of a worker whose app failed to boot (as Gunicorn's WORKER_BOOT_ERROR).
-pub const EXIT_BOOT_ERROR: i32 = 3;
+use crate::protocol::EXIT_BOOT_ERROR;
 
 /// Everything a worker gets from the master at fork time.
 pub struct WorkerContext<'a> {
@@ -38,7 +37,7 @@ pub struct WorkerContext<'a> {
     /// The whole scoreboard: the server-wide header and every slot, for `/metrics`.
     pub board: &'static Board,
     pub master_pid: i32,
-    /// The write end of the master's doorbell pipe (see `master::signals::Doorbell`).
+    /// The write end of the master's doorbell pipe (the master's doorbell, see `crate::protocol`).
     pub doorbell: std::os::fd::RawFd,
     pub config: Arc<Config>,
     pub listeners: &'a [Listener],
@@ -176,7 +175,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
-            crate::master::signals::master_died() as libc::c_ulong,
+            crate::protocol::master_died_signal() as libc::c_ulong,
         )
     };
     if nix::unistd::getppid().as_raw() != master_pid {
@@ -213,7 +212,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
 /// The master's death, as the worker hears it (its own parent-death signal).
 fn master_death() -> Option<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
-        crate::master::signals::master_died(),
+        crate::protocol::master_died_signal(),
     ))
     .ok()
 }
