@@ -33,6 +33,7 @@
 // says why it is sound (clippy's `undocumented_unsafe_blocks`).
 #![deny(unsafe_code)]
 
+mod acceptor;
 mod access_log;
 pub mod app;
 pub mod apps;
