@@ -155,3 +155,66 @@ fn twelve_hups_under_keepalive_load_drop_nothing_for_the_axum_example() {
     );
     assert_no_failures(&tally, &server, "12 HUPs (axum)");
 }
+
+/// POSTs `body` over HTTP/2 (prior knowledge) in 1 KiB data frames and without a
+/// content-length: (status, response body).
+async fn h2_post(addr: &str, path: &str, body: String) -> (u16, Vec<u8>) {
+    use http_body_util::{BodyExt, StreamBody};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(StreamBody::new(futures_util::stream::iter(
+            bytes::Bytes::from(body)
+                .chunks(1024)
+                .map(|c| {
+                    Ok::<_, std::io::Error>(hyper::body::Frame::data(
+                        bytes::Bytes::copy_from_slice(c),
+                    ))
+                })
+                .collect::<Vec<_>>(),
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, body.to_vec())
+}
+
+#[test]
+fn forkd_limits_hold_for_the_routers_request_bodies_over_http1_and_http2() {
+    let server = Server::start_with_env(
+        &axum_example(),
+        &["-b", "127.0.0.1:0", "-w", "1"],
+        &[("FORKD_LIMITS_MAX_BODY", "4096")],
+    );
+    let addr = server.addr.clone();
+    let items: Vec<String> = (0..100).map(|i| format!("{i:0>100}")).collect();
+    let big = serde_json::json!({ "id": 1, "items": items }).to_string();
+    assert!(big.len() > 4096);
+    let small = r#"{"id":2,"items":["a"]}"#.to_string();
+
+    let (status, _, _) = post_json(&addr, "/echo", &big);
+    assert_eq!(status, 413, "HTTP/1 body past limits.max_body");
+    let (status, _, body) = post_json(&addr, "/echo", &small);
+    assert_eq!((status, json(&body)["count"].clone()), (200, 1.into()));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // No content-length: the limit is enforced on the stream's data frames, by
+        // forkd's RequestBody under axum's Json extractor.
+        let (status, _) = h2_post(&addr, "/echo", big).await;
+        assert_eq!(status, 413, "HTTP/2 body past limits.max_body");
+        let (status, body) = h2_post(&addr, "/echo", small).await;
+        assert_eq!((status, json(&body)["count"].clone()), (200, 1.into()));
+    });
+}
