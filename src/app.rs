@@ -1,6 +1,7 @@
 //! The application interface: what a worker serves. Built-in apps and a user's own
-//! embedded service both implement [`App`]; an [`AppFactory`] builds the app inside each
-//! worker after the fork, so its state (pools, caches) is never shared across processes.
+//! embedded service both implement [`App`] (a tower service, an `axum::Router`, through
+//! [`service_factory`]); an [`AppFactory`] builds the app inside each worker after the
+//! fork, so its state (pools, caches) is never shared across processes.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
