@@ -1,6 +1,7 @@
 //! The application interface: what a worker serves. Built-in apps and a user's own
-//! embedded service both implement [`App`]; an [`AppFactory`] builds the app inside each
-//! worker after the fork, so its state (pools, caches) is never shared across processes.
+//! embedded service both implement [`App`] (a tower service, an `axum::Router`, through
+//! [`service_factory`]); an [`AppFactory`] builds the app inside each worker after the
+//! fork, so its state (pools, caches) is never shared across processes.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -83,6 +84,94 @@ where
         let fut = make();
         Box::pin(async move { fut.await.map(|app| Arc::new(app) as Arc<dyn App>) })
     })
+}
+
+/// Wraps an async constructor of a tower service (an `axum::Router` as it is) into an
+/// [`AppFactory`]: `make` runs in each worker after the fork, as for [`factory`].
+///
+/// The service takes forkd's [`Request`] (whose body, [`RequestBody`], is an
+/// `http_body::Body` with `Bytes` data) and answers with any `http_body::Body` of
+/// `Bytes`. Each request is served by a clone of the service, made ready first, as
+/// tower's contract asks; a service that fails (its `poll_ready` or its future returns
+/// an error) gets a 500 and a log line. The service must be `Sync`, since the worker's
+/// threads share it: tower's `BoxCloneSyncService` is, `BoxCloneService` is not.
+pub fn service_factory<F, Fut, S, B>(make: F) -> AppFactory
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<S, BoxError>> + Send + 'static,
+    S: tower_service::Service<Request, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Arc::new(move || {
+        let fut = make();
+        Box::pin(async move {
+            fut.await
+                .map(|svc| Arc::new(ServiceApp(svc)) as Arc<dyn App>)
+        })
+    })
+}
+
+/// A tower service as an [`App`].
+struct ServiceApp<S>(S);
+
+impl<S, B> App for ServiceApp<S>
+where
+    S: tower_service::Service<Request, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn call(&self, req: Request) -> BoxFuture<Response> {
+        // The clone is this request's own: its readiness is not another request's.
+        let mut svc = self.0.clone();
+        Box::pin(async move {
+            // Errors become `BoxError` at once: the service's own need not be `Send`.
+            let ready: Result<(), BoxError> = std::future::poll_fn(|cx| svc.poll_ready(cx))
+                .await
+                .map_err(Into::into);
+            let answered = match ready {
+                Ok(()) => svc.call(req).await.map_err(Into::into),
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(resp) => resp.map(into_body),
+                Err(e) => {
+                    tracing::error!(pid = std::process::id(), "the service failed: {e}");
+                    respond(500, "text/plain", "internal server error\n")
+                }
+            }
+        })
+    }
+}
+
+/// A service's response body as forkd's [`Body`]: boxed, unless it is one already.
+fn into_body<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut slot = Some(body);
+    if let Some(ours) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Body>>() {
+        if let Some(body) = ours.take() {
+            return body;
+        }
+    }
+    match slot {
+        Some(body) => body.map_err(Into::into).boxed_unsync(),
+        None => full(Bytes::new()),
+    }
 }
 
 /// A complete body from bytes or a string.

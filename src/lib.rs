@@ -3,7 +3,20 @@
 //! and hyper server around an app: a built-in one (`hello`, `echo`) or your own.
 //!
 //! Embedding your own service: build it in each worker after the fork, and let forkd
-//! provide the command line, config, signals and supervision:
+//! provide the command line, config, signals and supervision. Any tower service whose
+//! response body is an `http_body::Body` of `Bytes` (an `axum::Router` as it is):
+//!
+//! ```ignore
+//! fn main() -> std::process::ExitCode {
+//!     forkd::run_service(|| async {
+//!         let state = AppState::connect().await?; // in each worker, after the fork
+//!         Ok(axum::Router::new().route("/", get(index)).with_state(state))
+//!     })
+//! }
+//! ```
+//!
+//! (`examples/axum.rs` is the whole program.) Or forkd's own [`app::App`] trait, which
+//! a plain `async` function implements:
 //!
 //! ```no_run
 //! use forkd::app::{respond, Request, Response};
@@ -20,6 +33,7 @@
 // says why it is sound (clippy's `undocumented_unsafe_blocks`).
 #![deny(unsafe_code)]
 
+mod acceptor;
 mod access_log;
 pub mod app;
 pub mod apps;
@@ -63,6 +77,25 @@ use protocol::{EXIT_FAILURE, EXIT_NO_WORKER, EXIT_OK, EXIT_USAGE};
 /// signals and supervision as the `forkd` binary.
 pub fn run(app: AppFactory) -> ExitCode {
     main_with(Some(app))
+}
+
+/// Runs forkd with a tower service (an `axum::Router` as it is), built by `make` in
+/// each worker after the fork: `run(app::service_factory(make))`.
+pub fn run_service<F, Fut, S, B>(make: F) -> ExitCode
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<S, app::BoxError>> + Send + 'static,
+    S: tower_service::Service<app::Request, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<app::BoxError>,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<app::BoxError>,
+{
+    run(app::service_factory(make))
 }
 
 /// The `forkd` binary's entry point; `embedded` is None for the built-in apps.

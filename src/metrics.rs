@@ -5,8 +5,9 @@
 //! format from the scoreboard, which every worker can read. Nothing here runs per
 //! request: the request path only bumps relaxed atomics in its own scoreboard slot.
 
+use crate::acceptor::{Accepted, Acceptor};
 use crate::config::{BindSpec, Config};
-use crate::listeners::{self, Listener, ListenerKind};
+use crate::listeners::{self, Listener};
 use crate::scoreboard::{
     Board, Handshake, Rejection, WorkerState, DURATION_BOUNDS_US, RESTART_REASONS,
 };
@@ -106,46 +107,20 @@ pub fn serve(
     board: &'static Board,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let fd = listener
-        .fd
-        .try_clone()
-        .map_err(|e| format!("dup metrics listener {}: {e}", listener.local))?;
-    enum Accepting {
-        Tcp(tokio::net::TcpListener),
-        Unix(tokio::net::UnixListener),
-    }
-    let accepting = match listener.kind {
-        ListenerKind::Tcp => {
-            let l = std::net::TcpListener::from(fd);
-            let _ = l.set_nonblocking(true);
-            Accepting::Tcp(tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?)
-        }
-        ListenerKind::Unix { .. } => {
-            let l = std::os::unix::net::UnixListener::from(fd);
-            let _ = l.set_nonblocking(true);
-            Accepting::Unix(tokio::net::UnixListener::from_std(l).map_err(|e| e.to_string())?)
-        }
-    };
+    let acceptor = Acceptor::new(listener, "metrics listener")?;
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
-                accepted = async {
-                    match &accepting {
-                        Accepting::Tcp(l) => l.accept().await.map(|(s, _)| {
-                            admit(s, board, &permits);
-                        }),
-                        Accepting::Unix(l) => l.accept().await.map(|(s, _)| {
-                            admit(s, board, &permits);
-                        }),
-                    }
-                } => {
-                    if let Err(e) = accepted {
+                accepted = acceptor.accept() => match accepted {
+                    Ok(Accepted::Tcp(stream, _)) => admit(stream, board, &permits),
+                    Ok(Accepted::Unix(stream)) => admit(stream, board, &permits),
+                    Err(e) => {
                         tracing::warn!(pid = std::process::id(), "metrics accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                }
+                },
             }
         }
     }))

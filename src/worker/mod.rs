@@ -13,11 +13,12 @@ mod health;
 mod io;
 mod limits;
 
+use crate::acceptor::{Accepted, Acceptor};
 use crate::access_log::AccessLog;
 use crate::app::{App, AppFactory};
 use crate::config::Config;
 use crate::forwarded::TrustedProxies;
-use crate::listeners::{Listener, ListenerKind};
+use crate::listeners::Listener;
 use crate::scoreboard::{monotonic_ms, Board, Handshake, Rejection, Slot, WorkerState};
 use health::HealthPaths;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -545,68 +546,33 @@ type AcceptTasks = Vec<tokio::task::JoinHandle<()>>;
 fn start_accepting(shared: &Arc<Shared>, listeners: &[Listener]) -> Result<AcceptTasks, String> {
     let mut tasks = Vec::new();
     for listener in listeners {
-        // Each worker owns a duplicate of the listening fd: closing it stops this
-        // worker's accepting only; the queue lives on in the master and other workers.
-        let fd = listener
-            .fd
-            .try_clone()
-            .map_err(|e| format!("dup listener {}: {e}", listener.local))?;
-        let shared = shared.clone();
-        let name = listener.local.clone();
         let tls = listener.spec.is_tls();
         if tls && shared.tls.is_none() {
-            return Err(format!("{name}: a tls:// listener without [tls]"));
+            return Err(format!(
+                "{}: a tls:// listener without [tls]",
+                listener.local
+            ));
         }
-        let task = match &listener.kind {
-            ListenerKind::Tcp => {
-                let std_listener = std::net::TcpListener::from(fd);
-                let _ = std_listener.set_nonblocking(true);
-                let l = tokio::net::TcpListener::from_std(std_listener)
-                    .map_err(|e| format!("{name}: {e}"))?;
-                tokio::spawn(accept_tcp(l, shared, tls))
-            }
-            ListenerKind::Unix { .. } => {
-                let std_listener = std::os::unix::net::UnixListener::from(fd);
-                let _ = std_listener.set_nonblocking(true);
-                let l = tokio::net::UnixListener::from_std(std_listener)
-                    .map_err(|e| format!("{name}: {e}"))?;
-                tokio::spawn(accept_unix(l, shared, tls))
-            }
-        };
-        tasks.push(task);
+        let acceptor = Acceptor::new(listener, "listener")?;
+        tasks.push(tokio::spawn(accept(acceptor, shared.clone(), tls)));
     }
     Ok(tasks)
 }
 
-async fn accept_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: bool) {
+/// Accepts on one listener until the drain begins.
+async fn accept(acceptor: Acceptor, shared: Arc<Shared>, tls: bool) {
     let mut drain = shared.drain_signal();
     loop {
         tokio::select! {
             accepted = async {
                 balance::wait_for_less_busy_peers(&shared).await;
-                listener.accept().await
+                acceptor.accept().await
             } => match accepted {
-                // TCP_NODELAY: inherited from the listener, which the master set.
-                Ok((stream, addr)) => {
+                Ok(Accepted::Tcp(stream, peer)) => {
                     let local = stream.local_addr().ok();
-                    spawn_connection(&shared, stream, Some(addr), local, tls)
+                    spawn_connection(&shared, stream, Some(peer), local, tls)
                 }
-                Err(e) => accept_error(&shared, e).await,
-            },
-            _ = drain.changed() => return,
-        }
-    }
-}
-
-async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>, tls: bool) {
-    let mut drain = shared.drain_signal();
-    loop {
-        tokio::select! {
-            accepted = async {
-                balance::wait_for_less_busy_peers(&shared).await;
-                listener.accept().await
-            } => match accepted {
-                Ok((stream, _)) => spawn_connection(&shared, stream, None, None, tls),
+                Ok(Accepted::Unix(stream)) => spawn_connection(&shared, stream, None, None, tls),
                 Err(e) => accept_error(&shared, e).await,
             },
             _ = drain.changed() => return,

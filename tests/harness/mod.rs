@@ -395,20 +395,27 @@ pub fn run_to_exit(
 /// The embedded example app, built once per test process.
 pub fn counter_example() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--example", "counter", "--quiet"])
-                .status()
-                .expect("cargo build --example counter");
-            assert!(status.success(), "building the counter example failed");
-            let bin = forkd();
-            bin.parent()
-                .expect("target dir")
-                .join("examples")
-                .join("counter")
-        })
-        .clone()
+    BUILT.get_or_init(|| build_example("counter")).clone()
+}
+
+/// The axum example (examples/axum.rs), built once per test process.
+pub fn axum_example() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| build_example("axum")).clone()
+}
+
+/// Builds `examples/NAME.rs` (debug, as the tests are) and returns its binary.
+fn build_example(name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--example", name, "--quiet"])
+        .status()
+        .unwrap_or_else(|e| panic!("cargo build --example {name}: {e}"));
+    assert!(status.success(), "building the {name} example failed");
+    let bin = forkd();
+    bin.parent()
+        .expect("target dir")
+        .join("examples")
+        .join(name)
 }
 
 /// Starts `binary` with `-p` pointing at a pidfile in a fresh temp dir named `name`,
