@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """HTTP/1.1 load client for the benchmarks that counts every failed request, by kind.
 
-    loadcount.py --port 8000 --mode keepalive --connections 32
+    loadcount.py --port 8000 --mode keepalive --connections 32 [--path /items/7?q=x]
 
 runs until SIGINT or SIGTERM (or --duration seconds), then prints one JSON object:
 the mode, how many requests got a 2xx answer, and every failure by kind:
@@ -119,8 +119,8 @@ def close(state):
         conn[1].close()
 
 
-async def connection_loop(port, tls, keep_alive, timeout, tally, stopping):
-    request = b"GET / HTTP/1.1\r\nHost: bench\r\n"
+async def connection_loop(port, tls, keep_alive, timeout, tally, stopping, path="/"):
+    request = b"GET %s HTTP/1.1\r\nHost: bench\r\n" % path.encode("ascii")
     request += b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
     state = {}
     while not stopping.is_set():
@@ -146,6 +146,7 @@ async def main():
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=0, help="0 = until a signal")
     parser.add_argument("--tls", action="store_true", help="HTTPS, certificate not verified")
+    parser.add_argument("--path", default="/", help="the request target (default /)")
     args = parser.parse_args()
     tls = None
     if args.tls:
@@ -165,7 +166,7 @@ async def main():
     keep_alive = args.mode == "keepalive"
     await asyncio.gather(
         *(
-            connection_loop(args.port, tls, keep_alive, args.timeout, tally, stopping)
+            connection_loop(args.port, tls, keep_alive, args.timeout, tally, stopping, args.path)
             for _ in range(args.connections)
         )
     )
