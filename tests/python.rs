@@ -511,9 +511,19 @@ fn a_streamed_response_stops_when_the_client_goes_away() {
 
 /// A client WebSocket frame (masked, as RFC 6455 requires of clients).
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
     let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
@@ -800,4 +810,34 @@ fn a_websocket_app_sending_to_a_slow_client_waits_instead_of_buffering() {
     }
     assert_eq!(received, 2000);
     assert!(!server.log_contains("worker timeout"), "{}", server.log());
+}
+
+#[test]
+fn a_websocket_client_sending_faster_than_the_app_receives_is_held_back_not_buffered() {
+    use std::io::Write;
+    let dir = app_dir("ws-deaf");
+    let server = start(&dir, &["-w", "1"], "");
+    let (_, _, body) = get(&server.addr, "/rss").unwrap();
+    let before_kib = json(&body)["rss_kib"].as_u64().unwrap();
+    let mut stream = open_websocket_at(&server.addr, "/ws-deaf");
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    // Up to 256 MiB in 256 KiB messages the app never receives: once 32 wait for it,
+    // forkd stops reading, the socket buffers fill and the writes time out.
+    let frame = client_frame(0x2, &vec![b'x'; 256 * 1024]);
+    let mut sent = 0usize;
+    while sent < 1024 {
+        if stream.write_all(&frame).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(sent < 1024, "all {sent} messages were taken in");
+    let (_, _, body) = get(&server.addr, "/rss").unwrap();
+    let after_kib = json(&body)["rss_kib"].as_u64().unwrap();
+    assert!(
+        after_kib < before_kib + 48 * 1024,
+        "the worker grew from {before_kib} to {after_kib} KiB for {sent} unreceived messages"
+    );
 }

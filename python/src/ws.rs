@@ -4,7 +4,10 @@
 //! upgraded IO: each message from the client is an event for the loop, each message the
 //! app sends goes out through a small bounded channel, whose `send()` waits (an asyncio
 //! future resolved by an event) while it is full: a client that reads slowly slows the
-//! app down instead of filling the worker's memory.
+//! app down instead of filling the worker's memory. The other way round is bounded too:
+//! at most [`INCOMING`] client messages wait for the app's `receive()`; past that the
+//! connection is not read until the app takes one (as uvicorn's `--ws-max-queue`), so a
+//! client that sends faster than the app receives is held back by TCP, not buffered.
 
 use crate::bridge::{ready, resolve, Event, Inbox};
 use bytes::Bytes;
@@ -47,10 +50,42 @@ pub struct Head {
     pub answer: oneshot::Sender<Answer>,
     pub outgoing: mpsc::Sender<Outgoing>,
     pub runtime: tokio::runtime::Handle,
+    /// Client messages read and not yet taken by the app's `receive()`.
+    pub credit: Arc<Credit>,
 }
 
 /// Messages from the app in flight to the socket.
 const OUTGOING: usize = 16;
+
+/// Client messages that may wait for the app's `receive()` (uvicorn's default
+/// `--ws-max-queue` is 32).
+const INCOMING: usize = 32;
+
+/// How many client messages wait for the app, shared by the connection's reading task
+/// (which stops reading at [`INCOMING`]) and the app's side (which frees one per message
+/// it takes).
+#[derive(Default)]
+pub struct Credit {
+    waiting: std::sync::atomic::AtomicUsize,
+    room: tokio::sync::Notify,
+}
+
+impl Credit {
+    fn full(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire) >= INCOMING
+    }
+    fn take(&self) {
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+    /// The app took a message: the reader may go on (`notify_one` keeps a permit if it
+    /// is not waiting yet, so no wake-up is lost).
+    fn free(&self) {
+        self.waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.room.notify_one();
+    }
+}
 
 /// Whether a request asks for a WebSocket (RFC 6455 section 4.1).
 pub fn is_upgrade(req: &forkd::app::Request) -> bool {
@@ -101,6 +136,7 @@ pub async fn serve(
     let (parts, _body) = req.into_parts();
     let (answer, answered) = oneshot::channel();
     let (outgoing, to_send) = mpsc::channel(OUTGOING);
+    let credit = Arc::new(Credit::default());
     let mut pending = Pending {
         id,
         inbox: inbox.clone(),
@@ -112,6 +148,7 @@ pub async fn serve(
         answer,
         outgoing,
         runtime: tokio::runtime::Handle::current(),
+        credit: credit.clone(),
     })));
     let (subprotocol, headers) = match answered.await {
         Ok(Answer::Accept {
@@ -136,7 +173,7 @@ pub async fn serve(
     }
     tokio::spawn(async move {
         let code = match upgrade.await {
-            Ok(upgraded) => run(upgraded, to_send, closing, id, &inbox).await,
+            Ok(upgraded) => run(upgraded, to_send, closing, id, &inbox, &credit).await,
             Err(_) => 1006,
         };
         inbox.push(Event::WsClosed { id, code });
@@ -155,15 +192,24 @@ async fn run(
     mut closing: tokio::sync::watch::Receiver<bool>,
     id: u64,
     inbox: &Inbox,
+    credit: &Credit,
 ) -> u16 {
     let io = hyper_util::rt::TokioIo::new(upgraded);
     let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
     let (mut sink, mut stream) = ws.split();
     loop {
         tokio::select! {
-            incoming = stream.next() => match incoming {
-                Some(Ok(Message::Text(text))) => inbox.push(Event::WsText { id, text }),
-                Some(Ok(Message::Binary(data))) => inbox.push(Event::WsBinary { id, data }),
+            // Read only while the app keeps up (see `Credit`).
+            _ = credit.room.notified(), if credit.full() => {}
+            incoming = stream.next(), if !credit.full() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    credit.take();
+                    inbox.push(Event::WsText { id, text });
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    credit.take();
+                    inbox.push(Event::WsBinary { id, data });
+                }
                 Some(Ok(Message::Close(frame))) => {
                     // tungstenite answers the close; flush it out.
                     let _ = sink.flush().await;
@@ -216,8 +262,10 @@ pub struct WsConn {
     outgoing: Option<mpsc::Sender<Outgoing>>,
     /// A `send()` waiting for room in `outgoing`.
     pending_send: Option<PyObject>,
-    /// Messages for `receive()`, oldest first (`websocket.connect` to begin with).
-    queue: VecDeque<PyObject>,
+    /// Messages for `receive()`, oldest first (`websocket.connect` to begin with), each
+    /// with whether it holds one of the client's [`Credit`]s.
+    queue: VecDeque<(PyObject, bool)>,
+    credit: Arc<Credit>,
     pending_receive: Option<PyObject>,
     closed: bool,
 }
@@ -241,17 +289,25 @@ impl WsConn {
             answer: Some(head.answer),
             outgoing: Some(head.outgoing),
             pending_send: None,
-            queue: VecDeque::from([connect.into_any().unbind()]),
+            queue: VecDeque::from([(connect.into_any().unbind(), false)]),
+            credit: head.credit,
             pending_receive: None,
             closed: false,
         })
     }
 
-    fn deliver(&mut self, py: Python<'_>, message: PyObject) -> PyResult<()> {
+    /// Gives `message` to a waiting `receive()`, or queues it; `counted`: a client
+    /// message, whose credit is freed when the app takes it.
+    fn deliver(&mut self, py: Python<'_>, message: PyObject, counted: bool) -> PyResult<()> {
         match self.pending_receive.take() {
-            Some(future) => resolve(py, &future, message),
+            Some(future) => {
+                if counted {
+                    self.credit.free();
+                }
+                resolve(py, &future, message)
+            }
             None => {
-                self.queue.push_back(message);
+                self.queue.push_back((message, counted));
                 Ok(())
             }
         }
@@ -261,14 +317,14 @@ impl WsConn {
         let message = PyDict::new(py);
         message.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
         message.set_item(intern!(py, "text"), text)?;
-        self.deliver(py, message.into_any().unbind())
+        self.deliver(py, message.into_any().unbind(), true)
     }
 
     pub fn binary(&mut self, py: Python<'_>, data: Vec<u8>) -> PyResult<()> {
         let message = PyDict::new(py);
         message.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
         message.set_item(intern!(py, "bytes"), PyBytes::new(py, &data))?;
-        self.deliver(py, message.into_any().unbind())
+        self.deliver(py, message.into_any().unbind(), true)
     }
 
     pub fn gone(&mut self, py: Python<'_>, code: u16) -> PyResult<()> {
@@ -283,7 +339,7 @@ impl WsConn {
         let message = PyDict::new(py);
         message.set_item(intern!(py, "type"), intern!(py, "websocket.disconnect"))?;
         message.set_item(intern!(py, "code"), code)?;
-        self.deliver(py, message.into_any().unbind())
+        self.deliver(py, message.into_any().unbind(), false)
     }
 
     fn end(&mut self, deny: u16, close: u16) {
@@ -330,7 +386,10 @@ fn gone_error() -> PyErr {
 #[pymethods]
 impl WsConn {
     fn receive(&mut self, py: Python<'_>) -> PyResult<PyObject> {
-        if let Some(message) = self.queue.pop_front() {
+        if let Some((message, counted)) = self.queue.pop_front() {
+            if counted {
+                self.credit.free();
+            }
             return ready(py, message);
         }
         let future = self.create_future.call0(py)?;

@@ -184,6 +184,13 @@ async def echo(websocket: WebSocket):
         print(f"websocket closed by the client with code {gone.code}")
 
 
+@app.websocket("/ws-deaf")
+async def deaf(websocket: WebSocket):
+    # Accepts, then never receives: what the client sends must wait in the socket.
+    await websocket.accept()
+    await asyncio.sleep(60)
+
+
 @app.websocket("/ws-flood")
 async def flood(websocket: WebSocket):
     await websocket.accept()
