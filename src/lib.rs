@@ -6,11 +6,23 @@
 //! provide the command line, config, signals and supervision. Any tower service whose
 //! response body is an `http_body::Body` of `Bytes` (an `axum::Router` as it is):
 //!
-//! ```ignore
+//! ```no_run
+//! use axum::{extract::State, routing::get, Router};
+//!
+//! #[derive(Clone)]
+//! struct AppState {
+//!     greeting: &'static str,
+//! }
+//!
+//! async fn index(State(state): State<AppState>) -> &'static str {
+//!     state.greeting
+//! }
+//!
 //! fn main() -> std::process::ExitCode {
 //!     forkd::run_service(|| async {
-//!         let state = AppState::connect().await?; // in each worker, after the fork
-//!         Ok(axum::Router::new().route("/", get(index)).with_state(state))
+//!         // Built in each worker, after the fork: connect pools here.
+//!         let state = AppState { greeting: "hello\n" };
+//!         Ok(Router::new().route("/", get(index)).with_state(state))
 //!     })
 //! }
 //! ```
