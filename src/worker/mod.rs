@@ -639,20 +639,22 @@ fn spawn_connection<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let open = shared.open_connections.load(Acquire);
-    if open >= shared.max_connections {
+    // Claimed before anything else: with `threads` > 1 accept loops run in parallel,
+    // and a check followed by an increment could let both past the last place.
+    let Some(mut open) = OpenConnection::claim(shared) else {
         let why = format!(
             "this worker has {} connections open (limits.max_connections)\n",
             shared.max_connections
         );
         refuse(shared, stream, addr, tls, Rejection::MaxConnections, &why);
         return;
-    }
+    };
     let ip = addr
         .map(|a| a.ip())
         .filter(|_| shared.max_connections_per_ip > 0);
     if let Some(ip) = ip {
         if !shared.claim_ip(ip) {
+            drop(open);
             let why = format!(
                 "this worker has {} connections open from {ip} (limits.max_connections_per_ip)\n",
                 shared.max_connections_per_ip
@@ -667,8 +669,8 @@ fn spawn_connection<T>(
             );
             return;
         }
+        open.1 = Some(ip);
     }
-    let open = OpenConnection::count(shared, ip);
     let mut peer = conn::Peer::new(addr, shared);
     peer.local = local;
     let shared = shared.clone();
@@ -784,10 +786,17 @@ impl Shared {
 pub(crate) struct OpenConnection(Arc<Shared>, Option<std::net::IpAddr>);
 
 impl OpenConnection {
-    fn count(shared: &Arc<Shared>, ip: Option<std::net::IpAddr>) -> OpenConnection {
-        shared.open_connections.fetch_add(1, AcqRel);
+    /// Takes one of the worker's `max_connections` places, or None when all are taken:
+    /// the check and the count are one atomic step, so the limit cannot be overshot.
+    fn claim(shared: &Arc<Shared>) -> Option<OpenConnection> {
+        shared
+            .open_connections
+            .fetch_update(AcqRel, Acquire, |open| {
+                (open < shared.max_connections).then_some(open + 1)
+            })
+            .ok()?;
         shared.slot.connection_opened();
-        OpenConnection(shared.clone(), ip)
+        Some(OpenConnection(shared.clone(), None))
     }
 }
 
