@@ -112,7 +112,18 @@ pub fn serve(
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    // Draining: accept no more, but let the scrapes already accepted be
+                    // answered before the worker exits (an idle keep-alive connection
+                    // is closed by READ_TIMEOUT), so a HUP costs no scrape.
+                    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+                    let _ = tokio::time::timeout(
+                        READ_TIMEOUT + Duration::from_secs(1),
+                        permits.acquire_many(all),
+                    )
+                    .await;
+                    return;
+                }
                 accepted = acceptor.accept() => match accepted {
                     Ok(Accepted::Tcp(stream, _)) => admit(stream, board, &permits),
                     Ok(Accepted::Unix(stream)) => admit(stream, board, &permits),

@@ -411,3 +411,50 @@ fn the_metrics_listener_moves_to_the_new_master_on_usr2() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(new), None).is_err()
     }));
 }
+
+#[test]
+fn scrapes_during_hups_all_get_answers() {
+    let dir = temp_dir("metrics-hup");
+    let path = config(
+        &dir,
+        "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n[metrics]\nbind = \"127.0.0.1:0\"\n",
+    );
+    let server = Server::start(&forkd(), &["-c", &path]);
+    let metrics = metrics_addr(&server);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scrapers: Vec<_> = (0..4)
+        .map(|_| {
+            let (metrics, stop) = (metrics.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match get(&metrics, "/metrics") {
+                        Ok((200, _, _)) => ok += 1,
+                        other => failed.push(format!("{:?}", other.map(|r| r.0))),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for generation in 2..=6 {
+        server.signal(Signal::SIGHUP);
+        server.expect_log(&format!("generation={generation}"), Duration::from_secs(15));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for scraper in scrapers {
+        let (o, f) = scraper.join().expect("scraper");
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "{} of {} scrapes failed during HUPs: {failed:?}\n{}",
+        failed.len(),
+        ok as usize + failed.len(),
+        server.log()
+    );
+}
