@@ -9,8 +9,6 @@
 mod harness;
 
 use harness::*;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The body of a `Transfer-Encoding: chunked` response, decoded.
@@ -133,27 +131,7 @@ fn the_axum_example_answers_its_routes() {
 #[test]
 fn twelve_hups_under_keepalive_load_drop_nothing_for_the_axum_example() {
     let server = Server::start(&axum_example(), &["-b", "127.0.0.1:0", "-w", "2"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tally, handles) = load(&server.addr, 48, stop.clone());
-    for round in 1..=12 {
-        server.signal(nix::sys::signal::Signal::SIGHUP);
-        let generation = format!("generation={}", round + 1);
-        // Wait for the new generation to be started before the next HUP.
-        server.expect_log(&generation, Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let settled = poll_until(Duration::from_secs(10), || {
-        workers_of(server.pid()).len() == 2
-            && server.log().matches("reason=\"reload\"").count() >= 24
-    });
-    finish(stop, handles);
-    assert!(
-        settled,
-        "workers did not settle at 2: {:?}\n{}",
-        workers_of(server.pid()),
-        server.log()
-    );
-    assert_no_failures(&tally, &server, "12 HUPs (axum)");
+    hups_under_load(&server, 12, 48, 2);
 }
 
 /// POSTs `body` over HTTP/2 (prior knowledge) in 1 KiB data frames and without a

@@ -15,7 +15,7 @@ use rcgen::{
     SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -175,49 +175,6 @@ fn server_serial(stream: &Tls) -> Vec<u8> {
     cert.tbs_certificate.raw_serial().to_vec()
 }
 
-/// Reads one response with a Content-Length: (status, `Connection: close`?, body).
-fn read_response(reader: &mut impl BufRead) -> Result<(u16, bool, Vec<u8>), String> {
-    let mut line = String::new();
-    if reader
-        .read_line(&mut line)
-        .map_err(|e| format!("read status: {e}"))?
-        == 0
-    {
-        return Err("connection closed before the response".into());
-    }
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(format!("bad status line {line:?}"))?;
-    let (mut length, mut close) = (0usize, false);
-    loop {
-        line.clear();
-        if reader
-            .read_line(&mut line)
-            .map_err(|e| format!("read header: {e}"))?
-            == 0
-        {
-            return Err("connection closed in the headers".into());
-        }
-        let header = line.trim_end().to_ascii_lowercase();
-        if header.is_empty() {
-            break;
-        }
-        if let Some(v) = header.strip_prefix("content-length:") {
-            length = v.trim().parse().map_err(|_| "bad content-length")?;
-        }
-        if header == "connection: close" {
-            close = true;
-        }
-    }
-    let mut body = vec![0; length];
-    reader
-        .read_exact(&mut body)
-        .map_err(|e| format!("short body: {e}"))?;
-    Ok((status, close, body))
-}
-
 /// One HTTPS GET on a fresh connection: (status, body, server certificate serial).
 fn https_get(
     addr: &str,
@@ -229,7 +186,7 @@ fn https_get(
     stream
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .map_err(|e| format!("write: {e}"))?;
-    let (status, _, body) = read_response(&mut BufReader::new(&mut stream))?;
+    let (status, _, body) = read_response_with_body(&mut BufReader::new(&mut stream))?;
     Ok((status, String::from_utf8_lossy(&body).into_owned(), serial))
 }
 
@@ -269,7 +226,7 @@ fn tls_load(
                         .get_mut()
                         .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
                         .map_err(|e| format!("write: {e}"))
-                        .and_then(|_| read_response(reader));
+                        .and_then(|_| read_response_with_body(reader));
                     match result {
                         Ok((status, close, _)) if (200..300).contains(&status) => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
@@ -818,7 +775,7 @@ fn sessions_resume_on_any_worker_with_the_ticket_key_shared_by_the_master() {
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
-        let (status, _, body) = read_response(&mut BufReader::new(&mut stream)).unwrap();
+        let (status, _, body) = read_response_with_body(&mut BufReader::new(&mut stream)).unwrap();
         assert_eq!(status, 200);
         let body = String::from_utf8_lossy(&body).into_owned();
         let pid = body

@@ -17,27 +17,7 @@ use std::time::Duration;
 #[test]
 fn twenty_hups_under_keepalive_load_drop_nothing() {
     let server = Server::start(&forkd(), &["-b", "127.0.0.1:0", "-w", "2", "hello"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tally, handles) = load(&server.addr, 64, stop.clone());
-    for round in 1..=20 {
-        server.signal(nix::sys::signal::Signal::SIGHUP);
-        let generation = format!("generation={}", round + 1);
-        // Wait for the new generation to be started before the next HUP.
-        server.expect_log(&generation, Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let settled = poll_until(Duration::from_secs(10), || {
-        workers_of(server.pid()).len() == 2
-            && server.log().matches("reason=\"reload\"").count() >= 40
-    });
-    finish(stop, handles);
-    assert!(
-        settled,
-        "workers did not settle at 2: {:?}\n{}",
-        workers_of(server.pid()),
-        server.log()
-    );
-    assert_no_failures(&tally, &server, "20 HUPs");
+    hups_under_load(&server, 20, 64, 2);
 }
 
 #[test]

@@ -182,9 +182,7 @@ pub fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool), S
 }
 
 /// Reads one response: (status, whether the server said `Connection: close`, body).
-pub fn read_response_with_body(
-    reader: &mut BufReader<TcpStream>,
-) -> Result<(u16, bool, Vec<u8>), String> {
+pub fn read_response_with_body(reader: &mut impl BufRead) -> Result<(u16, bool, Vec<u8>), String> {
     let mut line = String::new();
     if reader
         .read_line(&mut line)
@@ -306,6 +304,33 @@ pub fn finish(stop: Arc<AtomicBool>, handles: Vec<std::thread::JoinHandle<()>>) 
     for h in handles {
         let _ = h.join();
     }
+}
+
+/// `rounds` HUPs under keep-alive load on `connections` connections, each once the
+/// previous one's generation has started; then waits for `workers` workers to remain
+/// (every old one stopped for the reload) and asserts that no request failed.
+pub fn hups_under_load(server: &Server, rounds: usize, connections: usize, workers: usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, connections, stop.clone());
+    for round in 1..=rounds {
+        server.signal(nix::sys::signal::Signal::SIGHUP);
+        let generation = format!("generation={}", round + 1);
+        // Wait for the new generation to be started before the next HUP.
+        server.expect_log(&generation, Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let settled = poll_until(Duration::from_secs(10), || {
+        workers_of(server.pid()).len() == workers
+            && server.log().matches("reason=\"reload\"").count() >= rounds * workers
+    });
+    finish(stop, handles);
+    assert!(
+        settled,
+        "workers did not settle at {workers}: {:?}\n{}",
+        workers_of(server.pid()),
+        server.log()
+    );
+    assert_no_failures(&tally, server, &format!("{rounds} HUPs"));
 }
 
 pub fn assert_no_failures(tally: &Tally, server: &Server, what: &str) {
