@@ -158,7 +158,7 @@ impl Dir {
         for _ in 0..16 {
             let mut temp = OsString::from(".");
             temp.push(name);
-            temp.push(format!(".{:016x}.tmp", random_u64()));
+            temp.push(format!(".{:016x}.tmp", crate::protocol::random_bits(false)));
             match nix::fcntl::openat(
                 Some(self.raw_fd()),
                 &*temp,
@@ -222,18 +222,4 @@ pub fn not_regular(st: &FileStat) -> Option<&'static str> {
         SFlag::S_IFBLK => "a block device",
         _ => "not a regular file",
     })
-}
-
-/// 64 random bits for a temporary file name (getrandom(2), else time and pid).
-fn random_u64() -> u64 {
-    let mut buf = [0u8; 8];
-    // SAFETY: getrandom writes at most buf.len() bytes into buf.
-    let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
-    if got == buf.len() as isize {
-        return u64::from_ne_bytes(buf);
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ ((std::process::id() as u64) << 32)
 }

@@ -54,7 +54,7 @@ pub mod cli;
 pub mod config;
 #[allow(unsafe_code)] // a signal set with a realtime signal
 pub mod control;
-#[allow(unsafe_code)] // adopting fds from openat(2), getrandom
+#[allow(unsafe_code)] // adopting fds from openat(2)
 mod dirfd;
 mod forwarded;
 pub mod hosted;

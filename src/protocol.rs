@@ -59,22 +59,27 @@ pub const UPGRADE_TOKEN_VAR: &str = "_FORKD_UPGRADE_TOKEN";
 /// How long a new master gets to have all its workers ready.
 pub const UPGRADE_READY_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A fresh random token for one exchange of realtime signals (never 0). The
-/// getrandom(2) system call; a failure leaves the clock's nanoseconds mixed with the pid.
+/// A fresh random token for one exchange of realtime signals (never 0): a secret, so
+/// it waits for the kernel's entropy pool if that is not initialised yet.
 pub fn random_token() -> u64 {
+    random_bits(true).max(1)
+}
+
+/// 64 bits from getrandom(2), waiting for the entropy pool at early boot or not
+/// (`wait`); a failure leaves the clock's nanoseconds mixed with the pid.
+pub fn random_bits(wait: bool) -> u64 {
     let mut bytes = [0u8; 8];
+    let flags = if wait { 0 } else { libc::GRND_NONBLOCK };
     // SAFETY: getrandom(2) writes at most `bytes.len()` bytes into this local buffer,
     // which lives until the call returns.
-    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    let token = if filled == bytes.len() as isize {
-        u64::from_ne_bytes(bytes)
-    } else {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        now ^ (u64::from(std::process::id()) << 32)
-    };
-    token.max(1)
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), flags) };
+    if filled == bytes.len() as isize {
+        return u64::from_ne_bytes(bytes);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    now ^ (u64::from(std::process::id()) << 32)
 }
 
 /// Whether a received HUP came from a `-s reload` that waits for an answer: queued,

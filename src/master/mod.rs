@@ -25,7 +25,7 @@ pub mod exec;
 mod notify;
 mod plan;
 pub mod recycle;
-#[allow(unsafe_code)] // signal sets with a realtime signal, getrandom, sigqueue
+#[allow(unsafe_code)] // a signal set with a realtime signal
 pub mod signals;
 #[allow(unsafe_code)] // fork and exec of the new master
 pub mod upgrade;
