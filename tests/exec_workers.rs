@@ -278,11 +278,19 @@ fn notify_readiness_waits_for_ready_and_watchdog_drives_timeout() {
         let _ = get(&addr, "/hang");
     });
     server.expect_log("worker timeout", Duration::from_secs(15));
-    assert!(poll_until(Duration::from_secs(20), || {
-        let now = children_of(server.pid());
-        now.len() == 2 && hung.iter().any(|w| !now.contains(w))
-    }));
-    assert_eq!(get(&server.addr, "/").map(|r| r.0), Ok(200));
+    // Only the hung worker is replaced: the other one kept its loop (and WATCHDOG=1) going.
+    assert!(
+        poll_until(Duration::from_secs(20), || {
+            let now = children_of(server.pid());
+            now.len() == 2 && hung.iter().filter(|w| now.contains(w)).count() == 1
+        }),
+        "{}",
+        server.log()
+    );
+    assert_eq!(get(&server.addr, "/").map(|r| r.0), Ok(200), "{}", server.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let log = server.log();
+    assert_eq!(log.matches("worker timeout").count(), 1, "{log}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

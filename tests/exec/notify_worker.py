@@ -53,6 +53,10 @@ class Handler(BaseHTTPRequestHandler):
 server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
 server.socket.close()
 server.socket = socket.socket(fileno=3)
+# Non-blocking, as every pre-fork worker's listener must be: when two workers wake for one
+# connection, the one that loses the accept goes back to its loop (and its WATCHDOG=1)
+# instead of blocking in accept(2) until the next connection.
+server.socket.setblocking(False)
 server.timeout = 0.05
 
 time.sleep(float(os.environ.get("READY_DELAY", "1")))
