@@ -801,7 +801,7 @@ fn flush(sink: &mut Sink, batch: &mut Vec<u8>, failures: &mut WriteFailures) {
         failures.lines += dropped.lines;
         if failures
             .reported
-            .map_or(true, |at| at.elapsed() > Duration::from_secs(10))
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(10))
         {
             tracing::error!(
                 pid = std::process::id(),

@@ -1357,7 +1357,7 @@ pub fn ready_mode_text(mode: &ReadyMode) -> String {
 
 fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("\"{}s\"", ms / 1000)
     } else {
         format!("\"{ms}ms\"")

@@ -490,7 +490,7 @@ impl Board {
                 totals.add_slot(slot);
             }
             fence(Acquire);
-            if before % 2 == 0 && self.header.fold_seq.load(Relaxed) == before {
+            if before.is_multiple_of(2) && self.header.fold_seq.load(Relaxed) == before {
                 return totals;
             }
             best_effort = totals;

@@ -205,7 +205,7 @@ struct ExecWorker {
 impl Worker {
     /// Whether `timeout` is enforced on this worker.
     fn timed(&self) -> bool {
-        !self.config.timeout.is_zero() && self.exec.as_ref().map_or(true, |e| e.watchdog_seen)
+        !self.config.timeout.is_zero() && self.exec.as_ref().is_none_or(|e| e.watchdog_seen)
     }
 
     /// When an exec worker that is not ready yet is given up on.

@@ -118,7 +118,7 @@ impl SystemdLink {
         let counts_changed = counts != self.status_counts;
         let stale = self
             .status_sent_at
-            .map_or(true, |at| at.elapsed() >= STATUS_REFRESH);
+            .is_none_or(|at| at.elapsed() >= STATUS_REFRESH);
         if counts_changed || stale {
             self.send(&format!("STATUS={full}"));
             self.status = full.to_string();

@@ -136,7 +136,7 @@ impl Watch {
         let due = max_memory > 0
             && self
                 .sampled
-                .map_or(true, |at| now.saturating_duration_since(at) >= SAMPLE_EVERY);
+                .is_none_or(|at| now.saturating_duration_since(at) >= SAMPLE_EVERY);
         let rss = if due {
             self.sampled = Some(now);
             read()
