@@ -287,7 +287,12 @@ fn notify_readiness_waits_for_ready_and_watchdog_drives_timeout() {
         "{}",
         server.log()
     );
-    assert_eq!(get(&server.addr, "/").map(|r| r.0), Ok(200), "{}", server.log());
+    assert_eq!(
+        get(&server.addr, "/").map(|r| r.0),
+        Ok(200),
+        "{}",
+        server.log()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let log = server.log();
     assert_eq!(log.matches("worker timeout").count(), 1, "{log}");
