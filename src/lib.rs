@@ -80,6 +80,8 @@ mod timefmt;
 mod tls;
 mod worker;
 
+pub use worker::serve;
+
 use app::AppFactory;
 use std::process::ExitCode;
 
