@@ -1,9 +1,31 @@
 //! One acceptor for the listening sockets a worker accepts on, its app listeners and
 //! the metrics listener alike: a TCP or unix listener on the worker's own copy of the
-//! fd, and what it accepts.
+//! fd ([`Socket`]), registered with the runtime ([`Acceptor`]), and what it accepts.
 
 use crate::listeners::{Listener, ListenerKind};
 use std::net::SocketAddr;
+
+/// A listening socket of either kind, not yet registered with a runtime.
+pub(crate) enum Socket {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl Socket {
+    /// A duplicate of `listener`'s fd: closing it stops this worker's accepting only;
+    /// the queue lives on in the master and the other workers. `what` names the
+    /// listener in errors ("listener", "metrics listener").
+    pub(crate) fn copy_of(listener: &Listener, what: &str) -> Result<Socket, String> {
+        let fd = listener
+            .fd
+            .try_clone()
+            .map_err(|e| format!("dup {what} {}: {e}", listener.local))?;
+        Ok(match listener.kind {
+            ListenerKind::Tcp => Socket::Tcp(fd.into()),
+            ListenerKind::Unix { .. } => Socket::Unix(fd.into()),
+        })
+    }
+}
 
 /// A worker's listener of either kind.
 pub(crate) enum Acceptor {
@@ -18,23 +40,16 @@ pub(crate) enum Accepted {
 }
 
 impl Acceptor {
-    /// Accepts on a duplicate of `listener`'s fd: closing it stops this worker's
-    /// accepting only; the queue lives on in the master and the other workers.
-    /// `what` names the listener in errors ("listener", "metrics listener").
-    pub(crate) fn new(listener: &Listener, what: &str) -> Result<Acceptor, String> {
-        let fd = listener
-            .fd
-            .try_clone()
-            .map_err(|e| format!("dup {what} {}: {e}", listener.local))?;
-        let fail = |e: std::io::Error| format!("{what} {}: {e}", listener.local);
-        Ok(match listener.kind {
-            ListenerKind::Tcp => {
-                let l = std::net::TcpListener::from(fd);
+    /// Registers `socket` with the current tokio runtime. `what` and `name` name the
+    /// listener in errors ("listener 127.0.0.1:8000: ...").
+    pub(crate) fn new(socket: Socket, what: &str, name: &str) -> Result<Acceptor, String> {
+        let fail = |e: std::io::Error| format!("{what} {name}: {e}");
+        Ok(match socket {
+            Socket::Tcp(l) => {
                 let _ = l.set_nonblocking(true);
                 Acceptor::Tcp(tokio::net::TcpListener::from_std(l).map_err(fail)?)
             }
-            ListenerKind::Unix { .. } => {
-                let l = std::os::unix::net::UnixListener::from(fd);
+            Socket::Unix(l) => {
                 let _ = l.set_nonblocking(true);
                 Acceptor::Unix(tokio::net::UnixListener::from_std(l).map_err(fail)?)
             }

@@ -95,10 +95,45 @@ where
 /// tower's contract asks; a service that fails (its `poll_ready` or its future returns
 /// an error) gets a 500 and a log line. The service must be `Sync`, since the worker's
 /// threads share it: tower's `BoxCloneSyncService` is, `BoxCloneService` is not.
-pub fn service_factory<F, Fut, S, B>(make: F) -> AppFactory
+pub fn service_factory<F, Fut, S>(make: F) -> AppFactory
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<S, BoxError>> + Send + 'static,
+    S: TowerService,
+{
+    Arc::new(move || {
+        let fut = make();
+        Box::pin(async move { fut.await.map(from_service) })
+    })
+}
+
+/// A tower service (an `axum::Router` as it is) as an [`App`], for
+/// [`serve`](crate::serve::serve): served as by [`service_factory`].
+pub fn from_service<S: TowerService>(svc: S) -> Arc<dyn App> {
+    Arc::new(ServiceApp(svc))
+}
+
+/// The tower services forkd serves: a `tower_service::Service` of [`Request`] that is
+/// `Clone + Send + Sync`, with a `Send` future, an error that converts to [`BoxError`],
+/// and a response body that is any `http_body::Body` of `Bytes`. Every such service
+/// implements it (a blanket impl); it only names those bounds once.
+pub trait TowerService:
+    tower_service::Service<
+        Request,
+        Response = hyper::Response<Self::Body>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// The response body.
+    type Body: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> TowerService for S
+where
     S: tower_service::Service<Request, Response = hyper::Response<B>>
         + Clone
         + Send
@@ -109,30 +144,13 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    Arc::new(move || {
-        let fut = make();
-        Box::pin(async move {
-            fut.await
-                .map(|svc| Arc::new(ServiceApp(svc)) as Arc<dyn App>)
-        })
-    })
+    type Body = B;
 }
 
 /// A tower service as an [`App`].
 struct ServiceApp<S>(S);
 
-impl<S, B> App for ServiceApp<S>
-where
-    S: tower_service::Service<Request, Response = hyper::Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+impl<S: TowerService> App for ServiceApp<S> {
     fn call(&self, req: Request) -> BoxFuture<Response> {
         // The clone is this request's own: its readiness is not another request's.
         let mut svc = self.0.clone();

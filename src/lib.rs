@@ -80,6 +80,8 @@ mod timefmt;
 mod tls;
 mod worker;
 
+pub use worker::serve;
+
 use app::AppFactory;
 use std::process::ExitCode;
 
@@ -93,19 +95,11 @@ pub fn run(app: AppFactory) -> ExitCode {
 
 /// Runs forkd with a tower service (an `axum::Router` as it is), built by `make` in
 /// each worker after the fork: `run(app::service_factory(make))`.
-pub fn run_service<F, Fut, S, B>(make: F) -> ExitCode
+pub fn run_service<F, Fut, S>(make: F) -> ExitCode
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<S, app::BoxError>> + Send + 'static,
-    S: tower_service::Service<app::Request, Response = hyper::Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<app::BoxError>,
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<app::BoxError>,
+    S: app::TowerService,
 {
     run(app::service_factory(make))
 }

@@ -103,13 +103,12 @@ pub fn handover_name(listener: &Listener) -> String {
 
 /// Serves `/metrics` on a worker's copy of the metrics listener until `stop` fires.
 pub fn serve(
-    listener: &Listener,
+    acceptor: Acceptor,
     board: &'static Board,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, String> {
-    let acceptor = Acceptor::new(listener, "metrics listener")?;
+) -> tokio::task::JoinHandle<()> {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.changed() => {
@@ -134,7 +133,7 @@ pub fn serve(
                 },
             }
         }
-    }))
+    })
 }
 
 /// Concurrent `/metrics` connections per worker: a scraper needs one or two; more are

@@ -610,7 +610,7 @@ impl Shared {
                 "worker reached max_requests, asking to be replaced"
             );
             self.slot.set_flag(FLAG_RETIRE);
-            super::ring_doorbell(self.master_pid);
+            super::doorbell::ring();
         }
     }
 }

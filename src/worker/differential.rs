@@ -45,7 +45,7 @@
 use super::conn::ConnState;
 use super::io::GuardedIo;
 use super::limits::HeadLimits;
-use super::{new_shared, Shared};
+use super::serve::{new_shared, Shared};
 use crate::app::App;
 use crate::config::Config;
 use crate::forwarded::TrustedProxies;
@@ -87,7 +87,7 @@ fn shared(limits: HeadLimits) -> Shared {
     let app: Arc<dyn App> = Arc::new(|_req: crate::app::Request| async {
         crate::app::respond(200, "text/plain", "not used\n")
     });
-    new_shared(app, board(), 0, &config, None, TrustedProxies::default())
+    new_shared(app, board(), &config, None, TrustedProxies::default())
 }
 
 /// forkd's IO under hyper, as `conn::serve` builds it (the one place to change when

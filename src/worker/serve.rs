@@ -1,0 +1,506 @@
+//! The serving core of a worker, usable as a library: [`serve`] accepts on the
+//! listening sockets it is given and serves every connection with the app (limits,
+//! health paths, trusted proxies, access log, the metrics listener, TLS) until its
+//! `shutdown` future resolves; then it drains (stops accepting, lets the requests in
+//! flight finish within `graceful_timeout`) or stops at once, and returns how it ended.
+//! It installs no signal handler and never exits the process: the worker's entry point
+//! (`worker::run`) turns signals into the shutdown and the [`Outcome`] into an exit, and
+//! a test or another program can run the core in-process.
+
+use super::accept::{start_accepting, AcceptTasks, Throttled};
+use super::health::HealthPaths;
+use super::limits::HeadLimits;
+use crate::acceptor::{Acceptor, Socket};
+use crate::access_log::AccessLog;
+use crate::app::App;
+use crate::config::Config;
+use crate::forwarded::TrustedProxies;
+use crate::listeners::Listener;
+use crate::scoreboard::{monotonic_ms, Board, Scoreboard, Slot, WorkerState};
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// A listening socket [`serve`] accepts on. The core accepts on it until the drain
+/// begins, then closes it.
+pub struct Listening {
+    pub(super) socket: Socket,
+    /// Its connections begin with a TLS handshake ([`Settings::tls`]).
+    pub(super) tls: bool,
+    /// What it is bound to, for errors.
+    pub(super) name: String,
+}
+
+impl Listening {
+    /// A bound TCP listener (`std::net::TcpListener::bind`).
+    pub fn tcp(listener: std::net::TcpListener) -> Listening {
+        let name = listener
+            .local_addr()
+            .map_or_else(|_| "tcp".to_string(), |a| a.to_string());
+        Listening {
+            socket: Socket::Tcp(listener),
+            tls: false,
+            name,
+        }
+    }
+
+    /// A bound unix socket listener.
+    pub fn unix(listener: std::os::unix::net::UnixListener) -> Listening {
+        let name = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+            .unwrap_or_else(|| "unix".to_string());
+        Listening {
+            socket: Socket::Unix(listener),
+            tls: false,
+            name,
+        }
+    }
+
+    /// Serves this listener's connections over TLS, with the server config given as
+    /// [`Settings::tls`] (without it, [`serve`] fails).
+    pub fn with_tls(mut self) -> Listening {
+        self.tls = true;
+        self
+    }
+
+    /// A worker's own copy of one of the master's listeners (TLS if its `bind` entry
+    /// says so). `what` names it in errors.
+    pub(super) fn copy_of(listener: &Listener, what: &str) -> Result<Listening, String> {
+        Ok(Listening {
+            socket: Socket::copy_of(listener, what)?,
+            tls: listener.spec.is_tls(),
+            name: listener.local.clone(),
+        })
+    }
+}
+
+/// What [`serve`] needs besides the listeners and the app.
+///
+/// The core reads these keys of the config: `keepalive`, `graceful_timeout`, `timeout`
+/// (how often it reports progress), `max_requests` and `max_requests_jitter`, all of
+/// `[limits]` and `[health]`, `forwarded_allow_ips`, the access log's `[log]` keys,
+/// `tls.handshake_timeout`, and whether `metrics.bind` is set (to record request
+/// durations). Binding, processes, users and signals are the caller's.
+pub struct Settings {
+    config: Arc<Config>,
+    scoreboard: Option<(&'static Slot, &'static Board)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    metrics: Option<Listening>,
+    report_progress: bool,
+    access_log: AccessLogFrom,
+}
+
+/// Where the core's access log comes from.
+enum AccessLogFrom {
+    /// Started by `serve` from the config's `[log]` keys.
+    Config,
+    /// Started by the caller (who reopens it on USR1); `None` when it is off.
+    Started(Option<Arc<AccessLog>>),
+}
+
+impl Settings {
+    /// Settings from a config; without [`Settings::scoreboard`] the core counts in a
+    /// scoreboard of its own (one per process, shared by every core it runs).
+    pub fn new(config: Arc<Config>) -> Settings {
+        Settings {
+            config,
+            scoreboard: None,
+            tls: None,
+            metrics: None,
+            report_progress: true,
+            access_log: AccessLogFrom::Config,
+        }
+    }
+
+    /// Counts requests and connections in this slot of `board` (a worker's slot in
+    /// the master's scoreboard, or one a test owns: `Scoreboard::new()` then `claim`),
+    /// and serves `board` on the metrics listener.
+    pub fn scoreboard(mut self, slot: &'static Slot, board: &'static Board) -> Settings {
+        self.scoreboard = Some((slot, board));
+        self
+    }
+
+    /// The TLS server config for listeners marked [`Listening::with_tls`].
+    pub fn tls(mut self, tls: Arc<rustls::ServerConfig>) -> Settings {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Serves `GET /metrics` (the whole scoreboard, Prometheus text) on `listener`.
+    pub fn metrics(mut self, listener: Listening) -> Settings {
+        self.metrics = Some(listener);
+        self
+    }
+
+    /// Whether the core's event loop stamps progress into its slot (the master's
+    /// `timeout` check reads it); on by default. Off when another loop does it (a
+    /// hosted app's).
+    pub fn report_progress(mut self, on: bool) -> Settings {
+        self.report_progress = on;
+        self
+    }
+
+    /// An access log the caller started (and reopens), instead of one from the config.
+    pub(super) fn access_log(mut self, log: Option<Arc<AccessLog>>) -> Settings {
+        self.access_log = AccessLogFrom::Started(log);
+        self
+    }
+}
+
+/// What the `shutdown` future of [`serve`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Stop accepting, let the connections finish (their responses carry
+    /// `Connection: close`; HTTP/2 gets GOAWAY; an idle connection is closed once it
+    /// has been idle for `keepalive`), for at most `graceful_timeout`.
+    Graceful,
+    /// Stop at once: stop accepting, write the access log, return. The connections
+    /// still open are left to the runtime (the worker exits right after).
+    Immediate,
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Drained: every connection closed within `graceful_timeout`.
+    Drained,
+    /// `graceful_timeout` passed with `open` connections still open; they are left to
+    /// the runtime.
+    GracefulTimeout { open: usize },
+    /// Stopped at once ([`Shutdown::Immediate`]).
+    Immediate,
+}
+
+/// Serves `listeners` with `app` until `shutdown` resolves, then stops as it asks and
+/// returns how it ended. An `Err` is a failure to start (the access log cannot be
+/// opened, a listener cannot be registered, a TLS listener without a TLS config), said
+/// in one line. Call it inside a tokio runtime with the timer and IO enabled.
+///
+/// ```no_run
+/// use forkd::app::{respond, App, Request};
+/// use forkd::config::Config;
+/// use forkd::serve::{serve, Listening, Outcome, Settings, Shutdown};
+/// use std::sync::Arc;
+///
+/// # async fn example() -> Result<(), String> {
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+/// let app: Arc<dyn App> =
+///     Arc::new(|_req: Request| async { respond(200, "text/plain", "hi\n") });
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let server = tokio::spawn(serve(
+///     vec![Listening::tcp(listener)],
+///     app,
+///     Settings::new(Arc::new(Config::default())),
+///     async move {
+///         let _ = stopped.await;
+///         Shutdown::Graceful
+///     },
+/// ));
+/// // ... serve requests, then:
+/// let _ = stop.send(());
+/// let outcome = server.await.map_err(|e| e.to_string())??;
+/// assert_eq!(outcome, Outcome::Drained);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn serve<F>(
+    listeners: Vec<Listening>,
+    app: Arc<dyn App>,
+    settings: Settings,
+    shutdown: F,
+) -> Result<Outcome, String>
+where
+    F: Future<Output = Shutdown>,
+{
+    let Settings {
+        config,
+        scoreboard,
+        tls,
+        metrics,
+        report_progress,
+        access_log,
+    } = settings;
+    let (slot, board) = match scoreboard {
+        Some(place) => place,
+        None => own_scoreboard()?,
+    };
+    let access_log = match access_log {
+        AccessLogFrom::Started(log) => log,
+        AccessLogFrom::Config => start_access_log(&config, slot.number())?,
+    };
+    let proxies = config.forwarded_allow_ips.clone();
+    let mut shared = new_shared(app, (slot, board), &config, access_log, proxies);
+    shared.tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    let shared = Arc::new(shared);
+    let metrics = match metrics {
+        Some(Listening { socket, name, .. }) => {
+            Some(Acceptor::new(socket, "metrics listener", &name)?)
+        }
+        None => None,
+    };
+    let mut accepting = start_accepting(&shared, listeners)?;
+    if let Some(acceptor) = metrics {
+        accepting.push(crate::metrics::serve(
+            acceptor,
+            board,
+            shared.drain_signal(),
+        ));
+    }
+    let _progress = report_progress.then(|| {
+        AbortOnDrop(tokio::spawn(self::report_progress(
+            slot,
+            progress_interval(config.timeout),
+        )))
+    });
+    slot.set_state(WorkerState::Ready);
+    super::doorbell::ring();
+    tracing::debug!(
+        pid = std::process::id(),
+        worker = slot.number(),
+        "worker ready"
+    );
+    match shutdown.await {
+        Shutdown::Graceful => Ok(drain(&shared, accepting, config.graceful_timeout).await),
+        Shutdown::Immediate => {
+            for task in accepting {
+                task.abort();
+            }
+            if let Some(log) = &shared.access_log {
+                log.finish();
+            }
+            Ok(Outcome::Immediate)
+        }
+    }
+}
+
+/// The access log the config asks for, if any.
+pub(super) fn start_access_log(
+    config: &Config,
+    number: u64,
+) -> Result<Option<Arc<AccessLog>>, String> {
+    Ok(AccessLog::start(
+        &config.log.access_log,
+        config.log.access_log_format.as_ref(),
+        config.log.format == crate::config::LogFormat::Json,
+        number,
+    )?
+    .map(Arc::new))
+}
+
+/// The scoreboard slot of a core run without one: a process-wide one-slot board.
+fn own_scoreboard() -> Result<(&'static Slot, &'static Board), String> {
+    static OWN: OnceLock<Result<(&'static Slot, &'static Board), String>> = OnceLock::new();
+    OWN.get_or_init(|| {
+        let mut scoreboard =
+            Scoreboard::new().map_err(|e| format!("cannot make a scoreboard: {e}"))?;
+        let index = scoreboard
+            .claim()
+            .ok_or_else(|| "cannot make a scoreboard: no free slot".to_string())?;
+        // The mapping is never unmapped; the slot stays claimed for the process's life.
+        Ok((scoreboard.slot(index), scoreboard.board()))
+    })
+    .clone()
+}
+
+/// Aborts a background task when the core returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// State shared by every task of the worker.
+pub(crate) struct Shared {
+    pub(super) app: Arc<dyn App>,
+    pub(super) slot: &'static Slot,
+    pub(super) board: &'static Board,
+    pub(super) http: auto::Builder<TokioExecutor>,
+    pub(super) keepalive: Duration,
+    pub(super) header_read_timeout: Duration,
+    /// `limits.body_read_timeout`; zero = off.
+    pub(super) body_read_timeout: Duration,
+    /// This worker's own `max_requests` (with its jitter drawn); 0 = unlimited.
+    pub(super) request_limit: u64,
+    draining: AtomicBool,
+    drain_tx: watch::Sender<bool>,
+    pub(super) open_connections: AtomicUsize,
+    pub(super) all_closed: Notify,
+    /// Rung when a connection closes while the accept loop is stepping back (accept
+    /// balancing waits on it); `stepping_back` says whether anyone is waiting, so that
+    /// a closing connection costs no lock otherwise.
+    pub(super) connection_closed: Notify,
+    pub(super) stepping_back: AtomicBool,
+    pub(super) limits: HeadLimits,
+    pub(super) max_connections: usize,
+    /// `limits.max_connections_per_ip`; 0 = off.
+    pub(super) max_connections_per_ip: usize,
+    /// Open connections per client IP, kept only when `max_connections_per_ip` is on.
+    pub(super) per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// "This worker is full" error-log lines, at most one per period.
+    pub(super) full_warning: Throttled,
+    /// accept(2) failures (EMFILE...) in the error log, at most one line per period.
+    pub(super) accept_warning: Throttled,
+    pub(super) health: HealthPaths,
+    pub(super) proxies: TrustedProxies,
+    pub(super) access_log: Option<Arc<AccessLog>>,
+    /// Metrics are on: record each request's duration in the slot's histogram.
+    pub(super) record_durations: bool,
+    /// Something needs a request's start time (the histogram or the access log).
+    pub(super) timing: bool,
+    /// Wraps connections accepted on `tls://` listeners.
+    pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `tls.handshake_timeout`.
+    pub(super) handshake_timeout: Duration,
+}
+
+impl Shared {
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+    pub(super) fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain_tx.subscribe()
+    }
+    fn start_drain(&self) {
+        if !self.draining.swap(true, AcqRel) {
+            self.slot.set_state(WorkerState::Draining);
+            let _ = self.drain_tx.send(true);
+        }
+    }
+}
+
+pub(super) fn new_shared(
+    app: Arc<dyn App>,
+    (slot, board): (&'static Slot, &'static Board),
+    config: &Config,
+    access_log: Option<Arc<AccessLog>>,
+    proxies: TrustedProxies,
+) -> Shared {
+    let limits = HeadLimits::from_config(&config.limits);
+    let http = super::http::builder(config, &limits);
+    let (drain_tx, _) = watch::channel(false);
+    let record_durations = config.metrics.bind.is_some();
+    Shared {
+        app,
+        slot,
+        board,
+        http,
+        keepalive: config.keepalive,
+        header_read_timeout: config.limits.header_read_timeout,
+        body_read_timeout: config.limits.body_read_timeout,
+        request_limit: request_limit(config.max_requests, config.max_requests_jitter),
+        draining: AtomicBool::new(false),
+        drain_tx,
+        open_connections: AtomicUsize::new(0),
+        all_closed: Notify::new(),
+        connection_closed: Notify::new(),
+        stepping_back: AtomicBool::new(false),
+        limits,
+        max_connections: config.limits.max_connections,
+        max_connections_per_ip: config.limits.max_connections_per_ip,
+        per_ip: Default::default(),
+        full_warning: Throttled::new(Duration::from_secs(10)),
+        accept_warning: Throttled::new(Duration::from_secs(5)),
+        health: HealthPaths::from_config(&config.health),
+        proxies,
+        timing: record_durations || access_log.is_some(),
+        access_log,
+        record_durations,
+        tls: None,
+        handshake_timeout: config.tls.handshake_timeout,
+    }
+}
+
+/// `max_requests + random(0..=jitter)`, so that workers do not all recycle at once.
+fn request_limit(max_requests: u64, jitter: u64) -> u64 {
+    if max_requests == 0 {
+        return 0;
+    }
+    let seed = monotonic_ms() ^ ((std::process::id() as u64) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+    // xorshift64*: good enough to spread limits; not used for anything secret.
+    let mut x = seed | 1;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    let random = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    max_requests
+        + if jitter == 0 {
+            0
+        } else {
+            random % (jitter + 1)
+        }
+}
+
+/// How often progress is stamped into the slot: often enough for `timeout` to see a
+/// blocked loop in time.
+pub(super) fn progress_interval(timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+}
+
+/// Reports progress from the event loop itself: if the loop is blocked, this stops,
+/// which is exactly what the master's `timeout` check looks for.
+async fn report_progress(slot: &'static Slot, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        slot.report_progress();
+    }
+}
+
+/// Graceful drain: stop accepting, let connections finish (responses carry
+/// `Connection: close`), bounded by `graceful_timeout` (the master SIGKILLs after it too).
+async fn drain(
+    shared: &Arc<Shared>,
+    accepting: AcceptTasks,
+    graceful_timeout: Duration,
+) -> Outcome {
+    shared.start_drain();
+    for task in accepting {
+        let _ = task.await;
+    }
+    let deadline = tokio::time::Instant::now() + graceful_timeout;
+    // Connections the app took over (WebSockets) are asked to close a little before
+    // the deadline, so that they can say goodbye before the master's SIGKILL.
+    let closing_at = deadline - (graceful_timeout / 10).min(Duration::from_secs(1));
+    let mut told_app = false;
+    let outcome = loop {
+        let closed = shared.all_closed.notified();
+        if shared.open_connections.load(Acquire) == 0 {
+            break Outcome::Drained;
+        }
+        let until = if told_app { deadline } else { closing_at };
+        if tokio::time::timeout_at(until, closed).await.is_err() {
+            if !told_app {
+                told_app = true;
+                shared.app.closing();
+                continue;
+            }
+            let open = shared.open_connections.load(Acquire);
+            tracing::warn!(
+                pid = std::process::id(),
+                open,
+                "graceful_timeout reached with connections open; exiting"
+            );
+            break Outcome::GracefulTimeout { open };
+        }
+    };
+    if let Some(log) = &shared.access_log {
+        log.finish();
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests;
