@@ -12,10 +12,11 @@
 //! pure function [`plan::plan`]; this loop applies it.
 //!
 //! The master's state is spelled as types: [`RunState`] (serving, serving out a
-//! `shutdown_delay`, stopping), [`ReloadState`] (a HUP under way and who waits for it),
-//! [`UpgradeState`] (either side of a USR2 upgrade), a worker's [`Phase`] and the
-//! [`plan::ExitReason`] it exits for; every timed action is a [`Deadline`] listed once
-//! by [`Master::deadlines`].
+//! `shutdown_delay`, stopping, and how: [`Stop`]) and [`Boot`] (how far start-up has
+//! got), both in [`state`] with their pure decisions; [`ReloadState`] (a HUP under way
+//! and who waits for it), [`UpgradeState`] (either side of a USR2 upgrade), a worker's
+//! [`Phase`] and the [`plan::ExitReason`] it exits for; every timed action is a
+//! [`Deadline`] listed once by [`Master::deadlines`].
 
 #[allow(unsafe_code)] // close_range, dup of fds for a child
 mod child;
