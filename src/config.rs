@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::access_log::Format as AccessLogFormat;
-pub use crate::forwarded::TrustedProxies;
+pub use crate::forwarded::{ProxyHeaders, TrustedProxies};
 
 /// One `bind` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -214,7 +214,7 @@ pub struct Config {
     pub group: Option<String>,
     pub umask: Option<u32>,
     pub chdir: Option<PathBuf>,
-    /// Parsed once here; the workers use it as it is.
+    /// Parsed once here, with `forwarded_headers` in it; the workers use it as it is.
     pub forwarded_allow_ips: TrustedProxies,
     pub env: BTreeMap<String, String>,
     pub log: LogConfig,
@@ -470,10 +470,19 @@ pub(crate) const KEYS: &[Key] = &[
     ),
     Key::new("forwarded_allow_ips", "a list of IP addresses or CIDRs, or \"*\"",
         |c, v| {
-            c.forwarded_allow_ips = TrustedProxies::parse(&list(v).ok_or(Expected)?).map_err(Invalid)?;
+            let headers = c.forwarded_allow_ips.headers();
+            c.forwarded_allow_ips = TrustedProxies::parse(&list(v).ok_or(Expected)?, headers).map_err(Invalid)?;
             Ok(())
         },
         |c| Some(quoted_list(c.forwarded_allow_ips.entries().iter().cloned())),
+    ),
+    Key::new("forwarded_headers", ProxyHeaders::ALLOWED,
+        |c, v| {
+            let headers = text(v).as_deref().and_then(ProxyHeaders::parse).ok_or(Expected)?;
+            c.forwarded_allow_ips.set_headers(headers);
+            Ok(())
+        },
+        |c| Some(quoted(c.forwarded_allow_ips.headers().as_str())),
     ),
     Key {
         name: "env",
@@ -1480,6 +1489,7 @@ mod tests {
             "forwarded_allow_ips",
             "[\"10.0.0.0/8\", \"::ffff:10.0.0.0/104\", \"*\"]",
         ),
+        ("forwarded_headers", "\"forwarded\""),
         (
             "env",
             "{ APP_ENV = \"production\", \"A B\" = \"x = \\\"y\\\"\" }",
@@ -1718,6 +1728,10 @@ mod tests {
         assert_eq!(
             error("forwarded_allow_ips = [\"10.0.0.0/40\"]\n"),
             "forkd: config error: forkd.toml line 1: key `forwarded_allow_ips`: \"10.0.0.0/40\": prefix length above 32; allowed: a list of IP addresses or CIDRs, or \"*\""
+        );
+        assert_eq!(
+            error("forwarded_headers = \"auto\"\n"),
+            "forkd: config error: forkd.toml line 1: key `forwarded_headers`: expected x-forwarded | forwarded | both, got \"auto\""
         );
         assert_eq!(
             error("env = 3\n"),

@@ -1,12 +1,19 @@
 //! Proxy headers: which peers are trusted (`forwarded_allow_ips`: addresses, CIDRs, or
-//! `"*"`), and the real client address and scheme a trusted proxy reports in
-//! `Forwarded` (RFC 7239) or `X-Forwarded-For` / `X-Forwarded-Proto`.
+//! `"*"`), which of their headers are read (`forwarded_headers`: [`ProxyHeaders`]), and
+//! the real client address and scheme a trusted proxy reports in `Forwarded` (RFC 7239)
+//! or `X-Forwarded-For` / `X-Forwarded-Proto`.
+//!
+//! Only the headers the proxy manages may be read: a proxy that sets `X-Forwarded-For`
+//! (nginx's `$proxy_add_x_forwarded_for`) passes a client's own `Forwarded` through
+//! untouched, so believing it would let any client pick its address. The default reads
+//! the `X-Forwarded-*` pair alone, as Gunicorn and uvicorn do.
 //!
 //! The chain is walked from the right, as nginx's `real_ip_recursive` does: each entry
 //! was appended by the hop before it, so an entry is believed only while the hop that
 //! wrote it is trusted. The first address written by an untrusted hop (or the leftmost
 //! one) is the client; everything to its left could have been forged by the client.
-//! `Forwarded` wins over the `X-Forwarded-*` pair when a request carries both.
+//! With `forwarded_headers = "both"`, `Forwarded` wins over the `X-Forwarded-*` pair
+//! when a request carries both.
 //! Connections on unix sockets count as coming from 127.0.0.1 (a local proxy).
 //!
 //! An entry the walk reaches but cannot read (not UTF-8, malformed, empty, `unknown`,
@@ -24,20 +31,71 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// The peer address used for connections on unix sockets.
 pub const UNIX_PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// The parsed `forwarded_allow_ips` (parsed once, by the config; the workers use it as
-/// it is).
+/// Which proxy headers a trusted peer's request is read from (`forwarded_headers`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxyHeaders {
+    /// `X-Forwarded-For` and `X-Forwarded-Proto`; `Forwarded` is ignored (the default,
+    /// as Gunicorn and uvicorn: what nginx's usual configuration sets).
+    #[default]
+    XForwarded,
+    /// `Forwarded` (RFC 7239); the `X-Forwarded-*` pair is ignored.
+    Forwarded,
+    /// `Forwarded` when the request carries it, else the `X-Forwarded-*` pair: only
+    /// behind a proxy that sets or removes both.
+    Both,
+}
+
+impl ProxyHeaders {
+    /// The values `forwarded_headers` allows, as the config error lists them.
+    pub const ALLOWED: &'static str = "x-forwarded | forwarded | both";
+
+    /// Parses a `forwarded_headers` value.
+    pub fn parse(text: &str) -> Option<ProxyHeaders> {
+        match text {
+            "x-forwarded" => Some(ProxyHeaders::XForwarded),
+            "forwarded" => Some(ProxyHeaders::Forwarded),
+            "both" => Some(ProxyHeaders::Both),
+            _ => None,
+        }
+    }
+
+    /// The value as the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyHeaders::XForwarded => "x-forwarded",
+            ProxyHeaders::Forwarded => "forwarded",
+            ProxyHeaders::Both => "both",
+        }
+    }
+
+    fn reads_forwarded(self) -> bool {
+        matches!(self, ProxyHeaders::Forwarded | ProxyHeaders::Both)
+    }
+
+    fn reads_x_forwarded(self) -> bool {
+        matches!(self, ProxyHeaders::XForwarded | ProxyHeaders::Both)
+    }
+}
+
+/// The parsed `forwarded_allow_ips`, and the `forwarded_headers` read from them (parsed
+/// once, by the config; the workers use it as it is).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     /// The entries as written (trimmed), for `--print-config`.
     entries: Vec<String>,
     any: bool,
     networks: Vec<(IpAddr, u8)>,
+    /// Which of a trusted peer's headers are read.
+    headers: ProxyHeaders,
 }
 
 impl TrustedProxies {
-    /// Parses the entries; errors name the bad entry.
-    pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
-        let mut trusted = TrustedProxies::default();
+    /// Parses the entries (reading `headers` from them); errors name the bad entry.
+    pub fn parse(entries: &[String], headers: ProxyHeaders) -> Result<TrustedProxies, String> {
+        let mut trusted = TrustedProxies {
+            headers,
+            ..TrustedProxies::default()
+        };
         for entry in entries {
             let entry = entry.trim();
             trusted.entries.push(entry.to_string());
@@ -79,7 +137,18 @@ impl TrustedProxies {
                 (IpAddr::V4(Ipv4Addr::LOCALHOST), 32),
                 (IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 128),
             ],
+            headers: ProxyHeaders::default(),
         }
+    }
+
+    /// Which headers are read.
+    pub fn headers(&self) -> ProxyHeaders {
+        self.headers
+    }
+
+    /// Reads `headers` from now on.
+    pub fn set_headers(&mut self, headers: ProxyHeaders) {
+        self.headers = headers;
     }
 
     /// The entries as written.
@@ -164,7 +233,8 @@ pub struct Forwarded {
 }
 
 /// The client behind the proxies, if `peer` is trusted and the request carries proxy
-/// headers; `None` means "the peer is the client" (no header, or an untrusted peer).
+/// headers that `forwarded_headers` reads; `None` means "the peer is the client" (no
+/// such header, or an untrusted peer).
 ///
 /// Works on the raw bytes of every field line, from the right, and looks only at the
 /// entries the walk reaches: whatever the client wrote left of the first untrusted
@@ -173,13 +243,17 @@ pub fn resolve(proxies: &TrustedProxies, peer: IpAddr, headers: &HeaderMap) -> O
     if !proxies.trusts(peer) {
         return None;
     }
-    if headers.contains_key(FORWARDED) {
+    let mode = proxies.headers;
+    if mode.reads_forwarded() && headers.contains_key(FORWARDED) {
         // It wins even when malformed: a proxy that writes `Forwarded` may pass the
         // client's own `X-Forwarded-For` through untouched, so no fallback to it.
         let lines = headers.get_all(FORWARDED).iter().rev();
         let elements = FromRight::new(lines, true);
         let (client, scheme) = walk(proxies, peer, elements, parse_forwarded_element);
         return Some(Forwarded { client, scheme });
+    }
+    if !mode.reads_x_forwarded() {
+        return None;
     }
     // The rightmost entry was written by the peer, which is trusted.
     let scheme = FromRight::new(headers.get_all(&X_FORWARDED_PROTO).iter().rev(), false)
@@ -462,9 +536,15 @@ fn is_port(text: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Trusted proxies whose headers are all read (`forwarded_headers = "both"`), so the
+    /// parsers of both kinds are under test.
     fn proxies(entries: &[&str]) -> TrustedProxies {
-        TrustedProxies::parse(&entries.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("valid entries")
+        proxies_reading(entries, ProxyHeaders::Both)
+    }
+
+    fn proxies_reading(entries: &[&str], headers: ProxyHeaders) -> TrustedProxies {
+        let entries: Vec<String> = entries.iter().map(|s| s.to_string()).collect();
+        TrustedProxies::parse(&entries, headers).expect("valid entries")
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -512,11 +592,13 @@ mod tests {
         assert!(!p.trusts(ip("192.168.1.8")));
         assert!(proxies(&["*"]).trusts(ip("8.8.8.8")));
         assert!(proxies(&["0.0.0.0/0"]).trusts(ip("8.8.8.8")));
-        assert!(TrustedProxies::parse(&["10.0.0.0/33".to_string()]).is_err());
-        assert!(TrustedProxies::parse(&["ten".to_string()]).is_err());
+        assert!(
+            TrustedProxies::parse(&["10.0.0.0/33".to_string()], ProxyHeaders::default()).is_err()
+        );
+        assert!(TrustedProxies::parse(&["ten".to_string()], ProxyHeaders::default()).is_err());
         let loopback = ["127.0.0.1".to_string(), "::1".to_string()];
         assert_eq!(
-            TrustedProxies::parse(&loopback),
+            TrustedProxies::parse(&loopback, ProxyHeaders::default()),
             Ok(TrustedProxies::loopback())
         );
     }
@@ -1146,5 +1228,49 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn each_mode_reads_only_its_headers() {
+        let spoof = [
+            ("x-forwarded-for", &b"203.0.113.9"[..]),
+            ("forwarded", b"for=1.2.3.4;proto=https"),
+            ("x-forwarded-proto", b"http"),
+        ];
+        let read = |mode: ProxyHeaders, pairs: &[(&str, &[u8])]| {
+            let p = proxies_reading(&["127.0.0.1"], mode);
+            resolve(&p, ip("127.0.0.1"), &raw_headers(pairs)).map(|f| (f.client, f.scheme))
+        };
+        // The default is the X-Forwarded pair: a client's own Forwarded, passed through
+        // by a proxy that manages X-Forwarded-For only, is not believed.
+        assert_eq!(ProxyHeaders::default(), ProxyHeaders::XForwarded);
+        assert_eq!(
+            read(ProxyHeaders::XForwarded, &spoof),
+            Some((at("203.0.113.9"), Some("http")))
+        );
+        assert_eq!(read(ProxyHeaders::XForwarded, &spoof[1..2]), None);
+        assert_eq!(
+            read(ProxyHeaders::Forwarded, &spoof),
+            Some((at("1.2.3.4"), Some("https")))
+        );
+        assert_eq!(read(ProxyHeaders::Forwarded, &[spoof[0], spoof[2]]), None);
+        assert_eq!(
+            read(ProxyHeaders::Both, &spoof),
+            Some((at("1.2.3.4"), Some("https")))
+        );
+        assert_eq!(
+            read(ProxyHeaders::Both, &[spoof[0], spoof[2]]),
+            Some((at("203.0.113.9"), Some("http")))
+        );
+        for mode in [
+            ProxyHeaders::XForwarded,
+            ProxyHeaders::Forwarded,
+            ProxyHeaders::Both,
+        ] {
+            assert_eq!(ProxyHeaders::parse(mode.as_str()), Some(mode));
+            assert!(ProxyHeaders::ALLOWED.contains(mode.as_str()));
+        }
+        assert_eq!(ProxyHeaders::parse("auto"), None);
+        assert_eq!(ProxyHeaders::parse("X-Forwarded"), None);
     }
 }

@@ -6,7 +6,7 @@ use crate::config::{BindSpec, Config};
 use crate::dirfd::Dir;
 use crate::systemd::PassedFd;
 use nix::sys::socket::{
-    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
+    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage,
 };
 use std::ffi::OsString;
 use std::io;
@@ -98,7 +98,8 @@ pub fn bind(spec: &BindSpec, backlog: i32) -> io::Result<Listener> {
     match spec {
         BindSpec::Tcp(addr) => bind_tcp(spec, *addr, backlog).map_err(context),
         BindSpec::Unix(path) => bind_unix(spec, path, backlog).map_err(context),
-        BindSpec::Fd(fd) => adopt_fd(spec.clone(), *fd).map_err(context),
+        // Its errors name the entry and the fd.
+        BindSpec::Fd(fd) => adopt_fd(spec.clone(), *fd),
         BindSpec::Named(name) => Err(context(io::Error::new(
             io::ErrorKind::NotFound,
             format!("no socket named {name:?} was passed (LISTEN_FDNAMES); is the .socket unit's FileDescriptorName= the same?"),
@@ -191,23 +192,122 @@ fn bind_unix(spec: &BindSpec, path: &Path, backlog: i32) -> io::Result<Listener>
     })
 }
 
-/// Adopts an inherited, already-listening socket (fd://N, or systemd's LISTEN_FDS).
+/// Why an fd cannot be adopted as a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NotAdoptable {
+    /// Not an open fd (EBADF).
+    Closed,
+    /// Opened by forkd itself (close-on-exec is set, so it was not inherited): its log
+    /// file, the signalfd, a listener adopted or bound already. Owning it twice would
+    /// close it under its owner.
+    Owned,
+    /// Not a socket (a file, a pipe, a signalfd...).
+    NotASocket,
+    /// A socket other than a byte stream (datagram, seqpacket).
+    NotAStream,
+    /// A stream socket of a family forkd does not serve (only IPv4, IPv6 and unix).
+    Family(i32),
+    /// A stream socket that is not listening (connected, or bound only).
+    NotListening,
+    /// The kernel refused a query: the errno's name.
+    Query(&'static str),
+}
+
+impl std::fmt::Display for NotAdoptable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotAdoptable::Closed => f.write_str("it is not open"),
+            NotAdoptable::Owned => f.write_str(
+                "it is one forkd opened itself (close-on-exec is set), not one it inherited",
+            ),
+            NotAdoptable::NotASocket => f.write_str("it is not a socket"),
+            NotAdoptable::NotAStream => {
+                f.write_str("it is not a stream socket (datagram or seqpacket)")
+            }
+            NotAdoptable::Family(family) => write!(
+                f,
+                "it is a socket of address family {family}, not TCP (IPv4, IPv6) or unix"
+            ),
+            NotAdoptable::NotListening => {
+                f.write_str("it is a socket that is not listening (listen(2) was not called)")
+            }
+            NotAdoptable::Query(errno) => write!(f, "it cannot be inspected ({errno})"),
+        }
+    }
+}
+
+/// What the kernel says about an fd, for [`adoptable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FdFacts {
+    /// FD_CLOEXEC is set.
+    cloexec: bool,
+    /// SO_TYPE, or the errno when it cannot be read (ENOTSOCK: not a socket).
+    sock_type: Result<i32, nix::errno::Errno>,
+    /// The address family (of getsockname).
+    domain: Result<i32, nix::errno::Errno>,
+    /// SO_ACCEPTCONN.
+    accepting: Result<bool, nix::errno::Errno>,
+}
+
+/// Whether an fd with these facts can be adopted as a listener: an inherited (not
+/// close-on-exec), listening stream socket of IPv4, IPv6 or unix.
+fn adoptable(facts: FdFacts) -> Result<(), NotAdoptable> {
+    use nix::errno::Errno;
+    let query = |e: Errno| match e {
+        Errno::ENOTSOCK => NotAdoptable::NotASocket,
+        Errno::EBADF => NotAdoptable::Closed,
+        other => NotAdoptable::Query(other.desc()),
+    };
+    if facts.cloexec {
+        return Err(NotAdoptable::Owned);
+    }
+    if facts.sock_type.map_err(query)? != libc::SOCK_STREAM {
+        return Err(NotAdoptable::NotAStream);
+    }
+    let domain = facts.domain.map_err(query)?;
+    if ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&domain) {
+        return Err(NotAdoptable::Family(domain));
+    }
+    if !facts.accepting.map_err(query)? {
+        return Err(NotAdoptable::NotListening);
+    }
+    Ok(())
+}
+
+/// Reads [`FdFacts`] of `raw`; `Err(Closed)` when it is not open.
+fn facts_of(raw: RawFd) -> Result<FdFacts, NotAdoptable> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let flags = fcntl(raw, FcntlArg::F_GETFD).map_err(|_| NotAdoptable::Closed)?;
+    // SAFETY: F_GETFD just succeeded, so `raw` is open; the borrow lives only for the
+    // getsockopt calls below, which neither close nor keep it.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    Ok(FdFacts {
+        cloexec: FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC),
+        sock_type: socket::getsockopt(&fd, sockopt::SockType).map(|t| t as i32),
+        domain: socket::getsockname::<SockaddrStorage>(raw).map(|addr| {
+            addr.family()
+                .map_or(libc::AF_UNSPEC, |family| family as i32)
+        }),
+        accepting: socket::getsockopt(&fd, sockopt::AcceptConn),
+    })
+}
+
+/// Adopts an inherited, already-listening socket (fd://N, or systemd's LISTEN_FDS) after
+/// checking it is one ([`adoptable`]); errors name the entry and the fd.
 pub fn adopt_fd(spec: BindSpec, raw: RawFd) -> io::Result<Listener> {
-    // SAFETY: the fd number comes from the user or LISTEN_FDS; we check it is an open
-    // listening socket before taking ownership of it.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-    let accepting = socket::getsockopt(&borrowed, sockopt::AcceptConn)
-        .map_err(|e| io::Error::other(format!("fd {raw} is not a socket: {e}")))?;
-    if !accepting {
-        return Err(io::Error::other(format!(
-            "fd {raw} is not a listening socket"
-        )));
+    if let Err(why) = facts_of(raw).and_then(adoptable) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot listen on {spec}: cannot adopt fd {raw}: {why}"),
+        ));
     }
     let _ = nix::fcntl::fcntl(
         raw,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
-    // SAFETY: checked above that it is an open socket; forkd owns it from here on.
+    // SAFETY: checked above that it is an open listening socket that was inherited
+    // (not close-on-exec): nothing else in forkd owns it, and from here on, with
+    // close-on-exec set, a second adoption of the same number is refused.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let addr: SockaddrStorage = socket::getsockname(raw)?;
     let (kind, local) = match addr.as_unix_addr() {
@@ -304,5 +404,124 @@ fn passed_spec(p: &PassedFd) -> BindSpec {
             crate::config::parse_bind_literal(name).unwrap_or_else(|| BindSpec::Named(name.clone()))
         }
         None => BindSpec::Fd(p.fd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::errno::Errno;
+
+    fn listening_tcp() -> FdFacts {
+        FdFacts {
+            cloexec: false,
+            sock_type: Ok(libc::SOCK_STREAM),
+            domain: Ok(libc::AF_INET),
+            accepting: Ok(true),
+        }
+    }
+
+    #[test]
+    fn only_an_inherited_listening_stream_socket_is_adopted() {
+        assert_eq!(adoptable(listening_tcp()), Ok(()));
+        for domain in [libc::AF_INET6, libc::AF_UNIX] {
+            let facts = FdFacts {
+                domain: Ok(domain),
+                ..listening_tcp()
+            };
+            assert_eq!(adoptable(facts), Ok(()));
+        }
+        let cases = [
+            (
+                FdFacts {
+                    cloexec: true,
+                    ..listening_tcp()
+                },
+                NotAdoptable::Owned,
+            ),
+            (
+                FdFacts {
+                    sock_type: Err(Errno::ENOTSOCK),
+                    domain: Err(Errno::ENOTSOCK),
+                    accepting: Err(Errno::ENOTSOCK),
+                    ..listening_tcp()
+                },
+                NotAdoptable::NotASocket,
+            ),
+            (
+                FdFacts {
+                    sock_type: Ok(libc::SOCK_DGRAM),
+                    accepting: Ok(false),
+                    ..listening_tcp()
+                },
+                NotAdoptable::NotAStream,
+            ),
+            (
+                FdFacts {
+                    sock_type: Ok(libc::SOCK_SEQPACKET),
+                    domain: Ok(libc::AF_UNIX),
+                    ..listening_tcp()
+                },
+                NotAdoptable::NotAStream,
+            ),
+            (
+                FdFacts {
+                    domain: Ok(libc::AF_VSOCK),
+                    ..listening_tcp()
+                },
+                NotAdoptable::Family(libc::AF_VSOCK),
+            ),
+            (
+                FdFacts {
+                    accepting: Ok(false),
+                    ..listening_tcp()
+                },
+                NotAdoptable::NotListening,
+            ),
+            (
+                FdFacts {
+                    accepting: Err(Errno::EINVAL),
+                    ..listening_tcp()
+                },
+                NotAdoptable::Query(Errno::EINVAL.desc()),
+            ),
+        ];
+        for (facts, why) in cases {
+            assert_eq!(adoptable(facts), Err(why), "{facts:?}");
+        }
+    }
+
+    #[test]
+    fn real_fds_are_told_apart_and_an_adopted_one_is_not_adopted_twice() {
+        let spec = |fd| BindSpec::Fd(fd);
+        // A file forkd opens itself (close-on-exec, as every fd forkd opens).
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let err = adopt_fd(spec(file.as_raw_fd()), file.as_raw_fd()).unwrap_err();
+        assert!(err.to_string().contains("forkd opened itself"), "{err}");
+        // Without close-on-exec (as if inherited), the kind decides.
+        let inherited = |fd: &dyn AsRawFd| {
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .unwrap();
+            facts_of(fd.as_raw_fd()).and_then(adoptable)
+        };
+        assert_eq!(inherited(&file), Err(NotAdoptable::NotASocket));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(inherited(&stream), Err(NotAdoptable::NotListening));
+        let datagram = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(inherited(&datagram), Err(NotAdoptable::NotAStream));
+        assert_eq!(inherited(&listener), Ok(()));
+        assert_eq!(facts_of(-1).and_then(adoptable), Err(NotAdoptable::Closed));
+        // Adopted once (the listener now owns the fd), refused the second time.
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(listener);
+        let adopted = adopt_fd(spec(raw), raw).unwrap();
+        let err = adopt_fd(spec(raw), raw).unwrap_err();
+        assert!(err.to_string().contains(&format!("fd://{raw}")), "{err}");
+        assert!(err.to_string().contains(&format!("fd {raw}")), "{err}");
+        assert!(err.to_string().contains("forkd opened itself"), "{err}");
+        drop(adopted);
     }
 }

@@ -294,10 +294,12 @@ fn readiness_flips_to_503_during_shutdown_delay_while_requests_succeed_then_exit
 fn proxy_headers_are_trusted_only_from_allowed_addresses() {
     let xff = "X-Forwarded-For: 198.51.100.77, 203.0.113.9\r\nX-Forwarded-Proto: https\r\n";
     let forwarded = "Forwarded: for=\"[2001:db8::5]:1234\";proto=https\r\n";
-    // The default list trusts loopback, where the test connects from.
+    // The default list trusts loopback, where the test connects from; both kinds of
+    // header are read (the default reads X-Forwarded-* alone: see
+    // forwarded_headers_decides_which_proxy_headers_are_believed).
     let path = config(
         "proxies-default",
-        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\n",
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_headers = \"both\"\n",
     );
     let server = Server::start(&forkd(), &["-c", &path]);
     let json = echo_json(&server.addr, xff);
@@ -353,7 +355,7 @@ fn malformed_proxy_headers_never_make_the_proxy_the_client() {
         &path,
         format!(
             "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_allow_ips = [\"127.0.0.1\"]\n\
-             [log]\naccess_log = {:?}\naccess_log_format = \"{{path}} {{remote_addr}}\"\n",
+             forwarded_headers = \"both\"\n[log]\naccess_log = {:?}\naccess_log_format = \"{{path}} {{remote_addr}}\"\n",
             log.to_str().unwrap()
         ),
     )
@@ -502,4 +504,103 @@ fn access_log_dash_writes_to_stdout() {
         "stdout: {}",
         stdout.lock().unwrap()
     );
+}
+
+/// A proxy that manages only `X-Forwarded-For` (nginx's usual
+/// `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;`) passes the client's own
+/// `Forwarded` through: by default it is not believed, so no client picks its address.
+#[test]
+fn forwarded_headers_decides_which_proxy_headers_are_believed() {
+    // What reaches forkd from such a proxy: the client's spoof, the proxy's XFF.
+    let spoofed = "Forwarded: for=1.2.3.4;proto=https\r\nX-Forwarded-For: 203.0.113.9\r\n";
+    let forwarded_only = "Forwarded: for=1.2.3.4;proto=https\r\n";
+    let xff_only = "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n";
+    let peer = |json: &serde_json::Value| {
+        let remote = json["remote_addr"].as_str().unwrap().to_string();
+        assert!(remote.starts_with("127.0.0.1:"), "{remote}");
+    };
+    for (mode, line) in [
+        ("default", ""),
+        ("x-forwarded", "forwarded_headers = \"x-forwarded\"\n"),
+    ] {
+        let path = config(
+            &format!("proxy-headers-{mode}"),
+            &format!("app = \"echo\"\nbind = [\"127.0.0.1:0\"]\n{line}"),
+        );
+        let server = Server::start(&forkd(), &["-c", &path]);
+        let json = echo_json(&server.addr, spoofed);
+        assert_eq!(json["remote_addr"], "203.0.113.9", "{mode}");
+        assert_eq!(json["scheme"], "http", "{mode}");
+        let json = echo_json(&server.addr, forwarded_only);
+        peer(&json);
+        assert_eq!(json["scheme"], "http", "{mode}");
+        let json = echo_json(&server.addr, xff_only);
+        assert_eq!(json["remote_addr"], "203.0.113.9", "{mode}");
+        assert_eq!(json["scheme"], "https", "{mode}");
+    }
+
+    let path = config(
+        "proxy-headers-forwarded",
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_headers = \"forwarded\"\n",
+    );
+    let server = Server::start(&forkd(), &["-c", &path]);
+    let json = echo_json(&server.addr, spoofed);
+    assert_eq!(json["remote_addr"], "1.2.3.4");
+    assert_eq!(json["scheme"], "https");
+    let json = echo_json(&server.addr, xff_only);
+    peer(&json);
+    assert_eq!(json["scheme"], "http");
+    drop(server);
+
+    let path = config(
+        "proxy-headers-both",
+        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_headers = \"both\"\n",
+    );
+    let server = Server::start(&forkd(), &["-c", &path]);
+    let json = echo_json(&server.addr, spoofed);
+    assert_eq!(json["remote_addr"], "1.2.3.4");
+    assert_eq!(json["scheme"], "https");
+    let json = echo_json(&server.addr, xff_only);
+    assert_eq!(json["remote_addr"], "203.0.113.9");
+    assert_eq!(json["scheme"], "https");
+    drop(server);
+
+    // The environment sets it as any key; --print-config shows it.
+    let path = config("proxy-headers-print", "app = \"echo\"\n");
+    let env = [("FORKD_FORWARDED_HEADERS", "forwarded")];
+    let args = ["-c", &path, "--print-config"];
+    // Bounded first; then read what it prints.
+    let (code, stderr) = run_to_exit(&forkd(), &args, &env, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{stderr}");
+    let printed = std::process::Command::new(forkd())
+        .args(args)
+        .envs(env)
+        .output()
+        .expect("print-config");
+    let stdout = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        stdout.contains("forwarded_headers = \"forwarded\""),
+        "{stdout}"
+    );
+
+    // A bad value names the key and what is allowed.
+    let path = config(
+        "proxy-headers-bad",
+        "app = \"echo\"\nforwarded_headers = \"auto\"\n",
+    );
+    let (code, stderr) = run_to_exit(
+        &forkd(),
+        &["-c", &path, "--check-config"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for needle in [
+        "line 2",
+        "forwarded_headers",
+        "x-forwarded | forwarded | both",
+        "\"auto\"",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
 }

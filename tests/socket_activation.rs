@@ -223,3 +223,70 @@ fn sockets_meant_for_another_pid_are_ignored() {
     assert_eq!(get(&addr, "/").map(|r| r.0), Ok(200));
     assert!(Path::new(&format!("/proc/{}", server.pid())).exists());
 }
+
+/// An `fd://N` entry adopts fd N only if it is an inherited, listening stream socket
+/// (TCP or unix): a file, a socket that does not listen, a seqpacket socket, or an fd
+/// forkd owns already (the same fd named twice) is refused at start with an error that
+/// names the entry and the fd.
+#[test]
+fn fd_binds_adopt_only_inherited_listening_stream_sockets() {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let dir = temp_dir("activate-not-adoptable");
+    let file = std::fs::File::open(forkd()).expect("open a file");
+    let bound = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let connected_to = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    let connected =
+        std::net::TcpStream::connect(connected_to.local_addr().unwrap()).expect("connect");
+    let seqpacket = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("seqpacket socket");
+    let path = dir.join("seqpacket.sock");
+    socket::bind(seqpacket.as_raw_fd(), &UnixAddr::new(&path).unwrap()).expect("bind");
+    socket::listen(&seqpacket, Backlog::new(8).unwrap()).expect("listen");
+    let listening = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    let cases: [(&str, RawFd, &[&str], &str); 5] = [
+        ("file", file.as_raw_fd(), &["-b", "fd://3"], "not a socket"),
+        (
+            "udp",
+            bound.as_raw_fd(),
+            &["-b", "fd://3"],
+            "not a stream socket",
+        ),
+        (
+            "connected",
+            connected.as_raw_fd(),
+            &["-b", "fd://3"],
+            "not listening",
+        ),
+        (
+            "seqpacket",
+            seqpacket.as_raw_fd(),
+            &["-b", "fd://3"],
+            "not a stream socket",
+        ),
+        (
+            "twice",
+            listening.as_raw_fd(),
+            &["-b", "fd://3", "-b", "fd://3"],
+            "forkd opened itself",
+        ),
+    ];
+    for (name, fd, binds, why) in cases {
+        // LISTEN_PID names another process: fd 3 is inherited, not passed.
+        let mut args = binds.to_vec();
+        args.push("hello");
+        let mut server = Server::spawn(&mut pass_fds(&[fd], None, Some("1"), &args));
+        let code = server.wait_exit(Duration::from_secs(10));
+        assert_eq!(code, Some(1), "{name}: {}", server.log());
+        server.expect_log(
+            "cannot listen on fd://3: cannot adopt fd 3: it is",
+            Duration::from_secs(5),
+        );
+        assert!(server.log_contains(why), "{name}: {}", server.log());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -12,10 +12,11 @@
 //! pure function [`plan::plan`]; this loop applies it.
 //!
 //! The master's state is spelled as types: [`RunState`] (serving, serving out a
-//! `shutdown_delay`, stopping), [`ReloadState`] (a HUP under way and who waits for it),
-//! [`UpgradeState`] (either side of a USR2 upgrade), a worker's [`Phase`] and the
-//! [`plan::ExitReason`] it exits for; every timed action is a [`Deadline`] listed once
-//! by [`Master::deadlines`].
+//! `shutdown_delay`, stopping, and how: [`Stop`]) and [`Boot`] (how far start-up has
+//! got), both in [`state`] with their pure decisions; [`ReloadState`] (a HUP under way
+//! and who waits for it), [`UpgradeState`] (either side of a USR2 upgrade), a worker's
+//! [`Phase`] and the [`plan::ExitReason`] it exits for; every timed action is a
+//! [`Deadline`] listed once by [`Master::deadlines`].
 
 #[allow(unsafe_code)] // close_range, dup of fds for a child
 mod child;
@@ -27,6 +28,7 @@ mod plan;
 pub mod recycle;
 #[allow(unsafe_code)] // a signal set with a realtime signal
 pub mod signals;
+mod state;
 #[allow(unsafe_code)] // fork and exec of the new master
 pub mod upgrade;
 
@@ -44,6 +46,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 use notify::SystemdLink;
 use plan::{ExitReason, Plan, View, WorkerView, BACKOFF_FIRST};
+use state::{Boot, RunState, Stop};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -224,32 +227,6 @@ impl Worker {
     }
 }
 
-/// Whether the master serves or stops.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum RunState {
-    /// Supervising workers as wanted.
-    Serving,
-    /// TERM with `shutdown_delay`: readiness already answers 503, everything else is
-    /// served as usual; the graceful stop begins at `at`.
-    StopDelayed {
-        /// When the graceful stop begins.
-        at: Instant,
-    },
-    /// Stopping the workers (QUIT/INT: quickly; TERM: gracefully); forkd exits when
-    /// the last one is gone.
-    Stopping {
-        /// TERM's drain rather than QUIT's quick stop.
-        graceful: bool,
-    },
-}
-
-impl RunState {
-    /// Supervising as usual: serving, or serving out a `shutdown_delay`.
-    fn supervising(self) -> bool {
-        matches!(self, RunState::Serving | RunState::StopDelayed { .. })
-    }
-}
-
 /// A HUP reload, between RELOADING=1 and READY=1.
 enum ReloadState {
     /// No reload under way.
@@ -337,10 +314,8 @@ pub struct Master {
     next_number: u64,
     /// Serving or stopping.
     state: RunState,
-    /// Some worker has been ready once (else a boot failure is fatal: exit 3).
-    ever_booted: bool,
-    /// "all workers ready" was said (to the log, systemd or an old master) once.
-    announced_ready: bool,
+    /// How far start-up has got: a worker ready yet, "all workers ready" said yet.
+    boot: Boot,
     /// Boot failures in a row, for the boot backoff.
     boot_failures: u32,
     /// Crashes in a row of workers that had been ready less than `CRASH_LOOP_WINDOW`.
@@ -350,8 +325,6 @@ pub struct Master {
     /// The cgroup's OOM-kill counter as last read, to name a worker the kernel's OOM
     /// killer took (a SIGKILL forkd did not send); None where it cannot be read.
     oom_kills: Option<u64>,
-    /// Why forkd stops on its own, and its exit code (no worker could boot).
-    fatal: Option<(u8, String)>,
     /// The locked pidfile, while this master owns it.
     pidfile: Option<pidfile::Pidfile>,
     /// How to start this binary again (USR2).
@@ -429,13 +402,11 @@ impl Master {
             target,
             next_number: 1,
             state: RunState::Serving,
-            ever_booted: false,
-            announced_ready: false,
+            boot: Boot::Booting,
             boot_failures: 0,
             quick_crashes: 0,
             spawn_not_before: None,
             oom_kills: oom::kills(),
-            fatal: None,
             pidfile,
             relaunch,
             upgrade: match upgrade_from {
@@ -623,7 +594,7 @@ impl Master {
                 } else {
                     "QUIT"
                 };
-                self.begin_stop(false, name);
+                self.begin_stop(Stop::Quick, name);
             }
             Signal::SIGUSR1 => {
                 tracing::info!("USR1: reopening log files");
@@ -661,7 +632,7 @@ impl Master {
     fn term(&mut self) {
         self.scoreboard.header().set_server_stopping();
         let delay = self.config.health.shutdown_delay;
-        match self.state {
+        match &self.state {
             RunState::Serving if !delay.is_zero() => {
                 tracing::info!(
                     "TERM: reporting not ready for {:.1}s (shutdown_delay), then draining",
@@ -674,7 +645,7 @@ impl Master {
             }
             // Already counting down.
             RunState::StopDelayed { .. } if !delay.is_zero() => {}
-            _ => self.begin_stop(true, "TERM"),
+            _ => self.begin_stop(Stop::Graceful, "TERM"),
         }
     }
 
@@ -783,11 +754,15 @@ impl Master {
         Ok(())
     }
 
-    fn begin_stop(&mut self, graceful: bool, name: &str) {
-        if self.state == (RunState::Stopping { graceful: false }) {
+    fn begin_stop(&mut self, stop: Stop, name: &str) {
+        let graceful = stop.graceful();
+        let Some((state, tell_workers)) = self.state.stop(stop) else {
+            return;
+        };
+        self.state = state;
+        if !tell_workers {
             return;
         }
-        self.state = RunState::Stopping { graceful };
         self.systemd.stopping(&format!("stopping ({name})"));
         self.finish_reload(false);
         if graceful {
@@ -968,9 +943,12 @@ impl Master {
     /// A worker died before it was ready: exit 3 if none ever booted, abandon a reload
     /// whose new workers cannot boot, or retry with backoff.
     fn boot_failed(&mut self, worker: &Worker, why: String, _boot_error: bool) {
-        if !self.ever_booted {
-            self.fatal = Some((EXIT_NO_WORKER, format!("no worker could boot: {why}")));
-            self.begin_stop(false, "no worker could boot");
+        if self.boot.boot_failure_is_fatal() {
+            let failed = Stop::Failed {
+                code: EXIT_NO_WORKER,
+                why: format!("no worker could boot: {why}"),
+            };
+            self.begin_stop(failed, "no worker could boot");
             return;
         }
         let old = self
@@ -1018,34 +996,33 @@ impl Master {
             if !w.ready && self.scoreboard.slot(w.slot).state() == WorkerState::Ready {
                 w.ready = true;
                 w.ready_at = Some(Instant::now());
-                self.ever_booted = true;
+                self.boot = self.boot.worker_ready();
                 self.boot_failures = 0;
                 tracing::info!(pid = w.pid.as_raw(), worker = w.number, "worker ready");
             }
         }
-        if !self.announced_ready && self.state.supervising() {
-            let ready = self.workers.iter().filter(|w| w.ready).count();
-            if ready >= self.target && self.target > 0 {
-                self.announced_ready = true;
-                tracing::info!(workers = ready, "all workers ready");
-                if let UpgradeState::StartedBy { old, token } = self.upgrade {
-                    tracing::info!(
-                        old_master = old,
-                        "upgrade: telling the old master that this one is ready"
-                    );
-                    // READY=1 waits for the old master's answer: systemd must first
-                    // hear from it that this process is the main one.
-                    self.upgrade = UpgradeState::HandingOff { old, token };
-                    let _ = match token {
-                        Some(token) => {
-                            protocol::queue(old, protocol::upgrade_ready_signal(), token)
-                        }
-                        None => protocol::kill(old, protocol::upgrade_ready_signal()),
-                    };
-                } else {
-                    let status = self.status_line().1;
-                    self.systemd.ready(&status);
-                }
+        let ready = self.workers.iter().filter(|w| w.ready).count();
+        if self
+            .boot
+            .announce_now(self.state.supervising(), ready, self.target)
+        {
+            self.boot = Boot::Announced;
+            tracing::info!(workers = ready, "all workers ready");
+            if let UpgradeState::StartedBy { old, token } = self.upgrade {
+                tracing::info!(
+                    old_master = old,
+                    "upgrade: telling the old master that this one is ready"
+                );
+                // READY=1 waits for the old master's answer: systemd must first
+                // hear from it that this process is the main one.
+                self.upgrade = UpgradeState::HandingOff { old, token };
+                let _ = match token {
+                    Some(token) => protocol::queue(old, protocol::upgrade_ready_signal(), token),
+                    None => protocol::kill(old, protocol::upgrade_ready_signal()),
+                };
+            } else {
+                let status = self.status_line().1;
+                self.systemd.ready(&status);
             }
         }
     }
@@ -1063,7 +1040,7 @@ impl Master {
             }
             match deadline {
                 Deadline::ShutdownDelay => {
-                    self.begin_stop(true, "TERM (after shutdown_delay)");
+                    self.begin_stop(Stop::Graceful, "TERM (after shutdown_delay)");
                 }
                 Deadline::UpgradeReady => {
                     if let UpgradeState::Starting { new, .. } = &self.upgrade {
@@ -1263,7 +1240,7 @@ impl Master {
         // alone on exit.
         self.pidfile = None;
         self.upgrade = UpgradeState::HandedOver;
-        self.begin_stop(true, "upgrade");
+        self.begin_stop(Stop::Graceful, "upgrade");
     }
 
     /// Ends the `Starting` phase (to `None`): the new master and whether the upgrade is
@@ -1520,7 +1497,7 @@ impl Master {
 
     /// Decides what to start and whom to stop ([`plan::plan`]) and does it.
     fn reconcile(&mut self) {
-        if !self.state.supervising() || self.fatal.is_some() {
+        if !self.state.supervising() {
             return;
         }
         let backing_off = self.spawn_not_before.is_some_and(|at| Instant::now() < at);
@@ -1708,19 +1685,12 @@ impl Master {
     // ---- exit ------------------------------------------------------------------------
 
     fn finished(&self) -> Option<u8> {
-        if matches!(self.state, RunState::Stopping { .. }) && self.workers.is_empty() {
-            return Some(
-                self.fatal
-                    .as_ref()
-                    .map_or(protocol::EXIT_OK, |(code, _)| *code),
-            );
-        }
-        None
+        self.state.exit_code(self.workers.len())
     }
 
     fn cleanup(&mut self) {
-        if let Some((_, reason)) = &self.fatal {
-            tracing::error!("{reason}");
+        if let RunState::Stopping(Stop::Failed { why, .. }) = &self.state {
+            tracing::error!("{why}");
         }
         // After a hand-over the new master serves the same socket files.
         if !matches!(

@@ -487,32 +487,32 @@ fn report(case: &Case, out: &Outcome, finding: &Finding) -> String {
 // ---------------------------------------------------------------------------------------
 // The generator.
 
-/// xorshift64*, seeded through splitmix64.
-struct Rng(u64);
+/// xorshift64*, seeded through splitmix64 (also the io fuzz test's).
+pub(super) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub(super) fn new(seed: u64) -> Rng {
         let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         Rng((z ^ (z >> 31)) | 1)
     }
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     /// 0..n (n > 0).
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
     /// lo..=hi.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
+    pub(super) fn range(&mut self, lo: usize, hi: usize) -> usize {
         lo + self.below(hi - lo + 1)
     }
     /// True one time in `n`.
-    fn one_in(&mut self, n: usize) -> bool {
+    pub(super) fn one_in(&mut self, n: usize) -> bool {
         self.below(n) == 0
     }
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
@@ -1222,7 +1222,7 @@ fn shrink(
     Some(Case::new(case.seed, case.limits, case.connect_status, input).split_each(each))
 }
 
-fn env_u64(name: &str) -> Option<u64> {
+pub(super) fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 

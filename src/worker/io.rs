@@ -531,3 +531,7 @@ mod tests {
         assert_eq!(later.credit, H2_CONTROL_BURST - 1);
     }
 }
+
+#[cfg(test)]
+#[path = "io_fuzz.rs"]
+mod fuzz;
