@@ -16,7 +16,9 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "all/harness/mod.rs"]
 mod harness;
+#[path = "all/nspawn/mod.rs"]
 mod nspawn;
 
 use harness::{finish, get, load, poll_until, read_response, workers_of, Tally};

@@ -5,7 +5,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const NOTIFY_WORKER: &str = include_str!("exec/notify_worker.py");
+const NOTIFY_WORKER: &str = include_str!("../exec/notify_worker.py");
 
 /// Starts `command` and waits for "all workers ready" (or its exit): the server, or
 /// the log of a forkd that exited.

@@ -13,8 +13,8 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
-mod nspawn;
+use crate::harness;
+use crate::nspawn;
 
 use harness::{children_of, forkd, get, poll_until, workers_of, Server};
 use nspawn::{ns_pids, run_bounded};
@@ -152,8 +152,8 @@ fn forkd_as_pid1_takes_hup_from_inside_and_term_from_outside() {
     );
 }
 
-const DEPLOYMENT: &str = include_str!("../config/k8s/deployment.yaml");
-const DOCKERFILE: &str = include_str!("../config/Dockerfile");
+const DEPLOYMENT: &str = include_str!("../../config/k8s/deployment.yaml");
+const DOCKERFILE: &str = include_str!("../../config/Dockerfile");
 
 /// The literal block under `key: |` (indented more than `key`), de-indented.
 fn yaml_block(yaml: &str, key: &str) -> String {

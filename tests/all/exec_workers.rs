@@ -5,7 +5,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -14,8 +14,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-const ASGI_APP: &str = include_str!("exec/asgi_app.py");
-const NOTIFY_WORKER: &str = include_str!("exec/notify_worker.py");
+const ASGI_APP: &str = include_str!("../exec/asgi_app.py");
+const NOTIFY_WORKER: &str = include_str!("../exec/notify_worker.py");
 
 /// A temp dir holding `app.py` and a forkd.toml that runs `command` in it.
 fn project(name: &str, command: &[&str], extra: &str) -> (PathBuf, PathBuf) {
@@ -287,7 +287,12 @@ fn notify_readiness_waits_for_ready_and_watchdog_drives_timeout() {
         "{}",
         server.log()
     );
-    assert_eq!(get(&server.addr, "/").map(|r| r.0), Ok(200), "{}", server.log());
+    assert_eq!(
+        get(&server.addr, "/").map(|r| r.0),
+        Ok(200),
+        "{}",
+        server.log()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let log = server.log();
     assert_eq!(log.matches("worker timeout").count(), 1, "{log}");

@@ -5,7 +5,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -274,7 +274,7 @@ fn a_squatted_notify_socket_name_does_not_block_exec_workers() {
     let dir = temp_dir("untrusted-notify");
     std::fs::write(
         dir.join("notify_worker.py"),
-        include_str!("exec/notify_worker.py"),
+        include_str!("../exec/notify_worker.py"),
     )
     .expect("worker");
     let config = dir.join("forkd.toml");
@@ -446,7 +446,7 @@ fn a_forged_reload_reply_is_ignored_by_the_waiting_client() {
     let dir = temp_dir("untrusted-reload-reply");
     std::fs::write(
         dir.join("notify_worker.py"),
-        include_str!("exec/notify_worker.py"),
+        include_str!("../exec/notify_worker.py"),
     )
     .expect("worker");
     let config = dir.join("forkd.toml");

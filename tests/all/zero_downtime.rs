@@ -6,7 +6,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use std::path::{Path, PathBuf};
