@@ -266,7 +266,7 @@ struct Flood {
 impl Flood {
     fn start(name: &str) -> Flood {
         let path = config(name);
-        let server = Server::start(&forkd(), &["-c", &path]);
+        let server = Forkd::new().config(&path).start();
         let workers = workers_of(server.pid());
         assert_eq!(workers.len(), 1, "one worker: {workers:?}");
         let worker = workers[0];

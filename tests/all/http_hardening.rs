@@ -15,12 +15,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn config(name: &str, text: &str) -> String {
-    let path = temp_dir(name).join("forkd.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf-8 path").to_string()
-}
-
 /// Sends raw bytes (a write error is fine: the server may close early) and reads the
 /// whole answer until the server closes: (status, head, body).
 fn exchange(addr: &str, raw: &[u8]) -> (u16, String, String) {
@@ -60,8 +54,8 @@ const LIMITS: &str = "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\
 
 #[test]
 fn oversized_line_headers_and_bodies_get_their_4xx_and_the_worker_keeps_serving() {
-    let path = config("limits", LIMITS);
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let path = temp_config("limits", LIMITS);
+    let server = Forkd::new().config(&path).start();
     let pid = worker_pid(&server.addr);
     let long_line = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(300));
     let many_fields = format!(
@@ -128,11 +122,11 @@ fn oversized_line_headers_and_bodies_get_their_4xx_and_the_worker_keeps_serving(
 
 #[test]
 fn a_slowloris_client_is_dropped_after_header_read_timeout_while_others_are_served() {
-    let path = config(
+    let path = temp_config(
         "slowloris",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[limits]\nheader_read_timeout = 1\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let addr = server.addr.clone();
     let mut slow = TcpStream::connect(&addr).expect("connect");
     slow.set_read_timeout(Some(Duration::from_millis(50)))
@@ -181,11 +175,11 @@ fn a_slowloris_client_is_dropped_after_header_read_timeout_while_others_are_serv
 
 #[test]
 fn past_max_connections_new_requests_get_503_with_retry_after() {
-    let path = config(
+    let path = temp_config(
         "maxconn",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\nkeepalive = 30\n[limits]\nmax_connections = 2\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let open: Vec<BufReader<TcpStream>> = (0..2)
         .map(|_| {
             let stream = TcpStream::connect(&server.addr).expect("connect");
@@ -225,12 +219,12 @@ fn past_max_connections_new_requests_get_503_with_retry_after() {
 
 #[test]
 fn readiness_flips_to_503_during_shutdown_delay_while_requests_succeed_then_exit_0() {
-    let path = config(
+    let path = temp_config(
         "ready",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n\
          [health]\nlive_path = \"/health/live\"\nready_path = \"/health/ready\"\nshutdown_delay = 2\n",
     );
-    let mut server = Server::start(&forkd(), &["-c", &path]);
+    let mut server = Forkd::new().config(&path).start();
     let addr = server.addr.clone();
     let status_of = |path: &str| get(&addr, path).map(|(status, _, _)| status);
     assert_eq!(status_of("/health/live"), Ok(200));
@@ -295,11 +289,11 @@ fn proxy_headers_are_trusted_only_from_allowed_addresses() {
     let xff = "X-Forwarded-For: 198.51.100.77, 203.0.113.9\r\nX-Forwarded-Proto: https\r\n";
     let forwarded = "Forwarded: for=\"[2001:db8::5]:1234\";proto=https\r\n";
     // The default list trusts loopback, where the test connects from.
-    let path = config(
+    let path = temp_config(
         "proxies-default",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let json = echo_json(&server.addr, xff);
     // 203.0.113.9 was appended by the trusted proxy; 198.51.100.77 could be forged.
     assert_eq!(json["remote_addr"], "203.0.113.9");
@@ -316,11 +310,11 @@ fn proxy_headers_are_trusted_only_from_allowed_addresses() {
     drop(server);
 
     // A CIDR that trusts a chain of proxies: walked until the first untrusted hop.
-    let path = config(
+    let path = temp_config(
         "proxies-cidr",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_allow_ips = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let json = echo_json(
         &server.addr,
         "X-Forwarded-For: 192.0.2.1, 198.51.100.2, 10.9.8.7\r\n",
@@ -329,11 +323,11 @@ fn proxy_headers_are_trusted_only_from_allowed_addresses() {
     drop(server);
 
     // Not from an allowed address: the headers are ignored.
-    let path = config(
+    let path = temp_config(
         "proxies-untrusted",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_allow_ips = [\"10.0.0.1\"]\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     for headers in [xff, forwarded] {
         let json = echo_json(&server.addr, headers);
         let remote = json["remote_addr"].as_str().unwrap();
@@ -358,7 +352,7 @@ fn malformed_proxy_headers_never_make_the_proxy_the_client() {
         ),
     )
     .expect("write config");
-    let server = Server::start(&forkd(), &["-c", path.to_str().unwrap()]);
+    let server = Forkd::new().config(&path).start();
     let cases: [(&str, &[u8], &str); 6] = [
         // What the proxy wrote itself is malformed: the client is unknown.
         ("/xff-alone", b"X-Forwarded-For: \xff", "unknown"),
@@ -425,13 +419,11 @@ fn bad_access_log_format_and_proxy_entries_are_config_errors() {
             &["line 2", "forwarded_allow_ips", "prefix length"][..],
         ),
     ] {
-        let path = config(&format!("bad-{name}"), text);
-        let (code, stderr) = run_to_exit(
-            &forkd(),
-            &["-c", &path, "--check-config"],
-            &[],
-            Duration::from_secs(10),
-        );
+        let path = temp_config(&format!("bad-{name}"), text);
+        let (code, stderr) = Forkd::new()
+            .config(&path)
+            .arg("--check-config")
+            .run_to_exit(Duration::from_secs(10));
         assert_eq!(code, Some(2), "{name}: {stderr}");
         for needle in needles {
             assert!(

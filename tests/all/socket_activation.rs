@@ -17,13 +17,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("probe port")
-        .port()
-}
-
 /// `systemd-socket-activate` binds, waits for the first connection, then execs forkd
 /// with the socket: that first request is answered from the queue.
 fn activate(listen: &str, fdname: Option<&str>, forkd_args: &[&str]) -> Server {
