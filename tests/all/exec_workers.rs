@@ -190,8 +190,7 @@ fn usr2_upgrades_the_master_while_uvicorn_workers_keep_serving() {
 fn a_missing_or_failing_command_exits_3_with_a_clear_message() {
     let (code, stderr) = Forkd::new()
         .local()
-        .args(["--", "forkd-no-such-command", "--fd"])
-        .app("3")
+        .args(["--", "forkd-no-such-command", "--fd", "3"])
         .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(
@@ -201,8 +200,8 @@ fn a_missing_or_failing_command_exits_3_with_a_clear_message() {
     // A command that exists but exits at once: no worker ever boots.
     let (code, stderr) = Forkd::new()
         .local()
-        .args(["--log-level", "warn", "--", "sh"])
-        .config("echo cannot start >&2; exit 1")
+        .args(["--log-level", "warn"])
+        .args(["--", "sh", "-c", "echo cannot start >&2; exit 1"])
         .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("no worker could boot"), "{stderr}");

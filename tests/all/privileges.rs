@@ -286,8 +286,12 @@ fn a_workers_boot_message_cannot_forge_log_lines() {
 fn exec_output_quoted_in_a_boot_failure_is_escaped() {
     let (code, stderr) = Forkd::new()
         .local()
-        .args(["--", "/bin/sh"])
-        .config("printf 'boom \\033[2J\\rFORGED\\n'; exit 1")
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "printf 'boom \\033[2J\\rFORGED\\n'; exit 1",
+        ])
         .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("boom \\x1b[2J\\x0dFORGED"), "{stderr}");
