@@ -19,29 +19,11 @@ use std::time::{Duration, Instant};
 const LIMITS: &str = "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\
     [limits]\nrequest_line = 200\nrequest_fields = 10\nrequest_field_size = 100\nmax_body = 1024\n";
 
-/// Writes `raw` (a write error is fine: the server may close early) and reads until
-/// the server closes or `limit` passes; returns everything read.
-fn converse(addr: &str, raw: &[u8], limit: Duration) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(limit)).expect("timeout");
-    let _ = stream.write_all(raw);
-    let mut data = Vec::new();
-    let _ = stream.read_to_end(&mut data);
-    String::from_utf8_lossy(&data).to_string()
-}
-
 /// The status codes of the responses in `text`, in order.
 fn statuses(text: &str) -> Vec<u16> {
     text.match_indices("HTTP/1.")
         .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
         .collect()
-}
-
-fn worker_pid(addr: &str) -> u64 {
-    let (status, _, body) = get(addr, "/").expect("request");
-    assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    json["pid"].as_u64().expect("pid")
 }
 
 /// A request nobody should see: 41 header fields (the limit is 10).

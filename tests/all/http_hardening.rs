@@ -18,14 +18,7 @@ use std::time::{Duration, Instant};
 /// Sends raw bytes (a write error is fine: the server may close early) and reads the
 /// whole answer until the server closes: (status, head, body).
 fn exchange(addr: &str, raw: &[u8]) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let _ = stream.write_all(raw);
-    let mut data = Vec::new();
-    let _ = stream.read_to_end(&mut data);
-    let text = String::from_utf8_lossy(&data).to_string();
+    let text = converse(addr, raw, Duration::from_secs(10));
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
@@ -33,20 +26,6 @@ fn exchange(addr: &str, raw: &[u8]) -> (u16, String, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, head.to_string(), body.to_string())
-}
-
-fn echo_json(addr: &str, extra_headers: &str) -> serde_json::Value {
-    let (status, _, body) = request(
-        addr,
-        &format!("GET /echo HTTP/1.1\r\nHost: t\r\n{extra_headers}Connection: close\r\n\r\n"),
-    )
-    .expect("echo request");
-    assert_eq!(status, 200);
-    serde_json::from_slice(&body).expect("echo json")
-}
-
-fn worker_pid(addr: &str) -> u64 {
-    echo_json(addr, "")["pid"].as_u64().expect("pid")
 }
 
 const LIMITS: &str = "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\

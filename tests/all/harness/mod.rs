@@ -578,3 +578,31 @@ pub fn json(body: &[u8]) -> serde_json::Value {
         )
     })
 }
+
+/// Writes `raw` (a write error is fine: the server may close early) and reads until
+/// the server closes or `limit` passes; returns everything read.
+pub fn converse(addr: &str, raw: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    let _ = stream.write_all(raw);
+    let mut data = Vec::new();
+    let _ = stream.read_to_end(&mut data);
+    String::from_utf8_lossy(&data).to_string()
+}
+
+/// GET /echo from the `echo` app with `extra_headers` (each ending in CRLF): the JSON
+/// it answers with (the worker's pid, the client address and scheme it saw, ...).
+pub fn echo_json(addr: &str, extra_headers: &str) -> serde_json::Value {
+    let (status, _, body) = request(
+        addr,
+        &format!("GET /echo HTTP/1.1\r\nHost: t\r\n{extra_headers}Connection: close\r\n\r\n"),
+    )
+    .expect("echo request");
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).expect("echo json")
+}
+
+/// The pid of the worker of the `echo` app that answers a request.
+pub fn worker_pid(addr: &str) -> u64 {
+    echo_json(addr, "")["pid"].as_u64().expect("pid")
+}
