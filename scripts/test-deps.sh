@@ -8,10 +8,10 @@
 #                                 systemd-nspawn to boot a throw-away systemd
 #   util-linux                    unshare and nsenter
 #   python3 + pip, uvicorn        the reference exec worker
-#   curl                          an HTTPS client for tests/tls.rs (HTTP/1.1 and HTTP/2)
+#   curl                          an HTTPS client for tests/all/tls.rs (HTTP/1.1 and HTTP/2)
 #   python3-venv; target/pyenv-test  a virtualenv with FastAPI and forkd's own Python
 #                                 package (a debug build, `maturin develop`), for
-#                                 tests/python.rs (PYTHON_TEST_VENV overrides the path)
+#                                 tests/all/python.rs (PYTHON_TEST_VENV overrides the path)
 set -euo pipefail
 
 as_root() {

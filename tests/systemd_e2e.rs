@@ -1,5 +1,5 @@
 //! End to end under a real systemd (the host's systemd 252 booted in a container, see
-//! tests/nspawn): the shipped `config/forkd.service` and `config/forkd.socket`, installed
+//! tests/all/nspawn): the shipped `config/forkd.service` and `config/forkd.socket`, installed
 //! unchanged, with the shipped `config/forkd.toml` (its app switched to `echo`, for a
 //! slow request), drive the built forkd. Checked: start reaches active/running with the
 //! master as MainPID; `systemctl reload` under load drops nothing and returns only once
@@ -16,7 +16,9 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "all/harness/mod.rs"]
 mod harness;
+#[path = "all/nspawn/mod.rs"]
 mod nspawn;
 
 use harness::{finish, get, load, poll_until, read_response, workers_of, Tally};

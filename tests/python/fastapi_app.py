@@ -1,4 +1,4 @@
-"""The FastAPI app of tests/python.rs. The tests copy it to a temporary directory and
+"""The FastAPI app of tests/all/python.rs. The tests copy it to a temporary directory and
 serve it with the `forkd` command of the test virtualenv; the HUP test rewrites VERSION."""
 
 import asyncio

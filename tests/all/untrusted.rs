@@ -5,7 +5,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -74,17 +74,6 @@ fn poke(pid: i32, address: u64, bytes: &[u8]) {
 /// The header's fold sequence: after `started_ms` (u64) and `server_stopping` (u32).
 const FOLD_SEQ_OFFSET: u64 = 16;
 
-fn metrics_addr(server: &Server) -> String {
-    server.expect_log("serving /metrics on ", Duration::from_secs(5));
-    server
-        .log()
-        .split("serving /metrics on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("metrics address")
-        .to_string()
-}
-
 #[test]
 fn a_worker_leaving_the_fold_sequence_odd_does_not_hang_the_master() {
     if !nix::unistd::geteuid().is_root() {
@@ -99,7 +88,7 @@ fn a_worker_leaving_the_fold_sequence_odd_does_not_hang_the_master() {
          [metrics]\nbind = \"127.0.0.1:0\"\n",
     )
     .expect("config");
-    let mut server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let mut server = Forkd::new().config(&config).start();
     let metrics = metrics_addr(&server);
     assert_eq!(get(&server.addr, "/").expect("request").0, 200);
     // What a worker could do: the mapping is the same in every process of the tree.
@@ -140,7 +129,7 @@ fn workers_writing_huge_counters_and_lengths_do_not_crash_the_master() {
          [metrics]\nbind = \"127.0.0.1:0\"\n",
     )
     .expect("config");
-    let mut server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let mut server = Forkd::new().config(&config).start();
     let metrics = metrics_addr(&server);
     let workers = workers_of(server.pid());
     for slot in slot_addresses(workers[0], &workers) {
@@ -190,7 +179,7 @@ fn short_timeout_server(name: &str) -> Server {
         "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\ntimeout = 2\n",
     )
     .expect("config");
-    Server::start(&forkd(), &["-c", config.to_str().unwrap()])
+    Forkd::new().config(&config).start()
 }
 
 /// Freezes the master and its workers for longer than `timeout`, then thaws them, the
@@ -274,7 +263,7 @@ fn a_squatted_notify_socket_name_does_not_block_exec_workers() {
     let dir = temp_dir("untrusted-notify");
     std::fs::write(
         dir.join("notify_worker.py"),
-        include_str!("exec/notify_worker.py"),
+        include_str!("../exec/notify_worker.py"),
     )
     .expect("worker");
     let config = dir.join("forkd.toml");
@@ -330,12 +319,9 @@ fn signal_command_refuses_a_pidfile_naming_another_process() {
     std::fs::write(&pidfile, format!("{}\n", impostor.id())).expect("pidfile");
     let pid_arg = pidfile.to_str().unwrap();
     for name in ["stop", "reload"] {
-        let (code, stderr) = run_to_exit(
-            &forkd(),
-            &["-p", pid_arg, "-s", name],
-            &[],
-            Duration::from_secs(10),
-        );
+        let (code, stderr) = Forkd::new()
+            .args(["-p", pid_arg, "-s", name])
+            .run_to_exit(Duration::from_secs(10));
         assert_eq!(code, Some(1), "-s {name}: {stderr}");
         assert!(stderr.contains("refusing to signal"), "{stderr}");
         assert!(
@@ -348,39 +334,32 @@ fn signal_command_refuses_a_pidfile_naming_another_process() {
     // SAFETY: flock(2) on an open fd.
     let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) };
     assert_eq!(locked, 0);
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-p", pid_arg, "-s", "stop"],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, stderr) = Forkd::new()
+        .args(["-p", pid_arg, "-s", "stop"])
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(impostor.try_wait().expect("try_wait").is_none());
     // A symlink is not a pidfile.
     let link = dir.join("link.pid");
     std::os::unix::fs::symlink(&pidfile, &link).expect("symlink");
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-p", link.to_str().unwrap(), "-s", "stop"],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, stderr) = Forkd::new()
+        .args(["-p", link.to_str().unwrap(), "-s", "stop"])
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("not a regular file"), "{stderr}");
     assert!(impostor.try_wait().expect("try_wait").is_none());
 
     // The real master passes every check.
     std::fs::remove_file(&pidfile).expect("rm");
-    let mut server = Server::start(
-        &forkd(),
-        &["-p", pid_arg, "-b", "127.0.0.1:0", "-w", "1", "hello"],
-    );
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-p", pid_arg, "-s", "stop"],
-        &[],
-        Duration::from_secs(20),
-    );
+    let mut server = Forkd::new()
+        .args(["-p", pid_arg])
+        .local()
+        .workers(1)
+        .app("hello")
+        .start();
+    let (code, stderr) = Forkd::new()
+        .args(["-p", pid_arg, "-s", "stop"])
+        .run_to_exit(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{stderr}\n{}", server.log());
     assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
 }
@@ -446,7 +425,7 @@ fn a_forged_reload_reply_is_ignored_by_the_waiting_client() {
     let dir = temp_dir("untrusted-reload-reply");
     std::fs::write(
         dir.join("notify_worker.py"),
-        include_str!("exec/notify_worker.py"),
+        include_str!("../exec/notify_worker.py"),
     )
     .expect("worker");
     let config = dir.join("forkd.toml");
@@ -464,7 +443,7 @@ fn a_forged_reload_reply_is_ignored_by_the_waiting_client() {
     )
     .expect("config");
     let config = config.to_str().unwrap();
-    let server = Server::start(&forkd(), &["-c", config]);
+    let server = Forkd::new().config(config).start();
     let mut client =
         Server::spawn(std::process::Command::new(forkd()).args(["-c", config, "-s", "reload"]));
     let reply = libc::SIGRTMIN() + 2;

@@ -1,7 +1,13 @@
-//! Shared test harness: starts the real forkd binary, reads its error log, finds its
-//! workers in /proc, talks HTTP over real sockets, and runs a load client that counts
-//! every failure. Every wait is bounded; every process started is killed on drop.
+//! Shared test harness: starts the real forkd binary (`Forkd`, in builder.rs), reads its
+//! error log, finds its workers in /proc, talks HTTP over real sockets, and runs a load
+//! client that counts every failure. Every wait is bounded; every process started is
+//! killed on drop.
 #![allow(dead_code)]
+
+mod builder;
+
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use builder::{start_or_exit, write_config, Forkd};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -19,13 +25,21 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts `binary` with `args` and waits until all workers are ready. `Forkd` builds
+    /// the same command line from named options; this stays for tests written against it.
     pub fn start(binary: &Path, args: &[&str]) -> Server {
         Server::start_with_env(binary, args, &[])
     }
 
     /// As `start`, with extra environment variables for forkd.
     pub fn start_with_env(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut server = Server::spawn(Command::new(binary).args(args).envs(env.iter().copied()));
+        Server::start_command(Command::new(binary).args(args).envs(env.iter().copied()))
+    }
+
+    /// Starts `command` (forkd, or something that execs it) and waits for "all workers
+    /// ready"; `addr` is the first address it logs listening on.
+    pub fn start_command(command: &mut Command) -> Server {
+        let mut server = Server::spawn(command);
         server.expect_log("all workers ready", Duration::from_secs(10));
         let log = server.log();
         let line = log
@@ -149,8 +163,12 @@ pub fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// A fresh directory for one test: `name`, the process id and a count, so that tests
+/// sharing a process (`cargo test` runs them as threads) never share a directory.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("forkd-zd-{name}-{}", std::process::id()));
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let n = MADE.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("forkd-zd-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
@@ -516,4 +534,75 @@ pub fn new_master(pidfile: &Path, old: i32, limit: Duration) -> i32 {
         new > 0
     });
     new
+}
+
+/// Writes `text` to `forkd.toml` in a fresh temp dir named `name`; returns its path.
+pub fn temp_config(name: &str, text: &str) -> String {
+    write_config(&temp_dir(name), text)
+}
+
+/// The address of the metrics listener, from the log line saying where it serves.
+pub fn metrics_addr(server: &Server) -> String {
+    server.expect_log("serving /metrics on ", Duration::from_secs(5));
+    server
+        .log()
+        .split("serving /metrics on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("metrics address")
+        .to_string()
+}
+
+/// A loopback port that was free a moment ago (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("probe port")
+        .port()
+}
+
+/// A single-threaded tokio runtime for the async clients (hyper's HTTP/2 client).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A response body as JSON; fails the test showing the body's start if it is not.
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(500)])
+        )
+    })
+}
+
+/// Writes `raw` (a write error is fine: the server may close early) and reads until
+/// the server closes or `limit` passes; returns everything read.
+pub fn converse(addr: &str, raw: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    let _ = stream.write_all(raw);
+    let mut data = Vec::new();
+    let _ = stream.read_to_end(&mut data);
+    String::from_utf8_lossy(&data).to_string()
+}
+
+/// GET /echo from the `echo` app with `extra_headers` (each ending in CRLF): the JSON
+/// it answers with (the worker's pid, the client address and scheme it saw, ...).
+pub fn echo_json(addr: &str, extra_headers: &str) -> serde_json::Value {
+    let (status, _, body) = request(
+        addr,
+        &format!("GET /echo HTTP/1.1\r\nHost: t\r\n{extra_headers}Connection: close\r\n\r\n"),
+    )
+    .expect("echo request");
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).expect("echo json")
+}
+
+/// The pid of the worker of the `echo` app that answers a request.
+pub fn worker_pid(addr: &str) -> u64 {
+    echo_json(addr, "")["pid"].as_u64().expect("pid")
 }

@@ -7,7 +7,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use rcgen::{
@@ -142,10 +142,11 @@ impl Drop for Pki {
 }
 
 fn start(pki: &Pki, args: &[&str], extra_env: &[(&str, &str)]) -> Server {
-    let env = pki.env();
-    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    all.extend_from_slice(extra_env);
-    Server::start_with_env(&forkd(), args, &all)
+    Forkd::new()
+        .args(args)
+        .envs(pki.env())
+        .envs(extra_env.iter().copied())
+        .start()
 }
 
 // ---- a blocking HTTPS client (for the load threads) -------------------------------------
@@ -251,13 +252,6 @@ fn tls_load(
 }
 
 // ---- an async client: hyper over tokio-rustls -------------------------------------------
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// GET `path` with hyper over TLS, HTTP/2 when ALPN chose it: (ALPN, version, body).
 async fn hyper_get(
@@ -537,12 +531,10 @@ fn check_config_loads_and_checks_the_tls_files() {
         path
     };
     let run = |path: &Path| {
-        run_to_exit(
-            &forkd(),
-            &["-c", path.to_str().unwrap(), "--check-config"],
-            &[],
-            Duration::from_secs(20),
-        )
+        Forkd::new()
+            .config(path)
+            .arg("--check-config")
+            .run_to_exit(Duration::from_secs(20))
     };
     let tls_table = |cert: &str, key: &str| {
         format!("app = \"hello\"\nbind = [\"tls://127.0.0.1:0\"]\n\n[tls]\ncertfile = {cert:?}\nkeyfile = {key:?}\n")

@@ -7,7 +7,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -15,23 +15,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn config(name: &str, text: &str) -> String {
-    let path = temp_dir(name).join("forkd.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf-8 path").to_string()
-}
-
 /// Sends raw bytes (a write error is fine: the server may close early) and reads the
 /// whole answer until the server closes: (status, head, body).
 fn exchange(addr: &str, raw: &[u8]) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let _ = stream.write_all(raw);
-    let mut data = Vec::new();
-    let _ = stream.read_to_end(&mut data);
-    let text = String::from_utf8_lossy(&data).to_string();
+    let text = converse(addr, raw, Duration::from_secs(10));
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
@@ -41,27 +28,13 @@ fn exchange(addr: &str, raw: &[u8]) -> (u16, String, String) {
     (status, head.to_string(), body.to_string())
 }
 
-fn echo_json(addr: &str, extra_headers: &str) -> serde_json::Value {
-    let (status, _, body) = request(
-        addr,
-        &format!("GET /echo HTTP/1.1\r\nHost: t\r\n{extra_headers}Connection: close\r\n\r\n"),
-    )
-    .expect("echo request");
-    assert_eq!(status, 200);
-    serde_json::from_slice(&body).expect("echo json")
-}
-
-fn worker_pid(addr: &str) -> u64 {
-    echo_json(addr, "")["pid"].as_u64().expect("pid")
-}
-
 const LIMITS: &str = "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\
     [limits]\nrequest_line = 200\nrequest_fields = 10\nrequest_field_size = 100\nmax_body = 1000\n";
 
 #[test]
 fn oversized_line_headers_and_bodies_get_their_4xx_and_the_worker_keeps_serving() {
-    let path = config("limits", LIMITS);
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let path = temp_config("limits", LIMITS);
+    let server = Forkd::new().config(&path).start();
     let pid = worker_pid(&server.addr);
     let long_line = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(300));
     let many_fields = format!(
@@ -128,11 +101,11 @@ fn oversized_line_headers_and_bodies_get_their_4xx_and_the_worker_keeps_serving(
 
 #[test]
 fn a_slowloris_client_is_dropped_after_header_read_timeout_while_others_are_served() {
-    let path = config(
+    let path = temp_config(
         "slowloris",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[limits]\nheader_read_timeout = 1\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let addr = server.addr.clone();
     let mut slow = TcpStream::connect(&addr).expect("connect");
     slow.set_read_timeout(Some(Duration::from_millis(50)))
@@ -181,11 +154,11 @@ fn a_slowloris_client_is_dropped_after_header_read_timeout_while_others_are_serv
 
 #[test]
 fn past_max_connections_new_requests_get_503_with_retry_after() {
-    let path = config(
+    let path = temp_config(
         "maxconn",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\nkeepalive = 30\n[limits]\nmax_connections = 2\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let open: Vec<BufReader<TcpStream>> = (0..2)
         .map(|_| {
             let stream = TcpStream::connect(&server.addr).expect("connect");
@@ -225,12 +198,12 @@ fn past_max_connections_new_requests_get_503_with_retry_after() {
 
 #[test]
 fn readiness_flips_to_503_during_shutdown_delay_while_requests_succeed_then_exit_0() {
-    let path = config(
+    let path = temp_config(
         "ready",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n\
          [health]\nlive_path = \"/health/live\"\nready_path = \"/health/ready\"\nshutdown_delay = 2\n",
     );
-    let mut server = Server::start(&forkd(), &["-c", &path]);
+    let mut server = Forkd::new().config(&path).start();
     let addr = server.addr.clone();
     let status_of = |path: &str| get(&addr, path).map(|(status, _, _)| status);
     assert_eq!(status_of("/health/live"), Ok(200));
@@ -297,11 +270,11 @@ fn proxy_headers_are_trusted_only_from_allowed_addresses() {
     // The default list trusts loopback, where the test connects from; both kinds of
     // header are read (the default reads X-Forwarded-* alone: see
     // forwarded_headers_decides_which_proxy_headers_are_believed).
-    let path = config(
+    let path = temp_config(
         "proxies-default",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_headers = \"both\"\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let json = echo_json(&server.addr, xff);
     // 203.0.113.9 was appended by the trusted proxy; 198.51.100.77 could be forged.
     assert_eq!(json["remote_addr"], "203.0.113.9");
@@ -318,11 +291,11 @@ fn proxy_headers_are_trusted_only_from_allowed_addresses() {
     drop(server);
 
     // A CIDR that trusts a chain of proxies: walked until the first untrusted hop.
-    let path = config(
+    let path = temp_config(
         "proxies-cidr",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_allow_ips = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let json = echo_json(
         &server.addr,
         "X-Forwarded-For: 192.0.2.1, 198.51.100.2, 10.9.8.7\r\n",
@@ -331,11 +304,11 @@ fn proxy_headers_are_trusted_only_from_allowed_addresses() {
     drop(server);
 
     // Not from an allowed address: the headers are ignored.
-    let path = config(
+    let path = temp_config(
         "proxies-untrusted",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_allow_ips = [\"10.0.0.1\"]\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     for headers in [xff, forwarded] {
         let json = echo_json(&server.addr, headers);
         let remote = json["remote_addr"].as_str().unwrap();
@@ -360,7 +333,7 @@ fn malformed_proxy_headers_never_make_the_proxy_the_client() {
         ),
     )
     .expect("write config");
-    let server = Server::start(&forkd(), &["-c", path.to_str().unwrap()]);
+    let server = Forkd::new().config(&path).start();
     let cases: [(&str, &[u8], &str); 6] = [
         // What the proxy wrote itself is malformed: the client is unknown.
         ("/xff-alone", b"X-Forwarded-For: \xff", "unknown"),
@@ -427,13 +400,11 @@ fn bad_access_log_format_and_proxy_entries_are_config_errors() {
             &["line 2", "forwarded_allow_ips", "prefix length"][..],
         ),
     ] {
-        let path = config(&format!("bad-{name}"), text);
-        let (code, stderr) = run_to_exit(
-            &forkd(),
-            &["-c", &path, "--check-config"],
-            &[],
-            Duration::from_secs(10),
-        );
+        let path = temp_config(&format!("bad-{name}"), text);
+        let (code, stderr) = Forkd::new()
+            .config(&path)
+            .arg("--check-config")
+            .run_to_exit(Duration::from_secs(10));
         assert_eq!(code, Some(2), "{name}: {stderr}");
         for needle in needles {
             assert!(
@@ -523,7 +494,7 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
         ("default", ""),
         ("x-forwarded", "forwarded_headers = \"x-forwarded\"\n"),
     ] {
-        let path = config(
+        let path = temp_config(
             &format!("proxy-headers-{mode}"),
             &format!("app = \"echo\"\nbind = [\"127.0.0.1:0\"]\n{line}"),
         );
@@ -539,7 +510,7 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
         assert_eq!(json["scheme"], "https", "{mode}");
     }
 
-    let path = config(
+    let path = temp_config(
         "proxy-headers-forwarded",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_headers = \"forwarded\"\n",
     );
@@ -552,7 +523,7 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
     assert_eq!(json["scheme"], "http");
     drop(server);
 
-    let path = config(
+    let path = temp_config(
         "proxy-headers-both",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_headers = \"both\"\n",
     );
@@ -566,7 +537,7 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
     drop(server);
 
     // The environment sets it as any key; --print-config shows it.
-    let path = config("proxy-headers-print", "app = \"echo\"\n");
+    let path = temp_config("proxy-headers-print", "app = \"echo\"\n");
     let env = [("FORKD_FORWARDED_HEADERS", "forwarded")];
     let args = ["-c", &path, "--print-config"];
     // Bounded first; then read what it prints.
@@ -584,7 +555,7 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
     );
 
     // A bad value names the key and what is allowed.
-    let path = config(
+    let path = temp_config(
         "proxy-headers-bad",
         "app = \"echo\"\nforwarded_headers = \"auto\"\n",
     );

@@ -5,7 +5,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use std::collections::HashMap;
@@ -35,7 +35,7 @@ fn answering_pid(reader: &mut BufReader<TcpStream>) -> Result<i32, String> {
 
 #[test]
 fn a_burst_of_keepalive_connections_is_spread_across_the_workers() {
-    let server = Server::start(&forkd(), &["-b", "127.0.0.1:0", "-w", "2", "echo"]);
+    let server = Forkd::new().local().workers(2).app("echo").start();
     let workers = workers_of(server.pid());
     assert_eq!(workers.len(), 2, "{}", server.log());
     // Several bursts: one lucky spread proves little, and each burst is a fresh race.

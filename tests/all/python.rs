@@ -8,7 +8,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use std::path::{Path, PathBuf};
@@ -56,29 +56,19 @@ fn config(dir: &Path, extra: &str) -> PathBuf {
 const ENV: &[(&str, &str)] = &[("PYTHONDONTWRITEBYTECODE", "1")];
 
 fn start(dir: &Path, args: &[&str], extra_config: &str) -> Server {
-    let config = config(dir, extra_config);
-    let mut all = vec!["-c", config.to_str().unwrap()];
-    all.extend_from_slice(args);
-    Server::start_with_env(&python_forkd(), &all, ENV)
-}
-
-fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {:?}",
-            String::from_utf8_lossy(&body[..body.len().min(500)])
-        )
-    })
+    Forkd::program(python_forkd())
+        .config(config(dir, extra_config))
+        .args(args)
+        .envs(ENV.iter().copied())
+        .start()
 }
 
 #[test]
 fn a_build_without_python_support_exits_2_saying_how_to_get_it() {
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-b", "127.0.0.1:0", "fastapi_app:app"],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, stderr) = Forkd::new()
+        .local()
+        .app("fastapi_app:app")
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("without Python support") && stderr.contains("pip install"),
@@ -214,14 +204,12 @@ fn an_exception_is_a_500_with_the_traceback_logged_and_the_worker_lives() {
 fn a_raising_lifespan_startup_exits_3_with_its_message() {
     let dir = app_dir("startup");
     let config = config(&dir, "");
-    let mut env = ENV.to_vec();
-    env.push(("APP_FAIL_STARTUP", "1"));
-    let (code, stderr) = run_to_exit(
-        &python_forkd(),
-        &["-c", config.to_str().unwrap(), "-w", "2"],
-        &env,
-        Duration::from_secs(30),
-    );
+    let (code, stderr) = Forkd::program(python_forkd())
+        .config(&config)
+        .workers(2)
+        .envs(ENV.iter().copied())
+        .env("APP_FAIL_STARTUP", "1")
+        .run_to_exit(Duration::from_secs(30));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("no worker could boot") && stderr.contains("database is down"),
@@ -727,11 +715,11 @@ fn root_path_and_lifespan_off_are_applied() {
     let mut text = std::fs::read_to_string(&config_path).unwrap();
     text.push_str("root_path = \"/api\"\nlifespan = \"off\"\n");
     std::fs::write(&config_path, text).unwrap();
-    let server = Server::start_with_env(
-        &python_forkd(),
-        &["-c", config_path.to_str().unwrap(), "-w", "1"],
-        ENV,
-    );
+    let server = Forkd::program(python_forkd())
+        .config(&config_path)
+        .workers(1)
+        .envs(ENV.iter().copied())
+        .start();
     let (status, _, body) = get(&server.addr, "/scope/x").unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let scope = json(&body);

@@ -8,7 +8,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -16,12 +16,6 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn config(dir: &Path, text: &str) -> String {
-    let path = dir.join("forkd.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf-8 path").to_string()
-}
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -62,11 +56,12 @@ fn the_pidfile_is_written_through_no_symlink_and_with_mode_0644() {
         std::os::unix::fs::symlink(&victim, dir.join(name)).expect("symlink");
     }
     let pid_arg = pidfile.to_str().unwrap();
-    let server = Server::start_with_env(
-        &forkd(),
-        &["-p", pid_arg, "-b", "127.0.0.1:0", "hello"],
-        &[("FORKD_UMASK", "0077")],
-    );
+    let server = Forkd::new()
+        .args(["-p", pid_arg])
+        .local()
+        .app("hello")
+        .env("FORKD_UMASK", "0077")
+        .start();
     assert_eq!(
         std::fs::read_to_string(&victim).unwrap(),
         "precious\n",
@@ -104,24 +99,20 @@ fn a_fifo_at_the_pidfile_path_is_refused_at_once() {
     let pidfile = dir.join("forkd.pid");
     nix::unistd::mkfifo(&pidfile, nix::sys::stat::Mode::from_bits_truncate(0o666)).expect("mkfifo");
     let pid_arg = pidfile.to_str().unwrap();
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-p", pid_arg, "-b", "127.0.0.1:0", "hello"],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, stderr) = Forkd::new()
+        .args(["-p", pid_arg])
+        .local()
+        .app("hello")
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(pid_arg) && stderr.contains("FIFO"),
         "{stderr}"
     );
     // `forkd -s` reads the pidfile too.
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-p", pid_arg, "-s", "reopen"],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, stderr) = Forkd::new()
+        .args(["-p", pid_arg, "-s", "reopen"])
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(pid_arg) && stderr.contains("FIFO"),
@@ -144,7 +135,7 @@ fn the_socket_file_is_removed_only_from_the_directory_it_was_bound_in() {
     std::fs::write(victims.join("forkd.sock"), "precious\n").unwrap();
     let socket = run.join("forkd.sock");
     let bind = format!("unix:{}", socket.display());
-    let mut server = Server::start(&forkd(), &["-b", &bind, "hello"]);
+    let mut server = Forkd::new().bind(&bind).app("hello").start();
     // The socket's directory is swapped for a symlink to another one holding a file of
     // the socket's name.
     let moved = base.join("moved");
@@ -275,11 +266,13 @@ fn workers_drop_the_masters_supplementary_groups() {
 #[test]
 fn a_workers_boot_message_cannot_forge_log_lines() {
     let dir = temp_dir("priv-boot-message");
-    let path = config(
+    let path = write_config(
         &dir,
         "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\n[log]\naccess_log = \"/nonexistent-forkd-dir/x\\n<0>FORGED \\u001b[2J\"\n",
     );
-    let (code, stderr) = run_to_exit(&forkd(), &["-c", &path], &[], Duration::from_secs(10));
+    let (code, stderr) = Forkd::new()
+        .config(&path)
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("\\x0a<0>FORGED \\x1b[2J"), "{stderr}");
     assert!(
@@ -291,19 +284,15 @@ fn a_workers_boot_message_cannot_forge_log_lines() {
 
 #[test]
 fn exec_output_quoted_in_a_boot_failure_is_escaped() {
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &[
-            "-b",
-            "127.0.0.1:0",
+    let (code, stderr) = Forkd::new()
+        .local()
+        .args([
             "--",
             "/bin/sh",
             "-c",
             "printf 'boom \\033[2J\\rFORGED\\n'; exit 1",
-        ],
-        &[],
-        Duration::from_secs(10),
-    );
+        ])
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("boom \\x1b[2J\\x0dFORGED"), "{stderr}");
     assert!(
@@ -340,9 +329,9 @@ fn an_empty_path_entry_does_not_find_a_program_in_the_working_directory() {
 #[test]
 fn a_config_file_others_can_write_is_warned_about_at_start_and_on_hup() {
     let dir = temp_dir("priv-config-mode");
-    let path = config(&dir, "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\n");
+    let path = write_config(&dir, "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\n");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let warned = |log: &str| {
         log.lines()
             .filter(|l| l.contains("WARN") && l.contains(&path) && l.contains("0666"))

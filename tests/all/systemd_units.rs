@@ -6,18 +6,18 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
-mod nspawn;
+use crate::harness;
+use crate::nspawn;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const SERVICE: &str = include_str!("../config/forkd.service");
-const SOCKET: &str = include_str!("../config/forkd.socket");
-const CONFIG: &str = include_str!("../config/forkd.toml");
-const SYSUSERS: &str = include_str!("../config/forkd.sysusers");
-const README: &str = include_str!("../README.md");
+const SERVICE: &str = include_str!("../../config/forkd.service");
+const SOCKET: &str = include_str!("../../config/forkd.socket");
+const CONFIG: &str = include_str!("../../config/forkd.toml");
+const SYSUSERS: &str = include_str!("../../config/forkd.sysusers");
+const README: &str = include_str!("../../README.md");
 
 /// A root directory for `systemd-analyze verify --root`: the host's system units (the
 /// targets the units depend on), the units under test in /etc/systemd/system, and the

@@ -9,45 +9,21 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn config(name: &str, text: &str) -> String {
-    let path = temp_dir(name).join("forkd.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf-8 path").to_string()
-}
-
 const LIMITS: &str = "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\
     [limits]\nrequest_line = 200\nrequest_fields = 10\nrequest_field_size = 100\nmax_body = 1024\n";
-
-/// Writes `raw` (a write error is fine: the server may close early) and reads until
-/// the server closes or `limit` passes; returns everything read.
-fn converse(addr: &str, raw: &[u8], limit: Duration) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(limit)).expect("timeout");
-    let _ = stream.write_all(raw);
-    let mut data = Vec::new();
-    let _ = stream.read_to_end(&mut data);
-    String::from_utf8_lossy(&data).to_string()
-}
 
 /// The status codes of the responses in `text`, in order.
 fn statuses(text: &str) -> Vec<u16> {
     text.match_indices("HTTP/1.")
         .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
         .collect()
-}
-
-fn worker_pid(addr: &str) -> u64 {
-    let (status, _, body) = get(addr, "/").expect("request");
-    assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    json["pid"].as_u64().expect("pid")
 }
 
 /// A request nobody should see: 41 header fields (the limit is 10).
@@ -58,7 +34,9 @@ fn smuggled(method: &str) -> String {
 
 #[test]
 fn the_chunked_trailer_smuggling_bytes_reach_no_app() {
-    let server = Server::start(&forkd(), &["-c", &config("trailer-lf", LIMITS)]);
+    let server = Forkd::new()
+        .config(temp_config("trailer-lf", LIMITS))
+        .start();
     let pid = worker_pid(&server.addr);
     let inner = smuggled("GET");
     let mut raw =
@@ -98,7 +76,9 @@ fn the_chunked_trailer_smuggling_bytes_reach_no_app() {
 
 #[test]
 fn long_chunk_sizes_keep_every_later_limit() {
-    let server = Server::start(&forkd(), &["-c", &config("chunk-digits", LIMITS)]);
+    let server = Forkd::new()
+        .config(temp_config("chunk-digits", LIMITS))
+        .start();
     for digits in [17, 20, 32, 64] {
         let size = format!("{}5", "0".repeat(digits - 1));
         let raw = format!(
@@ -120,7 +100,7 @@ fn long_chunk_sizes_keep_every_later_limit() {
 
 #[test]
 fn upgrade_and_connect_do_not_switch_the_limits_off() {
-    let server = Server::start(&forkd(), &["-c", &config("upgrade", LIMITS)]);
+    let server = Forkd::new().config(temp_config("upgrade", LIMITS)).start();
     for head in [
         "GET /u HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
         "GET /u HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
@@ -169,7 +149,9 @@ fn upgrade_and_connect_do_not_switch_the_limits_off() {
 
 #[test]
 fn a_flood_of_empty_lines_is_refused_at_request_line() {
-    let server = Server::start(&forkd(), &["-c", &config("empty-lines", LIMITS)]);
+    let server = Forkd::new()
+        .config(temp_config("empty-lines", LIMITS))
+        .start();
     let began = Instant::now();
     let raw = b"\r\n".repeat(4 * 1024 * 1024);
     let answer = converse(&server.addr, &raw, Duration::from_secs(10));
@@ -190,7 +172,9 @@ fn a_flood_of_empty_lines_is_refused_at_request_line() {
 
 #[test]
 fn a_pipelined_request_is_not_answered_for_the_next_ones_body() {
-    let server = Server::start(&forkd(), &["-c", &config("pipelined-413", LIMITS)]);
+    let server = Forkd::new()
+        .config(temp_config("pipelined-413", LIMITS))
+        .start();
     let mut raw = b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_vec();
     raw.extend_from_slice(
         b"POST /second HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -207,7 +191,7 @@ fn a_pipelined_request_is_not_answered_for_the_next_ones_body() {
 
 #[test]
 fn trailers_are_held_to_the_field_limits() {
-    let server = Server::start(&forkd(), &["-c", &config("trailers", LIMITS)]);
+    let server = Forkd::new().config(temp_config("trailers", LIMITS)).start();
     let ok = "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n";
     assert_eq!(
         statuses(&converse(
@@ -233,7 +217,9 @@ fn trailers_are_held_to_the_field_limits() {
 #[test]
 fn a_stalled_body_gets_408_and_frees_its_slot() {
     let text = format!("{LIMITS}body_read_timeout = 1\nmax_connections = 20\n");
-    let server = Server::start(&forkd(), &["-c", &config("body-timeout", &text)]);
+    let server = Forkd::new()
+        .config(temp_config("body-timeout", &text))
+        .start();
     // 20 slow-POST clients take every slot, each with one byte of a 10-byte body.
     let mut slow: Vec<TcpStream> = (0..20)
         .map(|i| {
@@ -332,17 +318,10 @@ mod h2 {
         tokio::time::timeout(limit, fut).await
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    }
-
     #[test]
     fn a_streamed_http2_body_is_held_to_max_body_and_body_read_timeout() {
         let text = format!("{LIMITS}body_read_timeout = 1\n");
-        let server = Server::start(&forkd(), &["-c", &config("h2-body", &text)]);
+        let server = Forkd::new().config(temp_config("h2-body", &text)).start();
         let addr = server.addr.clone();
         let rt = runtime();
         // 2 KiB in 256-byte frames, no Content-Length: past max_body (1024) -> 413.

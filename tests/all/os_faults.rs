@@ -5,7 +5,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -17,22 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const NOTIFY_WORKER: &str = include_str!("exec/notify_worker.py");
-
-/// Starts `command` and waits for "all workers ready" (or its exit): the server, or
-/// the log of a forkd that exited.
-fn start_or_exit(command: &mut Command, limit: Duration) -> Result<Server, String> {
-    let mut server = Server::spawn(command);
-    let ready = poll_until(limit, || {
-        server.log_contains("all workers ready") || matches!(server.child.try_wait(), Ok(Some(_)))
-    });
-    if ready && server.log_contains("all workers ready") {
-        Ok(server)
-    } else {
-        let _ = server.wait_exit(Duration::from_secs(2));
-        Err(server.log())
-    }
-}
+const NOTIFY_WORKER: &str = include_str!("../exec/notify_worker.py");
 
 /// A directory holding the notify worker and a config running it as exec workers,
 /// with `chdir` as given.
@@ -74,8 +59,7 @@ fn exec_workers_start_with_a_soft_fd_limit_of_512() {
         config_text.replace("chdir = \"\"", &format!("chdir = {:?}", app.display())),
     )
     .unwrap();
-    let mut command = Command::new(forkd());
-    command.args(["-c", config.to_str().unwrap()]);
+    let mut command = Forkd::new().config(&config).command();
     limit_fds(&mut command, 512);
     let server = start_or_exit(&mut command, Duration::from_secs(15))
         .unwrap_or_else(|log| panic!("forkd did not start with ulimit -n 512:\n{log}"));
@@ -85,10 +69,8 @@ fn exec_workers_start_with_a_soft_fd_limit_of_512() {
 #[test]
 fn a_relative_chdir_is_applied_once_for_exec_workers() {
     let (dir, config) = exec_project("os-exec-chdir", "app");
-    let mut command = Command::new(forkd());
-    command
-        .current_dir(&dir)
-        .args(["-c", config.to_str().unwrap()]);
+    let mut command = Forkd::new().config(&config).command();
+    command.current_dir(&dir);
     let server = start_or_exit(&mut command, Duration::from_secs(15))
         .unwrap_or_else(|log| panic!("exec worker with chdir = \"app\" did not start:\n{log}"));
     let listening = server
@@ -108,10 +90,12 @@ fn a_worker_running_as_another_user_is_seen_ready_at_once() {
         return;
     }
     let began = Instant::now();
-    let server = Server::start(
-        &forkd(),
-        &["-b", "127.0.0.1:0", "-w", "1", "-u", "nobody", "hello"],
-    );
+    let server = Forkd::new()
+        .local()
+        .workers(1)
+        .args(["-u", "nobody"])
+        .app("hello")
+        .start();
     let took = began.elapsed();
     // Before the doorbell worked across uids the master saw it on its 1 s tick.
     assert!(
@@ -136,19 +120,13 @@ fn a_worker_running_as_another_user_is_seen_ready_at_once() {
 
 #[test]
 fn after_sigkill_of_the_master_the_port_is_free_at_once_and_in_flight_requests_finish() {
-    let server = Server::start_with_env(
-        &forkd(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "2",
-            "--graceful-timeout",
-            "20",
-            "echo",
-        ],
-        &[("FORKD_METRICS_BIND", "127.0.0.1:0")],
-    );
+    let server = Forkd::new()
+        .local()
+        .workers(2)
+        .args(["--graceful-timeout", "20"])
+        .app("echo")
+        .env("FORKD_METRICS_BIND", "127.0.0.1:0")
+        .start();
     let metrics = metrics_addr(&server);
     let _workers: Vec<PidGuard> = workers_of(server.pid()).into_iter().map(PidGuard).collect();
     let addr = server.addr.clone();
@@ -164,12 +142,13 @@ fn after_sigkill_of_the_master_the_port_is_free_at_once_and_in_flight_requests_f
     let mut restarted = None;
     let mut last_failure = String::new();
     while killed.elapsed() < Duration::from_secs(8) {
-        let mut command = Command::new(forkd());
-        // The metrics port too: the workers closed their copy of it as well.
-        command
-            .args(["-b", &addr, "-w", "1", "hello"])
+        let forkd = Forkd::new()
+            .bind(&addr)
+            .workers(1)
+            .app("hello")
+            // The metrics port too: the workers closed their copy of it as well.
             .env("FORKD_METRICS_BIND", &metrics);
-        match start_or_exit(&mut command, Duration::from_secs(10)) {
+        match forkd.start_or_exit(Duration::from_secs(10)) {
             Ok(server) => {
                 restarted = Some((server, killed.elapsed()));
                 break;
@@ -200,23 +179,6 @@ fn after_sigkill_of_the_master_the_port_is_free_at_once_and_in_flight_requests_f
         .unwrap()
         .expect("the in-flight request finished");
     assert_eq!(status, 200);
-}
-
-fn write_config(dir: &Path, text: &str) -> String {
-    let path = dir.join("forkd.toml");
-    std::fs::write(&path, text).expect("config");
-    path.to_str().unwrap().to_string()
-}
-
-fn metrics_addr(server: &Server) -> String {
-    server.expect_log("serving /metrics on ", Duration::from_secs(5));
-    server
-        .log()
-        .split("serving /metrics on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("metrics address")
-        .to_string()
 }
 
 /// The value of one sample line of /metrics (`name{labels}`), 0 if absent.
@@ -277,12 +239,10 @@ fn max_connections_per_ip_refuses_one_client_not_the_others_and_idle_ones_count_
         &dir,
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\nkeepalive = 30\n[limits]\nmax_connections_per_ip = 5\nheader_read_timeout = 2\n[metrics]\nbind = \"127.0.0.1:0\"\n",
     );
-    let (code, _) = run_to_exit(
-        &forkd(),
-        &["-c", &config, "--print-config"],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, _) = Forkd::new()
+        .config(&config)
+        .arg("--print-config")
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0));
     let printed = Command::new(forkd())
         .args(["-c", &config, "--print-config"])
@@ -297,16 +257,14 @@ fn max_connections_per_ip_refuses_one_client_not_the_others_and_idle_ones_count_
         &temp_dir("os-per-ip-bad"),
         "[limits]\nmax_connections_per_ip = -1\n",
     );
-    let (code, err) = run_to_exit(
-        &forkd(),
-        &["-c", &bad, "--check-config"],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, err) = Forkd::new()
+        .config(&bad)
+        .arg("--check-config")
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("max_connections_per_ip"), "{err}");
 
-    let server = Server::start(&forkd(), &["-c", &config]);
+    let server = Forkd::new().config(&config).start();
     let metrics = metrics_addr(&server);
     let idle: Vec<TcpStream> = (0..5)
         .map(|_| connect_from([127, 0, 0, 1], &server.addr))
@@ -359,8 +317,7 @@ fn connections_held_open_to_the_metrics_listener_do_not_exhaust_the_worker() {
         &dir,
         "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[metrics]\nbind = \"127.0.0.1:0\"\n",
     );
-    let mut command = Command::new(forkd());
-    command.args(["-c", &config]);
+    let mut command = Forkd::new().config(&config).command();
     limit_fds(&mut command, 200);
     let server = start_or_exit(&mut command, Duration::from_secs(10)).expect("started");
     let metrics = metrics_addr(&server);
@@ -594,7 +551,7 @@ fn a_master_whose_stderr_is_never_read_still_supervises() {
 
 #[test]
 fn a_worker_that_crashes_right_after_ready_is_restarted_with_backoff() {
-    let server = Server::start(&forkd(), &["-b", "127.0.0.1:0", "-w", "1", "hello"]);
+    let server = Forkd::new().local().workers(1).app("hello").start();
     let began = Instant::now();
     let mut killed = std::collections::HashSet::new();
     while began.elapsed() < Duration::from_secs(4) {
@@ -632,16 +589,14 @@ fn panics_reach_a_file_error_log_and_are_access_logged_as_500() {
     let access_log = dir.join("access.log");
     let example = counter_example();
     let server = start_logging_to(
-        Command::new(example).args([
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "1",
-            "--error-log",
-            error_log.to_str().unwrap(),
-            "--access-log",
-            access_log.to_str().unwrap(),
-        ]),
+        &mut Forkd::program(example)
+            .local()
+            .workers(1)
+            .arg("--error-log")
+            .arg(&error_log)
+            .arg("--access-log")
+            .arg(&access_log)
+            .command(),
         &error_log,
     );
     assert!(get(&server.addr, "/panic").is_err());
@@ -667,8 +622,7 @@ fn panics_reach_a_file_error_log_and_are_access_logged_as_500() {
 
 #[test]
 fn accept_failures_are_rate_limited_and_a_short_fd_limit_is_warned_about() {
-    let mut command = Command::new(forkd());
-    command.args(["-b", "127.0.0.1:0", "-w", "1", "hello"]);
+    let mut command = Forkd::new().local().workers(1).app("hello").command();
     limit_fds(&mut command, 100);
     let server = start_or_exit(&mut command, Duration::from_secs(10)).expect("started");
     assert!(server.log_contains("RLIMIT_NOFILE"), "{}", server.log());
@@ -730,8 +684,7 @@ fn a_worker_taken_by_the_oom_killer_is_logged_as_such() {
         return;
     };
     let procs = cgroup.0.join("cgroup.procs");
-    let mut command = Command::new(forkd());
-    command.args(["-b", "127.0.0.1:0", "-w", "1", "echo"]);
+    let mut command = Forkd::new().local().workers(1).app("echo").command();
     // SAFETY: only open/write/close between fork and exec.
     unsafe {
         command.pre_exec(move || std::fs::write(&procs, "0"));
@@ -761,15 +714,13 @@ fn a_failed_allocation_is_in_a_file_error_log_and_named() {
     let dir = temp_dir("os-alloc");
     let error_log = dir.join("error.log");
     let server = start_logging_to(
-        Command::new(forkd()).args([
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "1",
-            "--error-log",
-            error_log.to_str().unwrap(),
-            "echo",
-        ]),
+        &mut Forkd::new()
+            .local()
+            .workers(1)
+            .arg("--error-log")
+            .arg(&error_log)
+            .app("echo")
+            .command(),
         &error_log,
     );
     let worker = workers_of(server.pid())[0];

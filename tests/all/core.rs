@@ -5,7 +5,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -13,20 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = temp_dir(name);
-    let path = dir.join("forkd.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
 fn check(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    run_to_exit(
-        &forkd(),
-        &["-c", config, "--check-config"],
-        env,
-        Duration::from_secs(10),
-    )
+    Forkd::new()
+        .config(config)
+        .arg("--check-config")
+        .envs(env.iter().copied())
+        .run_to_exit(Duration::from_secs(10))
 }
 
 #[test]
@@ -64,13 +56,10 @@ fn bad_configs_exit_2_naming_the_key_and_line() {
         ),
     ];
     for (name, text, needles) in cases {
-        let path = write_config(&format!("bad-{name}"), text);
-        let (code, stderr) = check(path.to_str().unwrap(), &[]);
+        let path = temp_config(&format!("bad-{name}"), text);
+        let (code, stderr) = check(&path, &[]);
         assert_eq!(code, Some(2), "{name}: {stderr}");
-        assert!(
-            stderr.contains(path.to_str().unwrap()),
-            "{name}: file not named: {stderr}"
-        );
+        assert!(stderr.contains(&path), "{name}: file not named: {stderr}");
         for needle in needles {
             assert!(
                 stderr.contains(needle),
@@ -78,14 +67,14 @@ fn bad_configs_exit_2_naming_the_key_and_line() {
             );
         }
     }
-    let good = write_config("bad-env", "app = \"hello\"\n");
-    let (code, stderr) = check(good.to_str().unwrap(), &[("FORKD_WORKERS", "zero")]);
+    let good = temp_config("bad-env", "app = \"hello\"\n");
+    let (code, stderr) = check(&good, &[("FORKD_WORKERS", "zero")]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("FORKD_WORKERS"), "{stderr}");
-    let (code, stderr) = check(good.to_str().unwrap(), &[("FORKD_WORKRS", "2")]);
+    let (code, stderr) = check(&good, &[("FORKD_WORKRS", "2")]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("did you mean `FORKD_WORKERS`"), "{stderr}");
-    let (code, stderr) = check(good.to_str().unwrap(), &[]);
+    let (code, stderr) = check(&good, &[]);
     assert_eq!(
         (code, stderr.as_str()),
         (Some(0), ""),
@@ -95,8 +84,8 @@ fn bad_configs_exit_2_naming_the_key_and_line() {
 
 #[test]
 fn print_config_shows_precedence_file_then_env_then_cli() {
-    let path = write_config("precedence", "app = \"hello\"\nworkers = 2\ntimeout = 5\n");
-    let config = path.to_str().unwrap();
+    let path = temp_config("precedence", "app = \"hello\"\nworkers = 2\ntimeout = 5\n");
+    let config = path.as_str();
     let print = |args: &[&str], env: &[(&str, &str)]| {
         let out = std::process::Command::new(forkd())
             .args(["-c", config, "--print-config"])
@@ -125,19 +114,17 @@ fn print_config_shows_precedence_file_then_env_then_cli() {
     let cli = print(&["-w", "4"], &[("FORKD_WORKERS", "3")]);
     assert!(cli.contains("workers = 4\n"), "{cli}");
     // The printed config is itself a valid config with the same effect.
-    let reprinted = write_config("precedence-round-trip", &cli);
-    let again = run_to_exit(
-        &forkd(),
-        &["-c", reprinted.to_str().unwrap(), "--print-config"],
-        &[],
-        Duration::from_secs(10),
-    );
+    let reprinted = temp_config("precedence-round-trip", &cli);
+    let again = Forkd::new()
+        .config(&reprinted)
+        .arg("--print-config")
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(again.0, Some(0), "{}", again.1);
 }
 
 #[test]
 fn apps_serve_and_workers_are_named() {
-    let server = Server::start(&forkd(), &["-b", "127.0.0.1:0", "-w", "2", "echo"]);
+    let server = Forkd::new().local().workers(2).app("echo").start();
     let workers = workers_of(server.pid());
     assert_eq!(workers.len(), 2, "{}", server.log());
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.pid())).expect("cmdline");
@@ -184,7 +171,7 @@ fn apps_serve_and_workers_are_named() {
     assert_eq!(get(&server.addr, "/").expect("after garbage").0, 200);
     assert_eq!(workers_of(server.pid()), workers, "no worker crashed");
 
-    let hello = Server::start(&forkd(), &["-b", "127.0.0.1:0", "hello"]);
+    let hello = Forkd::new().local().app("hello").start();
     let (status, head, body) = get(&hello.addr, "/").expect("hello");
     assert_eq!((status, body.as_slice()), (200, &b"Hello, world!"[..]));
     assert!(head
@@ -194,7 +181,7 @@ fn apps_serve_and_workers_are_named() {
 
 #[test]
 fn a_killed_worker_is_replaced_and_ttin_ttou_scale() {
-    let server = Server::start(&forkd(), &["-b", "127.0.0.1:0", "-w", "2", "hello"]);
+    let server = Forkd::new().local().workers(2).app("hello").start();
     let before = workers_of(server.pid());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), Signal::SIGKILL)
         .expect("kill worker");
@@ -230,10 +217,12 @@ fn a_killed_worker_is_replaced_and_ttin_ttou_scale() {
 
 #[test]
 fn a_blocked_worker_is_killed_after_timeout_while_the_other_serves() {
-    let server = Server::start(
-        &forkd(),
-        &["-b", "127.0.0.1:0", "-w", "2", "-t", "2", "echo"],
-    );
+    let server = Forkd::new()
+        .local()
+        .workers(2)
+        .args(["-t", "2"])
+        .app("echo")
+        .start();
     let addr = server.addr.clone();
     let blocked = std::thread::spawn(move || get(&addr, "/?block_ms=20000"));
     // Find the worker that took it: the one whose requests stop being answered.
@@ -275,20 +264,12 @@ fn a_blocked_worker_is_killed_after_timeout_while_the_other_serves() {
 
 #[test]
 fn max_requests_recycles_workers_without_failures_for_new_connections() {
-    let server = Server::start(
-        &forkd(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "2",
-            "--max-requests",
-            "50",
-            "--max-requests-jitter",
-            "10",
-            "hello",
-        ],
-    );
+    let server = Forkd::new()
+        .local()
+        .workers(2)
+        .args(["--max-requests", "50", "--max-requests-jitter", "10"])
+        .app("hello")
+        .start();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -355,7 +336,7 @@ fn term_lets_a_slow_request_finish_then_exits_0_and_removes_the_pidfile() {
 
 #[test]
 fn quit_stops_at_once_and_workers_die_with_a_killed_master() {
-    let mut server = Server::start(&forkd(), &["-b", "127.0.0.1:0", "-w", "2", "hello"]);
+    let mut server = Forkd::new().local().workers(2).app("hello").start();
     let workers = workers_of(server.pid());
     server.signal(Signal::SIGQUIT);
     assert!(poll_until(Duration::from_secs(3), || matches!(
@@ -368,7 +349,7 @@ fn quit_stops_at_once_and_workers_die_with_a_killed_master() {
             || std::fs::read(format!("/proc/{w}/cmdline")).map_or(true, |c| c.is_empty())
     ));
 
-    let server = Server::start(&forkd(), &["-b", "127.0.0.1:0", "-w", "2", "hello"]);
+    let server = Forkd::new().local().workers(2).app("hello").start();
     let workers = workers_of(server.pid());
     server.signal(Signal::SIGKILL);
     let gone = poll_until(Duration::from_millis(1500), || {
@@ -382,7 +363,7 @@ fn quit_stops_at_once_and_workers_die_with_a_killed_master() {
 
 #[test]
 fn winch_stops_workers_and_hup_brings_them_back() {
-    let server = Server::start(&forkd(), &["-b", "127.0.0.1:0", "-w", "2", "hello"]);
+    let server = Forkd::new().local().workers(2).app("hello").start();
     server.signal(Signal::SIGWINCH);
     assert!(
         poll_until(Duration::from_secs(5), || workers_of(server.pid())
@@ -411,11 +392,8 @@ fn winch_stops_workers_and_hup_brings_them_back() {
 
 #[test]
 fn a_hup_with_an_invalid_config_keeps_serving_and_logs_the_key() {
-    let path = write_config("hup-invalid", "app = \"hello\"\nworkers = 2\n");
-    let server = Server::start(
-        &forkd(),
-        &["-c", path.to_str().unwrap(), "-b", "127.0.0.1:0"],
-    );
+    let path = temp_config("hup-invalid", "app = \"hello\"\nworkers = 2\n");
+    let server = Forkd::new().config(&path).local().start();
     let before = workers_of(server.pid());
     std::fs::write(&path, "app = \"hello\"\nworkers = \"many\"\n").expect("rewrite");
     server.signal(Signal::SIGHUP);
@@ -439,7 +417,7 @@ fn a_hup_with_an_invalid_config_keeps_serving_and_logs_the_key() {
 #[test]
 fn an_embedded_app_serves_and_a_panic_at_boot_exits_3() {
     let example = counter_example();
-    let server = Server::start(&example, &["-b", "127.0.0.1:0", "-w", "2"]);
+    let server = Forkd::program(&example).local().workers(2).start();
     let (status, _, body) = get(&server.addr, "/").expect("counter");
     assert_eq!(status, 200);
     assert!(
@@ -448,12 +426,11 @@ fn an_embedded_app_serves_and_a_panic_at_boot_exits_3() {
         String::from_utf8_lossy(&body)
     );
     drop(server);
-    let (code, stderr) = run_to_exit(
-        &example,
-        &["-b", "127.0.0.1:0", "-w", "2"],
-        &[("COUNTER_PANIC_AT_BOOT", "1")],
-        Duration::from_secs(10),
-    );
+    let (code, stderr) = Forkd::program(&example)
+        .local()
+        .workers(2)
+        .env("COUNTER_PANIC_AT_BOOT", "1")
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("no worker could boot") && stderr.contains("counter: refusing to boot"),
@@ -469,7 +446,7 @@ fn unix_socket_is_served_replaces_a_stale_file_and_is_removed_on_exit() {
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
     assert!(socket.exists());
     let bind = format!("unix:{}", socket.display());
-    let mut server = Server::start(&forkd(), &["-b", &bind, "hello"]);
+    let mut server = Forkd::new().bind(&bind).app("hello").start();
     assert_eq!(server.addr, bind);
     let (status, _, body) = get(&bind, "/").expect("over unix socket");
     assert_eq!((status, body.as_slice()), (200, &b"Hello, world!"[..]));
@@ -485,12 +462,10 @@ fn unix_socket_is_served_replaces_a_stale_file_and_is_removed_on_exit() {
 fn a_bind_conflict_exits_1_naming_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-b", &addr, "hello"],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, stderr) = Forkd::new()
+        .bind(&addr)
+        .app("hello")
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(&addr), "{stderr}");
 }
@@ -509,31 +484,25 @@ fn signal_command_checks_the_pidfile() {
     )
     .expect("config");
     let config = config.to_str().unwrap();
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-c", config, "-s", "reload"],
-        &[],
-        Duration::from_secs(5),
-    );
+    let (code, stderr) = Forkd::new()
+        .config(config)
+        .args(["-s", "reload"])
+        .run_to_exit(Duration::from_secs(5));
     assert_eq!(code, Some(1), "no pidfile: {stderr}");
     std::fs::write(&pidfile, format!("{}\n", std::process::id())).expect("pidfile");
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-c", config, "-s", "reload"],
-        &[],
-        Duration::from_secs(5),
-    );
+    let (code, stderr) = Forkd::new()
+        .config(config)
+        .args(["-s", "reload"])
+        .run_to_exit(Duration::from_secs(5));
     assert_eq!(code, Some(1), "not a forkd master: {stderr}");
     assert!(stderr.contains("not a running forkd master"), "{stderr}");
     std::fs::remove_file(&pidfile).expect("rm");
-    let server = Server::start(&forkd(), &["-c", config, "-w", "1"]);
+    let server = Forkd::new().config(config).workers(1).start();
     let before = workers_of(server.pid());
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-c", config, "-s", "incr"],
-        &[],
-        Duration::from_secs(5),
-    );
+    let (code, stderr) = Forkd::new()
+        .config(config)
+        .args(["-s", "incr"])
+        .run_to_exit(Duration::from_secs(5));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(poll_until(Duration::from_secs(5), || workers_of(
         server.pid()

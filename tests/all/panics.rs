@@ -5,7 +5,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -14,10 +14,11 @@ use std::time::Duration;
 #[test]
 fn a_panicking_request_costs_its_connection_only_and_does_not_delay_the_drain() {
     let example = counter_example();
-    let mut server = Server::start(
-        &example,
-        &["-b", "127.0.0.1:0", "-w", "1", "--graceful-timeout", "60"],
-    );
+    let mut server = Forkd::program(&example)
+        .local()
+        .workers(1)
+        .args(["--graceful-timeout", "60"])
+        .start();
     let worker = workers_of(server.pid());
     assert_eq!(worker.len(), 1, "{}", server.log());
     assert!(

@@ -5,7 +5,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -14,8 +14,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-const ASGI_APP: &str = include_str!("exec/asgi_app.py");
-const NOTIFY_WORKER: &str = include_str!("exec/notify_worker.py");
+const ASGI_APP: &str = include_str!("../exec/asgi_app.py");
+const NOTIFY_WORKER: &str = include_str!("../exec/notify_worker.py");
 
 /// A temp dir holding `app.py` and a forkd.toml that runs `command` in it.
 fn project(name: &str, command: &[&str], extra: &str) -> (PathBuf, PathBuf) {
@@ -49,7 +49,7 @@ fn body_of(addr: &str) -> String {
 #[test]
 fn uvicorn_workers_serve_and_a_hup_brings_new_code_live_under_load() {
     let (dir, config) = project("exec-uvicorn-hup", &uvicorn(), "");
-    let server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let server = Forkd::new().config(&config).start();
     let workers = children_of(server.pid());
     assert_eq!(workers.len(), 2, "{}", server.log());
     // Both workers take requests from the shared socket.
@@ -111,7 +111,7 @@ fn uvicorn_workers_serve_and_a_hup_brings_new_code_live_under_load() {
 #[test]
 fn a_killed_uvicorn_worker_is_replaced() {
     let (dir, config) = project("exec-uvicorn-kill", &uvicorn(), "");
-    let server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let server = Forkd::new().config(&config).start();
     let before = children_of(server.pid());
     let victim = before[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).expect("kill");
@@ -152,7 +152,7 @@ fn usr2_upgrades_the_master_while_uvicorn_workers_keep_serving() {
         format!("pidfile = {:?}\n{text}", pidfile.display()),
     )
     .expect("config");
-    let mut server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let mut server = Forkd::new().config(&config).start();
     let old = server.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, handles) = load_with(&server.addr, 8, stop.clone(), false);
@@ -188,40 +188,21 @@ fn usr2_upgrades_the_master_while_uvicorn_workers_keep_serving() {
 
 #[test]
 fn a_missing_or_failing_command_exits_3_with_a_clear_message() {
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "--",
-            "forkd-no-such-command",
-            "--fd",
-            "3",
-        ],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, stderr) = Forkd::new()
+        .local()
+        .args(["--", "forkd-no-such-command", "--fd", "3"])
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("forkd-no-such-command") && stderr.contains("not found"),
         "unclear: {stderr}"
     );
     // A command that exists but exits at once: no worker ever boots.
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-            "--",
-            "sh",
-            "-c",
-            "echo cannot start >&2; exit 1",
-        ],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, stderr) = Forkd::new()
+        .local()
+        .args(["--log-level", "warn"])
+        .args(["--", "sh", "-c", "echo cannot start >&2; exit 1"])
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("no worker could boot"), "{stderr}");
     // Its output is logged at info; at level warn the failure still quotes it.
@@ -240,7 +221,7 @@ fn notify_readiness_waits_for_ready_and_watchdog_drives_timeout() {
     );
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, format!("{text}ready = \"notify\"\n")).expect("config");
-    let server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let server = Forkd::new().config(&config).start();
     let log = server.log();
     // Not ready before the worker said so, though it was running for 1.5 s.
     let sent = log.find("sending READY=1").expect("READY line in the log");
@@ -302,7 +283,7 @@ fn notify_readiness_waits_for_ready_and_watchdog_drives_timeout() {
 #[test]
 fn a_worker_that_never_gets_ready_is_killed_and_a_hup_keeps_the_old_ones() {
     let (dir, config) = project("exec-not-ready", &uvicorn(), "timeout = 3");
-    let server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let server = Forkd::new().config(&config).start();
     let old = children_of(server.pid());
     // The new config's workers accept nothing and never say READY=1.
     let text = std::fs::read_to_string(&config).expect("config");
@@ -327,7 +308,7 @@ fn max_worker_memory_reads_an_exec_workers_rss_and_recycles_it() {
     // Any Python program's RSS is far above 1 MiB: each worker is recycled once ready,
     // its replacement first.
     let (dir, config) = project("exec-memory", &uvicorn(), "max_worker_memory = \"1MiB\"\n");
-    let server = Server::start(&forkd(), &["-c", config.to_str().unwrap()]);
+    let server = Forkd::new().config(&config).start();
     let first = children_of(server.pid());
     let exited = |server: &Server| {
         server

@@ -6,19 +6,13 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
 use prometheus_parse::{Scrape, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn config(dir: &Path, text: &str) -> String {
-    let path = dir.join("forkd.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf-8 path").to_string()
-}
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
@@ -37,14 +31,14 @@ fn get_with(addr: &str, path: &str, headers: &str) -> u16 {
 fn access_log_lines_survive_a_move_and_usr1_and_a_stop() {
     let dir = temp_dir("access-log");
     let log = dir.join("access.log");
-    let path = config(
+    let path = write_config(
         &dir,
         &format!(
             "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n[log]\naccess_log = {:?}\n",
             log.to_str().unwrap()
         ),
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     assert_eq!(
         get_with(
             &server.addr,
@@ -125,7 +119,7 @@ fn access_log_lines_survive_a_move_and_usr1_and_a_stop() {
 fn access_log_format_fields_and_json_lines() {
     let dir = temp_dir("access-json");
     let log = dir.join("access.jsonl");
-    let path = config(
+    let path = write_config(
         &dir,
         &format!(
             "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\n\
@@ -135,7 +129,7 @@ fn access_log_format_fields_and_json_lines() {
             log.to_str().unwrap()
         ),
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     assert_eq!(
         get_with(
             &server.addr,
@@ -175,18 +169,6 @@ fn access_log_format_fields_and_json_lines() {
         .expect("the 414 line");
     assert_eq!(refused["method"], serde_json::Value::Null);
     assert_eq!(refused["header:x-request-id"], serde_json::Value::Null);
-}
-
-/// The address of the metrics listener, from the master's log.
-fn metrics_addr(server: &Server) -> String {
-    server.expect_log("serving /metrics on ", Duration::from_secs(5));
-    server
-        .log()
-        .split("serving /metrics on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("metrics address")
-        .to_string()
 }
 
 /// Scrapes /metrics, checks every line is well-formed text format, and parses it.
@@ -283,12 +265,12 @@ fn histogram_count(scrape: &Scrape, name: &str) -> f64 {
 #[test]
 fn metrics_parse_as_prometheus_text_and_their_counters_move() {
     let dir = temp_dir("metrics");
-    let path = config(
+    let path = write_config(
         &dir,
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n\
          [limits]\nrequest_line = 100\n[metrics]\nbind = \"127.0.0.1:0\"\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let metrics = metrics_addr(&server);
     // The app's listener does not serve metrics, the metrics listener serves only them.
     let (status, _, body) = get(&server.addr, "/metrics").expect("app");
@@ -376,14 +358,14 @@ fn metrics_parse_as_prometheus_text_and_their_counters_move() {
 fn the_metrics_listener_moves_to_the_new_master_on_usr2() {
     let dir = temp_dir("metrics-usr2");
     let pidfile = dir.join("forkd.pid");
-    let path = config(
+    let path = write_config(
         &dir,
         &format!(
             "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\npidfile = {:?}\n[metrics]\nbind = \"127.0.0.1:0\"\n",
             pidfile.to_str().unwrap()
         ),
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let metrics = metrics_addr(&server);
     let old = server.pid();
     server.signal(Signal::SIGUSR2);
@@ -415,11 +397,11 @@ fn the_metrics_listener_moves_to_the_new_master_on_usr2() {
 #[test]
 fn scrapes_during_hups_all_get_answers() {
     let dir = temp_dir("metrics-hup");
-    let path = config(
+    let path = write_config(
         &dir,
         "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n[metrics]\nbind = \"127.0.0.1:0\"\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let metrics = metrics_addr(&server);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let scrapers: Vec<_> = (0..4)

@@ -6,36 +6,28 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 #[test]
 fn twenty_hups_under_keepalive_load_drop_nothing() {
-    let server = Server::start(&forkd(), &["-b", "127.0.0.1:0", "-w", "2", "hello"]);
+    let server = Forkd::new().local().workers(2).app("hello").start();
     hups_under_load(&server, 20, 64, 2);
 }
 
 #[test]
 fn max_requests_recycling_under_keepalive_load_drops_nothing() {
-    let server = Server::start(
-        &forkd(),
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "2",
-            "--max-requests",
-            "1000",
-            "--max-requests-jitter",
-            "200",
-            "hello",
-        ],
-    );
+    let server = Forkd::new()
+        .local()
+        .workers(2)
+        .args(["--max-requests", "1000", "--max-requests-jitter", "200"])
+        .app("hello")
+        .start();
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, handles) = load(&server.addr, 64, stop.clone());
     let recycled = poll_until(Duration::from_secs(20), || {
@@ -53,18 +45,12 @@ fn usr2_upgrade_under_load_drops_nothing_and_moves_the_pidfile() {
     let binary = dir.join("forkd");
     std::fs::copy(forkd(), &binary).expect("copy binary");
     let pidfile = dir.join("forkd.pid");
-    let server = Server::start(
-        &binary,
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "2",
-            "-p",
-            pidfile.to_str().unwrap(),
-            "hello",
-        ],
-    );
+    let server = Forkd::program(&binary)
+        .local()
+        .workers(2)
+        .args(["-p", pidfile.to_str().unwrap()])
+        .app("hello")
+        .start();
     let old = server.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, handles) = load(&server.addr, 64, stop.clone());
@@ -119,18 +105,12 @@ fn usr2_to_a_binary_that_exits_keeps_the_old_master_and_restores_the_pidfile() {
     let binary = dir.join("forkd");
     std::fs::copy(forkd(), &binary).expect("copy binary");
     let pidfile = dir.join("forkd.pid");
-    let server = Server::start(
-        &binary,
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "1",
-            "-p",
-            pidfile.to_str().unwrap(),
-            "hello",
-        ],
-    );
+    let server = Forkd::program(&binary)
+        .local()
+        .workers(1)
+        .args(["-p", pidfile.to_str().unwrap()])
+        .app("hello")
+        .start();
     let broken = dir.join("broken");
     std::fs::write(&broken, "#!/bin/sh\nexit 1\n").expect("write script");
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -151,22 +131,16 @@ fn usr2_to_a_binary_that_exits_keeps_the_old_master_and_restores_the_pidfile() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn write_config(name: &str, text: &str) -> PathBuf {
-    let path = temp_dir(name).join("forkd.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
 #[test]
 fn hup_changing_workers_2_to_4_and_adding_a_bind_drops_nothing() {
     let extra = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port");
     let extra_addr = extra.local_addr().expect("addr").to_string();
     drop(extra);
-    let path = write_config(
+    let path = temp_config(
         "hup-scale",
         "app = \"hello\"\nworkers = 2\nbind = [\"127.0.0.1:0\"]\n",
     );
-    let server = Server::start(&forkd(), &["-c", path.to_str().unwrap()]);
+    let server = Forkd::new().config(&path).start();
     let first = server.addr.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, handles) = load(&server.addr, 64, stop.clone());
@@ -192,11 +166,11 @@ fn hup_changing_workers_2_to_4_and_adding_a_bind_drops_nothing() {
 
 #[test]
 fn hup_with_an_invalid_config_under_load_changes_nothing() {
-    let path = write_config(
+    let path = temp_config(
         "hup-bad-load",
         "app = \"hello\"\nworkers = 2\nbind = [\"127.0.0.1:0\"]\n",
     );
-    let server = Server::start(&forkd(), &["-c", path.to_str().unwrap()]);
+    let server = Forkd::new().config(&path).start();
     let before = workers_of(server.pid());
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, handles) = load(&server.addr, 64, stop.clone());
@@ -337,14 +311,13 @@ fn scrape_value(metrics_addr: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn max_worker_memory_recycles_a_growing_worker_under_keepalive_load_dropping_nothing() {
-    let server = Server::start_with_env(
-        &forkd(),
-        &["-b", "127.0.0.1:0", "-w", "2", "echo"],
-        &[
-            ("FORKD_MAX_WORKER_MEMORY", "48MiB"),
-            ("FORKD_METRICS_BIND", "127.0.0.1:0"),
-        ],
-    );
+    let server = Forkd::new()
+        .local()
+        .workers(2)
+        .app("echo")
+        .env("FORKD_MAX_WORKER_MEMORY", "48MiB")
+        .env("FORKD_METRICS_BIND", "127.0.0.1:0")
+        .start();
     server.expect_log("serving /metrics on ", Duration::from_secs(5));
     let metrics = server
         .log()
@@ -392,11 +365,12 @@ fn max_worker_memory_recycles_a_growing_worker_under_keepalive_load_dropping_not
 
 #[test]
 fn max_worker_lifetime_recycles_every_worker_under_keepalive_load_dropping_nothing() {
-    let server = Server::start_with_env(
-        &forkd(),
-        &["-b", "127.0.0.1:0", "-w", "2", "hello"],
-        &[("FORKD_MAX_WORKER_LIFETIME", "2s")],
-    );
+    let server = Forkd::new()
+        .local()
+        .workers(2)
+        .app("hello")
+        .env("FORKD_MAX_WORKER_LIFETIME", "2s")
+        .start();
     let first = workers_of(server.pid());
     assert_eq!(first.len(), 2, "{first:?}");
     let stop = Arc::new(AtomicBool::new(false));

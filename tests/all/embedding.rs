@@ -1,12 +1,12 @@
 //! The library serving a tower service: the axum example (examples/axum.rs), built and
 //! run as a user would, answers each of its routes (JSON, extractors, a streamed body,
 //! forkd's client address) and loses no request across HUPs under keep-alive load, as
-//! `tests/zero_downtime.rs` checks for the built-in `hello`.
+//! `tests/all/zero_downtime.rs` checks for the built-in `hello`.
 
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use std::time::Duration;
@@ -32,11 +32,6 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     }
 }
 
-fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
 fn post_json(addr: &str, path: &str, body: &str) -> (u16, String, Vec<u8>) {
     request(
         addr,
@@ -51,7 +46,7 @@ fn post_json(addr: &str, path: &str, body: &str) -> (u16, String, Vec<u8>) {
 
 #[test]
 fn the_axum_example_answers_its_routes() {
-    let server = Server::start(&axum_example(), &["-b", "127.0.0.1:0", "-w", "2"]);
+    let server = Forkd::program(axum_example()).local().workers(2).start();
     let addr = &server.addr;
     assert!(
         poll_until(Duration::from_secs(10), || workers_of(server.pid()).len()
@@ -130,7 +125,7 @@ fn the_axum_example_answers_its_routes() {
 
 #[test]
 fn twelve_hups_under_keepalive_load_drop_nothing_for_the_axum_example() {
-    let server = Server::start(&axum_example(), &["-b", "127.0.0.1:0", "-w", "2"]);
+    let server = Forkd::program(axum_example()).local().workers(2).start();
     hups_under_load(&server, 12, 48, 2);
 }
 
@@ -167,11 +162,11 @@ async fn h2_post(addr: &str, path: &str, body: String) -> (u16, Vec<u8>) {
 
 #[test]
 fn forkd_limits_hold_for_the_routers_request_bodies_over_http1_and_http2() {
-    let server = Server::start_with_env(
-        &axum_example(),
-        &["-b", "127.0.0.1:0", "-w", "1"],
-        &[("FORKD_LIMITS_MAX_BODY", "4096")],
-    );
+    let server = Forkd::program(axum_example())
+        .local()
+        .workers(1)
+        .env("FORKD_LIMITS_MAX_BODY", "4096")
+        .start();
     let addr = server.addr.clone();
     let items: Vec<String> = (0..100).map(|i| format!("{i:0>100}")).collect();
     let big = serde_json::json!({ "id": 1, "items": items }).to_string();

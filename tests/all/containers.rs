@@ -13,10 +13,10 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
-mod nspawn;
+use crate::harness;
+use crate::nspawn;
 
-use harness::{children_of, forkd, get, poll_until, workers_of, Server};
+use harness::{children_of, forkd, get, poll_until, workers_of, Forkd, Server};
 use nspawn::{ns_pids, run_bounded};
 use std::path::Path;
 use std::process::Command;
@@ -26,20 +26,13 @@ use std::time::Duration;
 /// network; returns the guard (on `unshare`) and forkd's host pid.
 fn start_as_pid1() -> (Server, i32) {
     let binary = forkd();
-    let server = Server::start(
-        Path::new("unshare"),
-        &[
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            binary.to_str().expect("utf-8 path"),
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            "2",
-            "echo",
-        ],
-    );
+    let server = Forkd::program(Path::new("unshare"))
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(binary.to_str().expect("utf-8 path"))
+        .local()
+        .workers(2)
+        .app("echo")
+        .start();
     let master = children_of(server.pid())
         .into_iter()
         .find(|p| {
@@ -152,8 +145,8 @@ fn forkd_as_pid1_takes_hup_from_inside_and_term_from_outside() {
     );
 }
 
-const DEPLOYMENT: &str = include_str!("../config/k8s/deployment.yaml");
-const DOCKERFILE: &str = include_str!("../config/Dockerfile");
+const DEPLOYMENT: &str = include_str!("../../config/k8s/deployment.yaml");
+const DOCKERFILE: &str = include_str!("../../config/Dockerfile");
 
 /// The literal block under `key: |` (indented more than `key`), de-indented.
 fn yaml_block(yaml: &str, key: &str) -> String {

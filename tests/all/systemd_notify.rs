@@ -5,7 +5,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use nix::sys::signal::Signal;
@@ -172,11 +172,10 @@ fn ready_only_when_serving_then_reload_and_stop_in_order() {
     let (config, http) = write_config(&dir, "");
     let notify_path = dir.join("notify");
     let notify = NotifySocket::bind(notify_path.to_str().unwrap(), Some(http.clone()));
-    let mut server = Server::start_with_env(
-        &forkd(),
-        &["-c", config.to_str().unwrap()],
-        &[("NOTIFY_SOCKET", &notify.address)],
-    );
+    let mut server = Forkd::new()
+        .config(&config)
+        .env("NOTIFY_SOCKET", &notify.address)
+        .start();
     let master = server.pid();
 
     // READY=1 from the master, once every worker serves: a request made the moment it
@@ -301,14 +300,11 @@ fn usr2_hands_mainpid_to_the_new_master_which_then_says_ready() {
     let notify = NotifySocket::bind(notify_path.to_str().unwrap(), Some(http.clone()));
     // With a watchdog, as under the shipped unit: keep-alives every 0.5 s, which the new
     // master must hold back until it is the main process.
-    let mut server = Server::start_with_env(
-        &forkd(),
-        &["-c", config.to_str().unwrap()],
-        &[
-            ("NOTIFY_SOCKET", &notify.address),
-            ("WATCHDOG_USEC", "1000000"),
-        ],
-    );
+    let mut server = Forkd::new()
+        .config(&config)
+        .env("NOTIFY_SOCKET", &notify.address)
+        .env("WATCHDOG_USEC", "1000000")
+        .start();
     let old = server.pid();
     notify
         .wait_for(0, "READY=1", Duration::from_secs(10))
@@ -375,11 +371,11 @@ fn watchdog_keepalives_at_half_the_interval_on_an_abstract_socket() {
     let (config, _http) = write_config(&dir, "");
     let address = format!("@forkd-test-notify-{}", std::process::id());
     let notify = NotifySocket::bind(&address, None);
-    let server = Server::start_with_env(
-        &forkd(),
-        &["-c", config.to_str().unwrap()],
-        &[("NOTIFY_SOCKET", &address), ("WATCHDOG_USEC", "400000")],
-    );
+    let server = Forkd::new()
+        .config(&config)
+        .env("NOTIFY_SOCKET", &address)
+        .env("WATCHDOG_USEC", "400000")
+        .start();
     notify
         .wait_for(0, "READY=1", Duration::from_secs(10))
         .expect("READY=1 on the abstract socket");
@@ -405,15 +401,12 @@ fn watchdog_meant_for_another_pid_is_ignored() {
     let (config, _http) = write_config(&dir, "");
     let notify_path = dir.join("notify");
     let notify = NotifySocket::bind(notify_path.to_str().unwrap(), None);
-    let _server = Server::start_with_env(
-        &forkd(),
-        &["-c", config.to_str().unwrap()],
-        &[
-            ("NOTIFY_SOCKET", &notify.address),
-            ("WATCHDOG_USEC", "200000"),
-            ("WATCHDOG_PID", "1"),
-        ],
-    );
+    let _server = Forkd::new()
+        .config(&config)
+        .env("NOTIFY_SOCKET", &notify.address)
+        .env("WATCHDOG_USEC", "200000")
+        .env("WATCHDOG_PID", "1")
+        .start();
     notify
         .wait_for(0, "READY=1", Duration::from_secs(10))
         .expect("READY=1");

@@ -11,7 +11,7 @@
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+use crate::harness;
 
 use harness::*;
 use std::io::{ErrorKind, Read, Write};
@@ -266,7 +266,7 @@ struct Flood {
 impl Flood {
     fn start(name: &str) -> Flood {
         let path = config(name);
-        let server = Server::start(&forkd(), &["-c", &path]);
+        let server = Forkd::new().config(&path).start();
         let workers = workers_of(server.pid());
         assert_eq!(workers.len(), 1, "one worker: {workers:?}");
         let worker = workers[0];

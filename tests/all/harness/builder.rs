@@ -1,0 +1,152 @@
+//! `Forkd`: one way for every test to start forkd (or a program with its command line:
+//! an example built on the library, the Python package's `forkd`), instead of argument
+//! arrays copied between files. Options go in the order given, the app last; then
+//! `start` waits until all workers are ready, `start_or_exit` also takes an exit for an
+//! answer, `spawn` waits for nothing and `run_to_exit` runs a forkd that must stop.
+
+use super::{forkd, poll_until, run_command, Server};
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A forkd command line being built; see the module comment.
+#[derive(Debug, Clone)]
+pub struct Forkd {
+    program: PathBuf,
+    args: Vec<OsString>,
+    app: Option<OsString>,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl Default for Forkd {
+    fn default() -> Self {
+        Forkd::new()
+    }
+}
+
+impl Forkd {
+    /// The forkd binary under test, with no arguments yet.
+    pub fn new() -> Forkd {
+        Forkd::program(forkd())
+    }
+
+    /// Another program that takes forkd's command line.
+    pub fn program(program: impl Into<PathBuf>) -> Forkd {
+        Forkd {
+            program: program.into(),
+            args: Vec::new(),
+            app: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// `-b 127.0.0.1:0`: a loopback port the kernel picks (`Server::addr` says which).
+    pub fn local(self) -> Forkd {
+        self.bind("127.0.0.1:0")
+    }
+
+    /// `-b ADDR`.
+    pub fn bind(self, addr: impl AsRef<OsStr>) -> Forkd {
+        self.arg("-b").arg(addr)
+    }
+
+    /// `-w N`.
+    pub fn workers(self, workers: usize) -> Forkd {
+        self.arg("-w").arg(workers.to_string())
+    }
+
+    /// `-c PATH`.
+    pub fn config(self, path: impl AsRef<OsStr>) -> Forkd {
+        self.arg("-c").arg(path)
+    }
+
+    /// Writes `text` to `DIR/forkd.toml` and passes it with `-c`.
+    pub fn config_in(self, dir: &Path, text: &str) -> Forkd {
+        self.config(write_config(dir, text))
+    }
+
+    /// The app to serve (`hello`, `echo`, `module:attr`), placed after every option.
+    pub fn app(mut self, app: impl AsRef<OsStr>) -> Forkd {
+        self.app = Some(app.as_ref().to_owned());
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Forkd {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<S: AsRef<OsStr>>(self, args: impl IntoIterator<Item = S>) -> Forkd {
+        args.into_iter().fold(self, Forkd::arg)
+    }
+
+    /// An environment variable for forkd (added to the test's own environment).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Forkd {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub fn envs<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        self,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Forkd {
+        env.into_iter().fold(self, |forkd, (k, v)| forkd.env(k, v))
+    }
+
+    /// The command as built, for what the methods here do not cover (`pre_exec`).
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .args(&self.app)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Starts it and waits for "all workers ready"; fails the test (with the log) if
+    /// that does not come within 10 s.
+    pub fn start(&self) -> Server {
+        Server::start_command(&mut self.command())
+    }
+
+    /// Starts it and waits for nothing; `Server::addr` is left empty.
+    pub fn spawn(&self) -> Server {
+        Server::spawn(&mut self.command())
+    }
+
+    /// Starts it and waits up to `limit` for "all workers ready" or its exit: the
+    /// server, or the log of a forkd that exited (or never got ready).
+    pub fn start_or_exit(&self, limit: Duration) -> Result<Server, String> {
+        start_or_exit(&mut self.command(), limit)
+    }
+
+    /// Runs it to its exit (for runs that must stop), killing it past `limit`:
+    /// (exit code, stderr).
+    pub fn run_to_exit(&self, limit: Duration) -> (Option<i32>, String) {
+        run_command(&mut self.command(), limit)
+    }
+}
+
+/// Starts `command` and waits up to `limit` for "all workers ready" or its exit: the
+/// server, or the log of a forkd that exited (or never got ready).
+pub fn start_or_exit(command: &mut Command, limit: Duration) -> Result<Server, String> {
+    let mut server = Server::spawn(command);
+    let ready = poll_until(limit, || {
+        server.log_contains("all workers ready") || matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    if ready && server.log_contains("all workers ready") {
+        Ok(server)
+    } else {
+        let _ = server.wait_exit(Duration::from_secs(2));
+        Err(server.log())
+    }
+}
+
+/// Writes `text` to `DIR/forkd.toml`; returns its path.
+pub fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("forkd.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.to_str().expect("utf-8 path").to_string()
+}
