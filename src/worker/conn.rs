@@ -57,8 +57,9 @@ pub(super) struct Peer {
     pub addr: Option<SocketAddr>,
     /// The local end (TCP only), for apps that want it (`ServerAddr`).
     pub local: Option<SocketAddr>,
-    /// `ClientAddr` when no trusted proxy says otherwise: `IP:PORT`, or `unix`.
-    pub display: String,
+    /// `ClientAddr` when no trusted proxy says otherwise: `IP:PORT`, or `unix`; made
+    /// once per connection, shared by its requests.
+    pub display: Arc<str>,
     /// The peer is in `forwarded_allow_ips`: its proxy headers are believed.
     pub trusted: bool,
     /// What the TLS handshake negotiated, on a TLS connection.
@@ -71,7 +72,7 @@ impl Peer {
         Peer {
             addr,
             local: None,
-            display: addr.map_or_else(|| "unix".to_string(), |a| a.to_string()),
+            display: addr.map_or_else(|| Arc::from("unix"), |a| Arc::from(a.to_string())),
             trusted: shared.proxies.trusts(ip),
             tls: None,
         }
@@ -525,9 +526,9 @@ fn prepare(shared: &Shared, peer: &Peer, req: &mut crate::app::Request) -> Optio
     // The app sees the peer's `IP:PORT` unless a proxy names another address.
     let (remote, client) = match forwarded.map(|f| f.client) {
         Some(Client::Ip(ip)) if Some(ip) != peer.addr.map(|a| a.ip()) => {
-            (Remote::Ip(ip), ip.to_string())
+            (Remote::Ip(ip), Arc::from(ip.to_string()))
         }
-        Some(Client::Unknown) => (Remote::Unknown, "unknown".to_string()),
+        Some(Client::Unknown) => (Remote::Unknown, Arc::from("unknown")),
         _ => (peer.remote(), peer.display.clone()),
     };
     let record = shared.access_log.as_ref().map(|log| {
