@@ -30,11 +30,12 @@ use hyper::body::{Frame, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -459,6 +460,7 @@ where
     let mut close_at: Option<Instant> = None;
     let keepalive = shared.keepalive;
     let header_timeout = shared.header_read_timeout;
+    let mut watch = WatchWake::default();
     loop {
         if drain_seen && !goaway_sent && state.is_h2.load(Relaxed) {
             conn.as_mut().graceful_shutdown();
@@ -502,12 +504,127 @@ where
         } else {
             wait
         };
-        tokio::select! {
-            _ = conn.as_mut() => break,
-            _ = tokio::time::sleep(wait) => {}
-            changed = drain.changed(), if !drain_seen => {
-                drain_seen = changed.is_err() || *drain.borrow();
+        let woke = {
+            let sleep = std::pin::pin!(tokio::time::sleep(wait));
+            let changed = std::pin::pin!(drain.changed());
+            Woke::wait(
+                conn.as_mut(),
+                sleep,
+                (!drain_seen).then_some(changed),
+                &mut watch,
+            )
+            .await
+        };
+        match woke {
+            Woke::Ended => break,
+            Woke::Timer => {}
+            Woke::Drain { closed } => drain_seen = closed || *drain.borrow(),
+        }
+    }
+}
+
+/// What ended one wait of a connection's loop.
+enum Woke {
+    /// The connection is done.
+    Ended,
+    /// The watchdog's timer.
+    Timer,
+    /// The drain signal changed (or its sender is gone).
+    Drain { closed: bool },
+}
+
+impl Woke {
+    /// Waits for the connection to end, the timer, or the drain signal (None: not
+    /// watched). The connection is polled on every wake-up of the task; the timer and
+    /// the drain signal only after one of them woke it (or after a new wait began),
+    /// which on a busy connection is almost never: `tokio::select!` would poll all
+    /// three on each of its wake-ups, once or more per request.
+    async fn wait<C, E>(
+        mut conn: Pin<&mut C>,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
+        mut drain: Option<Pin<&mut E>>,
+        watch: &mut WatchWake,
+    ) -> Woke
+    where
+        C: Future,
+        E: Future<Output = Result<(), tokio::sync::watch::error::RecvError>>,
+    {
+        watch.rearm();
+        std::future::poll_fn(|cx| {
+            if conn.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Ended);
             }
+            let Some(waker) = watch.poll_with(cx) else {
+                return Poll::Pending;
+            };
+            let mut watch_cx = Context::from_waker(waker);
+            if sleep.as_mut().poll(&mut watch_cx).is_ready() {
+                return Poll::Ready(Woke::Timer);
+            }
+            if let Some(drain) = drain.as_mut() {
+                if let Poll::Ready(changed) = drain.as_mut().poll(&mut watch_cx) {
+                    return Poll::Ready(Woke::Drain {
+                        closed: changed.is_err(),
+                    });
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The waker a connection's timer and drain signal are polled with: it notes that one
+/// of them fired, then wakes the connection's task.
+struct WatchWaker {
+    fired: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for WatchWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Release);
+        self.task.wake_by_ref();
+    }
+}
+
+/// A connection's [`WatchWaker`], made again if the task's waker changes.
+#[derive(Default)]
+struct WatchWake {
+    waker: Option<(Arc<WatchWaker>, Waker)>,
+    /// New futures to poll: poll them whatever `fired` says.
+    force: bool,
+}
+
+impl WatchWake {
+    fn rearm(&mut self) {
+        self.force = true;
+    }
+
+    /// The waker to poll the timer and the drain signal with, if they need a poll.
+    fn poll_with(&mut self, cx: &Context<'_>) -> Option<&Waker> {
+        let current = self
+            .waker
+            .as_ref()
+            .is_some_and(|(watch, _)| watch.task.will_wake(cx.waker()));
+        if !current {
+            let watch = Arc::new(WatchWaker {
+                fired: AtomicBool::new(false),
+                task: cx.waker().clone(),
+            });
+            self.waker = Some((watch.clone(), Waker::from(watch)));
+            // Registered with an old waker: poll again with the new one.
+            self.force = true;
+        }
+        let (watch, waker) = self.waker.as_ref()?;
+        let fired = watch.fired.swap(false, AcqRel);
+        if std::mem::take(&mut self.force) || fired {
+            Some(waker)
+        } else {
+            None
         }
     }
 }
