@@ -89,6 +89,26 @@ impl Peer {
     pub(super) fn remote(&self) -> Remote {
         self.addr.map_or(Remote::Unix, |a| Remote::Ip(a.ip()))
     }
+    /// The request extensions this connection gives each of its requests unless a
+    /// trusted proxy says otherwise (`prepare`): made once, cloned per request, which
+    /// copies the table instead of hashing each entry into a new one.
+    fn extensions(&self) -> hyper::http::Extensions {
+        let mut extensions = hyper::http::Extensions::new();
+        extensions.insert(ClientAddr(self.display.clone()));
+        if let Some(local) = self.local {
+            extensions.insert(ServerAddr(local));
+        }
+        if let Some(tls) = &self.tls {
+            extensions.insert(Scheme("https"));
+            if let Some(subject) = &tls.client_subject {
+                extensions.insert(ClientCertSubject(subject.clone()));
+            }
+            if let Some(name) = &tls.server_name {
+                extensions.insert(TlsServerName(name.clone()));
+            }
+        }
+        extensions
+    }
 }
 
 /// What the connection's watchdog needs to know, updated from the IO and the service.
@@ -366,6 +386,7 @@ where
         // the preface (hyper-util's auto builder still tells the protocol by it).
         state.mark_http2();
     }
+    let extensions = peer.extensions();
     let peer = Arc::new(peer);
     let peer_name = peer.clone();
     let io = TokioIo::new(GuardedIo::new(
@@ -385,7 +406,7 @@ where
             let state = state.clone();
             let began = shared.timing.then(Instant::now);
             let (mut req, verdict) = limit_body(&shared, req);
-            let record = prepare(&shared, &peer, &mut req);
+            let record = prepare(&shared, &peer, &extensions, &mut req);
             // Made before the future: if hyper drops the future unpolled or half-way
             // (stream reset, panic), the guard still ends the request.
             let mut guard = RequestGuard::new(&shared, state.clone(), began, record);
@@ -630,23 +651,27 @@ impl WatchWake {
 }
 
 /// The client address (and scheme) the app sees, and the access log record.
-fn prepare(shared: &Shared, peer: &Peer, req: &mut crate::app::Request) -> Option<Box<Record>> {
+/// `extensions` are the connection's (`Peer::extensions`).
+fn prepare(
+    shared: &Shared,
+    peer: &Peer,
+    extensions: &hyper::http::Extensions,
+    req: &mut crate::app::Request,
+) -> Option<Box<Record>> {
     let forwarded = if peer.trusted {
         crate::forwarded::resolve(&shared.proxies, peer.ip(), req.headers())
     } else {
         None
     };
-    let scheme = forwarded
-        .as_ref()
-        .and_then(|f| f.scheme)
-        .or(peer.tls.as_ref().map(|_| "https"));
+    let forwarded_scheme = forwarded.as_ref().and_then(|f| f.scheme);
+    let scheme = forwarded_scheme.or(peer.tls.as_ref().map(|_| "https"));
     // The app sees the peer's `IP:PORT` unless a proxy names another address.
     let (remote, client) = match forwarded.map(|f| f.client) {
         Some(Client::Ip(ip)) if Some(ip) != peer.addr.map(|a| a.ip()) => {
-            (Remote::Ip(ip), Arc::from(ip.to_string()))
+            (Remote::Ip(ip), Some(Arc::from(ip.to_string())))
         }
-        Some(Client::Unknown) => (Remote::Unknown, Arc::from("unknown")),
-        _ => (peer.remote(), peer.display.clone()),
+        Some(Client::Unknown) => (Remote::Unknown, Some(Arc::from("unknown"))),
+        _ => (peer.remote(), None),
     };
     let record = shared.access_log.as_ref().map(|log| {
         Box::new(log.capture(
@@ -657,21 +682,15 @@ fn prepare(shared: &Shared, peer: &Peer, req: &mut crate::app::Request) -> Optio
             peer.tls_fields(),
         ))
     });
-    let extensions = req.extensions_mut();
-    extensions.insert(ClientAddr(client));
-    if let Some(local) = peer.local {
-        extensions.insert(ServerAddr(local));
+    // The connection's extensions (`ClientAddr`, `ServerAddr`, and on TLS `Scheme`,
+    // `ClientCertSubject`, `TlsServerName`), then what a trusted proxy says instead.
+    let ours = req.extensions_mut();
+    ours.extend(extensions.clone());
+    if let Some(client) = client {
+        ours.insert(ClientAddr(client));
     }
-    if let Some(scheme) = scheme {
-        extensions.insert(Scheme(scheme));
-    }
-    if let Some(tls) = &peer.tls {
-        if let Some(subject) = &tls.client_subject {
-            extensions.insert(ClientCertSubject(subject.clone()));
-        }
-        if let Some(name) = &tls.server_name {
-            extensions.insert(TlsServerName(name.clone()));
-        }
+    if let Some(scheme) = forwarded_scheme {
+        ours.insert(Scheme(scheme));
     }
     record
 }
