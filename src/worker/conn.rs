@@ -89,11 +89,9 @@ impl Peer {
     pub(super) fn remote(&self) -> Remote {
         self.addr.map_or(Remote::Unix, |a| Remote::Ip(a.ip()))
     }
-    /// The request extensions this connection gives each of its requests unless a
-    /// trusted proxy says otherwise (`prepare`): made once, cloned per request, which
-    /// copies the table instead of hashing each entry into a new one.
-    fn extensions(&self) -> hyper::http::Extensions {
-        let mut extensions = hyper::http::Extensions::new();
+    /// Inserts the request extensions this connection gives each of its requests
+    /// unless a trusted proxy says otherwise (`prepare`).
+    fn add_extensions(&self, extensions: &mut hyper::http::Extensions) {
         extensions.insert(ClientAddr(self.display.clone()));
         if let Some(local) = self.local {
             extensions.insert(ServerAddr(local));
@@ -107,7 +105,30 @@ impl Peer {
                 extensions.insert(TlsServerName(name.clone()));
             }
         }
-        extensions
+    }
+}
+
+/// A connection's request extensions (`Peer::add_extensions`), made on its second
+/// request and cloned for that one and every later one: a clone copies the map's table,
+/// where inserting hashes each entry into a new one. The first request has them
+/// inserted, so a connection that serves one request pays no more than that.
+struct ConnExtensions {
+    peer: Arc<Peer>,
+    made: std::sync::OnceLock<hyper::http::Extensions>,
+}
+
+impl ConnExtensions {
+    fn add_to(&self, extensions: &mut hyper::http::Extensions, first: bool) {
+        if first && self.made.get().is_none() {
+            self.peer.add_extensions(extensions);
+            return;
+        }
+        let made = self.made.get_or_init(|| {
+            let mut made = hyper::http::Extensions::new();
+            self.peer.add_extensions(&mut made);
+            made
+        });
+        extensions.extend(made.clone());
     }
 }
 
@@ -386,9 +407,12 @@ where
         // the preface (hyper-util's auto builder still tells the protocol by it).
         state.mark_http2();
     }
-    let extensions = peer.extensions();
     let peer = Arc::new(peer);
     let peer_name = peer.clone();
+    let extensions = ConnExtensions {
+        peer: peer.clone(),
+        made: std::sync::OnceLock::new(),
+    };
     let io = TokioIo::new(GuardedIo::new(
         stream,
         state.clone(),
@@ -406,7 +430,8 @@ where
             let state = state.clone();
             let began = shared.timing.then(Instant::now);
             let (mut req, verdict) = limit_body(&shared, req);
-            let record = prepare(&shared, &peer, &extensions, &mut req);
+            let first = state.requests.load(Relaxed) == 0;
+            let record = prepare(&shared, &peer, &extensions, first, &mut req);
             // Made before the future: if hyper drops the future unpolled or half-way
             // (stream reset, panic), the guard still ends the request.
             let mut guard = RequestGuard::new(&shared, state.clone(), began, record);
@@ -651,11 +676,12 @@ impl WatchWake {
 }
 
 /// The client address (and scheme) the app sees, and the access log record.
-/// `extensions` are the connection's (`Peer::extensions`).
+/// `extensions` are the connection's; `first`: this is its first request.
 fn prepare(
     shared: &Shared,
     peer: &Peer,
-    extensions: &hyper::http::Extensions,
+    extensions: &ConnExtensions,
+    first: bool,
     req: &mut crate::app::Request,
 ) -> Option<Box<Record>> {
     let forwarded = if peer.trusted {
@@ -685,7 +711,7 @@ fn prepare(
     // The connection's extensions (`ClientAddr`, `ServerAddr`, and on TLS `Scheme`,
     // `ClientCertSubject`, `TlsServerName`), then what a trusted proxy says instead.
     let ours = req.extensions_mut();
-    ours.extend(extensions.clone());
+    extensions.add_to(ours, first);
     if let Some(client) = client {
         ours.insert(ClientAddr(client));
     }
