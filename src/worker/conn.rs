@@ -777,3 +777,41 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts the task's wake-ups.
+    struct Task(AtomicUsize);
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_watchdog_is_polled_only_when_new_or_woken() {
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        let cx = Context::from_waker(&waker);
+        let mut watch = WatchWake::default();
+        // The first poll registers the timer and the drain signal.
+        let registered = watch.poll_with(&cx).cloned();
+        assert!(registered.is_some());
+        // Woken by the socket only: the connection is polled, the watchdog is not.
+        assert!(watch.poll_with(&cx).is_none());
+        // The timer fires: the task wakes and the next poll polls the watchdog, once.
+        registered.as_ref().map(Waker::wake_by_ref);
+        assert_eq!(task.0.load(SeqCst), 1);
+        assert!(watch.poll_with(&cx).is_some());
+        assert!(watch.poll_with(&cx).is_none());
+        // A new wait (a new timer) is polled whatever fired.
+        watch.rearm();
+        assert!(watch.poll_with(&cx).is_some());
+        // Another task waker (the task moved): the watchdog is polled with a new one.
+        let other = Waker::from(Arc::new(Task(AtomicUsize::new(0))));
+        assert!(watch.poll_with(&Context::from_waker(&other)).is_some());
+    }
+}
