@@ -170,7 +170,9 @@ pub struct Forwarded {
 /// entries the walk reaches: whatever the client wrote left of the first untrusted
 /// address (garbage, bytes that are not UTF-8, an unclosed quote) is never parsed.
 pub fn resolve(proxies: &TrustedProxies, peer: IpAddr, headers: &HeaderMap) -> Option<Forwarded> {
-    if !proxies.trusts(peer) || !names_a_proxy_header(headers) {
+    // The names first: a request without proxy headers (most) skips the trust check,
+    // which the connection has made already when it calls this.
+    if !names_a_proxy_header(headers) || !proxies.trusts(peer) {
         return None;
     }
     if headers.contains_key(FORWARDED) {
