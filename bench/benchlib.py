@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
-FORKD = os.path.join(ROOT, "target", "release", "forkd")
+# BENCH_FORKD: another forkd build to measure (not FORKD_*: forkd refuses unknown FORKD_ variables).
+FORKD = os.environ.get("BENCH_FORKD") or os.path.join(ROOT, "target", "release", "forkd")
 HYPER_HELLO = os.path.join(BENCH, "hyper-hello", "target", "release", "hyper-hello")
 VARIANTS = os.path.join(BENCH, "variants", "target")
 

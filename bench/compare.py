@@ -104,9 +104,17 @@ def main():
         for c in conns:
             rs = [r for r in runs if r["server"] == n and r["conns"] == c]
             print(f"{n:>10} c{c}: median {b.median([r['rps'] for r in rs]):.0f} req/s, "
+                  f"best {max(r['rps'] for r in rs):.0f}, "
                   f"p99 {b.median([r['p99_ms'] for r in rs]):.2f} ms, "
                   f"errors {sum(r['errors'] for r in rs)}, "
-                  f"server CPU {b.median([r['cpu_us_per_request'] for r in rs]):.2f} us/request")
+                  f"server CPU {b.median([r['cpu_us_per_request'] for r in rs]):.2f} us/request, "
+                  f"largest worker RSS {max_worker_kib(rs) / 1024:.1f} MiB")
+
+
+def max_worker_kib(rs):
+    """The largest worker RSS seen after these runs (plain hyper: its one process)."""
+    workers = [w[0] for r in rs for w in r["workers_kib"]]
+    return max(workers) if workers else max(r["master_kib"][0] for r in rs)
 
 
 if __name__ == "__main__":

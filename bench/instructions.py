@@ -9,6 +9,11 @@ more request, start-up and drain cancelled out.
 
     bench/instructions.py OLD_FORKD NEW_FORKD [--n1 2000] [--n2 12000] [--label A --label B]
 
+A binary given as `hyper:PATH` is the plain hyper server (bench/hyper-hello, one runtime
+thread): its one process is counted, as the worker is for forkd.
+
+    bench/instructions.py hyper:bench/hyper-hello/target/release/hyper-hello target/release/forkd
+
 Prints one line per binary and, with --markdown FILE, appends a table to FILE."""
 
 import argparse
@@ -73,9 +78,13 @@ def worker_instructions(binary, requests, work):
     # option from there again when it names its own output file.
     with open(os.path.join(out, ".valgrindrc"), "w") as rc:
         rc.write(f"--callgrind-out-file={out}/cg.%p\n")
+    hyper = binary.startswith("hyper:")
+    if hyper:
+        argv = [binary[len("hyper:"):], f"127.0.0.1:{port}", "1"]
+    else:
+        argv = [binary, "-b", f"127.0.0.1:{port}", "-w", "1", "hello"]
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind",
-         binary, "-b", f"127.0.0.1:{port}", "-w", "1", "hello"],
+        ["valgrind", "--tool=callgrind", *argv],
         stdout=subprocess.DEVNULL, stderr=log, cwd=out)
     try:
         deadline = time.monotonic() + 120
@@ -94,15 +103,19 @@ def worker_instructions(binary, requests, work):
     counts = []
     for path in glob.glob(f"{out}/cg.*"):
         pid = int(path.rsplit(".", 1)[1])
-        if pid == proc.pid:
+        if pid == proc.pid and not hyper:
             continue  # the master
         with open(path) as f:
             text = f.read()
         match = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(r"^totals:\s+(\d+)", text, re.M)
         if match:
             counts.append(int(match.group(1)))
+            profile = path
     if len(counts) != 1:
         raise RuntimeError(f"expected one worker profile, found {len(counts)} in {out}")
+
+    # The profile stays for `callgrind_annotate` (where the instructions go).
+    print(f"  {requests} requests: {profile}", file=sys.stderr, flush=True)
     return counts[0]
 
 

@@ -14,6 +14,8 @@
 #   PARTS="compare probes" bench/run.sh
 #   QUIET_WAIT_MIN=0 bench/run.sh      # do not wait for a quiet machine
 #   RECORD=0 bench/run.sh              # print the section, do not append it
+#   PARTS=compare COMPARE_ARGS="--servers forkd,hyper,nginx --rounds 5" bench/run.sh
+#                                      # forkd vs plain hyper vs nginx only (issue 13 item 8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -58,7 +60,7 @@ python3 -c 'import benchlib, json, sys; json.dump(benchlib.machine(), open(sys.a
 
 for part in $PARTS; do
   case $part in
-    compare) python3 compare.py --json "$OUT/throughput.json" ;;
+    compare) python3 compare.py ${COMPARE_ARGS:-} --json "$OUT/throughput.json" ;;
     probes) python3 probes.py --json "$OUT/probes.json" ;;
     variants) python3 variants.py --json "$OUT/variants.json" ;;
     allocs) python3 allocs.py --json "$OUT/allocs.json" ;;

@@ -24,8 +24,11 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// client's IP as the proxy reported it in `Forwarded` or `X-Forwarded-For`; `unknown`
 /// when the proxy's headers name no usable address for it (a malformed entry,
 /// `unknown`, an obfuscated name): never the proxy's own address then.
+///
+/// An `Arc<str>` (it derefs to `&str`), made once per connection and shared by its
+/// requests, so that a request costs no copy of it.
 #[derive(Debug, Clone)]
-pub struct ClientAddr(pub String);
+pub struct ClientAddr(pub std::sync::Arc<str>);
 
 /// The local address the request arrived on (TCP listeners only): the ASGI `server`.
 #[derive(Debug, Clone, Copy)]

@@ -85,7 +85,7 @@ pub async fn echo(req: Request) -> Response {
     let remote = parts
         .extensions
         .get::<ClientAddr>()
-        .map(|c| c.0.clone())
+        .map(|c| c.0.to_string())
         .unwrap_or_default();
     let scheme = parts.extensions.get::<Scheme>().map_or("http", |s| s.0);
     let mut json = serde_json::json!({

@@ -11,7 +11,7 @@ pub const NAMES: [&str; 2] = ["hello", "echo"];
 /// The factory for a built-in app, or None if no built-in app has that name.
 pub fn builtin(name: &str) -> Option<AppFactory> {
     let make: fn() -> Arc<dyn App> = match name {
-        "hello" => || Arc::new(hello::hello),
+        "hello" => || Arc::new(hello::Hello),
         "echo" => || Arc::new(echo::echo),
         _ => return None,
     };

@@ -147,10 +147,13 @@ fn spawn_connection<T>(
     let mut peer = conn::Peer::new(addr, shared);
     peer.local = local;
     let shared = shared.clone();
+    if !tls {
+        // A task of its own type: one future with a TLS stream inside (rustls's
+        // connection state) would make every plain connection's task as large.
+        tokio::spawn(conn::serve(shared, stream, peer, open));
+        return;
+    }
     tokio::spawn(async move {
-        if !tls {
-            return conn::serve(shared, stream, peer, open).await;
-        }
         // In the connection's own task: a slow handshake holds up nobody else.
         if let Some((stream, info)) = handshake(&shared, stream).await {
             let mut peer = peer;

@@ -30,11 +30,12 @@ use hyper::body::{Frame, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -57,8 +58,9 @@ pub(super) struct Peer {
     pub addr: Option<SocketAddr>,
     /// The local end (TCP only), for apps that want it (`ServerAddr`).
     pub local: Option<SocketAddr>,
-    /// `ClientAddr` when no trusted proxy says otherwise: `IP:PORT`, or `unix`.
-    pub display: String,
+    /// `ClientAddr` when no trusted proxy says otherwise: `IP:PORT`, or `unix`; made
+    /// once per connection, shared by its requests.
+    pub display: Arc<str>,
     /// The peer is in `forwarded_allow_ips`: its proxy headers are believed.
     pub trusted: bool,
     /// What the TLS handshake negotiated, on a TLS connection.
@@ -71,7 +73,7 @@ impl Peer {
         Peer {
             addr,
             local: None,
-            display: addr.map_or_else(|| "unix".to_string(), |a| a.to_string()),
+            display: addr.map_or_else(|| Arc::from("unix"), |a| Arc::from(a.to_string())),
             trusted: shared.proxies.trusts(ip),
             tls: None,
         }
@@ -86,6 +88,47 @@ impl Peer {
     /// The log's `remote_addr` when no trusted proxy names the client.
     pub(super) fn remote(&self) -> Remote {
         self.addr.map_or(Remote::Unix, |a| Remote::Ip(a.ip()))
+    }
+    /// Inserts the request extensions this connection gives each of its requests
+    /// unless a trusted proxy says otherwise (`prepare`).
+    fn add_extensions(&self, extensions: &mut hyper::http::Extensions) {
+        extensions.insert(ClientAddr(self.display.clone()));
+        if let Some(local) = self.local {
+            extensions.insert(ServerAddr(local));
+        }
+        if let Some(tls) = &self.tls {
+            extensions.insert(Scheme("https"));
+            if let Some(subject) = &tls.client_subject {
+                extensions.insert(ClientCertSubject(subject.clone()));
+            }
+            if let Some(name) = &tls.server_name {
+                extensions.insert(TlsServerName(name.clone()));
+            }
+        }
+    }
+}
+
+/// A connection's request extensions (`Peer::add_extensions`), made on its second
+/// request and cloned for that one and every later one: a clone copies the map's table,
+/// where inserting hashes each entry into a new one. The first request has them
+/// inserted, so a connection that serves one request pays no more than that.
+struct ConnExtensions {
+    peer: Arc<Peer>,
+    made: std::sync::OnceLock<hyper::http::Extensions>,
+}
+
+impl ConnExtensions {
+    fn add_to(&self, extensions: &mut hyper::http::Extensions, first: bool) {
+        if first && self.made.get().is_none() {
+            self.peer.add_extensions(extensions);
+            return;
+        }
+        let made = self.made.get_or_init(|| {
+            let mut made = hyper::http::Extensions::new();
+            self.peer.add_extensions(&mut made);
+            made
+        });
+        extensions.extend(made.clone());
     }
 }
 
@@ -366,6 +409,10 @@ where
     }
     let peer = Arc::new(peer);
     let peer_name = peer.clone();
+    let extensions = ConnExtensions {
+        peer: peer.clone(),
+        made: std::sync::OnceLock::new(),
+    };
     let io = TokioIo::new(GuardedIo::new(
         stream,
         state.clone(),
@@ -383,7 +430,8 @@ where
             let state = state.clone();
             let began = shared.timing.then(Instant::now);
             let (mut req, verdict) = limit_body(&shared, req);
-            let record = prepare(&shared, &peer, &mut req);
+            let first = state.requests.load(Relaxed) == 0;
+            let record = prepare(&shared, &peer, &extensions, first, &mut req);
             // Made before the future: if hyper drops the future unpolled or half-way
             // (stream reset, panic), the guard still ends the request.
             let mut guard = RequestGuard::new(&shared, state.clone(), began, record);
@@ -458,6 +506,7 @@ where
     let mut close_at: Option<Instant> = None;
     let keepalive = shared.keepalive;
     let header_timeout = shared.header_read_timeout;
+    let mut watch = WatchWake::default();
     loop {
         if drain_seen && !goaway_sent && state.is_h2.load(Relaxed) {
             conn.as_mut().graceful_shutdown();
@@ -501,34 +550,154 @@ where
         } else {
             wait
         };
-        tokio::select! {
-            _ = conn.as_mut() => break,
-            _ = tokio::time::sleep(wait) => {}
-            changed = drain.changed(), if !drain_seen => {
-                drain_seen = changed.is_err() || *drain.borrow();
+        let woke = {
+            let sleep = std::pin::pin!(tokio::time::sleep(wait));
+            let changed = std::pin::pin!(drain.changed());
+            Woke::wait(
+                conn.as_mut(),
+                sleep,
+                (!drain_seen).then_some(changed),
+                &mut watch,
+            )
+            .await
+        };
+        match woke {
+            Woke::Ended => break,
+            Woke::Timer => {}
+            Woke::Drain { closed } => drain_seen = closed || *drain.borrow(),
+        }
+    }
+}
+
+/// What ended one wait of a connection's loop.
+enum Woke {
+    /// The connection is done.
+    Ended,
+    /// The watchdog's timer.
+    Timer,
+    /// The drain signal changed (or its sender is gone).
+    Drain { closed: bool },
+}
+
+impl Woke {
+    /// Waits for the connection to end, the timer, or the drain signal (None: not
+    /// watched). The connection is polled on every wake-up of the task; the timer and
+    /// the drain signal only after one of them woke it (or after a new wait began),
+    /// which on a busy connection is almost never: `tokio::select!` would poll all
+    /// three on each of its wake-ups, once or more per request.
+    async fn wait<C, E>(
+        mut conn: Pin<&mut C>,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
+        mut drain: Option<Pin<&mut E>>,
+        watch: &mut WatchWake,
+    ) -> Woke
+    where
+        C: Future,
+        E: Future<Output = Result<(), tokio::sync::watch::error::RecvError>>,
+    {
+        watch.rearm();
+        std::future::poll_fn(|cx| {
+            if conn.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Ended);
             }
+            let Some(waker) = watch.poll_with(cx) else {
+                return Poll::Pending;
+            };
+            let mut watch_cx = Context::from_waker(waker);
+            if sleep.as_mut().poll(&mut watch_cx).is_ready() {
+                return Poll::Ready(Woke::Timer);
+            }
+            if let Some(drain) = drain.as_mut() {
+                if let Poll::Ready(changed) = drain.as_mut().poll(&mut watch_cx) {
+                    return Poll::Ready(Woke::Drain {
+                        closed: changed.is_err(),
+                    });
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The waker a connection's timer and drain signal are polled with: it notes that one
+/// of them fired, then wakes the connection's task.
+struct WatchWaker {
+    fired: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for WatchWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Release);
+        self.task.wake_by_ref();
+    }
+}
+
+/// A connection's [`WatchWaker`], made again if the task's waker changes.
+#[derive(Default)]
+struct WatchWake {
+    waker: Option<(Arc<WatchWaker>, Waker)>,
+    /// New futures to poll: poll them whatever `fired` says.
+    force: bool,
+}
+
+impl WatchWake {
+    fn rearm(&mut self) {
+        self.force = true;
+    }
+
+    /// The waker to poll the timer and the drain signal with, if they need a poll.
+    fn poll_with(&mut self, cx: &Context<'_>) -> Option<&Waker> {
+        let current = self
+            .waker
+            .as_ref()
+            .is_some_and(|(watch, _)| watch.task.will_wake(cx.waker()));
+        if !current {
+            let watch = Arc::new(WatchWaker {
+                fired: AtomicBool::new(false),
+                task: cx.waker().clone(),
+            });
+            self.waker = Some((watch.clone(), Waker::from(watch)));
+            // Registered with an old waker: poll again with the new one.
+            self.force = true;
+        }
+        let (watch, waker) = self.waker.as_ref()?;
+        let fired = watch.fired.swap(false, AcqRel);
+        if std::mem::take(&mut self.force) || fired {
+            Some(waker)
+        } else {
+            None
         }
     }
 }
 
 /// The client address (and scheme) the app sees, and the access log record.
-fn prepare(shared: &Shared, peer: &Peer, req: &mut crate::app::Request) -> Option<Box<Record>> {
+/// `extensions` are the connection's; `first`: this is its first request.
+fn prepare(
+    shared: &Shared,
+    peer: &Peer,
+    extensions: &ConnExtensions,
+    first: bool,
+    req: &mut crate::app::Request,
+) -> Option<Box<Record>> {
     let forwarded = if peer.trusted {
         crate::forwarded::resolve(&shared.proxies, peer.ip(), req.headers())
     } else {
         None
     };
-    let scheme = forwarded
-        .as_ref()
-        .and_then(|f| f.scheme)
-        .or(peer.tls.as_ref().map(|_| "https"));
+    let forwarded_scheme = forwarded.as_ref().and_then(|f| f.scheme);
+    let scheme = forwarded_scheme.or(peer.tls.as_ref().map(|_| "https"));
     // The app sees the peer's `IP:PORT` unless a proxy names another address.
     let (remote, client) = match forwarded.map(|f| f.client) {
         Some(Client::Ip(ip)) if Some(ip) != peer.addr.map(|a| a.ip()) => {
-            (Remote::Ip(ip), ip.to_string())
+            (Remote::Ip(ip), Some(Arc::from(ip.to_string())))
         }
-        Some(Client::Unknown) => (Remote::Unknown, "unknown".to_string()),
-        _ => (peer.remote(), peer.display.clone()),
+        Some(Client::Unknown) => (Remote::Unknown, Some(Arc::from("unknown"))),
+        _ => (peer.remote(), None),
     };
     let record = shared.access_log.as_ref().map(|log| {
         Box::new(log.capture(
@@ -539,21 +708,15 @@ fn prepare(shared: &Shared, peer: &Peer, req: &mut crate::app::Request) -> Optio
             peer.tls_fields(),
         ))
     });
-    let extensions = req.extensions_mut();
-    extensions.insert(ClientAddr(client));
-    if let Some(local) = peer.local {
-        extensions.insert(ServerAddr(local));
+    // The connection's extensions (`ClientAddr`, `ServerAddr`, and on TLS `Scheme`,
+    // `ClientCertSubject`, `TlsServerName`), then what a trusted proxy says instead.
+    let ours = req.extensions_mut();
+    extensions.add_to(ours, first);
+    if let Some(client) = client {
+        ours.insert(ClientAddr(client));
     }
-    if let Some(scheme) = scheme {
-        extensions.insert(Scheme(scheme));
-    }
-    if let Some(tls) = &peer.tls {
-        if let Some(subject) = &tls.client_subject {
-            extensions.insert(ClientCertSubject(subject.clone()));
-        }
-        if let Some(name) = &tls.server_name {
-            extensions.insert(TlsServerName(name.clone()));
-        }
+    if let Some(scheme) = forwarded_scheme {
+        ours.insert(Scheme(scheme));
     }
     record
 }
@@ -612,5 +775,43 @@ impl Shared {
             self.slot.set_flag(FLAG_RETIRE);
             super::doorbell::ring();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts the task's wake-ups.
+    struct Task(AtomicUsize);
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_watchdog_is_polled_only_when_new_or_woken() {
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        let cx = Context::from_waker(&waker);
+        let mut watch = WatchWake::default();
+        // The first poll registers the timer and the drain signal.
+        let registered = watch.poll_with(&cx).cloned();
+        assert!(registered.is_some());
+        // Woken by the socket only: the connection is polled, the watchdog is not.
+        assert!(watch.poll_with(&cx).is_none());
+        // The timer fires: the task wakes and the next poll polls the watchdog, once.
+        registered.as_ref().map(Waker::wake_by_ref);
+        assert_eq!(task.0.load(SeqCst), 1);
+        assert!(watch.poll_with(&cx).is_some());
+        assert!(watch.poll_with(&cx).is_none());
+        // A new wait (a new timer) is polled whatever fired.
+        watch.rearm();
+        assert!(watch.poll_with(&cx).is_some());
+        // Another task waker (the task moved): the watchdog is polled with a new one.
+        let other = Waker::from(Arc::new(Task(AtomicUsize::new(0))));
+        assert!(watch.poll_with(&Context::from_waker(&other)).is_some());
     }
 }

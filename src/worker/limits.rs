@@ -627,6 +627,12 @@ fn scan_head(progress: &mut HeadProgress, head: &[u8], limits: &HeadLimits) -> H
 /// gives hyper the name exactly as the bytes before the colon, and the value with
 /// surrounding whitespace trimmed; a head httparse refuses never frames a body).
 fn inspect_field(line: &[u8], framing: &mut Framing) {
+    // Only `Content-Length:` and `Transfer-Encoding:` lines matter: any other field
+    // (most of them: `Host`, `User-Agent`, `Accept`...) is passed over without looking
+    // for its colon.
+    if line.len() < b"content-length:".len() || !matches!(line[0] | 0x20, b'c' | b't') {
+        return;
+    }
     let Some(colon) = memchr::memchr(b':', line) else {
         return;
     };
