@@ -26,6 +26,8 @@ pub struct Cli {
           value_parser = ["reload", "stop", "quit", "reopen", "upgrade", "incr", "decr"])]
     pub signal: Option<String>,
     /// Address to listen on (repeatable): HOST:PORT, [::1]:PORT, unix:PATH, fd://N.
+    // The text is `--help`'s, where `[::1]` is an address, not a rustdoc link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(short = 'b', long = "bind", value_name = "ADDRESS")]
     pub bind: Vec<String>,
     /// Number of worker processes, or "auto".

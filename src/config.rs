@@ -2,7 +2,7 @@
 //! `FORKD_*` environment variables and command-line options (in that order of
 //! precedence, lowest first). Errors name the file, key, line, problem and what is allowed.
 //!
-//! Every key is declared once, in [`KEYS`] (its name, what is allowed, how it is parsed
+//! Every key is declared once, in `KEYS` (its name, what is allowed, how it is parsed
 //! into the typed `Config`, how `--print-config` writes it, its command-line option);
 //! tables, `FORKD_*` names, options and suggestions are derived from there. Values are
 //! parsed once, here: the workers use `Config` as it is.
@@ -19,7 +19,7 @@ pub use crate::forwarded::{ProxyHeaders, TrustedProxies};
 /// One `bind` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BindSpec {
-    /// "HOST:PORT" or "[V6]:PORT" (hostnames resolved to their first address).
+    /// `"HOST:PORT"` or `"[V6]:PORT"` (hostnames resolved to their first address).
     Tcp(SocketAddr),
     /// "unix:/path/to.sock"
     Unix(PathBuf),
