@@ -20,7 +20,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -45,6 +45,8 @@ pub struct Head {
     /// without a body): `receive()` answers it at once, without a round trip.
     first: Option<(Bytes, bool)>,
     runtime: tokio::runtime::Handle,
+    /// Set by the loop once the response is complete (see [`DisconnectGuard`]).
+    answered: Arc<AtomicBool>,
 }
 
 pub enum Event {
@@ -138,14 +140,20 @@ impl Inbox {
 
 /// Tells the loop a request's client is gone when dropped: with the request's future
 /// (hyper dropped it) or with its response body (written, or the connection failed).
+/// Not once the app's response is complete (`answered`): `receive()` answers
+/// `http.disconnect` from then on by itself, and the event would only wake the loop
+/// once more per request for nothing.
 struct DisconnectGuard {
     id: u64,
     inbox: Arc<Inbox>,
+    answered: Arc<AtomicBool>,
 }
 
 impl Drop for DisconnectGuard {
     fn drop(&mut self) {
-        self.inbox.push(Event::Disconnect(self.id));
+        if !self.answered.load(Acquire) {
+            self.inbox.push(Event::Disconnect(self.id));
+        }
     }
 }
 
@@ -188,9 +196,11 @@ impl forkd::app::App for PyApp {
                 }
             };
             let body_ended = first.as_ref().is_some_and(|(_, more)| !more);
+            let answered = Arc::new(AtomicBool::new(false));
             let guard = DisconnectGuard {
                 id,
                 inbox: inbox.clone(),
+                answered: answered.clone(),
             };
             inbox.push(Event::Head(Box::new(Head {
                 id,
@@ -199,6 +209,7 @@ impl forkd::app::App for PyApp {
                 demand: demand.clone(),
                 first,
                 runtime: tokio::runtime::Handle::current(),
+                answered,
             })));
             let mut reading = !body_ended;
             loop {
@@ -327,6 +338,16 @@ pub(crate) fn ready(py: Python<'_>, value: PyObject) -> PyResult<PyObject> {
     Ok(Py::new(py, Ready { value: Some(value) })?.into_any())
 }
 
+/// An awaitable that is done with None: one shared object (it has no value to give
+/// away, so every `await` of it returns None), not a new one per `send`.
+pub(crate) fn done(py: Python<'_>) -> PyResult<PyObject> {
+    static DONE: pyo3::sync::GILOnceCell<Py<Ready>> = pyo3::sync::GILOnceCell::new();
+    Ok(DONE
+        .get_or_try_init(py, || Py::new(py, Ready { value: None }))?
+        .clone_ref(py)
+        .into_any())
+}
+
 type Conns = Rc<RefCell<HashMap<u64, Py<Conn>>>>;
 
 /// The loop's side: turns events into ASGI calls. Lives on the main thread.
@@ -342,8 +363,12 @@ pub struct Bridge {
     create_future: PyObject,
     /// The lifespan state, copied into each request's scope.
     state: PyObject,
-    asgi: PyObject,
     root_path: String,
+    /// Every HTTP (WebSocket) scope starts as a copy of this (see `template`).
+    http_template: Py<PyDict>,
+    ws_template: Py<PyDict>,
+    /// The last listener address's ASGI `server`.
+    server: RefCell<Option<(std::net::SocketAddr, PyObject)>>,
     /// Resolved on Stop.
     pub stopped: PyObject,
 }
@@ -370,7 +395,9 @@ impl Bridge {
             create_task: event_loop.getattr(py, "create_task")?,
             create_future: event_loop.getattr(py, "create_future")?,
             state,
-            asgi: asgi.into_any().unbind(),
+            http_template: Self::template(py, &asgi, root_path, false)?,
+            ws_template: Self::template(py, &asgi, root_path, true)?,
+            server: RefCell::new(None),
             root_path: root_path.to_string(),
             stopped,
         })
@@ -388,6 +415,7 @@ impl Bridge {
             demand,
             first,
             runtime,
+            answered,
             ..
         } = head;
         let conn = Py::new(
@@ -409,6 +437,7 @@ impl Bridge {
                 aborted: Arc::new(AtomicBool::new(false)),
                 pending_send: None,
                 complete: false,
+                answered,
             },
         )?;
         self.conns.borrow_mut().insert(id, conn.clone_ref(py));
@@ -451,32 +480,105 @@ impl Bridge {
         self.websockets.borrow().get(&id).map(|c| c.clone_ref(py))
     }
 
+    /// A dict with every key of a request's scope in order, the constant values set:
+    /// each scope is a copy of it (CPython copies a dict's key table whole), whose
+    /// values are then replaced in place, never growing the dict.
+    fn template<'py>(
+        py: Python<'py>,
+        asgi: &Bound<'py, PyDict>,
+        root_path: &str,
+        websocket: bool,
+    ) -> PyResult<Py<PyDict>> {
+        let scope = PyDict::new(py);
+        let kind = if websocket { "websocket" } else { "http" };
+        scope.set_item(intern!(py, "type"), PyString::intern(py, kind))?;
+        scope.set_item(intern!(py, "asgi"), asgi)?;
+        scope.set_item(intern!(py, "http_version"), intern!(py, "1.1"))?;
+        if !websocket {
+            scope.set_item(intern!(py, "method"), intern!(py, "GET"))?;
+        }
+        let scheme = if websocket { "ws" } else { "http" };
+        scope.set_item(intern!(py, "scheme"), PyString::intern(py, scheme))?;
+        for key in [
+            intern!(py, "path"),
+            intern!(py, "raw_path"),
+            intern!(py, "query_string"),
+        ] {
+            scope.set_item(key, py.None())?;
+        }
+        scope.set_item(intern!(py, "root_path"), root_path)?;
+        for key in [
+            intern!(py, "headers"),
+            intern!(py, "client"),
+            intern!(py, "server"),
+            intern!(py, "state"),
+        ] {
+            scope.set_item(key, py.None())?;
+        }
+        Ok(scope.unbind())
+    }
+
+    /// The ASGI `server` of a listener's address, made once per address.
+    fn server<'py>(&self, py: Python<'py>, addr: std::net::SocketAddr) -> PyResult<PyObject> {
+        let mut cached = self.server.borrow_mut();
+        if let Some((known, server)) = cached.as_ref() {
+            if *known == addr {
+                return Ok(server.clone_ref(py));
+            }
+        }
+        let server = (addr.ip().to_string(), addr.port())
+            .into_pyobject(py)?
+            .into_any()
+            .unbind();
+        *cached = Some((addr, server.clone_ref(py)));
+        Ok(server)
+    }
+
     fn scope<'py>(
         &self,
         py: Python<'py>,
         parts: &hyper::http::request::Parts,
         websocket: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let scope = PyDict::new(py);
-        if websocket {
-            scope.set_item(intern!(py, "type"), intern!(py, "websocket"))?;
+        let template = if websocket {
+            &self.ws_template
         } else {
-            scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
-        }
-        scope.set_item(intern!(py, "asgi"), self.asgi.bind(py))?;
-        let version = match parts.version {
-            hyper::Version::HTTP_10 => "1.0",
-            hyper::Version::HTTP_2 => "2",
-            _ => "1.1",
+            &self.http_template
         };
-        scope.set_item(intern!(py, "http_version"), version)?;
-        let scheme = parts.extensions.get::<Scheme>().map_or("http", |s| s.0);
+        let scope = template.bind(py).copy()?;
+        let version = match parts.version {
+            hyper::Version::HTTP_10 => Some(intern!(py, "1.0")),
+            hyper::Version::HTTP_2 => Some(intern!(py, "2")),
+            hyper::Version::HTTP_11 => None,
+            _ => Some(intern!(py, "1.1")),
+        };
+        if let Some(version) = version {
+            scope.set_item(intern!(py, "http_version"), version)?;
+        }
+        let https = parts
+            .extensions
+            .get::<Scheme>()
+            .is_some_and(|s| s.0 == "https");
         if websocket {
-            let scheme = if scheme == "https" { "wss" } else { "ws" };
-            scope.set_item(intern!(py, "scheme"), scheme)?;
+            if https {
+                scope.set_item(intern!(py, "scheme"), intern!(py, "wss"))?;
+            }
         } else {
-            scope.set_item(intern!(py, "method"), parts.method.as_str())?;
-            scope.set_item(intern!(py, "scheme"), scheme)?;
+            if parts.method != hyper::Method::GET {
+                let method = match parts.method {
+                    hyper::Method::POST => intern!(py, "POST").clone(),
+                    hyper::Method::HEAD => intern!(py, "HEAD").clone(),
+                    hyper::Method::PUT => intern!(py, "PUT").clone(),
+                    hyper::Method::DELETE => intern!(py, "DELETE").clone(),
+                    hyper::Method::PATCH => intern!(py, "PATCH").clone(),
+                    hyper::Method::OPTIONS => intern!(py, "OPTIONS").clone(),
+                    ref other => PyString::new(py, other.as_str()),
+                };
+                scope.set_item(intern!(py, "method"), method)?;
+            }
+            if https {
+                scope.set_item(intern!(py, "scheme"), intern!(py, "https"))?;
+            }
         }
         let raw_path = parts.uri.path();
         let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
@@ -499,7 +601,6 @@ impl Bridge {
             intern!(py, "query_string"),
             PyBytes::new(py, query.as_bytes()),
         )?;
-        scope.set_item(intern!(py, "root_path"), &self.root_path)?;
         let headers = PyList::empty(py);
         if let Some(authority) = parts.uri.authority() {
             // HTTP/2 carries the host as `:authority`; ASGI apps read the `host` header.
@@ -523,30 +624,42 @@ impl Bridge {
             )?)?;
         }
         scope.set_item(intern!(py, "headers"), headers)?;
-        let client = parts
-            .extensions
-            .get::<ClientAddr>()
-            .and_then(|c| address(&c.0));
-        scope.set_item(intern!(py, "client"), client)?;
-        let server = parts
-            .extensions
-            .get::<ServerAddr>()
-            .map(|s| (s.0.ip().to_string(), s.0.port()));
-        scope.set_item(intern!(py, "server"), server)?;
+        if let Some(client) = parts.extensions.get::<ClientAddr>() {
+            if let Some((host, port)) = address(&client.0) {
+                scope.set_item(intern!(py, "client"), (host, port))?;
+            }
+        }
+        if let Some(server) = parts.extensions.get::<ServerAddr>() {
+            scope.set_item(intern!(py, "server"), self.server(py, server.0)?)?;
+        }
         let state = self.state.bind(py).downcast::<PyDict>()?.copy()?;
         scope.set_item(intern!(py, "state"), state)?;
         Ok(scope)
     }
 }
 
-/// `IP:PORT` or `IP` (from a proxy) as ASGI's `(host, port)`.
-fn address(text: &str) -> Option<(String, u16)> {
+/// `IP:PORT` or `IP` (from a proxy) as ASGI's `(host, port)`. An IPv4 address is
+/// given as written (the parser accepts only the canonical form, so it is the same
+/// text `to_string` would make, without formatting it again); IPv6 in its canonical
+/// form.
+fn address(text: &str) -> Option<(std::borrow::Cow<'_, str>, u16)> {
+    use std::borrow::Cow;
+    if let Some((host, port)) = text.rsplit_once(':') {
+        if !host.contains(':') {
+            if let (Ok(_), Ok(port)) = (host.parse::<std::net::Ipv4Addr>(), port.parse()) {
+                return Some((Cow::Borrowed(host), port));
+            }
+        }
+    }
     if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
-        return Some((addr.ip().to_string(), addr.port()));
+        return Some((Cow::Owned(addr.ip().to_string()), addr.port()));
+    }
+    if text.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Some((Cow::Borrowed(text), 0));
     }
     text.parse::<std::net::IpAddr>()
         .ok()
-        .map(|ip| (ip.to_string(), 0))
+        .map(|ip| (Cow::Owned(ip.to_string()), 0))
 }
 
 #[pymethods]
@@ -642,6 +755,8 @@ pub struct Conn {
     pending_send: Option<PyObject>,
     /// The last body message was sent.
     complete: bool,
+    /// Shared with the request's [`DisconnectGuard`]: set with `complete`.
+    answered: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -718,7 +833,8 @@ impl Conn {
             }
             .boxed_unsync()
         } else {
-            self.complete = true;
+            // Before hyper has the response, so that its guard sees it.
+            self.answered.store(true, Release);
             forkd::app::full(body.clone())
         };
         let mut response = hyper::Response::new(boxed);
@@ -733,7 +849,10 @@ impl Conn {
                 self.stream = Some(sender);
                 self.push(py, body, true)
             }
-            None => ready(py, py.None()),
+            None => {
+                self.completed(py)?;
+                done(py)
+            }
         }
     }
 
@@ -769,11 +888,23 @@ impl Conn {
         if !more {
             // Dropping our sender ends the body once the queued chunks are written.
             self.stream = None;
-            self.complete = true;
+            self.answered.store(true, Release);
+            self.completed(py)?;
         }
         match waited {
             Some(future) => Ok(future),
-            None => ready(py, py.None()),
+            None => done(py),
+        }
+    }
+
+    /// The last body message was sent: from now on `receive()` answers
+    /// `http.disconnect` (as uvicorn does once a response is complete), a waiting one
+    /// at once, as no Disconnect event will come (see [`DisconnectGuard`]).
+    fn completed(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.complete = true;
+        match self.pending_receive.take() {
+            Some(future) => resolve(py, &future, Self::disconnect_message(py)?),
+            None => Ok(()),
         }
     }
 
@@ -803,7 +934,7 @@ impl Conn {
             self.body_done = !more;
             return ready(py, Self::request_message(py, &data, more)?);
         }
-        if self.disconnected {
+        if self.disconnected || self.complete {
             return ready(py, Self::disconnect_message(py)?);
         }
         if !self.body_done {
@@ -853,7 +984,7 @@ impl Conn {
                     }
                 }
                 self.head = Some((status, map));
-                ready(py, py.None())
+                done(py)
             }
             "http.response.body" => {
                 if self.complete {
