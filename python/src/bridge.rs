@@ -87,6 +87,27 @@ pub enum Event {
     Stop,
 }
 
+/// A response from the loop for its request's task.
+pub struct Answer(oneshot::Sender<Response>, Response);
+
+/// Responses from the loop to the server thread. They go through one task there (see
+/// [`dispatch`]) rather than straight into each request's oneshot: waking a task of
+/// the server's runtime from another thread costs a write to the runtime's eventfd
+/// each time, while a channel to one task wakes it once for all the responses the loop
+/// hands over before that task runs again.
+pub type Outbox = mpsc::UnboundedSender<Answer>;
+
+/// The server thread's end of the [`Outbox`]: each response to its request's task (a
+/// wake-up on the same thread, no system call).
+async fn dispatch(mut answers: mpsc::UnboundedReceiver<Answer>) {
+    let mut batch = Vec::new();
+    while answers.recv_many(&mut batch, 64).await > 0 {
+        for Answer(to, response) in batch.drain(..) {
+            let _ = to.send(response);
+        }
+    }
+}
+
 /// Events for the loop, and the eventfd that wakes it.
 pub struct Inbox {
     queue: Mutex<Vec<Event>>,
@@ -129,12 +150,16 @@ impl Inbox {
         self.push(Event::Stop);
     }
 
-    /// Everything queued; the eventfd is read first, so a push after it wakes again.
-    fn take(&self) -> Vec<Event> {
+    /// Everything queued, swapped into `batch` (empty: its capacity is kept for the
+    /// next pushes); the eventfd is read first, so a push after it wakes again.
+    fn take_into(&self, batch: &mut Vec<Event>) {
         let mut counter: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our (non-blocking) eventfd.
         unsafe { libc::read(self.fd(), (&mut counter as *mut u64).cast(), 8) };
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::swap(
+            &mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()),
+            batch,
+        );
     }
 }
 
@@ -160,15 +185,20 @@ impl Drop for DisconnectGuard {
 /// The app as forkd's server calls it, on the server thread.
 pub struct PyApp {
     inbox: Arc<Inbox>,
+    /// Until the first request spawns [`dispatch`] with it on the server's runtime.
+    answers: Mutex<Option<mpsc::UnboundedReceiver<Answer>>>,
+    dispatching: AtomicBool,
     next_id: AtomicU64,
     /// Set when the drain's deadline nears: open WebSockets close with 1001.
     closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl PyApp {
-    pub fn new(inbox: Arc<Inbox>) -> PyApp {
+    pub fn new(inbox: Arc<Inbox>, answers: mpsc::UnboundedReceiver<Answer>) -> PyApp {
         PyApp {
             inbox,
+            answers: Mutex::new(Some(answers)),
+            dispatching: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             closing: tokio::sync::watch::Sender::new(false),
         }
@@ -178,6 +208,17 @@ impl PyApp {
 impl forkd::app::App for PyApp {
     fn call(&self, req: forkd::app::Request) -> forkd::app::BoxFuture<Response> {
         let id = self.next_id.fetch_add(1, Relaxed);
+        if !self.dispatching.load(Acquire) {
+            let answers = self
+                .answers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(answers) = answers {
+                tokio::spawn(dispatch(answers));
+                self.dispatching.store(true, Release);
+            }
+        }
         let inbox = self.inbox.clone();
         if crate::ws::is_upgrade(&req) {
             return Box::pin(crate::ws::serve(id, req, inbox, self.closing.subscribe()));
@@ -338,14 +379,17 @@ pub(crate) fn ready(py: Python<'_>, value: PyObject) -> PyResult<PyObject> {
     Ok(Py::new(py, Ready { value: Some(value) })?.into_any())
 }
 
-/// An awaitable that is done with None: one shared object (it has no value to give
-/// away, so every `await` of it returns None), not a new one per `send`.
+/// The loop's future that is done with None (set by `Bridge::new`).
+static DONE: pyo3::sync::GILOnceCell<PyObject> = pyo3::sync::GILOnceCell::new();
+
+/// An awaitable that is done with None: one shared asyncio future, not a new object per
+/// `send` (every `await` of a done future returns its result at once, in C, without the
+/// StopIteration a [`Ready`] raises).
 pub(crate) fn done(py: Python<'_>) -> PyResult<PyObject> {
-    static DONE: pyo3::sync::GILOnceCell<Py<Ready>> = pyo3::sync::GILOnceCell::new();
-    Ok(DONE
-        .get_or_try_init(py, || Py::new(py, Ready { value: None }))?
-        .clone_ref(py)
-        .into_any())
+    match DONE.get(py) {
+        Some(future) => Ok(future.clone_ref(py)),
+        None => ready(py, py.None()),
+    }
 }
 
 type Conns = Rc<RefCell<HashMap<u64, Py<Conn>>>>;
@@ -354,6 +398,9 @@ type Conns = Rc<RefCell<HashMap<u64, Py<Conn>>>>;
 #[pyclass(unsendable)]
 pub struct Bridge {
     inbox: Arc<Inbox>,
+    outbox: Outbox,
+    /// The events of the current wake-up (kept for its capacity).
+    batch: Vec<Event>,
     conns: Conns,
     websockets: crate::ws::WsConns,
     app: PyObject,
@@ -374,9 +421,11 @@ pub struct Bridge {
 }
 
 impl Bridge {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         py: Python<'_>,
         inbox: Arc<Inbox>,
+        outbox: Outbox,
         event_loop: &PyObject,
         app: PyObject,
         state: PyObject,
@@ -386,8 +435,13 @@ impl Bridge {
         let asgi = PyDict::new(py);
         asgi.set_item("version", "3.0")?;
         asgi.set_item("spec_version", "2.4")?;
+        let finished = event_loop.call_method0(py, "create_future")?;
+        finished.call_method1(py, "set_result", (py.None(),))?;
+        let _ = DONE.set(py, finished);
         Ok(Bridge {
             inbox,
+            outbox,
+            batch: Vec::new(),
             conns: Rc::default(),
             websockets: Rc::default(),
             app,
@@ -424,6 +478,7 @@ impl Bridge {
                 id,
                 conns: self.conns.clone(),
                 inbox: self.inbox.clone(),
+                outbox: self.outbox.clone(),
                 runtime,
                 create_future: self.create_future.clone_ref(py),
                 demand,
@@ -666,7 +721,9 @@ fn address(text: &str) -> Option<(std::borrow::Cow<'_, str>, u16)> {
 impl Bridge {
     /// The eventfd is readable: take every event.
     fn wake(&mut self, py: Python<'_>) {
-        for event in self.inbox.take() {
+        let mut batch = std::mem::take(&mut self.batch);
+        self.inbox.take_into(&mut batch);
+        for event in batch.drain(..) {
             let handled = match event {
                 Event::Head(head) => self.start(py, *head),
                 Event::Body { id, data, more } => match self.conn(py, id) {
@@ -704,6 +761,7 @@ impl Bridge {
                 tracing::error!(pid = std::process::id(), "ASGI bridge: {e}");
             }
         }
+        self.batch = batch;
     }
 }
 
@@ -738,6 +796,7 @@ pub struct Conn {
     id: u64,
     conns: Conns,
     inbox: Arc<Inbox>,
+    outbox: Outbox,
     runtime: tokio::runtime::Handle,
     create_future: PyObject,
     demand: Arc<Notify>,
@@ -840,7 +899,7 @@ impl Conn {
         let mut response = hyper::Response::new(boxed);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
-        if respond.send(response).is_err() {
+        if respond.is_closed() || self.outbox.send(Answer(respond, response)).is_err() {
             self.disconnected = true;
             return Err(disconnected_error());
         }
@@ -927,6 +986,16 @@ pub(crate) fn bytes_of(value: Option<Bound<'_, PyAny>>) -> PyResult<Bytes> {
     Ok(Bytes::copy_from_slice(bytes.as_bytes()))
 }
 
+/// `f` of the bytes of a `bytes` object in place (a header's name and value are parsed
+/// from it, not copied first), or of `bytes(value)` for another buffer.
+fn with_bytes<R>(value: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(bytes) = value.downcast::<PyBytes>() {
+        return Ok(f(bytes.as_bytes()));
+    }
+    let converted = value.py().get_type::<PyBytes>().call1((value,))?;
+    Ok(f(converted.downcast::<PyBytes>()?.as_bytes()))
+}
+
 #[pymethods]
 impl Conn {
     fn receive(&mut self, py: Python<'_>) -> PyResult<PyObject> {
@@ -968,18 +1037,19 @@ impl Conn {
                 if let Some(headers) = message.get_item(intern!(py, "headers"))? {
                     for item in headers.try_iter()? {
                         let item = item?;
-                        let name = bytes_of(Some(item.get_item(0)?))?;
-                        let value = bytes_of(Some(item.get_item(1)?))?;
-                        let name = hyper::header::HeaderName::from_bytes(&name).map_err(|_| {
-                            PyRuntimeError::new_err(format!(
-                                "invalid header name {:?}",
-                                String::from_utf8_lossy(&name)
-                            ))
-                        })?;
-                        let value =
-                            hyper::header::HeaderValue::from_maybe_shared(value).map_err(|_| {
+                        let name = with_bytes(&item.get_item(0)?, |name| {
+                            hyper::header::HeaderName::from_bytes(name).map_err(|_| {
+                                PyRuntimeError::new_err(format!(
+                                    "invalid header name {:?}",
+                                    String::from_utf8_lossy(name)
+                                ))
+                            })
+                        })??;
+                        let value = with_bytes(&item.get_item(1)?, |value| {
+                            hyper::header::HeaderValue::from_bytes(value).map_err(|_| {
                                 PyRuntimeError::new_err(format!("invalid value for header {name}"))
-                            })?;
+                            })
+                        })??;
                         map.append(name, value);
                     }
                 }
@@ -1029,10 +1099,9 @@ impl Conn {
     fn failed(&mut self, _py: Python<'_>) -> PyResult<()> {
         self.forget();
         if let Some(respond) = self.respond.take() {
-            let _ = respond.send(forkd::app::respond(
-                500,
-                "text/plain; charset=utf-8",
-                "Internal Server Error\n",
+            let _ = self.outbox.send(Answer(
+                respond,
+                forkd::app::respond(500, "text/plain; charset=utf-8", "Internal Server Error\n"),
             ));
         } else if self.stream.take().is_some() {
             self.aborted.store(true, Release);
