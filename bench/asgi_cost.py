@@ -3,13 +3,14 @@
 under load, for comparing builds of forkd's Python package with each other (and with
 Gunicorn + UvicornWorker or Granian) without the full bench/asgi.sh.
 
-One worker (`-w 1`), `wrk -t1 -cCONNS -dSECONDS` after a 1 s warm-up, then per worker:
-req/s, CPU µs per request (utime+stime from /proc/PID/stat over the run / wrk's
-requests: steadier than req/s on a busy machine), threads, and /proc/PID/smaps_rollup
-(Rss, Pss, Anonymous) sampled at the middle of the run.
+WORKERS workers (default 1), `wrk -t1 -cCONNS -dSECONDS` after a 1 s warm-up: req/s,
+CPU µs per request (the workers' utime+stime from /proc/PID/stat over the run / wrk's
+requests: steadier than req/s on a busy machine), and per worker (the mean over the
+workers) threads and /proc/PID/smaps_rollup (Rss, Pss, Anonymous) sampled at the
+middle of the run.
 
     bench/asgi_cost.py --python VENV/bin/python SERVER... [--app hello|fastapi]
-                       [--conns 64] [--seconds 5] [--rounds 3]
+                       [--conns 64] [--seconds 5] [--rounds 3] [--workers 1] [--wrk-threads 1]
 
 SERVER is `forkd` (the forkd package the venv has installed), `forkd=DIR` (the `forkd`
 package in DIR, put first on PYTHONPATH: a build under test), `gunicorn-uvicorn` or
@@ -29,6 +30,7 @@ import threading
 import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
+WORKERS = 1
 APPS = {"hello": ("asgi_hello:app", "/"), "fastapi": ("asgi_fastapi:app", "/items/42?q=hello")}
 
 
@@ -45,13 +47,13 @@ def argv_env(server, python, app, port, work):
     if server == "forkd" or server.startswith("forkd="):
         if server.startswith("forkd="):
             env["PYTHONPATH"] = server.split("=", 1)[1]
-        return [python, "-m", "forkd", "-b", bind, "-w", "1", "--access-log", "off",
+        return [python, "-m", "forkd", "-b", bind, "-w", str(WORKERS), "--access-log", "off",
                 "-p", f"{work}/forkd-{port}.pid", app], env
     if server == "gunicorn-uvicorn":
-        return [f"{venv_bin}/gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "1",
+        return [f"{venv_bin}/gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", str(WORKERS),
                 "-b", bind, "--no-control-socket", app], env
     if server == "granian":
-        return [f"{venv_bin}/granian", "--interface", "asgi", "--workers", "1",
+        return [f"{venv_bin}/granian", "--interface", "asgi", "--workers", str(WORKERS),
                 "--host", "127.0.0.1", "--port", str(port), app], env
     raise SystemExit(f"unknown server {server!r}")
 
@@ -107,10 +109,16 @@ def wait_ready(proc, port, path, deadline_s=60):
     raise RuntimeError("server not ready")
 
 
-def worker_of(proc):
-    """The process serving: the only descendant with CPU time after the warm-up."""
-    procs = descendants(proc.pid)
-    return max(procs, key=ticks) if procs else proc.pid
+def workers_of(proc):
+    """The processes serving: the WORKERS descendants with the most CPU time after the
+    warm-up (Granian's and uvicorn's supervisors are descendants too)."""
+    procs = sorted(descendants(proc.pid), key=ticks, reverse=True)[:WORKERS]
+    return procs or [proc.pid]
+
+
+def mean_rollup(pids):
+    rows = [rollup(pid) for pid in pids]
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
 def one(server, args, work):
@@ -123,16 +131,16 @@ def one(server, args, work):
     try:
         wait_ready(proc, port, path)
         url = f"http://127.0.0.1:{port}{path}"
-        subprocess.run(["wrk", "-t1", f"-c{args.conns}", "-d1s", url], capture_output=True)
-        worker = worker_of(proc)
-        before = ticks(worker)
+        subprocess.run(["wrk", f"-t{args.wrk_threads}", f"-c{args.conns}", "-d1s", url], capture_output=True)
+        workers = workers_of(proc)
+        before = sum(ticks(w) for w in workers)
         sample = {}
-        timer = threading.Timer(args.seconds / 2, lambda: sample.update(rollup(worker)))
+        timer = threading.Timer(args.seconds / 2, lambda: sample.update(mean_rollup(workers)))
         timer.start()
-        out = subprocess.run(["wrk", "-t1", f"-c{args.conns}", f"-d{args.seconds:g}s", url],
+        out = subprocess.run(["wrk", f"-t{args.wrk_threads}", f"-c{args.conns}", f"-d{args.seconds:g}s", url],
                              capture_output=True, text=True).stdout
         timer.join()
-        used = ticks(worker) - before
+        used = sum(ticks(w) for w in workers) - before
         requests = int(re.search(r"(\d+) requests in", out).group(1))
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         cpu_us = used * 1e6 / os.sysconf("SC_CLK_TCK") / max(requests, 1)
@@ -159,7 +167,11 @@ def main():
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--wrk-threads", type=int, default=1)
     args = parser.parse_args()
+    global WORKERS
+    WORKERS = args.workers
     work = tempfile.mkdtemp(prefix="forkd-asgi-cost-")
     named = [(s.split("@", 1) if "@" in s else (s, s)) for s in args.servers]
     results = {label: [] for label, _ in named}
@@ -167,14 +179,15 @@ def main():
         for label, server in named:
             results[label].append(one(server, args, work))
     load = open("/proc/loadavg").read().split()[:3]
-    print(f"app {args.app}, wrk -t1 -c{args.conns} -d{args.seconds:g}s, 1 worker, "
+    print(f"app {args.app}, wrk -t{args.wrk_threads} -c{args.conns} -d{args.seconds:g}s, {args.workers} worker(s), "
           f"median of {args.rounds}, load {' '.join(load)}")
-    print(f"{'server':<24} {'req/s':>8} {'CPU us/req':>10} {'Rss KiB':>8} {'Pss KiB':>8} "
-          f"{'Anon KiB':>8} {'threads':>7}")
+    print(f"{'server':<24} {'req/s':>8} {'(range)':>15} {'CPU us/req':>10} {'Rss KiB':>8} "
+          f"{'Pss KiB':>8} {'Anon KiB':>8} {'threads':>7}")
     for label, rows in results.items():
         med = {k: statistics.median(r[k] for r in rows if k in r)
                for k in ("rps", "cpu_us", "Rss", "Pss", "Anonymous", "Threads")}
-        print(f"{label:<24} {med['rps']:>8.0f} {med['cpu_us']:>10.1f} {med['Rss']:>8.0f} "
+        spread = f"({min(r['rps'] for r in rows):.0f}-{max(r['rps'] for r in rows):.0f})"
+        print(f"{label:<24} {med['rps']:>8.0f} {spread:>15} {med['cpu_us']:>10.1f} {med['Rss']:>8.0f} "
               f"{med['Pss']:>8.0f} {med['Anonymous']:>8.0f} {med['Threads']:>7.0f}")
     return 0
 
