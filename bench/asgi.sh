@@ -4,9 +4,13 @@
 # Gunicorn `-k asgi` (when the installed Gunicorn has it), 2 workers each, on this
 # machine, in one run.
 #
-#   bench/asgi.sh     # needs a Rust toolchain, python3 -m venv, curl; installs wrk (apt)
-#                     # if missing; builds forkd and installs everything else (pip) into a
-#                     # fresh virtualenv in the run's temp dir
+#   bench/asgi.sh     # needs a Rust toolchain and python3; installs wrk, curl and
+#                     # python3-venv (apt) if missing; builds forkd and installs everything
+#                     # else (pip) into a fresh virtualenv in the run's temp dir
+#
+# For a quicker look at one server (CPU per request, RSS/PSS per worker) while changing
+# forkd's Python package: bench/asgi_cost.py; instructions per request: bench/instructions.py
+# --asgi asgi_hello:app.
 #
 # Apps: bench/asgi_hello.py (raw ASGI hello) and bench/asgi_fastapi.py (a FastAPI JSON
 # endpoint, GET /items/42?q=hello). For each app, ROUNDS rounds, the servers alternating
@@ -27,7 +31,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+command -v cargo >/dev/null 2>&1 || { echo "asgi.sh: needs a Rust toolchain (cargo) for pip install ." >&2; exit 1; }
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+echo "== forkd at $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" status --porcelain --untracked-files=no | grep -q . && echo ' (with uncommitted changes)')" >&2
 python3 -m venv "$WORK/venv"
 PIP=("$WORK/venv/bin/pip" install -q --disable-pip-version-check)
 "${PIP[@]}" uvloop httptools fastapi gunicorn uvicorn granian

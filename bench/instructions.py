@@ -14,6 +14,13 @@ thread): its one process is counted, as the worker is for forkd.
 
     bench/instructions.py hyper:bench/hyper-hello/target/release/hyper-hello target/release/forkd
 
+With --asgi MODULE:ATTR (an app in bench/, e.g. asgi_hello:app) the worker serves that
+Python ASGI app instead: each argument is then a directory holding a `forkd` Python
+package (its extension module built in, e.g. a copy of python/py/forkd with the release
+`_native*.so`), run as `PYTHON -m forkd` with that directory first on PYTHONPATH
+(--python: a virtualenv's interpreter with what the app needs). Both of the worker's
+threads (the asyncio loop and forkd's server thread) are counted.
+
 Prints one line per binary and, with --markdown FILE, appends a table to FILE."""
 
 import argparse
@@ -68,7 +75,7 @@ def drive(port, total, connections=8):
         s.close()
 
 
-def worker_instructions(binary, requests, work):
+def worker_instructions(binary, requests, work, asgi=None, python=None):
     out = os.path.join(work, f"cg-{os.getpid()}-{time.monotonic_ns()}")
     os.makedirs(out)
     port = free_port()
@@ -78,16 +85,22 @@ def worker_instructions(binary, requests, work):
     # option from there again when it names its own output file.
     with open(os.path.join(out, ".valgrindrc"), "w") as rc:
         rc.write(f"--callgrind-out-file={out}/cg.%p\n")
+    env = dict(os.environ)
     hyper = binary.startswith("hyper:")
     if hyper:
         argv = [binary[len("hyper:"):], f"127.0.0.1:{port}", "1"]
+    elif asgi:
+        bench = os.path.dirname(os.path.abspath(__file__))
+        env["PYTHONPATH"] = f"{os.path.abspath(binary)}:{bench}"
+        argv = [python, "-m", "forkd", "--access-log", "off",
+                "-b", f"127.0.0.1:{port}", "-w", "1", asgi]
     else:
         argv = [binary, "-b", f"127.0.0.1:{port}", "-w", "1", "hello"]
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", *argv],
-        stdout=subprocess.DEVNULL, stderr=log, cwd=out)
+        stdout=subprocess.DEVNULL, stderr=log, cwd=out, env=env)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while True:
             try:
                 drive(port, 1, 1)
@@ -126,13 +139,15 @@ def main():
     parser.add_argument("--n1", type=int, default=2000)
     parser.add_argument("--n2", type=int, default=12000)
     parser.add_argument("--markdown")
+    parser.add_argument("--asgi", help="MODULE:ATTR of a Python ASGI app in bench/")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter for --asgi")
     args = parser.parse_args()
     labels = args.label + args.binaries[len(args.label):]
     work = tempfile.mkdtemp(prefix="forkd-instructions-")
     rows = []
     for label, binary in zip(labels, args.binaries):
-        i1 = worker_instructions(binary, args.n1, work)
-        i2 = worker_instructions(binary, args.n2, work)
+        i1 = worker_instructions(binary, args.n1, work, args.asgi, args.python)
+        i2 = worker_instructions(binary, args.n2, work, args.asgi, args.python)
         per = (i2 - i1) / (args.n2 - args.n1)
         rows.append((label, per))
         print(f"{label}: {per:,.0f} instructions per keep-alive request ({i1:,} at {args.n1}, {i2:,} at {args.n2})", flush=True)

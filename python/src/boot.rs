@@ -99,9 +99,11 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
     let inbox = Arc::new(Inbox::new().map_err(|e| {
         pyo3::exceptions::PyOSError::new_err(format!("cannot make the eventfd: {e}"))
     })?);
+    let (outbox, answers) = tokio::sync::mpsc::unbounded_channel();
     let bridge = Bridge::new(
         py,
         inbox.clone(),
+        outbox,
         &event_loop,
         app,
         state,
@@ -126,7 +128,7 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
         move || inbox.stop()
     };
     Ok(Booted {
-        app: Arc::new(PyApp::new(inbox)),
+        app: Arc::new(PyApp::new(inbox, answers)),
         run: Box::new(run),
         stop: Box::new(stop),
     })

@@ -20,7 +20,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -45,6 +45,8 @@ pub struct Head {
     /// without a body): `receive()` answers it at once, without a round trip.
     first: Option<(Bytes, bool)>,
     runtime: tokio::runtime::Handle,
+    /// Set by the loop once the response is complete (see [`DisconnectGuard`]).
+    answered: Arc<AtomicBool>,
 }
 
 pub enum Event {
@@ -83,6 +85,27 @@ pub enum Event {
     },
     /// The worker's drain is over: run the lifespan shutdown and stop the loop.
     Stop,
+}
+
+/// A response from the loop for its request's task.
+pub struct Answer(oneshot::Sender<Response>, Response);
+
+/// Responses from the loop to the server thread. They go through one task there (see
+/// [`dispatch`]) rather than straight into each request's oneshot: waking a task of
+/// the server's runtime from another thread costs a write to the runtime's eventfd
+/// each time, while a channel to one task wakes it once for all the responses the loop
+/// hands over before that task runs again.
+pub type Outbox = mpsc::UnboundedSender<Answer>;
+
+/// The server thread's end of the [`Outbox`]: each response to its request's task (a
+/// wake-up on the same thread, no system call).
+async fn dispatch(mut answers: mpsc::UnboundedReceiver<Answer>) {
+    let mut batch = Vec::new();
+    while answers.recv_many(&mut batch, 64).await > 0 {
+        for Answer(to, response) in batch.drain(..) {
+            let _ = to.send(response);
+        }
+    }
 }
 
 /// Events for the loop, and the eventfd that wakes it.
@@ -127,40 +150,55 @@ impl Inbox {
         self.push(Event::Stop);
     }
 
-    /// Everything queued; the eventfd is read first, so a push after it wakes again.
-    fn take(&self) -> Vec<Event> {
+    /// Everything queued, swapped into `batch` (empty: its capacity is kept for the
+    /// next pushes); the eventfd is read first, so a push after it wakes again.
+    fn take_into(&self, batch: &mut Vec<Event>) {
         let mut counter: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our (non-blocking) eventfd.
         unsafe { libc::read(self.fd(), (&mut counter as *mut u64).cast(), 8) };
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::swap(
+            &mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()),
+            batch,
+        );
     }
 }
 
 /// Tells the loop a request's client is gone when dropped: with the request's future
 /// (hyper dropped it) or with its response body (written, or the connection failed).
+/// Not once the app's response is complete (`answered`): `receive()` answers
+/// `http.disconnect` from then on by itself, and the event would only wake the loop
+/// once more per request for nothing.
 struct DisconnectGuard {
     id: u64,
     inbox: Arc<Inbox>,
+    answered: Arc<AtomicBool>,
 }
 
 impl Drop for DisconnectGuard {
     fn drop(&mut self) {
-        self.inbox.push(Event::Disconnect(self.id));
+        if !self.answered.load(Acquire) {
+            self.inbox.push(Event::Disconnect(self.id));
+        }
     }
 }
 
 /// The app as forkd's server calls it, on the server thread.
 pub struct PyApp {
     inbox: Arc<Inbox>,
+    /// Until the first request spawns [`dispatch`] with it on the server's runtime.
+    answers: Mutex<Option<mpsc::UnboundedReceiver<Answer>>>,
+    dispatching: AtomicBool,
     next_id: AtomicU64,
     /// Set when the drain's deadline nears: open WebSockets close with 1001.
     closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl PyApp {
-    pub fn new(inbox: Arc<Inbox>) -> PyApp {
+    pub fn new(inbox: Arc<Inbox>, answers: mpsc::UnboundedReceiver<Answer>) -> PyApp {
         PyApp {
             inbox,
+            answers: Mutex::new(Some(answers)),
+            dispatching: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             closing: tokio::sync::watch::Sender::new(false),
         }
@@ -170,6 +208,17 @@ impl PyApp {
 impl forkd::app::App for PyApp {
     fn call(&self, req: forkd::app::Request) -> forkd::app::BoxFuture<Response> {
         let id = self.next_id.fetch_add(1, Relaxed);
+        if !self.dispatching.load(Acquire) {
+            let answers = self
+                .answers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(answers) = answers {
+                tokio::spawn(dispatch(answers));
+                self.dispatching.store(true, Release);
+            }
+        }
         let inbox = self.inbox.clone();
         if crate::ws::is_upgrade(&req) {
             return Box::pin(crate::ws::serve(id, req, inbox, self.closing.subscribe()));
@@ -188,9 +237,11 @@ impl forkd::app::App for PyApp {
                 }
             };
             let body_ended = first.as_ref().is_some_and(|(_, more)| !more);
+            let answered = Arc::new(AtomicBool::new(false));
             let guard = DisconnectGuard {
                 id,
                 inbox: inbox.clone(),
+                answered: answered.clone(),
             };
             inbox.push(Event::Head(Box::new(Head {
                 id,
@@ -199,6 +250,7 @@ impl forkd::app::App for PyApp {
                 demand: demand.clone(),
                 first,
                 runtime: tokio::runtime::Handle::current(),
+                answered,
             })));
             let mut reading = !body_ended;
             loop {
@@ -327,12 +379,28 @@ pub(crate) fn ready(py: Python<'_>, value: PyObject) -> PyResult<PyObject> {
     Ok(Py::new(py, Ready { value: Some(value) })?.into_any())
 }
 
+/// The loop's future that is done with None (set by `Bridge::new`).
+static DONE: pyo3::sync::GILOnceCell<PyObject> = pyo3::sync::GILOnceCell::new();
+
+/// An awaitable that is done with None: one shared asyncio future, not a new object per
+/// `send` (every `await` of a done future returns its result at once, in C, without the
+/// StopIteration a [`Ready`] raises).
+pub(crate) fn done(py: Python<'_>) -> PyResult<PyObject> {
+    match DONE.get(py) {
+        Some(future) => Ok(future.clone_ref(py)),
+        None => ready(py, py.None()),
+    }
+}
+
 type Conns = Rc<RefCell<HashMap<u64, Py<Conn>>>>;
 
 /// The loop's side: turns events into ASGI calls. Lives on the main thread.
 #[pyclass(unsendable)]
 pub struct Bridge {
     inbox: Arc<Inbox>,
+    outbox: Outbox,
+    /// The events of the current wake-up (kept for its capacity).
+    batch: Vec<Event>,
     conns: Conns,
     websockets: crate::ws::WsConns,
     app: PyObject,
@@ -342,16 +410,22 @@ pub struct Bridge {
     create_future: PyObject,
     /// The lifespan state, copied into each request's scope.
     state: PyObject,
-    asgi: PyObject,
     root_path: String,
+    /// Every HTTP (WebSocket) scope starts as a copy of this (see `template`).
+    http_template: Py<PyDict>,
+    ws_template: Py<PyDict>,
+    /// The last listener address's ASGI `server`.
+    server: RefCell<Option<(std::net::SocketAddr, PyObject)>>,
     /// Resolved on Stop.
     pub stopped: PyObject,
 }
 
 impl Bridge {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         py: Python<'_>,
         inbox: Arc<Inbox>,
+        outbox: Outbox,
         event_loop: &PyObject,
         app: PyObject,
         state: PyObject,
@@ -361,16 +435,23 @@ impl Bridge {
         let asgi = PyDict::new(py);
         asgi.set_item("version", "3.0")?;
         asgi.set_item("spec_version", "2.4")?;
+        let finished = event_loop.call_method0(py, "create_future")?;
+        finished.call_method1(py, "set_result", (py.None(),))?;
+        let _ = DONE.set(py, finished);
         Ok(Bridge {
             inbox,
+            outbox,
+            batch: Vec::new(),
             conns: Rc::default(),
             websockets: Rc::default(),
             app,
             handle: py.import("forkd._worker")?.getattr("handle")?.unbind(),
-            create_task: event_loop.getattr(py, "create_task")?,
+            create_task: task_maker(py, event_loop)?,
             create_future: event_loop.getattr(py, "create_future")?,
             state,
-            asgi: asgi.into_any().unbind(),
+            http_template: Self::template(py, &asgi, root_path, false)?,
+            ws_template: Self::template(py, &asgi, root_path, true)?,
+            server: RefCell::new(None),
             root_path: root_path.to_string(),
             stopped,
         })
@@ -388,6 +469,7 @@ impl Bridge {
             demand,
             first,
             runtime,
+            answered,
             ..
         } = head;
         let conn = Py::new(
@@ -396,6 +478,7 @@ impl Bridge {
                 id,
                 conns: self.conns.clone(),
                 inbox: self.inbox.clone(),
+                outbox: self.outbox.clone(),
                 runtime,
                 create_future: self.create_future.clone_ref(py),
                 demand,
@@ -409,6 +492,7 @@ impl Bridge {
                 aborted: Arc::new(AtomicBool::new(false)),
                 pending_send: None,
                 complete: false,
+                answered,
             },
         )?;
         self.conns.borrow_mut().insert(id, conn.clone_ref(py));
@@ -451,32 +535,105 @@ impl Bridge {
         self.websockets.borrow().get(&id).map(|c| c.clone_ref(py))
     }
 
+    /// A dict with every key of a request's scope in order, the constant values set:
+    /// each scope is a copy of it (CPython copies a dict's key table whole), whose
+    /// values are then replaced in place, never growing the dict.
+    fn template<'py>(
+        py: Python<'py>,
+        asgi: &Bound<'py, PyDict>,
+        root_path: &str,
+        websocket: bool,
+    ) -> PyResult<Py<PyDict>> {
+        let scope = PyDict::new(py);
+        let kind = if websocket { "websocket" } else { "http" };
+        scope.set_item(intern!(py, "type"), PyString::intern(py, kind))?;
+        scope.set_item(intern!(py, "asgi"), asgi)?;
+        scope.set_item(intern!(py, "http_version"), intern!(py, "1.1"))?;
+        if !websocket {
+            scope.set_item(intern!(py, "method"), intern!(py, "GET"))?;
+        }
+        let scheme = if websocket { "ws" } else { "http" };
+        scope.set_item(intern!(py, "scheme"), PyString::intern(py, scheme))?;
+        for key in [
+            intern!(py, "path"),
+            intern!(py, "raw_path"),
+            intern!(py, "query_string"),
+        ] {
+            scope.set_item(key, py.None())?;
+        }
+        scope.set_item(intern!(py, "root_path"), root_path)?;
+        for key in [
+            intern!(py, "headers"),
+            intern!(py, "client"),
+            intern!(py, "server"),
+            intern!(py, "state"),
+        ] {
+            scope.set_item(key, py.None())?;
+        }
+        Ok(scope.unbind())
+    }
+
+    /// The ASGI `server` of a listener's address, made once per address.
+    fn server<'py>(&self, py: Python<'py>, addr: std::net::SocketAddr) -> PyResult<PyObject> {
+        let mut cached = self.server.borrow_mut();
+        if let Some((known, server)) = cached.as_ref() {
+            if *known == addr {
+                return Ok(server.clone_ref(py));
+            }
+        }
+        let server = (addr.ip().to_string(), addr.port())
+            .into_pyobject(py)?
+            .into_any()
+            .unbind();
+        *cached = Some((addr, server.clone_ref(py)));
+        Ok(server)
+    }
+
     fn scope<'py>(
         &self,
         py: Python<'py>,
         parts: &hyper::http::request::Parts,
         websocket: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let scope = PyDict::new(py);
-        if websocket {
-            scope.set_item(intern!(py, "type"), intern!(py, "websocket"))?;
+        let template = if websocket {
+            &self.ws_template
         } else {
-            scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
-        }
-        scope.set_item(intern!(py, "asgi"), self.asgi.bind(py))?;
-        let version = match parts.version {
-            hyper::Version::HTTP_10 => "1.0",
-            hyper::Version::HTTP_2 => "2",
-            _ => "1.1",
+            &self.http_template
         };
-        scope.set_item(intern!(py, "http_version"), version)?;
-        let scheme = parts.extensions.get::<Scheme>().map_or("http", |s| s.0);
+        let scope = template.bind(py).copy()?;
+        let version = match parts.version {
+            hyper::Version::HTTP_10 => Some(intern!(py, "1.0")),
+            hyper::Version::HTTP_2 => Some(intern!(py, "2")),
+            hyper::Version::HTTP_11 => None,
+            _ => Some(intern!(py, "1.1")),
+        };
+        if let Some(version) = version {
+            scope.set_item(intern!(py, "http_version"), version)?;
+        }
+        let https = parts
+            .extensions
+            .get::<Scheme>()
+            .is_some_and(|s| s.0 == "https");
         if websocket {
-            let scheme = if scheme == "https" { "wss" } else { "ws" };
-            scope.set_item(intern!(py, "scheme"), scheme)?;
+            if https {
+                scope.set_item(intern!(py, "scheme"), intern!(py, "wss"))?;
+            }
         } else {
-            scope.set_item(intern!(py, "method"), parts.method.as_str())?;
-            scope.set_item(intern!(py, "scheme"), scheme)?;
+            if parts.method != hyper::Method::GET {
+                let method = match parts.method {
+                    hyper::Method::POST => intern!(py, "POST").clone(),
+                    hyper::Method::HEAD => intern!(py, "HEAD").clone(),
+                    hyper::Method::PUT => intern!(py, "PUT").clone(),
+                    hyper::Method::DELETE => intern!(py, "DELETE").clone(),
+                    hyper::Method::PATCH => intern!(py, "PATCH").clone(),
+                    hyper::Method::OPTIONS => intern!(py, "OPTIONS").clone(),
+                    ref other => PyString::new(py, other.as_str()),
+                };
+                scope.set_item(intern!(py, "method"), method)?;
+            }
+            if https {
+                scope.set_item(intern!(py, "scheme"), intern!(py, "https"))?;
+            }
         }
         let raw_path = parts.uri.path();
         let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
@@ -499,7 +656,6 @@ impl Bridge {
             intern!(py, "query_string"),
             PyBytes::new(py, query.as_bytes()),
         )?;
-        scope.set_item(intern!(py, "root_path"), &self.root_path)?;
         let headers = PyList::empty(py);
         if let Some(authority) = parts.uri.authority() {
             // HTTP/2 carries the host as `:authority`; ASGI apps read the `host` header.
@@ -523,37 +679,64 @@ impl Bridge {
             )?)?;
         }
         scope.set_item(intern!(py, "headers"), headers)?;
-        let client = parts
-            .extensions
-            .get::<ClientAddr>()
-            .and_then(|c| address(&c.0));
-        scope.set_item(intern!(py, "client"), client)?;
-        let server = parts
-            .extensions
-            .get::<ServerAddr>()
-            .map(|s| (s.0.ip().to_string(), s.0.port()));
-        scope.set_item(intern!(py, "server"), server)?;
+        if let Some(client) = parts.extensions.get::<ClientAddr>() {
+            if let Some((host, port)) = address(&client.0) {
+                scope.set_item(intern!(py, "client"), (host, port))?;
+            }
+        }
+        if let Some(server) = parts.extensions.get::<ServerAddr>() {
+            scope.set_item(intern!(py, "server"), self.server(py, server.0)?)?;
+        }
         let state = self.state.bind(py).downcast::<PyDict>()?.copy()?;
         scope.set_item(intern!(py, "state"), state)?;
         Ok(scope)
     }
 }
 
-/// `IP:PORT` or `IP` (from a proxy) as ASGI's `(host, port)`.
-fn address(text: &str) -> Option<(String, u16)> {
+/// What makes each request's task: `asyncio.Task` itself when the loop has no task
+/// factory (what `loop.create_task` calls then, in asyncio and uvloop alike, after
+/// keyword-argument handling that cost uvloop about 1,600 instructions per request),
+/// else `loop.create_task`. A factory is looked for once, after the lifespan startup
+/// (an app sets it there, if at all).
+fn task_maker(py: Python<'_>, event_loop: &PyObject) -> PyResult<PyObject> {
+    if event_loop.call_method0(py, "get_task_factory")?.is_none(py) {
+        Ok(py.import("asyncio")?.getattr("Task")?.unbind())
+    } else {
+        event_loop.getattr(py, "create_task")
+    }
+}
+
+/// `IP:PORT` or `IP` (from a proxy) as ASGI's `(host, port)`. An IPv4 address is
+/// given as written (the parser accepts only the canonical form, so it is the same
+/// text `to_string` would make, without formatting it again); IPv6 in its canonical
+/// form.
+fn address(text: &str) -> Option<(std::borrow::Cow<'_, str>, u16)> {
+    use std::borrow::Cow;
+    if let Some((host, port)) = text.rsplit_once(':') {
+        if !host.contains(':') {
+            if let (Ok(_), Ok(port)) = (host.parse::<std::net::Ipv4Addr>(), port.parse()) {
+                return Some((Cow::Borrowed(host), port));
+            }
+        }
+    }
     if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
-        return Some((addr.ip().to_string(), addr.port()));
+        return Some((Cow::Owned(addr.ip().to_string()), addr.port()));
+    }
+    if text.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Some((Cow::Borrowed(text), 0));
     }
     text.parse::<std::net::IpAddr>()
         .ok()
-        .map(|ip| (ip.to_string(), 0))
+        .map(|ip| (Cow::Owned(ip.to_string()), 0))
 }
 
 #[pymethods]
 impl Bridge {
     /// The eventfd is readable: take every event.
     fn wake(&mut self, py: Python<'_>) {
-        for event in self.inbox.take() {
+        let mut batch = std::mem::take(&mut self.batch);
+        self.inbox.take_into(&mut batch);
+        for event in batch.drain(..) {
             let handled = match event {
                 Event::Head(head) => self.start(py, *head),
                 Event::Body { id, data, more } => match self.conn(py, id) {
@@ -591,6 +774,7 @@ impl Bridge {
                 tracing::error!(pid = std::process::id(), "ASGI bridge: {e}");
             }
         }
+        self.batch = batch;
     }
 }
 
@@ -625,6 +809,7 @@ pub struct Conn {
     id: u64,
     conns: Conns,
     inbox: Arc<Inbox>,
+    outbox: Outbox,
     runtime: tokio::runtime::Handle,
     create_future: PyObject,
     demand: Arc<Notify>,
@@ -642,6 +827,8 @@ pub struct Conn {
     pending_send: Option<PyObject>,
     /// The last body message was sent.
     complete: bool,
+    /// Shared with the request's [`DisconnectGuard`]: set with `complete`.
+    answered: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -718,13 +905,14 @@ impl Conn {
             }
             .boxed_unsync()
         } else {
-            self.complete = true;
+            // Before hyper has the response, so that its guard sees it.
+            self.answered.store(true, Release);
             forkd::app::full(body.clone())
         };
         let mut response = hyper::Response::new(boxed);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
-        if respond.send(response).is_err() {
+        if respond.is_closed() || self.outbox.send(Answer(respond, response)).is_err() {
             self.disconnected = true;
             return Err(disconnected_error());
         }
@@ -733,7 +921,10 @@ impl Conn {
                 self.stream = Some(sender);
                 self.push(py, body, true)
             }
-            None => ready(py, py.None()),
+            None => {
+                self.completed(py)?;
+                done(py)
+            }
         }
     }
 
@@ -769,11 +960,23 @@ impl Conn {
         if !more {
             // Dropping our sender ends the body once the queued chunks are written.
             self.stream = None;
-            self.complete = true;
+            self.answered.store(true, Release);
+            self.completed(py)?;
         }
         match waited {
             Some(future) => Ok(future),
-            None => ready(py, py.None()),
+            None => done(py),
+        }
+    }
+
+    /// The last body message was sent: from now on `receive()` answers
+    /// `http.disconnect` (as uvicorn does once a response is complete), a waiting one
+    /// at once, as no Disconnect event will come (see [`DisconnectGuard`]).
+    fn completed(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.complete = true;
+        match self.pending_receive.take() {
+            Some(future) => resolve(py, &future, Self::disconnect_message(py)?),
+            None => Ok(()),
         }
     }
 
@@ -796,6 +999,16 @@ pub(crate) fn bytes_of(value: Option<Bound<'_, PyAny>>) -> PyResult<Bytes> {
     Ok(Bytes::copy_from_slice(bytes.as_bytes()))
 }
 
+/// `f` of the bytes of a `bytes` object in place (a header's name and value are parsed
+/// from it, not copied first), or of `bytes(value)` for another buffer.
+fn with_bytes<R>(value: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(bytes) = value.downcast::<PyBytes>() {
+        return Ok(f(bytes.as_bytes()));
+    }
+    let converted = value.py().get_type::<PyBytes>().call1((value,))?;
+    Ok(f(converted.downcast::<PyBytes>()?.as_bytes()))
+}
+
 #[pymethods]
 impl Conn {
     fn receive(&mut self, py: Python<'_>) -> PyResult<PyObject> {
@@ -803,7 +1016,7 @@ impl Conn {
             self.body_done = !more;
             return ready(py, Self::request_message(py, &data, more)?);
         }
-        if self.disconnected {
+        if self.disconnected || self.complete {
             return ready(py, Self::disconnect_message(py)?);
         }
         if !self.body_done {
@@ -837,23 +1050,24 @@ impl Conn {
                 if let Some(headers) = message.get_item(intern!(py, "headers"))? {
                     for item in headers.try_iter()? {
                         let item = item?;
-                        let name = bytes_of(Some(item.get_item(0)?))?;
-                        let value = bytes_of(Some(item.get_item(1)?))?;
-                        let name = hyper::header::HeaderName::from_bytes(&name).map_err(|_| {
-                            PyRuntimeError::new_err(format!(
-                                "invalid header name {:?}",
-                                String::from_utf8_lossy(&name)
-                            ))
-                        })?;
-                        let value =
-                            hyper::header::HeaderValue::from_maybe_shared(value).map_err(|_| {
+                        let name = with_bytes(&item.get_item(0)?, |name| {
+                            hyper::header::HeaderName::from_bytes(name).map_err(|_| {
+                                PyRuntimeError::new_err(format!(
+                                    "invalid header name {:?}",
+                                    String::from_utf8_lossy(name)
+                                ))
+                            })
+                        })??;
+                        let value = with_bytes(&item.get_item(1)?, |value| {
+                            hyper::header::HeaderValue::from_bytes(value).map_err(|_| {
                                 PyRuntimeError::new_err(format!("invalid value for header {name}"))
-                            })?;
+                            })
+                        })??;
                         map.append(name, value);
                     }
                 }
                 self.head = Some((status, map));
-                ready(py, py.None())
+                done(py)
             }
             "http.response.body" => {
                 if self.complete {
@@ -898,10 +1112,9 @@ impl Conn {
     fn failed(&mut self, _py: Python<'_>) -> PyResult<()> {
         self.forget();
         if let Some(respond) = self.respond.take() {
-            let _ = respond.send(forkd::app::respond(
-                500,
-                "text/plain; charset=utf-8",
-                "Internal Server Error\n",
+            let _ = self.outbox.send(Answer(
+                respond,
+                forkd::app::respond(500, "text/plain; charset=utf-8", "Internal Server Error\n"),
             ));
         } else if self.stream.take().is_some() {
             self.aborted.store(true, Release);

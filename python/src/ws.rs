@@ -9,7 +9,7 @@
 //! connection is not read until the app takes one (as uvicorn's `--ws-max-queue`), so a
 //! client that sends faster than the app receives is held back by TCP, not buffered.
 
-use crate::bridge::{ready, resolve, Event, Inbox};
+use crate::bridge::{done, ready, resolve, Event, Inbox};
 use bytes::Bytes;
 use forkd::app::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -430,7 +430,7 @@ impl WsConn {
                     subprotocol,
                     headers,
                 });
-                ready(py, py.None())
+                done(py)
             }
             "websocket.send" => {
                 if self.answer.is_some() {
@@ -453,7 +453,7 @@ impl WsConn {
                     },
                 };
                 match self.post(&outgoing, Outgoing::Message(message)) {
-                    Ok(false) => ready(py, py.None()),
+                    Ok(false) => done(py),
                     Ok(true) => {
                         let future = self.create_future.call0(py)?;
                         self.pending_send = Some(future.clone_ref(py));
@@ -476,7 +476,7 @@ impl WsConn {
                 } else if let Some(outgoing) = self.outgoing.take() {
                     let _ = self.post(&outgoing, Outgoing::Close(code, reason));
                 }
-                ready(py, py.None())
+                done(py)
             }
             other => Err(PyRuntimeError::new_err(format!(
                 "unexpected ASGI message {other:?} for a WebSocket"
