@@ -133,14 +133,7 @@ fn twelve_hups_under_keepalive_load_drop_nothing_for_the_axum_example() {
 /// content-length: (status, response body).
 async fn h2_post(addr: &str, path: &str, body: String) -> (u16, Vec<u8>) {
     use http_body_util::{BodyExt, StreamBody};
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_client(addr).await;
     let req = hyper::Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/json")
         .body(StreamBody::new(futures_util::stream::iter(
@@ -178,10 +171,7 @@ fn forkd_limits_hold_for_the_routers_request_bodies_over_http1_and_http2() {
     let (status, _, body) = post_json(&addr, "/echo", &small);
     assert_eq!((status, json(&body)["count"].clone()), (200, 1.into()));
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     runtime.block_on(async {
         // No content-length: the limit is enforced on the stream's data frames, by
         // forkd's RequestBody under axum's Json extractor.

@@ -340,12 +340,44 @@ impl Flood {
     }
 }
 
-/// A proper HTTP/2 request with prior knowledge: GET /echo answered with 200 and a body.
-fn h2_get(addr: &str) {
+/// Appends HEADERS opening stream 1, a POST /echo whose body never comes: a stream the
+/// server must keep open.
+fn open_a_post(out: &mut Vec<u8>) {
+    frame(out, HEADERS, END_HEADERS, 1, &request_head(true, "/echo"));
+}
+
+/// A connection for a proper client: reads time out after 5 s.
+fn client(addr: &str) -> TcpStream {
     let stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
+    stream
+}
+
+/// The next frame from the server: its 9-byte head, its stream and its payload. A
+/// SETTINGS frame that is not an ACK is acknowledged, as a proper client does.
+fn next_frame(stream: &TcpStream) -> ([u8; 9], u32, Vec<u8>) {
+    let mut reader = stream;
+    let mut head = [0u8; 9];
+    reader
+        .read_exact(&mut head)
+        .expect("a frame from the server");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; len];
+    reader.read_exact(&mut payload).expect("a frame's payload");
+    let stream_id = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+    if head[3] == SETTINGS && head[4] & ACK == 0 {
+        let mut ack = Vec::new();
+        frame(&mut ack, SETTINGS, ACK, 0, &[]);
+        reader.write_all(&ack).expect("settings ack");
+    }
+    (head, stream_id, payload)
+}
+
+/// A proper HTTP/2 request with prior knowledge: GET /echo answered with 200 and a body.
+fn h2_get(addr: &str) {
+    let stream = client(addr);
     let mut out = PREFACE.to_vec();
     frame(&mut out, SETTINGS, 0, 0, &[]);
     frame(
@@ -356,23 +388,10 @@ fn h2_get(addr: &str) {
         &request_head(false, "/echo"),
     );
     (&stream).write_all(&out).expect("write");
-    let mut reader = &stream;
-    let mut head = [0u8; 9];
     let (mut status_200, mut body) = (false, Vec::new());
     loop {
-        reader
-            .read_exact(&mut head)
-            .expect("a frame from the server");
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0; len];
-        reader.read_exact(&mut payload).expect("a frame's payload");
-        let stream_id = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        let (head, stream_id, payload) = next_frame(&stream);
         match head[3] {
-            SETTINGS if head[4] & ACK == 0 => {
-                let mut ack = Vec::new();
-                frame(&mut ack, SETTINGS, ACK, 0, &[]);
-                (&stream).write_all(&ack).expect("settings ack");
-            }
             // `:status: 200` is static table entry 8, which hyper sends indexed.
             HEADERS if stream_id == 1 => status_200 = payload.first() == Some(&0x88),
             0x0 if stream_id == 1 => body.extend_from_slice(&payload),
@@ -548,13 +567,7 @@ fn ack_flood(name: &str, kind: u8, payload: &[u8], hold_stream: bool) {
     let stream = attacker(&flood.server.addr);
     if hold_stream {
         let mut open = Vec::new();
-        frame(
-            &mut open,
-            HEADERS,
-            END_HEADERS,
-            1,
-            &request_head(true, "/echo"),
-        );
+        open_a_post(&mut open);
         (&stream).write_all(&open).expect("open a stream");
     }
     let started = Instant::now();
@@ -755,33 +768,17 @@ fn big_head(out: &mut Vec<u8>, stream: u32, size: usize) {
 #[test]
 fn an_oversized_head_gets_431_and_the_connection_goes_on() {
     let flood = Flood::start("big-head");
-    let stream = TcpStream::connect(&flood.server.addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
+    let stream = client(&flood.server.addr);
     let mut out = PREFACE.to_vec();
     frame(&mut out, SETTINGS, 0, 0, &[]);
     big_head(&mut out, 1, 80 * 1024);
     // Within the limit, though over hyper's default of 16 KiB.
     big_head(&mut out, 3, 40 * 1024);
     (&stream).write_all(&out).expect("write");
-    let mut reader = &stream;
-    let mut head = [0u8; 9];
     let (mut status_1, mut status_3) = (None, None);
     while status_1.is_none() || status_3.is_none() {
-        reader
-            .read_exact(&mut head)
-            .expect("a frame from the server");
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0; len];
-        reader.read_exact(&mut payload).expect("a frame's payload");
-        let stream_id = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        let (head, stream_id, payload) = next_frame(&stream);
         match head[3] {
-            SETTINGS if head[4] & ACK == 0 => {
-                let mut ack = Vec::new();
-                frame(&mut ack, SETTINGS, ACK, 0, &[]);
-                (&stream).write_all(&ack).expect("settings ack");
-            }
             // "431" Huffman-coded is 0x69 0x90 0xff (length byte 0x83); 200 is indexed
             // (0x88).
             HEADERS if stream_id == 1 => {
@@ -806,13 +803,7 @@ fn ping_flood_from_a_client_that_reads_and_answers_is_cut_off() {
     let stream = attacker(&flood.server.addr);
     let mut open = Vec::new();
     frame(&mut open, SETTINGS, ACK, 0, &[]);
-    frame(
-        &mut open,
-        HEADERS,
-        END_HEADERS,
-        1,
-        &request_head(true, "/echo"),
-    );
+    open_a_post(&mut open);
     (&stream).write_all(&open).expect("open a stream");
     let started = Instant::now();
     // Reads everything; the server's own PINGs are queued to be acknowledged.

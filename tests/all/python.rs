@@ -379,21 +379,12 @@ fn max_worker_memory_recycles_a_python_worker_that_allocates_dropping_nothing() 
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, mut handles) = load(&server.addr, 64, stop.clone());
     // Grows the workers' RSS: 4 MiB kept per request.
-    let (addr, grow_stop, grow_tally) = (server.addr.clone(), stop.clone(), tally.clone());
-    handles.push(std::thread::spawn(move || {
-        while !grow_stop.load(std::sync::atomic::Ordering::Relaxed) {
-            match get(&addr, "/leak?kb=4096") {
-                Ok((200, _, _)) => {
-                    grow_tally
-                        .ok
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok((status, _, _)) => grow_tally.fail(format!("leak request: status {status}")),
-                Err(e) => grow_tally.fail(format!("leak request: {e}")),
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }));
+    handles.push(leak_requests(
+        &server.addr,
+        "/leak?kb=4096",
+        stop.clone(),
+        tally.clone(),
+    ));
     let recycled = poll_until(Duration::from_secs(60), || {
         server
             .log()
@@ -541,6 +532,14 @@ fn open_websocket(addr: &str) -> std::net::TcpStream {
 }
 
 fn open_websocket_at(addr: &str, path: &str) -> std::net::TcpStream {
+    let (stream, head) = websocket_handshake(addr, path);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    stream
+}
+
+/// Sends the upgrade request with RFC 6455's example key and reads the response head,
+/// lowercased; the caller asserts what it expects of it.
+fn websocket_handshake(addr: &str, path: &str) -> (std::net::TcpStream, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
@@ -560,34 +559,15 @@ fn open_websocket_at(addr: &str, path: &str) -> std::net::TcpStream {
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    stream
+    (stream, head)
 }
 
 #[test]
 fn a_fastapi_websocket_echoes_and_closes() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let dir = app_dir("ws");
     let server = start(&dir, &["-w", "1"], "");
-    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream
-            .read_exact(&mut byte)
-            .expect("the handshake response");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let (mut stream, head) = websocket_handshake(&server.addr, "/ws");
     assert!(head.starts_with("http/1.1 101"), "{head}");
     // RFC 6455's own example key and answer.
     assert!(
@@ -612,22 +592,7 @@ fn a_fastapi_websocket_echoes_and_closes() {
     assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4000);
 
     // A client that closes: the app sees WebSocketDisconnect with its code.
-    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
+    let (mut stream, _head) = websocket_handshake(&server.addr, "/ws");
     stream
         .write_all(&client_frame(0x8, &1001u16.to_be_bytes()))
         .unwrap();
@@ -737,19 +702,9 @@ fn http2_requests_reach_the_app_with_a_host_header() {
     let dir = app_dir("h2");
     let server = start(&dir, &["-w", "1"], "");
     let addr = server.addr.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let body = runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut sender = h2_client(&addr).await;
         let req = hyper::Request::get(format!("http://{addr}/scope/h2?x=1"))
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();

@@ -19,7 +19,7 @@ use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -200,55 +200,14 @@ fn tls_load(
     connections: usize,
     stop: Arc<AtomicBool>,
 ) -> (Arc<Tally>, Vec<std::thread::JoinHandle<()>>) {
-    let tally = Arc::new(Tally::default());
-    let handles = (0..connections)
-        .map(|_| {
-            let (addr, stop, tally, config) = (
-                addr.to_string(),
-                stop.clone(),
-                tally.clone(),
-                config.clone(),
-            );
-            std::thread::spawn(move || {
-                let mut conn: Option<BufReader<Tls>> = None;
-                while !stop.load(Ordering::Relaxed) {
-                    if conn.is_none() {
-                        match connect(&addr, &config) {
-                            Ok(stream) => conn = Some(BufReader::new(stream)),
-                            Err(e) => {
-                                tally.fail(e);
-                                std::thread::sleep(Duration::from_millis(10));
-                                continue;
-                            }
-                        }
-                    }
-                    let reader = conn.as_mut().unwrap();
-                    let result = reader
-                        .get_mut()
-                        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                        .map_err(|e| format!("write: {e}"))
-                        .and_then(|_| read_response_with_body(reader));
-                    match result {
-                        Ok((status, close, _)) if (200..300).contains(&status) => {
-                            tally.ok.fetch_add(1, Ordering::Relaxed);
-                            if close {
-                                conn = None;
-                            }
-                        }
-                        Ok((status, _, _)) => {
-                            tally.fail(format!("status {status}"));
-                            conn = None;
-                        }
-                        Err(e) => {
-                            tally.fail(e);
-                            conn = None;
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    (tally, handles)
+    let addr = addr.to_string();
+    load_over(
+        connections,
+        stop,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        true,
+        move || connect(&addr, &config),
+    )
 }
 
 // ---- an async client: hyper over tokio-rustls -------------------------------------------

@@ -71,16 +71,19 @@ fn poke(pid: i32, address: u64, bytes: &[u8]) {
     mem.write_all(bytes).expect("write");
 }
 
-/// The header's fold sequence: after `started_ms` (u64) and `server_stopping` (u32).
-const FOLD_SEQ_OFFSET: u64 = 16;
-
-#[test]
-fn a_worker_leaving_the_fold_sequence_odd_does_not_hang_the_master() {
-    if !nix::unistd::geteuid().is_root() {
+/// Whether this test process may write other processes' memory (root); says so if not.
+fn can_poke() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
         eprintln!("skipped: writing another process's memory needs root");
-        return;
     }
-    let dir = temp_dir("untrusted-scoreboard");
+    root
+}
+
+/// Two echo workers and a metrics listener, from a config in a fresh temp dir `name`;
+/// the server and the metrics address.
+fn echo_server_with_metrics(name: &str) -> (Server, String) {
+    let dir = temp_dir(name);
     let config = dir.join("forkd.toml");
     std::fs::write(
         &config,
@@ -88,8 +91,20 @@ fn a_worker_leaving_the_fold_sequence_odd_does_not_hang_the_master() {
          [metrics]\nbind = \"127.0.0.1:0\"\n",
     )
     .expect("config");
-    let mut server = Forkd::new().config(&config).start();
+    let server = Forkd::new().config(&config).start();
     let metrics = metrics_addr(&server);
+    (server, metrics)
+}
+
+/// The header's fold sequence: after `started_ms` (u64) and `server_stopping` (u32).
+const FOLD_SEQ_OFFSET: u64 = 16;
+
+#[test]
+fn a_worker_leaving_the_fold_sequence_odd_does_not_hang_the_master() {
+    if !can_poke() {
+        return;
+    }
+    let (mut server, metrics) = echo_server_with_metrics("untrusted-scoreboard");
     assert_eq!(get(&server.addr, "/").expect("request").0, 200);
     // What a worker could do: the mapping is the same in every process of the tree.
     let worker = workers_of(server.pid())[0];
@@ -117,20 +132,10 @@ fn a_worker_leaving_the_fold_sequence_odd_does_not_hang_the_master() {
 
 #[test]
 fn workers_writing_huge_counters_and_lengths_do_not_crash_the_master() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: writing another process's memory needs root");
+    if !can_poke() {
         return;
     }
-    let dir = temp_dir("untrusted-counters");
-    let config = dir.join("forkd.toml");
-    std::fs::write(
-        &config,
-        "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\ngraceful_timeout = 5\n\
-         [metrics]\nbind = \"127.0.0.1:0\"\n",
-    )
-    .expect("config");
-    let mut server = Forkd::new().config(&config).start();
-    let metrics = metrics_addr(&server);
+    let (mut server, metrics) = echo_server_with_metrics("untrusted-counters");
     let workers = workers_of(server.pid());
     for slot in slot_addresses(workers[0], &workers) {
         poke(workers[0], slot + REQUESTS_OFFSET, &u64::MAX.to_ne_bytes());
@@ -257,15 +262,22 @@ fn listening_address(server: &Server) -> String {
         .to_string()
 }
 
-#[test]
-fn a_squatted_notify_socket_name_does_not_block_exec_workers() {
-    use std::os::linux::net::SocketAddrExt;
-    let dir = temp_dir("untrusted-notify");
+/// A fresh temp dir `name` holding tests/exec/notify_worker.py, an exec worker that
+/// says READY=1 on the notify socket.
+fn dir_with_the_notify_worker(name: &str) -> std::path::PathBuf {
+    let dir = temp_dir(name);
     std::fs::write(
         dir.join("notify_worker.py"),
         include_str!("../exec/notify_worker.py"),
     )
     .expect("worker");
+    dir
+}
+
+#[test]
+fn a_squatted_notify_socket_name_does_not_block_exec_workers() {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = dir_with_the_notify_worker("untrusted-notify");
     let config = dir.join("forkd.toml");
     std::fs::write(
         &config,
@@ -422,12 +434,7 @@ fn blocks(pid: i32, signo: i32) -> bool {
 
 #[test]
 fn a_forged_reload_reply_is_ignored_by_the_waiting_client() {
-    let dir = temp_dir("untrusted-reload-reply");
-    std::fs::write(
-        dir.join("notify_worker.py"),
-        include_str!("../exec/notify_worker.py"),
-    )
-    .expect("worker");
+    let dir = dir_with_the_notify_worker("untrusted-reload-reply");
     let config = dir.join("forkd.toml");
     // Workers that take 3 s to be ready: the reload is still under way when the forged
     // replies arrive.

@@ -9,7 +9,7 @@
 use crate::harness;
 
 use harness::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,17 +40,8 @@ fn max_requests_recycling_under_keepalive_load_drops_nothing() {
 
 #[test]
 fn usr2_upgrade_under_load_drops_nothing_and_moves_the_pidfile() {
-    let dir = temp_dir("usr2");
     // Upgrade to a copy of the binary, as a deploy would replace it on disk.
-    let binary = dir.join("forkd");
-    std::fs::copy(forkd(), &binary).expect("copy binary");
-    let pidfile = dir.join("forkd.pid");
-    let server = Forkd::program(&binary)
-        .local()
-        .workers(2)
-        .args(["-p", pidfile.to_str().unwrap()])
-        .app("hello")
-        .start();
+    let (dir, binary, pidfile, server) = start_from_a_copy("usr2", 2);
     let old = server.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, handles) = load(&server.addr, 64, stop.clone());
@@ -74,16 +65,10 @@ fn usr2_upgrade_under_load_drops_nothing_and_moves_the_pidfile() {
     // The new master is no longer our child: stop it by pid.
     let new_workers = workers_of(new_pid);
     if new_pid > 0 {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(new_pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        signal_pid(new_pid, nix::sys::signal::Signal::SIGKILL);
     }
     for w in new_workers {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(w),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        signal_pid(w, nix::sys::signal::Signal::SIGKILL);
     }
     assert!(
         moved,
@@ -101,16 +86,7 @@ fn usr2_upgrade_under_load_drops_nothing_and_moves_the_pidfile() {
 
 #[test]
 fn usr2_to_a_binary_that_exits_keeps_the_old_master_and_restores_the_pidfile() {
-    let dir = temp_dir("usr2-bad");
-    let binary = dir.join("forkd");
-    std::fs::copy(forkd(), &binary).expect("copy binary");
-    let pidfile = dir.join("forkd.pid");
-    let server = Forkd::program(&binary)
-        .local()
-        .workers(1)
-        .args(["-p", pidfile.to_str().unwrap()])
-        .app("hello")
-        .start();
+    let (dir, binary, pidfile, server) = start_from_a_copy("usr2-bad", 1);
     let broken = dir.join("broken");
     std::fs::write(&broken, "#!/bin/sh\nexit 1\n").expect("write script");
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -208,23 +184,10 @@ fn manual_upgrade_usr2_then_winch_and_term_on_the_old_master_drops_nothing() {
     let (tally, handles) = load(&server.addr, 64, stop.clone());
     std::thread::sleep(Duration::from_millis(200));
     server.signal(nix::sys::signal::Signal::SIGUSR2);
-    let current_pid = || read_pid(&pidfile);
-    assert!(
-        poll_until(Duration::from_secs(10), || current_pid()
-            .is_some_and(|p| p != old)),
-        "{}",
-        server.log()
-    );
-    let new_pid = current_pid().unwrap_or(0);
+    let new_pid = wait_for_a_new_master(&server, &pidfile, old);
     // The operator's half: WINCH, then TERM, to the old master.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old),
-        nix::sys::signal::Signal::SIGWINCH,
-    );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    signal_pid(old, nix::sys::signal::Signal::SIGWINCH);
+    signal_pid(old, nix::sys::signal::Signal::SIGTERM);
     let old_gone = poll_until(Duration::from_secs(15), || {
         matches!(server.child.try_wait(), Ok(Some(_)))
     });
@@ -233,10 +196,7 @@ fn manual_upgrade_usr2_then_winch_and_term_on_the_old_master_drops_nothing() {
     let new_workers = workers_of(new_pid);
     assert_eq!(new_workers.len(), 2, "the new master serves with 2 workers");
     for pid in new_workers.into_iter().chain([new_pid]) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
     }
     assert!(old_gone, "{}", server.log());
     assert_no_failures(&tally, &server, "manual WINCH/TERM upgrade");
@@ -255,13 +215,7 @@ fn manual_upgrade_rolls_back_with_hup_to_the_old_master_and_term_to_the_new() {
     server.signal(nix::sys::signal::Signal::SIGUSR2);
     server.signal(nix::sys::signal::Signal::SIGWINCH);
     let current_pid = || read_pid(&pidfile);
-    assert!(
-        poll_until(Duration::from_secs(10), || current_pid()
-            .is_some_and(|p| p != old)),
-        "{}",
-        server.log()
-    );
-    let new_pid = current_pid().unwrap_or(0);
+    let new_pid = wait_for_a_new_master(&server, &pidfile, old);
     server.expect_log("staying for the operator", Duration::from_secs(10));
     assert!(
         poll_until(Duration::from_secs(10), || workers_of(old).is_empty()),
@@ -274,10 +228,7 @@ fn manual_upgrade_rolls_back_with_hup_to_the_old_master_and_term_to_the_new() {
         "{}",
         server.log()
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(new_pid),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    signal_pid(new_pid, nix::sys::signal::Signal::SIGTERM);
     let restored = poll_until(Duration::from_secs(15), || current_pid() == Some(old));
     std::thread::sleep(Duration::from_millis(300));
     finish(stop, handles);
@@ -318,34 +269,18 @@ fn max_worker_memory_recycles_a_growing_worker_under_keepalive_load_dropping_not
         .env("FORKD_MAX_WORKER_MEMORY", "48MiB")
         .env("FORKD_METRICS_BIND", "127.0.0.1:0")
         .start();
-    server.expect_log("serving /metrics on ", Duration::from_secs(5));
-    let metrics = server
-        .log()
-        .split("serving /metrics on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("metrics address")
-        .to_string();
+    let metrics = metrics_addr(&server);
     let series = "forkd_worker_restarts_total{reason=\"max_worker_memory\"}";
     assert_eq!(scrape_value(&metrics, series), Some(0.0));
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, mut handles) = load(&server.addr, 64, stop.clone());
     // Grows the workers' RSS: 4 MiB kept per request, ~80 MiB a second in all.
-    let (addr, grow_stop, grow_tally) = (server.addr.clone(), stop.clone(), tally.clone());
-    handles.push(std::thread::spawn(move || {
-        while !grow_stop.load(std::sync::atomic::Ordering::Relaxed) {
-            match get(&addr, "/?leak_kb=4096") {
-                Ok((200, _, _)) => {
-                    grow_tally
-                        .ok
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok((status, _, _)) => grow_tally.fail(format!("leak request: status {status}")),
-                Err(e) => grow_tally.fail(format!("leak request: {e}")),
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }));
+    handles.push(leak_requests(
+        &server.addr,
+        "/?leak_kb=4096",
+        stop.clone(),
+        tally.clone(),
+    ));
     let recycled = poll_until(Duration::from_secs(30), || {
         scrape_value(&metrics, series).is_some_and(|n| n >= 3.0)
     });
@@ -397,4 +332,33 @@ fn max_worker_lifetime_recycles_every_worker_under_keepalive_load_dropping_nothi
         server.log()
     );
     assert_no_failures(&tally, &server, "max_worker_lifetime recycling");
+}
+
+/// Starts forkd (`workers` of the hello app, a pidfile) from a copy of the binary in a
+/// fresh temp dir `name`, so that a test can replace the copy as a deploy would.
+/// The dir, the copy, the pidfile and the server.
+fn start_from_a_copy(name: &str, workers: usize) -> (PathBuf, PathBuf, PathBuf, Server) {
+    let dir = temp_dir(name);
+    let binary = dir.join("forkd");
+    std::fs::copy(forkd(), &binary).expect("copy binary");
+    let pidfile = dir.join("forkd.pid");
+    let server = Forkd::program(&binary)
+        .local()
+        .workers(workers)
+        .args(["-p", pidfile.to_str().unwrap()])
+        .app("hello")
+        .start();
+    (dir, binary, pidfile, server)
+}
+
+/// Waits up to 10 s for the pidfile to name a master other than `old`; its pid.
+fn wait_for_a_new_master(server: &Server, pidfile: &Path, old: i32) -> i32 {
+    let current_pid = || read_pid(pidfile);
+    assert!(
+        poll_until(Duration::from_secs(10), || current_pid()
+            .is_some_and(|p| p != old)),
+        "{}",
+        server.log()
+    );
+    current_pid().unwrap_or(0)
 }

@@ -268,22 +268,43 @@ pub fn load_with(
     } else {
         b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     };
+    let addr = addr.to_string();
+    let connect = move || {
+        let stream = TcpStream::connect(&addr).map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        Ok(stream)
+    };
+    load_over(connections, stop, request, keep_alive, connect)
+}
+
+/// The load client of `load_with` over any stream `connect` makes (each with a read
+/// timeout): `connections` threads sending `request` until `stop`, reconnecting when the
+/// server says `Connection: close` (or after every request without `keep_alive`). A
+/// failed connect, any other end of a connection and any non-2xx is a failure.
+pub fn load_over<S, C>(
+    connections: usize,
+    stop: Arc<AtomicBool>,
+    request: &'static [u8],
+    keep_alive: bool,
+    connect: C,
+) -> (Arc<Tally>, Vec<std::thread::JoinHandle<()>>)
+where
+    S: Read + Write,
+    C: Fn() -> Result<S, String> + Clone + Send + 'static,
+{
     let tally = Arc::new(Tally::default());
     let handles = (0..connections)
         .map(|_| {
-            let (addr, stop, tally) = (addr.to_string(), stop.clone(), tally.clone());
+            let (connect, stop, tally) = (connect.clone(), stop.clone(), tally.clone());
             std::thread::spawn(move || {
-                let mut conn: Option<BufReader<TcpStream>> = None;
+                let mut conn: Option<BufReader<S>> = None;
                 while !stop.load(Ordering::Relaxed) {
                     if conn.is_none() {
-                        match TcpStream::connect(&addr) {
-                            Ok(s) => {
-                                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                                conn = Some(BufReader::new(s));
-                            }
+                        match connect() {
+                            Ok(s) => conn = Some(BufReader::new(s)),
                             Err(e) => {
                                 tally.connect_failed.fetch_add(1, Ordering::Relaxed);
-                                tally.fail(format!("connect: {e}"));
+                                tally.fail(e);
                                 std::thread::sleep(Duration::from_millis(10));
                                 continue;
                             }
@@ -293,15 +314,15 @@ pub fn load_with(
                     let sent = reader.get_mut().write_all(request);
                     let result = sent
                         .map_err(|e| format!("write: {e}"))
-                        .and_then(|_| read_response(reader));
+                        .and_then(|_| read_response_with_body(reader));
                     match result {
-                        Ok((status, close)) if (200..300).contains(&status) => {
+                        Ok((status, close, _)) if (200..300).contains(&status) => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
                             if close || !keep_alive {
                                 conn = None;
                             }
                         }
-                        Ok((status, _)) => {
+                        Ok((status, _, _)) => {
                             tally.fail(format!("status {status}"));
                             conn = None;
                         }
@@ -315,6 +336,29 @@ pub fn load_with(
         })
         .collect();
     (tally, handles)
+}
+
+/// A thread that GETs `path` every 50 ms until `stop`, counting each answer in `tally`
+/// (a status other than 200 is a failure): the growing-memory side of recycling tests.
+pub fn leak_requests(
+    addr: &str,
+    path: &'static str,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> std::thread::JoinHandle<()> {
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match get(&addr, path) {
+                Ok((200, _, _)) => {
+                    tally.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((status, _, _)) => tally.fail(format!("leak request: status {status}")),
+                Err(e) => tally.fail(format!("leak request: {e}")),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
 }
 
 pub fn finish(stop: Arc<AtomicBool>, handles: Vec<std::thread::JoinHandle<()>>) {
@@ -480,6 +524,12 @@ pub fn read_pid(pidfile: &Path) -> Option<i32> {
 
 /// Kills a process that is not our child (a new master started by USR2) and its
 /// children on drop.
+/// Sends `signal` to `pid`, ignoring an error (the process may be gone already): for
+/// processes that are not our children, such as a master started by USR2.
+pub fn signal_pid(pid: i32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+}
+
 pub struct PidGuard(pub i32);
 
 impl Drop for PidGuard {
@@ -567,6 +617,25 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// An HTTP/2 client (prior knowledge, over TCP) to `addr`, its connection driven by a
+/// spawned task: call inside a tokio runtime.
+pub async fn h2_client<B>(addr: &str) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
 }
 
 /// A response body as JSON; fails the test showing the body's start if it is not.
