@@ -54,6 +54,13 @@ impl Pki {
         Pki { dir, ca, ca_key }
     }
 
+    /// A new CA whose certificate for localhost (serial 1) is installed as the server's.
+    fn serving_localhost(name: &str) -> Pki {
+        let pki = Pki::new(name);
+        pki.install(&pki.issue("localhost", 1, false, false));
+        pki
+    }
+
     fn issue(&self, cn: &str, serial: u8, client: bool, expired: bool) -> Issued {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params
@@ -255,8 +262,7 @@ async fn hyper_get(
 
 #[test]
 fn https_with_alpn_h2_and_http11_and_the_access_log_fields() {
-    let pki = Pki::new("alpn");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("alpn");
     let access = pki.path("access.log");
     let server = start(
         &pki,
@@ -323,8 +329,7 @@ fn curl_gets_https_over_http11_and_h2() {
         eprintln!("curl is not installed: skipping the curl part");
         return;
     }
-    let pki = Pki::new("curl");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("curl");
     let server = start(&pki, &["-b", "tls://127.0.0.1:0", "-w", "1", "echo"], &[]);
     let port = server.addr.rsplit(':').next().unwrap().to_string();
     for (flag, expected) in [("--http1.1", "1.1"), ("--http2", "2")] {
@@ -356,8 +361,7 @@ fn curl_gets_https_over_http11_and_h2() {
 
 #[test]
 fn client_certificates_required_refuse_without_and_pass_the_subject_with() {
-    let pki = Pki::new("mtls");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("mtls");
     let server = start(
         &pki,
         &["-b", "tls://127.0.0.1:0", "-w", "1", "echo"],
@@ -394,8 +398,7 @@ fn client_certificates_required_refuse_without_and_pass_the_subject_with() {
 
 #[test]
 fn a_silent_handshake_is_closed_at_handshake_timeout_and_counted() {
-    let pki = Pki::new("timeout");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("timeout");
     let server = start(
         &pki,
         &["-b", "tls://127.0.0.1:0", "-w", "1", "hello"],
@@ -447,8 +450,7 @@ fn a_silent_handshake_is_closed_at_handshake_timeout_and_counted() {
 
 #[test]
 fn clear_text_http_on_a_tls_port_is_closed_and_the_worker_lives_on() {
-    let pki = Pki::new("plain");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("plain");
     let server = start(&pki, &["-b", "tls://127.0.0.1:0", "-w", "1", "hello"], &[]);
     let workers = workers_of(server.pid());
     assert_eq!(workers.len(), 1);
@@ -614,8 +616,7 @@ fn check_config_loads_and_checks_the_tls_files() {
 
 #[test]
 fn hup_rotates_the_certificate_under_https_keepalive_load_dropping_nothing() {
-    let pki = Pki::new("rotate");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("rotate");
     let server = start(&pki, &["-b", "tls://127.0.0.1:0", "-w", "2", "hello"], &[]);
     let client = pki.client(&[b"http/1.1"], None);
     let (_, _, serial) = https_get(&server.addr, &client, "/").unwrap();
@@ -650,8 +651,7 @@ fn hup_rotates_the_certificate_under_https_keepalive_load_dropping_nothing() {
 
 #[test]
 fn hup_with_a_broken_key_keeps_the_old_workers_and_says_which_file() {
-    let pki = Pki::new("badkey");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("badkey");
     let server = start(&pki, &["-b", "tls://127.0.0.1:0", "-w", "2", "hello"], &[]);
     let client = pki.client(&[], None);
     let workers = {
@@ -701,8 +701,7 @@ fn ipv6_tls_bind_serves_https() {
         eprintln!("no IPv6 loopback here: skipping");
         return;
     }
-    let pki = Pki::new("v6");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("v6");
     let server = start(&pki, &["-b", "tls://[::1]:0", "-w", "1", "hello"], &[]);
     assert!(server.addr.starts_with("[::1]:"), "{}", server.addr);
     let (status, body, _) = https_get(&server.addr, &pki.client(&[], None), "/").unwrap();
@@ -711,8 +710,7 @@ fn ipv6_tls_bind_serves_https() {
 
 #[test]
 fn sessions_resume_on_any_worker_with_the_ticket_key_shared_by_the_master() {
-    let pki = Pki::new("resume");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("resume");
     let server = start(&pki, &["-b", "tls://127.0.0.1:0", "-w", "2", "echo"], &[]);
     // One client config: its session cache holds the tickets the server sent.
     let client = pki.client(&[], None);
@@ -775,8 +773,7 @@ fn sessions_resume_on_any_worker_with_the_ticket_key_shared_by_the_master() {
 
 #[test]
 fn a_draining_worker_sends_goaway_on_h2_over_tls_and_finishes_the_stream() {
-    let pki = Pki::new("goaway");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("goaway");
     // A long keep-alive: an h2 connection that ends soon after the HUP was told to.
     let server = start(
         &pki,
@@ -837,8 +834,7 @@ fn a_draining_worker_sends_goaway_on_h2_over_tls_and_finishes_the_stream() {
 
 #[test]
 fn a_socket_passed_by_systemd_is_served_as_https_with_tls_fd_name() {
-    let pki = Pki::new("activate");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("activate");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
@@ -872,8 +868,7 @@ fn a_socket_passed_by_systemd_is_served_as_https_with_tls_fd_name() {
 
 #[test]
 fn usr2_hands_the_tls_listener_over_with_no_failed_https_request() {
-    let pki = Pki::new("usr2");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("usr2");
     let pidfile = pki.path("forkd.pid");
     let server = start(
         &pki,
@@ -909,8 +904,7 @@ fn usr2_hands_the_tls_listener_over_with_no_failed_https_request() {
 
 #[test]
 fn optional_client_certificates_and_min_version_13() {
-    let pki = Pki::new("optional");
-    pki.install(&pki.issue("localhost", 1, false, false));
+    let pki = Pki::serving_localhost("optional");
     let server = start(
         &pki,
         &["-b", "tls://127.0.0.1:0", "-w", "1", "echo"],
