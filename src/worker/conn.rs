@@ -28,7 +28,6 @@ use crate::scoreboard::{monotonic_ms, Rejection, Slot, FLAG_RETIRE};
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
-use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -402,9 +401,10 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new());
-    if peer.tls.as_ref().is_some_and(|t| t.h2) {
+    let alpn_h2 = peer.tls.as_ref().is_some_and(|t| t.h2);
+    if alpn_h2 {
         // ALPN chose HTTP/2: the drain sends GOAWAY even before the scanner has seen
-        // the preface (hyper-util's auto builder still tells the protocol by it).
+        // the preface.
         state.mark_http2();
     }
     let peer = Arc::new(peer);
@@ -413,7 +413,7 @@ where
         peer: peer.clone(),
         made: std::sync::OnceLock::new(),
     };
-    let io = TokioIo::new(GuardedIo::new(
+    let io = GuardedIo::new(
         stream,
         state.clone(),
         shared.limits,
@@ -421,7 +421,7 @@ where
         shared.board.header(),
         shared.access_log.clone().map(|log| (log, peer.clone())),
         Some(open),
-    ));
+    );
     let service = {
         let shared = shared.clone();
         let state = state.clone();
@@ -497,7 +497,7 @@ where
     };
     // With upgrades: an app answering 101 (a WebSocket) gets the connection's IO
     // (`hyper::upgrade::on`), which the limits IO then passes through unscanned.
-    let conn = shared.http.serve_connection_with_upgrades(io, service);
+    let conn = shared.http.serve(io, service, alpn_h2);
     tokio::pin!(conn);
     let mut drain = shared.drain_signal();
     let mut drain_seen = *drain.borrow();

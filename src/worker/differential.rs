@@ -302,7 +302,7 @@ where
     });
     shared
         .http
-        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .serve(io, service, false)
         .await
         .map_err(|e| e.to_string())
 }

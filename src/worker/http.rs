@@ -3,18 +3,18 @@
 //! against floods (`configure_http2`).
 
 use super::limits::HeadLimits;
+use super::protocol::Builders;
 use crate::config::Config;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 
 /// hyper's own default for `max_headers`; above it hyper must be told (and then
 /// allocates the header array per request, so it is set only when needed).
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// The builder every connection of a worker is served with.
-pub(super) fn builder(config: &Config, limits: &HeadLimits) -> auto::Builder<TokioExecutor> {
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    let mut http1 = http.http1();
+pub(super) fn builder(config: &Config, limits: &HeadLimits) -> Builders {
+    let mut http1 = http1::Builder::new();
     // forkd times header reads itself (`header_read_timeout`, conn.rs) and the limits
     // scanner hands hyper only whole heads, so hyper's buffer must fit the largest
     // head the limits allow.
@@ -29,8 +29,9 @@ pub(super) fn builder(config: &Config, limits: &HeadLimits) -> auto::Builder<Tok
     if config.limits.request_fields > HYPER_DEFAULT_MAX_HEADERS {
         http1.max_headers(config.limits.request_fields);
     }
-    configure_http2(&mut http, config);
-    http
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    configure_http2(&mut http2, config);
+    Builders { http1, http2 }
 }
 
 /// Streams one HTTP/2 connection may have open at once (nginx's
@@ -67,7 +68,7 @@ const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 ///   moves a stream, it gets a PING, and is closed if it has not answered within
 ///   another `header_read_timeout` (forkd's own watchdog covers connections with
 ///   nothing in flight).
-fn configure_http2(http: &mut auto::Builder<TokioExecutor>, config: &Config) {
+fn configure_http2(http2: &mut http2::Builder<TokioExecutor>, config: &Config) {
     let limits = &config.limits;
     let head = limits.request_line.saturating_add(
         limits
@@ -78,7 +79,7 @@ fn configure_http2(http: &mut auto::Builder<TokioExecutor>, config: &Config) {
     let stream_window = limits
         .max_body
         .clamp(64 * 1024, u64::from(H2_CONNECTION_WINDOW)) as u32;
-    http.http2()
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)

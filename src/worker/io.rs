@@ -290,7 +290,7 @@ where
                 if this.held.is_empty() {
                     // Its capacity (16 KiB and more) would otherwise stay with the
                     // connection for its life: every connection's first head passes
-                    // through here, as hyper-util first reads only the 24 bytes that
+                    // through here, as `protocol.rs` first reads only the 24 bytes that
                     // tell HTTP/2 from HTTP/1.
                     this.held = Vec::new();
                 }

@@ -29,8 +29,8 @@
 use crate::config::Limits;
 use crate::scoreboard::Rejection;
 
-/// The HTTP/2 connection preface (RFC 9113, 3.4): hyper-util's auto builder serves a
-/// connection as HTTP/2 exactly when its first 24 bytes are these.
+/// The HTTP/2 connection preface (RFC 9113, 3.4): a connection is served as HTTP/2
+/// (without ALPN) exactly when its first 24 bytes are these (`protocol.rs`).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The most bytes of one chunk-size line (digits, whitespace, extensions), and of all

@@ -18,6 +18,7 @@ mod http;
 #[allow(unsafe_code)] // Vec::set_len after a read into spare capacity
 mod io;
 mod limits;
+mod protocol;
 pub mod serve;
 
 use crate::access_log::AccessLog;

@@ -17,8 +17,6 @@ use crate::config::Config;
 use crate::forwarded::TrustedProxies;
 use crate::listeners::Listener;
 use crate::scoreboard::{monotonic_ms, Board, Scoreboard, Slot, WorkerState};
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use std::sync::{Arc, OnceLock};
@@ -322,7 +320,7 @@ pub(crate) struct Shared {
     pub(super) app: Arc<dyn App>,
     pub(super) slot: &'static Slot,
     pub(super) board: &'static Board,
-    pub(super) http: auto::Builder<TokioExecutor>,
+    pub(super) http: super::protocol::Builders,
     pub(super) keepalive: Duration,
     pub(super) header_read_timeout: Duration,
     /// `limits.body_read_timeout`; zero = off.
