@@ -461,7 +461,7 @@ impl Bridge {
         self.conns.borrow().get(&id).map(|c| c.clone_ref(py))
     }
 
-    fn start(&mut self, py: Python<'_>, head: Head) -> PyResult<()> {
+    fn start(&mut self, py: Python<'_>, head: Box<Head>) -> PyResult<()> {
         let scope = self.scope(py, &head.parts, false)?;
         let Head {
             id,
@@ -471,7 +471,7 @@ impl Bridge {
             runtime,
             answered,
             ..
-        } = head;
+        } = *head;
         let conn = Py::new(
             py,
             Conn {
@@ -738,7 +738,7 @@ impl Bridge {
         self.inbox.take_into(&mut batch);
         for event in batch.drain(..) {
             let handled = match event {
-                Event::Head(head) => self.start(py, *head),
+                Event::Head(head) => self.start(py, head),
                 Event::Body { id, data, more } => match self.conn(py, id) {
                     Some(conn) => conn.borrow_mut(py).chunk(py, data, more),
                     None => Ok(()),
