@@ -86,7 +86,7 @@ fn a_relative_chdir_is_applied_once_for_exec_workers() {
 #[test]
 fn a_worker_running_as_another_user_is_seen_ready_at_once() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to start workers as nobody");
+        harness::cannot_run_here("needs root to start workers as nobody");
         return;
     }
     let began = Instant::now();
@@ -407,7 +407,7 @@ fn start_logging_to(command: &mut Command, error_log: &Path) -> Server {
 fn on_a_full_disk_access_log_lines_stay_whole_and_drops_are_counted() {
     let dir = temp_dir("os-full-disk");
     let Some(disk) = Tmpfs::mount(&dir.join("logs"), "64k") else {
-        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        harness::cannot_run_here("cannot mount a tmpfs (needs root)");
         return;
     };
     // Nearly full: a few KiB left.
@@ -680,7 +680,7 @@ impl Drop for MemoryCgroup {
 fn a_worker_taken_by_the_oom_killer_is_logged_as_such() {
     let name = format!("forkd-oom-{}", std::process::id());
     let Some(cgroup) = MemoryCgroup::new(&name, "48M") else {
-        eprintln!("skipped: no writable cgroup v1 memory controller");
+        harness::cannot_run_here("no writable cgroup v1 memory controller");
         return;
     };
     let procs = cgroup.0.join("cgroup.procs");
@@ -737,7 +737,7 @@ fn a_failed_allocation_is_in_a_file_error_log_and_named() {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("skipped: prlimit(1) is not available");
+        harness::cannot_run_here("prlimit(1) is not available");
         return;
     }
     let _ = get(&server.addr, &format!("/?bytes={}", 64 * 1024 * 1024));

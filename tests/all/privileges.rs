@@ -234,7 +234,7 @@ fn exec_workers_have_their_own_session_and_no_terminal_input() {
 #[test]
 fn workers_drop_the_masters_supplementary_groups() {
     if !is_root() {
-        eprintln!("skipped: needs root");
+        harness::cannot_run_here("needs root");
         return;
     }
     // A root master whose gid already is the target group, with extra groups of root's.

@@ -422,7 +422,7 @@ fn watchdog_meant_for_another_pid_is_ignored() {
 #[test]
 fn a_root_reload_of_a_master_running_as_another_user_gets_its_answer() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to start a master as nobody");
+        harness::cannot_run_here("needs root to start a master as nobody");
         return;
     }
     let dir = temp_dir("reload-other-user");

@@ -326,7 +326,7 @@ fn curl_gets_https_over_http11_and_h2() {
         .status()
         .is_ok_and(|s| s.success())
     {
-        eprintln!("curl is not installed: skipping the curl part");
+        harness::cannot_run_here("curl is not installed (scripts/test-deps.sh installs it)");
         return;
     }
     let pki = Pki::serving_localhost("curl");
@@ -698,7 +698,7 @@ fn hup_with_a_broken_key_keeps_the_old_workers_and_says_which_file() {
 #[test]
 fn ipv6_tls_bind_serves_https() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("no IPv6 loopback here: skipping");
+        harness::cannot_run_here("no IPv6 loopback here");
         return;
     }
     let pki = Pki::serving_localhost("v6");

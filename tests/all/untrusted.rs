@@ -71,11 +71,12 @@ fn poke(pid: i32, address: u64, bytes: &[u8]) {
     mem.write_all(bytes).expect("write");
 }
 
-/// Whether this test process may write other processes' memory (root); says so if not.
+/// Whether this test process may write other processes' memory (root); if not, the
+/// test fails (or, with `ALLOW_TEST_SKIPS=1`, is skipped).
 fn can_poke() -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
-        eprintln!("skipped: writing another process's memory needs root");
+        harness::cannot_run_here("writing another process's memory needs root");
     }
     root
 }
