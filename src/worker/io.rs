@@ -103,7 +103,7 @@ struct H2Frames {
 impl H2Frames {
     fn new() -> H2Frames {
         H2Frames {
-            skip: b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".len(),
+            skip: super::protocol::H2_PREFACE.len(),
             head: [0; 9],
             have: 0,
             credit: H2_CONTROL_BURST,

@@ -26,12 +26,9 @@
 //! ([`Scanner::stop_following`]); an `Upgrade` header on its own changes nothing, as
 //! in hyper.
 
+use super::protocol::{sniff, Sniff};
 use crate::config::Limits;
 use crate::scoreboard::Rejection;
-
-/// The HTTP/2 connection preface (RFC 9113, 3.4): a connection is served as HTTP/2
-/// (without ALPN) exactly when its first 24 bytes are these (`protocol.rs`).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The most bytes of one chunk-size line (digits, whitespace, extensions), and of all
 /// extensions of one body; hyper's own cap on extensions is 16 KiB per body.
@@ -297,21 +294,17 @@ impl Scanner {
                         violation: Violation::Malformed("data after a refused request"),
                     }
                 }
-                Phase::Preface => {
-                    let seen = &data[pos..];
-                    let n = seen.len().min(H2_PREFACE.len());
-                    if seen[..n] != H2_PREFACE[..n] {
-                        self.phase = Phase::Head(HeadProgress::default());
-                    } else if n == H2_PREFACE.len() {
+                // Decided as the connection is served (`protocol.rs`), so the two agree.
+                Phase::Preface => match sniff(&data[pos..], false) {
+                    Sniff::Http1 => self.phase = Phase::Head(HeadProgress::default()),
+                    Sniff::Http2 => {
                         self.http2 = true;
                         self.phase = Phase::NotFollowing;
                         return Scan::Clean;
-                    } else if n == 0 {
-                        return Scan::Clean;
-                    } else {
-                        return Scan::PartialHead { start: pos };
                     }
-                }
+                    Sniff::Undecided if pos == data.len() => return Scan::Clean,
+                    Sniff::Undecided => return Scan::PartialHead { start: pos },
+                },
                 Phase::Body(remaining) => {
                     let available = (data.len() - pos) as u64;
                     if available < *remaining {

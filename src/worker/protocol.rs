@@ -15,8 +15,10 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The HTTP/2 connection preface (RFC 9113, 3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The HTTP/2 connection preface (RFC 9113, 3.4): a connection is served as HTTP/2
+/// (without ALPN) exactly when its first 24 bytes are these. The limits scanner and the
+/// frame follower (`limits.rs`, `io.rs`) decide by the same [`sniff`].
+pub(super) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The error a connection ends with.
 pub(super) type ConnError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,7 +31,7 @@ pub(crate) struct Builders {
 
 /// What the first bytes of a connection say, as far as they have come.
 #[derive(Debug, PartialEq, Eq)]
-enum Sniff {
+pub(super) enum Sniff {
     /// The preface so far: more bytes are needed.
     Undecided,
     Http1,
@@ -37,7 +39,7 @@ enum Sniff {
 }
 
 /// Decides the protocol by the bytes read so far (`eof`: no more will come).
-fn sniff(seen: &[u8], eof: bool) -> Sniff {
+pub(super) fn sniff(seen: &[u8], eof: bool) -> Sniff {
     let n = seen.len().min(H2_PREFACE.len());
     if seen[..n] != H2_PREFACE[..n] {
         Sniff::Http1
