@@ -1340,15 +1340,11 @@ fn smuggled() -> Vec<u8> {
     .into_bytes()
 }
 
-/// Issue 12 (1): a bare LF in a chunked trailer. The scanner ends the body at `\n\r\n`
-/// and takes `POST /decoy` for a request whose body is `GET /smuggled`; hyper reads the
-/// decoy's head as trailer lines and `GET /smuggled` as the next request.
-#[test]
-fn differential_bare_lf_in_chunked_trailer() {
+/// `first`, then `POST /decoy` whose body is the [`smuggled`] request: a scanner that
+/// ends `first`'s body too early frames the decoy; hyper frames the smuggled request.
+fn then_a_decoy_smuggling(first: &[u8]) -> Vec<u8> {
     let smuggled = smuggled();
-    let mut input =
-        b"POST /t1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n"
-            .to_vec();
+    let mut input = first.to_vec();
     input.extend_from_slice(
         format!(
             "POST /decoy HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
@@ -1357,6 +1353,17 @@ fn differential_bare_lf_in_chunked_trailer() {
         .as_bytes(),
     );
     input.extend_from_slice(&smuggled);
+    input
+}
+
+/// Issue 12 (1): a bare LF in a chunked trailer. The scanner ends the body at `\n\r\n`
+/// and takes `POST /decoy` for a request whose body is `GET /smuggled`; hyper reads the
+/// decoy's head as trailer lines and `GET /smuggled` as the next request.
+#[test]
+fn differential_bare_lf_in_chunked_trailer() {
+    let input = then_a_decoy_smuggling(
+        b"POST /t1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n",
+    );
     assert_agrees(SMALL, 404, &input);
 }
 
@@ -1365,17 +1372,9 @@ fn differential_bare_lf_in_chunked_trailer() {
 /// there; hyper needs CRLF and reads the decoy's head as trailers.
 #[test]
 fn differential_bare_lf_ends_trailers() {
-    let smuggled = smuggled();
-    let mut input =
-        b"POST /t1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n".to_vec();
-    input.extend_from_slice(
-        format!(
-            "POST /decoy HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-            smuggled.len()
-        )
-        .as_bytes(),
+    let input = then_a_decoy_smuggling(
+        b"POST /t1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n",
     );
-    input.extend_from_slice(&smuggled);
     assert_agrees(SMALL, 404, &input);
 }
 
