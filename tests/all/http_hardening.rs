@@ -498,7 +498,7 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
             &format!("proxy-headers-{mode}"),
             &format!("app = \"echo\"\nbind = [\"127.0.0.1:0\"]\n{line}"),
         );
-        let server = Server::start(&forkd(), &["-c", &path]);
+        let server = Forkd::new().config(&path).start();
         let json = echo_json(&server.addr, spoofed);
         assert_eq!(json["remote_addr"], "203.0.113.9", "{mode}");
         assert_eq!(json["scheme"], "http", "{mode}");
@@ -514,7 +514,7 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
         "proxy-headers-forwarded",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_headers = \"forwarded\"\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let json = echo_json(&server.addr, spoofed);
     assert_eq!(json["remote_addr"], "1.2.3.4");
     assert_eq!(json["scheme"], "https");
@@ -527,7 +527,7 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
         "proxy-headers-both",
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nforwarded_headers = \"both\"\n",
     );
-    let server = Server::start(&forkd(), &["-c", &path]);
+    let server = Forkd::new().config(&path).start();
     let json = echo_json(&server.addr, spoofed);
     assert_eq!(json["remote_addr"], "1.2.3.4");
     assert_eq!(json["scheme"], "https");
@@ -538,16 +538,14 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
 
     // The environment sets it as any key; --print-config shows it.
     let path = temp_config("proxy-headers-print", "app = \"echo\"\n");
-    let env = [("FORKD_FORWARDED_HEADERS", "forwarded")];
-    let args = ["-c", &path, "--print-config"];
+    let print = Forkd::new()
+        .config(&path)
+        .arg("--print-config")
+        .env("FORKD_FORWARDED_HEADERS", "forwarded");
     // Bounded first; then read what it prints.
-    let (code, stderr) = run_to_exit(&forkd(), &args, &env, Duration::from_secs(10));
+    let (code, stderr) = print.run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{stderr}");
-    let printed = std::process::Command::new(forkd())
-        .args(args)
-        .envs(env)
-        .output()
-        .expect("print-config");
+    let printed = print.command().output().expect("print-config");
     let stdout = String::from_utf8_lossy(&printed.stdout);
     assert!(
         stdout.contains("forwarded_headers = \"forwarded\""),
@@ -559,12 +557,10 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
         "proxy-headers-bad",
         "app = \"echo\"\nforwarded_headers = \"auto\"\n",
     );
-    let (code, stderr) = run_to_exit(
-        &forkd(),
-        &["-c", &path, "--check-config"],
-        &[],
-        Duration::from_secs(10),
-    );
+    let (code, stderr) = Forkd::new()
+        .config(&path)
+        .arg("--check-config")
+        .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(2), "{stderr}");
     for needle in [
         "line 2",

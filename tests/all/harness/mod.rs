@@ -25,17 +25,6 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `binary` with `args` and waits until all workers are ready. `Forkd` builds
-    /// the same command line from named options; this stays for tests written against it.
-    pub fn start(binary: &Path, args: &[&str]) -> Server {
-        Server::start_with_env(binary, args, &[])
-    }
-
-    /// As `start`, with extra environment variables for forkd.
-    pub fn start_with_env(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::start_command(Command::new(binary).args(args).envs(env.iter().copied()))
-    }
-
     /// Starts `command` (forkd, or something that execs it) and waits for "all workers
     /// ready"; `addr` is the first address it logs listening on.
     pub fn start_command(command: &mut Command) -> Server {
@@ -466,19 +455,6 @@ impl ReadWrite for std::os::unix::net::UnixStream {
     }
 }
 
-/// Starts forkd and waits for it to exit (for runs that must fail): (exit code, stderr).
-pub fn run_to_exit(
-    binary: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    limit: Duration,
-) -> (Option<i32>, String) {
-    run_command(
-        Command::new(binary).args(args).envs(env.iter().copied()),
-        limit,
-    )
-}
-
 /// The embedded example app, built once per test process.
 pub fn counter_example() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -512,7 +488,7 @@ pub fn start_with_pidfile(name: &str, binary: &Path, args: &[&str]) -> (Server, 
     let pid_arg = pidfile.to_str().expect("utf-8 temp path").to_string();
     let mut all: Vec<&str> = vec!["-p", &pid_arg];
     all.extend_from_slice(args);
-    (Server::start(binary, &all), pidfile)
+    (Forkd::program(binary).args(all).start(), pidfile)
 }
 
 /// The pid a pidfile names, if it exists and holds one.
