@@ -424,23 +424,23 @@ impl AccessLog {
     }
 
     /// Keeps what the log line needs from a request head.
-    pub fn capture<B>(
+    pub fn capture(
         &self,
-        req: &hyper::Request<B>,
+        req: &hyper::http::request::Parts,
         client: Remote,
         peer: Option<SocketAddr>,
         scheme: &'static str,
         tls: Option<(&'static str, &'static str)>,
     ) -> Record {
-        let headers = req.headers();
+        let headers = &req.headers;
         Record {
             wall: SystemTime::now(),
             client,
             peer,
             head: Some(Head {
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                version: req.version(),
+                method: req.method.clone(),
+                uri: req.uri.clone(),
+                version: req.version,
             }),
             raw_line: String::new(),
             scheme,

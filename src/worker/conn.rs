@@ -395,6 +395,99 @@ impl Drop for RequestGuard {
     }
 }
 
+/// Who answers a request: forkd itself (a health path, boxed as it is rare), forkd's
+/// 413 for an HTTP/2 request that declares too large a body, or the app.
+enum Answer {
+    Forkd(Option<Box<crate::app::Response>>),
+    TooLarge,
+    App(crate::app::BoxFuture<crate::app::Response>),
+}
+
+/// One request's future, as hyper holds it: the app's future (called as the request
+/// arrives, as hyper polls the service's future at once), then the response wrapped
+/// in a [`TrackedBody`]. A plain struct rather than an `async` block, which would hold
+/// the request and the health answer next to the app's future and be several times
+/// larger, and hyper moves it twice per request.
+struct Responding {
+    answer: Answer,
+    /// Taken into the response body once the answer is there.
+    guard: Option<RequestGuard>,
+    verdict: Option<Verdict>,
+    shared: Arc<Shared>,
+    connect: bool,
+    /// The request was counted (`count_request`), on the first poll.
+    counted: bool,
+}
+
+impl Future for Responding {
+    type Output = Result<hyper::Response<TrackedBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let shared = &*this.shared;
+        if !this.counted {
+            this.counted = true;
+            shared.count_request();
+        }
+        let resp = match &mut this.answer {
+            Answer::App(fut) => std::task::ready!(fut.as_mut().poll(cx)),
+            Answer::Forkd(resp) => match resp.take() {
+                Some(resp) => *resp,
+                None => refusal(shared, Violation::Malformed("polled after its answer")),
+            },
+            Answer::TooLarge => {
+                shared.board.header().count_rejection(Rejection::MaxBody);
+                refusal(shared, Violation::BodyTooLarge)
+            }
+        };
+        let Some(mut guard) = this.guard.take() else {
+            // Polled again after it answered: hyper never does.
+            return Poll::Pending;
+        };
+        let verdict = this.verdict.take();
+        // A body forkd cut (HTTP/1: the IO refused this request's bytes;
+        // HTTP/2: the stream's body passed a limit) replaces the app's answer.
+        let cut = match &verdict {
+            None => guard.state.refusal_for(guard.number),
+            Some(verdict) => verdict.get().map(|cut| match cut {
+                Cut::TooLarge => {
+                    shared.board.header().count_rejection(Rejection::MaxBody);
+                    Violation::BodyTooLarge
+                }
+                Cut::Stalled => {
+                    shared
+                        .board
+                        .header()
+                        .count_rejection(Rejection::BodyReadTimeout);
+                    Violation::BodyTimeout
+                }
+            }),
+        };
+        let resp = match cut {
+            Some(violation) => refusal(shared, violation),
+            None => resp,
+        };
+        let status = resp.status();
+        if status == hyper::StatusCode::SWITCHING_PROTOCOLS || (this.connect && status.is_success())
+        {
+            // hyper hands the connection to the upgrade after this response.
+            guard.state.switched.store(true, Release);
+        }
+        guard.status = status.as_u16();
+        let mut resp = resp.map(|inner| TrackedBody {
+            inner,
+            request: guard,
+            // forkd's own refusal is sent whole; the app's answer is cut.
+            cut: verdict.filter(|_| cut.is_none()),
+        });
+        if (cut.is_some() || shared.is_draining()) && !resp.headers().contains_key(CONNECTION) {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
 /// Serves one accepted connection until it ends, is idle too long, or the drain ends it.
 pub async fn serve<T>(shared: Arc<Shared>, stream: T, peer: Peer, open: super::OpenConnection)
 where
@@ -426,72 +519,34 @@ where
         let shared = shared.clone();
         let state = state.clone();
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let shared = shared.clone();
-            let state = state.clone();
             let began = shared.timing.then(Instant::now);
-            let (mut req, verdict) = limit_body(&shared, req);
+            // The request is taken apart and put together once, as the app's: each
+            // move of it is a copy of some 200 bytes.
+            let (mut parts, incoming) = req.into_parts();
+            let (body, verdict) = limit_body(&shared, parts.version, incoming);
             let first = state.requests.load(Relaxed) == 0;
-            let record = prepare(&shared, &peer, &extensions, first, &mut req);
+            let record = prepare(&shared, &peer, &extensions, first, &mut parts);
             // Made before the future: if hyper drops the future unpolled or half-way
             // (stream reset, panic), the guard still ends the request.
-            let mut guard = RequestGuard::new(&shared, state.clone(), began, record);
-            let health = shared
+            let guard = RequestGuard::new(&shared, state.clone(), began, record);
+            let connect = parts.method == hyper::Method::CONNECT;
+            let answer = match shared
                 .health
-                .answer(req.uri().path(), shared.board.header());
-            let connect = req.method() == hyper::Method::CONNECT;
-            async move {
-                shared.count_request();
-                let resp = match health {
-                    Some(resp) => resp,
-                    None if declares_too_large_h2_body(&req, shared.limits.max_body) => {
-                        shared.board.header().count_rejection(Rejection::MaxBody);
-                        refusal(&shared, Violation::BodyTooLarge)
-                    }
-                    None => shared.app.call(req).await,
-                };
-                // A body forkd cut (HTTP/1: the IO refused this request's bytes;
-                // HTTP/2: the stream's body passed a limit) replaces the app's answer.
-                let cut = match &verdict {
-                    None => state.refusal_for(guard.number),
-                    Some(verdict) => verdict.get().map(|cut| match cut {
-                        Cut::TooLarge => {
-                            shared.board.header().count_rejection(Rejection::MaxBody);
-                            Violation::BodyTooLarge
-                        }
-                        Cut::Stalled => {
-                            shared
-                                .board
-                                .header()
-                                .count_rejection(Rejection::BodyReadTimeout);
-                            Violation::BodyTimeout
-                        }
-                    }),
-                };
-                let resp = match cut {
-                    Some(violation) => refusal(&shared, violation),
-                    None => resp,
-                };
-                let status = resp.status();
-                if status == hyper::StatusCode::SWITCHING_PROTOCOLS
-                    || (connect && status.is_success())
-                {
-                    // hyper hands the connection to the upgrade after this response.
-                    state.switched.store(true, Release);
+                .answer(parts.uri.path(), shared.board.header())
+            {
+                Some(resp) => Answer::Forkd(Some(Box::new(resp))),
+                None if declares_too_large_h2_body(&parts, shared.limits.max_body) => {
+                    Answer::TooLarge
                 }
-                guard.status = status.as_u16();
-                let mut resp = resp.map(|inner| TrackedBody {
-                    inner,
-                    request: guard,
-                    // forkd's own refusal is sent whole; the app's answer is cut.
-                    cut: verdict.filter(|_| cut.is_none()),
-                });
-                if (cut.is_some() || shared.is_draining())
-                    && !resp.headers().contains_key(CONNECTION)
-                {
-                    resp.headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(resp)
+                None => Answer::App(shared.app.call(hyper::Request::from_parts(parts, body))),
+            };
+            Responding {
+                answer,
+                guard: Some(guard),
+                verdict,
+                shared: shared.clone(),
+                connect,
+                counted: false,
             }
         })
     };
@@ -682,10 +737,10 @@ fn prepare(
     peer: &Peer,
     extensions: &ConnExtensions,
     first: bool,
-    req: &mut crate::app::Request,
+    req: &mut hyper::http::request::Parts,
 ) -> Option<Box<Record>> {
     let forwarded = if peer.trusted {
-        crate::forwarded::resolve(&shared.proxies, peer.ip(), req.headers())
+        crate::forwarded::resolve(&shared.proxies, peer.ip(), &req.headers)
     } else {
         None
     };
@@ -710,7 +765,7 @@ fn prepare(
     });
     // The connection's extensions (`ClientAddr`, `ServerAddr`, and on TLS `Scheme`,
     // `ClientCertSubject`, `TlsServerName`), then what a trusted proxy says instead.
-    let ours = req.extensions_mut();
+    let ours = &mut req.extensions;
     extensions.add_to(ours, first);
     if let Some(client) = client {
         ours.insert(ClientAddr(client));
@@ -723,10 +778,10 @@ fn prepare(
 
 /// HTTP/1 bodies are limited by the scanner; an HTTP/2 request's declared length is
 /// checked here.
-fn declares_too_large_h2_body(req: &crate::app::Request, max_body: u64) -> bool {
-    req.version() == hyper::Version::HTTP_2
+fn declares_too_large_h2_body(req: &hyper::http::request::Parts, max_body: u64) -> bool {
+    req.version == hyper::Version::HTTP_2
         && req
-            .headers()
+            .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
@@ -748,18 +803,15 @@ fn refusal(shared: &Shared, violation: Violation) -> crate::app::Response {
 #[inline]
 fn limit_body(
     shared: &Shared,
-    req: hyper::Request<hyper::body::Incoming>,
-) -> (crate::app::Request, Option<Verdict>) {
-    let (parts, incoming) = req.into_parts();
-    if parts.version == hyper::Version::HTTP_2 {
+    version: hyper::Version,
+    incoming: hyper::body::Incoming,
+) -> (RequestBody, Option<Verdict>) {
+    if version == hyper::Version::HTTP_2 {
         let (body, verdict) =
             RequestBody::limited(incoming, shared.limits.max_body, shared.body_read_timeout);
-        (hyper::Request::from_parts(parts, body), Some(verdict))
+        (body, Some(verdict))
     } else {
-        (
-            hyper::Request::from_parts(parts, RequestBody::plain(incoming)),
-            None,
-        )
+        (RequestBody::plain(incoming), None)
     }
 }
 
