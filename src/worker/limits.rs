@@ -282,12 +282,19 @@ impl Scanner {
 
     /// Scans `data`. In a head, `data` starts at the head's first byte (see
     /// [`Scan::PartialHead`]); otherwise it is the bytes that arrived.
+    #[inline]
     pub fn scan(&mut self, data: &[u8]) -> Scan {
-        let mut pos = self.whole_head_first(data);
+        let pos = self.whole_head_first(data);
         if pos == data.len() && pos > 0 && matches!(self.phase, Phase::Head(_)) {
             // The common case: one whole request without a body, and nothing after it.
             return Scan::Clean;
         }
+        self.scan_from(data, pos)
+    }
+
+    /// [`Scanner::scan`] from `pos` on, byte-exact: the phase machine.
+    #[inline(never)]
+    fn scan_from(&mut self, data: &[u8], mut pos: usize) -> Scan {
         loop {
             match &mut self.phase {
                 Phase::NotFollowing => return Scan::Clean,
