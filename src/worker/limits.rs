@@ -604,7 +604,8 @@ fn whole_head(head: &[u8], limits: &HeadLimits) -> Option<(usize, Framing)> {
     let mut framing = Framing::default();
     let mut fields = 0;
     let mut line_start = 0;
-    while let Some(found) = memchr::memchr(b'\n', &head[line_start..]) {
+    let lf = LineEnds::new();
+    while let Some(found) = lf.find(&head[line_start..]) {
         let newline = line_start + found;
         let mut line = &head[line_start..newline];
         if let Some(stripped) = line.strip_suffix(b"\r") {
@@ -628,6 +629,33 @@ fn whole_head(head: &[u8], limits: &HeadLimits) -> Option<(usize, Framing)> {
         line_start = newline + 1;
     }
     None
+}
+
+/// A search for LF, made once per head: on x86_64 with AVX2 memchr's AVX2 searcher
+/// itself, without `memchr::memchr`'s dispatch on every call (a head is a few short
+/// searches); elsewhere `memchr::memchr`.
+struct LineEnds {
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<memchr::arch::x86_64::avx2::memchr::One>,
+}
+
+impl LineEnds {
+    #[inline]
+    fn new() -> LineEnds {
+        LineEnds {
+            #[cfg(target_arch = "x86_64")]
+            avx2: memchr::arch::x86_64::avx2::memchr::One::new(b'\n'),
+        }
+    }
+
+    #[inline]
+    fn find(&self, haystack: &[u8]) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(avx2) = &self.avx2 {
+            return avx2.find(haystack);
+        }
+        memchr::memchr(b'\n', haystack)
+    }
 }
 
 /// Scans a head from `progress` on; `head` starts at the head's first byte.
