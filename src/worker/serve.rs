@@ -464,11 +464,15 @@ async fn drain(
     accepting: AcceptTasks,
     graceful_timeout: Duration,
 ) -> Outcome {
-    shared.start_drain();
-    for task in accepting {
-        let _ = task.await;
-    }
     let deadline = tokio::time::Instant::now() + graceful_timeout;
+    shared.start_drain();
+    // The accept loops end at once; the metrics listener's task waits for the scrapes
+    // it has accepted, which must not push the connections' deadline back.
+    for mut task in accepting {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
     // Connections the app took over (WebSockets) are asked to close a little before
     // the deadline, so that they can say goodbye before the master's SIGKILL.
     let closing_at = deadline - (graceful_timeout / 10).min(Duration::from_secs(1));
