@@ -406,7 +406,7 @@ pub struct Bridge {
     app: PyObject,
     /// `forkd._worker.handle`: runs the app for one request, handles its exceptions.
     handle: PyObject,
-    create_task: PyObject,
+    tasks: TaskMaker,
     create_future: PyObject,
     /// The lifespan state, copied into each request's scope.
     state: PyObject,
@@ -446,7 +446,7 @@ impl Bridge {
             websockets: Rc::default(),
             app,
             handle: py.import("forkd._worker")?.getattr("handle")?.unbind(),
-            create_task: task_maker(py, event_loop)?,
+            tasks: TaskMaker::new(py, event_loop)?,
             create_future: event_loop.getattr(py, "create_future")?,
             state,
             http_template: Self::template(py, &asgi, root_path, false)?,
@@ -499,8 +499,7 @@ impl Bridge {
         let coroutine = self
             .handle
             .call1(py, (self.app.clone_ref(py), scope, conn))?;
-        self.create_task.call1(py, (coroutine,))?;
-        Ok(())
+        self.tasks.spawn(py, id, coroutine)
     }
 
     fn start_websocket(&mut self, py: Python<'_>, head: crate::ws::Head) -> PyResult<()> {
@@ -527,8 +526,7 @@ impl Bridge {
         let coroutine = self
             .handle
             .call1(py, (self.app.clone_ref(py), scope, conn))?;
-        self.create_task.call1(py, (coroutine,))?;
-        Ok(())
+        self.tasks.spawn(py, id, coroutine)
     }
 
     fn websocket(&self, py: Python<'_>, id: u64) -> Option<Py<crate::ws::WsConn>> {
@@ -693,17 +691,74 @@ impl Bridge {
     }
 }
 
-/// What makes each request's task: `asyncio.Task` itself when the loop has no task
-/// factory (what `loop.create_task` calls then, in asyncio and uvloop alike, after
-/// keyword-argument handling that cost uvloop about 1,600 instructions per request),
-/// else `loop.create_task`. A factory is looked for once, after the lifespan startup
-/// (an app sets it there, if at all).
-fn task_maker(py: Python<'_>, event_loop: &PyObject) -> PyResult<PyObject> {
-    if event_loop.call_method0(py, "get_task_factory")?.is_none(py) {
-        Ok(py.import("asyncio")?.getattr("Task")?.unbind())
-    } else {
-        event_loop.getattr(py, "create_task")
+/// What makes each request's task.
+enum TaskMaker {
+    /// `asyncio.Task(coroutine, loop=LOOP, name="request-N")` when the loop has no task
+    /// factory: what `loop.create_task` calls then, in asyncio and uvloop alike, without
+    /// the keyword-argument handling that cost uvloop about 1,600 instructions per
+    /// request. The loop given saves the task looking up the running one (in Python
+    /// 3.11 a getpid(2) system call per request); the name given saves the `Task-N`
+    /// that 3.11 formats with `PyUnicode_FromFormat` (about 1,450 instructions).
+    /// `kwargs` is one dict, its `name` replaced for each task.
+    Task { task: PyObject, kwargs: Py<PyDict> },
+    /// `loop.create_task(coroutine)`, the loop's task factory then makes it.
+    Factory(PyObject),
+}
+
+impl TaskMaker {
+    /// A factory is looked for once, after the lifespan startup (an app sets it
+    /// there, if at all).
+    fn new(py: Python<'_>, event_loop: &PyObject) -> PyResult<TaskMaker> {
+        if event_loop.call_method0(py, "get_task_factory")?.is_none(py) {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item(intern!(py, "loop"), event_loop)?;
+            kwargs.set_item(intern!(py, "name"), py.None())?;
+            Ok(TaskMaker::Task {
+                task: py.import("asyncio")?.getattr("Task")?.unbind(),
+                kwargs: kwargs.unbind(),
+            })
+        } else {
+            Ok(TaskMaker::Factory(event_loop.getattr(py, "create_task")?))
+        }
     }
+
+    /// Request `id`'s task, running `coroutine`.
+    fn spawn(&self, py: Python<'_>, id: u64, coroutine: PyObject) -> PyResult<()> {
+        match self {
+            TaskMaker::Task { task, kwargs } => {
+                let kwargs = kwargs.bind(py);
+                kwargs.set_item(intern!(py, "name"), task_name(py, id))?;
+                task.bind(py).call((coroutine,), Some(kwargs))?;
+            }
+            TaskMaker::Factory(create_task) => {
+                create_task.call1(py, (coroutine,))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `request-N`: the name of request `id`'s task, written without a formatter.
+fn task_name(py: Python<'_>, id: u64) -> Bound<'_, PyString> {
+    const PREFIX: &[u8] = b"request-";
+    let mut text = [0u8; PREFIX.len() + 20];
+    text[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = id;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let digits = &digits[start..];
+    let end = PREFIX.len() + digits.len();
+    text[PREFIX.len()..end].copy_from_slice(digits);
+    // The text is ASCII.
+    PyString::new(py, std::str::from_utf8(&text[..end]).unwrap_or("request"))
 }
 
 /// `IP:PORT` or `IP` (from a proxy) as ASGI's `(host, port)`. An IPv4 address is
