@@ -2,9 +2,9 @@
 //! (the asyncio loop, holding the GIL).
 //!
 //! Server thread -> loop: events go into the [`Inbox`] (a mutex-guarded vector) and an
-//! eventfd the loop watches (`loop.add_reader`) is written when the vector was empty, so
-//! the server thread never waits for the GIL, and a busy loop takes many events per
-//! wake-up. One event per request head, one per body chunk the app asked for
+//! eventfd the loop watches (`loop.add_reader`) is written once per round of the server's
+//! tasks that pushed any (see [`Inbox::push`]), so the server thread never waits for the
+//! GIL, and the loop takes many events per wake-up. One event per request head, one per body chunk the app asked for
 //! (`receive()` signals demand, so an upload is read only as fast as the app consumes
 //! it), one when the client is gone.
 //!
@@ -108,10 +108,28 @@ async fn dispatch(mut answers: mpsc::UnboundedReceiver<Answer>) {
     }
 }
 
+/// At most this many events wait for the end of the server's round before the loop is
+/// woken for them (see [`Inbox::push`]).
+const WAKE_BATCH: usize = 32;
+
 /// Events for the loop, and the eventfd that wakes it.
 pub struct Inbox {
-    queue: Mutex<Vec<Event>>,
+    queue: Mutex<Queue>,
     wake: OwnedFd,
+    /// Set once [`flusher`] runs on the server's runtime: from then on a push leaves
+    /// the wake-up to it.
+    deferring: AtomicBool,
+    /// Rings [`flusher`].
+    flush: Notify,
+}
+
+struct Queue {
+    events: Vec<Event>,
+    /// The eventfd was written since the loop last took the events: it will take
+    /// these too, no further write is needed.
+    signalled: bool,
+    /// [`flusher`] was rung and has not run yet.
+    flushing: bool,
 }
 
 impl Inbox {
@@ -122,9 +140,15 @@ impl Inbox {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Inbox {
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue {
+                events: Vec::new(),
+                signalled: false,
+                flushing: false,
+            }),
             // SAFETY: fd is a fresh, valid descriptor.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            deferring: AtomicBool::new(false),
+            flush: Notify::new(),
         })
     }
 
@@ -132,21 +156,64 @@ impl Inbox {
         self.wake.as_raw_fd()
     }
 
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an event for the loop. The loop is woken once for all the events the
+    /// server's current round of tasks pushes (the requests of every connection that
+    /// became readable together, typically): the first push rings [`flusher`], a task
+    /// that runs after the tasks already queued and writes the eventfd then; at
+    /// [`WAKE_BATCH`] events it is written at once. Each write wakes a sleeping loop
+    /// thread (a context switch each way), so larger batches cost fewer of them.
     pub(crate) fn push(&self, event: Event) {
-        let was_empty = {
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            let was_empty = queue.is_empty();
-            queue.push(event);
-            was_empty
+        let deferring = self.deferring.load(Relaxed);
+        let (write, ring) = {
+            let mut queue = self.queue();
+            queue.events.push(event);
+            match wake_decision(&queue, deferring) {
+                Wake::Now => {
+                    queue.signalled = true;
+                    (true, false)
+                }
+                Wake::Later => {
+                    queue.flushing = true;
+                    (false, true)
+                }
+                Wake::Nothing => (false, false),
+            }
         };
-        if was_empty {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-            unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+        if ring {
+            self.flush.notify_one();
+        }
+        if write {
+            self.signal();
         }
     }
 
+    /// The end of the server's round: wakes the loop for what was pushed in it.
+    fn flush(&self) {
+        let write = {
+            let mut queue = self.queue();
+            queue.flushing = false;
+            let write = !queue.signalled && !queue.events.is_empty();
+            queue.signalled |= write;
+            write
+        };
+        if write {
+            self.signal();
+        }
+    }
+
+    fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// The last event: written at once (the server's runtime is over when it is sent).
     pub fn stop(&self) {
+        self.deferring.store(false, Relaxed);
         self.push(Event::Stop);
     }
 
@@ -156,10 +223,44 @@ impl Inbox {
         let mut counter: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our (non-blocking) eventfd.
         unsafe { libc::read(self.fd(), (&mut counter as *mut u64).cast(), 8) };
-        std::mem::swap(
-            &mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()),
-            batch,
-        );
+        let mut queue = self.queue();
+        queue.signalled = false;
+        std::mem::swap(&mut queue.events, batch);
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Wake {
+    /// Write the eventfd now.
+    Now,
+    /// Ring the flusher, which writes it at the end of the round.
+    Later,
+    /// The loop was woken or the flusher rung already.
+    Nothing,
+}
+
+/// What a push does, given the queue with the new event in it, and whether the
+/// flusher is running.
+fn wake_decision(queue: &Queue, deferring: bool) -> Wake {
+    if queue.signalled {
+        Wake::Nothing
+    } else if !deferring || queue.events.len() >= WAKE_BATCH {
+        Wake::Now
+    } else if queue.flushing {
+        Wake::Nothing
+    } else {
+        Wake::Later
+    }
+}
+
+/// Runs on the server's runtime: wakes the loop after each round of pushes (see
+/// [`Inbox::push`]). A task woken from its own thread goes to the back of the run
+/// queue, behind the connections that were ready in the same round.
+async fn flusher(inbox: Arc<Inbox>) {
+    inbox.deferring.store(true, Relaxed);
+    loop {
+        inbox.flush.notified().await;
+        inbox.flush();
     }
 }
 
@@ -216,6 +317,7 @@ impl forkd::app::App for PyApp {
                 .take();
             if let Some(answers) = answers {
                 tokio::spawn(dispatch(answers));
+                tokio::spawn(flusher(self.inbox.clone()));
                 self.dispatching.store(true, Release);
             }
         }
