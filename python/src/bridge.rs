@@ -39,14 +39,23 @@ pub struct Head {
     id: u64,
     parts: hyper::http::request::Parts,
     respond: oneshot::Sender<Response>,
-    /// Rung by `receive()`: read one more body chunk.
-    demand: Arc<Notify>,
+    shared: Arc<Shared>,
     /// The body's first chunk when it was there with the head (always, for a request
     /// without a body): `receive()` answers it at once, without a round trip.
     first: Option<(Bytes, bool)>,
-    runtime: tokio::runtime::Handle,
+}
+
+/// What a request's task on the server thread and its [`Conn`] on the loop share: one
+/// allocation per request.
+#[derive(Default)]
+struct Shared {
+    /// Rung by `receive()`: read one more body chunk.
+    demand: Notify,
     /// Set by the loop once the response is complete (see [`DisconnectGuard`]).
-    answered: Arc<AtomicBool>,
+    answered: AtomicBool,
+    /// Set by the loop when the app failed after its streamed response started (see
+    /// [`ChannelBody`]).
+    aborted: AtomicBool,
 }
 
 pub enum Event {
@@ -121,6 +130,9 @@ pub struct Inbox {
     deferring: AtomicBool,
     /// Rings [`flusher`].
     flush: Notify,
+    /// The server's runtime (set with the first request), where a streamed chunk that
+    /// has to wait is sent from.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 struct Queue {
@@ -149,6 +161,7 @@ impl Inbox {
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
             deferring: AtomicBool::new(false),
             flush: Notify::new(),
+            runtime: std::sync::OnceLock::new(),
         })
     }
 
@@ -272,12 +285,12 @@ async fn flusher(inbox: Arc<Inbox>) {
 struct DisconnectGuard {
     id: u64,
     inbox: Arc<Inbox>,
-    answered: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for DisconnectGuard {
     fn drop(&mut self) {
-        if !self.answered.load(Acquire) {
+        if !self.shared.answered.load(Acquire) {
             self.inbox.push(Event::Disconnect(self.id));
         }
     }
@@ -316,6 +329,7 @@ impl forkd::app::App for PyApp {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
             if let Some(answers) = answers {
+                let _ = self.inbox.runtime.set(tokio::runtime::Handle::current());
                 tokio::spawn(dispatch(answers));
                 tokio::spawn(flusher(self.inbox.clone()));
                 self.dispatching.store(true, Release);
@@ -328,7 +342,7 @@ impl forkd::app::App for PyApp {
         Box::pin(async move {
             let (parts, mut body) = req.into_parts();
             let (respond, mut answer) = oneshot::channel();
-            let demand = Arc::new(Notify::new());
+            let shared = Arc::new(Shared::default());
             let first = if body.is_end_stream() {
                 Some((Bytes::new(), false))
             } else {
@@ -339,20 +353,17 @@ impl forkd::app::App for PyApp {
                 }
             };
             let body_ended = first.as_ref().is_some_and(|(_, more)| !more);
-            let answered = Arc::new(AtomicBool::new(false));
             let guard = DisconnectGuard {
                 id,
                 inbox: inbox.clone(),
-                answered: answered.clone(),
+                shared: shared.clone(),
             };
             inbox.push(Event::Head(Box::new(Head {
                 id,
                 parts,
                 respond,
-                demand: demand.clone(),
+                shared: shared.clone(),
                 first,
-                runtime: tokio::runtime::Handle::current(),
-                answered,
             })));
             let mut reading = !body_ended;
             loop {
@@ -370,7 +381,7 @@ impl forkd::app::App for PyApp {
                             ),
                         };
                     }
-                    _ = demand.notified(), if reading => {
+                    _ = shared.demand.notified(), if reading => {
                         match next_chunk(&mut body).await {
                             Some((data, more)) => {
                                 reading = more;
@@ -436,7 +447,7 @@ impl hyper::body::Body for Guarded {
 /// closes the connection) if the app failed after starting it.
 struct ChannelBody {
     chunks: mpsc::Receiver<Bytes>,
-    aborted: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl hyper::body::Body for ChannelBody {
@@ -448,7 +459,7 @@ impl hyper::body::Body for ChannelBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.chunks.poll_recv(cx) {
             Poll::Ready(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
-            Poll::Ready(None) if self.aborted.load(Acquire) => {
+            Poll::Ready(None) if self.shared.aborted.load(Acquire) => {
                 Poll::Ready(Some(Err("the ASGI app failed during its response".into())))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -568,10 +579,8 @@ impl Bridge {
         let Head {
             id,
             respond,
-            demand,
+            shared,
             first,
-            runtime,
-            answered,
             ..
         } = *head;
         let conn = Py::new(
@@ -581,9 +590,8 @@ impl Bridge {
                 conns: self.conns.clone(),
                 inbox: self.inbox.clone(),
                 outbox: self.outbox.clone(),
-                runtime,
                 create_future: self.create_future.clone_ref(py),
-                demand,
+                shared,
                 buffered: first,
                 body_done: false,
                 pending_receive: None,
@@ -591,10 +599,8 @@ impl Bridge {
                 respond: Some(respond),
                 head: None,
                 stream: None,
-                aborted: Arc::new(AtomicBool::new(false)),
                 pending_send: None,
                 complete: false,
-                answered,
             },
         )?;
         self.conns.borrow_mut().insert(id, conn.clone_ref(py));
@@ -967,9 +973,10 @@ pub struct Conn {
     conns: Conns,
     inbox: Arc<Inbox>,
     outbox: Outbox,
-    runtime: tokio::runtime::Handle,
     create_future: PyObject,
-    demand: Arc<Notify>,
+    /// With the request's task on the server thread (its `answered` is set with
+    /// `complete`, for the [`DisconnectGuard`]).
+    shared: Arc<Shared>,
     /// A body chunk that arrived before `receive()` asked (or the empty body).
     buffered: Option<(Bytes, bool)>,
     /// The last body chunk was given to the app.
@@ -980,12 +987,9 @@ pub struct Conn {
     respond: Option<oneshot::Sender<Response>>,
     head: Option<(hyper::StatusCode, hyper::HeaderMap)>,
     stream: Option<mpsc::Sender<Bytes>>,
-    aborted: Arc<AtomicBool>,
     pending_send: Option<PyObject>,
     /// The last body message was sent.
     complete: bool,
-    /// Shared with the request's [`DisconnectGuard`]: set with `complete`.
-    answered: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -1058,12 +1062,12 @@ impl Conn {
             chunks = Some(sender);
             ChannelBody {
                 chunks: receiver,
-                aborted: self.aborted.clone(),
+                shared: self.shared.clone(),
             }
             .boxed_unsync()
         } else {
             // Before hyper has the response, so that its guard sees it.
-            self.answered.store(true, Release);
+            self.shared.answered.store(true, Release);
             forkd::app::full(body.clone())
         };
         let mut response = hyper::Response::new(boxed);
@@ -1102,10 +1106,13 @@ impl Conn {
                 return Err(disconnected_error());
             }
             Err(mpsc::error::TrySendError::Full(body)) => {
+                let Some(runtime) = self.inbox.runtime.get() else {
+                    return Err(PyRuntimeError::new_err("no server runtime"));
+                };
                 let stream = stream.clone();
                 let inbox = self.inbox.clone();
                 let id = self.id;
-                self.runtime.spawn(async move {
+                runtime.spawn(async move {
                     let ok = stream.send(body).await.is_ok();
                     inbox.push(Event::Sent { id, ok });
                 });
@@ -1117,7 +1124,7 @@ impl Conn {
         if !more {
             // Dropping our sender ends the body once the queued chunks are written.
             self.stream = None;
-            self.answered.store(true, Release);
+            self.shared.answered.store(true, Release);
             self.completed(py)?;
         }
         match waited {
@@ -1177,7 +1184,7 @@ impl Conn {
             return ready(py, Self::disconnect_message(py)?);
         }
         if !self.body_done {
-            self.demand.notify_one();
+            self.shared.demand.notify_one();
         }
         let future = self.future(py)?;
         self.pending_receive = Some(future.clone_ref(py));
@@ -1274,7 +1281,7 @@ impl Conn {
                 forkd::app::respond(500, "text/plain; charset=utf-8", "Internal Server Error\n"),
             ));
         } else if self.stream.take().is_some() {
-            self.aborted.store(true, Release);
+            self.shared.aborted.store(true, Release);
         }
         self.pending_receive = None;
         self.pending_send = None;
