@@ -1209,6 +1209,30 @@ fn with_bytes<R>(value: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResu
     Ok(f(converted.downcast::<PyBytes>()?.as_bytes()))
 }
 
+/// One `(name, value)` of `http.response.start`'s headers into `map`. A 2-tuple (what
+/// apps send) has its items read directly; any other sequence through `item[0]` and
+/// `item[1]` (a Python int made and a `__getitem__` called for each).
+fn append_header(map: &mut hyper::HeaderMap, item: &Bound<'_, PyAny>) -> PyResult<()> {
+    let (name, value) = match item.downcast::<PyTuple>() {
+        Ok(pair) if pair.len() == 2 => (pair.get_item(0)?, pair.get_item(1)?),
+        _ => (item.get_item(0)?, item.get_item(1)?),
+    };
+    let name = with_bytes(&name, |name| {
+        hyper::header::HeaderName::from_bytes(name).map_err(|_| {
+            PyRuntimeError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(name)
+            ))
+        })
+    })??;
+    let value = with_bytes(&value, |value| {
+        hyper::header::HeaderValue::from_bytes(value)
+            .map_err(|_| PyRuntimeError::new_err(format!("invalid value for header {name}")))
+    })??;
+    map.append(name, value);
+    Ok(())
+}
+
 #[pymethods]
 impl Conn {
     fn receive(&mut self, py: Python<'_>) -> PyResult<PyObject> {
@@ -1248,22 +1272,14 @@ impl Conn {
                     .map_err(|_| PyRuntimeError::new_err(format!("invalid status {status}")))?;
                 let mut map = self.spare_headers.take().unwrap_or_default();
                 if let Some(headers) = message.get_item(intern!(py, "headers"))? {
-                    for item in headers.try_iter()? {
-                        let item = item?;
-                        let name = with_bytes(&item.get_item(0)?, |name| {
-                            hyper::header::HeaderName::from_bytes(name).map_err(|_| {
-                                PyRuntimeError::new_err(format!(
-                                    "invalid header name {:?}",
-                                    String::from_utf8_lossy(name)
-                                ))
-                            })
-                        })??;
-                        let value = with_bytes(&item.get_item(1)?, |value| {
-                            hyper::header::HeaderValue::from_bytes(value).map_err(|_| {
-                                PyRuntimeError::new_err(format!("invalid value for header {name}"))
-                            })
-                        })??;
-                        map.append(name, value);
+                    if let Ok(list) = headers.downcast::<PyList>() {
+                        for item in list.iter() {
+                            append_header(&mut map, &item)?;
+                        }
+                    } else {
+                        for item in headers.try_iter()? {
+                            append_header(&mut map, &item?)?;
+                        }
                     }
                 }
                 self.head = Some((status, map));
