@@ -555,6 +555,10 @@ pub struct Bridge {
     ws_template: Py<PyDict>,
     /// The last listener address's ASGI `server`.
     server: RefCell<Option<(std::net::SocketAddr, PyObject)>>,
+    /// The last IPv4 client host seen (as written in `ClientAddr`) and its Python
+    /// string: clients of a worker mostly share a few addresses (a proxy, a load
+    /// balancer), and a match saves parsing the address and making the string.
+    client_host: RefCell<Option<(String, PyObject)>>,
     /// Resolved on Stop.
     pub stopped: PyObject,
 }
@@ -591,6 +595,7 @@ impl Bridge {
             http_template: Self::template(py, &asgi, root_path, false)?,
             ws_template: Self::template(py, &asgi, root_path, true)?,
             server: RefCell::new(None),
+            client_host: RefCell::new(None),
             root_path: root_path.to_string(),
             stopped,
         })
@@ -708,6 +713,29 @@ impl Bridge {
         Ok(scope.unbind())
     }
 
+    /// The ASGI `client` of a `ClientAddr`'s text (see [`address`]), None if it is no
+    /// address.
+    fn client<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let mut cached = self.client_host.borrow_mut();
+        if let Some((known, host)) = cached.as_ref() {
+            if let Some(port) = known_host_port(text, known) {
+                let port = port.into_pyobject(py)?.into_any();
+                return Ok(Some(PyTuple::new(py, [host.bind(py).clone(), port])?));
+            }
+        }
+        let Some((host, port)) = address(text) else {
+            return Ok(None);
+        };
+        let ipv4_with_port = matches!(host, std::borrow::Cow::Borrowed(_)) && port != 0;
+        let host_text = host.into_owned();
+        let host = PyString::new(py, &host_text).into_any();
+        if ipv4_with_port {
+            *cached = Some((host_text, host.clone().unbind()));
+        }
+        let port = port.into_pyobject(py)?.into_any();
+        Ok(Some(PyTuple::new(py, [host, port])?))
+    }
+
     /// The ASGI `server` of a listener's address, made once per address.
     fn server<'py>(&self, py: Python<'py>, addr: std::net::SocketAddr) -> PyResult<PyObject> {
         let mut cached = self.server.borrow_mut();
@@ -815,8 +843,8 @@ impl Bridge {
         }
         scope.set_item(intern!(py, "headers"), headers)?;
         if let Some(client) = parts.extensions.get::<ClientAddr>() {
-            if let Some((host, port)) = address(&client.0) {
-                scope.set_item(intern!(py, "client"), (host, port))?;
+            if let Some(client) = self.client(py, &client.0)? {
+                scope.set_item(intern!(py, "client"), client)?;
             }
         }
         if let Some(server) = parts.extensions.get::<ServerAddr>() {
@@ -920,6 +948,18 @@ fn address(text: &str) -> Option<(std::borrow::Cow<'_, str>, u16)> {
     text.parse::<std::net::IpAddr>()
         .ok()
         .map(|ip| (Cow::Owned(ip.to_string()), 0))
+}
+
+/// The port of `text` if it is `HOST:PORT` with `host` (an IPv4 address as
+/// [`address`] accepted it) as its HOST; None for anything else, which [`address`]
+/// then reads.
+fn known_host_port(text: &str, host: &str) -> Option<u16> {
+    let port = text.strip_prefix(host)?.strip_prefix(':')?;
+    // u16's parser takes a leading '+', which an address's port never has.
+    if port.starts_with('+') {
+        return None;
+    }
+    port.parse().ok()
 }
 
 #[pymethods]
