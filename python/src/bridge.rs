@@ -533,6 +533,43 @@ impl std::hash::Hasher for IdHash {
 
 type Conns = Rc<RefCell<ById<Py<Conn>>>>;
 
+/// How many request header names the bridge keeps as Python bytes (see
+/// `Bridge::header_names`): the standard ones and an app's own few fit many times
+/// over, while a client sending made-up names cannot grow the map.
+const HEADER_NAMES: usize = 256;
+
+type NameHashing = std::hash::BuildHasherDefault<NameHash>;
+
+/// The hash of a header name in `Bridge::header_names`: a standard name hashes as
+/// one small number, another as its (short, lower-case) bytes, each step a rotate,
+/// an xor and a multiplication (FxHash's). The map is bounded, so colliding names
+/// chosen by a client cost at most [`HEADER_NAMES`] comparisons.
+#[derive(Default)]
+pub struct NameHash(u64);
+
+impl std::hash::Hasher for NameHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u8(&mut self, byte: u8) {
+        self.write_u64(u64::from(byte));
+    }
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+    fn write_isize(&mut self, word: isize) {
+        self.write_u64(word as u64);
+    }
+}
+
 /// The loop's side: turns events into ASGI calls. Lives on the main thread.
 #[pyclass(unsendable)]
 pub struct Bridge {
@@ -559,6 +596,10 @@ pub struct Bridge {
     /// string: clients of a worker mostly share a few addresses (a proxy, a load
     /// balancer), and a match saves parsing the address and making the string.
     client_host: RefCell<Option<(String, PyObject)>>,
+    /// Request header names as the scope gives them (lower-case `bytes`), made once
+    /// per name: the same few names come with every request. At most
+    /// [`HEADER_NAMES`] are kept; names past those are made for each request.
+    header_names: RefCell<HashMap<hyper::header::HeaderName, Py<PyBytes>, NameHashing>>,
     /// Resolved on Stop.
     pub stopped: PyObject,
 }
@@ -596,6 +637,7 @@ impl Bridge {
             ws_template: Self::template(py, &asgi, root_path, true)?,
             server: RefCell::new(None),
             client_host: RefCell::new(None),
+            header_names: RefCell::default(),
             root_path: root_path.to_string(),
             stopped,
         })
@@ -713,6 +755,23 @@ impl Bridge {
         Ok(scope.unbind())
     }
 
+    /// `name` as the scope's `bytes` (see `header_names`).
+    fn header_name<'py>(
+        &self,
+        py: Python<'py>,
+        name: &hyper::header::HeaderName,
+    ) -> Bound<'py, PyBytes> {
+        let mut names = self.header_names.borrow_mut();
+        if let Some(made) = names.get(name) {
+            return made.bind(py).clone();
+        }
+        let made = PyBytes::new(py, name.as_str().as_bytes());
+        if names.len() < HEADER_NAMES {
+            names.insert(name.clone(), made.clone().unbind());
+        }
+        made
+    }
+
     /// The ASGI `client` of a `ClientAddr`'s text (see [`address`]), None if it is no
     /// address.
     fn client<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
@@ -826,7 +885,7 @@ impl Bridge {
                 headers.append(PyTuple::new(
                     py,
                     [
-                        PyBytes::new(py, b"host"),
+                        self.header_name(py, &hyper::header::HOST),
                         PyBytes::new(py, authority.as_str().as_bytes()),
                     ],
                 )?)?;
@@ -836,7 +895,7 @@ impl Bridge {
             headers.append(PyTuple::new(
                 py,
                 [
-                    PyBytes::new(py, name.as_str().as_bytes()),
+                    self.header_name(py, name),
                     PyBytes::new(py, value.as_bytes()),
                 ],
             )?)?;
