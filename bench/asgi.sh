@@ -10,7 +10,9 @@
 #
 # For a quicker look at one server (CPU per request, RSS/PSS per worker) while changing
 # forkd's Python package: bench/asgi_cost.py; instructions per request: bench/instructions.py
-# --asgi asgi_hello:app.
+# --asgi asgi_hello:app; wake-ups and system calls per request, per thread:
+# bench/asgi_wakeups.sh; an app's own CPU per request with no server (the floor under every
+# server's): bench/asgi_floor.py.
 #
 # Apps: bench/asgi_hello.py (raw ASGI hello) and bench/asgi_fastapi.py (a FastAPI JSON
 # endpoint, GET /items/42?q=hello). For each app, ROUNDS rounds, the servers alternating

@@ -245,6 +245,18 @@ def hups(app_name, servers):
     return out
 
 
+def app_floors():
+    """Each app's own CPU µs per request with no server (bench/asgi_floor.py), {} if it fails."""
+    specs = {name: spec for name, (spec, _) in APPS.items()}
+    run = subprocess.run([f"{VENV}/bin/python", f"{BENCH}/asgi_floor.py", "--json", *specs.values()],
+                         capture_output=True, text=True, cwd=BENCH)
+    if run.returncode != 0:
+        log(f"asgi_floor.py failed: {run.stderr.strip()}")
+        return {}
+    by_spec = {r["app"]: r["us_per_request"] for r in map(json.loads, run.stdout.splitlines())}
+    return {name: by_spec[spec] for name, spec in specs.items() if spec in by_spec}
+
+
 def med_range(values, fmt):
     values = sorted(values)
     return f"{fmt(statistics.median(values))} ({fmt(values[0])}–{fmt(values[-1])})"
@@ -257,6 +269,7 @@ def main():
         servers.remove("gunicorn-asgi")
         notes.append("The installed Gunicorn has no `-k asgi` worker: skipped.")
     load_before = loadavg()
+    floors = app_floors()
     results, loads = {}, []
     for app_name in APPS:
         throughput(app_name, servers, results, loads)
@@ -315,6 +328,21 @@ def main():
     def rps(app_name, server, conns):
         return statistics.median(r[0] for r in results[(app_name, server, conns)])
 
+    if floors:
+        w("")
+        w("The apps' own CPU per request with no server (`bench/asgi_floor.py`: called in-process, "
+          "one Task per request, uvloop; best of 3 × 20000): "
+          + ", ".join(f"{a} {floors[a]:.1f} µs" for a in APPS if a in floors)
+          + ". Each server's CPU per request above that is its own work (median, -c"
+          + "/-c".join(map(str, CONNS)) + "): "
+          + "; ".join(
+              f"{a}: " + ", ".join(
+                  f"{NAME[s]} " + "/".join(
+                      f"{statistics.median(r[4] for r in results[(a, s, c)]) - floors[a]:.0f}"
+                      for c in CONNS)
+                  for s in servers)
+              for a in APPS if a in floors)
+          + " µs.")
     if "forkd" in servers:
         ratios = []
         for app_name in APPS:

@@ -14,11 +14,12 @@ use crate::scoreboard::{
 use crate::systemd::PassedFd;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -113,8 +114,9 @@ pub fn serve(
             tokio::select! {
                 _ = stop.changed() => {
                     // Draining: accept no more, but let the scrapes already accepted be
-                    // answered before the worker exits (an idle keep-alive connection
-                    // is closed by READ_TIMEOUT), so a HUP costs no scrape.
+                    // answered before the worker exits, so a HUP costs no scrape. Each
+                    // connection closes once it is idle (a scraper's keep-alive
+                    // connection at once), or within READ_TIMEOUT of a stalled head.
                     let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
                     let _ = tokio::time::timeout(
                         READ_TIMEOUT + Duration::from_secs(1),
@@ -124,8 +126,8 @@ pub fn serve(
                     return;
                 }
                 accepted = acceptor.accept() => match accepted {
-                    Ok(Accepted::Tcp(stream, _)) => admit(stream, board, &permits),
-                    Ok(Accepted::Unix(stream)) => admit(stream, board, &permits),
+                    Ok(Accepted::Tcp(stream, _)) => admit(stream, board, &permits, &stop),
+                    Ok(Accepted::Unix(stream)) => admit(stream, board, &permits, &stop),
                     Err(e) => {
                         tracing::warn!(pid = std::process::id(), "metrics accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -145,14 +147,19 @@ pub const MAX_CONNECTIONS: usize = 64;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `stream` if a connection permit is free, else closes it at once.
-fn admit<T>(stream: T, board: &'static Board, permits: &Arc<Semaphore>)
-where
+fn admit<T>(
+    stream: T,
+    board: &'static Board,
+    permits: &Arc<Semaphore>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     match permits.clone().try_acquire_owned() {
         Ok(permit) => {
+            let stop = stop.clone();
             tokio::spawn(async move {
-                serve_connection(stream, board).await;
+                serve_connection(stream, board, stop).await;
                 drop(permit);
             });
         }
@@ -160,22 +167,48 @@ where
     }
 }
 
-async fn serve_connection<T>(stream: T, board: &'static Board)
-where
+/// Serves one metrics connection. Once `stop` (the worker's drain) fires, every
+/// response says `Connection: close`, and a connection that has already been answered
+/// and is idle (a scraper's keep-alive connection) is closed at once, so it does not
+/// hold up the worker's drain. A connection not yet answered is left to get its
+/// answer: it was accepted to be served, and its request may be on the wire.
+async fn serve_connection<T>(
+    stream: T,
+    board: &'static Board,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        std::future::ready(Ok::<_, Infallible>(answer(&req, board)))
-    });
+    let answered = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (answered, stop) = (answered.clone(), stop.clone());
+        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            answered.store(true, Relaxed);
+            let mut resp = answer(&req, board);
+            if *stop.borrow() {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            std::future::ready(Ok::<_, Infallible>(resp))
+        })
+    };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(READ_TIMEOUT);
+    let connection = http.serve_connection(TokioIo::new(stream), service);
+    let served = async move {
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = stop.wait_for(|draining| *draining) => {}
+        }
+        if answered.load(Relaxed) {
+            connection.as_mut().graceful_shutdown();
+        }
+        let _ = connection.await;
+    };
     // A scraper that stops reading cannot hold a worker's task forever.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(60),
-        http.serve_connection(TokioIo::new(stream), service),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(60), served).await;
 }
 
 fn answer(req: &Request<hyper::body::Incoming>, board: &'static Board) -> Response<Full<Bytes>> {

@@ -2,9 +2,9 @@
 //! (the asyncio loop, holding the GIL).
 //!
 //! Server thread -> loop: events go into the [`Inbox`] (a mutex-guarded vector) and an
-//! eventfd the loop watches (`loop.add_reader`) is written when the vector was empty, so
-//! the server thread never waits for the GIL, and a busy loop takes many events per
-//! wake-up. One event per request head, one per body chunk the app asked for
+//! eventfd the loop watches (`loop.add_reader`) is written once per round of the server's
+//! tasks that pushed any (see [`Inbox::push`]), so the server thread never waits for the
+//! GIL, and the loop takes many events per wake-up. One event per request head, one per body chunk the app asked for
 //! (`receive()` signals demand, so an upload is read only as fast as the app consumes
 //! it), one when the client is gone.
 //!
@@ -39,14 +39,23 @@ pub struct Head {
     id: u64,
     parts: hyper::http::request::Parts,
     respond: oneshot::Sender<Response>,
-    /// Rung by `receive()`: read one more body chunk.
-    demand: Arc<Notify>,
+    shared: Arc<Shared>,
     /// The body's first chunk when it was there with the head (always, for a request
     /// without a body): `receive()` answers it at once, without a round trip.
     first: Option<(Bytes, bool)>,
-    runtime: tokio::runtime::Handle,
+}
+
+/// What a request's task on the server thread and its [`Conn`] on the loop share: one
+/// allocation per request.
+#[derive(Default)]
+struct Shared {
+    /// Rung by `receive()`: read one more body chunk.
+    demand: Notify,
     /// Set by the loop once the response is complete (see [`DisconnectGuard`]).
-    answered: Arc<AtomicBool>,
+    answered: AtomicBool,
+    /// Set by the loop when the app failed after its streamed response started (see
+    /// [`ChannelBody`]).
+    aborted: AtomicBool,
 }
 
 pub enum Event {
@@ -108,10 +117,31 @@ async fn dispatch(mut answers: mpsc::UnboundedReceiver<Answer>) {
     }
 }
 
+/// At most this many events wait for the end of the server's round before the loop is
+/// woken for them (see [`Inbox::push`]).
+const WAKE_BATCH: usize = 32;
+
 /// Events for the loop, and the eventfd that wakes it.
 pub struct Inbox {
-    queue: Mutex<Vec<Event>>,
+    queue: Mutex<Queue>,
     wake: OwnedFd,
+    /// Set once [`flusher`] runs on the server's runtime: from then on a push leaves
+    /// the wake-up to it.
+    deferring: AtomicBool,
+    /// Rings [`flusher`].
+    flush: Notify,
+    /// The server's runtime (set with the first request), where a streamed chunk that
+    /// has to wait is sent from.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+}
+
+struct Queue {
+    events: Vec<Event>,
+    /// The eventfd was written since the loop last took the events: it will take
+    /// these too, no further write is needed.
+    signalled: bool,
+    /// [`flusher`] was rung and has not run yet.
+    flushing: bool,
 }
 
 impl Inbox {
@@ -122,9 +152,16 @@ impl Inbox {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Inbox {
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue {
+                events: Vec::new(),
+                signalled: false,
+                flushing: false,
+            }),
             // SAFETY: fd is a fresh, valid descriptor.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            deferring: AtomicBool::new(false),
+            flush: Notify::new(),
+            runtime: std::sync::OnceLock::new(),
         })
     }
 
@@ -132,21 +169,64 @@ impl Inbox {
         self.wake.as_raw_fd()
     }
 
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an event for the loop. The loop is woken once for all the events the
+    /// server's current round of tasks pushes (the requests of every connection that
+    /// became readable together, typically): the first push rings [`flusher`], a task
+    /// that runs after the tasks already queued and writes the eventfd then; at
+    /// [`WAKE_BATCH`] events it is written at once. Each write wakes a sleeping loop
+    /// thread (a context switch each way), so larger batches cost fewer of them.
     pub(crate) fn push(&self, event: Event) {
-        let was_empty = {
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            let was_empty = queue.is_empty();
-            queue.push(event);
-            was_empty
+        let deferring = self.deferring.load(Relaxed);
+        let (write, ring) = {
+            let mut queue = self.queue();
+            queue.events.push(event);
+            match wake_decision(&queue, deferring) {
+                Wake::Now => {
+                    queue.signalled = true;
+                    (true, false)
+                }
+                Wake::Later => {
+                    queue.flushing = true;
+                    (false, true)
+                }
+                Wake::Nothing => (false, false),
+            }
         };
-        if was_empty {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-            unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+        if ring {
+            self.flush.notify_one();
+        }
+        if write {
+            self.signal();
         }
     }
 
+    /// The end of the server's round: wakes the loop for what was pushed in it.
+    fn flush(&self) {
+        let write = {
+            let mut queue = self.queue();
+            queue.flushing = false;
+            let write = !queue.signalled && !queue.events.is_empty();
+            queue.signalled |= write;
+            write
+        };
+        if write {
+            self.signal();
+        }
+    }
+
+    fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// The last event: written at once (the server's runtime is over when it is sent).
     pub fn stop(&self) {
+        self.deferring.store(false, Relaxed);
         self.push(Event::Stop);
     }
 
@@ -156,10 +236,44 @@ impl Inbox {
         let mut counter: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our (non-blocking) eventfd.
         unsafe { libc::read(self.fd(), (&mut counter as *mut u64).cast(), 8) };
-        std::mem::swap(
-            &mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()),
-            batch,
-        );
+        let mut queue = self.queue();
+        queue.signalled = false;
+        std::mem::swap(&mut queue.events, batch);
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Wake {
+    /// Write the eventfd now.
+    Now,
+    /// Ring the flusher, which writes it at the end of the round.
+    Later,
+    /// The loop was woken or the flusher rung already.
+    Nothing,
+}
+
+/// What a push does, given the queue with the new event in it, and whether the
+/// flusher is running.
+fn wake_decision(queue: &Queue, deferring: bool) -> Wake {
+    if queue.signalled {
+        Wake::Nothing
+    } else if !deferring || queue.events.len() >= WAKE_BATCH {
+        Wake::Now
+    } else if queue.flushing {
+        Wake::Nothing
+    } else {
+        Wake::Later
+    }
+}
+
+/// Runs on the server's runtime: wakes the loop after each round of pushes (see
+/// [`Inbox::push`]). A task woken from its own thread goes to the back of the run
+/// queue, behind the connections that were ready in the same round.
+async fn flusher(inbox: Arc<Inbox>) {
+    inbox.deferring.store(true, Relaxed);
+    loop {
+        inbox.flush.notified().await;
+        inbox.flush();
     }
 }
 
@@ -171,12 +285,12 @@ impl Inbox {
 struct DisconnectGuard {
     id: u64,
     inbox: Arc<Inbox>,
-    answered: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for DisconnectGuard {
     fn drop(&mut self) {
-        if !self.answered.load(Acquire) {
+        if !self.shared.answered.load(Acquire) {
             self.inbox.push(Event::Disconnect(self.id));
         }
     }
@@ -215,7 +329,9 @@ impl forkd::app::App for PyApp {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
             if let Some(answers) = answers {
+                let _ = self.inbox.runtime.set(tokio::runtime::Handle::current());
                 tokio::spawn(dispatch(answers));
+                tokio::spawn(flusher(self.inbox.clone()));
                 self.dispatching.store(true, Release);
             }
         }
@@ -226,7 +342,7 @@ impl forkd::app::App for PyApp {
         Box::pin(async move {
             let (parts, mut body) = req.into_parts();
             let (respond, mut answer) = oneshot::channel();
-            let demand = Arc::new(Notify::new());
+            let shared = Arc::new(Shared::default());
             let first = if body.is_end_stream() {
                 Some((Bytes::new(), false))
             } else {
@@ -237,20 +353,17 @@ impl forkd::app::App for PyApp {
                 }
             };
             let body_ended = first.as_ref().is_some_and(|(_, more)| !more);
-            let answered = Arc::new(AtomicBool::new(false));
             let guard = DisconnectGuard {
                 id,
                 inbox: inbox.clone(),
-                answered: answered.clone(),
+                shared: shared.clone(),
             };
             inbox.push(Event::Head(Box::new(Head {
                 id,
                 parts,
                 respond,
-                demand: demand.clone(),
+                shared: shared.clone(),
                 first,
-                runtime: tokio::runtime::Handle::current(),
-                answered,
             })));
             let mut reading = !body_ended;
             loop {
@@ -268,7 +381,7 @@ impl forkd::app::App for PyApp {
                             ),
                         };
                     }
-                    _ = demand.notified(), if reading => {
+                    _ = shared.demand.notified(), if reading => {
                         match next_chunk(&mut body).await {
                             Some((data, more)) => {
                                 reading = more;
@@ -334,7 +447,7 @@ impl hyper::body::Body for Guarded {
 /// closes the connection) if the app failed after starting it.
 struct ChannelBody {
     chunks: mpsc::Receiver<Bytes>,
-    aborted: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl hyper::body::Body for ChannelBody {
@@ -346,7 +459,7 @@ impl hyper::body::Body for ChannelBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.chunks.poll_recv(cx) {
             Poll::Ready(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
-            Poll::Ready(None) if self.aborted.load(Acquire) => {
+            Poll::Ready(None) if self.shared.aborted.load(Acquire) => {
                 Poll::Ready(Some(Err("the ASGI app failed during its response".into())))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -392,7 +505,70 @@ pub(crate) fn done(py: Python<'_>) -> PyResult<PyObject> {
     }
 }
 
-type Conns = Rc<RefCell<HashMap<u64, Py<Conn>>>>;
+/// The open requests by id, with [`IdHash`].
+pub type ById<T> = HashMap<u64, T, std::hash::BuildHasherDefault<IdHash>>;
+
+/// The hash of a request id: ids are distinct numbers counted up from 1, so one
+/// multiplication by an odd constant (Fibonacci hashing) spreads them over the high
+/// bits the table's probes use, where SipHash (HashMap's default, made to resist
+/// chosen keys, which ids are not) cost about 60 instructions a lookup, three or more
+/// per request.
+#[derive(Default)]
+pub struct IdHash(u64);
+
+impl std::hash::Hasher for IdHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by u64 keys; any bytes still hash deterministically.
+        for &byte in bytes {
+            self.write_u64(u64::from(byte) ^ self.0.rotate_left(8));
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Conns = Rc<RefCell<ById<Py<Conn>>>>;
+
+/// How many request header names the bridge keeps as Python bytes (see
+/// `Bridge::header_names`): the standard ones and an app's own few fit many times
+/// over, while a client sending made-up names cannot grow the map.
+const HEADER_NAMES: usize = 256;
+
+type NameHashing = std::hash::BuildHasherDefault<NameHash>;
+
+/// The hash of a header name in `Bridge::header_names`: a standard name hashes as
+/// one small number, another as its (short, lower-case) bytes, each step a rotate,
+/// an xor and a multiplication (FxHash's). The map is bounded, so colliding names
+/// chosen by a client cost at most [`HEADER_NAMES`] comparisons.
+#[derive(Default)]
+pub struct NameHash(u64);
+
+impl std::hash::Hasher for NameHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u8(&mut self, byte: u8) {
+        self.write_u64(u64::from(byte));
+    }
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+    fn write_isize(&mut self, word: isize) {
+        self.write_u64(word as u64);
+    }
+}
 
 /// The loop's side: turns events into ASGI calls. Lives on the main thread.
 #[pyclass(unsendable)]
@@ -406,7 +582,7 @@ pub struct Bridge {
     app: PyObject,
     /// `forkd._worker.handle`: runs the app for one request, handles its exceptions.
     handle: PyObject,
-    create_task: PyObject,
+    tasks: TaskMaker,
     create_future: PyObject,
     /// The lifespan state, copied into each request's scope.
     state: PyObject,
@@ -416,6 +592,14 @@ pub struct Bridge {
     ws_template: Py<PyDict>,
     /// The last listener address's ASGI `server`.
     server: RefCell<Option<(std::net::SocketAddr, PyObject)>>,
+    /// The last IPv4 client host seen (as written in `ClientAddr`) and its Python
+    /// string: clients of a worker mostly share a few addresses (a proxy, a load
+    /// balancer), and a match saves parsing the address and making the string.
+    client_host: RefCell<Option<(String, PyObject)>>,
+    /// Request header names as the scope gives them (lower-case `bytes`), made once
+    /// per name: the same few names come with every request. At most
+    /// [`HEADER_NAMES`] are kept; names past those are made for each request.
+    header_names: RefCell<HashMap<hyper::header::HeaderName, Py<PyBytes>, NameHashing>>,
     /// Resolved on Stop.
     pub stopped: PyObject,
 }
@@ -446,12 +630,14 @@ impl Bridge {
             websockets: Rc::default(),
             app,
             handle: py.import("forkd._worker")?.getattr("handle")?.unbind(),
-            create_task: task_maker(py, event_loop)?,
+            tasks: TaskMaker::new(py, event_loop)?,
             create_future: event_loop.getattr(py, "create_future")?,
             state,
             http_template: Self::template(py, &asgi, root_path, false)?,
             ws_template: Self::template(py, &asgi, root_path, true)?,
             server: RefCell::new(None),
+            client_host: RefCell::new(None),
+            header_names: RefCell::default(),
             root_path: root_path.to_string(),
             stopped,
         })
@@ -466,12 +652,12 @@ impl Bridge {
         let Head {
             id,
             respond,
-            demand,
+            shared,
             first,
-            runtime,
-            answered,
-            ..
+            parts,
         } = *head;
+        let mut headers = parts.headers;
+        headers.clear();
         let conn = Py::new(
             py,
             Conn {
@@ -479,28 +665,25 @@ impl Bridge {
                 conns: self.conns.clone(),
                 inbox: self.inbox.clone(),
                 outbox: self.outbox.clone(),
-                runtime,
                 create_future: self.create_future.clone_ref(py),
-                demand,
+                shared,
                 buffered: first,
                 body_done: false,
                 pending_receive: None,
                 disconnected: false,
                 respond: Some(respond),
+                spare_headers: Some(headers),
                 head: None,
                 stream: None,
-                aborted: Arc::new(AtomicBool::new(false)),
                 pending_send: None,
                 complete: false,
-                answered,
             },
         )?;
         self.conns.borrow_mut().insert(id, conn.clone_ref(py));
         let coroutine = self
             .handle
             .call1(py, (self.app.clone_ref(py), scope, conn))?;
-        self.create_task.call1(py, (coroutine,))?;
-        Ok(())
+        self.tasks.spawn(py, id, coroutine)
     }
 
     fn start_websocket(&mut self, py: Python<'_>, head: crate::ws::Head) -> PyResult<()> {
@@ -527,8 +710,7 @@ impl Bridge {
         let coroutine = self
             .handle
             .call1(py, (self.app.clone_ref(py), scope, conn))?;
-        self.create_task.call1(py, (coroutine,))?;
-        Ok(())
+        self.tasks.spawn(py, id, coroutine)
     }
 
     fn websocket(&self, py: Python<'_>, id: u64) -> Option<Py<crate::ws::WsConn>> {
@@ -571,6 +753,46 @@ impl Bridge {
             scope.set_item(key, py.None())?;
         }
         Ok(scope.unbind())
+    }
+
+    /// `name` as the scope's `bytes` (see `header_names`).
+    fn header_name<'py>(
+        &self,
+        py: Python<'py>,
+        name: &hyper::header::HeaderName,
+    ) -> Bound<'py, PyBytes> {
+        let mut names = self.header_names.borrow_mut();
+        if let Some(made) = names.get(name) {
+            return made.bind(py).clone();
+        }
+        let made = PyBytes::new(py, name.as_str().as_bytes());
+        if names.len() < HEADER_NAMES {
+            names.insert(name.clone(), made.clone().unbind());
+        }
+        made
+    }
+
+    /// The ASGI `client` of a `ClientAddr`'s text (see [`address`]), None if it is no
+    /// address.
+    fn client<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let mut cached = self.client_host.borrow_mut();
+        if let Some((known, host)) = cached.as_ref() {
+            if let Some(port) = known_host_port(text, known) {
+                let port = port.into_pyobject(py)?.into_any();
+                return Ok(Some(PyTuple::new(py, [host.bind(py).clone(), port])?));
+            }
+        }
+        let Some((host, port)) = address(text) else {
+            return Ok(None);
+        };
+        let ipv4_with_port = matches!(host, std::borrow::Cow::Borrowed(_)) && port != 0;
+        let host_text = host.into_owned();
+        let host = PyString::new(py, &host_text).into_any();
+        if ipv4_with_port {
+            *cached = Some((host_text, host.clone().unbind()));
+        }
+        let port = port.into_pyobject(py)?.into_any();
+        Ok(Some(PyTuple::new(py, [host, port])?))
     }
 
     /// The ASGI `server` of a listener's address, made once per address.
@@ -663,7 +885,7 @@ impl Bridge {
                 headers.append(PyTuple::new(
                     py,
                     [
-                        PyBytes::new(py, b"host"),
+                        self.header_name(py, &hyper::header::HOST),
                         PyBytes::new(py, authority.as_str().as_bytes()),
                     ],
                 )?)?;
@@ -673,15 +895,15 @@ impl Bridge {
             headers.append(PyTuple::new(
                 py,
                 [
-                    PyBytes::new(py, name.as_str().as_bytes()),
+                    self.header_name(py, name),
                     PyBytes::new(py, value.as_bytes()),
                 ],
             )?)?;
         }
         scope.set_item(intern!(py, "headers"), headers)?;
         if let Some(client) = parts.extensions.get::<ClientAddr>() {
-            if let Some((host, port)) = address(&client.0) {
-                scope.set_item(intern!(py, "client"), (host, port))?;
+            if let Some(client) = self.client(py, &client.0)? {
+                scope.set_item(intern!(py, "client"), client)?;
             }
         }
         if let Some(server) = parts.extensions.get::<ServerAddr>() {
@@ -693,17 +915,74 @@ impl Bridge {
     }
 }
 
-/// What makes each request's task: `asyncio.Task` itself when the loop has no task
-/// factory (what `loop.create_task` calls then, in asyncio and uvloop alike, after
-/// keyword-argument handling that cost uvloop about 1,600 instructions per request),
-/// else `loop.create_task`. A factory is looked for once, after the lifespan startup
-/// (an app sets it there, if at all).
-fn task_maker(py: Python<'_>, event_loop: &PyObject) -> PyResult<PyObject> {
-    if event_loop.call_method0(py, "get_task_factory")?.is_none(py) {
-        Ok(py.import("asyncio")?.getattr("Task")?.unbind())
-    } else {
-        event_loop.getattr(py, "create_task")
+/// What makes each request's task.
+enum TaskMaker {
+    /// `asyncio.Task(coroutine, loop=LOOP, name="request-N")` when the loop has no task
+    /// factory: what `loop.create_task` calls then, in asyncio and uvloop alike, without
+    /// the keyword-argument handling that cost uvloop about 1,600 instructions per
+    /// request. The loop given saves the task looking up the running one (in Python
+    /// 3.11 a getpid(2) system call per request); the name given saves the `Task-N`
+    /// that 3.11 formats with `PyUnicode_FromFormat` (about 1,450 instructions).
+    /// `kwargs` is one dict, its `name` replaced for each task.
+    Task { task: PyObject, kwargs: Py<PyDict> },
+    /// `loop.create_task(coroutine)`, the loop's task factory then makes it.
+    Factory(PyObject),
+}
+
+impl TaskMaker {
+    /// A factory is looked for once, after the lifespan startup (an app sets it
+    /// there, if at all).
+    fn new(py: Python<'_>, event_loop: &PyObject) -> PyResult<TaskMaker> {
+        if event_loop.call_method0(py, "get_task_factory")?.is_none(py) {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item(intern!(py, "loop"), event_loop)?;
+            kwargs.set_item(intern!(py, "name"), py.None())?;
+            Ok(TaskMaker::Task {
+                task: py.import("asyncio")?.getattr("Task")?.unbind(),
+                kwargs: kwargs.unbind(),
+            })
+        } else {
+            Ok(TaskMaker::Factory(event_loop.getattr(py, "create_task")?))
+        }
     }
+
+    /// Request `id`'s task, running `coroutine`.
+    fn spawn(&self, py: Python<'_>, id: u64, coroutine: PyObject) -> PyResult<()> {
+        match self {
+            TaskMaker::Task { task, kwargs } => {
+                let kwargs = kwargs.bind(py);
+                kwargs.set_item(intern!(py, "name"), task_name(py, id))?;
+                task.bind(py).call((coroutine,), Some(kwargs))?;
+            }
+            TaskMaker::Factory(create_task) => {
+                create_task.call1(py, (coroutine,))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `request-N`: the name of request `id`'s task, written without a formatter.
+fn task_name(py: Python<'_>, id: u64) -> Bound<'_, PyString> {
+    const PREFIX: &[u8] = b"request-";
+    let mut text = [0u8; PREFIX.len() + 20];
+    text[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = id;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let digits = &digits[start..];
+    let end = PREFIX.len() + digits.len();
+    text[PREFIX.len()..end].copy_from_slice(digits);
+    // The text is ASCII.
+    PyString::new(py, std::str::from_utf8(&text[..end]).unwrap_or("request"))
 }
 
 /// `IP:PORT` or `IP` (from a proxy) as ASGI's `(host, port)`. An IPv4 address is
@@ -728,6 +1007,18 @@ fn address(text: &str) -> Option<(std::borrow::Cow<'_, str>, u16)> {
     text.parse::<std::net::IpAddr>()
         .ok()
         .map(|ip| (Cow::Owned(ip.to_string()), 0))
+}
+
+/// The port of `text` if it is `HOST:PORT` with `host` (an IPv4 address as
+/// [`address`] accepted it) as its HOST; None for anything else, which [`address`]
+/// then reads.
+fn known_host_port(text: &str, host: &str) -> Option<u16> {
+    let port = text.strip_prefix(host)?.strip_prefix(':')?;
+    // u16's parser takes a leading '+', which an address's port never has.
+    if port.starts_with('+') {
+        return None;
+    }
+    port.parse().ok()
 }
 
 #[pymethods]
@@ -810,9 +1101,10 @@ pub struct Conn {
     conns: Conns,
     inbox: Arc<Inbox>,
     outbox: Outbox,
-    runtime: tokio::runtime::Handle,
     create_future: PyObject,
-    demand: Arc<Notify>,
+    /// With the request's task on the server thread (its `answered` is set with
+    /// `complete`, for the [`DisconnectGuard`]).
+    shared: Arc<Shared>,
     /// A body chunk that arrived before `receive()` asked (or the empty body).
     buffered: Option<(Bytes, bool)>,
     /// The last body chunk was given to the app.
@@ -821,14 +1113,18 @@ pub struct Conn {
     disconnected: bool,
     /// Until the response (head, and the body or the start of its stream) is handed over.
     respond: Option<oneshot::Sender<Response>>,
+    /// The request's header map, emptied: the response's headers go into it. Its
+    /// memory, allocated on the server thread, goes back there with the response
+    /// and is freed there, and the response needs no allocation of its own for them
+    /// (a map made on this thread and freed on the other cost malloc the slow path
+    /// on both, their per-thread caches filling on one side and draining on the
+    /// other).
+    spare_headers: Option<hyper::HeaderMap>,
     head: Option<(hyper::StatusCode, hyper::HeaderMap)>,
     stream: Option<mpsc::Sender<Bytes>>,
-    aborted: Arc<AtomicBool>,
     pending_send: Option<PyObject>,
     /// The last body message was sent.
     complete: bool,
-    /// Shared with the request's [`DisconnectGuard`]: set with `complete`.
-    answered: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -901,12 +1197,12 @@ impl Conn {
             chunks = Some(sender);
             ChannelBody {
                 chunks: receiver,
-                aborted: self.aborted.clone(),
+                shared: self.shared.clone(),
             }
             .boxed_unsync()
         } else {
             // Before hyper has the response, so that its guard sees it.
-            self.answered.store(true, Release);
+            self.shared.answered.store(true, Release);
             forkd::app::full(body.clone())
         };
         let mut response = hyper::Response::new(boxed);
@@ -945,10 +1241,13 @@ impl Conn {
                 return Err(disconnected_error());
             }
             Err(mpsc::error::TrySendError::Full(body)) => {
+                let Some(runtime) = self.inbox.runtime.get() else {
+                    return Err(PyRuntimeError::new_err("no server runtime"));
+                };
                 let stream = stream.clone();
                 let inbox = self.inbox.clone();
                 let id = self.id;
-                self.runtime.spawn(async move {
+                runtime.spawn(async move {
                     let ok = stream.send(body).await.is_ok();
                     inbox.push(Event::Sent { id, ok });
                 });
@@ -960,7 +1259,7 @@ impl Conn {
         if !more {
             // Dropping our sender ends the body once the queued chunks are written.
             self.stream = None;
-            self.answered.store(true, Release);
+            self.shared.answered.store(true, Release);
             self.completed(py)?;
         }
         match waited {
@@ -1009,6 +1308,30 @@ fn with_bytes<R>(value: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResu
     Ok(f(converted.downcast::<PyBytes>()?.as_bytes()))
 }
 
+/// One `(name, value)` of `http.response.start`'s headers into `map`. A 2-tuple (what
+/// apps send) has its items read directly; any other sequence through `item[0]` and
+/// `item[1]` (a Python int made and a `__getitem__` called for each).
+fn append_header(map: &mut hyper::HeaderMap, item: &Bound<'_, PyAny>) -> PyResult<()> {
+    let (name, value) = match item.downcast::<PyTuple>() {
+        Ok(pair) if pair.len() == 2 => (pair.get_item(0)?, pair.get_item(1)?),
+        _ => (item.get_item(0)?, item.get_item(1)?),
+    };
+    let name = with_bytes(&name, |name| {
+        hyper::header::HeaderName::from_bytes(name).map_err(|_| {
+            PyRuntimeError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(name)
+            ))
+        })
+    })??;
+    let value = with_bytes(&value, |value| {
+        hyper::header::HeaderValue::from_bytes(value)
+            .map_err(|_| PyRuntimeError::new_err(format!("invalid value for header {name}")))
+    })??;
+    map.append(name, value);
+    Ok(())
+}
+
 #[pymethods]
 impl Conn {
     fn receive(&mut self, py: Python<'_>) -> PyResult<PyObject> {
@@ -1020,7 +1343,7 @@ impl Conn {
             return ready(py, Self::disconnect_message(py)?);
         }
         if !self.body_done {
-            self.demand.notify_one();
+            self.shared.demand.notify_one();
         }
         let future = self.future(py)?;
         self.pending_receive = Some(future.clone_ref(py));
@@ -1046,24 +1369,16 @@ impl Conn {
                     .extract()?;
                 let status = hyper::StatusCode::from_u16(status)
                     .map_err(|_| PyRuntimeError::new_err(format!("invalid status {status}")))?;
-                let mut map = hyper::HeaderMap::new();
+                let mut map = self.spare_headers.take().unwrap_or_default();
                 if let Some(headers) = message.get_item(intern!(py, "headers"))? {
-                    for item in headers.try_iter()? {
-                        let item = item?;
-                        let name = with_bytes(&item.get_item(0)?, |name| {
-                            hyper::header::HeaderName::from_bytes(name).map_err(|_| {
-                                PyRuntimeError::new_err(format!(
-                                    "invalid header name {:?}",
-                                    String::from_utf8_lossy(name)
-                                ))
-                            })
-                        })??;
-                        let value = with_bytes(&item.get_item(1)?, |value| {
-                            hyper::header::HeaderValue::from_bytes(value).map_err(|_| {
-                                PyRuntimeError::new_err(format!("invalid value for header {name}"))
-                            })
-                        })??;
-                        map.append(name, value);
+                    if let Ok(list) = headers.downcast::<PyList>() {
+                        for item in list.iter() {
+                            append_header(&mut map, &item)?;
+                        }
+                    } else {
+                        for item in headers.try_iter()? {
+                            append_header(&mut map, &item?)?;
+                        }
                     }
                 }
                 self.head = Some((status, map));
@@ -1117,7 +1432,7 @@ impl Conn {
                 forkd::app::respond(500, "text/plain; charset=utf-8", "Internal Server Error\n"),
             ));
         } else if self.stream.take().is_some() {
-            self.aborted.store(true, Release);
+            self.shared.aborted.store(true, Release);
         }
         self.pending_receive = None;
         self.pending_send = None;

@@ -19,7 +19,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -248,7 +248,7 @@ async fn run(
     }
 }
 
-pub type WsConns = Rc<RefCell<HashMap<u64, Py<WsConn>>>>;
+pub type WsConns = Rc<RefCell<crate::bridge::ById<Py<WsConn>>>>;
 
 /// One WebSocket as the app sees it: its `receive` and `send`.
 #[pyclass(unsendable)]

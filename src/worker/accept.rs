@@ -146,21 +146,109 @@ fn spawn_connection<T>(
     }
     let mut peer = conn::Peer::new(addr, shared);
     peer.local = local;
-    let shared = shared.clone();
     if !tls {
         // A task of its own type: one future with a TLS stream inside (rustls's
         // connection state) would make every plain connection's task as large.
-        tokio::spawn(conn::serve(shared, stream, peer, open));
+        shared
+            .connection_tasks
+            .spawn(shared, conn::serve(shared.clone(), stream, peer, open));
         return;
     }
-    tokio::spawn(async move {
+    let tls_shared = shared.clone();
+    let served = async move {
         // In the connection's own task: a slow handshake holds up nobody else.
-        if let Some((stream, info)) = handshake(&shared, stream).await {
+        if let Some((stream, info)) = handshake(&tls_shared, stream).await {
             let mut peer = peer;
             peer.tls = Some(info);
-            conn::serve(shared, stream, peer, open).await;
+            conn::serve(tls_shared, stream, peer, open).await;
         }
-    });
+    };
+    shared.connection_tasks.spawn(shared, served);
+}
+
+/// The connection tasks a core has running, so that it can end them when it returns
+/// early (an immediate stop, or `graceful_timeout` passed with connections open): the
+/// caller's runtime may go on, and must not go on serving a stopped core's connections.
+/// Costs two uncontended locks per connection, nothing per request.
+#[derive(Default)]
+pub(crate) struct ConnectionTasks {
+    next_id: std::sync::atomic::AtomicU64,
+    table: std::sync::Mutex<TaskTable>,
+}
+
+#[derive(Default)]
+struct TaskTable {
+    running: std::collections::HashMap<u64, tokio::task::AbortHandle>,
+    /// Tasks that ended before their handle was filed (a fast connection).
+    ended_unfiled: std::collections::HashSet<u64>,
+    /// The core has returned: a task started now is ended at once.
+    stopped: bool,
+}
+
+/// Takes a task out of the table when its future ends, however it ends (returns,
+/// panics, is aborted).
+struct TaskEnds {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for TaskEnds {
+    fn drop(&mut self) {
+        self.shared.connection_tasks.ended(self.id);
+    }
+}
+
+impl ConnectionTasks {
+    /// Spawns one connection's task and files its handle.
+    fn spawn<F>(&self, shared: &Arc<Shared>, future: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let ends = TaskEnds {
+            shared: shared.clone(),
+            id,
+        };
+        let task = tokio::spawn(async move {
+            let _ends = ends;
+            future.await
+        });
+        let Ok(mut table) = self.table.lock() else {
+            return;
+        };
+        if table.stopped {
+            task.abort();
+        } else if !table.ended_unfiled.remove(&id) {
+            table.running.insert(id, task.abort_handle());
+        }
+    }
+
+    fn ended(&self, id: u64) {
+        let Ok(mut table) = self.table.lock() else {
+            return;
+        };
+        if table.running.remove(&id).is_none() && !table.stopped {
+            table.ended_unfiled.insert(id);
+        }
+    }
+
+    /// Ends every connection task still running (they are dropped at their next
+    /// poll: their sockets close, their apps' futures are dropped), and any started
+    /// later. Returns how many there were.
+    pub(crate) fn end_all(&self) -> usize {
+        let Ok(mut table) = self.table.lock() else {
+            return 0;
+        };
+        table.stopped = true;
+        table.ended_unfiled.clear();
+        let running = std::mem::take(&mut table.running);
+        drop(table);
+        let count = running.len();
+        for (_, task) in running {
+            task.abort();
+        }
+        count
+    }
 }
 
 /// The TLS handshake of an accepted connection, bounded by `tls.handshake_timeout`,

@@ -158,8 +158,8 @@ pub enum Shutdown {
     /// `Connection: close`; HTTP/2 gets GOAWAY; an idle connection is closed once it
     /// has been idle for `keepalive`), for at most `graceful_timeout`.
     Graceful,
-    /// Stop at once: stop accepting, write the access log, return. The connections
-    /// still open are left to the runtime (the worker exits right after).
+    /// Stop at once: stop accepting, end every connection (their tasks are aborted:
+    /// sockets closed, the app's futures dropped), write the access log, return.
     Immediate,
 }
 
@@ -168,8 +168,8 @@ pub enum Shutdown {
 pub enum Outcome {
     /// Drained: every connection closed within `graceful_timeout`.
     Drained,
-    /// `graceful_timeout` passed with `open` connections still open; they are left to
-    /// the runtime.
+    /// `graceful_timeout` passed with `open` connections still open; their tasks are
+    /// aborted (a connection the app took over, such as a WebSocket, is the app's).
     GracefulTimeout { open: usize },
     /// Stopped at once ([`Shutdown::Immediate`]).
     Immediate,
@@ -269,6 +269,7 @@ where
             for task in accepting {
                 task.abort();
             }
+            shared.connection_tasks.end_all();
             if let Some(log) = &shared.access_log {
                 log.finish();
             }
@@ -355,6 +356,8 @@ pub(crate) struct Shared {
     pub(super) timing: bool,
     /// Wraps connections accepted on `tls://` listeners.
     pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Every connection's task, ended when the core returns without a full drain.
+    pub(super) connection_tasks: super::accept::ConnectionTasks,
     /// `tls.handshake_timeout`.
     pub(super) handshake_timeout: Duration,
 }
@@ -413,6 +416,7 @@ pub(super) fn new_shared(
         record_durations,
         tls: None,
         handshake_timeout: config.tls.handshake_timeout,
+        connection_tasks: Default::default(),
     }
 }
 
@@ -464,11 +468,15 @@ async fn drain(
     accepting: AcceptTasks,
     graceful_timeout: Duration,
 ) -> Outcome {
-    shared.start_drain();
-    for task in accepting {
-        let _ = task.await;
-    }
     let deadline = tokio::time::Instant::now() + graceful_timeout;
+    shared.start_drain();
+    // The accept loops end at once; the metrics listener's task waits for the scrapes
+    // it has accepted, which must not push the connections' deadline back.
+    for mut task in accepting {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
     // Connections the app took over (WebSockets) are asked to close a little before
     // the deadline, so that they can say goodbye before the master's SIGKILL.
     let closing_at = deadline - (graceful_timeout / 10).min(Duration::from_secs(1));
@@ -491,6 +499,7 @@ async fn drain(
                 open,
                 "graceful_timeout reached with connections open; exiting"
             );
+            shared.connection_tasks.end_all();
             break Outcome::GracefulTimeout { open };
         }
     };

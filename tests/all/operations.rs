@@ -440,3 +440,44 @@ fn scrapes_during_hups_all_get_answers() {
         server.log()
     );
 }
+
+#[test]
+fn an_idle_scraper_connection_does_not_hold_up_a_workers_drain() {
+    let dir = temp_dir("metrics-idle-drain");
+    let path = write_config(
+        &dir,
+        "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[metrics]\nbind = \"127.0.0.1:0\"\n",
+    );
+    let server = Forkd::new().config(&path).start();
+    let metrics = metrics_addr(&server);
+    let old = workers_of(server.pid());
+    assert_eq!(old.len(), 1, "{}", server.log());
+    // A scraper's keep-alive connection (as Prometheus keeps one), left idle after a scrape.
+    let stream = std::net::TcpStream::connect(&metrics).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    std::io::Write::write_all(&mut writer, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (status, close, _) = read_response_with_body(&mut reader).expect("scrape");
+    assert_eq!((status, close), (200, false));
+
+    let hup = Instant::now();
+    server.signal(Signal::SIGHUP);
+    let gone = poll_until(Duration::from_secs(15), || {
+        !workers_of(server.pid()).contains(&old[0])
+    });
+    let took = hup.elapsed();
+    assert!(gone, "the old worker never exited\n{}", server.log());
+    // Before: the drain waited for the idle connection's 5 s read timeout (6 s at most).
+    assert!(
+        took < Duration::from_secs(3),
+        "the old worker took {took:?} to drain with an idle metrics connection\n{}",
+        server.log()
+    );
+    // The idle connection was closed, not left to hang: the client reads EOF.
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut reader, &mut rest);
+    assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+}

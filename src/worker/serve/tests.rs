@@ -66,6 +66,10 @@ impl Running {
                 async move { stopped.await.unwrap_or(Shutdown::Graceful) },
             ));
             let _ = finished.send(outcome);
+            // The runtime goes on after the core returns, as a library caller's may:
+            // whatever the core left running would go on too.
+            std::thread::sleep(DEADLINE);
+            drop(runtime);
         });
         let running = Running {
             addr,
@@ -273,6 +277,9 @@ fn immediate_shutdown_returns_without_waiting_for_requests() {
     core.shutdown(Shutdown::Immediate);
     assert_eq!(core.outcome(), Outcome::Immediate);
     assert!(began.elapsed() < SLOWER / 2, "{:?}", began.elapsed());
+    // The connection ends with the core, though the runtime goes on: no answer.
+    assert!(closed_within(&mut stream) < SLOWER / 2);
+    core.wait_for(|slot| slot.connections() == 0, "no connection counted");
 }
 
 #[test]
@@ -291,6 +298,9 @@ fn graceful_timeout_bounds_the_drain() {
         took >= Duration::from_millis(900) && took < SLOWER,
         "{took:?}"
     );
+    // The connection still open ends with the core, though the runtime goes on.
+    assert!(closed_within(&mut stream) < SLOWER / 2);
+    core.wait_for(|slot| slot.connections() == 0, "no connection counted");
 }
 
 #[test]
