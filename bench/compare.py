@@ -24,6 +24,11 @@ STARTERS = {
     "nginx": lambda wd: b.start_nginx(wd, workers=2),
     "gunicorn": lambda wd: b.start_gunicorn(wd, workers=2),
     "hyper": lambda wd: b.start_hyper(wd, threads=2),
+    # One process (one runtime thread) each: what one core of each server does, without
+    # how its processes share the two cores with wrk.
+    "forkd-w1": lambda wd: b.start_forkd(wd, workers=1, threads=1, name="forkd-w1"),
+    "nginx-w1": lambda wd: b.start_nginx(wd, workers=1),
+    "hyper-t1": lambda wd: b.start_hyper(wd, threads=1),
 }
 
 
