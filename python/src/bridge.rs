@@ -99,20 +99,82 @@ pub enum Event {
 /// A response from the loop for its request's task.
 pub struct Answer(oneshot::Sender<Response>, Response);
 
-/// Responses from the loop to the server thread. They go through one task there (see
-/// [`dispatch`]) rather than straight into each request's oneshot: waking a task of
-/// the server's runtime from another thread costs a write to the runtime's eventfd
-/// each time, while a channel to one task wakes it once for all the responses the loop
-/// hands over before that task runs again.
-pub type Outbox = mpsc::UnboundedSender<Answer>;
+/// Responses from the loop to the server thread, handed over once per iteration of
+/// the loop: the first response of an iteration schedules the hand-over with
+/// `call_soon` (it runs after the callbacks already ready, so after every request task
+/// of this round), and the whole batch crosses in one message. Waking the server's
+/// runtime from this thread costs a write to its eventfd, and the server thread, which
+/// has little to do per response, would otherwise be woken (and go back to sleep) once
+/// per response whenever the app answers requests one after another (measured with
+/// FastAPI: 0.99 wake-ups and 1.97 context switches of the server thread per request).
+/// On the server thread one task ([`dispatch`]) gives each response to its request's
+/// task (a wake-up on the same thread, no system call).
+#[pyclass(unsendable)]
+pub struct Outbox {
+    pending: RefCell<Vec<Answer>>,
+    sender: mpsc::UnboundedSender<Vec<Answer>>,
+    call_soon: PyObject,
+}
 
-/// The server thread's end of the [`Outbox`]: each response to its request's task (a
-/// wake-up on the same thread, no system call).
-async fn dispatch(mut answers: mpsc::UnboundedReceiver<Answer>) {
-    let mut batch = Vec::new();
-    while answers.recv_many(&mut batch, 64).await > 0 {
-        for Answer(to, response) in batch.drain(..) {
-            let _ = to.send(response);
+impl Outbox {
+    pub fn new(
+        py: Python<'_>,
+        event_loop: &PyObject,
+        sender: mpsc::UnboundedSender<Vec<Answer>>,
+    ) -> PyResult<Py<Outbox>> {
+        Py::new(
+            py,
+            Outbox {
+                pending: RefCell::new(Vec::new()),
+                sender,
+                call_soon: event_loop.getattr(py, "call_soon")?,
+            },
+        )
+    }
+
+    /// Queues a response for the end of this iteration; `Err` when the server thread
+    /// is gone.
+    fn send(outbox: &Py<Outbox>, py: Python<'_>, answer: Answer) -> Result<(), ()> {
+        let this = outbox.borrow(py);
+        if this.sender.is_closed() {
+            return Err(());
+        }
+        let first = {
+            let mut pending = this.pending.borrow_mut();
+            pending.push(answer);
+            pending.len() == 1
+        };
+        if first && this.call_soon.call1(py, (outbox.clone_ref(py),)).is_err() {
+            // The loop is closing: hand it over now.
+            this.hand_over();
+        }
+        Ok(())
+    }
+
+    fn hand_over(&self) {
+        let batch = std::mem::take(&mut *self.pending.borrow_mut());
+        if !batch.is_empty() {
+            let _ = self.sender.send(batch);
+        }
+    }
+}
+
+#[pymethods]
+impl Outbox {
+    /// The hand-over `call_soon` runs.
+    fn __call__(&self) {
+        self.hand_over();
+    }
+}
+
+/// The server thread's end of the [`Outbox`]: each response to its request's task.
+async fn dispatch(mut answers: mpsc::UnboundedReceiver<Vec<Answer>>) {
+    let mut batches = Vec::new();
+    while answers.recv_many(&mut batches, 16).await > 0 {
+        for batch in batches.drain(..) {
+            for Answer(to, response) in batch {
+                let _ = to.send(response);
+            }
         }
     }
 }
@@ -300,7 +362,7 @@ impl Drop for DisconnectGuard {
 pub struct PyApp {
     inbox: Arc<Inbox>,
     /// Until the first request spawns [`dispatch`] with it on the server's runtime.
-    answers: Mutex<Option<mpsc::UnboundedReceiver<Answer>>>,
+    answers: Mutex<Option<mpsc::UnboundedReceiver<Vec<Answer>>>>,
     dispatching: AtomicBool,
     next_id: AtomicU64,
     /// Set when the drain's deadline nears: open WebSockets close with 1001.
@@ -308,7 +370,7 @@ pub struct PyApp {
 }
 
 impl PyApp {
-    pub fn new(inbox: Arc<Inbox>, answers: mpsc::UnboundedReceiver<Answer>) -> PyApp {
+    pub fn new(inbox: Arc<Inbox>, answers: mpsc::UnboundedReceiver<Vec<Answer>>) -> PyApp {
         PyApp {
             inbox,
             answers: Mutex::new(Some(answers)),
@@ -574,7 +636,7 @@ impl std::hash::Hasher for NameHash {
 #[pyclass(unsendable)]
 pub struct Bridge {
     inbox: Arc<Inbox>,
-    outbox: Outbox,
+    outbox: Py<Outbox>,
     /// The events of the current wake-up (kept for its capacity).
     batch: Vec<Event>,
     conns: Conns,
@@ -609,7 +671,7 @@ impl Bridge {
     pub fn new(
         py: Python<'_>,
         inbox: Arc<Inbox>,
-        outbox: Outbox,
+        answers: mpsc::UnboundedSender<Vec<Answer>>,
         event_loop: &PyObject,
         app: PyObject,
         state: PyObject,
@@ -624,7 +686,7 @@ impl Bridge {
         let _ = DONE.set(py, finished);
         Ok(Bridge {
             inbox,
-            outbox,
+            outbox: Outbox::new(py, event_loop, answers)?,
             batch: Vec::new(),
             conns: Rc::default(),
             websockets: Rc::default(),
@@ -664,7 +726,7 @@ impl Bridge {
                 id,
                 conns: self.conns.clone(),
                 inbox: self.inbox.clone(),
-                outbox: self.outbox.clone(),
+                outbox: self.outbox.clone_ref(py),
                 create_future: self.create_future.clone_ref(py),
                 shared,
                 buffered: first,
@@ -1100,7 +1162,7 @@ pub struct Conn {
     id: u64,
     conns: Conns,
     inbox: Arc<Inbox>,
-    outbox: Outbox,
+    outbox: Py<Outbox>,
     create_future: PyObject,
     /// With the request's task on the server thread (its `answered` is set with
     /// `complete`, for the [`DisconnectGuard`]).
@@ -1208,7 +1270,8 @@ impl Conn {
         let mut response = hyper::Response::new(boxed);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
-        if respond.is_closed() || self.outbox.send(Answer(respond, response)).is_err() {
+        if respond.is_closed() || Outbox::send(&self.outbox, py, Answer(respond, response)).is_err()
+        {
             self.disconnected = true;
             return Err(disconnected_error());
         }
@@ -1424,13 +1487,21 @@ impl Conn {
     }
 
     /// The app raised: 500 if the response had not started, else the connection is cut.
-    fn failed(&mut self, _py: Python<'_>) -> PyResult<()> {
+    fn failed(&mut self, py: Python<'_>) -> PyResult<()> {
         self.forget();
         if let Some(respond) = self.respond.take() {
-            let _ = self.outbox.send(Answer(
-                respond,
-                forkd::app::respond(500, "text/plain; charset=utf-8", "Internal Server Error\n"),
-            ));
+            let _ = Outbox::send(
+                &self.outbox,
+                py,
+                Answer(
+                    respond,
+                    forkd::app::respond(
+                        500,
+                        "text/plain; charset=utf-8",
+                        "Internal Server Error\n",
+                    ),
+                ),
+            );
         } else if self.stream.take().is_some() {
             self.shared.aborted.store(true, Release);
         }
