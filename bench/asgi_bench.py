@@ -247,7 +247,7 @@ def hups(app_name, servers):
 
 def app_floors():
     """Each app's own CPU µs per request with no server (bench/asgi_floor.py), {} if it fails."""
-    specs = {name: spec for name, (spec, _) in APPS.items()}
+    specs = {name: f"{spec}@{path}" for name, (spec, path) in APPS.items()}
     run = subprocess.run([f"{VENV}/bin/python", f"{BENCH}/asgi_floor.py", "--json", *specs.values()],
                          capture_output=True, text=True, cwd=BENCH)
     if run.returncode != 0:

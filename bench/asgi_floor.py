@@ -4,13 +4,14 @@ any server's CPU per request for that app.
 
 Calls the app in-process, one asyncio Task per request (as every ASGI server makes one),
 on the event loop the servers use (uvloop when it is installed), with a scope like the
-one a server builds (`GET` of the app's benchmark path, six request headers, a lifespan
-`state`), a `receive` that returns the empty request body and a `send` that keeps
+one a server builds (`GET` of TARGET, six request headers, a lifespan `state`), a `receive` that returns the empty request body and a `send` that keeps
 nothing. Reports the process's CPU time (user + system) per request, best of ROUNDS
 rounds of N requests after a warm-up.
 
-    python bench/asgi_floor.py [--requests 20000] [--rounds 3] asgi_hello:app asgi_fastapi:app
+    python bench/asgi_floor.py [--requests 20000] [--rounds 3] MODULE:ATTR[@TARGET]...
+    python bench/asgi_floor.py asgi_hello:app asgi_fastapi:app@/items/42?q=hello
 
+TARGET is the request's path and query (default `/`); every answer must be a 200.
 The apps are imported from bench/ (or the module path given). Use the virtualenv the
 servers run from (bench/asgi.sh runs it with its own), so that FastAPI, pydantic and
 uvloop are the same versions.
@@ -30,10 +31,6 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 
-# The benchmark request of each app (what bench/asgi_bench.py's wrk asks for).
-PATHS = {"asgi_hello": ("/", b""), "asgi_fastapi": ("/items/42", b"q=hello")}
-
-
 def new_loop():
     try:
         import uvloop
@@ -44,12 +41,11 @@ def new_loop():
 
 def load(spec):
     module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    return module_name, getattr(module, attr)
+    return getattr(importlib.import_module(module_name), attr)
 
 
-def scope_for(module_name):
-    path, query = PATHS.get(module_name, ("/", b""))
+def scope_for(target):
+    path, _, query = target.partition("?")
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -58,7 +54,7 @@ def scope_for(module_name):
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": query,
+        "query_string": query.encode(),
         "root_path": "",
         "headers": [
             (b"host", b"127.0.0.1:8000"),
@@ -95,8 +91,9 @@ async def run(app, template, n):
 
 
 def measure(spec, requests, rounds):
-    module_name, app = load(spec)
-    template = scope_for(module_name)
+    app_spec, _, target = spec.partition("@")
+    app = load(app_spec)
+    template = scope_for(target or "/")
     loop, loop_name = new_loop()
     try:
         loop.run_until_complete(run(app, template, min(2000, requests)))
@@ -113,7 +110,7 @@ def measure(spec, requests, rounds):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("apps", nargs="+", help="MODULE:ATTR, imported from bench/")
+    ap.add_argument("apps", nargs="+", help="MODULE:ATTR[@TARGET], imported from bench/")
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="one JSON object per app")
