@@ -77,26 +77,6 @@ pub fn listen(config: &Config, passed: Option<PassedFd>) -> Result<Option<Listen
     Ok(Some(listener))
 }
 
-/// HUP: keeps the listener when `metrics.bind` did not change, else binds the new one
-/// (an error leaves everything as it was) and closes the old one.
-pub fn rebind(current: &mut Option<Listener>, config: &Config) -> Result<(), String> {
-    let unchanged = match (&*current, &config.metrics.bind) {
-        (Some(listener), Some(spec)) => &listener.spec == spec,
-        (None, None) => true,
-        _ => false,
-    };
-    if unchanged {
-        return Ok(());
-    }
-    let next = listen(config, None)?;
-    if let Some(old) = current.take() {
-        tracing::info!("metrics: no longer serving on {}", old.local);
-        old.cleanup();
-    }
-    *current = next;
-    Ok(())
-}
-
 /// The name and fd under which a new master receives the metrics listener on USR2.
 pub fn handover_name(listener: &Listener) -> String {
     passed_name(&listener.spec)

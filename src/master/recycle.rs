@@ -148,11 +148,6 @@ impl Watch {
         self.decided
     }
 
-    /// The reason, once the worker is to be recycled.
-    pub fn reason(&self) -> Option<&'static str> {
-        self.decided.as_ref().map(Recycle::reason)
-    }
-
     /// The decision as the reconcile plan names it.
     pub fn exit_reason(&self) -> Option<super::plan::ExitReason> {
         self.decided.as_ref().map(|decided| match decided {
@@ -266,7 +261,10 @@ mod tests {
         let later = start + SAMPLE_EVERY;
         let decided = watch.check(later, MIB, || read(2 * MIB));
         assert_eq!(decided.map(|r| r.reason()), Some("max_worker_memory"));
-        assert_eq!(watch.reason(), Some("max_worker_memory"));
+        assert_eq!(
+            watch.exit_reason(),
+            Some(super::super::plan::ExitReason::MaxWorkerMemory)
+        );
         // Decided: never again, and no more reads.
         assert_eq!(
             watch.check(later + SAMPLE_EVERY, MIB, || read(3 * MIB)),

@@ -362,3 +362,69 @@ fn wait_for_a_new_master(server: &Server, pidfile: &Path, old: i32) -> i32 {
     );
     current_pid().unwrap_or(0)
 }
+
+/// A reload whose new workers cannot boot rolls back to the whole previous generation:
+/// not only its config and app, but its listeners (here a second bind the new config
+/// drops) and its metrics listener. Workers forked after the rollback must serve them
+/// all, so once every old worker is replaced in turn (TTIN, then TTOU stops the
+/// oldest), both binds and /metrics still answer.
+#[test]
+fn a_reload_that_cannot_boot_restores_every_listener_for_the_workers_after_it() {
+    let extra = format!("127.0.0.1:{}", free_port());
+    let path = temp_config(
+        "hup-rollback",
+        &format!(
+            "workers = 2\nbind = [\"127.0.0.1:0\", \"{extra}\"]\n[metrics]\nbind = \"127.0.0.1:0\"\n"
+        ),
+    );
+    let server = Forkd::program(counter_example()).config(&path).start();
+    let metrics = metrics_addr(&server);
+    let old = workers_of(server.pid());
+    assert_eq!(old.len(), 2, "{}", server.log());
+    // One bind fewer, no metrics, and an app that panics at boot.
+    std::fs::write(
+        &path,
+        "workers = 2\nbind = [\"127.0.0.1:0\"]\n[env]\nCOUNTER_PANIC_AT_BOOT = \"1\"\n",
+    )
+    .expect("rewrite");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.expect_log(
+        "keeping the workers of the previous configuration",
+        Duration::from_secs(10),
+    );
+    let ready_lines = |server: &Server| server.log().matches("worker ready").count();
+    for round in 0..old.len() {
+        let ready_before = ready_lines(&server);
+        server.signal(nix::sys::signal::Signal::SIGTTIN);
+        assert!(
+            poll_until(Duration::from_secs(10), || ready_lines(&server)
+                > ready_before),
+            "round {round}: no new worker ready\n{}",
+            server.log()
+        );
+        server.signal(nix::sys::signal::Signal::SIGTTOU);
+        assert!(
+            poll_until(Duration::from_secs(10), || {
+                let now = workers_of(server.pid());
+                now.len() == 2 && old.iter().filter(|w| now.contains(w)).count() < old.len() - round
+            }),
+            "round {round}: the oldest worker did not go\n{}",
+            server.log()
+        );
+    }
+    let now = workers_of(server.pid());
+    assert!(old.iter().all(|w| !now.contains(w)), "{now:?} {old:?}");
+    assert_eq!(
+        get(&server.addr, "/").map(|r| r.0),
+        Ok(200),
+        "{}",
+        server.log()
+    );
+    assert_eq!(get(&extra, "/").map(|r| r.0), Ok(200), "{}", server.log());
+    assert_eq!(
+        get(&metrics, "/metrics").map(|r| r.0),
+        Ok(200),
+        "{}",
+        server.log()
+    );
+}

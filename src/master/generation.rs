@@ -1,0 +1,247 @@
+//! One generation: everything a HUP changes, as one value. The configuration, what the
+//! workers run, the loaded `[tls]`, the listeners and the metrics listener bound for
+//! it, and how many workers are wanted. Workers are forked from the current
+//! generation; a HUP builds the next one whole (every socket bound, every file loaded)
+//! before anything changes, and a reload whose workers cannot boot puts the previous
+//! one back whole. The log configuration is the config's `[log]`, applied when a
+//! generation becomes current.
+//!
+//! Sockets the next generation keeps are shared with the previous one (a duplicate of
+//! the same socket, so either can be put back); a socket file belongs to one generation
+//! at a time and moves to the one that survives ([`Generation::retire`]).
+
+use super::Program;
+use crate::config::{BindSpec, Config};
+use crate::listeners::{self, Listener};
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+/// A configuration generation and everything bound or loaded for it.
+pub(super) struct Generation {
+    /// 1, then +1 per HUP that succeeds (a rollback returns to the previous number).
+    pub number: u64,
+    /// Its configuration.
+    pub config: Arc<Config>,
+    /// What its workers run.
+    pub program: Program,
+    /// Its `[tls]`, loaded and checked here and inherited by its workers.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Its listeners, inherited by every worker forked from it.
+    pub listeners: Vec<Listener>,
+    /// Its `[metrics]` listener, served by its workers.
+    pub metrics: Option<Listener>,
+    /// How many active workers are wanted (config, then TTIN/TTOU, WINCH).
+    pub target: usize,
+}
+
+/// Why a HUP could not build the next generation: nothing changed.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The configuration could not be read or is invalid.
+    Config(crate::config::ConfigError),
+    /// The app the configuration names cannot be resolved.
+    App(String),
+    /// A `[tls]` file is missing, unparsable or does not match.
+    Tls(String),
+    /// A `bind` address cannot be bound.
+    Bind {
+        /// Why (it names the address).
+        source: io::Error,
+    },
+    /// A socket the next generation keeps cannot be shared with it (dup failed).
+    Share {
+        /// What it is bound to.
+        local: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The `[metrics]` listener cannot be bound.
+    Metrics(String),
+}
+
+impl fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReloadError::Config(e) => write!(f, "{e}"),
+            ReloadError::App(e) | ReloadError::Tls(e) | ReloadError::Metrics(e) => {
+                write!(f, "{e}")
+            }
+            ReloadError::Bind { source } => write!(f, "key `bind`: {source}"),
+            ReloadError::Share { local, source } => {
+                write!(f, "cannot keep the socket on {local}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+impl Generation {
+    /// The first generation, from what start-up bound and loaded.
+    pub fn first(
+        config: Config,
+        program: Program,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        listeners: Vec<Listener>,
+        metrics: Option<Listener>,
+    ) -> Generation {
+        Generation {
+            number: 1,
+            target: config.worker_count(),
+            config: Arc::new(config),
+            program,
+            tls,
+            listeners,
+            metrics,
+        }
+    }
+
+    /// The generation after this one, for `config`: its sockets are this one's where
+    /// the addresses match (shared), else bound now. `keep_passed`: serving the sockets
+    /// systemd passed, and `config` names none, so it keeps them all. An error leaves
+    /// nothing bound.
+    pub fn next(
+        &self,
+        config: Config,
+        program: Program,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        keep_passed: bool,
+    ) -> Result<Generation, ReloadError> {
+        let listeners = if keep_passed && !config.bind_given {
+            self.listeners
+                .iter()
+                .map(|l| share(l, l.spec.clone()))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            self.bind_for(&config)?
+        };
+        let metrics = match self.metrics_for(&config) {
+            Ok(metrics) => metrics,
+            Err(e) => {
+                release_all(listeners);
+                return Err(e);
+            }
+        };
+        Ok(Generation {
+            number: self.number + 1,
+            target: config.worker_count(),
+            config: Arc::new(config),
+            program,
+            tls,
+            listeners,
+            metrics,
+        })
+    }
+
+    /// `config`'s listeners: this generation's socket for an address it has (also when
+    /// the entry changes between plain and TLS: the new generation's workers serve it
+    /// as the entry now says), a fresh bind for a new one.
+    fn bind_for(&self, config: &Config) -> Result<Vec<Listener>, ReloadError> {
+        let mut next = Vec::new();
+        for spec in &config.bind {
+            let found = self
+                .listeners
+                .iter()
+                .find(|l| l.spec.plain() == spec.plain());
+            let made = match found {
+                Some(listener) => share(listener, spec.clone()),
+                None => listeners::bind(spec, config.backlog)
+                    .inspect(|l| tracing::info!("listening on {}", l.local))
+                    .map_err(|source| ReloadError::Bind { source }),
+            };
+            match made {
+                Ok(listener) => next.push(listener),
+                Err(e) => {
+                    release_all(next);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// `config`'s metrics listener: this generation's when `metrics.bind` is unchanged,
+    /// else a fresh bind (or none).
+    fn metrics_for(&self, config: &Config) -> Result<Option<Listener>, ReloadError> {
+        match (&self.metrics, &config.metrics.bind) {
+            (Some(listener), Some(spec)) if &listener.spec == spec => {
+                share(listener, spec.clone()).map(Some)
+            }
+            (None, None) => Ok(None),
+            _ => crate::metrics::listen(config, None).map_err(ReloadError::Metrics),
+        }
+    }
+
+    /// Gives up this generation in favour of `survivor` (the next one once it is
+    /// committed, or the previous one on a rollback): the socket files of the sockets
+    /// both have move to `survivor`; the sockets only this one has are closed (their
+    /// files removed). Running workers keep their own copies until they exit.
+    pub fn retire(self, survivor: &mut Generation) {
+        for mut listener in self.listeners {
+            match survivor
+                .listeners
+                .iter_mut()
+                .find(|l| l.spec.plain() == listener.spec.plain())
+            {
+                Some(kept) => adopt_socket_file(kept, &mut listener),
+                None => {
+                    tracing::info!("no longer listening on {}", listener.local);
+                    listener.cleanup();
+                }
+            }
+        }
+        if let Some(mut listener) = self.metrics {
+            match survivor
+                .metrics
+                .as_mut()
+                .filter(|m| m.spec == listener.spec)
+            {
+                Some(kept) => adopt_socket_file(kept, &mut listener),
+                None => {
+                    tracing::info!("metrics: no longer serving on {}", listener.local);
+                    listener.cleanup();
+                }
+            }
+        }
+    }
+
+    /// Every listener of this generation, the metrics one included.
+    pub fn all_listeners(&self) -> impl Iterator<Item = &Listener> {
+        self.listeners.iter().chain(self.metrics.iter())
+    }
+}
+
+/// A second handle on `listener`'s socket (same socket, own fd), serving `spec`; the
+/// socket file stays with `listener`.
+fn share(listener: &Listener, spec: BindSpec) -> Result<Listener, ReloadError> {
+    let fd = listener
+        .fd
+        .try_clone()
+        .map_err(|source| ReloadError::Share {
+            local: listener.local.clone(),
+            source,
+        })?;
+    Ok(Listener {
+        spec,
+        local: listener.local.clone(),
+        kind: listener.kind.clone(),
+        fd,
+        socket_file: None,
+    })
+}
+
+/// Moves `from`'s socket file to `to` (the same socket) unless `to` has one.
+fn adopt_socket_file(to: &mut Listener, from: &mut Listener) {
+    if to.socket_file.is_none() {
+        to.socket_file = from.socket_file.take();
+    }
+}
+
+/// Closes listeners bound for a generation that is not made after all (their socket
+/// files, if they made any, removed).
+fn release_all(listeners: Vec<Listener>) {
+    for listener in listeners {
+        listener.cleanup();
+    }
+}

@@ -1,0 +1,108 @@
+//! What the master learns from the scoreboard and tells others: workers seen ready
+//! (which commits a new generation and may complete start-up), "all workers ready" to
+//! systemd or to the old master of an upgrade, a reload that is over, `STATUS=` and the
+//! watchdog keep-alive.
+
+use super::state::Boot;
+use super::workers::Phase;
+use super::{Master, Program, ReloadState, UpgradeState};
+use crate::protocol;
+use crate::scoreboard::WorkerState;
+use std::time::Instant;
+
+impl Master {
+    /// Notes the workers that became ready since the last look, and says "all workers
+    /// ready" once start-up is complete.
+    pub(super) fn observe_scoreboard(&mut self) {
+        self.probe_exec_readiness();
+        let mut current_ready = false;
+        for w in &mut self.workers {
+            if !w.ready() && self.scoreboard.slot(w.slot).state() == WorkerState::Ready {
+                w.ready_at = Some(Instant::now());
+                self.boot = self.boot.worker_ready();
+                self.backoff.worker_ready();
+                current_ready |= w.generation == self.current.number;
+                tracing::info!(pid = w.pid.as_raw(), worker = w.number, "worker ready");
+            }
+        }
+        if current_ready {
+            self.commit_generation();
+        }
+        let ready = self.workers.iter().filter(|w| w.ready()).count();
+        if self
+            .boot
+            .announce_now(self.state.supervising(), ready, self.current.target)
+        {
+            self.boot = Boot::Announced;
+            tracing::info!(workers = ready, "all workers ready");
+            self.announce_ready();
+        }
+    }
+
+    /// Start-up is complete: READY=1, or, in a master started by USR2, the old master is
+    /// told first (READY=1 waits for its answer: systemd must first hear from it that
+    /// this process is the main one).
+    fn announce_ready(&mut self) {
+        if let UpgradeState::StartedBy { old, token } = self.upgrade {
+            tracing::info!(
+                old_master = old,
+                "upgrade: telling the old master that this one is ready"
+            );
+            self.upgrade = UpgradeState::HandingOff { old, token };
+            let _ = match token {
+                Some(token) => protocol::queue(old, protocol::upgrade_ready_signal(), token),
+                None => protocol::kill(old, protocol::upgrade_ready_signal()),
+            };
+        } else {
+            let status = self.status_line().1;
+            self.systemd.ready(&status);
+        }
+    }
+
+    /// Once per loop: finish a reload whose new workers all serve, refresh STATUS=, and
+    /// send the watchdog keep-alive.
+    pub(super) fn report_to_systemd(&mut self) {
+        let reloading = matches!(self.reload, ReloadState::InProgress { .. });
+        if reloading && self.state.supervising() {
+            let old_running = self
+                .workers
+                .iter()
+                .any(|w| matches!(w.phase, Phase::Running) && w.generation < self.current.number);
+            if !old_running && self.ready_active() >= self.current.target {
+                self.finish_reload(true);
+            }
+        }
+        if self.state.supervising()
+            && !matches!(self.reload, ReloadState::InProgress { .. })
+            && !matches!(self.upgrade, UpgradeState::HandingOff { .. })
+            && self.systemd.wants_status()
+        {
+            let (counts, full) = self.status_line();
+            self.systemd.status(&counts, &full);
+        }
+        self.systemd.keep_alive();
+    }
+
+    /// The `STATUS=` text: the worker part, and the whole line with requests served.
+    pub(super) fn status_line(&self) -> (String, String) {
+        let running = self
+            .workers
+            .iter()
+            .filter(|w| matches!(w.phase, Phase::Running))
+            .count();
+        let ready = self.ready_active();
+        // Exited workers' requests were folded into the scoreboard's totals.
+        let served = self.scoreboard.totals().requests;
+        let counts = format!(
+            "{ready} of {} workers ready ({running} running, generation {})",
+            self.current.target, self.current.number
+        );
+        let full = match self.current.program {
+            Program::Native(_) | Program::Hosted(_) => {
+                format!("{counts}, {served} requests served")
+            }
+            Program::Exec(_) => counts.clone(),
+        };
+        (counts, full)
+    }
+}
