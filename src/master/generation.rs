@@ -245,3 +245,111 @@ fn release_all(listeners: Vec<Listener>) {
         listener.cleanup();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::path::PathBuf;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("forkd-gen-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn config(binds: &[BindSpec]) -> Config {
+        Config {
+            bind: binds.to_vec(),
+            bind_given: true,
+            ..Config::default()
+        }
+    }
+
+    fn program() -> Program {
+        Program::Native(crate::apps::builtin("hello").unwrap())
+    }
+
+    fn first(binds: &[BindSpec]) -> Generation {
+        let config = config(binds);
+        let listeners = binds
+            .iter()
+            .map(|spec| listeners::bind(spec, 16).unwrap())
+            .collect();
+        Generation::first(config, program(), None, listeners, None)
+    }
+
+    fn is_open(fd: i32) -> bool {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
+    }
+
+    #[test]
+    fn a_failed_generation_retired_into_the_previous_one_leaves_it_whole() {
+        let dir = dir("rollback");
+        let kept = BindSpec::Unix(dir.join("kept.sock"));
+        let dropped = BindSpec::Unix(dir.join("dropped.sock"));
+        let added = BindSpec::Unix(dir.join("added.sock"));
+        let mut previous = first(&[kept.clone(), dropped.clone()]);
+        let next = previous
+            .next(
+                config(&[kept.clone(), added.clone()]),
+                program(),
+                None,
+                false,
+            )
+            .unwrap();
+        assert_eq!(next.number, 2);
+        // The kept socket is the same socket under another fd, its file still the
+        // previous generation's; the dropped one is untouched until the new one is
+        // committed.
+        assert_eq!(next.listeners[0].local, previous.listeners[0].local);
+        assert!(next.listeners[0].socket_file.is_none());
+        assert!(dir.join("dropped.sock").exists() && dir.join("added.sock").exists());
+        let added_fd = next.listeners[1].fd.as_raw_fd();
+        next.retire(&mut previous);
+        // Rolled back: every socket of the previous generation is still there, with its
+        // file; the one only the failed generation had is gone.
+        assert_eq!(previous.listeners.len(), 2);
+        assert!(previous.listeners.iter().all(|l| l.socket_file.is_some()));
+        assert!(dir.join("kept.sock").exists() && dir.join("dropped.sock").exists());
+        assert!(!dir.join("added.sock").exists());
+        assert!(!is_open(added_fd));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_committed_generation_takes_the_socket_files_and_the_rest_is_released() {
+        let dir = dir("commit");
+        let kept = BindSpec::Unix(dir.join("kept.sock"));
+        let dropped = BindSpec::Unix(dir.join("dropped.sock"));
+        let previous = first(&[kept.clone(), dropped.clone()]);
+        let dropped_fd = previous.listeners[1].fd.as_raw_fd();
+        let mut next = previous
+            .next(config(std::slice::from_ref(&kept)), program(), None, false)
+            .unwrap();
+        previous.retire(&mut next);
+        assert!(next.listeners[0].socket_file.is_some());
+        assert!(dir.join("kept.sock").exists());
+        assert!(!dir.join("dropped.sock").exists());
+        assert!(!is_open(dropped_fd));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_bind_that_fails_leaves_nothing_bound() {
+        let dir = dir("fails");
+        let previous = first(&[BindSpec::Unix(dir.join("a.sock"))]);
+        let new = BindSpec::Unix(dir.join("new.sock"));
+        let missing = BindSpec::Unix(dir.join("no/such/dir.sock"));
+        let result = previous.next(config(&[new, missing]), program(), None, false);
+        assert!(
+            matches!(result, Err(ReloadError::Bind { .. })),
+            "{:?}",
+            result.err()
+        );
+        assert!(!dir.join("new.sock").exists());
+        assert!(dir.join("a.sock").exists());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
