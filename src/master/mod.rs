@@ -276,7 +276,9 @@ impl Master {
         })
     }
 
-    /// The supervisor loop. Returns forkd's exit code.
+    /// The supervisor loop. Returns forkd's exit code. Each turn: reconcile the workers
+    /// with what is wanted, sleep until an event or the nearest deadline, then act on
+    /// signals, on what workers reported or how they exited, and on deadlines.
     pub fn run(mut self) -> u8 {
         crate::proctitle::set("forkd: master");
         tracing::info!(
@@ -325,7 +327,7 @@ impl Master {
             Signal::SIGINT => self.handle_quit("INT"),
             Signal::SIGQUIT => self.handle_quit("QUIT"),
             Signal::SIGUSR1 => self.handle_usr1(),
-            Signal::SIGUSR2 => self.start_upgrade(),
+            Signal::SIGUSR2 => self.handle_usr2(),
             Signal::SIGWINCH => self.handle_winch(),
             Signal::SIGTTIN => self.handle_ttin(),
             Signal::SIGTTOU => self.handle_ttou(),

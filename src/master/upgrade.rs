@@ -197,7 +197,7 @@ use super::{signals, Master, UpgradeState};
 
 impl Master {
     /// USR2: start a new master from the binary on disk, handing it the listeners.
-    pub(super) fn start_upgrade(&mut self) {
+    pub(super) fn handle_usr2(&mut self) {
         if self.state != RunState::Serving || self.upgrade_under_way() {
             return;
         }
