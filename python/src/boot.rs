@@ -4,7 +4,8 @@
 //! the [`Bridge`](crate::bridge::Bridge) is wired to the loop and the worker's server
 //! thread starts (forkd's `worker::serve_hosted`).
 
-use crate::bridge::{Bridge, Inbox, PyApp};
+use crate::bridge::{Bridge, PyApp};
+use crate::inbox::Inbox;
 use forkd::hosted::{Booted, HostedBoot};
 use forkd::scoreboard::Slot;
 use pyo3::prelude::*;
