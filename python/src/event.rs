@@ -128,3 +128,21 @@ impl Credit {
         self.room.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_holds_the_reader_back_at_incoming_messages() {
+        let credit = Credit::default();
+        for _ in 0..INCOMING - 1 {
+            credit.take();
+        }
+        assert!(!credit.full());
+        credit.take();
+        assert!(credit.full());
+        credit.free();
+        assert!(!credit.full());
+    }
+}

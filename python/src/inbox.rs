@@ -197,3 +197,87 @@ pub async fn flusher(inbox: Arc<Inbox>) {
         inbox.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_push_wakes_the_loop_once_per_round() {
+        // Without the flusher (before the first request, after stop): at once.
+        assert_eq!(wake_decision(false, false, 1, false), Wake::Now);
+        // With it: the first push of a round rings it, the next ones do nothing.
+        assert_eq!(wake_decision(false, false, 1, true), Wake::Later);
+        assert_eq!(wake_decision(false, true, 2, true), Wake::Nothing);
+        assert_eq!(
+            wake_decision(false, true, WAKE_BATCH - 1, true),
+            Wake::Nothing
+        );
+        // A full batch does not wait for the end of the round.
+        assert_eq!(wake_decision(false, true, WAKE_BATCH, true), Wake::Now);
+        assert_eq!(wake_decision(false, false, WAKE_BATCH, true), Wake::Now);
+        // Once written, nothing more until the loop takes the events.
+        for (flushing, queued, deferring) in [(false, 1, false), (true, 99, true)] {
+            assert_eq!(
+                wake_decision(true, flushing, queued, deferring),
+                Wake::Nothing
+            );
+        }
+    }
+
+    /// The eventfd's counter: how many writes since the last read (0: none).
+    fn writes(inbox: &Inbox) -> u64 {
+        let mut file = std::fs::File::from(inbox.wake.try_clone().unwrap());
+        let mut counter = [0u8; 8];
+        match file.read(&mut counter) {
+            Ok(8) => u64::from_ne_bytes(counter),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            other => panic!("eventfd read: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_eventfd_is_written_once_until_the_loop_takes_the_events() {
+        let inbox = Inbox::new().unwrap();
+        inbox.push(Event::Disconnect(1));
+        inbox.push(Event::Disconnect(2));
+        let mut batch = Vec::new();
+        assert_eq!(writes(&inbox), 1);
+        inbox.take_into(&mut batch);
+        assert_eq!(batch.len(), 2);
+        batch.clear();
+        // Taken: the next push wakes the loop again.
+        inbox.push(Event::Disconnect(3));
+        assert_eq!(writes(&inbox), 1);
+        inbox.take_into(&mut batch);
+        assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn with_the_flusher_the_round_ends_with_one_write() {
+        let inbox = Inbox::new().unwrap();
+        inbox.deferring.store(true, Relaxed);
+        inbox.push(Event::Disconnect(1));
+        inbox.push(Event::Disconnect(2));
+        assert_eq!(writes(&inbox), 0);
+        inbox.flush();
+        assert_eq!(writes(&inbox), 1);
+        // A flush with nothing new (the loop woke already) writes nothing.
+        inbox.flush();
+        assert_eq!(writes(&inbox), 0);
+        // A full batch is written without waiting for the flush.
+        let mut batch = Vec::new();
+        inbox.take_into(&mut batch);
+        for id in 0..WAKE_BATCH as u64 {
+            inbox.push(Event::Disconnect(id));
+        }
+        assert_eq!(writes(&inbox), 1);
+        inbox.flush();
+        assert_eq!(writes(&inbox), 0);
+        // stop() does not wait for a flush that will not come.
+        inbox.take_into(&mut batch);
+        inbox.stop();
+        assert_eq!(writes(&inbox), 1);
+    }
+}

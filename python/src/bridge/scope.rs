@@ -317,3 +317,105 @@ fn known_host_port(text: &str, host: &str) -> Option<u16> {
     }
     port.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    #[test]
+    fn client_addresses_as_asgi_host_and_port() {
+        let v4 = address("127.0.0.1:8080").unwrap();
+        assert_eq!(v4, (Cow::Borrowed("127.0.0.1"), 8080));
+        assert!(matches!(v4.0, Cow::Borrowed(_)), "IPv4 as written");
+        assert_eq!(address("10.1.2.3").unwrap(), (Cow::Borrowed("10.1.2.3"), 0));
+        assert_eq!(address("[::1]:443").unwrap(), (Cow::Borrowed("::1"), 443));
+        // IPv6 in its canonical form, with or without a port.
+        assert_eq!(address("2001:DB8:0::1").unwrap().0, "2001:db8::1");
+        assert_eq!(
+            address("[2001:db8:0:0::1]:80").unwrap(),
+            (Cow::Borrowed("2001:db8::1"), 80)
+        );
+        assert_eq!(address("[::ffff:1.2.3.4]:1").unwrap().0, "::ffff:1.2.3.4");
+    }
+
+    #[test]
+    fn malformed_client_addresses_are_none() {
+        for text in [
+            "",
+            ":",
+            "localhost",
+            "localhost:80",
+            "1.2.3.4:",
+            "1.2.3.4:65536",
+            "1.2.3.4:-1",
+            "1.2.3:80",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "[1.2.3.4]:80",
+            "::1:80:",
+            "[::1]",
+            "[::1]:x",
+            "1.2.3.4 :80",
+            "unknown",
+        ] {
+            assert_eq!(address(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_known_host_matches_only_itself_with_a_port() {
+        assert_eq!(known_host_port("10.0.0.1:443", "10.0.0.1"), Some(443));
+        assert_eq!(known_host_port("10.0.0.1:0", "10.0.0.1"), Some(0));
+        for text in [
+            "10.0.0.10:443",
+            "10.0.0.1",
+            "10.0.0.1:",
+            "10.0.0.1:+443",
+            "10.0.0.1:-1",
+            "10.0.0.1:65536",
+            "10.0.0.1:44 3",
+            "10.0.0.2:443",
+            "x10.0.0.1:443",
+        ] {
+            assert_eq!(known_host_port(text, "10.0.0.1"), None, "{text:?}");
+        }
+    }
+
+    /// The short cut agrees with the full parse on any text: what `known_host_port`
+    /// reads is what `address` would have given (texts made from the characters of
+    /// addresses, by a fixed pseudo-random sequence).
+    #[test]
+    fn the_cached_host_short_cut_agrees_with_the_parser() {
+        const ALPHABET: &[u8] = b"0123456789.:[]+-fa ";
+        let hosts = ["1.2.3.4", "10.0.0.1", "0.0.0.0", "127.0.0.1"];
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let host = hosts[round % hosts.len()];
+            let len = (next() % 10) as usize;
+            let mut text = String::new();
+            if round % 2 == 0 {
+                text.push_str(host);
+            }
+            for _ in 0..len {
+                text.push(char::from(
+                    ALPHABET[(next() % ALPHABET.len() as u64) as usize],
+                ));
+            }
+            let parsed = address(&text);
+            if let Some(port) = known_host_port(&text, host) {
+                assert_eq!(parsed, Some((Cow::Borrowed(host), port)), "{text:?}");
+            }
+            if let Some((Cow::Borrowed(found), _)) = parsed {
+                // Borrowed: IPv4 as written (the text the cache keeps).
+                assert!(found.parse::<std::net::Ipv4Addr>().is_ok(), "{text:?}");
+            }
+        }
+    }
+}

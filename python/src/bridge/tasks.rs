@@ -85,3 +85,24 @@ fn task_name_text(id: u64, text: &mut [u8; TASK_NAME_MAX]) -> &str {
     // The text is ASCII.
     std::str::from_utf8(&text[..end]).unwrap_or("request")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_names_count_in_decimal() {
+        let mut text = [0u8; TASK_NAME_MAX];
+        assert_eq!(task_name_text(0, &mut text), "request-0");
+        assert_eq!(task_name_text(7, &mut text), "request-7");
+        assert_eq!(task_name_text(10, &mut text), "request-10");
+        assert_eq!(task_name_text(1_234_567, &mut text), "request-1234567");
+        assert_eq!(
+            task_name_text(u64::MAX, &mut text),
+            format!("request-{}", u64::MAX)
+        );
+        for id in [9, 99, 100, 65_535, 1 << 40] {
+            assert_eq!(task_name_text(id, &mut text), format!("request-{id}"));
+        }
+    }
+}
