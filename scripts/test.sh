@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Linux machine with a Rust toolchain: installs what
-# the tests need (scripts/test-deps.sh), then runs every test target and the doc tests.
+# the tests need (scripts/test-deps.sh), then runs every test target, the doc tests and
+# the unit tests of the Python package's crate (python/, its own workspace).
 # README.md gives this command; .ci/run runs it after rustfmt and clippy.
 #
 #   scripts/test.sh                 everything
@@ -11,4 +12,12 @@ scripts/test-deps.sh
 cargo nextest run --all-targets --no-fail-fast "$@"
 if [ $# -eq 0 ]; then
   cargo test --doc
+  # python/'s unit tests: a test binary that links libpython (the extension module,
+  # built by maturin with the `extension-module` feature, does not), of the test
+  # virtualenv's interpreter that scripts/test-deps.sh made.
+  venv="${PYTHON_TEST_VENV:-$PWD/target/pyenv-test}"
+  libdir="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')"
+  (cd python &&
+    PYO3_PYTHON="$venv/bin/python" CARGO_TARGET_DIR=../target \
+      LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test --lib)
 fi

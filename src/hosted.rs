@@ -10,6 +10,10 @@
 //!   runs its startup; the worker then serves on a second thread with its own tokio
 //!   runtime while the host's loop runs on the main thread (see `worker::run`).
 
+/// How forkd writes text it did not make into its error log (one line, control
+/// characters as `\xHH`): a host writes its app's output lines the same way.
+pub use crate::logging::escape_untrusted;
+
 use crate::app::App;
 use crate::config::Config;
 use crate::scoreboard::Slot;

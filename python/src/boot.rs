@@ -4,7 +4,8 @@
 //! the [`Bridge`](crate::bridge::Bridge) is wired to the loop and the worker's server
 //! thread starts (forkd's `worker::serve_hosted`).
 
-use crate::bridge::{Bridge, Inbox, PyApp};
+use crate::bridge::{Bridge, PyApp};
+use crate::inbox::Inbox;
 use forkd::hosted::{Booted, HostedBoot};
 use forkd::scoreboard::Slot;
 use pyo3::prelude::*;
@@ -26,22 +27,22 @@ pub fn stamp() {
 /// forkd's error log with the worker's pid.
 #[pyfunction]
 pub fn log_line(stderr: bool, line: &str) {
-    let line: String = line
-        .chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                '\u{fffd}'
-            } else {
-                c
-            }
-        })
-        .collect();
+    let line = log_text(line);
     let pid = std::process::id();
     if stderr {
         tracing::warn!(pid, "{line}");
     } else {
         tracing::info!(pid, "{line}");
     }
+}
+
+/// A line from the app as the error log writes it: control characters (an escape
+/// sequence, a carriage return, a journal priority's newline) as `\xHH`, a backslash
+/// doubled, as forkd writes any text it did not make (`escape_untrusted`), so the app
+/// cannot forge a line of the master's or drive the reader's terminal. Not cut: the
+/// app's own lines are as long as it makes them.
+fn log_text(line: &str) -> String {
+    forkd::hosted::escape_untrusted(line.as_bytes(), usize::MAX)
 }
 
 /// The [`HostedLoader`](forkd::hosted::HostedLoader) for `MODULE:ATTR` apps.
@@ -153,5 +154,22 @@ fn describe(py: Python<'_>, e: &PyErr) -> String {
         kind
     } else {
         format!("{kind}: {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_text;
+
+    #[test]
+    fn the_apps_lines_are_escaped_as_forkds_own() {
+        assert_eq!(log_text("plain: ok"), "plain: ok");
+        assert_eq!(
+            log_text("a\r<0>b\x1b[2J\tc\\d"),
+            "a\\x0d<0>b\\x1b[2J\\x09c\\\\d"
+        );
+        assert_eq!(log_text("caf\u{e9} \u{85}"), "caf\u{e9} \\xc2\\x85");
+        let long = "x".repeat(100_000);
+        assert_eq!(log_text(&long), long);
     }
 }

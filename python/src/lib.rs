@@ -2,11 +2,29 @@
 //! calls [`main`], which runs forkd's own entry point inside the interpreter: the master
 //! is this (single-threaded) Python process, which imports nothing of the app and forks
 //! the workers; each worker imports the ASGI app after the fork and serves it through
-//! forkd's hyper stack (see `bridge.rs` for how requests cross into Python, `boot.rs`
+//! forkd's hyper stack (see `bridge/` for how requests cross into Python, `boot.rs`
 //! for the worker's start).
+//!
+//! The modules, from the bottom up: `event` (what crosses from the server thread to the
+//! loop), `inbox` (how it crosses, and wakes the loop), `ids`, `awaitable` and `pybytes`
+//! (shared by the HTTP and WebSocket sides), `ws` (WebSockets), `bridge` (HTTP requests
+//! and the loop's dispatch of every event), `boot` (a worker's start), `fork` (the
+//! interpreter's fork hooks).
 
+// `unsafe` only where a module needs it (marked `#[allow(unsafe_code)]` below); every
+// block says why it is sound (clippy's `undocumented_unsafe_blocks`, in Cargo.toml).
+#![deny(unsafe_code)]
+
+mod awaitable;
 mod boot;
 mod bridge;
+mod event;
+#[allow(unsafe_code)] // the interpreter's C API around fork()
+mod fork;
+mod ids;
+#[allow(unsafe_code)] // the eventfd: made, written and read with libc
+mod inbox;
+mod pybytes;
 mod ws;
 
 use pyo3::prelude::*;
@@ -23,29 +41,14 @@ fn main(argv: Vec<String>, executable: String) -> u8 {
     relaunch_args.extend(argv.iter().map(OsString::from));
     let host = forkd::hosted::Host {
         fork: Some(forkd::hosted::ForkHooks {
-            before: before_fork,
-            parent: after_fork_parent,
-            child: after_fork_child,
+            before: fork::before,
+            parent: fork::after_in_parent,
+            child: fork::after_in_child,
         }),
         loader: Some(Arc::new(boot::load)),
         relaunch: Some((executable.into(), relaunch_args)),
     };
     forkd::main_with_host(argv.into_iter().map(OsString::from).collect(), host)
-}
-
-fn before_fork() {
-    // SAFETY: called with the GIL held (the master never releases it), as required.
-    unsafe { pyo3::ffi::PyOS_BeforeFork() }
-}
-
-fn after_fork_parent() {
-    // SAFETY: as above, right after fork() in the parent.
-    unsafe { pyo3::ffi::PyOS_AfterFork_Parent() }
-}
-
-fn after_fork_child() {
-    // SAFETY: right after fork() in the child, which holds the GIL.
-    unsafe { pyo3::ffi::PyOS_AfterFork_Child() }
 }
 
 #[pymodule]
@@ -56,7 +59,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(boot::log_line, m)?)?;
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<bridge::Conn>()?;
-    m.add_class::<bridge::Ready>()?;
+    m.add_class::<awaitable::Ready>()?;
     m.add_class::<ws::WsConn>()?;
     Ok(())
 }

@@ -5,11 +5,15 @@
 //! app sends goes out through a small bounded channel, whose `send()` waits (an asyncio
 //! future resolved by an event) while it is full: a client that reads slowly slows the
 //! app down instead of filling the worker's memory. The other way round is bounded too:
-//! at most [`INCOMING`] client messages wait for the app's `receive()`; past that the
+//! at most [`INCOMING`](crate::event::INCOMING) client messages wait for the app's `receive()`; past that the
 //! connection is not read until the app takes one (as uvicorn's `--ws-max-queue`), so a
 //! client that sends faster than the app receives is held back by TCP, not buffered.
 
-use crate::bridge::{done, ready, resolve, Event, Inbox};
+use crate::awaitable::{done, fail, ready, resolve};
+use crate::event::{Credit, Event, Outgoing, WsAnswer, WsHead};
+use crate::ids::ById;
+use crate::inbox::Inbox;
+use crate::pybytes::bytes_of;
 use bytes::Bytes;
 use forkd::app::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -27,65 +31,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 
-/// The app's answer to the upgrade request.
-pub enum Answer {
-    Accept {
-        subprotocol: Option<String>,
-        headers: hyper::HeaderMap,
-    },
-    /// Closed before accepting (403), or failed (500).
-    Deny(u16),
-}
-
-/// What the app sends on an accepted WebSocket.
-pub enum Outgoing {
-    Message(Message),
-    Close(u16, String),
-}
-
-/// A WebSocket upgrade request, handed to the loop.
-pub struct Head {
-    pub id: u64,
-    pub parts: hyper::http::request::Parts,
-    pub answer: oneshot::Sender<Answer>,
-    pub outgoing: mpsc::Sender<Outgoing>,
-    pub runtime: tokio::runtime::Handle,
-    /// Client messages read and not yet taken by the app's `receive()`.
-    pub credit: Arc<Credit>,
-}
-
 /// Messages from the app in flight to the socket.
 const OUTGOING: usize = 16;
-
-/// Client messages that may wait for the app's `receive()` (uvicorn's default
-/// `--ws-max-queue` is 32).
-const INCOMING: usize = 32;
-
-/// How many client messages wait for the app, shared by the connection's reading task
-/// (which stops reading at [`INCOMING`]) and the app's side (which frees one per message
-/// it takes).
-#[derive(Default)]
-pub struct Credit {
-    waiting: std::sync::atomic::AtomicUsize,
-    room: tokio::sync::Notify,
-}
-
-impl Credit {
-    fn full(&self) -> bool {
-        self.waiting.load(std::sync::atomic::Ordering::Acquire) >= INCOMING
-    }
-    fn take(&self) {
-        self.waiting
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    }
-    /// The app took a message: the reader may go on (`notify_one` keeps a permit if it
-    /// is not waiting yet, so no wake-up is lost).
-    fn free(&self) {
-        self.waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        self.room.notify_one();
-    }
-}
 
 /// Whether a request asks for a WebSocket (RFC 6455 section 4.1).
 pub fn is_upgrade(req: &forkd::app::Request) -> bool {
@@ -142,7 +89,7 @@ pub async fn serve(
         inbox: inbox.clone(),
         armed: true,
     };
-    inbox.push(Event::WsHead(Box::new(Head {
+    inbox.push(Event::WsHead(Box::new(WsHead {
         id,
         parts,
         answer,
@@ -151,11 +98,11 @@ pub async fn serve(
         credit: credit.clone(),
     })));
     let (subprotocol, headers) = match answered.await {
-        Ok(Answer::Accept {
+        Ok(WsAnswer::Accept {
             subprotocol,
             headers,
         }) => (subprotocol, headers),
-        Ok(Answer::Deny(status)) => return deny(status),
+        Ok(WsAnswer::Deny(status)) => return deny(status),
         Err(_) => return deny(500),
     };
     pending.armed = false;
@@ -248,7 +195,8 @@ async fn run(
     }
 }
 
-pub type WsConns = Rc<RefCell<crate::bridge::ById<Py<WsConn>>>>;
+/// The open WebSockets, by id.
+pub type WsConns = Rc<RefCell<ById<Py<WsConn>>>>;
 
 /// One WebSocket as the app sees it: its `receive` and `send`.
 #[pyclass(unsendable)]
@@ -258,7 +206,7 @@ pub struct WsConn {
     create_future: PyObject,
     inbox: Arc<Inbox>,
     runtime: tokio::runtime::Handle,
-    answer: Option<oneshot::Sender<Answer>>,
+    answer: Option<oneshot::Sender<WsAnswer>>,
     outgoing: Option<mpsc::Sender<Outgoing>>,
     /// A `send()` waiting for room in `outgoing`.
     pending_send: Option<PyObject>,
@@ -273,7 +221,7 @@ pub struct WsConn {
 impl WsConn {
     pub fn new(
         py: Python<'_>,
-        head: Head,
+        head: WsHead,
         conns: WsConns,
         create_future: PyObject,
         inbox: Arc<Inbox>,
@@ -334,7 +282,7 @@ impl WsConn {
         self.closed = true;
         self.outgoing = None;
         if let Some(future) = self.pending_send.take() {
-            crate::bridge::fail(py, &future, gone_error())?;
+            fail(py, &future, gone_error())?;
         }
         let message = PyDict::new(py);
         message.set_item(intern!(py, "type"), intern!(py, "websocket.disconnect"))?;
@@ -345,7 +293,7 @@ impl WsConn {
     fn end(&mut self, deny: u16, close: u16) {
         self.conns.borrow_mut().remove(&self.id);
         if let Some(answer) = self.answer.take() {
-            let _ = answer.send(Answer::Deny(deny));
+            let _ = answer.send(WsAnswer::Deny(deny));
         } else if let Some(outgoing) = self.outgoing.take() {
             let _ = self.post(&outgoing, Outgoing::Close(close, String::new()));
         }
@@ -373,7 +321,7 @@ impl WsConn {
     pub fn sent(&mut self, py: Python<'_>, ok: bool) -> PyResult<()> {
         match self.pending_send.take() {
             Some(future) if ok => resolve(py, &future, py.None()),
-            Some(future) => crate::bridge::fail(py, &future, gone_error()),
+            Some(future) => fail(py, &future, gone_error()),
             None => Ok(()),
         }
     }
@@ -416,8 +364,8 @@ impl WsConn {
                 if let Some(list) = message.get_item(intern!(py, "headers"))? {
                     for item in list.try_iter()? {
                         let item = item?;
-                        let name = crate::bridge::bytes_of(Some(item.get_item(0)?))?;
-                        let value = crate::bridge::bytes_of(Some(item.get_item(1)?))?;
+                        let name = bytes_of(Some(item.get_item(0)?))?;
+                        let value = bytes_of(Some(item.get_item(1)?))?;
                         if let (Ok(name), Ok(value)) = (
                             hyper::header::HeaderName::from_bytes(&name),
                             HeaderValue::from_bytes(&value),
@@ -426,7 +374,7 @@ impl WsConn {
                         }
                     }
                 }
-                let _ = answer.send(Answer::Accept {
+                let _ = answer.send(WsAnswer::Accept {
                     subprotocol,
                     headers,
                 });
@@ -441,7 +389,7 @@ impl WsConn {
                 let outgoing = self.outgoing.clone().ok_or_else(gone_error)?;
                 let message = match message.get_item(intern!(py, "bytes"))? {
                     Some(data) if !data.is_none() => {
-                        Message::Binary(crate::bridge::bytes_of(Some(data))?.to_vec())
+                        Message::Binary(bytes_of(Some(data))?.to_vec())
                     }
                     _ => match message.get_item(intern!(py, "text"))? {
                         Some(text) if !text.is_none() => Message::Text(text.extract::<String>()?),
@@ -472,7 +420,7 @@ impl WsConn {
                     _ => String::new(),
                 };
                 if let Some(answer) = self.answer.take() {
-                    let _ = answer.send(Answer::Deny(403));
+                    let _ = answer.send(WsAnswer::Deny(403));
                 } else if let Some(outgoing) = self.outgoing.take() {
                     let _ = self.post(&outgoing, Outgoing::Close(code, reason));
                 }
