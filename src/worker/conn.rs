@@ -527,6 +527,7 @@ where
             // The request is taken apart and put together once, as the app's: each
             // move of it is a copy of some 200 bytes.
             let (mut parts, incoming) = req.into_parts();
+            super::head::absolute_form_host(&mut parts);
             let (body, verdict) = limit_body(&shared, parts.version, incoming);
             let first = state.requests.load(Relaxed) == 0;
             let record = prepare(&shared, &peer, &extensions, first, &mut parts);
