@@ -400,6 +400,8 @@ impl Drop for RequestGuard {
 enum Answer {
     Forkd(Option<Box<crate::app::Response>>),
     TooLarge,
+    /// HTTP/2 with an invalid `:authority` or `Host`: 400.
+    BadHost,
     App(crate::app::BoxFuture<crate::app::Response>),
 }
 
@@ -438,6 +440,10 @@ impl Future for Responding {
             Answer::TooLarge => {
                 shared.board.header().count_rejection(Rejection::MaxBody);
                 refusal(shared, Violation::BodyTooLarge)
+            }
+            Answer::BadHost => {
+                shared.board.header().count_rejection(Rejection::Malformed);
+                refusal(shared, Violation::Malformed("invalid :authority or Host"))
             }
         };
         let Some(mut guard) = this.guard.take() else {
@@ -540,6 +546,7 @@ where
                 .answer(parts.uri.path(), shared.board.header())
             {
                 Some(resp) => Answer::Forkd(Some(Box::new(resp))),
+                None if !super::head::h2_hosts_valid(&parts) => Answer::BadHost,
                 None if declares_too_large_h2_body(&parts, shared.limits.max_body) => {
                     Answer::TooLarge
                 }

@@ -20,6 +20,9 @@
 //!   form) only and always with CONNECT; an absolute-form target's authority is a
 //!   valid host too (no userinfo). It then wins over `Host`: the app sees that host
 //!   (`absolute_form_host`).
+//!
+//! HTTP/2 has no head for this to read: its `:authority` and `Host` are held to the same
+//! host grammar as the request is served (`h2_hosts_valid`).
 
 use super::host::{valid_host, valid_host_and_port};
 use super::limits::Violation;
@@ -210,6 +213,24 @@ pub(super) fn absolute_form_host(parts: &mut hyper::http::request::Parts) {
             parts.headers.insert(HOST, value);
         }
     }
+}
+
+/// HTTP/2: the host the app sees (`:authority`, and any `Host` field) is a valid
+/// `host [":" port]` too; h2 checks neither. False: forkd answers 400 (`malformed`).
+#[inline]
+pub(super) fn h2_hosts_valid(parts: &hyper::http::request::Parts) -> bool {
+    if parts.version != hyper::Version::HTTP_2 {
+        return true;
+    }
+    parts
+        .uri
+        .authority()
+        .is_none_or(|a| valid_host(a.as_str().as_bytes()))
+        && parts
+            .headers
+            .get_all(HOST)
+            .iter()
+            .all(|v| valid_host(v.as_bytes()))
 }
 
 #[cfg(test)]

@@ -421,3 +421,47 @@ fn an_unread_chunked_body_is_drained_and_the_next_request_served() {
         assert_eq!(statuses(&rest), vec![200], "{what}, in pieces: {rest}");
     }
 }
+
+/// Issue 20 (7), HTTP/2: the host the app would see (`:authority`, a `Host` field) is
+/// held to the same grammar as HTTP/1's `Host`: 400, counted as `malformed`.
+#[test]
+fn http2_authority_and_host_are_validated_as_http1_host() {
+    let server = Forkd::new()
+        .config(temp_config(
+            "h2-host",
+            "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[metrics]\nbind = \"127.0.0.1:0\"\n",
+        ))
+        .start();
+    let metrics = metrics_addr(&server);
+    let addr = server.addr.clone();
+    let rt = runtime();
+    let statuses = rt.block_on(async {
+        let mut sender = h2_client::<http_body_util::Empty<bytes::Bytes>>(&addr).await;
+        let mut out = Vec::new();
+        for (uri, host) in [
+            (format!("http://{addr}/ok"), None),
+            (format!("http://{addr}/ok"), Some("[::1]:8000")),
+            ("http://x:99999/bad".to_string(), None),
+            (format!("http://{addr}/bad"), Some("a b/c@d:99999")),
+        ] {
+            let mut req = hyper::Request::get(uri);
+            if let Some(host) = host {
+                req = req.header("host", host);
+            }
+            let req = req.body(http_body_util::Empty::new()).unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+                .await
+                .unwrap()
+                .unwrap();
+            out.push(resp.status().as_u16());
+        }
+        out
+    });
+    assert_eq!(statuses, vec![200, 200, 400, 400]);
+    let (_, _, body) = get(&metrics, "/metrics").unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("forkd_requests_rejected_total{limit=\"malformed\"} 2"),
+        "{body}"
+    );
+}
