@@ -25,6 +25,11 @@
 //! switched protocols (a 101, or a 2xx to `CONNECT`), which the connection tells it
 //! ([`Scanner::stop_following`]); an `Upgrade` header on its own changes nothing, as
 //! in hyper.
+//!
+//! A complete head is then checked by `head.rs`: hyper's own parser and `http`'s rules
+//! (so that hyper never refuses a head the scanner passed, which would leave its 400
+//! unlogged and uncounted) and RFC 9112's Host and target rules; what fails is
+//! [`Violation::Malformed`] too.
 
 use super::protocol::{sniff, Sniff};
 use crate::config::Limits;
