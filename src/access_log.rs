@@ -257,8 +257,9 @@ pub struct Record {
     peer: Option<SocketAddr>,
     /// None for a request refused before hyper parsed it (see [`Record::refused`]).
     head: Option<Head>,
-    /// The request line as received, for a refused request (escaped, cut short).
-    raw_line: String,
+    /// The request line as received, for a refused request (its raw bytes, cut short):
+    /// escaped as written, so `\xFF` logs as `\xFF`, not as a replacement character.
+    raw_line: Vec<u8>,
     scheme: &'static str,
     user_agent: Option<HeaderValue>,
     referer: Option<HeaderValue>,
@@ -275,10 +276,9 @@ impl Record {
     pub fn refused(client: Remote, peer: Option<SocketAddr>, line: &[u8]) -> Record {
         let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let mut raw_line =
-            String::from_utf8_lossy(&line[..line.len().min(RAW_LINE_MAX)]).into_owned();
+        let mut raw_line = line[..line.len().min(RAW_LINE_MAX)].to_vec();
         if line.len() > RAW_LINE_MAX {
-            raw_line.push_str("...");
+            raw_line.extend_from_slice(b"...");
         }
         Record {
             wall: SystemTime::now(),
@@ -442,7 +442,7 @@ impl AccessLog {
                 uri: req.uri.clone(),
                 version: req.version,
             }),
-            raw_line: String::new(),
+            raw_line: Vec::new(),
             scheme,
             tls,
             user_agent: headers.get(USER_AGENT).cloned(),
@@ -536,7 +536,7 @@ impl AccessLog {
                         out.extend_from_slice(version_text(h.version).as_bytes());
                     }
                     None if record.raw_line.is_empty() => missing(out),
-                    None => escape_text(out, record.raw_line.as_bytes()),
+                    None => escape_text(out, &record.raw_line),
                 },
                 Piece::Field(Field::Status) => {
                     let _ = write!(out, "{}", outcome.status);
@@ -622,7 +622,7 @@ impl AccessLog {
                     h.version
                 )),
                 None if record.raw_line.is_empty() => Value::Missing,
-                None => text(record.raw_line.clone()),
+                None => Value::Text(record.raw_line.clone()),
             },
             Field::Method => record
                 .head

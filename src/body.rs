@@ -6,6 +6,11 @@
 //! and timed against `body_read_timeout`. A body past either ends with an error for the
 //! app, and the request's [`Verdict`] tells the connection to answer 413 or 408 (or,
 //! when the response has already started, to reset the stream).
+//!
+//! An HTTP/1 body the app drops unread is drained (`drain_unread`), as hyper drains
+//! one it has already buffered, so the keep-alive connection goes on to the request
+//! behind it; the IO's `max_body` and `body_read_timeout` bound the drain (past
+//! either, the connection closes).
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -19,7 +24,8 @@ use std::time::Duration;
 /// A request body: `http_body::Body` with `Bytes` data, so `BodyExt::collect`,
 /// `axum` extractors and the like work on it as on hyper's own.
 pub struct RequestBody {
-    inner: Incoming,
+    /// None once dropped unread and handed to the drain (HTTP/1).
+    inner: Option<Incoming>,
     /// Only for HTTP/2 streams (boxed: HTTP/1 requests pay one null pointer).
     limit: Option<Box<StreamLimit>>,
 }
@@ -118,7 +124,10 @@ impl std::error::Error for BodyLimitError {}
 impl RequestBody {
     /// An HTTP/1 body: limited by the connection's IO already.
     pub(crate) fn plain(inner: Incoming) -> RequestBody {
-        RequestBody { inner, limit: None }
+        RequestBody {
+            inner: Some(inner),
+            limit: None,
+        }
     }
 
     /// An HTTP/2 stream's body, held to `max_body` and `timeout` (zero: off).
@@ -129,7 +138,7 @@ impl RequestBody {
     ) -> (RequestBody, Verdict) {
         let verdict = Verdict::default();
         let body = RequestBody {
-            inner,
+            inner: Some(inner),
             limit: Some(Box::new(StreamLimit {
                 max_body,
                 received: 0,
@@ -151,13 +160,16 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         let Some(limit) = this.limit.as_mut() else {
-            return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+            return Pin::new(inner).poll_frame(cx).map_err(Into::into);
         };
         if limit.ended {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     limit.received += data.len() as u64;
@@ -187,10 +199,41 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.limit.as_ref().is_some_and(|l| l.ended) || self.inner.is_end_stream()
+        self.limit.as_ref().is_some_and(|l| l.ended)
+            || self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if self.limit.is_none() {
+            if let Some(inner) = self.inner.take() {
+                drain_unread(inner);
+            }
+        }
+    }
+}
+
+/// Reads what is left of an HTTP/1 body the app dropped, in a task of its own, so that
+/// hyper reaches its end and keeps the connection (hyper itself only drains what it
+/// has buffered, one frame, and closes otherwise). Bounded by the connection: the IO
+/// ends the body with an error past `max_body` or after `body_read_timeout` without a
+/// byte, and the body ends when the connection does.
+fn drain_unread(body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut body = std::pin::pin!(body);
+        while let Some(Ok(_)) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
+    });
 }

@@ -400,6 +400,8 @@ impl Drop for RequestGuard {
 enum Answer {
     Forkd(Option<Box<crate::app::Response>>),
     TooLarge,
+    /// HTTP/2 with an invalid `:authority` or `Host`: 400.
+    BadHost,
     App(crate::app::BoxFuture<crate::app::Response>),
 }
 
@@ -438,6 +440,10 @@ impl Future for Responding {
             Answer::TooLarge => {
                 shared.board.header().count_rejection(Rejection::MaxBody);
                 refusal(shared, Violation::BodyTooLarge)
+            }
+            Answer::BadHost => {
+                shared.board.header().count_rejection(Rejection::Malformed);
+                refusal(shared, Violation::Malformed("invalid :authority or Host"))
             }
         };
         let Some(mut guard) = this.guard.take() else {
@@ -527,6 +533,7 @@ where
             // The request is taken apart and put together once, as the app's: each
             // move of it is a copy of some 200 bytes.
             let (mut parts, incoming) = req.into_parts();
+            super::head::absolute_form_host(&mut parts);
             let (body, verdict) = limit_body(&shared, parts.version, incoming);
             let first = state.requests.load(Relaxed) == 0;
             let record = prepare(&shared, &peer, &extensions, first, &mut parts);
@@ -539,6 +546,7 @@ where
                 .answer(parts.uri.path(), shared.board.header())
             {
                 Some(resp) => Answer::Forkd(Some(Box::new(resp))),
+                None if !super::head::h2_hosts_valid(&parts) => Answer::BadHost,
                 None if declares_too_large_h2_body(&parts, shared.limits.max_body) => {
                     Answer::TooLarge
                 }
@@ -621,17 +629,35 @@ where
             .await
         };
         match woke {
-            Woke::Ended => break,
+            Woke::Ended { hyper_refused } => {
+                if hyper_refused {
+                    // Never expected: the scanner refuses first every head hyper would
+                    // (`head.rs`); if hyper answered 400 itself, it still leaves a trace.
+                    shared.board.header().count_rejection(Rejection::Malformed);
+                    if let Some(log) = &shared.access_log {
+                        super::io::log_refused(log, &peer_name, b"", 400, "");
+                    }
+                }
+                break;
+            }
             Woke::Timer => {}
             Woke::Drain { closed } => drain_seen = closed || *drain.borrow(),
         }
     }
 }
 
+/// Whether a connection ended in hyper's own refusal of a request head (a parse
+/// error, which hyper answers 400, 414 or 431 itself).
+fn refused_by_hyper(error: &super::protocol::ConnError) -> bool {
+    error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(|e| e.is_parse() || e.is_parse_too_large() || e.is_parse_status())
+}
+
 /// What ended one wait of a connection's loop.
 enum Woke {
-    /// The connection is done.
-    Ended,
+    /// The connection is done; `hyper_refused`: hyper refused a request head itself.
+    Ended { hyper_refused: bool },
     /// The watchdog's timer.
     Timer,
     /// The drain signal changed (or its sender is gone).
@@ -651,13 +677,15 @@ impl Woke {
         watch: &mut WatchWake,
     ) -> Woke
     where
-        C: Future,
+        C: Future<Output = Result<(), super::protocol::ConnError>>,
         E: Future<Output = Result<(), tokio::sync::watch::error::RecvError>>,
     {
         watch.rearm();
         std::future::poll_fn(|cx| {
-            if conn.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Woke::Ended);
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Woke::Ended {
+                    hyper_refused: result.as_ref().is_err_and(refused_by_hyper),
+                });
             }
             let Some(waker) = watch.poll_with(cx) else {
                 return Poll::Pending;
@@ -845,6 +873,38 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, SeqCst);
         }
+    }
+
+    /// hyper's own refusal of a head is recognised; an ordinary end or an IO error is not.
+    #[test]
+    fn hyper_refusals_are_recognised() {
+        let serve = |input: &'static [u8]| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (mut client, server) = tokio::io::duplex(4096);
+                use tokio::io::AsyncWriteExt;
+                client.write_all(input).await.unwrap();
+                client.shutdown().await.unwrap();
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Empty::<Bytes>::new()))
+                });
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(server), service)
+                    .await
+                    .map_err(|e| -> super::super::protocol::ConnError { Box::new(e) })
+            })
+        };
+        let refused = serve(b"GET / HTTP/9.9\r\n\r\n").unwrap_err();
+        assert!(refused_by_hyper(&refused));
+        // (An early end of the client's side is an error too, but not a refusal.)
+        assert!(!serve(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .as_ref()
+            .is_err_and(refused_by_hyper));
+        let io: super::super::protocol::ConnError = Box::new(std::io::Error::other("reset"));
+        assert!(!refused_by_hyper(&io));
     }
 
     #[test]

@@ -25,6 +25,11 @@
 //! switched protocols (a 101, or a 2xx to `CONNECT`), which the connection tells it
 //! ([`Scanner::stop_following`]); an `Upgrade` header on its own changes nothing, as
 //! in hyper.
+//!
+//! A complete head is then checked by `head.rs`: hyper's own parser and `http`'s rules
+//! (so that hyper never refuses a head the scanner passed, which would leave its 400
+//! unlogged and uncounted) and RFC 9112's Host and target rules; what fails is
+//! [`Violation::Malformed`] too.
 
 use super::protocol::{sniff, Sniff};
 use crate::config::Limits;
@@ -346,7 +351,10 @@ impl Scanner {
                         }
                         HeadStep::Complete { end } => {
                             let framing = std::mem::take(&mut progress.framing);
-                            match body_framing(&framing, &self.limits) {
+                            let checked = body_framing(&framing, &self.limits).and_then(|phase| {
+                                super::head::check(&head[..end], self.limits.fields).map(|()| phase)
+                            });
+                            match checked {
                                 Ok(phase) => self.phase = phase,
                                 Err(violation) => {
                                     self.phase = Phase::Refused;
@@ -380,6 +388,10 @@ impl Scanner {
         let Some((end, framing)) = whole_head(data, &self.limits) else {
             return 0;
         };
+        if super::head::check(&data[..end], self.limits.fields).is_err() {
+            // The loop refuses it, with the same violation.
+            return 0;
+        }
         match body_framing(&framing, &self.limits) {
             Ok(phase) => {
                 self.phase = phase;
@@ -842,7 +854,7 @@ mod tests {
 
     #[test]
     fn pipelined_requests_within_limits_pass_whole() {
-        let input: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /c HTTP/1.1\r\n\r\n";
+        let input: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /c HTTP/1.1\r\nHost: x\r\n\r\n";
         for step in [1, 2, 3, 7, 64, 1000] {
             let (delivered, last) = feed(input, step);
             assert_eq!(delivered, input, "step {step}");
@@ -853,15 +865,15 @@ mod tests {
     #[test]
     fn an_incomplete_head_is_held() {
         assert_eq!(
-            scan_all(b"GET / HTTP/1.1\r\n\r\nGET /x HT"),
-            Scan::PartialHead { start: 18 }
+            scan_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /x HT"),
+            Scan::PartialHead { start: 27 }
         );
         assert_eq!(scan_all(b""), Scan::Clean);
     }
 
     #[test]
     fn long_request_line_is_414_even_before_its_end() {
-        let line = b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n";
+        let line = b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(
             scan_all(line),
             Scan::HeadViolation {
@@ -878,18 +890,27 @@ mod tests {
             }
         );
         // Exactly at the limit is fine.
-        assert_eq!(scan_all(b"GET /aaaaaa HTTP/1.1\r\n\r\n"), Scan::Clean);
-        assert!(scan_all(b"GET /aaaaaaa HTTP/1.1\r\n\r\n").is_violation());
+        assert_eq!(
+            scan_all(b"GET /aaaaaa HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Scan::Clean
+        );
+        assert!(scan_all(b"GET /aaaaaaa HTTP/1.1\r\nHost: x\r\n\r\n").is_violation());
     }
 
     #[test]
     fn empty_lines_before_the_request_line_count_against_it() {
         // Within the limit with its empty lines: fine.
-        assert_eq!(scan_all(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Scan::Clean);
-        assert_eq!(scan_all(b"\n\nGET / HTTP/1.1\r\n\r\n"), Scan::Clean);
+        assert_eq!(
+            scan_all(b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Scan::Clean
+        );
+        assert_eq!(
+            scan_all(b"\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Scan::Clean
+        );
         // 14 bytes of request line after 8 bytes of empty lines: over 20.
         assert_eq!(
-            verdict(b"\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
+            verdict(b"\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"),
             Some(Violation::RequestLine)
         );
         // A flood of empty lines is refused once it passes the limit, not buffered.
@@ -901,7 +922,7 @@ mod tests {
 
     #[test]
     fn too_many_or_too_large_fields_are_431() {
-        let many = b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n";
+        let many = b"GET / HTTP/1.1\r\nHost: x\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n";
         assert_eq!(
             scan_all(many),
             Scan::HeadViolation {
@@ -909,7 +930,7 @@ mod tests {
                 violation: Violation::TooManyFields
             }
         );
-        let large = b"GET / HTTP/1.1\r\nx-long: 012345678901234567890123\r\n\r\n";
+        let large = b"GET / HTTP/1.1\r\nHost: x\r\nx-long: 012345678901234567890123\r\n\r\n";
         assert_eq!(
             scan_all(large),
             Scan::HeadViolation {
@@ -918,12 +939,12 @@ mod tests {
             }
         );
         // The second request of a pipeline breaks the limit: the first passes.
-        let mut pipeline = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        let mut pipeline = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
         pipeline.extend_from_slice(large);
         assert_eq!(
             feed(&pipeline, 5),
             (
-                b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
                 Scan::HeadViolation {
                     start: 0,
                     violation: Violation::FieldTooLarge
@@ -935,14 +956,14 @@ mod tests {
     #[test]
     fn declared_body_over_max_body_is_413_before_the_body() {
         assert_eq!(
-            scan_all(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n"),
+            scan_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n"),
             Scan::HeadViolation {
                 start: 0,
                 violation: Violation::BodyTooLarge
             }
         );
         assert_eq!(
-            scan_all(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789"),
+            scan_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789"),
             Scan::Clean
         );
     }
@@ -952,18 +973,18 @@ mod tests {
         assert_eq!(
             verdict_with(
                 ROOMY,
-                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
             ),
             None
         );
         for bad in [
-            &b"POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\nabc"[..],
-            b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc",
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
-            b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
-            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 3,\r\n\r\nabc",
-            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3,\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
         ] {
             assert!(
                 is_malformed(verdict_with(ROOMY, bad)),
@@ -976,16 +997,16 @@ mod tests {
     #[test]
     fn transfer_encoding_must_be_exactly_one_chunked_without_content_length() {
         assert_eq!(
-            verdict(b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n"),
+            verdict(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n"),
             None
         );
         for bad in [
-            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(
@@ -996,7 +1017,7 @@ mod tests {
         }
     }
 
-    const CHUNKED: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    const CHUNKED: &[u8] = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
 
     fn chunked(body: &[u8]) -> Vec<u8> {
         [CHUNKED, body].concat()
@@ -1004,12 +1025,12 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_followed_and_limited() {
-        let ok: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nabcd\r\n6 \t;x\r\nefghij\r\n0\r\nx-t: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let ok: &[u8] = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nabcd\r\n6 \t;x\r\nefghij\r\n0\r\nx-t: 1\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n";
         for step in [1, 4, 9, 200] {
             assert_eq!(feed(ok, step), (ok.to_vec(), Scan::Clean), "step {step}");
         }
         let over: &[u8] =
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nabcdefgh\r\n8\r\nijklmnop\r\n0\r\n\r\n";
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nabcdefgh\r\n8\r\nijklmnop\r\n0\r\n\r\n";
         for step in [1, 5, 200] {
             let (delivered, last) = feed(over, step);
             assert_eq!(
@@ -1030,7 +1051,7 @@ mod tests {
             // whose header breaks the field limit, must still be checked.
             let size = format!("{}4", "0".repeat(digits - 1));
             let input = chunked(
-                format!("{size}\r\nabcd\r\n0\r\n\r\nGET / HTTP/1.1\r\nx: 0123456789012345678901234567890\r\n\r\n")
+                format!("{size}\r\nabcd\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nx: 0123456789012345678901234567890\r\n\r\n")
                     .as_bytes(),
             );
             assert_eq!(
@@ -1161,7 +1182,8 @@ mod tests {
     #[test]
     fn body_violations_name_the_request_they_belong_to() {
         // The first request is fine; the second one's chunked body is too large.
-        let mut input = b"POST /first HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+        let mut input =
+            b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_vec();
         input.extend_from_slice(&chunked(b"8\r\nabcdefgh\r\n8\r\nijklmnop\r\n0\r\n\r\n"));
         let (_, last) = feed(&input, input.len());
         assert!(
@@ -1181,14 +1203,14 @@ mod tests {
     fn upgrade_and_connect_are_framed_as_usual_until_the_protocol_switches() {
         // An Upgrade header alone changes nothing: the next head is still checked.
         for head in [
-            &b"GET / HTTP/1.1\r\nUpgrade: ws\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\nUpgrade: ws\r\nConnection: upgrade\r\n\r\n",
+            &b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: ws\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: ws\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.0\r\nUpgrade: ws\r\nConnection: upgrade\r\n\r\n",
-            b"CONNECT a:1 HTTP/1.1\r\n\r\n",
+            b"CONNECT a:1 HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
             let input = [
                 head,
-                b"GET / HTTP/1.1\r\nx: 0123456789012345678901234567890\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nx: 0123456789012345678901234567890\r\n\r\n",
             ]
             .concat();
             assert_eq!(verdict(&input), Some(Violation::FieldTooLarge));
@@ -1196,7 +1218,7 @@ mod tests {
         // After the app switched protocols, nothing is scanned.
         let mut scanner = Scanner::new(LIMITS);
         assert_eq!(
-            scanner.scan(b"GET / HTTP/1.1\r\nUpgrade: ws\r\n\r\n"),
+            scanner.scan(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: ws\r\n\r\n"),
             Scan::Clean
         );
         scanner.stop_following();
@@ -1211,15 +1233,18 @@ mod tests {
         assert_eq!(scanner.scan(preface), Scan::Clean);
         assert!(scanner.is_http2());
         assert_eq!(scanner.scan(&[0u8; 100]), Scan::Clean);
-        // Not at the start: ordinary (bad) HTTP/1 heads, still checked ("PRI * HTTP/2.0",
-        // "SM", then a request line over the limit).
+        // Not at the start: an ordinary HTTP/1 head, refused for its version as hyper
+        // would refuse it.
         let mut scanner = Scanner::new(LIMITS);
-        assert_eq!(scanner.scan(b"GET / HTTP/1.1\r\n\r\n"), Scan::Clean);
+        assert_eq!(
+            scanner.scan(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Scan::Clean
+        );
         assert_eq!(
             violation(scanner.scan(
                 b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nx: 0123456789012345678901234567890\r\n\r\n"
             )),
-            Some(Violation::RequestLine)
+            Some(Violation::Malformed("unsupported HTTP version"))
         );
         assert!(!scanner.is_http2());
     }
@@ -1309,7 +1334,7 @@ mod tests {
                 head.extend_from_slice(ends[next(ends.len())]);
             }
             head.extend_from_slice(ends[next(ends.len())]);
-            head.extend_from_slice(&b"GET / HTTP/1.1\r\n\r\n"[..next(19)]);
+            head.extend_from_slice(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..next(19)]);
             let limits = all_limits[next(all_limits.len())];
             let Some((end, framing)) = whole_head(&head, &limits) else {
                 continue;

@@ -13,7 +13,9 @@ mod conn;
 #[cfg(test)]
 mod differential;
 mod doorbell;
+mod head;
 mod health;
+mod host;
 mod http;
 #[allow(unsafe_code)] // Vec::set_len after a read into spare capacity
 mod io;

@@ -374,3 +374,94 @@ mod h2 {
         );
     }
 }
+
+/// Issue 20 (10): a chunked request body the app does not read is drained, as plain
+/// hyper drains it, so the keep-alive connection serves the request pipelined behind
+/// it; within `max_body` only (a body past it is refused and the connection closed).
+#[test]
+fn an_unread_chunked_body_is_drained_and_the_next_request_served() {
+    let server = Forkd::new()
+        .config(temp_config(
+            "unread-chunked",
+            "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[limits]\nmax_body = 1024\n",
+        ))
+        .start();
+    let next = "GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for (what, body) in [
+        ("one chunk", "5\r\nhello\r\n0\r\n\r\n".to_string()),
+        (
+            "many chunks and a trailer",
+            format!("{}0\r\nX-T: 1\r\n\r\n", "3;e=1\r\nabc\r\n".repeat(50)),
+        ),
+    ] {
+        let raw = format!(
+            "POST /unread HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}{next}"
+        );
+        let answer = converse(&server.addr, raw.as_bytes(), Duration::from_secs(10));
+        assert_eq!(statuses(&answer), vec![200, 200], "{what}: {answer}");
+        // Sent in pieces: the body arrives after the app answered.
+        let mut stream = TcpStream::connect(&server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"POST /unread HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 12];
+        stream.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200", "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+        for piece in body.as_bytes().chunks(7) {
+            stream.write_all(piece).unwrap();
+        }
+        stream.write_all(next.as_bytes()).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        let rest = String::from_utf8_lossy(&rest);
+        assert_eq!(statuses(&rest), vec![200], "{what}, in pieces: {rest}");
+    }
+}
+
+/// Issue 20 (7), HTTP/2: the host the app would see (`:authority`, a `Host` field) is
+/// held to the same grammar as HTTP/1's `Host`: 400, counted as `malformed`.
+#[test]
+fn http2_authority_and_host_are_validated_as_http1_host() {
+    let server = Forkd::new()
+        .config(temp_config(
+            "h2-host",
+            "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[metrics]\nbind = \"127.0.0.1:0\"\n",
+        ))
+        .start();
+    let metrics = metrics_addr(&server);
+    let addr = server.addr.clone();
+    let rt = runtime();
+    let statuses = rt.block_on(async {
+        let mut sender = h2_client::<http_body_util::Empty<bytes::Bytes>>(&addr).await;
+        let mut out = Vec::new();
+        for (uri, host) in [
+            (format!("http://{addr}/ok"), None),
+            (format!("http://{addr}/ok"), Some("[::1]:8000")),
+            ("http://x:99999/bad".to_string(), None),
+            (format!("http://{addr}/bad"), Some("a b/c@d:99999")),
+        ] {
+            let mut req = hyper::Request::get(uri);
+            if let Some(host) = host {
+                req = req.header("host", host);
+            }
+            let req = req.body(http_body_util::Empty::new()).unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+                .await
+                .unwrap()
+                .unwrap();
+            out.push(resp.status().as_u16());
+        }
+        out
+    });
+    assert_eq!(statuses, vec![200, 200, 400, 400]);
+    let (_, _, body) = get(&metrics, "/metrics").unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("forkd_requests_rejected_total{limit=\"malformed\"} 2"),
+        "{body}"
+    );
+}

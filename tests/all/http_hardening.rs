@@ -571,3 +571,170 @@ fn forwarded_headers_decides_which_proxy_headers_are_believed() {
         assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
     }
 }
+
+/// The value of one sample line of /metrics (`name{labels}`), 0 if absent.
+fn sample(metrics: &str, name: &str) -> f64 {
+    let (status, _, body) = get(metrics, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// An echo server with an access log file and metrics: (server, access log path,
+/// metrics address).
+fn logged_echo(name: &str) -> (Server, std::path::PathBuf, String) {
+    let dir = temp_dir(name);
+    let access = dir.join("access.log");
+    let config = write_config(
+        &dir,
+        &format!(
+            "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess_log = {access:?}\n\
+             [metrics]\nbind = \"127.0.0.1:0\"\n[limits]\nrequest_line = 200\n"
+        ),
+    );
+    let server = Forkd::new().config(&config).start();
+    let metrics = metrics_addr(&server);
+    (server, access, metrics)
+}
+
+fn access_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read(path)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const MALFORMED: &str = "forkd_requests_rejected_total{limit=\"malformed\"}";
+
+/// Issue 20 (7, 8): RFC 9112 §3.2's Host rules, and the heads hyper's own parser
+/// refuses, each get forkd's 400: access-logged and counted as `malformed`; what
+/// ordinary clients send is served, and an absolute-form target's host is the one the
+/// app sees.
+#[test]
+fn bad_hosts_and_heads_hyper_refuses_are_400_logged_and_counted() {
+    let (server, access, metrics) = logged_echo("host-400");
+    let refused: [(&str, &[u8]); 12] = [
+        ("no Host on HTTP/1.1", b"GET /a HTTP/1.1\r\n\r\n"),
+        (
+            "two Host lines",
+            b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ),
+        (
+            "invalid Host",
+            b"GET /a HTTP/1.1\r\nHost: a b/c@d:99999\r\n\r\n",
+        ),
+        (
+            "port past 65535",
+            b"GET /a HTTP/1.1\r\nHost: x:65536\r\n\r\n",
+        ),
+        ("* with GET", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (
+            "userinfo in absolute-form",
+            b"GET http://u@x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        (
+            "NUL in the target",
+            b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        (
+            "space in a field name",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n",
+        ),
+        (
+            "control byte in a value",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n",
+        ),
+        ("HTTP/9.9", b"GET /a HTTP/9.9\r\nHost: x\r\n\r\n"),
+        (
+            "obs-fold",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nX: a\r\n folded\r\n\r\n",
+        ),
+        ("< in the path", b"GET /a<b HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ];
+    for (what, raw) in refused {
+        let (status, head, body) = exchange(&server.addr, raw);
+        assert_eq!(status, 400, "{what}: {head}\n{body}");
+        assert!(body.contains("malformed request"), "{what}: {body}");
+    }
+    // What ordinary clients send is served.
+    for (what, raw) in [
+        (
+            "trailing dot, uppercase",
+            &b"GET /ok HTTP/1.1\r\nHost: EXAMPLE.COM.\r\nConnection: close\r\n\r\n"[..],
+        ),
+        (
+            "IPv6 literal with port",
+            b"GET /ok HTTP/1.1\r\nHost: [::1]:8000\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "IPv4 with port",
+            b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nConnection: close\r\n\r\n",
+        ),
+        ("HTTP/1.0 without Host", b"GET /ok HTTP/1.0\r\n\r\n"),
+        (
+            "OPTIONS *",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        let (status, head, body) = exchange(&server.addr, raw);
+        assert_eq!(status, 200, "{what}: {head}\n{body}");
+    }
+    // Absolute-form: the target's authority is the one host the app sees.
+    let (status, _, body) = exchange(
+        &server.addr,
+        b"GET http://target.example:8080/p HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(body.as_bytes())["headers"]["host"],
+        "target.example:8080",
+        "{body}"
+    );
+    assert!(
+        poll_until(Duration::from_secs(5), || sample(&metrics, MALFORMED)
+            == refused.len() as f64),
+        "{MALFORMED} = {}",
+        sample(&metrics, MALFORMED)
+    );
+    assert!(
+        poll_until(Duration::from_secs(5), || access_lines(&access)
+            .iter()
+            .filter(|l| l.contains("\" 400 "))
+            .count()
+            == refused.len()),
+        "{:#?}",
+        access_lines(&access)
+    );
+}
+
+/// Issue 20 (10): a refused request line is logged with its bytes as they came
+/// (`\xFF\xFE`), not as the UTF-8 replacement character they would decode to.
+#[test]
+fn refused_request_bytes_are_logged_as_sent() {
+    let (server, access, _) = logged_echo("raw-bytes");
+    let mut raw = b"GET /\xff\xfe".to_vec();
+    raw.extend_from_slice(&[b'a'; 300]);
+    raw.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, _, _) = exchange(&server.addr, &raw);
+    assert_eq!(status, 414);
+    assert!(
+        poll_until(Duration::from_secs(5), || access_lines(&access)
+            .iter()
+            .any(|l| l.contains("\"GET /\\xFF\\xFEaaa"))),
+        "{:#?}",
+        access_lines(&access)
+    );
+    assert!(
+        !access_lines(&access)
+            .iter()
+            .any(|l| l.contains("\\xEF\\xBF\\xBD")),
+        "{:#?}",
+        access_lines(&access)
+    );
+}
