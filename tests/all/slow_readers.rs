@@ -221,6 +221,10 @@ fn delivered_whole(name: &str, proto: Proto, extra: &str, n: u64, rate: u64) {
     let began = Instant::now();
     let (got, error) = download(&server, &dir, proto, n, rate, None);
     let took = began.elapsed();
+    // The matrix in bench/RESULTS.md is these lines (`--nocapture`).
+    eprintln!(
+        "MATRIX {proto:?} {extra:?} rate={rate} size={n} got={got} took={took:?} error={error:?}"
+    );
     assert_eq!(
         (got, error.as_deref()),
         (n, None),
@@ -235,44 +239,63 @@ fn delivered_whole(name: &str, proto: Proto, extra: &str, n: u64, rate: u64) {
     );
 }
 
-#[test]
-fn http1_slow_reader_gets_every_byte_at_2_mib_per_second() {
-    delivered_whole("h1-2", Proto::Http1, "", 6 * MIB, 2 * MIB);
-}
+/// `header_read_timeout = 1` makes the connection's watchdog look at the connection
+/// after 1 s (its first wait): before the fix it found it idle then, the whole body
+/// taken by hyper, and closed it `keepalive` later (at once with `keepalive = 0`).
+const EARLY_LOOK: &str = "[limits]\nheader_read_timeout = 1\n";
 
 #[test]
 fn http1_slow_reader_gets_every_byte_at_1_mib_per_second() {
-    delivered_whole("h1-1", Proto::Http1, "", 4 * MIB, MIB);
+    delivered_whole("h1-1", Proto::Http1, EARLY_LOOK, 6 * MIB, MIB);
+}
+
+#[test]
+fn http1_slow_reader_gets_every_byte_at_2_mib_per_second() {
+    delivered_whole("h1-2", Proto::Http1, EARLY_LOOK, 8 * MIB, 2 * MIB);
+}
+
+#[test]
+fn http1_slow_reader_gets_every_byte_at_4_mib_per_second() {
+    delivered_whole("h1-4", Proto::Http1, EARLY_LOOK, 16 * MIB, 4 * MIB);
 }
 
 #[test]
 fn http1_slow_reader_gets_every_byte_with_keepalive_0() {
-    delivered_whole("h1-ka0", Proto::Http1, "keepalive = 0", 4 * MIB, 2 * MIB);
+    let extra = format!("keepalive = 0\n{EARLY_LOOK}");
+    delivered_whole("h1-ka0", Proto::Http1, &extra, 4 * MIB, MIB);
 }
 
 #[test]
 fn https_slow_reader_gets_every_byte() {
-    delivered_whole("https-2", Proto::Https, "", 6 * MIB, 2 * MIB);
+    delivered_whole("https-2", Proto::Https, EARLY_LOOK, 8 * MIB, 2 * MIB);
 }
 
 #[test]
 fn https_slow_reader_gets_every_byte_with_keepalive_0() {
-    delivered_whole("https-ka0", Proto::Https, "keepalive = 0", 4 * MIB, MIB);
+    let extra = format!("keepalive = 0\n{EARLY_LOOK}");
+    delivered_whole("https-ka0", Proto::Https, &extra, 8 * MIB, 2 * MIB);
 }
 
 #[test]
 fn h2c_slow_reader_gets_every_byte() {
-    delivered_whole("h2c-2", Proto::H2c, "", 6 * MIB, 2 * MIB);
+    delivered_whole("h2c-2", Proto::H2c, EARLY_LOOK, 8 * MIB, 2 * MIB);
 }
 
 #[test]
 fn h2c_slow_reader_gets_every_byte_at_1_mib_per_second_with_keepalive_0() {
-    delivered_whole("h2c-ka0", Proto::H2c, "keepalive = 0", 4 * MIB, MIB);
+    let extra = format!("keepalive = 0\n{EARLY_LOOK}");
+    delivered_whole("h2c-ka0", Proto::H2c, &extra, 4 * MIB, MIB);
 }
 
 #[test]
 fn h2_over_tls_slow_reader_gets_every_byte() {
-    delivered_whole("h2tls-2", Proto::H2Tls, "", 6 * MIB, 2 * MIB);
+    delivered_whole("h2tls-2", Proto::H2Tls, EARLY_LOOK, 8 * MIB, 2 * MIB);
+}
+
+#[test]
+fn h2_over_tls_slow_reader_gets_every_byte_at_1_mib_per_second_with_keepalive_0() {
+    let extra = format!("keepalive = 0\n{EARLY_LOOK}");
+    delivered_whole("h2tls-ka0", Proto::H2Tls, &extra, 4 * MIB, MIB);
 }
 
 /// The text of `forkd_responses_incomplete_total{reason="REASON"}`'s value.
