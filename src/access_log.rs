@@ -62,11 +62,14 @@ pub enum Field {
     TlsVersion,
     /// The negotiated cipher suite (`TLS13_AES_128_GCM_SHA256`); `-` on a plain connection.
     TlsCipher,
+    /// `OK` when the whole response was written, else empty (nginx's
+    /// `$request_completion`); a boolean in JSON.
+    Completion,
     Header(HeaderName),
 }
 
 /// Every field name, for documentation and error messages.
-pub const FIELD_NAMES: [&str; 23] = [
+pub const FIELD_NAMES: [&str; 24] = [
     "remote_addr",
     "peer_addr",
     "time",
@@ -89,6 +92,7 @@ pub const FIELD_NAMES: [&str; 23] = [
     "worker",
     "tls_version",
     "tls_cipher",
+    "completion",
     "header:NAME",
 ];
 
@@ -117,6 +121,7 @@ impl Field {
             "worker" => Field::Worker,
             "tls_version" => Field::TlsVersion,
             "tls_cipher" => Field::TlsCipher,
+            "completion" => Field::Completion,
             other => match other.strip_prefix("header:") {
                 Some(header) => Field::Header(
                     HeaderName::from_bytes(header.as_bytes())
@@ -157,6 +162,7 @@ impl Field {
             Field::Worker => "worker",
             Field::TlsVersion => "tls_version",
             Field::TlsCipher => "tls_cipher",
+            Field::Completion => "completion",
             Field::Header(name) => return format!("header:{name}"),
         }
         .to_string()
@@ -313,11 +319,17 @@ struct Head {
 /// How much of a refused request's line the log keeps.
 const RAW_LINE_MAX: usize = 200;
 
-/// The outcome of a request, known when its response is done.
+/// The outcome of a request, known when its response is done (written whole) or
+/// abandoned.
 pub struct Outcome {
+    /// The status sent (499 when no response was sent).
     pub status: u16,
+    /// Body bytes written to the connection (nginx's `$body_bytes_sent`): response
+    /// headers and HTTP framing not included; on TLS, bytes handed to the TLS layer.
     pub bytes: u64,
     pub duration: Duration,
+    /// The whole response was written (`{completion}`).
+    pub completed: bool,
 }
 
 enum Message {
@@ -560,6 +572,8 @@ impl AccessLog {
                             let _ = write!(out, "{:.3}", d.as_secs_f64() * 1000.0);
                         }
                         Value::Text(bytes) => escape_text(out, &bytes),
+                        Value::Flag(true) => out.extend_from_slice(b"OK"),
+                        Value::Flag(false) => {}
                     }
                 }
             }
@@ -577,6 +591,7 @@ impl AccessLog {
                 Value::Text(bytes) => {
                     serde_json::Value::from(String::from_utf8_lossy(&bytes).into_owned())
                 }
+                Value::Flag(flag) => serde_json::Value::from(flag),
             };
             // In JSON `time` is RFC 3339, which log pipelines parse without a pattern.
             let value = match field {
@@ -656,6 +671,7 @@ impl AccessLog {
             Field::Worker => Value::Number(self.worker),
             Field::TlsVersion => record.tls.map_or(Value::Missing, |(v, _)| text(v.into())),
             Field::TlsCipher => record.tls.map_or(Value::Missing, |(_, c)| text(c.into())),
+            Field::Completion => Value::Flag(outcome.completed),
             Field::Header(_) => {
                 let value = record.headers.get(*header_index).cloned().flatten();
                 *header_index += 1;
@@ -670,6 +686,8 @@ enum Value {
     Number(u64),
     Millis(Duration),
     Text(Vec<u8>),
+    /// `{completion}`: `OK` or nothing in text, a boolean in JSON.
+    Flag(bool),
 }
 
 /// The request target as the client sent it: path and query (or the whole URI for
@@ -873,6 +891,33 @@ mod tests {
     }
 
     #[test]
+    fn completion_is_ok_or_empty_and_a_boolean_in_json() {
+        let format = Format::parse("[{completion}] {bytes}").unwrap();
+        let line = |json: bool, completed: bool| {
+            let log = AccessLog::start(&LogTarget::Std, Some(&format), json, 1)
+                .unwrap()
+                .unwrap();
+            let record = Record::refused(Remote::Unix, None, b"GET / HTTP/1.1\r\n");
+            let outcome = Outcome {
+                status: 200,
+                bytes: 1234,
+                duration: Duration::ZERO,
+                completed,
+            };
+            let mut out = Vec::new();
+            match json {
+                true => log.write_json(&mut out, &record, &outcome),
+                false => log.write_text(&mut out, &record, &outcome),
+            }
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(line(false, true), "[OK] 1234");
+        assert_eq!(line(false, false), "[] 1234");
+        assert_eq!(line(true, true), r#"{"bytes":1234,"completion":true}"#);
+        assert_eq!(line(true, false), r#"{"bytes":1234,"completion":false}"#);
+    }
+
+    #[test]
     fn an_unknown_client_is_a_dash_or_null() {
         let format = Format::parse("{remote_addr} {status}").unwrap();
         let line = |json: bool, client: Remote| {
@@ -884,6 +929,7 @@ mod tests {
                 status: 400,
                 bytes: 0,
                 duration: Duration::ZERO,
+                completed: true,
             };
             let mut out = Vec::new();
             match json {

@@ -127,6 +127,9 @@ pub struct Limits {
     pub header_read_timeout: Duration, // 10 s
     /// A request body that sends nothing this long gets 408; zero = off.
     pub body_read_timeout: Duration, // 30 s
+    /// A response write (HTTP/1, or an HTTP/2 connection's response bytes) that makes no
+    /// progress this long ends the connection (nginx's `send_timeout`).
+    pub send_timeout: Duration, // 60 s
     pub max_connections: usize,        // 1000
     /// Per worker and client IP; 0 = no limit.
     pub max_connections_per_ip: usize, // 0
@@ -580,6 +583,10 @@ pub(crate) const KEYS: &[Key] = &[
         |c, v| { c.limits.body_read_timeout = duration(v)?; Ok(()) },
         |c| Some(fmt_duration(c.limits.body_read_timeout)),
     ),
+    Key::new("limits.send_timeout", "a duration > 0: seconds or a string like \"60s\"",
+        |c, v| { c.limits.send_timeout = positive_duration(v)?; Ok(()) },
+        |c| Some(fmt_duration(c.limits.send_timeout)),
+    ),
     Key::new("limits.max_connections", "an integer >= 1",
         |c, v| { c.limits.max_connections = at_least(v, 1)? as usize; Ok(()) },
         |c| Some(c.limits.max_connections.to_string()),
@@ -780,6 +787,7 @@ impl Default for Config {
                 max_body: 10 * 1024 * 1024,
                 header_read_timeout: Duration::from_secs(10),
                 body_read_timeout: Duration::from_secs(30),
+                send_timeout: Duration::from_secs(60),
                 max_connections: 1000,
                 max_connections_per_ip: 0,
             },
@@ -1508,6 +1516,7 @@ mod tests {
         ("limits.max_body", "\"64KiB\""),
         ("limits.header_read_timeout", "\"500ms\""),
         ("limits.body_read_timeout", "0"),
+        ("limits.send_timeout", "\"1500ms\""),
         ("limits.max_connections", "7"),
         ("limits.max_connections_per_ip", "2"),
         ("health.live_path", "\"/live\""),

@@ -9,7 +9,7 @@ use crate::acceptor::{Accepted, Acceptor};
 use crate::config::{BindSpec, Config};
 use crate::listeners::{self, Listener};
 use crate::scoreboard::{
-    Board, Handshake, Rejection, WorkerState, DURATION_BOUNDS_US, RESTART_REASONS,
+    Board, Handshake, Incomplete, Rejection, WorkerState, DURATION_BOUNDS_US, RESTART_REASONS,
 };
 use crate::systemd::PassedFd;
 use bytes::Bytes;
@@ -369,6 +369,20 @@ pub fn render(board: &Board) -> String {
             "forkd_requests_rejected_total{{limit=\"{}\"}} {}",
             rejection.limit_name(),
             header.rejections(rejection)
+        );
+    }
+    family(
+        &mut out,
+        "forkd_responses_incomplete_total",
+        "counter",
+        "Responses cut short before their last byte was written, by reason.",
+    );
+    for reason in Incomplete::ALL {
+        let _ = writeln!(
+            out,
+            "forkd_responses_incomplete_total{{reason=\"{}\"}} {}",
+            reason.label(),
+            header.incomplete(reason)
         );
     }
     family(

@@ -176,6 +176,37 @@ impl Rejection {
     }
 }
 
+/// Why a response was cut short, for `forkd_responses_incomplete_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incomplete {
+    /// The client closed the connection or reset the stream before the response was
+    /// written whole.
+    ClientClosed = 0,
+    /// A write made no progress for `limits.send_timeout`.
+    SendTimeout = 1,
+    /// The app's response body failed, or forkd cut the request body mid-response.
+    Error = 2,
+    /// forkd closed the connection (an HTTP/2 reset flood).
+    ServerClosed = 3,
+}
+
+impl Incomplete {
+    pub const ALL: [Incomplete; 4] = [
+        Incomplete::ClientClosed,
+        Incomplete::SendTimeout,
+        Incomplete::Error,
+        Incomplete::ServerClosed,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            Incomplete::ClientClosed => "client_closed",
+            Incomplete::SendTimeout => "send_timeout",
+            Incomplete::Error => "error",
+            Incomplete::ServerClosed => "server_closed",
+        }
+    }
+}
+
 /// How a TLS handshake ended, for `forkd_tls_handshakes_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handshake {
@@ -218,6 +249,8 @@ pub struct Header {
     /// TLS handshakes by result, and their total duration in µs (all results).
     handshakes: [AtomicU64; Handshake::ALL.len()],
     handshake_us: AtomicU64,
+    /// Responses cut short, by [`Incomplete`] reason.
+    incomplete: [AtomicU64; Incomplete::ALL.len()],
     /// One past the highest slot index ever claimed: scans of the slots (accept
     /// balancing, metrics, totals) look at this many, not all of [`CAPACITY`].
     slots_high_water: AtomicU32,
@@ -272,6 +305,12 @@ impl Header {
     }
     pub fn handshakes(&self, result: Handshake) -> u64 {
         self.handshakes[result as usize].load(Relaxed)
+    }
+    pub fn count_incomplete(&self, reason: Incomplete) {
+        self.incomplete[reason as usize].fetch_add(1, Relaxed);
+    }
+    pub fn incomplete(&self, reason: Incomplete) -> u64 {
+        self.incomplete[reason as usize].load(Relaxed)
     }
     /// The summed duration of every handshake counted, in µs.
     pub fn handshake_us(&self) -> u64 {

@@ -2,7 +2,22 @@
 //! prior knowledge) over the limit-checking IO of `io.rs`, and wraps every request:
 //! health paths, the client address behind trusted proxies, request counting, the
 //! duration histogram and the access log line. It also owns the keep-alive, header
-//! timeout and drain policy.
+//! timeout, send timeout and drain policy.
+//!
+//! Each timeout has one owner: `header_read_timeout` until a request head is in (the
+//! watchdog here), `body_read_timeout` while a body is read (`io.rs`, `body.rs`),
+//! `keepalive` only while nothing is in flight, and `send_timeout` while a response is
+//! being written. A request is in flight from its head until the last byte of its
+//! response body has been written to the connection (or the response was abandoned):
+//! the body's chunks are handed to hyper as [`SentChunk`]s, which hyper (and h2) advance
+//! as they write them to the socket and drop once written, and the request ends when
+//! the last of them is gone, not when hyper has taken the last one from the app. Its
+//! access log line then says how many body bytes were written and whether that was all
+//! of them (`{completion}`). The IO (`io.rs`) fails a write that waits `send_timeout`
+//! with nothing moving; the watchdog here closes a connection whose responses have
+//! bytes waiting to be sent (not waiting on the app) and none written for
+//! `send_timeout`, which is how an HTTP/2 client that never opens its flow-control
+//! window is bounded (the socket is writable then, only h2 will not send).
 //!
 //! Why forkd times idle connections itself instead of calling hyper's
 //! `graceful_shutdown()` on HTTP/1: hyper closes a connection it considers idle at once,
@@ -24,15 +39,15 @@ use crate::app::RequestBody;
 use crate::app::{respond, Body, ClientAddr, ClientCertSubject, Scheme, ServerAddr, TlsServerName};
 use crate::body::{Cut, Verdict};
 use crate::forwarded::Client;
-use crate::scoreboard::{monotonic_ms, Rejection, Slot, FLAG_RETIRE};
-use bytes::Bytes;
+use crate::scoreboard::{monotonic_ms, Incomplete, Rejection, Slot, FLAG_RETIRE};
+use bytes::{Buf, Bytes};
 use hyper::body::{Frame, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -158,6 +173,16 @@ pub(super) struct ConnState {
     /// at least every [`H2_WATCH`] on HTTP/2, closes it (a flag rather than a `Notify`,
     /// which would be polled on every wake-up of every connection).
     flooding: AtomicBool,
+    /// Requests in flight that wait on the app (for its answer, or the next frame of its
+    /// body) rather than on the client: the others have bytes waiting to be sent.
+    app_busy: AtomicU64,
+    /// The last write or flush waited: hyper holds bytes the socket did not take.
+    write_blocked: AtomicBool,
+    /// Response body bytes written to the connection: the send watchdog's progress.
+    body_written: AtomicU64,
+    /// Why forkd ended the connection, if it did ([`Incomplete`] as a number plus one):
+    /// the reason its unfinished responses are counted under.
+    closed_by: AtomicU8,
 }
 
 impl ConnState {
@@ -176,7 +201,60 @@ impl ConnState {
             streams_ended: AtomicU64::new(0),
             streams_abandoned: AtomicU64::new(0),
             flooding: AtomicBool::new(false),
+            app_busy: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
+            body_written: AtomicU64::new(0),
+            closed_by: AtomicU8::new(0),
         }
+    }
+
+    /// A write or flush waited for the socket.
+    #[inline]
+    pub(super) fn write_waits(&self) {
+        self.write_blocked.store(true, Relaxed);
+    }
+    /// A write or flush went through. A connection that was blocked with nothing in
+    /// flight (the last bytes of a response) is idle from now, not from when its last
+    /// request ended.
+    #[inline]
+    pub(super) fn write_moved(&self) {
+        if self.write_blocked.load(Relaxed) {
+            self.write_blocked.store(false, Relaxed);
+            self.idle_since_ms.store(monotonic_ms(), Release);
+        }
+    }
+    /// A write waited `send_timeout`: the IO fails it and the connection ends.
+    pub(super) fn send_timed_out(&self) {
+        self.close_for(Incomplete::SendTimeout);
+    }
+    fn close_for(&self, reason: Incomplete) {
+        let _ = self
+            .closed_by
+            .compare_exchange(0, reason as u8 + 1, Relaxed, Relaxed);
+    }
+    /// Why a response of this connection was cut short, unless the app failed it: what
+    /// forkd closed the connection for, else the client left.
+    fn cut_reason(&self) -> Incomplete {
+        match self.closed_by.load(Relaxed) {
+            0 => Incomplete::ClientClosed,
+            n => Incomplete::ALL
+                .get(usize::from(n - 1))
+                .copied()
+                .unwrap_or(Incomplete::ClientClosed),
+        }
+    }
+    fn app_busy(&self, busy: bool) {
+        if busy {
+            self.app_busy.fetch_add(1, Relaxed);
+        } else {
+            self.app_busy.fetch_sub(1, Relaxed);
+        }
+    }
+    /// Response bytes wait to be sent: a request in flight that is not waiting on the
+    /// app, or bytes the socket did not take.
+    fn waits_to_send(&self) -> bool {
+        self.write_blocked.load(Relaxed)
+            || self.in_flight.load(Acquire) > self.app_busy.load(Relaxed)
     }
 
     pub(super) fn add_bytes_read(&self, n: usize) {
@@ -210,10 +288,12 @@ impl ConnState {
         &self,
         keepalive: Duration,
         header_timeout: Duration,
+        busy_recheck: Duration,
     ) -> Result<Duration, Closing> {
-        if self.in_flight.load(Acquire) > 0 {
-            // Re-check after a while; a request in progress is never cut here.
-            return Ok(keepalive.max(Duration::from_millis(100)));
+        if self.in_flight.load(Acquire) > 0 || self.write_blocked.load(Relaxed) {
+            // A request in progress, or a response's last bytes not yet written: never
+            // idle (`send_timeout` owns it); re-check after a while.
+            return Ok(busy_recheck);
         }
         let idle_for = monotonic_ms().saturating_sub(self.idle_since_ms.load(Acquire));
         let partial = self.bytes_read.load(Acquire) != self.bytes_read_at_idle.load(Acquire);
@@ -265,6 +345,7 @@ impl ConnState {
 }
 
 /// Why the watchdog closes a connection.
+#[derive(Debug)]
 enum Closing {
     Idle,
     /// No whole request head within `header_read_timeout`: part of one arrived, or
@@ -272,42 +353,111 @@ enum Closing {
     HeaderTimeout,
 }
 
-/// The response body, wrapped so that the request counts as finished only when hyper
-/// has written (and dropped) the whole body; counts the bytes sent.
+/// The connection-wide half of `send_timeout`, sampled by the connection's loop:
+/// response bytes have waited to be sent since `since_ms` and no body byte has been
+/// written since then. (The IO times each blocked write itself; this catches what the
+/// socket does not show: an HTTP/2 stream that h2 will not send because the client's
+/// flow-control window stays shut.)
+#[derive(Debug, Default)]
+struct SendWatch {
+    /// `body_written` when the wait was first seen or last moved.
+    written: u64,
+    since_ms: Option<u64>,
+}
+
+impl SendWatch {
+    /// True once bytes have waited `timeout_ms` with none written.
+    fn stalled(&mut self, waiting: bool, written: u64, now_ms: u64, timeout_ms: u64) -> bool {
+        if !waiting {
+            self.since_ms = None;
+            return false;
+        }
+        match self.since_ms {
+            Some(since) if written == self.written => now_ms.saturating_sub(since) >= timeout_ms,
+            _ => {
+                self.written = written;
+                self.since_ms = Some(now_ms);
+                false
+            }
+        }
+    }
+}
+
+/// The response body, wrapped so that hyper gets the app's data as [`SentChunk`]s
+/// (which count the bytes written) and the request can tell waiting on the app from
+/// waiting on the client.
 pub struct TrackedBody {
     inner: Body,
-    request: RequestGuard,
+    request: Arc<RequestGuard>,
     /// HTTP/2: a request body cut after the response started resets the stream.
     cut: Option<Verdict>,
+    /// The last poll waited on the app: counted in the connection's `app_busy`.
+    busy: bool,
+}
+
+impl TrackedBody {
+    #[inline]
+    fn set_busy(&mut self, busy: bool) {
+        if self.busy != busy {
+            self.busy = busy;
+            self.request.state.app_busy(busy);
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.set_busy(false);
+    }
 }
 
 impl hyper::body::Body for TrackedBody {
-    type Data = Bytes;
+    type Data = SentChunk;
     type Error = crate::app::BoxError;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<SentChunk>, Self::Error>>> {
         if self.cut.as_ref().is_some_and(|cut| cut.get().is_some()) {
+            self.request.failed.store(true, Relaxed);
             return Poll::Ready(Some(Err("request body cut by [limits]".into())));
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.request.bytes += data.len() as u64;
+        let Poll::Ready(polled) = polled else {
+            self.set_busy(true);
+            return Poll::Pending;
+        };
+        self.set_busy(false);
+        Poll::Ready(match polled {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    self.request.produced.fetch_add(data.len() as u64, Relaxed);
+                    Some(Ok(Frame::data(SentChunk {
+                        data,
+                        request: self.request.clone(),
+                    })))
                 }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => Some(Ok(Frame::trailers(trailers))),
+                    // A frame kind http-body may add later: nothing to send.
+                    Err(_) => return Poll::Ready(Some(Ok(Frame::trailers(Default::default())))),
+                },
+            },
+            Some(Err(e)) => {
+                self.request.failed.store(true, Relaxed);
+                Some(Err(e))
             }
-            Poll::Ready(None) => self.request.complete.store(true, Relaxed),
-            _ => {}
-        }
-        polled
+            None => {
+                self.request.ended.store(true, Relaxed);
+                None
+            }
+        })
     }
     fn is_end_stream(&self) -> bool {
         let end = self.inner.is_end_stream();
         if end {
             // hyper asks this before and after each frame and stops once it is true.
-            self.request.complete.store(true, Relaxed);
+            self.request.ended.store(true, Relaxed);
         }
         end
     }
@@ -316,23 +466,63 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
-/// One request from its head to the end of its response (or its abandonment): keeps
-/// the connection's and the scoreboard's in-flight counts, and on drop records the
-/// duration and writes the access log line. A request dropped before the app answered
-/// (the client went away, an HTTP/2 stream was reset) is logged with status 499, as
-/// nginx does, one whose handler panicked with 500; either no longer counts as in flight.
+/// A chunk of a response body on its way to the client: hyper (HTTP/1, which queues
+/// chunks for vectored writes) and h2 advance it as its bytes are written to the
+/// connection, and drop it once written or abandoned. It holds its request, which ends
+/// (and is logged) when its body is done and its last chunk is gone.
+pub struct SentChunk {
+    data: Bytes,
+    request: Arc<RequestGuard>,
+}
+
+impl Buf for SentChunk {
+    #[inline]
+    fn remaining(&self) -> usize {
+        self.data.len()
+    }
+    #[inline]
+    fn chunk(&self) -> &[u8] {
+        &self.data
+    }
+    #[inline]
+    fn advance(&mut self, cnt: usize) {
+        self.data.advance(cnt);
+        self.request.written(cnt);
+    }
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        let taken = self.data.copy_to_bytes(len);
+        self.request.written(len);
+        taken
+    }
+}
+
+/// One request from its head to the last byte of its response (or its abandonment):
+/// keeps the connection's and the scoreboard's in-flight counts, and on drop records
+/// the duration and writes the access log line. A request dropped before the app
+/// answered (the client went away, an HTTP/2 stream was reset) is logged with status
+/// 499, as nginx does, one whose handler panicked with 500; either no longer counts as
+/// in flight. Once answered it is shared by the response body and its chunks.
 struct RequestGuard {
     /// The request's number on its connection.
     number: u64,
     state: Arc<ConnState>,
     slot: &'static Slot,
+    /// Where responses cut short are counted.
+    header: &'static crate::scoreboard::Header,
     began: Option<Instant>,
     record_duration: bool,
     log: Option<(Arc<AccessLog>, Box<Record>)>,
     status: u16,
-    bytes: u64,
-    /// The whole response was handed to hyper.
-    complete: AtomicBool,
+    /// Response body bytes taken from the app, and of them those written to the
+    /// connection.
+    produced: AtomicU64,
+    sent: AtomicU64,
+    /// The app's body reached its end.
+    ended: AtomicBool,
+    /// The app's body failed, or forkd cut the request body after the response began.
+    failed: AtomicBool,
+    /// The response has no body to write (HEAD, 1xx, 204, 304): done with its head.
+    head_only: bool,
     /// When the request began (ms, monotonic), for HTTP/2 streams only.
     h2_began_ms: Option<u64>,
 }
@@ -349,24 +539,35 @@ impl RequestGuard {
         RequestGuard {
             number,
             slot: shared.slot,
+            header: shared.board.header(),
             began,
             record_duration: shared.record_durations,
             log: shared.access_log.clone().zip(log),
             status: 499,
-            bytes: 0,
-            complete: AtomicBool::new(false),
+            produced: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            head_only: false,
             h2_began_ms: state.is_h2.load(Relaxed).then(monotonic_ms),
             state,
         }
+    }
+
+    #[inline]
+    fn written(&self, bytes: usize) {
+        self.sent.fetch_add(bytes as u64, Relaxed);
+        self.state.body_written.fetch_add(bytes as u64, Relaxed);
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.state.request_finished();
+        let ended = *self.ended.get_mut();
+        let sent = *self.sent.get_mut();
         if let Some(began) = self.h2_began_ms {
-            let early = !self.complete.load(Relaxed)
-                && monotonic_ms().saturating_sub(began) < EARLY_RESET_MS;
+            let early = !ended && monotonic_ms().saturating_sub(began) < EARLY_RESET_MS;
             self.state.stream_ended(early);
         }
         let duration = self.began.map(|at| at.elapsed());
@@ -382,13 +583,26 @@ impl Drop for RequestGuard {
         } else {
             self.status
         };
+        let answered = self.status != 499;
+        let failed = *self.failed.get_mut();
+        let completed =
+            answered && !failed && (self.head_only || (ended && sent == *self.produced.get_mut()));
+        if answered && !completed {
+            let reason = if failed {
+                Incomplete::Error
+            } else {
+                self.state.cut_reason()
+            };
+            self.header.count_incomplete(reason);
+        }
         if let Some((log, record)) = &self.log {
             log.log(
                 record,
                 &Outcome {
                     status,
-                    bytes: self.bytes,
+                    bytes: sent,
                     duration: duration.unwrap_or_default(),
+                    completed,
                 },
             );
         }
@@ -417,8 +631,28 @@ struct Responding {
     verdict: Option<Verdict>,
     shared: Arc<Shared>,
     connect: bool,
+    /// A HEAD request: its response has no body to write.
+    head: bool,
     /// The request was counted (`count_request`), on the first poll.
     counted: bool,
+    /// The last poll waited on the app: counted in the connection's `app_busy`.
+    busy: bool,
+}
+
+/// Marks a request as waiting on the app or not (`Responding::busy`).
+fn set_busy(flag: &mut bool, guard: &Option<RequestGuard>, busy: bool) {
+    if *flag != busy {
+        if let Some(guard) = guard {
+            *flag = busy;
+            guard.state.app_busy(busy);
+        }
+    }
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        set_busy(&mut self.busy, &self.guard, false);
+    }
 }
 
 impl Future for Responding {
@@ -432,7 +666,13 @@ impl Future for Responding {
             shared.count_request();
         }
         let resp = match &mut this.answer {
-            Answer::App(fut) => std::task::ready!(fut.as_mut().poll(cx)),
+            Answer::App(fut) => match fut.as_mut().poll(cx) {
+                Poll::Ready(resp) => resp,
+                Poll::Pending => {
+                    set_busy(&mut this.busy, &this.guard, true);
+                    return Poll::Pending;
+                }
+            },
             Answer::Forkd(resp) => match resp.take() {
                 Some(resp) => *resp,
                 None => refusal(shared, Violation::Malformed("polled after its answer")),
@@ -446,6 +686,7 @@ impl Future for Responding {
                 refusal(shared, Violation::Malformed("invalid :authority or Host"))
             }
         };
+        set_busy(&mut this.busy, &this.guard, false);
         let Some(mut guard) = this.guard.take() else {
             // Polled again after it answered: hyper never does.
             return Poll::Pending;
@@ -483,6 +724,10 @@ impl Future for Responding {
             guard.state.switched.store(true, Release);
         }
         guard.status = status.as_u16();
+        guard.head_only = this.head
+            || status.is_informational()
+            || status == hyper::StatusCode::NO_CONTENT
+            || status == hyper::StatusCode::NOT_MODIFIED;
         if (cut.is_some() || shared.is_draining()) && !parts.headers.contains_key(CONNECTION) {
             parts
                 .headers
@@ -490,9 +735,10 @@ impl Future for Responding {
         }
         let body = TrackedBody {
             inner,
-            request: guard,
+            request: Arc::new(guard),
             // forkd's own refusal is sent whole; the app's answer is cut.
             cut: verdict.filter(|_| cut.is_none()),
+            busy: false,
         };
         Poll::Ready(Ok(hyper::Response::from_parts(parts, body)))
     }
@@ -524,7 +770,8 @@ where
         shared.board.header(),
         shared.access_log.clone().map(|log| (log, peer.clone())),
         Some(open),
-    );
+    )
+    .with_send_timeout(shared.send_timeout);
     let service = {
         let shared = shared.clone();
         let state = state.clone();
@@ -541,6 +788,7 @@ where
             // (stream reset, panic), the guard still ends the request.
             let guard = RequestGuard::new(&shared, state.clone(), began, record);
             let connect = parts.method == hyper::Method::CONNECT;
+            let head = parts.method == hyper::Method::HEAD;
             let answer = match shared
                 .health
                 .answer(parts.uri.path(), shared.board.header())
@@ -558,7 +806,9 @@ where
                 verdict,
                 shared: shared.clone(),
                 connect,
+                head,
                 counted: false,
+                busy: false,
             }
         })
     };
@@ -573,17 +823,38 @@ where
     let mut close_at: Option<Instant> = None;
     let keepalive = shared.keepalive;
     let header_timeout = shared.header_read_timeout;
+    let send_timeout = shared.send_timeout;
+    // While a request is in flight the loop looks at the connection this often: it
+    // samples the send watchdog (the IO times blocked writes to the millisecond).
+    let busy_recheck = keepalive
+        .min(send_timeout / 4)
+        .max(Duration::from_millis(100));
+    let mut send_watch = SendWatch::default();
     let mut watch = WatchWake::default();
     loop {
         if drain_seen && !goaway_sent && state.is_h2.load(Relaxed) {
             conn.as_mut().graceful_shutdown();
             goaway_sent = true;
         }
-        let wait = match state.time_left(keepalive, header_timeout) {
+        if send_watch.stalled(
+            state.waits_to_send(),
+            state.body_written.load(Relaxed),
+            monotonic_ms(),
+            send_timeout.as_millis() as u64,
+        ) {
+            // Response bytes have waited send_timeout with none written: the client does
+            // not read (or, on HTTP/2, keeps its flow-control window shut).
+            state.close_for(Incomplete::SendTimeout);
+            break;
+        }
+        let wait = match state.time_left(keepalive, header_timeout, busy_recheck) {
             Ok(wait) => match close_at {
                 Some(at) => match at.checked_duration_since(Instant::now()) {
                     Some(left) => wait.min(left),
-                    None => break,
+                    None => {
+                        state.close_for(Incomplete::ServerClosed);
+                        break;
+                    }
                 },
                 None => wait,
             },
@@ -617,6 +888,10 @@ where
         } else {
             wait
         };
+        // A connection not yet known to be HTTP/2 waits long (its first head, or
+        // keep-alive): should it turn out to be HTTP/2, the loop must look again within
+        // `H2_WATCH` (its streams' send watchdog and reset-flood check).
+        let h2_later = (!state.is_h2.load(Relaxed) && wait > H2_WATCH).then_some(&state.is_h2);
         let woke = {
             let sleep = std::pin::pin!(tokio::time::sleep(wait));
             let changed = std::pin::pin!(drain.changed());
@@ -624,6 +899,7 @@ where
                 conn.as_mut(),
                 sleep,
                 (!drain_seen).then_some(changed),
+                h2_later,
                 &mut watch,
             )
             .await
@@ -666,7 +942,7 @@ enum Woke {
 
 impl Woke {
     /// Waits for the connection to end, the timer, or the drain signal (None: not
-    /// watched). The connection is polled on every wake-up of the task; the timer and
+    /// watched), or (`h2_later`) for the connection to turn out to be HTTP/2. The connection is polled on every wake-up of the task; the timer and
     /// the drain signal only after one of them woke it (or after a new wait began),
     /// which on a busy connection is almost never: `tokio::select!` would poll all
     /// three on each of its wake-ups, once or more per request.
@@ -674,6 +950,7 @@ impl Woke {
         mut conn: Pin<&mut C>,
         mut sleep: Pin<&mut tokio::time::Sleep>,
         mut drain: Option<Pin<&mut E>>,
+        h2_later: Option<&AtomicBool>,
         watch: &mut WatchWake,
     ) -> Woke
     where
@@ -686,6 +963,10 @@ impl Woke {
                 return Poll::Ready(Woke::Ended {
                     hyper_refused: result.as_ref().is_err_and(refused_by_hyper),
                 });
+            }
+            if h2_later.is_some_and(|h2| h2.load(Relaxed)) {
+                // The connection turned out to be HTTP/2: time it as such.
+                return Poll::Ready(Woke::Timer);
             }
             let Some(waker) = watch.poll_with(cx) else {
                 return Poll::Pending;
@@ -905,6 +1186,59 @@ mod tests {
             .is_err_and(refused_by_hyper));
         let io: super::super::protocol::ConnError = Box::new(std::io::Error::other("reset"));
         assert!(!refused_by_hyper(&io));
+    }
+
+    #[test]
+    fn the_send_watch_fires_only_after_a_whole_timeout_without_progress() {
+        let mut watch = SendWatch::default();
+        // Nothing waits to be sent: never stalled, however long.
+        assert!(!watch.stalled(false, 0, 0, 1000));
+        assert!(!watch.stalled(false, 0, 10_000, 1000));
+        // Bytes wait from t=10 s: the clock starts there.
+        assert!(!watch.stalled(true, 0, 10_000, 1000));
+        assert!(!watch.stalled(true, 0, 10_999, 1000));
+        // Progress restarts it.
+        assert!(!watch.stalled(true, 5, 10_999, 1000));
+        assert!(!watch.stalled(true, 5, 11_500, 1000));
+        assert!(watch.stalled(true, 5, 11_999, 1000));
+        // Waiting on the app in between (nothing to send) resets it too.
+        assert!(!watch.stalled(false, 5, 12_000, 1000));
+        assert!(!watch.stalled(true, 5, 12_100, 1000));
+        assert!(!watch.stalled(true, 5, 13_000, 1000));
+        assert!(watch.stalled(true, 5, 13_100, 1000));
+    }
+
+    #[test]
+    fn a_connection_with_unwritten_bytes_or_requests_in_flight_is_not_idle() {
+        let state = ConnState::new();
+        state.served_any.store(true, Relaxed);
+        state.idle_since_ms.store(0, Relaxed);
+        let (keepalive, header) = (Duration::from_secs(2), Duration::from_secs(10));
+        let recheck = Duration::from_millis(500);
+        assert!(matches!(
+            state.time_left(keepalive, header, recheck),
+            Err(Closing::Idle)
+        ));
+        // The socket did not take the last bytes of a response: send_timeout's, not idle.
+        state.write_waits();
+        assert_eq!(
+            state.time_left(keepalive, header, recheck).ok(),
+            Some(recheck)
+        );
+        assert!(state.waits_to_send());
+        // Once they are written, the keep-alive period starts from then.
+        state.write_moved();
+        assert!(state.time_left(keepalive, header, recheck).unwrap() > recheck);
+        // A request in flight that waits on the app has nothing waiting to be sent.
+        state.request_started();
+        state.app_busy(true);
+        assert_eq!(
+            state.time_left(keepalive, header, recheck).ok(),
+            Some(recheck)
+        );
+        assert!(!state.waits_to_send());
+        state.app_busy(false);
+        assert!(state.waits_to_send());
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //! answered connection is shut down for writing and drained for a short while
 //! ("lingering close", as nginx does) in a task of its own.
 //!
+//! It also owns the write side of `limits.send_timeout`: a write (or flush) that waits
+//! arms the timer, bytes moving clear it, and one that has waited that long fails, which
+//! ends the connection (nginx's `send_timeout`: the longest wait for one write to make
+//! progress). Whether the last write waited tells the connection's watchdog that bytes
+//! hyper holds are still unwritten, so the connection is not idle (see `ConnState`).
+//!
 //! On HTTP/2 it also follows the client's frames, and ends the connection of a client
 //! that sends PING or SETTINGS frames (each of which the server must answer) faster
 //! than `H2_CONTROL_PER_SEC` beyond a burst of `H2_CONTROL_BURST`.
@@ -77,6 +83,9 @@ where
     /// `limits.body_read_timeout` (zero: off), and its timer, armed while hyper waits
     /// for body bytes; `body_progress` says bytes arrived since it was last set.
     body_stall: StallTimer,
+    /// `limits.send_timeout` (zero: off), armed while a write waits; see
+    /// [`GuardedIo::after_write`].
+    send_stall: StallTimer,
     /// The app switched protocols: bytes pass through unscanned from now on.
     switched: bool,
     /// The client's HTTP/2 frames, once the connection turned out to be HTTP/2.
@@ -177,10 +186,47 @@ where
             end: End::Open,
             log,
             body_stall: StallTimer::new(body_timeout),
+            send_stall: StallTimer::new(Duration::ZERO),
             switched: false,
             h2: None,
             h2_flood: false,
             _open: open,
+        }
+    }
+
+    /// Holds every write to `timeout` (`limits.send_timeout`; zero: off).
+    pub(super) fn with_send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_stall = StallTimer::new(timeout);
+        self
+    }
+
+    /// Notes how a write or flush went: one that moved bytes clears the send timer and
+    /// the connection's blocked flag; one that waits marks the connection blocked and
+    /// arms the timer, and fails once it has waited `send_timeout` with nothing moving.
+    #[inline]
+    fn after_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match polled {
+            Poll::Ready(Ok(done)) => {
+                self.send_stall.progressed();
+                self.state.write_moved();
+                Poll::Ready(Ok(done))
+            }
+            Poll::Pending => {
+                self.state.write_waits();
+                if self.send_stall.stalled(cx) {
+                    self.state.send_timed_out();
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client took no response bytes for limits.send_timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+            failed => failed,
         }
     }
 
@@ -381,29 +427,35 @@ where
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.inner.as_mut() {
+        let this = &mut *self;
+        let polled = match this.inner.as_mut() {
             Some(inner) => Pin::new(inner).poll_write(cx, buf),
-            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-        }
+            None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        };
+        this.after_write(cx, polled)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.inner.as_mut() {
+        let this = &mut *self;
+        let polled = match this.inner.as_mut() {
             Some(inner) => Pin::new(inner).poll_write_vectored(cx, bufs),
-            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-        }
+            None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        };
+        this.after_write(cx, polled)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.inner.as_mut() {
+        let this = &mut *self;
+        let polled = match this.inner.as_mut() {
             Some(inner) => Pin::new(inner).poll_flush(cx),
-            None => Poll::Ready(Ok(())),
-        }
+            None => return Poll::Ready(Ok(())),
+        };
+        this.after_write(cx, polled)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.end != End::Open {
@@ -451,6 +503,7 @@ pub(super) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16
             status,
             bytes: body.len() as u64,
             duration: Duration::ZERO,
+            completed: true,
         },
     );
 }

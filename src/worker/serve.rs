@@ -326,6 +326,8 @@ pub(crate) struct Shared {
     pub(super) header_read_timeout: Duration,
     /// `limits.body_read_timeout`; zero = off.
     pub(super) body_read_timeout: Duration,
+    /// `limits.send_timeout`.
+    pub(super) send_timeout: Duration,
     /// This worker's own `max_requests` (with its jitter drawn); 0 = unlimited.
     pub(super) request_limit: u64,
     draining: AtomicBool,
@@ -396,6 +398,7 @@ pub(super) fn new_shared(
         keepalive: config.keepalive,
         header_read_timeout: config.limits.header_read_timeout,
         body_read_timeout: config.limits.body_read_timeout,
+        send_timeout: config.limits.send_timeout,
         request_limit: request_limit(config.max_requests, config.max_requests_jitter),
         draining: AtomicBool::new(false),
         drain_tx,

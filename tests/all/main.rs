@@ -27,6 +27,7 @@ mod os_faults;
 mod panics;
 mod privileges;
 mod python;
+mod slow_readers;
 mod socket_activation;
 mod systemd_notify;
 mod systemd_units;
