@@ -42,7 +42,8 @@ pub struct Scheme(pub &'static str);
 
 /// The subject of the certificate the client presented on a TLS connection
 /// (`tls.client_auth = "optional"` or `"required"`), verified against `tls.ca_certs`,
-/// in RFC 4514 style (`CN=alice, O=Example`). Absent without a client certificate.
+/// as RFC 4514 text, escaped as nginx's `$ssl_client_s_dn` (`CN=alice,O=Example`; at
+/// most 4096 bytes, never a control character). Absent without a client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCertSubject(pub String);
 

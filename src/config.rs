@@ -13,6 +13,9 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod env;
+pub use env::warnings as env_warnings;
+
 pub use crate::access_log::Format as AccessLogFormat;
 pub use crate::forwarded::{ProxyHeaders, TrustedProxies};
 
@@ -832,21 +835,12 @@ pub fn load(cli: &Cli, env: &[(String, String)]) -> Result<Config, ConfigError> 
         file_source = Some((path.as_path(), source));
         config.config_file = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
     }
+    // A variable that names no key is ignored here (Kubernetes puts service links in
+    // forkd's prefix); `env_warnings` says what a typo was meant to be.
     for (var, value) in env.iter().filter(|(k, _)| k.starts_with("FORKD_")) {
-        let key = key_for_env(var).ok_or_else(|| {
-            let names: Vec<String> = KEYS.iter().filter_map(Key::env_var).collect();
-            let table = KEYS.iter().find(|k| {
-                matches!(k.print, Print::Table(_))
-                    && var == &format!("FORKD_{}", k.name.to_ascii_uppercase())
-            });
-            let hint = match table {
-                Some(k) => format!(" (the [{}] table is set in the config file only)", k.name),
-                None => suggestion(var, names.iter().map(String::as_str)),
-            };
-            ConfigError {
-                message: format!("unknown environment variable {var}{hint}"),
-            }
-        })?;
+        let Some(key) = key_for_env(var) else {
+            continue;
+        };
         set(
             &mut config,
             key,
@@ -1688,8 +1682,10 @@ mod tests {
             Some("log.access_log")
         );
         assert!(key_for_env("FORKD_ENV").is_none());
-        let err = load(&Cli::default(), &[("FORKD_ENV".into(), "x".into())]).unwrap_err();
-        assert!(err.to_string().contains("[env] table"), "{err}");
+        // Ignored, with a warning (config::env's tests).
+        let env = [("FORKD_ENV".to_string(), "x".to_string())];
+        assert_eq!(load(&Cli::default(), &env).unwrap(), Config::default());
+        assert!(env_warnings(&env)[0].contains("[env] table"));
     }
 
     #[test]
@@ -1720,10 +1716,13 @@ mod tests {
             err.contains("forkd.toml line 2: key `limits.max_bdy`: unknown key in [limits] (did you mean `max_body`?)"),
             "{err}"
         );
-        let err = load(&Cli::default(), &[("FORKD_WORKRS".into(), "2".into())]).unwrap_err();
+        // An unknown variable is a warning, not an error (CONTRACT.md).
+        let env = [("FORKD_WORKRS".to_string(), "2".to_string())];
+        assert_eq!(load(&Cli::default(), &env).unwrap(), Config::default());
+        let warnings = env_warnings(&env);
         assert!(
-            err.to_string().contains("(did you mean `FORKD_WORKERS`?)"),
-            "{err}"
+            warnings[0].contains("(did you mean `FORKD_WORKERS`?)"),
+            "{warnings:?}"
         );
     }
 

@@ -158,8 +158,16 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
             return EXIT_USAGE;
         }
     };
+    // Unknown `FORKD_*` variables: warned about, once (the environment stays as it is
+    // across HUPs); Kubernetes service links are not among them.
+    let env_warnings = config::env_warnings(&environment);
     let fork_hooks = host.fork;
     let resolve = app_resolver(embedded, host.loader);
+    if cli.check_config || cli.print_config || cli.signal.is_some() {
+        for warning in &env_warnings {
+            eprintln!("forkd: warning: {warning}");
+        }
+    }
     if cli.check_config || cli.print_config {
         if let Err(e) = resolve(&config) {
             eprintln!("forkd: config error: {e}");
@@ -231,6 +239,9 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
         }
         loaded.server
     });
+    for warning in &env_warnings {
+        tracing::warn!("{warning}");
+    }
     if let Some(warning) = config::file_permission_warning(&config) {
         tracing::warn!("{warning}");
     }

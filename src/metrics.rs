@@ -17,12 +17,14 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Semaphore;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
 
 /// `/metrics` is served by forkd's own workers from the scoreboard; an exec worker is
 /// another program, which would leave the listener unanswered: refuse the combination.
@@ -88,7 +90,7 @@ pub fn serve(
     board: &'static Board,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Open::default());
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -97,17 +99,18 @@ pub fn serve(
                     // answered before the worker exits, so a HUP costs no scrape. Each
                     // connection closes once it is idle (a scraper's keep-alive
                     // connection at once), or within READ_TIMEOUT of a stalled head.
-                    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
                     let _ = tokio::time::timeout(
                         READ_TIMEOUT + Duration::from_secs(1),
-                        permits.acquire_many(all),
+                        open.all_closed(),
                     )
                     .await;
                     return;
                 }
                 accepted = acceptor.accept() => match accepted {
-                    Ok(Accepted::Tcp(stream, _)) => admit(stream, board, &permits, &stop),
-                    Ok(Accepted::Unix(stream)) => admit(stream, board, &permits, &stop),
+                    Ok(Accepted::Tcp(stream, peer)) => {
+                        admit(stream, Some(peer.ip().to_canonical()), board, &open, &stop);
+                    }
+                    Ok(Accepted::Unix(stream)) => admit(stream, None, board, &open, &stop),
                     Err(e) => {
                         tracing::warn!(pid = std::process::id(), "metrics accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -118,36 +121,146 @@ pub fn serve(
     })
 }
 
-/// Concurrent `/metrics` connections per worker: a scraper needs one or two; more are
-/// closed at once, so that clients holding connections to the metrics listener cannot
-/// use up the worker's fds (which its app connections need).
+/// Open `/metrics` connections per worker: a scraper needs one or two. A new
+/// connection past this closes one already open ([`victim`]), so that clients holding
+/// connections cannot use up the worker's fds (which its app connections need), nor
+/// keep a scraper out.
 pub const MAX_CONNECTIONS: usize = 64;
 /// A metrics connection that has not sent a whole request head this long (also
 /// between keep-alive requests) is closed.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `stream` if a connection permit is free, else closes it at once.
+/// One open metrics connection, as [`victim`] weighs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    id: u64,
+    /// The client's address; None on a unix socket (all its clients count as one).
+    peer: Option<IpAddr>,
+    /// When it was accepted or last began a request.
+    active: Instant,
+}
+
+/// The connection to close when a new one finds every place taken: of the client
+/// holding the most connections, the one least recently active. A client that floods
+/// the listener only ever closes its own connections while it holds the most, so a
+/// scraper elsewhere keeps its keep-alive connection; and a new connection always gets
+/// in, so a scraper behind the same address as the flood still gets its answer (a
+/// scraper sends its request as soon as it has connected, and is then the most
+/// recently active). Closing an idle HTTP/1.1 connection is what a server may always
+/// do (RFC 9112 §9.5); a client retries a request that got no answer on a new one.
+fn victim(open: &[Held]) -> Option<u64> {
+    let mut counts: HashMap<Option<IpAddr>, usize> = HashMap::new();
+    for held in open {
+        *counts.entry(held.peer).or_default() += 1;
+    }
+    open.iter()
+        .min_by_key(|h| {
+            let count = counts.get(&h.peer).copied().unwrap_or(0);
+            (std::cmp::Reverse(count), h.active)
+        })
+        .map(|h| h.id)
+}
+
+/// A worker's open metrics connections. A connection is closed by removing it: its
+/// task sees its `close` sender dropped.
+#[derive(Default)]
+struct Open {
+    table: Mutex<Table>,
+    /// Told when the table becomes empty (the drain waits for it).
+    emptied: Notify,
+}
+
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    conns: Vec<(Held, oneshot::Sender<()>)>,
+}
+
+impl Open {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new connection from `peer`, closing one first when all places are
+    /// taken; its id, and what tells it to close.
+    fn admit(&self, peer: Option<IpAddr>) -> (u64, oneshot::Receiver<()>) {
+        let mut table = self.table();
+        if table.conns.len() >= MAX_CONNECTIONS {
+            let held: Vec<Held> = table.conns.iter().map(|(h, _)| *h).collect();
+            if let Some(id) = victim(&held) {
+                table.conns.retain(|(h, _)| h.id != id);
+            }
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let (close, closed) = oneshot::channel();
+        let held = Held {
+            id,
+            peer,
+            active: Instant::now(),
+        };
+        table.conns.push((held, close));
+        (id, closed)
+    }
+
+    /// Connection `id` began a request.
+    fn touch(&self, id: u64) {
+        if let Some((held, _)) = self.table().conns.iter_mut().find(|(h, _)| h.id == id) {
+            held.active = Instant::now();
+        }
+    }
+
+    /// Connection `id` has ended (or was closed).
+    fn remove(&self, id: u64) {
+        let mut table = self.table();
+        table.conns.retain(|(h, _)| h.id != id);
+        if table.conns.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Returns once no connection is open.
+    async fn all_closed(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.table().conns.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
+}
+
+/// Serves `stream` from `peer`, making room for it if every place is taken.
 fn admit<T>(
     stream: T,
+    peer: Option<IpAddr>,
     board: &'static Board,
-    permits: &Arc<Semaphore>,
+    open: &Arc<Open>,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    match permits.clone().try_acquire_owned() {
-        Ok(permit) => {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                serve_connection(stream, board, stop).await;
-                drop(permit);
-            });
+    let (id, closed) = open.admit(peer);
+    let (open, stop) = (open.clone(), stop.clone());
+    tokio::spawn(async move {
+        let touch = {
+            let open = open.clone();
+            move || open.touch(id)
+        };
+        tokio::select! {
+            _ = serve_connection(stream, board, stop, touch) => {}
+            // Closed to make room: the connection is dropped here.
+            _ = closed => {}
         }
-        Err(_) => drop(stream),
-    }
+        open.remove(id);
+    });
 }
 
-/// Serves one metrics connection. Once `stop` (the worker's drain) fires, every
+/// Serves one metrics connection; `touch` is called as each request begins. Once
+/// `stop` (the worker's drain) fires, every
 /// response says `Connection: close`, and a connection that has already been answered
 /// and is idle (a scraper's keep-alive connection) is closed at once, so it does not
 /// hold up the worker's drain. A connection not yet answered is left to get its
@@ -156,6 +269,7 @@ async fn serve_connection<T>(
     stream: T,
     board: &'static Board,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    touch: impl Fn() + Send + Sync + 'static,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -163,6 +277,7 @@ async fn serve_connection<T>(
     let service = {
         let (answered, stop) = (answered.clone(), stop.clone());
         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            touch();
             answered.store(true, Relaxed);
             let mut resp = answer(&req, board);
             if *stop.borrow() {
@@ -417,4 +532,100 @@ pub fn render(board: &Board) -> String {
         "forkd_tls_handshake_duration_seconds_count {handshakes}"
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn held(id: u64, peer: [u8; 4], age_ms: u64, now: Instant) -> Held {
+        Held {
+            id,
+            peer: Some(IpAddr::from(peer)),
+            active: now - Duration::from_millis(age_ms),
+        }
+    }
+
+    #[test]
+    fn the_biggest_holders_least_recently_active_connection_is_closed() {
+        let now = Instant::now();
+        let scraper = [10, 0, 0, 9];
+        let flood = [10, 0, 0, 1];
+        // The scraper's connection is the oldest; the flood's are more.
+        let mut open = vec![held(0, scraper, 9000, now)];
+        open.extend((1..=5).map(|id| held(id, flood, 100 * id, now)));
+        assert_eq!(victim(&open), Some(5), "the flood's oldest");
+        // A scraper behind the flood's address: the oldest of them all goes, never the
+        // newest (the scrape that just connected).
+        let same: Vec<Held> = (0..4).map(|id| held(id, flood, 10 * id, now)).collect();
+        assert_eq!(victim(&same), Some(3));
+        // Equal holders: the least recently active.
+        let even = vec![
+            held(0, scraper, 5, now),
+            held(1, flood, 50, now),
+            held(2, scraper, 7, now),
+            held(3, flood, 1, now),
+        ];
+        assert_eq!(victim(&even), Some(1));
+        // Unix-socket clients count as one.
+        let unix = vec![
+            Held {
+                id: 7,
+                peer: None,
+                active: now - Duration::from_millis(3),
+            },
+            Held {
+                id: 8,
+                peer: None,
+                active: now,
+            },
+            held(9, scraper, 100, now),
+        ];
+        assert_eq!(victim(&unix), Some(7));
+        assert_eq!(victim(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn a_full_table_closes_one_to_admit_one() {
+        let open = Open::default();
+        let flood = Some(IpAddr::from([127, 0, 0, 1]));
+        let (first, mut first_closed) = open.admit(flood);
+        let mut rest = Vec::new();
+        for _ in 1..MAX_CONNECTIONS {
+            rest.push(open.admit(flood));
+        }
+        assert_eq!(open.table().conns.len(), MAX_CONNECTIONS);
+        assert!(first_closed
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        // Another client's connection: the oldest of the flood is closed to make room.
+        let (_, scraper_closed) = open.admit(Some(IpAddr::from([127, 0, 0, 2])));
+        assert_eq!(open.table().conns.len(), MAX_CONNECTIONS);
+        assert!(!open.table().conns.iter().any(|(h, _)| h.id == first));
+        assert_eq!(
+            first_closed.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        );
+        // All closed: the drain's wait returns.
+        open.remove(first);
+        for (id, _) in &rest {
+            open.remove(*id);
+        }
+        let open = Arc::new(open);
+        let waiting = tokio::spawn({
+            let open = open.clone();
+            async move { open.all_closed().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "one is still open");
+        let last = open.table().conns[0].0.id;
+        open.remove(last);
+        drop(scraper_closed);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken when the last closed")
+            .unwrap();
+    }
 }

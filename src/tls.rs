@@ -23,6 +23,8 @@ use rustls::{RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
 
+pub(crate) mod subject;
+
 /// The longest session-ticket plaintext every worker accepts from the start: a TLS
 /// session's state with room for a client certificate chain of a few KiB.
 const TICKET_PRIMING: usize = 4096;
@@ -121,7 +123,8 @@ pub fn load(config: &Config) -> Result<Option<Loaded>, String> {
             let verifier = verifier
                 .build()
                 .map_err(|e| at("tls.ca_certs", ca_certs, &e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            // A subject the app could not be given whole refuses the handshake.
+            builder.with_client_cert_verifier(Arc::new(subject::BoundedSubject { inner: verifier }))
         }
     };
     let mut server = builder.with_single_cert(chain, key).map_err(|e| match e {
@@ -197,7 +200,7 @@ fn unix_now() -> i64 {
 /// What forkd reads from a certificate: its subject (for client certificates and
 /// messages) and its validity.
 pub struct Certificate {
-    /// RFC 4514-style: `CN=client, O=Example`.
+    /// RFC 4514: `CN=client,O=Example` (see `subject`), not bounded in length.
     pub subject: String,
     pub not_before: i64,
     pub not_after: i64,
@@ -210,7 +213,7 @@ impl Certificate {
         let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
         let validity = cert.validity();
         Ok(Certificate {
-            subject: cert.subject().to_string(),
+            subject: subject::format(&subject::parts(cert.subject())),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             not_before_text: validity.not_before.to_string(),
@@ -228,7 +231,8 @@ pub struct TlsInfo {
     pub cipher: &'static str,
     /// ALPN chose HTTP/2.
     pub h2: bool,
-    /// The client certificate's subject, when the client presented one.
+    /// The client certificate's subject as RFC 4514 text (`subject::of_certificate`,
+    /// at most `subject::MAX_LEN` bytes), when the client presented one.
     pub client_subject: Option<String>,
     /// The host name the client asked for (SNI), if it sent one.
     pub server_name: Option<Arc<str>>,
@@ -248,8 +252,7 @@ impl TlsInfo {
         let client_subject = conn
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .and_then(|leaf| Certificate::parse(leaf).ok())
-            .map(|c| c.subject);
+            .and_then(|leaf| subject::of_certificate(leaf).ok());
         TlsInfo {
             version,
             cipher,

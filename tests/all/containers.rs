@@ -244,6 +244,140 @@ fn the_kubernetes_example_fits_forkd_and_its_config() {
     );
 }
 
+/// The manifest's Service: its name and its ports as (name, number, protocol).
+fn manifest_service() -> (String, Vec<(String, u16, String)>) {
+    let doc = DEPLOYMENT
+        .split("\n---\n")
+        .find(|d| d.lines().any(|l| l.trim() == "kind: Service"))
+        .expect("a Service in the manifest");
+    let name = yaml_field_after(doc, "metadata", "name");
+    let mut ports: Vec<(String, u16, String)> = Vec::new();
+    for line in doc.lines().skip_while(|l| l.trim() != "ports:").skip(1) {
+        let item = line.trim();
+        let (field, value) = match item.strip_prefix("- ").unwrap_or(item).split_once(':') {
+            Some((f, v)) => (f.trim(), v.trim().trim_matches('"')),
+            None => break,
+        };
+        if item.starts_with("- ") {
+            ports.push((String::new(), 0, "TCP".to_string()));
+        }
+        let port = ports.last_mut().expect("a port item");
+        match field {
+            "name" => port.0 = value.to_string(),
+            "port" => port.1 = value.parse().expect("port number"),
+            "protocol" => port.2 = value.to_string(),
+            _ => {}
+        }
+    }
+    assert!(!ports.is_empty(), "the Service has no ports");
+    (name, ports)
+}
+
+/// The service-link variables the kubelet gives a pod for a Service (as its
+/// `envvars.FromServices` makes them), with `ip` as the cluster IP.
+fn service_links(
+    service: &str,
+    ip: &str,
+    ports: &[(String, u16, String)],
+) -> Vec<(String, String)> {
+    let prefix = service.replace('-', "_").to_ascii_uppercase();
+    let mut vars = vec![(format!("{prefix}_SERVICE_HOST"), ip.to_string())];
+    for (index, (name, number, proto)) in ports.iter().enumerate() {
+        let url = format!("{}://{ip}:{number}", proto.to_ascii_lowercase());
+        if index == 0 {
+            vars.push((format!("{prefix}_SERVICE_PORT"), number.to_string()));
+            vars.push((format!("{prefix}_PORT"), url.clone()));
+        }
+        if !name.is_empty() {
+            let name = name.replace('-', "_").to_ascii_uppercase();
+            vars.push((format!("{prefix}_SERVICE_PORT_{name}"), number.to_string()));
+        }
+        let link = format!("{prefix}_PORT_{number}_{proto}");
+        vars.push((format!("{link}_PROTO"), proto.to_ascii_lowercase()));
+        vars.push((format!("{link}_PORT"), number.to_string()));
+        vars.push((format!("{link}_ADDR"), ip.to_string()));
+        vars.push((link, url));
+    }
+    vars
+}
+
+#[test]
+fn kubernetes_service_links_are_ignored_and_a_typo_only_warns() {
+    // What a pod of the manifest gets without `enableServiceLinks: false`: the links of
+    // its own Service (`forkd`, port 80) and of a `forkd-metrics` Service beside it.
+    let (name, ports) = manifest_service();
+    assert_eq!(
+        name, "forkd",
+        "the test assumes the manifest's Service name"
+    );
+    let mut env = service_links(&name, "10.0.0.1", &ports);
+    env.extend(service_links(
+        "forkd-metrics",
+        "10.0.0.2",
+        &[("metrics".to_string(), 9100, "TCP".to_string())],
+    ));
+    for var in [
+        "FORKD_SERVICE_HOST",
+        "FORKD_SERVICE_PORT",
+        "FORKD_SERVICE_PORT_HTTP",
+        "FORKD_PORT",
+        "FORKD_PORT_80_TCP",
+        "FORKD_PORT_80_TCP_PROTO",
+        "FORKD_PORT_80_TCP_PORT",
+        "FORKD_PORT_80_TCP_ADDR",
+        "FORKD_METRICS_SERVICE_HOST",
+        "FORKD_METRICS_PORT_9100_TCP_ADDR",
+    ] {
+        assert!(env.iter().any(|(k, _)| k == var), "{var} not made: {env:?}");
+    }
+    assert!(
+        DEPLOYMENT.contains("enableServiceLinks: false"),
+        "the manifest should keep service links out of the pod"
+    );
+    let dir = harness::temp_dir("k8s-service-links");
+    let file = dir.join("forkd.toml");
+    std::fs::write(&file, yaml_block(DEPLOYMENT, "forkd.toml")).expect("write forkd.toml");
+    let mut with_typo = env.clone();
+    with_typo.push(("FORKD_WORKRES".to_string(), "3".to_string()));
+
+    // --check-config: exit 0; a warning for the typo only.
+    for (vars, typo) in [(&env, false), (&with_typo, true)] {
+        let out = run_bounded(
+            Command::new(forkd())
+                .arg("-c")
+                .arg(&file)
+                .arg("--check-config")
+                .envs(vars.iter().map(|(k, v)| (k, v))),
+            Duration::from_secs(20),
+        );
+        assert!(out.ok(), "--check-config failed: {out:?}");
+        let warning = "forkd: warning: unknown environment variable FORKD_WORKRES is ignored (did you mean `FORKD_WORKERS`?)\n";
+        assert_eq!(out.stderr, if typo { warning } else { "" }, "{out:?}");
+    }
+
+    // It starts and serves, and warns about the typo alone.
+    let server = Forkd::new()
+        .config(&file)
+        .args(["-b", "127.0.0.1:0", "-w", "1"])
+        .envs(with_typo.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .start();
+    let (status, _, _) = get(&server.addr, "/health/ready").expect("served");
+    assert_eq!(status, 200, "{}", server.log());
+    let log = server.log();
+    assert!(
+        log.contains(
+            "unknown environment variable FORKD_WORKRES is ignored (did you mean `FORKD_WORKERS`?)"
+        ),
+        "{log}"
+    );
+    assert_eq!(log.matches("environment variable").count(), 1, "{log}");
+    for (var, _) in &env {
+        assert!(!log.contains(var.as_str()), "{var} mentioned:\n{log}");
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_image_runs_forkd_as_pid1_with_a_valid_default_command() {
     let json_array = |instruction: &str| -> Vec<String> {

@@ -362,6 +362,59 @@ fn connections_held_open_to_the_metrics_listener_do_not_exhaust_the_worker() {
     assert!(closed >= 300 - 64, "only {closed} closed");
 }
 
+/// Scrapes /metrics on `stream` (keep-alive); the status, within `limit`.
+fn scrape_on(stream: &TcpStream, limit: Duration) -> Result<u16, String> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    (&*stream)
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut reader = std::io::BufReader::new(stream);
+    read_response_with_body(&mut reader).map(|(status, _, _)| status)
+}
+
+#[test]
+fn idle_connections_to_the_metrics_listener_do_not_keep_scrapers_out() {
+    let dir = temp_dir("os-metrics-flood");
+    let config = write_config(
+        &dir,
+        "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[metrics]\nbind = \"127.0.0.1:0\"\n",
+    );
+    let server = Forkd::new().config(&config).start();
+    let metrics = metrics_addr(&server);
+    // A scraper on 127.0.0.2 with its keep-alive connection, as Prometheus keeps one.
+    let kept = connect_from([127, 0, 0, 2], &metrics);
+    assert_eq!(scrape_on(&kept, Duration::from_secs(5)), Ok(200));
+    // 150 idle connections from 127.0.0.1, more than a worker keeps (64).
+    let idle: Vec<TcpStream> = (0..150)
+        .map(|_| connect_from([127, 0, 0, 1], &metrics))
+        .collect();
+    // Accepted: the oldest of them are closed to make room for the newer.
+    let closed = |s: &TcpStream| {
+        let _ = s.set_read_timeout(Some(Duration::from_millis(1)));
+        matches!((&*s).read(&mut [0u8; 1]), Ok(0))
+    };
+    assert!(
+        poll_until(Duration::from_secs(5), || idle
+            .iter()
+            .filter(|s| closed(s))
+            .count()
+            >= 150 - 64),
+        "the idle connections were not closed past the cap:\n{}",
+        server.log()
+    );
+    // Every scrape is answered within a second: on the scraper's kept connection, on a
+    // new one from its address, and on a new one from the flood's own address.
+    let quick = Duration::from_secs(1);
+    assert_eq!(scrape_on(&kept, quick), Ok(200), "kept-alive scrape");
+    let fresh = connect_from([127, 0, 0, 2], &metrics);
+    assert_eq!(scrape_on(&fresh, quick), Ok(200), "new connection");
+    let same = connect_from([127, 0, 0, 1], &metrics);
+    assert_eq!(scrape_on(&same, quick), Ok(200), "from the flood's address");
+    // The cap holds: the flood keeps fewer than 64 open.
+    let open = idle.iter().filter(|s| !closed(s)).count();
+    assert!(open < 64, "{open} idle connections still open");
+}
+
 /// A tmpfs of `size` mounted on `dir`, unmounted on drop.
 struct Tmpfs(PathBuf);
 

@@ -390,10 +390,47 @@ fn client_certificates_required_refuse_without_and_pass_the_subject_with() {
     let (status, body, _) =
         https_get(&server.addr, &pki.client(&[], Some(&client)), "/").expect("with a certificate");
     assert_eq!(status, 200, "{body}");
+    // RFC 4514: the last RDN first (this certificate has CN, then O).
     assert!(
-        body.contains("\"client_cert_subject\":\"CN=test client, O=forkd tests\""),
+        body.contains("\"client_cert_subject\":\"O=forkd tests,CN=test client\""),
         "{body}"
     );
+}
+
+#[test]
+fn client_certificate_subjects_reach_the_app_escaped_and_bounded() {
+    let pki = Pki::serving_localhost("mtls-subject");
+    let server = start(
+        &pki,
+        &["-b", "tls://127.0.0.1:0", "-w", "1", "echo"],
+        &[
+            ("FORKD_TLS_CA_CERTS", &pki.path("ca.pem")),
+            ("FORKD_TLS_CLIENT_AUTH", "required"),
+        ],
+    );
+    let subject_of = |cn: &str| -> Result<String, String> {
+        let client = pki.issue(cn, 3, true, false);
+        let (status, body, _) = https_get(&server.addr, &pki.client(&[], Some(&client)), "/")?;
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("echo's JSON");
+        Ok(json["client_cert_subject"]
+            .as_str()
+            .expect("a subject")
+            .to_string())
+    };
+    // A CN that, unescaped, reads as CN=alice with O=Admins, and carries a newline, an
+    // escape sequence and a NUL: one attribute, escaped, no control character.
+    let subject = subject_of("alice, O=Admins\n\u{1b}[31m\0").expect("served");
+    assert_eq!(
+        subject,
+        "O=forkd tests,CN=alice\\, O=Admins\\0A\\1B[31m\\00"
+    );
+    assert!(!subject.chars().any(char::is_control), "{subject:?}");
+    // A 20 KB subject is not passed through: the handshake is refused.
+    let refused = subject_of(&"x".repeat(20 * 1024));
+    assert!(refused.is_err(), "served a 20 KB subject: {refused:?}");
+    // The worker is fine: the next client is served.
+    assert_eq!(subject_of("bob").expect("served"), "O=forkd tests,CN=bob");
 }
 
 #[test]
