@@ -46,7 +46,7 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 2 * H2_MAX_CONCURRENT_STREAMS as usize;
 /// Ceiling on the HTTP/2 header list size: a head is held per open stream, so this
 /// times `H2_MAX_CONCURRENT_STREAMS` (8 MiB) is what heads can cost a connection.
-const H2_MAX_HEADER_LIST: usize = 64 * 1024;
+pub(super) const H2_MAX_HEADER_LIST: usize = 64 * 1024;
 /// Response bytes buffered per stream (hyper's default is 400 KB); with the streams
 /// limit, 8 MiB a connection.
 const H2_MAX_SEND_BUF: usize = 64 * 1024;

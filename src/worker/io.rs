@@ -14,15 +14,16 @@
 //! answered connection is shut down for writing and drained for a short while
 //! ("lingering close", as nginx does) in a task of its own.
 //!
-//! On HTTP/2 it also follows the client's frames, and ends the connection of a client
-//! that sends PING or SETTINGS frames (each of which the server must answer) faster
-//! than `H2_CONTROL_PER_SEC` beyond a burst of `H2_CONTROL_BURST`.
+//! On HTTP/2 it also follows the client's frames (`h2_frames.rs`), and ends the
+//! connection of a client that floods frames which move no request (PING, SETTINGS,
+//! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA...) with GOAWAY `ENHANCE_YOUR_CALM`.
 
 use super::conn::{ConnState, Peer};
+use super::h2_frames::{Follow, H2Frames, CALM};
 use super::limits::{HeadLimits, Scan, Scanner, Violation};
 use crate::access_log::{AccessLog, Outcome, Record};
 use crate::body::StallTimer;
-use crate::scoreboard::{monotonic_ms, Header};
+use crate::scoreboard::{Header, Rejection};
 use crate::timefmt::Utc;
 use std::io;
 use std::pin::Pin;
@@ -31,13 +32,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-
-/// PING and SETTINGS frames an HTTP/2 client may send at once, and per second after
-/// that, before its connection is closed. Clients send a handful (hyper's and gRPC's
-/// window-sizing PINGs are one per round trip at most, hyper's 100 ms apart); a flood
-/// sends hundreds of thousands a second, each costing the worker as much as the client.
-const H2_CONTROL_BURST: u32 = 1000;
-const H2_CONTROL_PER_SEC: u64 = 1000;
 
 /// How long an answered connection is drained before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
@@ -55,6 +49,16 @@ enum End {
     Body {
         reported: bool,
     },
+}
+
+/// A flooding HTTP/2 client's connection: hyper reads [`CALM`] after the flood's last
+/// frame, so that h2 answers GOAWAY `ENHANCE_YOUR_CALM`, and then the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Calm {
+    No,
+    /// The bytes of [`CALM`] hyper has read.
+    Telling(usize),
+    Told,
 }
 
 pub(super) struct GuardedIo<T>
@@ -81,76 +85,11 @@ where
     switched: bool,
     /// The client's HTTP/2 frames, once the connection turned out to be HTTP/2.
     h2: Option<H2Frames>,
-    /// The client flooded PING or SETTINGS frames: hyper got an error, then sees the end.
-    h2_flood: bool,
+    /// Whether the client flooded frames, and how much of [`CALM`] hyper has read since.
+    calm: Calm,
     /// Counts the connection as open for as long as its IO lives, which after a
     /// protocol switch is as long as the app holds it (a WebSocket).
     _open: Option<super::OpenConnection>,
-}
-
-/// Follows the frame boundaries of an HTTP/2 connection's incoming bytes to count the
-/// frames that make the server answer although they carry no request (PING and
-/// SETTINGS without ACK), against a budget refilled over time.
-struct H2Frames {
-    /// Bytes left of the connection preface or of the current frame's payload.
-    skip: usize,
-    head: [u8; 9],
-    have: usize,
-    credit: u32,
-    refilled_ms: u64,
-}
-
-impl H2Frames {
-    fn new() -> H2Frames {
-        H2Frames {
-            skip: super::protocol::H2_PREFACE.len(),
-            head: [0; 9],
-            have: 0,
-            credit: H2_CONTROL_BURST,
-            refilled_ms: monotonic_ms(),
-        }
-    }
-
-    /// Follows `data`, the next bytes for hyper; false once the client is flooding.
-    fn follow(&mut self, mut data: &[u8]) -> bool {
-        while !data.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
-                data = &data[n..];
-                continue;
-            }
-            let n = (self.head.len() - self.have).min(data.len());
-            self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
-            self.have += n;
-            data = &data[n..];
-            if self.have < self.head.len() {
-                break;
-            }
-            self.have = 0;
-            let [l0, l1, l2, kind, flags, ..] = self.head;
-            self.skip = u32::from_be_bytes([0, l0, l1, l2]) as usize;
-            // SETTINGS (0x4) or PING (0x6) without the ACK flag (0x1).
-            if matches!(kind, 0x4 | 0x6) && flags & 0x1 == 0 && !self.spend() {
-                return false;
-            }
-        }
-        true
-    }
-
-    fn spend(&mut self) -> bool {
-        if self.credit == 0 {
-            let now = monotonic_ms();
-            let earned = now.saturating_sub(self.refilled_ms) * H2_CONTROL_PER_SEC / 1000;
-            if earned == 0 {
-                return false;
-            }
-            self.credit = earned.min(u64::from(H2_CONTROL_BURST)) as u32;
-            self.refilled_ms = now;
-        }
-        self.credit -= 1;
-        true
-    }
 }
 
 impl<T> GuardedIo<T>
@@ -179,7 +118,7 @@ where
             body_stall: StallTimer::new(body_timeout),
             switched: false,
             h2: None,
-            h2_flood: false,
+            calm: Calm::No,
             _open: open,
         }
     }
@@ -198,28 +137,30 @@ where
         self.scanner.in_body() && self.body_stall.stalled(cx)
     }
 
-    /// Follows bytes on their way to hyper on an HTTP/2 connection; false (and logged)
-    /// when the client floods PING or SETTINGS frames.
+    /// Follows bytes on their way to hyper on an HTTP/2 connection; returns how many of
+    /// them may go: fewer when the client floods (then hyper reads [`CALM`] next).
     #[inline]
-    fn follow_h2(&mut self, data: &[u8]) -> bool {
+    fn follow_h2(&mut self, data: &[u8]) -> usize {
         if !self.scanner.is_http2() {
-            return true;
+            return data.len();
         }
         self.follow_h2_frames(data)
     }
 
     #[cold]
-    fn follow_h2_frames(&mut self, data: &[u8]) -> bool {
-        if self.h2.get_or_insert_with(H2Frames::new).follow(data) {
-            return true;
-        }
-        self.h2_flood = true;
+    fn follow_h2_frames(&mut self, data: &[u8]) -> usize {
+        let Follow::Cut(n) = self.h2.get_or_insert_with(H2Frames::new).follow(data) else {
+            return data.len();
+        };
+        self.calm = Calm::Telling(0);
+        self.header.count_rejection(Rejection::Http2Flood);
         tracing::warn!(
             pid = std::process::id(),
-            "HTTP/2 client sends PING or SETTINGS frames faster than {H2_CONTROL_PER_SEC} a \
-             second: closing the connection"
+            "HTTP/2 client floods frames that carry no request (PING, SETTINGS, \
+             WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA) past its budget: GOAWAY \
+             ENHANCE_YOUR_CALM"
         );
-        false
+        n
     }
 
     /// Acts on a scan of `data`; returns how many of its bytes may go to hyper.
@@ -274,16 +215,34 @@ where
             this.ready = this.held.len();
         }
         loop {
-            if this.h2_flood {
-                return Poll::Ready(Ok(()));
+            match this.calm {
+                Calm::No => {}
+                Calm::Telling(at) => {
+                    let n = (CALM.len() - at).min(buf.remaining());
+                    buf.put_slice(&CALM[at..at + n]);
+                    this.calm = if at + n == CALM.len() {
+                        Calm::Told
+                    } else {
+                        Calm::Telling(at + n)
+                    };
+                    return Poll::Ready(Ok(()));
+                }
+                // h2 has its GOAWAY to send; then the end.
+                Calm::Told => return Poll::Ready(Ok(())),
             }
             if this.ready > 0 {
                 let n = this.ready.min(buf.remaining());
                 let held = std::mem::take(&mut this.held);
-                let fine = this.follow_h2(&held[..n]);
+                let pass = this.follow_h2(&held[..n]);
                 this.held = held;
-                if !fine {
-                    return Poll::Ready(Err(h2_flood_error()));
+                if pass < n {
+                    buf.put_slice(&this.held[..pass]);
+                    this.held = Vec::new();
+                    this.ready = 0;
+                    if pass == 0 {
+                        continue;
+                    }
+                    return Poll::Ready(Ok(()));
                 }
                 buf.put_slice(&this.held[..n]);
                 this.held.drain(..n);
@@ -334,11 +293,20 @@ where
                 if keep < read && matches!(scan, Scan::PartialHead { .. }) {
                     this.held.extend_from_slice(&buf.filled()[before + keep..]);
                 }
-                if keep > 0 && !this.follow_h2(&buf.filled()[before..before + keep]) {
-                    buf.set_filled(before);
-                    return Poll::Ready(Err(h2_flood_error()));
-                }
+                let keep = if keep > 0 {
+                    this.follow_h2(&buf.filled()[before..before + keep])
+                } else {
+                    keep
+                };
                 buf.set_filled(before + keep);
+                if this.calm != Calm::No {
+                    // The flood's last frame ended in this read: [`CALM`] follows (now,
+                    // if none of this read goes: an empty read would be the end).
+                    if keep == 0 {
+                        continue;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
                 if keep > 0 {
                     return Poll::Ready(Ok(()));
                 }
@@ -437,10 +405,6 @@ where
     }
 }
 
-fn h2_flood_error() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, "HTTP/2 PING or SETTINGS flood")
-}
-
 /// Logs a request forkd answered itself before hyper parsed it.
 pub(super) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16, body: &str) {
     let mut record = Record::refused(peer.remote(), peer.addr, head);
@@ -492,53 +456,3 @@ where
         LINGERING.fetch_sub(1, Relaxed);
     });
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        out.extend_from_slice(&[kind, flags, 0, 0, 0, 0]);
-        out.extend_from_slice(payload);
-        out
-    }
-
-    #[test]
-    fn h2_frames_count_pings_and_settings_across_reads() {
-        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        bytes.extend(frame(0x4, 0, &[0, 4, 0, 0, 0xff, 0xff]));
-        // A DATA frame whose payload looks like PING frames counts for nothing.
-        let fake: Vec<u8> = (0..50).flat_map(|_| frame(0x6, 0, b"12345678")).collect();
-        bytes.extend(frame(0x0, 0, &fake));
-        // Acknowledgements count for nothing either.
-        for _ in 0..2000 {
-            bytes.extend(frame(0x6, 0x1, b"12345678"));
-        }
-        for _ in 0..H2_CONTROL_BURST - 1 {
-            bytes.extend(frame(0x6, 0, b"12345678"));
-        }
-        let mut frames = H2Frames::new();
-        // Fed in uneven pieces, cutting frame heads.
-        for piece in bytes.chunks(7) {
-            assert!(frames.follow(piece));
-        }
-        // The SETTINGS frame and the PINGs spent the burst.
-        assert_eq!(frames.credit, 0);
-        let one = frame(0x6, 0, b"12345678");
-        // One more with no time passed is one too many...
-        frames.refilled_ms = monotonic_ms() + 60_000;
-        assert!(!frames.follow(&one));
-        // ...but time pays for more: 2 s earn 2000, of which a burst is kept.
-        let mut later = H2Frames::new();
-        later.skip = 0;
-        later.credit = 0;
-        later.refilled_ms = monotonic_ms() - 2000;
-        assert!(later.follow(&one));
-        assert_eq!(later.credit, H2_CONTROL_BURST - 1);
-    }
-}
-
-#[cfg(test)]
-#[path = "io_fuzz.rs"]
-mod fuzz;

@@ -13,6 +13,7 @@ mod conn;
 #[cfg(test)]
 mod differential;
 mod doorbell;
+mod h2_frames;
 mod health;
 mod http;
 #[allow(unsafe_code)] // Vec::set_len after a read into spare capacity
