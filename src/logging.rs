@@ -20,6 +20,13 @@
 //!   Workers do the same (their event loop must not block either); nothing polls for
 //!   them, so their queue is written on their next line and before they exit.
 //!
+//! The h2 crate logs some of what a client does wrong as warnings, one line per frame
+//! (`recv PING ack that we never sent`): a client could fill the disk with them. Its
+//! lines at `info` and above go through [`H2Lines`]: the PING ACK one never (forkd
+//! counts those frames in its HTTP/2 budgets, `worker/h2_frames.rs`), the others (limits
+//! reached, once per connection) at most one a second per process. `debug` and `trace`
+//! lines, which an operator asks for, pass.
+//!
 //! When stderr is the systemd journal (`JOURNAL_STREAM` names it), each line starts with
 //! its syslog priority (`<3>` for errors, sd-daemon(3)), so `journalctl -p err` works,
 //! and text lines leave the timestamp to the journal.
@@ -36,6 +43,7 @@ use tracing_subscriber::fmt::format;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, Layer, Registry};
 
@@ -375,9 +383,62 @@ pub fn init(config: &LogConfig) -> io::Result<()> {
     };
     tracing_subscriber::registry()
         .with(filter)
-        .with(format)
+        .with(format.with_filter(H2Lines))
         .try_init()
         .map_err(io::Error::other)
+}
+
+/// Keeps the h2 crate's lines from flooding the log (see the module doc).
+struct H2Lines;
+
+/// The most h2 lines at `info` and above a process writes per second.
+const H2_LINES_PER_SEC: u64 = 1;
+/// When (monotonic ms) the last h2 line went out, in this process.
+static H2_LINE_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether a line of the h2 crate from `module` at `level` is written, at `now_ms`
+/// when the last one went at `*last_ms` (updated when it goes).
+fn h2_line_passes(module: &str, level: &Level, now_ms: u64, last_ms: &mut u64) -> bool {
+    if *level > Level::INFO {
+        return true;
+    }
+    if module == "h2::proto::ping_pong" {
+        return false;
+    }
+    if *last_ms != 0 && now_ms.saturating_sub(*last_ms) < 1000 / H2_LINES_PER_SEC {
+        return false;
+    }
+    *last_ms = now_ms.max(1);
+    true
+}
+
+fn is_h2(meta: &Metadata<'_>) -> bool {
+    meta.target() == "h2" || meta.target().starts_with("h2::")
+}
+
+impl<S> Filter<S> for H2Lines {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        if !is_h2(meta) || !meta.is_event() {
+            return true;
+        }
+        let mut last = H2_LINE_AT.load(Ordering::Relaxed);
+        let module = meta.module_path().unwrap_or_default();
+        let now = crate::scoreboard::monotonic_ms();
+        let passes = h2_line_passes(module, meta.level(), now, &mut last);
+        if passes {
+            H2_LINE_AT.store(last, Ordering::Relaxed);
+        }
+        passes
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+        if is_h2(meta) {
+            // Asked per event: the rate depends on time.
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
+    }
 }
 
 /// Applies a reloaded config's level and error log target (format stays as started).
@@ -623,7 +684,35 @@ pub fn escape_untrusted(bytes: &[u8], max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_untrusted;
+    use super::{escape_untrusted, h2_line_passes};
+    use tracing::Level;
+
+    #[test]
+    fn h2_lines_are_dropped_or_rate_limited() {
+        let mut last = 0;
+        // The per-frame PING ACK warning never goes; debug lines always do.
+        assert!(!h2_line_passes(
+            "h2::proto::ping_pong",
+            &Level::WARN,
+            5,
+            &mut last
+        ));
+        assert!(h2_line_passes(
+            "h2::proto::ping_pong",
+            &Level::DEBUG,
+            5,
+            &mut last
+        ));
+        assert_eq!(last, 0);
+        // Other warnings: the first goes, then one a second.
+        let module = "h2::proto::streams::recv";
+        assert!(h2_line_passes(module, &Level::WARN, 5_000, &mut last));
+        assert!(!h2_line_passes(module, &Level::WARN, 5_001, &mut last));
+        assert!(!h2_line_passes(module, &Level::ERROR, 5_999, &mut last));
+        assert!(h2_line_passes(module, &Level::TRACE, 5_999, &mut last));
+        assert!(h2_line_passes(module, &Level::WARN, 6_000, &mut last));
+        assert_eq!(last, 6_000);
+    }
 
     #[test]
     fn untrusted_text_stays_one_plain_line() {

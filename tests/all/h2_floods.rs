@@ -988,3 +988,40 @@ fn empty_data_flood_gets_goaway() {
     // before forkd's budget: GOAWAY all the same, not counted by forkd.
     idle_flood("empty data flood", &[], &one, false);
 }
+
+/// Unsolicited PING ACKs under the budget (issue 20, Why 6): h2 warns once per frame
+/// ("recv PING ack that we never sent"), which reached the error log at one line per
+/// frame. None may reach it now; the connection goes on.
+#[test]
+fn unsolicited_ping_acks_do_not_flood_the_error_log() {
+    let path = config("ping-ack-log");
+    let server = Forkd::new().config(&path).start();
+    let stream = client(&server.addr);
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    for _ in 0..3000 {
+        frame(&mut out, PING, ACK, 0, b"notasked");
+    }
+    frame(
+        &mut out,
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_head(false, "/echo"),
+    );
+    (&stream).write_all(&out).expect("write");
+    loop {
+        let (head, stream_id, payload) = next_frame(&stream);
+        assert_ne!(head[3], GOAWAY, "GOAWAY: {payload:?}");
+        if stream_id == 1 && head[4] & END_STREAM != 0 {
+            break;
+        }
+    }
+    // The log is read after a line written later than any of h2's would be.
+    let (status, _, _) = get(&server.addr, "/echo").expect("a request after");
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.log();
+    let lines = log.matches("PING ack").count();
+    assert_eq!(lines, 0, "{lines} lines of PING acks in the error log");
+}
