@@ -228,6 +228,8 @@ pub struct TlsInfo {
     pub cipher: &'static str,
     /// ALPN chose HTTP/2.
     pub h2: bool,
+    /// ALPN chose `http/1.1`: served as HTTP/1 whatever the client sends.
+    pub http1: bool,
     /// The client certificate's subject, when the client presented one.
     pub client_subject: Option<String>,
     /// The host name the client asked for (SNI), if it sent one.
@@ -254,6 +256,7 @@ impl TlsInfo {
             version,
             cipher,
             h2: conn.alpn_protocol() == Some(b"h2"),
+            http1: conn.alpn_protocol() == Some(b"http/1.1"),
             client_subject,
             server_name: conn.server_name().map(Arc::from),
         }

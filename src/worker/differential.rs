@@ -302,7 +302,7 @@ where
     });
     shared
         .http
-        .serve(io, service, false)
+        .serve(io, service, super::protocol::Alpn::None)
         .await
         .map_err(|e| e.to_string())
 }

@@ -1025,3 +1025,37 @@ fn unsolicited_ping_acks_do_not_flood_the_error_log() {
     let lines = log.matches("PING ack").count();
     assert_eq!(lines, 0, "{lines} lines of PING acks in the error log");
 }
+
+/// h2spec 3.5/2 (issue 20, Why 10): a preface that starts as HTTP/2's but goes on wrong
+/// is a connection error, GOAWAY PROTOCOL_ERROR, not an HTTP/1.1 400.
+#[test]
+fn an_invalid_preface_gets_goaway_protocol_error() {
+    let path = config("bad-preface");
+    let server = Forkd::new().config(&path).start();
+    for preface in [
+        &b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\r\0\0\0\x04\0\0\0\0\0",
+    ] {
+        let stream = client(&server.addr);
+        (&stream).write_all(preface).expect("write");
+        let mut answer = Vec::new();
+        let _ = (&stream).read_to_end(&mut answer);
+        assert!(
+            !answer.starts_with(b"HTTP/1"),
+            "{preface:?}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        // An empty SETTINGS, then GOAWAY(last stream 0, PROTOCOL_ERROR).
+        assert_eq!(
+            answer,
+            [
+                &[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0][..],
+                &[0, 0, 8, GOAWAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            ]
+            .concat(),
+            "{preface:?}"
+        );
+    }
+    // The real preface is served.
+    h2_get(&server.addr);
+}
