@@ -382,8 +382,8 @@ pub fn init(config: &LogConfig) -> io::Result<()> {
             .boxed(),
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(format.with_filter(H2Lines))
+        .with(format.with_filter(H2Lines).with_filter(filter))
+        .with(H2Malformed.with_filter(H2Malformed))
         .try_init()
         .map_err(io::Error::other)
 }
@@ -437,6 +437,69 @@ impl<S> Filter<S> for H2Lines {
             tracing::subscriber::Interest::sometimes()
         } else {
             tracing::subscriber::Interest::always()
+        }
+    }
+}
+
+/// Called once for each HTTP/2 stream h2 resets for the client's protocol error (a
+/// malformed request: bad pseudo-headers, connection-specific fields...), which never
+/// reaches the service: set by workers, which count and log it (`worker/io.rs`).
+static H2_MALFORMED_HOOK: OnceLock<fn()> = OnceLock::new();
+
+/// Sets the function called for each malformed HTTP/2 stream (see [`H2_MALFORMED_HOOK`]).
+pub fn on_h2_malformed_stream(hook: fn()) {
+    let _ = H2_MALFORMED_HOOK.set(hook);
+}
+
+/// Sees h2's `debug` events whatever the log level, for the one each malformed stream
+/// gives: `stream error PROTOCOL_ERROR -- ...` (h2's `proto_err!`) or `malformed
+/// headers: ...` (h2's server). h2 logs no other events at `debug` per frame, so
+/// seeing them costs nothing on a well-formed connection.
+struct H2Malformed;
+
+/// Whether an h2 `debug` message is the one of a stream reset for its malformation.
+fn is_malformed_stream(message: &str) -> bool {
+    message.starts_with("stream error PROTOCOL_ERROR") || message.starts_with("malformed headers")
+}
+
+fn is_h2_debug_event(meta: &Metadata<'_>) -> bool {
+    is_h2(meta) && meta.is_event() && *meta.level() == Level::DEBUG
+}
+
+impl<S> Filter<S> for H2Malformed {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        is_h2_debug_event(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+        if is_h2_debug_event(meta) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::DEBUG)
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for H2Malformed {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = is_malformed_stream(&format!("{value:?}"));
+                }
+            }
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        if message.0 {
+            if let Some(hook) = H2_MALFORMED_HOOK.get() {
+                hook();
+            }
         }
     }
 }
@@ -684,8 +747,20 @@ pub fn escape_untrusted(bytes: &[u8], max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{escape_untrusted, h2_line_passes};
+    use super::{escape_untrusted, h2_line_passes, is_malformed_stream};
     use tracing::Level;
+
+    #[test]
+    fn malformed_stream_messages_of_h2() {
+        assert!(is_malformed_stream(
+            "stream error PROTOCOL_ERROR -- malformed header block; stream=StreamId(1)"
+        ));
+        assert!(is_malformed_stream("malformed headers: missing path"));
+        assert!(!is_malformed_stream(
+            "connection error PROTOCOL_ERROR -- invalid preface"
+        ));
+        assert!(!is_malformed_stream("Connection::poll; IO error"));
+    }
 
     #[test]
     fn h2_lines_are_dropped_or_rate_limited() {

@@ -14,6 +14,9 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// The builder every connection of a worker is served with.
 pub(super) fn builder(config: &Config, limits: &HeadLimits) -> Builders {
+    // Streams h2 resets as malformed never reach the service: counted and logged by the
+    // connection's IO.
+    crate::logging::on_h2_malformed_stream(super::io::malformed_h2_stream);
     let mut http1 = http1::Builder::new();
     // forkd times header reads itself (`header_read_timeout`, conn.rs) and the limits
     // scanner hands hyper only whole heads, so hyper's buffer must fit the largest

@@ -27,7 +27,7 @@ use crate::scoreboard::{Header, Rejection};
 use crate::timefmt::Utc;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -90,6 +90,10 @@ where
     /// Counts the connection as open for as long as its IO lives, which after a
     /// protocol switch is as long as the app holds it (a WebSocket).
     _open: Option<super::OpenConnection>,
+    /// HTTP/2: the streams h2 reset as malformed while this connection was being
+    /// served (see [`malformed_h2_stream`]), and how many of them are counted and logged.
+    malformed: Option<Arc<AtomicU32>>,
+    malformed_reported: u32,
 }
 
 impl<T> GuardedIo<T>
@@ -120,6 +124,8 @@ where
             h2: None,
             calm: Calm::No,
             _open: open,
+            malformed: None,
+            malformed_reported: 0,
         }
     }
 
@@ -149,6 +155,11 @@ where
 
     #[cold]
     fn follow_h2_frames(&mut self, data: &[u8]) -> usize {
+        self.report_malformed();
+        // What h2 makes of these bytes it logs before the connection's task yields:
+        // attributed to this connection until then (`protocol.rs` clears it).
+        let counter = self.malformed.get_or_insert_with(Arc::default).clone();
+        SERVING_H2.with(|serving| *serving.borrow_mut() = Some(counter));
         let Follow::Cut(n) = self.h2.get_or_insert_with(H2Frames::new).follow(data) else {
             return data.len();
         };
@@ -161,6 +172,23 @@ where
              ENHANCE_YOUR_CALM"
         );
         n
+    }
+
+    /// Counts and logs the streams h2 reset as malformed since the last call: 400, as
+    /// nginx logs such a request, with no request line (h2 refused the head before
+    /// anything was made of it) and no bytes (the client got RST_STREAM).
+    fn report_malformed(&mut self) {
+        let Some(counter) = &self.malformed else {
+            return;
+        };
+        let seen = counter.load(Relaxed);
+        while self.malformed_reported < seen {
+            self.malformed_reported += 1;
+            self.header.count_rejection(Rejection::Malformed);
+            if let Some((log, peer)) = &self.log {
+                log_refused(log, peer, b"", 400, "");
+            }
+        }
     }
 
     /// Acts on a scan of `data`; returns how many of its bytes may go to hyper.
@@ -390,6 +418,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     fn drop(&mut self) {
+        self.report_malformed();
         let response = match self.end {
             End::Open => return,
             End::Head(violation) => {
@@ -403,6 +432,33 @@ where
             answer_and_close(stream, response);
         }
     }
+}
+
+thread_local! {
+    /// The malformed-stream count of the HTTP/2 connection being served on this thread
+    /// (its task is between a read and its next yield), if any.
+    static SERVING_H2: std::cell::RefCell<Option<Arc<AtomicU32>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Called (through `logging.rs`) when h2 resets a stream as malformed: counted for the
+/// connection that read the bytes, which is the one being served (h2 decodes a
+/// connection's frames in its own task, right after reading them).
+pub(super) fn malformed_h2_stream() {
+    SERVING_H2.with(|serving| {
+        if let Some(counter) = &*serving.borrow() {
+            counter.fetch_add(1, Relaxed);
+        }
+    });
+}
+
+/// The connection's task yields: what h2 logs next is not its doing.
+pub(super) fn left_connection() {
+    SERVING_H2.with(|serving| {
+        if let Ok(mut serving) = serving.try_borrow_mut() {
+            serving.take();
+        }
+    });
 }
 
 /// Logs a request forkd answered itself before hyper parsed it.

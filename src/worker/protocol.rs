@@ -260,6 +260,23 @@ where
     type Output = Result<(), ConnError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let polled = self.poll_served(cx);
+        super::io::left_connection();
+        polled
+    }
+}
+
+impl<I, S, B> Served<'_, I, S>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ConnError>,
+    S::Error: Into<ConnError>,
+{
+    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
         let this = self.get_mut();
         loop {
             match this {

@@ -1059,3 +1059,74 @@ fn an_invalid_preface_gets_goaway_protocol_error() {
     // The real preface is served.
     h2_get(&server.addr);
 }
+
+/// Streams h2 resets as malformed before the service sees them (issue 20, Deliver 6):
+/// a connection-specific field, `te` other than `trailers`, a request without `:path`.
+/// Each is counted as `limit="malformed"` and access-logged as 400 (not 499, not
+/// silently), and the connection goes on.
+#[test]
+fn malformed_streams_are_counted_and_logged_as_400() {
+    let dir = temp_dir("h2-malformed");
+    let access = dir.join("access.log");
+    let path = write_config(
+        &dir,
+        &format!(
+            "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\
+             [log]\naccess_log = {access:?}\n[metrics]\nbind = \"127.0.0.1:0\"\n"
+        ),
+    );
+    let server = Forkd::new().config(&path).start();
+    let stream = client(&server.addr);
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    let mut connection = request_head(false, "/echo");
+    literal_named(&mut connection, b"connection", b"close");
+    let mut te = request_head(false, "/echo");
+    literal_named(&mut te, b"te", b"gzip");
+    // GET, http, :authority, no :path.
+    let mut no_path = vec![0x82, 0x86];
+    literal(&mut no_path, 1, b"flood.test");
+    for (id, block) in [(1, connection), (3, te), (5, no_path)] {
+        frame(&mut out, HEADERS, END_HEADERS | END_STREAM, id, &block);
+    }
+    frame(
+        &mut out,
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        7,
+        &request_head(false, "/echo"),
+    );
+    (&stream).write_all(&out).expect("write");
+    let mut resets = Vec::new();
+    loop {
+        let (head, stream_id, payload) = next_frame(&stream);
+        assert_ne!(head[3], GOAWAY, "GOAWAY: {payload:?}");
+        if head[3] == RST_STREAM {
+            resets.push((
+                stream_id,
+                u32::from_be_bytes(payload[..4].try_into().unwrap()),
+            ));
+        }
+        if stream_id == 7 && head[4] & END_STREAM != 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        resets,
+        vec![(1, 1), (3, 1), (5, 1)],
+        "PROTOCOL_ERROR resets"
+    );
+    drop(stream);
+    let malformed = "forkd_requests_rejected_total{limit=\"malformed\"}";
+    assert!(
+        poll_until(Duration::from_secs(3), || metric(&server, malformed) == 3.0),
+        "{malformed} is {}",
+        metric(&server, malformed)
+    );
+    let read = || std::fs::read_to_string(&access).unwrap_or_default();
+    let _ = poll_until(Duration::from_secs(3), || read().lines().count() >= 4);
+    let log = read();
+    assert_eq!(log.matches("\" 400 ").count(), 3, "{log}");
+    assert_eq!(log.matches("\" 200 ").count(), 1, "{log}");
+    assert!(!log.contains(" 499 "), "{log}");
+}
