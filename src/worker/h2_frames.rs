@@ -10,7 +10,7 @@
 //!
 //! - `answered` (PING and SETTINGS without ACK): [`H2_CONTROL_BURST`] and
 //!   [`H2_CONTROL_PER_SEC`], as before.
-//! - `idle` (every payload-free frame, these included): [`H2_IDLE_BURST`] and
+//! - `idle` (the other payload-free frames, ACKs included): [`H2_IDLE_BURST`] and
 //!   [`H2_IDLE_PER_SEC`], and it also earns credit from what the client does that is
 //!   not idle: each request (a HEADERS frame) earns [`H2_IDLE_PER_REQUEST`], and each
 //!   [`H2_ACKED_BYTES_PER_FRAME`] bytes of response the client acknowledges (the
@@ -35,9 +35,12 @@
 //! - SETTINGS: one or two per connection; empty DATA without END_STREAM: h2 itself
 //!   closes a connection after 100 (`too_many_data_frames`).
 //!
-//! The time budget, 10,000 frames at once and 10,000 a second, is then only a margin;
-//! the floods measured before it (issue 20) ran 6M frames a second, which it cuts to
-//! 1/600th, within 2 ms of the start (bench/RESULTS.md has the numbers).
+//! The time budget, 1000 frames at once and 1000 a second (as for PING and SETTINGS),
+//! is then only a margin. It is also what a client gets per connection before GOAWAY:
+//! about 1 ms of a worker's time, less than accepting the connection (and a TLS
+//! handshake) costs, so reconnecting buys a flood no leverage; with 10,000 a connection
+//! got 7 ms. The floods measured before (issue 20) ran 6M frames a second on one
+//! connection for as long as the client liked (bench/RESULTS.md has the numbers).
 
 use crate::scoreboard::monotonic_ms;
 
@@ -49,8 +52,8 @@ pub(super) const H2_CONTROL_BURST: u32 = 1000;
 pub(super) const H2_CONTROL_PER_SEC: u64 = 1000;
 /// Payload-free frames (see the module doc) a client may send at once, and per second
 /// after that, beyond what its requests and acknowledged response bytes earn.
-pub(super) const H2_IDLE_BURST: u32 = 10_000;
-pub(super) const H2_IDLE_PER_SEC: u64 = 10_000;
+pub(super) const H2_IDLE_BURST: u32 = 1000;
+pub(super) const H2_IDLE_PER_SEC: u64 = 1000;
 /// Payload-free frames each request (HEADERS frame) earns.
 pub(super) const H2_IDLE_PER_REQUEST: u32 = 8;
 /// Response bytes acknowledged on the connection window that earn one payload-free frame.
@@ -76,7 +79,7 @@ pub(super) enum Cost {
     Free,
     /// A new request head (or trailers): earns idle credit.
     Request,
-    /// PING or SETTINGS without ACK: the server must answer; both budgets.
+    /// PING or SETTINGS without ACK: the server must answer; the `answered` budget.
     Answered,
     /// A payload-free frame: the idle budget.
     Idle,
@@ -223,10 +226,7 @@ impl H2Frames {
                     .earn(u64::from(H2_IDLE_PER_REQUEST), H2_IDLE_BURST);
                 true
             }
-            Cost::Answered => {
-                self.answered.spend(H2_CONTROL_BURST, H2_CONTROL_PER_SEC)
-                    && self.idle.spend(H2_IDLE_BURST, H2_IDLE_PER_SEC)
-            }
+            Cost::Answered => self.answered.spend(H2_CONTROL_BURST, H2_CONTROL_PER_SEC),
             Cost::Idle => self.idle.spend(H2_IDLE_BURST, H2_IDLE_PER_SEC),
             Cost::ConnectionWindow => {
                 // A WINDOW_UPDATE has 4 bytes; h2 refuses others (FRAME_SIZE_ERROR).
@@ -347,7 +347,7 @@ mod tests {
             .collect();
         bytes.extend(frame(DATA, 0, 1, &fake));
         // Acknowledgements are not answered: only the idle budget pays for them.
-        for _ in 0..2000 {
+        for _ in 0..900 {
             bytes.extend(frame(PING, 0x1, 0, b"12345678"));
         }
         for _ in 0..H2_CONTROL_BURST - 1 {
@@ -360,7 +360,7 @@ mod tests {
         }
         // The SETTINGS frame and the PINGs spent the burst.
         assert_eq!(frames.answered.credit, 0);
-        assert_eq!(frames.idle.credit, H2_IDLE_BURST - 2000 - H2_CONTROL_BURST);
+        assert_eq!(frames.idle.credit, H2_IDLE_BURST - 900);
         let one = frame(PING, 0, 0, b"12345678");
         // One more with no time passed is one too many: it passes whole, then the cut.
         frames.answered.refilled_ms = monotonic_ms() + 60_000;

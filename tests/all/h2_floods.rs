@@ -999,7 +999,8 @@ fn unsolicited_ping_acks_do_not_flood_the_error_log() {
     let stream = client(&server.addr);
     let mut out = PREFACE.to_vec();
     frame(&mut out, SETTINGS, 0, 0, &[]);
-    for _ in 0..3000 {
+    // Under the budget for payload-free frames (1000).
+    for _ in 0..900 {
         frame(&mut out, PING, ACK, 0, b"notasked");
     }
     frame(
