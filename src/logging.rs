@@ -20,6 +20,13 @@
 //!   Workers do the same (their event loop must not block either); nothing polls for
 //!   them, so their queue is written on their next line and before they exit.
 //!
+//! The h2 crate logs some of what a client does wrong as warnings, one line per frame
+//! (`recv PING ack that we never sent`): a client could fill the disk with them. Its
+//! lines at `info` and above go through [`H2Lines`]: the PING ACK one never (forkd
+//! counts those frames in its HTTP/2 budgets, `worker/h2_frames.rs`), the others (limits
+//! reached, once per connection) at most one a second per process. `debug` and `trace`
+//! lines, which an operator asks for, pass.
+//!
 //! When stderr is the systemd journal (`JOURNAL_STREAM` names it), each line starts with
 //! its syslog priority (`<3>` for errors, sd-daemon(3)), so `journalctl -p err` works,
 //! and text lines leave the timestamp to the journal.
@@ -36,6 +43,7 @@ use tracing_subscriber::fmt::format;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, Layer, Registry};
 
@@ -374,10 +382,126 @@ pub fn init(config: &LogConfig) -> io::Result<()> {
             .boxed(),
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(format)
+        .with(format.with_filter(H2Lines).with_filter(filter))
+        .with(H2Malformed.with_filter(H2Malformed))
         .try_init()
         .map_err(io::Error::other)
+}
+
+/// Keeps the h2 crate's lines from flooding the log (see the module doc).
+struct H2Lines;
+
+/// The most h2 lines at `info` and above a process writes per second.
+const H2_LINES_PER_SEC: u64 = 1;
+/// When (monotonic ms) the last h2 line went out, in this process.
+static H2_LINE_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether a line of the h2 crate from `module` at `level` is written, at `now_ms`
+/// when the last one went at `*last_ms` (updated when it goes).
+fn h2_line_passes(module: &str, level: &Level, now_ms: u64, last_ms: &mut u64) -> bool {
+    if *level > Level::INFO {
+        return true;
+    }
+    if module == "h2::proto::ping_pong" {
+        return false;
+    }
+    if *last_ms != 0 && now_ms.saturating_sub(*last_ms) < 1000 / H2_LINES_PER_SEC {
+        return false;
+    }
+    *last_ms = now_ms.max(1);
+    true
+}
+
+fn is_h2(meta: &Metadata<'_>) -> bool {
+    meta.target() == "h2" || meta.target().starts_with("h2::")
+}
+
+impl<S> Filter<S> for H2Lines {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        if !is_h2(meta) || !meta.is_event() {
+            return true;
+        }
+        let mut last = H2_LINE_AT.load(Ordering::Relaxed);
+        let module = meta.module_path().unwrap_or_default();
+        let now = crate::scoreboard::monotonic_ms();
+        let passes = h2_line_passes(module, meta.level(), now, &mut last);
+        if passes {
+            H2_LINE_AT.store(last, Ordering::Relaxed);
+        }
+        passes
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+        if is_h2(meta) {
+            // Asked per event: the rate depends on time.
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
+    }
+}
+
+/// Called once for each HTTP/2 stream h2 resets for the client's protocol error (a
+/// malformed request: bad pseudo-headers, connection-specific fields...), which never
+/// reaches the service: set by workers, which count and log it (`worker/io.rs`).
+static H2_MALFORMED_HOOK: OnceLock<fn()> = OnceLock::new();
+
+/// Sets the function called for each malformed HTTP/2 stream (see [`H2_MALFORMED_HOOK`]).
+pub fn on_h2_malformed_stream(hook: fn()) {
+    let _ = H2_MALFORMED_HOOK.set(hook);
+}
+
+/// Sees h2's `debug` events whatever the log level, for the one each malformed stream
+/// gives: `stream error PROTOCOL_ERROR -- ...` (h2's `proto_err!`) or `malformed
+/// headers: ...` (h2's server). h2 logs no other events at `debug` per frame, so
+/// seeing them costs nothing on a well-formed connection.
+struct H2Malformed;
+
+/// Whether an h2 `debug` message is the one of a stream reset for its malformation.
+fn is_malformed_stream(message: &str) -> bool {
+    message.starts_with("stream error PROTOCOL_ERROR") || message.starts_with("malformed headers")
+}
+
+fn is_h2_debug_event(meta: &Metadata<'_>) -> bool {
+    is_h2(meta) && meta.is_event() && *meta.level() == Level::DEBUG
+}
+
+impl<S> Filter<S> for H2Malformed {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        is_h2_debug_event(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+        if is_h2_debug_event(meta) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::DEBUG)
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for H2Malformed {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = is_malformed_stream(&format!("{value:?}"));
+                }
+            }
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        if message.0 {
+            if let Some(hook) = H2_MALFORMED_HOOK.get() {
+                hook();
+            }
+        }
+    }
 }
 
 /// Applies a reloaded config's level and error log target (format stays as started).
@@ -623,7 +747,47 @@ pub fn escape_untrusted(bytes: &[u8], max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_untrusted;
+    use super::{escape_untrusted, h2_line_passes, is_malformed_stream};
+    use tracing::Level;
+
+    #[test]
+    fn malformed_stream_messages_of_h2() {
+        assert!(is_malformed_stream(
+            "stream error PROTOCOL_ERROR -- malformed header block; stream=StreamId(1)"
+        ));
+        assert!(is_malformed_stream("malformed headers: missing path"));
+        assert!(!is_malformed_stream(
+            "connection error PROTOCOL_ERROR -- invalid preface"
+        ));
+        assert!(!is_malformed_stream("Connection::poll; IO error"));
+    }
+
+    #[test]
+    fn h2_lines_are_dropped_or_rate_limited() {
+        let mut last = 0;
+        // The per-frame PING ACK warning never goes; debug lines always do.
+        assert!(!h2_line_passes(
+            "h2::proto::ping_pong",
+            &Level::WARN,
+            5,
+            &mut last
+        ));
+        assert!(h2_line_passes(
+            "h2::proto::ping_pong",
+            &Level::DEBUG,
+            5,
+            &mut last
+        ));
+        assert_eq!(last, 0);
+        // Other warnings: the first goes, then one a second.
+        let module = "h2::proto::streams::recv";
+        assert!(h2_line_passes(module, &Level::WARN, 5_000, &mut last));
+        assert!(!h2_line_passes(module, &Level::WARN, 5_001, &mut last));
+        assert!(!h2_line_passes(module, &Level::ERROR, 5_999, &mut last));
+        assert!(h2_line_passes(module, &Level::TRACE, 5_999, &mut last));
+        assert!(h2_line_passes(module, &Level::WARN, 6_000, &mut last));
+        assert_eq!(last, 6_000);
+    }
 
     #[test]
     fn untrusted_text_stays_one_plain_line() {

@@ -146,10 +146,13 @@ pub enum Rejection {
     Malformed = 6,
     BodyReadTimeout = 7,
     MaxConnectionsPerIp = 8,
+    /// An HTTP/2 connection ended with GOAWAY `ENHANCE_YOUR_CALM` for flooding frames
+    /// that carry no request (`worker/h2_frames.rs`).
+    Http2Flood = 9,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 10] = [
         Rejection::RequestLine,
         Rejection::RequestFields,
         Rejection::RequestFieldSize,
@@ -159,6 +162,7 @@ impl Rejection {
         Rejection::Malformed,
         Rejection::BodyReadTimeout,
         Rejection::MaxConnectionsPerIp,
+        Rejection::Http2Flood,
     ];
     /// The config key of the limit, as the metric's label.
     pub fn limit_name(self) -> &'static str {
@@ -172,6 +176,7 @@ impl Rejection {
             Rejection::Malformed => "malformed",
             Rejection::BodyReadTimeout => "body_read_timeout",
             Rejection::MaxConnectionsPerIp => "max_connections_per_ip",
+            Rejection::Http2Flood => "http2_flood",
         }
     }
 }

@@ -231,6 +231,8 @@ pub struct TlsInfo {
     pub cipher: &'static str,
     /// ALPN chose HTTP/2.
     pub h2: bool,
+    /// ALPN chose `http/1.1`: served as HTTP/1 whatever the client sends.
+    pub http1: bool,
     /// The client certificate's subject as RFC 4514 text (`subject::of_certificate`,
     /// at most `subject::MAX_LEN` bytes), when the client presented one.
     pub client_subject: Option<String>,
@@ -257,6 +259,7 @@ impl TlsInfo {
             version,
             cipher,
             h2: conn.alpn_protocol() == Some(b"h2"),
+            http1: conn.alpn_protocol() == Some(b"http/1.1"),
             client_subject,
             server_name: conn.server_name().map(Arc::from),
         }

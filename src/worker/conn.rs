@@ -33,6 +33,7 @@
 
 use super::io::GuardedIo;
 use super::limits::Violation;
+use super::protocol::Alpn;
 use super::Shared;
 use crate::access_log::{AccessLog, Outcome, Record, Remote};
 use crate::app::RequestBody;
@@ -750,8 +751,12 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new());
-    let alpn_h2 = peer.tls.as_ref().is_some_and(|t| t.h2);
-    if alpn_h2 {
+    let alpn = match &peer.tls {
+        Some(tls) if tls.h2 => Alpn::H2,
+        Some(tls) if tls.http1 => Alpn::Http1,
+        _ => Alpn::None,
+    };
+    if alpn == Alpn::H2 {
         // ALPN chose HTTP/2: the drain sends GOAWAY even before the scanner has seen
         // the preface.
         state.mark_http2();
@@ -814,7 +819,7 @@ where
     };
     // With upgrades: an app answering 101 (a WebSocket) gets the connection's IO
     // (`hyper::upgrade::on`), which the limits IO then passes through unscanned.
-    let conn = shared.http.serve(io, service, alpn_h2);
+    let conn = shared.http.serve(io, service, alpn);
     tokio::pin!(conn);
     let mut drain = shared.drain_signal();
     let mut drain_seen = *drain.borrow();

@@ -20,30 +20,24 @@
 //! progress). Whether the last write waited tells the connection's watchdog that bytes
 //! hyper holds are still unwritten, so the connection is not idle (see `ConnState`).
 //!
-//! On HTTP/2 it also follows the client's frames, and ends the connection of a client
-//! that sends PING or SETTINGS frames (each of which the server must answer) faster
-//! than `H2_CONTROL_PER_SEC` beyond a burst of `H2_CONTROL_BURST`.
+//! On HTTP/2 it also follows the client's frames (`h2_frames.rs`), and ends the
+//! connection of a client that floods frames which move no request (PING, SETTINGS,
+//! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA...) with GOAWAY `ENHANCE_YOUR_CALM`.
 
 use super::conn::{ConnState, Peer};
+use super::h2_frames::{Follow, H2Frames, CALM};
 use super::limits::{HeadLimits, Scan, Scanner, Violation};
 use crate::access_log::{AccessLog, Outcome, Record};
 use crate::body::StallTimer;
-use crate::scoreboard::{monotonic_ms, Header};
+use crate::scoreboard::{Header, Rejection};
 use crate::timefmt::Utc;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-
-/// PING and SETTINGS frames an HTTP/2 client may send at once, and per second after
-/// that, before its connection is closed. Clients send a handful (hyper's and gRPC's
-/// window-sizing PINGs are one per round trip at most, hyper's 100 ms apart); a flood
-/// sends hundreds of thousands a second, each costing the worker as much as the client.
-const H2_CONTROL_BURST: u32 = 1000;
-const H2_CONTROL_PER_SEC: u64 = 1000;
 
 /// How long an answered connection is drained before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
@@ -61,6 +55,16 @@ enum End {
     Body {
         reported: bool,
     },
+}
+
+/// A flooding HTTP/2 client's connection: hyper reads [`CALM`] after the flood's last
+/// frame, so that h2 answers GOAWAY `ENHANCE_YOUR_CALM`, and then the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Calm {
+    No,
+    /// The bytes of [`CALM`] hyper has read.
+    Telling(usize),
+    Told,
 }
 
 pub(super) struct GuardedIo<T>
@@ -90,76 +94,15 @@ where
     switched: bool,
     /// The client's HTTP/2 frames, once the connection turned out to be HTTP/2.
     h2: Option<H2Frames>,
-    /// The client flooded PING or SETTINGS frames: hyper got an error, then sees the end.
-    h2_flood: bool,
+    /// Whether the client flooded frames, and how much of [`CALM`] hyper has read since.
+    calm: Calm,
     /// Counts the connection as open for as long as its IO lives, which after a
     /// protocol switch is as long as the app holds it (a WebSocket).
     _open: Option<super::OpenConnection>,
-}
-
-/// Follows the frame boundaries of an HTTP/2 connection's incoming bytes to count the
-/// frames that make the server answer although they carry no request (PING and
-/// SETTINGS without ACK), against a budget refilled over time.
-struct H2Frames {
-    /// Bytes left of the connection preface or of the current frame's payload.
-    skip: usize,
-    head: [u8; 9],
-    have: usize,
-    credit: u32,
-    refilled_ms: u64,
-}
-
-impl H2Frames {
-    fn new() -> H2Frames {
-        H2Frames {
-            skip: super::protocol::H2_PREFACE.len(),
-            head: [0; 9],
-            have: 0,
-            credit: H2_CONTROL_BURST,
-            refilled_ms: monotonic_ms(),
-        }
-    }
-
-    /// Follows `data`, the next bytes for hyper; false once the client is flooding.
-    fn follow(&mut self, mut data: &[u8]) -> bool {
-        while !data.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
-                data = &data[n..];
-                continue;
-            }
-            let n = (self.head.len() - self.have).min(data.len());
-            self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
-            self.have += n;
-            data = &data[n..];
-            if self.have < self.head.len() {
-                break;
-            }
-            self.have = 0;
-            let [l0, l1, l2, kind, flags, ..] = self.head;
-            self.skip = u32::from_be_bytes([0, l0, l1, l2]) as usize;
-            // SETTINGS (0x4) or PING (0x6) without the ACK flag (0x1).
-            if matches!(kind, 0x4 | 0x6) && flags & 0x1 == 0 && !self.spend() {
-                return false;
-            }
-        }
-        true
-    }
-
-    fn spend(&mut self) -> bool {
-        if self.credit == 0 {
-            let now = monotonic_ms();
-            let earned = now.saturating_sub(self.refilled_ms) * H2_CONTROL_PER_SEC / 1000;
-            if earned == 0 {
-                return false;
-            }
-            self.credit = earned.min(u64::from(H2_CONTROL_BURST)) as u32;
-            self.refilled_ms = now;
-        }
-        self.credit -= 1;
-        true
-    }
+    /// HTTP/2: the streams h2 reset as malformed while this connection was being
+    /// served (see [`malformed_h2_stream`]), and how many of them are counted and logged.
+    malformed: Option<Arc<AtomicU32>>,
+    malformed_reported: u32,
 }
 
 impl<T> GuardedIo<T>
@@ -189,8 +132,10 @@ where
             send_stall: StallTimer::new(Duration::ZERO),
             switched: false,
             h2: None,
-            h2_flood: false,
+            calm: Calm::No,
             _open: open,
+            malformed: None,
+            malformed_reported: 0,
         }
     }
 
@@ -244,28 +189,52 @@ where
         self.scanner.in_body() && self.body_stall.stalled(cx)
     }
 
-    /// Follows bytes on their way to hyper on an HTTP/2 connection; false (and logged)
-    /// when the client floods PING or SETTINGS frames.
+    /// Follows bytes on their way to hyper on an HTTP/2 connection; returns how many of
+    /// them may go: fewer when the client floods (then hyper reads [`CALM`] next).
     #[inline]
-    fn follow_h2(&mut self, data: &[u8]) -> bool {
+    fn follow_h2(&mut self, data: &[u8]) -> usize {
         if !self.scanner.is_http2() {
-            return true;
+            return data.len();
         }
         self.follow_h2_frames(data)
     }
 
     #[cold]
-    fn follow_h2_frames(&mut self, data: &[u8]) -> bool {
-        if self.h2.get_or_insert_with(H2Frames::new).follow(data) {
-            return true;
-        }
-        self.h2_flood = true;
+    fn follow_h2_frames(&mut self, data: &[u8]) -> usize {
+        self.report_malformed();
+        // What h2 makes of these bytes it logs before the connection's task yields:
+        // attributed to this connection until then (`protocol.rs` clears it).
+        let counter = self.malformed.get_or_insert_with(Arc::default).clone();
+        SERVING_H2.with(|serving| *serving.borrow_mut() = Some(counter));
+        let Follow::Cut(n) = self.h2.get_or_insert_with(H2Frames::new).follow(data) else {
+            return data.len();
+        };
+        self.calm = Calm::Telling(0);
+        self.header.count_rejection(Rejection::Http2Flood);
         tracing::warn!(
             pid = std::process::id(),
-            "HTTP/2 client sends PING or SETTINGS frames faster than {H2_CONTROL_PER_SEC} a \
-             second: closing the connection"
+            "HTTP/2 client floods frames that carry no request (PING, SETTINGS, \
+             WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA) past its budget: GOAWAY \
+             ENHANCE_YOUR_CALM"
         );
-        false
+        n
+    }
+
+    /// Counts and logs the streams h2 reset as malformed since the last call: 400, as
+    /// nginx logs such a request, with no request line (h2 refused the head before
+    /// anything was made of it) and no bytes (the client got RST_STREAM).
+    fn report_malformed(&mut self) {
+        let Some(counter) = &self.malformed else {
+            return;
+        };
+        let seen = counter.load(Relaxed);
+        while self.malformed_reported < seen {
+            self.malformed_reported += 1;
+            self.header.count_rejection(Rejection::Malformed);
+            if let Some((log, peer)) = &self.log {
+                log_refused(log, peer, b"", 400, "");
+            }
+        }
     }
 
     /// Acts on a scan of `data`; returns how many of its bytes may go to hyper.
@@ -320,16 +289,34 @@ where
             this.ready = this.held.len();
         }
         loop {
-            if this.h2_flood {
-                return Poll::Ready(Ok(()));
+            match this.calm {
+                Calm::No => {}
+                Calm::Telling(at) => {
+                    let n = (CALM.len() - at).min(buf.remaining());
+                    buf.put_slice(&CALM[at..at + n]);
+                    this.calm = if at + n == CALM.len() {
+                        Calm::Told
+                    } else {
+                        Calm::Telling(at + n)
+                    };
+                    return Poll::Ready(Ok(()));
+                }
+                // h2 has its GOAWAY to send; then the end.
+                Calm::Told => return Poll::Ready(Ok(())),
             }
             if this.ready > 0 {
                 let n = this.ready.min(buf.remaining());
                 let held = std::mem::take(&mut this.held);
-                let fine = this.follow_h2(&held[..n]);
+                let pass = this.follow_h2(&held[..n]);
                 this.held = held;
-                if !fine {
-                    return Poll::Ready(Err(h2_flood_error()));
+                if pass < n {
+                    buf.put_slice(&this.held[..pass]);
+                    this.held = Vec::new();
+                    this.ready = 0;
+                    if pass == 0 {
+                        continue;
+                    }
+                    return Poll::Ready(Ok(()));
                 }
                 buf.put_slice(&this.held[..n]);
                 this.held.drain(..n);
@@ -380,11 +367,20 @@ where
                 if keep < read && matches!(scan, Scan::PartialHead { .. }) {
                     this.held.extend_from_slice(&buf.filled()[before + keep..]);
                 }
-                if keep > 0 && !this.follow_h2(&buf.filled()[before..before + keep]) {
-                    buf.set_filled(before);
-                    return Poll::Ready(Err(h2_flood_error()));
-                }
+                let keep = if keep > 0 {
+                    this.follow_h2(&buf.filled()[before..before + keep])
+                } else {
+                    keep
+                };
                 buf.set_filled(before + keep);
+                if this.calm != Calm::No {
+                    // The flood's last frame ended in this read: [`CALM`] follows (now,
+                    // if none of this read goes: an empty read would be the end).
+                    if keep == 0 {
+                        continue;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
                 if keep > 0 {
                     return Poll::Ready(Ok(()));
                 }
@@ -474,6 +470,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     fn drop(&mut self) {
+        self.report_malformed();
         let response = match self.end {
             End::Open => return,
             End::Head(violation) => {
@@ -489,8 +486,31 @@ where
     }
 }
 
-fn h2_flood_error() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, "HTTP/2 PING or SETTINGS flood")
+thread_local! {
+    /// The malformed-stream count of the HTTP/2 connection being served on this thread
+    /// (its task is between a read and its next yield), if any.
+    static SERVING_H2: std::cell::RefCell<Option<Arc<AtomicU32>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Called (through `logging.rs`) when h2 resets a stream as malformed: counted for the
+/// connection that read the bytes, which is the one being served (h2 decodes a
+/// connection's frames in its own task, right after reading them).
+pub(super) fn malformed_h2_stream() {
+    SERVING_H2.with(|serving| {
+        if let Some(counter) = &*serving.borrow() {
+            counter.fetch_add(1, Relaxed);
+        }
+    });
+}
+
+/// The connection's task yields: what h2 logs next is not its doing.
+pub(super) fn left_connection() {
+    SERVING_H2.with(|serving| {
+        if let Ok(mut serving) = serving.try_borrow_mut() {
+            serving.take();
+        }
+    });
 }
 
 /// Logs a request forkd answered itself before hyper parsed it.
@@ -545,53 +565,3 @@ where
         LINGERING.fetch_sub(1, Relaxed);
     });
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        out.extend_from_slice(&[kind, flags, 0, 0, 0, 0]);
-        out.extend_from_slice(payload);
-        out
-    }
-
-    #[test]
-    fn h2_frames_count_pings_and_settings_across_reads() {
-        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        bytes.extend(frame(0x4, 0, &[0, 4, 0, 0, 0xff, 0xff]));
-        // A DATA frame whose payload looks like PING frames counts for nothing.
-        let fake: Vec<u8> = (0..50).flat_map(|_| frame(0x6, 0, b"12345678")).collect();
-        bytes.extend(frame(0x0, 0, &fake));
-        // Acknowledgements count for nothing either.
-        for _ in 0..2000 {
-            bytes.extend(frame(0x6, 0x1, b"12345678"));
-        }
-        for _ in 0..H2_CONTROL_BURST - 1 {
-            bytes.extend(frame(0x6, 0, b"12345678"));
-        }
-        let mut frames = H2Frames::new();
-        // Fed in uneven pieces, cutting frame heads.
-        for piece in bytes.chunks(7) {
-            assert!(frames.follow(piece));
-        }
-        // The SETTINGS frame and the PINGs spent the burst.
-        assert_eq!(frames.credit, 0);
-        let one = frame(0x6, 0, b"12345678");
-        // One more with no time passed is one too many...
-        frames.refilled_ms = monotonic_ms() + 60_000;
-        assert!(!frames.follow(&one));
-        // ...but time pays for more: 2 s earn 2000, of which a burst is kept.
-        let mut later = H2Frames::new();
-        later.skip = 0;
-        later.credit = 0;
-        later.refilled_ms = monotonic_ms() - 2000;
-        assert!(later.follow(&one));
-        assert_eq!(later.credit, H2_CONTROL_BURST - 1);
-    }
-}
-
-#[cfg(test)]
-#[path = "io_fuzz.rs"]
-mod fuzz;

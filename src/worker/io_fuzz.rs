@@ -1,76 +1,136 @@
-//! A property test of the HTTP/2 frame follower (`H2Frames` in `io.rs`): it reads the
-//! client's bytes in whatever pieces the socket delivers them, so what it counts must
-//! not depend on where the pieces end.
+//! A property test of the HTTP/2 frame follower (`H2Frames` in `h2_frames.rs`): it reads
+//! the client's bytes in whatever pieces the socket delivers them, so what it counts
+//! must not depend on where the pieces end.
 //!
 //! Each case generates a byte stream (random bytes, or a sequence of frames of random
-//! kinds, flags and small lengths, with a run of PING/SETTINGS long enough to reach the
-//! flood limit, and random garbage mixed in), and checks against a reference reading of
+//! kinds, flags, streams and small lengths, with runs of PING/SETTINGS and of
+//! payload-free frames (WINDOW_UPDATE with small and large increments, PRIORITY,
+//! RST_STREAM, empty DATA, unknown types, and HEADERS that earn) long enough to reach
+//! the budgets, and random garbage mixed in), and checks against a reference reading of
 //! the whole stream at once (`reference`):
 //!
 //! 1. `follow` never panics, however the stream is cut (random cuts, empty pieces,
 //!    one byte at a time, all at once);
-//! 2. its frame accounting is the reference's: the credit spent, the bytes left to skip
-//!    and the partial frame head held are the same after the last piece, whatever the
-//!    cuts;
-//! 3. the flood limit triggers on the same frame: `follow` answers false for the piece
-//!    holding the last byte of the head of the first PING/SETTINGS beyond the credit,
-//!    and true for every piece before it.
+//! 2. its accounting is the reference's: both budgets' credit, the acknowledged bytes
+//!    not yet worth a frame, the bytes left to skip and the partial frame head held are
+//!    the same after the last piece, whatever the cuts;
+//! 3. the flood triggers on the same frame, and the cut falls where that frame ends:
+//!    `follow` answers `Cut(n)` for the piece holding the frame's last byte, `n` being
+//!    that byte's end within the piece, and `Pass` for every piece before it.
 //!
-//! Time is frozen (the budget is never refilled during a case), so the trigger is
-//! exactly the frame that spends past the credit the case starts with.
+//! Time is frozen (the budgets are never refilled by time during a case), so the
+//! trigger is exactly the frame that spends past the credit the case starts with and
+//! what the frames before it earned.
 //!
 //! Fixed seeds run first, then random ones for `FORKD_FUZZ_SECS` (default 1);
 //! `FORKD_FUZZ_SEED=N` runs only that seed (the seed of a failure is in its message).
 //! The generator is the differential fuzz test's `Rng`.
 
 use super::super::differential::{env_u64, Rng};
-use super::{H2Frames, H2_CONTROL_BURST};
+use super::{
+    cost, Cost, Follow, H2Frames, H2_ACKED_BYTES_PER_FRAME, H2_CONTROL_BURST, H2_IDLE_BURST,
+    H2_IDLE_PER_REQUEST,
+};
 use std::time::{Duration, Instant};
 
 const PREFACE: usize = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".len();
 
+/// The budgets a case starts with.
+#[derive(Debug, Clone, Copy)]
+struct Credit {
+    answered: u32,
+    idle: u32,
+}
+
 /// What the reference reading of a whole stream finds.
 #[derive(Debug, PartialEq, Eq)]
 struct Reading {
-    /// For each PING/SETTINGS without ACK, the offset just past its 9-byte head.
-    control_ends: Vec<usize>,
+    /// The offset just past the frame that broke a budget (perhaps beyond the stream).
+    cut: Option<usize>,
+    /// Otherwise, the budgets after the stream, and the acknowledged bytes left over.
+    answered: u32,
+    idle: u32,
+    acked: u64,
     /// Bytes of a payload (or of the preface) still to come after the stream.
     skip: usize,
     /// Bytes of a frame head at the end of the stream, still incomplete.
     partial_head: Vec<u8>,
 }
 
-/// Reads the stream whole: the preface (not checked), then frame heads and payloads.
-fn reference(stream: &[u8]) -> Reading {
+/// Reads the stream whole: the preface (not checked), then frame heads and payloads,
+/// spending and earning as the module doc of `h2_frames.rs` says.
+fn reference(stream: &[u8], credit: Credit) -> Reading {
     let mut at = PREFACE;
-    let mut control_ends = Vec::new();
+    let (mut answered, mut idle, mut acked) = (credit.answered, credit.idle, 0u64);
+    let earn = |idle: u32, frames: u64| (u64::from(idle) + frames).min(H2_IDLE_BURST as u64) as u32;
     while at + 9 <= stream.len() {
         let head = &stream[at..at + 9];
         let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let (kind, flags) = (head[3], head[4]);
-        if matches!(kind, 0x4 | 0x6) && flags & 0x1 == 0 {
-            control_ends.push(at + 9);
-        }
+        let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let ok = match cost(head[3], head[4], length, stream_id) {
+            Cost::Free => true,
+            Cost::Request => {
+                idle = earn(idle, u64::from(H2_IDLE_PER_REQUEST));
+                true
+            }
+            Cost::Answered if answered == 0 => false,
+            Cost::Answered => {
+                answered -= 1;
+                true
+            }
+            Cost::Idle | Cost::ConnectionWindow if idle == 0 => false,
+            Cost::Idle => {
+                idle -= 1;
+                true
+            }
+            Cost::ConnectionWindow => {
+                idle -= 1;
+                if length == 4 && at + 13 <= stream.len() {
+                    let increment =
+                        u32::from_be_bytes(stream[at + 9..at + 13].try_into().unwrap_or_default())
+                            & 0x7fff_ffff;
+                    acked += u64::from(increment);
+                    idle = earn(idle, acked / H2_ACKED_BYTES_PER_FRAME);
+                    acked %= H2_ACKED_BYTES_PER_FRAME;
+                }
+                true
+            }
+        };
         at += 9 + length;
+        if !ok {
+            return Reading {
+                cut: Some(at),
+                answered: 0,
+                idle: 0,
+                acked: 0,
+                skip: 0,
+                partial_head: Vec::new(),
+            };
+        }
     }
-    if at >= stream.len() {
-        Reading {
-            control_ends,
-            skip: at - stream.len(),
-            partial_head: Vec::new(),
-        }
+    let (skip, partial_head) = if at >= stream.len() {
+        (at - stream.len(), Vec::new())
     } else {
-        Reading {
-            control_ends,
-            skip: 0,
-            partial_head: stream[at..].to_vec(),
-        }
+        (0, stream[at..].to_vec())
+    };
+    Reading {
+        cut: None,
+        answered,
+        idle,
+        acked,
+        skip,
+        partial_head,
     }
 }
 
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, payload: &[u8]) {
+    frame_on(out, kind, flags, 1, payload);
+}
+
+fn frame_on(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    out.extend_from_slice(&[kind, flags, 0, 0, 0, 1]);
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
     out.extend_from_slice(payload);
 }
 
@@ -102,6 +162,33 @@ fn generate(rng: &mut Rng) -> Vec<u8> {
                     let len = if kind == 0x6 { 8 } else { 6 * rng.range(0, 3) };
                     let payload = random_bytes(rng, len);
                     frame(&mut out, kind, flags, &payload);
+                }
+            }
+            // Payload-free frames, with a few that earn.
+            2 | 3 => {
+                let n = rng.range(1, 1200);
+                for _ in 0..n {
+                    let stream = rng.below(3) as u32;
+                    match rng.below(9) {
+                        0 => {
+                            let increment = if rng.one_in(3) {
+                                rng.range(0, 9000) as u32
+                            } else {
+                                rng.range(0, 3) as u32
+                            };
+                            frame_on(&mut out, 0x8, 0, stream, &increment.to_be_bytes());
+                        }
+                        1 => frame_on(&mut out, 0x8, 0, 0, &1u32.to_be_bytes()),
+                        2 => frame_on(&mut out, 0x2, 0, stream, &[0, 0, 0, 1, 16]),
+                        3 => frame_on(&mut out, 0x3, 0, stream, &[0, 0, 0, 8]),
+                        4 => frame_on(&mut out, 0x0, rng.below(2) as u8, stream, &[]),
+                        5 => frame_on(&mut out, 0xa + rng.below(100) as u8, 0, stream, &[]),
+                        6 if rng.one_in(20) => frame_on(&mut out, 0x1, 0x4, 1, b"\x82"),
+                        _ => {
+                            let kind = if rng.one_in(2) { 0x6 } else { 0x4 };
+                            frame_on(&mut out, kind, 0x1, 0, &[]);
+                        }
+                    }
                 }
             }
             // Garbage: a payload length that swallows what follows, or bytes out of
@@ -167,52 +254,67 @@ fn cuts(rng: &mut Rng, len: usize) -> Vec<usize> {
     }
 }
 
-/// A follower whose budget is `credit` and is never refilled (time frozen).
-fn follower(credit: u32) -> H2Frames {
+/// A follower whose budgets are `credit` and are never refilled by time (time frozen).
+fn follower(credit: Credit) -> H2Frames {
     let mut frames = H2Frames::new();
-    frames.credit = credit;
-    frames.refilled_ms = u64::MAX;
+    frames.answered.credit = credit.answered;
+    frames.answered.refilled_ms = u64::MAX;
+    frames.idle.credit = credit.idle;
+    frames.idle.refilled_ms = u64::MAX;
     frames
 }
 
 /// Feeds `stream` cut into `pieces`; checks the result against `want`. The flood (if
-/// any) must be answered on the piece that completes the head of control frame number
-/// `credit + 1`.
-fn check(stream: &[u8], pieces: &[usize], credit: u32, want: &Reading) -> Result<(), String> {
-    let flood_at = want.control_ends.get(credit as usize).copied();
+/// any) must be answered on the piece holding the last byte of the frame that broke a
+/// budget, cut just after it.
+fn check(stream: &[u8], pieces: &[usize], credit: Credit, want: &Reading) -> Result<(), String> {
     let mut frames = follower(credit);
     let mut at = 0;
     for (index, &n) in pieces.iter().enumerate() {
         let piece = &stream[at..at + n];
         let end = at + n;
         let answer = frames.follow(piece);
-        // The piece that holds the flood frame's last head byte (an empty piece holds
-        // none).
-        let floods_here = flood_at.is_some_and(|f| at < f && f <= end);
-        if answer == floods_here {
+        // The piece that holds the flood frame's last byte (an empty piece holds none).
+        let expected = match want.cut {
+            Some(cut) if at < cut && cut <= end => Follow::Cut(cut - at),
+            _ => Follow::Pass,
+        };
+        if answer != expected {
             return Err(format!(
-                "piece {index} (bytes {at}..{end}): follow said {answer}, the flood frame's head ends at {flood_at:?}"
+                "piece {index} (bytes {at}..{end}): follow said {answer:?}, expected {expected:?} (the flood frame ends at {:?})",
+                want.cut
             ));
         }
-        if !answer {
+        if answer != Follow::Pass {
             // The IO stops feeding a flooding connection.
             return Ok(());
         }
         at = end;
     }
-    if flood_at.is_some() {
-        return Err(format!("no flood reported, expected at {flood_at:?}"));
+    if let Some(cut) = want.cut {
+        // The flood frame does not end within the stream.
+        if cut <= stream.len() || !frames.flooded {
+            return Err(format!("no flood reported, expected at {cut}"));
+        }
+        return Ok(());
     }
-    let spent = want.control_ends.len() as u32;
     let state = (
-        frames.credit,
+        frames.answered.credit,
+        frames.idle.credit,
+        frames.acked,
         frames.skip,
         frames.head[..frames.have].to_vec(),
     );
-    let expected = (credit - spent, want.skip, want.partial_head.clone());
+    let expected = (
+        want.answered,
+        want.idle,
+        want.acked,
+        want.skip,
+        want.partial_head.clone(),
+    );
     if state != expected {
         return Err(format!(
-            "after the stream: (credit, skip, partial head) {state:?}, the reference says {expected:?}"
+            "after the stream: (answered, idle, acked, skip, partial head) {state:?}, the reference says {expected:?}"
         ));
     }
     Ok(())
@@ -223,12 +325,19 @@ fn check(stream: &[u8], pieces: &[usize], credit: u32, want: &Reading) -> Result
 fn run_case(seed: u64) -> Result<bool, String> {
     let mut rng = Rng::new(seed);
     let stream = generate(&mut rng);
-    let credit = if rng.one_in(2) {
-        H2_CONTROL_BURST
-    } else {
-        rng.range(0, H2_CONTROL_BURST as usize) as u32
+    let credit = Credit {
+        answered: if rng.one_in(2) {
+            H2_CONTROL_BURST
+        } else {
+            rng.range(0, H2_CONTROL_BURST as usize) as u32
+        },
+        idle: match rng.below(3) {
+            0 => H2_IDLE_BURST,
+            1 => rng.range(0, H2_IDLE_BURST as usize) as u32,
+            _ => rng.range(0, 200) as u32,
+        },
     };
-    let want = reference(&stream);
+    let want = reference(&stream, credit);
     for attempt in 0..4 {
         let pieces = match attempt {
             0 => vec![stream.len()],
@@ -236,13 +345,13 @@ fn run_case(seed: u64) -> Result<bool, String> {
         };
         check(&stream, &pieces, credit, &want).map_err(|why| {
             format!(
-                "{why}\n  stream of {} bytes, credit {credit}, pieces {:?}",
+                "{why}\n  stream of {} bytes, credit {credit:?}, pieces {:?}",
                 stream.len(),
                 &pieces[..pieces.len().min(40)]
             )
         })?;
     }
-    Ok(want.control_ends.len() > credit as usize)
+    Ok(want.cut.is_some())
 }
 
 /// Runs one seed; true when its stream floods. Panics with the seed on a failure.
@@ -254,7 +363,7 @@ fn run_seed(seed: u64) -> bool {
         Err(_) => "H2Frames panicked (see above)".to_string(),
     };
     panic!(
-        "seed {seed}: {why}\n  replay: FORKD_FUZZ_SEED={seed} cargo test --lib worker::io::fuzz"
+        "seed {seed}: {why}\n  replay: FORKD_FUZZ_SEED={seed} cargo test --lib worker::h2_frames::fuzz"
     );
 }
 
@@ -286,35 +395,52 @@ fn h2_frames_count_the_same_however_the_stream_is_cut() {
 #[test]
 fn the_reference_reads_a_known_stream() {
     let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    frame(&mut stream, 0x4, 0, &[0; 6]);
-    frame(&mut stream, 0x6, 0x1, b"12345678");
+    frame_on(&mut stream, 0x4, 0, 0, &[0; 6]);
+    frame_on(&mut stream, 0x6, 0x1, 0, b"12345678");
     frame(&mut stream, 0x0, 0, &[0x55; 20]);
-    frame(&mut stream, 0x6, 0, b"12345678");
-    let second_end = stream.len() - 8;
+    frame_on(&mut stream, 0x8, 0, 0, &3000u32.to_be_bytes());
+    frame_on(&mut stream, 0x6, 0, 0, b"12345678");
+    let ping_end = stream.len();
     stream.extend_from_slice(&[0, 0, 8, 0x6]);
-    let reading = reference(&stream);
+    let plenty = Credit {
+        answered: 5,
+        idle: 5,
+    };
+    let reading = reference(&stream, plenty);
     assert_eq!(
         reading,
         Reading {
-            control_ends: vec![PREFACE + 9, second_end],
+            cut: None,
+            answered: 3,
+            // Two spent (the ACK, the WINDOW_UPDATE), two earned by 3000 bytes
+            // acknowledged.
+            idle: 5,
+            acked: 3000 - 2048,
             skip: 0,
             partial_head: vec![0, 0, 8, 0x6],
         }
     );
-    // The follower agrees, in any pieces, and with one credit floods on the second.
+    // With one answered credit, the second PING is the flood, cut where it ends.
+    let one = Credit {
+        answered: 1,
+        idle: 5,
+    };
+    let flooded = reference(&stream, one);
+    assert_eq!(flooded.cut, Some(ping_end));
+    // The follower agrees, in any pieces.
     for pieces in [vec![stream.len()], vec![1; stream.len()]] {
-        assert_eq!(check(&stream, &pieces, 5, &reading), Ok(()));
-        assert_eq!(check(&stream, &pieces, 1, &reading), Ok(()));
+        assert_eq!(check(&stream, &pieces, plenty, &reading), Ok(()));
+        assert_eq!(check(&stream, &pieces, one, &flooded), Ok(()));
     }
     // A check that cannot fail would prove nothing: a wrong reading is caught.
     let wrong = Reading {
         skip: 1,
-        ..reference(&stream)
+        ..reference(&stream, plenty)
     };
-    assert!(check(&stream, &[stream.len()], 5, &wrong).is_err());
+    assert!(check(&stream, &[stream.len()], plenty, &wrong).is_err());
     let early = Reading {
-        control_ends: vec![PREFACE + 9, PREFACE + 9],
-        ..reference(&stream)
+        cut: Some(ping_end - 1),
+        ..reference(&stream, one)
     };
-    assert!(check(&stream, &vec![1; stream.len()], 1, &early).is_err());
+    assert!(check(&stream, &vec![1; stream.len()], one, &early).is_err());
 }

@@ -13,6 +13,7 @@ mod conn;
 #[cfg(test)]
 mod differential;
 mod doorbell;
+mod h2_frames;
 mod head;
 mod health;
 mod host;

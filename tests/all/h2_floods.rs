@@ -21,11 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
@@ -42,7 +45,8 @@ fn config(name: &str) -> String {
     let path = temp_dir(&format!("h2-{name}")).join("forkd.toml");
     let text = format!(
         "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\
-         [limits]\nheader_read_timeout = {HEADER_READ_TIMEOUT}\n"
+         [limits]\nheader_read_timeout = {HEADER_READ_TIMEOUT}\n\
+         [metrics]\nbind = \"127.0.0.1:0\"\n"
     );
     std::fs::write(&path, text).expect("write config");
     path.to_str().expect("utf-8 path").to_string()
@@ -857,4 +861,273 @@ fn ping_flood_from_a_client_that_reads_and_answers_is_cut_off() {
         "a PING flood answered in full was not cut off ({sent} PINGs)"
     );
     flood.check("reading ping flood");
+}
+
+/// The value of one sample line of /metrics (`name{labels}`), 0 if absent.
+fn metric(server: &Server, sample: &str) -> f64 {
+    let (status, _, body) = get(&metrics_addr(server), "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A flood of frames that carry no request (issue 20, item 4), beside a stream held
+/// open (so that nothing else ends the connection) from a client that reads what the
+/// server sends: `setup` is sent first, then `flood` (one frame) over and over. The
+/// connection must end in GOAWAY ENHANCE_YOUR_CALM within 2 s, counted as
+/// `limit="http2_flood"` (unless h2 ends it first: `counted` false); before the frame
+/// budgets, ~100M such frames ran in 17 s.
+fn idle_flood(name: &str, setup: &[u8], flood: &[u8], counted: bool) {
+    let flood_test = Flood::start(name);
+    let stream = attacker(&flood_test.server.addr);
+    let started = Instant::now();
+    let (seen, reader) = watch(&stream, started);
+    let mut open = Vec::new();
+    frame(&mut open, SETTINGS, ACK, 0, &[]);
+    open_a_post(&mut open);
+    open.extend_from_slice(setup);
+    (&stream).write_all(&open).expect("open a stream");
+    let mut batch = Vec::new();
+    while batch.len() < 64 * 1024 {
+        batch.extend_from_slice(flood);
+    }
+    let per_batch = (batch.len() / flood.len()) as u64;
+    let deadline = started + Duration::from_secs(10);
+    let mut sent = 0u64;
+    while Instant::now() < deadline && !seen.ended() {
+        match send(&stream, &batch, deadline) {
+            Ok(true) => sent += per_batch,
+            _ => break,
+        }
+    }
+    let _ = poll_until(Duration::from_secs(3), || seen.ended());
+    let ended = seen.ended_after();
+    let code = seen.goaway_code();
+    eprintln!("{name}: {sent} frames sent; GOAWAY {code:?}, ended after {ended:?}");
+    let _ = stream.shutdown(Shutdown::Both);
+    let _ = reader.join();
+    assert_eq!(
+        code,
+        Some(ENHANCE_YOUR_CALM),
+        "{name}: no GOAWAY ENHANCE_YOUR_CALM after {sent} frames ({ended:?})\n{}",
+        flood_test.server.log()
+    );
+    assert!(
+        ended.is_some_and(|at| at < Duration::from_secs(2)),
+        "{name}: the flood ran {ended:?}"
+    );
+    assert_eq!(
+        metric(
+            &flood_test.server,
+            "forkd_requests_rejected_total{limit=\"http2_flood\"}"
+        ),
+        if counted { 1.0 } else { 0.0 },
+        "{name}"
+    );
+    flood_test.check(name);
+}
+
+#[test]
+fn window_update_flood_gets_goaway() {
+    let mut one = Vec::new();
+    frame(&mut one, WINDOW_UPDATE, 0, 1, &1u32.to_be_bytes());
+    idle_flood("window update flood", &[], &one, true);
+}
+
+#[test]
+fn connection_window_update_flood_gets_goaway() {
+    let mut one = Vec::new();
+    frame(&mut one, WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes());
+    idle_flood("connection window update flood", &[], &one, true);
+}
+
+#[test]
+fn priority_flood_gets_goaway() {
+    let mut one = Vec::new();
+    frame(&mut one, PRIORITY, 0, 3, &[0, 0, 0, 1, 16]);
+    idle_flood("priority flood", &[], &one, true);
+}
+
+#[test]
+fn rst_stream_flood_on_a_closed_stream_gets_goaway() {
+    // Stream 3 is a GET, answered and closed; then reset again and again.
+    let mut get = Vec::new();
+    frame(
+        &mut get,
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        3,
+        &request_head(false, "/echo"),
+    );
+    let mut one = Vec::new();
+    frame(&mut one, RST_STREAM, 0, 3, &CANCEL.to_be_bytes());
+    idle_flood("closed stream reset flood", &get, &one, true);
+}
+
+#[test]
+fn unsolicited_ping_ack_flood_gets_goaway() {
+    let mut one = Vec::new();
+    frame(&mut one, PING, ACK, 0, b"notasked");
+    idle_flood("ping ack flood", &[], &one, true);
+}
+
+#[test]
+fn unknown_frame_type_flood_gets_goaway() {
+    let mut one = Vec::new();
+    frame(&mut one, 0xfa, 0, 0, &[]);
+    idle_flood("unknown frame flood", &[], &one, true);
+}
+
+#[test]
+fn empty_data_flood_gets_goaway() {
+    let mut one = Vec::new();
+    frame(&mut one, DATA, 0, 1, &[]);
+    // h2 itself ends a connection after 100 empty DATA frames (`too_many_data_frames`),
+    // before forkd's budget: GOAWAY all the same, not counted by forkd.
+    idle_flood("empty data flood", &[], &one, false);
+}
+
+/// Unsolicited PING ACKs under the budget (issue 20, Why 6): h2 warns once per frame
+/// ("recv PING ack that we never sent"), which reached the error log at one line per
+/// frame. None may reach it now; the connection goes on.
+#[test]
+fn unsolicited_ping_acks_do_not_flood_the_error_log() {
+    let path = config("ping-ack-log");
+    let server = Forkd::new().config(&path).start();
+    let stream = client(&server.addr);
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    // Under the budget for payload-free frames (1000).
+    for _ in 0..900 {
+        frame(&mut out, PING, ACK, 0, b"notasked");
+    }
+    frame(
+        &mut out,
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_head(false, "/echo"),
+    );
+    (&stream).write_all(&out).expect("write");
+    loop {
+        let (head, stream_id, payload) = next_frame(&stream);
+        assert_ne!(head[3], GOAWAY, "GOAWAY: {payload:?}");
+        if stream_id == 1 && head[4] & END_STREAM != 0 {
+            break;
+        }
+    }
+    // The log is read after a line written later than any of h2's would be.
+    let (status, _, _) = get(&server.addr, "/echo").expect("a request after");
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.log();
+    let lines = log.matches("PING ack").count();
+    assert_eq!(lines, 0, "{lines} lines of PING acks in the error log");
+}
+
+/// h2spec 3.5/2 (issue 20, Why 10): a preface that starts as HTTP/2's but goes on wrong
+/// is a connection error, GOAWAY PROTOCOL_ERROR, not an HTTP/1.1 400.
+#[test]
+fn an_invalid_preface_gets_goaway_protocol_error() {
+    let path = config("bad-preface");
+    let server = Forkd::new().config(&path).start();
+    for preface in [
+        &b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\r\0\0\0\x04\0\0\0\0\0",
+    ] {
+        let stream = client(&server.addr);
+        (&stream).write_all(preface).expect("write");
+        let mut answer = Vec::new();
+        let _ = (&stream).read_to_end(&mut answer);
+        assert!(
+            !answer.starts_with(b"HTTP/1"),
+            "{preface:?}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        // An empty SETTINGS, then GOAWAY(last stream 0, PROTOCOL_ERROR).
+        assert_eq!(
+            answer,
+            [
+                &[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0][..],
+                &[0, 0, 8, GOAWAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            ]
+            .concat(),
+            "{preface:?}"
+        );
+    }
+    // The real preface is served.
+    h2_get(&server.addr);
+}
+
+/// Streams h2 resets as malformed before the service sees them (issue 20, Deliver 6):
+/// a connection-specific field, `te` other than `trailers`, a request without `:path`.
+/// Each is counted as `limit="malformed"` and access-logged as 400 (not 499, not
+/// silently), and the connection goes on.
+#[test]
+fn malformed_streams_are_counted_and_logged_as_400() {
+    let dir = temp_dir("h2-malformed");
+    let access = dir.join("access.log");
+    let path = write_config(
+        &dir,
+        &format!(
+            "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\
+             [log]\naccess_log = {access:?}\n[metrics]\nbind = \"127.0.0.1:0\"\n"
+        ),
+    );
+    let server = Forkd::new().config(&path).start();
+    let stream = client(&server.addr);
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    let mut connection = request_head(false, "/echo");
+    literal_named(&mut connection, b"connection", b"close");
+    let mut te = request_head(false, "/echo");
+    literal_named(&mut te, b"te", b"gzip");
+    // GET, http, :authority, no :path.
+    let mut no_path = vec![0x82, 0x86];
+    literal(&mut no_path, 1, b"flood.test");
+    for (id, block) in [(1, connection), (3, te), (5, no_path)] {
+        frame(&mut out, HEADERS, END_HEADERS | END_STREAM, id, &block);
+    }
+    frame(
+        &mut out,
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        7,
+        &request_head(false, "/echo"),
+    );
+    (&stream).write_all(&out).expect("write");
+    let mut resets = Vec::new();
+    loop {
+        let (head, stream_id, payload) = next_frame(&stream);
+        assert_ne!(head[3], GOAWAY, "GOAWAY: {payload:?}");
+        if head[3] == RST_STREAM {
+            resets.push((
+                stream_id,
+                u32::from_be_bytes(payload[..4].try_into().unwrap()),
+            ));
+        }
+        if stream_id == 7 && head[4] & END_STREAM != 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        resets,
+        vec![(1, 1), (3, 1), (5, 1)],
+        "PROTOCOL_ERROR resets"
+    );
+    drop(stream);
+    let malformed = "forkd_requests_rejected_total{limit=\"malformed\"}";
+    assert!(
+        poll_until(Duration::from_secs(3), || metric(&server, malformed) == 3.0),
+        "{malformed} is {}",
+        metric(&server, malformed)
+    );
+    let read = || std::fs::read_to_string(&access).unwrap_or_default();
+    let _ = poll_until(Duration::from_secs(3), || read().lines().count() >= 4);
+    let log = read();
+    assert_eq!(log.matches("\" 400 ").count(), 3, "{log}");
+    assert_eq!(log.matches("\" 200 ").count(), 1, "{log}");
+    assert!(!log.contains(" 499 "), "{log}");
 }

@@ -20,6 +20,7 @@ mod core;
 mod embedding;
 mod exec_workers;
 mod framing;
+mod h2_drain;
 mod h2_floods;
 mod http_hardening;
 mod operations;

@@ -973,3 +973,32 @@ fn optional_client_certificates_and_min_version_13() {
     );
     assert!(connect(&server.addr, &tls12).is_err());
 }
+
+/// ALPN chose `http/1.1`, then the client sends the HTTP/2 preface (issue 20, Why 10):
+/// ALPN decided, so the answer is HTTP/1.1's 400, not HTTP/2. With ALPN `h2`, or without
+/// ALPN, the same bytes are HTTP/2.
+#[test]
+fn the_h2_preface_after_alpn_http11_is_not_served_as_http2() {
+    let pki = Pki::serving_localhost("alpn-preface");
+    let server = start(&pki, &["-b", "tls://127.0.0.1:0", "-w", "1", "echo"], &[]);
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    let answer = |alpn: &[&[u8]]| {
+        let mut stream = connect(&server.addr, &pki.client(alpn, None)).unwrap();
+        stream.write_all(preface).unwrap();
+        stream.flush().unwrap();
+        let mut answer = vec![0u8; 12];
+        stream.read_exact(&mut answer).unwrap();
+        answer
+    };
+    let http11 = answer(&[b"http/1.1"]);
+    assert_eq!(
+        String::from_utf8_lossy(&http11),
+        "HTTP/1.1 400",
+        "ALPN http/1.1"
+    );
+    // HTTP/2's answer starts with the server's SETTINGS frame.
+    for alpn in [&[&b"h2"[..]][..], &[]] {
+        let h2 = answer(alpn);
+        assert_eq!(h2[3], 0x4, "ALPN {alpn:?}: {h2:?}");
+    }
+}
