@@ -209,6 +209,8 @@ pub struct Master {
     /// When the loop last woke: waking much later than it planned means this master
     /// was frozen (see [`clock`]).
     last_wake: Instant,
+    /// The socket files of the listeners closed at the stop, removed at exit.
+    closed_socket_files: Vec<crate::listeners::SocketFile>,
 }
 
 impl Master {
@@ -273,6 +275,7 @@ impl Master {
             serving_passed_sockets,
             notify_intake: None,
             last_wake: Instant::now(),
+            closed_socket_files: Vec::new(),
         })
     }
 
@@ -411,6 +414,7 @@ impl Master {
         }
         self.systemd.stopping(&format!("stopping ({name})"));
         self.finish_reload(false);
+        self.close_listeners();
         if graceful {
             tracing::info!(
                 "{name}: graceful stop, draining {} workers",
@@ -443,6 +447,19 @@ impl Master {
                     kill_at: Instant::now() + KILL_GRACE,
                 };
             }
+        }
+    }
+
+    /// At the stop (not at a reload): this master's fds of every listener are closed,
+    /// so that once the draining workers have closed theirs new connections are
+    /// refused at once rather than left in the accept queue until the drain is over.
+    /// Under socket activation systemd holds the sockets: connections queue there for
+    /// the next start. After a USR2 hand-over the new master holds them and serves on.
+    fn close_listeners(&mut self) {
+        let previous = self.previous.iter_mut();
+        for generation in std::iter::once(&mut self.current).chain(previous) {
+            let files = generation.close_listeners();
+            self.closed_socket_files.extend(files);
         }
     }
 
@@ -534,6 +551,9 @@ impl Master {
             let previous = self.previous.iter().flat_map(|g| g.all_listeners());
             for listener in self.current.all_listeners().chain(previous) {
                 listener.cleanup();
+            }
+            for file in &self.closed_socket_files {
+                file.remove();
             }
         }
         if let Some(pidfile) = &self.pidfile {

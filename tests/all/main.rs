@@ -28,6 +28,7 @@ mod panics;
 mod privileges;
 mod python;
 mod socket_activation;
+mod stop_and_status;
 mod systemd_notify;
 mod systemd_units;
 mod tls;
