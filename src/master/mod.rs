@@ -28,6 +28,7 @@ mod backoff;
 #[allow(unsafe_code)] // close_range, dup of fds for a child
 mod child;
 mod clock;
+pub(crate) mod ctl;
 mod deadlines;
 pub mod exec;
 mod exits;
@@ -211,6 +212,11 @@ pub struct Master {
     last_wake: Instant,
     /// The socket files of the listeners closed at the stop, removed at exit.
     closed_socket_files: Vec<crate::listeners::SocketFile>,
+    /// The control socket beside the pidfile (`forkd -s status`), while this master
+    /// owns the pidfile.
+    control: Option<ctl::ControlSocket>,
+    /// When this master started.
+    started: Instant,
 }
 
 impl Master {
@@ -245,6 +251,15 @@ impl Master {
             Some(path) => Some(pidfile::Pidfile::create(path).map_err(|e| e.to_string())?),
             None => None,
         };
+        let control = match &config.pidfile {
+            Some(path) => {
+                let control = ctl::ControlSocket::bind(path)
+                    .map_err(|e| format!("cannot make the control socket: {e}"))?;
+                tracing::debug!("control socket on {}", control.path().display());
+                Some(control)
+            }
+            None => None,
+        };
         if let Program::Native(_) = factory {
             warn_if_fds_fall_short(&config);
         }
@@ -276,6 +291,8 @@ impl Master {
             notify_intake: None,
             last_wake: Instant::now(),
             closed_socket_files: Vec::new(),
+            control,
+            started: Instant::now(),
         })
     }
 
@@ -297,6 +314,7 @@ impl Master {
             while let Some(received) = self.signals.next() {
                 self.dispatch(&received);
             }
+            self.serve_control();
             self.read_exec_reports();
             self.reap();
             self.observe_scoreboard();
@@ -483,6 +501,19 @@ impl Master {
                 nix::poll::PollFlags::POLLIN,
             ));
         }
+        if let Some(control) = &self.control {
+            fds.push(nix::poll::PollFd::new(
+                control.fd(),
+                nix::poll::PollFlags::POLLIN,
+            ));
+            for (fd, interest) in control.client_fds() {
+                let events = match interest {
+                    ctl::Interest::Read => nix::poll::PollFlags::POLLIN,
+                    ctl::Interest::Write => nix::poll::PollFlags::POLLOUT,
+                };
+                fds.push(nix::poll::PollFd::new(fd, events));
+            }
+        }
         for exec in self.workers.iter().filter_map(|w| w.exec.as_ref()) {
             if !exec.output.eof {
                 fds.push(nix::poll::PollFd::new(
@@ -555,6 +586,9 @@ impl Master {
             for file in &self.closed_socket_files {
                 file.remove();
             }
+        }
+        if let Some(control) = &self.control {
+            control.remove();
         }
         if let Some(pidfile) = &self.pidfile {
             pidfile.remove();
