@@ -110,7 +110,7 @@ fn status(config: &Config) -> Result<(), String> {
     let path = config.pidfile.as_ref().ok_or(
         "status needs a pidfile: the control socket it asks is beside it (set `pidfile` or -p)",
     )?;
-    let pid = crate::pidfile::check_master(path)?;
+    let pid = crate::pidfile::check_master(path).map_err(|e| format!("no master to ask: {e}"))?;
     let socket = crate::master::ctl::path_for(path);
     let shown = socket.display();
     let mut stream = std::os::unix::net::UnixStream::connect(&socket)

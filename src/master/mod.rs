@@ -251,15 +251,23 @@ impl Master {
             Some(path) => Some(pidfile::Pidfile::create(path).map_err(|e| e.to_string())?),
             None => None,
         };
-        let control = match &config.pidfile {
-            Some(path) => {
-                let control = ctl::ControlSocket::bind(path)
-                    .map_err(|e| format!("cannot make the control socket: {e}"))?;
-                tracing::debug!("control socket on {}", control.path().display());
-                Some(control)
-            }
-            None => None,
-        };
+        // Without it forkd still serves: only `-s status` is lost, and says why.
+        let control =
+            config
+                .pidfile
+                .as_deref()
+                .and_then(|path| match ctl::ControlSocket::bind(path) {
+                    Ok(control) => {
+                        tracing::debug!("control socket on {}", control.path().display());
+                        Some(control)
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "cannot make the control socket (`forkd -s status` will not work): {e}"
+                        );
+                        None
+                    }
+                });
         if let Program::Native(_) = factory {
             warn_if_fds_fall_short(&config);
         }

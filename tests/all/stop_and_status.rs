@@ -207,3 +207,40 @@ fn a_python_module_path_without_attr_gets_a_module_colon_app_hint() {
     assert!(log.contains("unknown app \"app.main\""), "{log}");
     assert!(log.contains("\"app.main:app\""), "{log}");
 }
+
+#[test]
+fn after_usr2_status_answers_from_the_new_master_and_its_socket_outlives_the_old_one() {
+    let dir = temp_dir("status-usr2");
+    let pidfile = dir.join("forkd.pid");
+    let config = write_config(
+        &dir,
+        &format!(
+            "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\npidfile = {:?}\n",
+            pidfile.to_str().unwrap()
+        ),
+    );
+    let mut server = Forkd::new().config(&config).start();
+    let old = server.pid();
+    server.signal(Signal::SIGUSR2);
+    let new = new_master(&pidfile, old, Duration::from_secs(20));
+    assert!(new > 0, "no new master:\n{}", server.log());
+    let _guard = PidGuard(new);
+    // The old master hands over and stops; the new one keeps serving and answering.
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    assert_eq!(get(&server.addr, "/").unwrap().0, 200);
+    let (code, out, err) = status_of(&config);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with(&format!("master {new} ")), "{out}");
+    assert_eq!(worker_rows(&out).len(), 2, "{out}");
+    let control = dir.join("forkd.pid.ctl");
+    signal_pid(new, Signal::SIGTERM);
+    assert!(
+        poll_until(Duration::from_secs(20), || !control.exists()),
+        "the new master left its control socket"
+    );
+}
