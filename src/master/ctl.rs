@@ -16,7 +16,7 @@
 
 use crate::dirfd::Dir;
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -206,7 +206,14 @@ impl ControlSocket {
             }
             if let Some((bytes, written)) = &mut client.output {
                 while *written < bytes.len() {
-                    match client.stream.write(&bytes[*written..]) {
+                    // MSG_NOSIGNAL: a client gone mid-answer is EPIPE, never SIGPIPE.
+                    let sent = nix::sys::socket::send(
+                        client.stream.as_raw_fd(),
+                        &bytes[*written..],
+                        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                    )
+                    .map_err(io::Error::from);
+                    match sent {
                         Ok(0) => break,
                         Ok(n) => *written += n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -368,6 +375,7 @@ pub fn render(master: &MasterRow, workers: &[WorkerRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn requests_parse_and_garbage_is_refused_with_a_reason() {
@@ -468,6 +476,32 @@ mod tests {
         assert!(lines[3]
             .split_whitespace()
             .eq(["12", "2", "ready", "5s", "7", "1.0M"]));
+    }
+
+    #[test]
+    fn a_client_that_never_reads_its_answer_never_blocks_and_is_dropped_in_time() {
+        let dir = std::env::temp_dir().join(format!("forkd-ctl-slow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut socket = ControlSocket::bind(&dir.join("forkd.pid")).unwrap();
+        let mut client = UnixStream::connect(socket.path()).unwrap();
+        client.write_all(b"status\n").unwrap();
+        // Far more than any socket buffer holds.
+        let started = Instant::now();
+        socket.serve(|_| "x".repeat(64 << 20));
+        assert!(started.elapsed() < Duration::from_secs(1), "serve blocked");
+        assert_eq!(socket.clients.len(), 1, "dropped before its time");
+        std::thread::sleep(CLIENT_TIME);
+        socket.serve(|_| String::new());
+        assert!(socket.clients.is_empty(), "kept past its time");
+        // More clients than allowed at once: the extra ones are closed at accept.
+        let waiting: Vec<UnixStream> = (0..MAX_CLIENTS + 2)
+            .map(|_| UnixStream::connect(socket.path()).unwrap())
+            .collect();
+        socket.serve(|_| String::new());
+        assert_eq!(socket.clients.len(), MAX_CLIENTS);
+        drop(waiting);
+        socket.remove();
     }
 
     #[test]
