@@ -21,9 +21,10 @@ pub struct Cli {
     /// Print the effective configuration as TOML.
     #[arg(long)]
     pub print_config: bool,
-    /// Signal the running master named by the pidfile.
+    /// Signal the running master named by the pidfile (reload = HUP, waits for the
+    /// outcome); `status` asks it for its workers over its control socket.
     #[arg(short = 's', long = "signal", value_name = "SIGNAL",
-          value_parser = ["reload", "stop", "quit", "reopen", "upgrade", "incr", "decr"])]
+          value_parser = ["reload", "stop", "quit", "reopen", "upgrade", "incr", "decr", "status"])]
     pub signal: Option<String>,
     /// Address to listen on (repeatable): HOST:PORT, [::1]:PORT, unix:PATH, fd://N.
     // The text is `--help`'s, where `[::1]` is an address, not a rustdoc link.

@@ -1,6 +1,7 @@
 //! `forkd -c FILE -s SIGNAL`: signals the running master named by the config's pidfile,
 //! after checking that the pid really is a forkd master (a stale or forged pidfile must
 //! not make forkd signal an unrelated process; see `pidfile::check_master`).
+//! `-s status` asks that master over its control socket instead (see `master::ctl`).
 //!
 //! `-s reload` waits for the outcome, so that `ExecReload=` (and scripts) return only
 //! once the reload is done. The wire, all realtime-signal values (sigqueue(3)):
@@ -77,6 +78,9 @@ pub fn send_signal(config: &Config, name: &str) -> u8 {
 }
 
 fn try_send(config: &Config, name: &str) -> Result<(), String> {
+    if name == "status" {
+        return status(config);
+    }
     let signal = signal_for(name).ok_or_else(|| format!("unknown signal name {name:?}"))?;
     let path = config
         .pidfile
@@ -94,6 +98,43 @@ fn try_send(config: &Config, name: &str) -> Result<(), String> {
         let limit = config.graceful_timeout + config.health.shutdown_delay + STOP_MARGIN;
         return wait_for_exit(pid, limit);
     }
+    Ok(())
+}
+
+/// How long `-s status` waits for the master's answer.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
+
+/// `-s status`: asks the master over its control socket and prints the answer.
+fn status(config: &Config) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let path = config.pidfile.as_ref().ok_or(
+        "status needs a pidfile: the control socket it asks is beside it (set `pidfile` or -p)",
+    )?;
+    let pid = crate::pidfile::check_master(path).map_err(|e| format!("no master to ask: {e}"))?;
+    let socket = crate::master::ctl::path_for(path);
+    let shown = socket.display();
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+        .map_err(|e| format!("cannot reach master {pid} at {shown}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(STATUS_WAIT));
+    let _ = stream.set_write_timeout(Some(STATUS_WAIT));
+    stream
+        .write_all(b"status\n")
+        .map_err(|e| format!("cannot ask master {pid} at {shown}: {e}"))?;
+    let mut answer = String::new();
+    stream
+        .take(1 << 20)
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("no answer from master {pid} at {shown}: {e}"))?;
+    if let Some(why) = answer.strip_prefix("error: ") {
+        return Err(format!(
+            "master {pid} refused the request: {}",
+            why.trim_end()
+        ));
+    }
+    if answer.is_empty() {
+        return Err(format!("master {pid} closed {shown} without an answer"));
+    }
+    print!("{answer}");
     Ok(())
 }
 

@@ -297,8 +297,13 @@ fn app_resolver(
             }
             Some(name) => apps::builtin(name).map(master::Program::Native).ok_or_else(|| {
                 format!(
-                    "key `app`: unknown app {name:?}; built-in apps are {}",
-                    apps::NAMES.join(", ")
+                    "key `app`: unknown app {name:?}; built-in apps are {}{}",
+                    apps::NAMES.join(", "),
+                    python_app_hint(name)
+                        .map(|spec| format!(
+                            "; for a Python ASGI app name the object too, as MODULE:ATTR (did you mean {spec:?}?)"
+                        ))
+                        .unwrap_or_default()
                 )
             }),
             None => Err(format!(
@@ -307,4 +312,55 @@ fn app_resolver(
             )),
         }
     })
+}
+
+/// For an app name that looks like a Python module path (`app.main`, `app/main.py`)
+/// but lacks `:ATTR`: the `MODULE:app` spec it most likely means.
+fn python_app_hint(name: &str) -> Option<String> {
+    let module = name.strip_suffix(".py").unwrap_or(name).replace('/', ".");
+    let identifier = |part: &str| {
+        let mut chars = part.chars();
+        chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
+            && chars.all(|c| c == '_' || c.is_alphanumeric())
+    };
+    let dotted = module.contains('.') || name.ends_with(".py");
+    (dotted && !name.contains(':') && module.split('.').all(identifier))
+        .then(|| format!("{module}:app"))
+}
+
+#[cfg(test)]
+mod app_hint_tests {
+    use super::python_app_hint;
+
+    #[test]
+    fn a_module_path_without_attr_gets_module_colon_app() {
+        assert_eq!(python_app_hint("app.main").as_deref(), Some("app.main:app"));
+        assert_eq!(python_app_hint("main.py").as_deref(), Some("main:app"));
+        assert_eq!(
+            python_app_hint("app/main.py").as_deref(),
+            Some("app.main:app")
+        );
+        assert_eq!(
+            python_app_hint("_pkg.mod_2").as_deref(),
+            Some("_pkg.mod_2:app")
+        );
+    }
+
+    #[test]
+    fn other_names_get_no_hint() {
+        for name in [
+            "helo",
+            "",
+            ".",
+            "app.",
+            ".main",
+            "1app.main",
+            "app..main",
+            "a-b.c",
+            "a:b",
+            "app.main:",
+        ] {
+            assert_eq!(python_app_hint(name), None, "{name:?}");
+        }
+    }
 }

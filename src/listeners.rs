@@ -72,6 +72,11 @@ impl SocketFile {
     pub fn dir_fd(&self) -> RawFd {
         self.dir.raw_fd()
     }
+
+    /// Removes the file, only if it is still the same socket file in its directory.
+    pub fn remove(&self) {
+        let _ = self.dir.unlink_socket(&self.name, self.dev, self.ino);
+    }
 }
 
 impl Listener {
@@ -79,7 +84,7 @@ impl Listener {
     /// socket file in the directory it was bound in.
     pub fn cleanup(&self) {
         if let Some(file) = &self.socket_file {
-            let _ = file.dir.unlink_socket(&file.name, file.dev, file.ino);
+            file.remove();
         }
     }
 

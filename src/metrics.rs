@@ -393,9 +393,10 @@ pub fn render(board: &Board) -> String {
         for slot in &live {
             let _ = writeln!(
                 out,
-                "{name}{{worker=\"{}\",pid=\"{}\"}} {}",
+                "{name}{{worker=\"{}\",pid=\"{}\",generation=\"{}\"}} {}",
                 slot.number(),
                 slot.pid(),
+                slot.generation(),
                 value(slot)
             );
         }

@@ -342,6 +342,8 @@ pub struct Slot {
     number: AtomicU64,
     /// Requests whose response has not been completely sent yet.
     in_flight: AtomicU64,
+    /// The configuration generation the worker was forked from, set by the master.
+    generation: AtomicU64,
     durations: Histogram,
 }
 
@@ -451,12 +453,21 @@ impl Slot {
         self.connections.store(0, Relaxed);
         self.number.store(0, Relaxed);
         self.in_flight.store(0, Relaxed);
+        self.generation.store(0, Relaxed);
         self.durations.clear();
         self.progress_ms.store(monotonic_ms(), Relaxed);
         self.state.store(WorkerState::Booting as u32, Release);
     }
     pub fn set_pid(&self, pid: i32) {
         self.pid.store(pid, Relaxed);
+    }
+    /// The configuration generation the worker was forked from (0: not set).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+    /// Master only: the generation of the worker forked for this slot.
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Relaxed);
     }
 }
 

@@ -145,6 +145,7 @@ impl Master {
         self.deadlines(now)
             .into_iter()
             .map(|(at, _)| at)
+            .chain(self.control.as_ref().and_then(|c| c.next_deadline()))
             .fold(now + MAX_SLEEP, Instant::min)
     }
 

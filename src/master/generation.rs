@@ -12,7 +12,7 @@
 
 use super::Program;
 use crate::config::{BindSpec, Config};
-use crate::listeners::{self, Listener};
+use crate::listeners::{self, Listener, SocketFile};
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -210,6 +210,20 @@ impl Generation {
     pub fn all_listeners(&self) -> impl Iterator<Item = &Listener> {
         self.listeners.iter().chain(self.metrics.iter())
     }
+
+    /// At the stop: closes this process's fds of every listener (the metrics one
+    /// included) and returns their socket files, which are removed at exit. A socket
+    /// refuses new connections once no process holds it: the workers close their own
+    /// copies as their drain begins. A socket another process also holds (the new
+    /// master after USR2, systemd under socket activation) stays open there.
+    pub fn close_listeners(&mut self) -> Vec<SocketFile> {
+        let metrics = self.metrics.take();
+        std::mem::take(&mut self.listeners)
+            .into_iter()
+            .chain(metrics)
+            .filter_map(|mut listener| listener.socket_file.take())
+            .collect()
+    }
 }
 
 /// A second handle on `listener`'s socket (same socket, own fd), serving `spec`; the
@@ -282,6 +296,23 @@ mod tests {
 
     fn is_open(fd: i32) -> bool {
         nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
+    }
+
+    #[test]
+    fn closing_the_listeners_closes_every_fd_and_keeps_the_socket_files() {
+        let dir = dir("close");
+        let path = dir.join("a.sock");
+        let mut generation = first(&[BindSpec::Unix(path.clone())]);
+        let fd = generation.listeners[0].fd.as_raw_fd();
+        let files = generation.close_listeners();
+        assert!(generation.listeners.is_empty());
+        assert!(!is_open(fd));
+        assert_eq!(files.len(), 1);
+        let refused = std::os::unix::net::UnixStream::connect(&path).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(path.exists(), "the socket file is removed at exit, not now");
+        files[0].remove();
+        assert!(!path.exists());
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod backoff;
 #[allow(unsafe_code)] // close_range, dup of fds for a child
 mod child;
 mod clock;
+pub(crate) mod ctl;
 mod deadlines;
 pub mod exec;
 mod exits;
@@ -209,6 +210,13 @@ pub struct Master {
     /// When the loop last woke: waking much later than it planned means this master
     /// was frozen (see [`clock`]).
     last_wake: Instant,
+    /// The socket files of the listeners closed at the stop, removed at exit.
+    closed_socket_files: Vec<crate::listeners::SocketFile>,
+    /// The control socket beside the pidfile (`forkd -s status`), while this master
+    /// owns the pidfile.
+    control: Option<ctl::ControlSocket>,
+    /// When this master started.
+    started: Instant,
 }
 
 impl Master {
@@ -243,6 +251,23 @@ impl Master {
             Some(path) => Some(pidfile::Pidfile::create(path).map_err(|e| e.to_string())?),
             None => None,
         };
+        // Without it forkd still serves: only `-s status` is lost, and says why.
+        let control =
+            config
+                .pidfile
+                .as_deref()
+                .and_then(|path| match ctl::ControlSocket::bind(path) {
+                    Ok(control) => {
+                        tracing::debug!("control socket on {}", control.path().display());
+                        Some(control)
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "cannot make the control socket (`forkd -s status` will not work): {e}"
+                        );
+                        None
+                    }
+                });
         if let Program::Native(_) = factory {
             warn_if_fds_fall_short(&config);
         }
@@ -273,6 +298,9 @@ impl Master {
             serving_passed_sockets,
             notify_intake: None,
             last_wake: Instant::now(),
+            closed_socket_files: Vec::new(),
+            control,
+            started: Instant::now(),
         })
     }
 
@@ -294,6 +322,7 @@ impl Master {
             while let Some(received) = self.signals.next() {
                 self.dispatch(&received);
             }
+            self.serve_control();
             self.read_exec_reports();
             self.reap();
             self.observe_scoreboard();
@@ -411,6 +440,7 @@ impl Master {
         }
         self.systemd.stopping(&format!("stopping ({name})"));
         self.finish_reload(false);
+        self.close_listeners();
         if graceful {
             tracing::info!(
                 "{name}: graceful stop, draining {} workers",
@@ -446,6 +476,19 @@ impl Master {
         }
     }
 
+    /// At the stop (not at a reload): this master's fds of every listener are closed,
+    /// so that once the draining workers have closed theirs new connections are
+    /// refused at once rather than left in the accept queue until the drain is over.
+    /// Under socket activation systemd holds the sockets: connections queue there for
+    /// the next start. After a USR2 hand-over the new master holds them and serves on.
+    fn close_listeners(&mut self) {
+        let previous = self.previous.iter_mut();
+        for generation in std::iter::once(&mut self.current).chain(previous) {
+            let files = generation.close_listeners();
+            self.closed_socket_files.extend(files);
+        }
+    }
+
     // ---- waiting ---------------------------------------------------------------------
 
     /// Waits for a signal, a notify message or worker output, at most until the nearest
@@ -465,6 +508,19 @@ impl Master {
                 intake.fd(),
                 nix::poll::PollFlags::POLLIN,
             ));
+        }
+        if let Some(control) = &self.control {
+            fds.push(nix::poll::PollFd::new(
+                control.fd(),
+                nix::poll::PollFlags::POLLIN,
+            ));
+            for (fd, interest) in control.client_fds() {
+                let events = match interest {
+                    ctl::Interest::Read => nix::poll::PollFlags::POLLIN,
+                    ctl::Interest::Write => nix::poll::PollFlags::POLLOUT,
+                };
+                fds.push(nix::poll::PollFd::new(fd, events));
+            }
         }
         for exec in self.workers.iter().filter_map(|w| w.exec.as_ref()) {
             if !exec.output.eof {
@@ -535,6 +591,12 @@ impl Master {
             for listener in self.current.all_listeners().chain(previous) {
                 listener.cleanup();
             }
+            for file in &self.closed_socket_files {
+                file.remove();
+            }
+        }
+        if let Some(control) = &self.control {
+            control.remove();
         }
         if let Some(pidfile) = &self.pidfile {
             pidfile.remove();

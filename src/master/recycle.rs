@@ -122,6 +122,11 @@ impl Watch {
         }
     }
 
+    /// When the worker started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Looks at the worker (reading its RSS with `read` when `max_memory` is on and a
     /// sample is due); returns the decision the first time one is made.
     pub fn check(

@@ -139,6 +139,10 @@ impl Master {
     /// Starts one worker of the current generation.
     fn spawn_worker(&mut self) -> Result<(), SpawnError> {
         let slot = self.scoreboard.claim().ok_or(SpawnError::NoSlot)?;
+        // Before the fork, so that the worker's own metrics show it from the start.
+        self.scoreboard
+            .slot(slot)
+            .set_generation(self.current.number);
         let number = self.next_number;
         self.next_number += 1;
         let output = match self.exec_output() {
@@ -333,6 +337,9 @@ impl Master {
         }
         if let Some(pidfile) = &self.pidfile {
             close(pidfile.dir_fd());
+        }
+        if let Some(control) = &self.control {
+            control.fds().into_iter().for_each(close);
         }
     }
 }

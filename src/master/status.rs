@@ -1,9 +1,10 @@
 //! What the master learns from the scoreboard and tells others: workers seen ready
 //! (which commits a new generation and may complete start-up), "all workers ready" to
 //! systemd or to the old master of an upgrade, a reload that is over, `STATUS=` and the
-//! watchdog keep-alive.
+//! watchdog keep-alive; and what `forkd -s status` is answered over the control socket.
 
-use super::state::Boot;
+use super::ctl::{self, MasterRow, Request, WorkerRow};
+use super::state::{Boot, RunState};
 use super::workers::Phase;
 use super::{Master, Program, ReloadState, UpgradeState};
 use crate::protocol;
@@ -104,5 +105,73 @@ impl Master {
             Program::Exec(_) => counts.clone(),
         };
         (counts, full)
+    }
+
+    /// Serves the control socket's clients (never blocks).
+    pub(super) fn serve_control(&mut self) {
+        let Some(mut control) = self.control.take() else {
+            return;
+        };
+        control.serve(|request| match request {
+            Request::Status => self.status_answer(),
+        });
+        self.control = Some(control);
+    }
+
+    /// The answer to `status`: the master's state, then one line per worker.
+    pub(super) fn status_answer(&self) -> String {
+        let state = match (&self.state, &self.reload, &self.upgrade) {
+            (RunState::Stopping(_) | RunState::StopDelayed { .. }, _, _) => "stopping",
+            (_, ReloadState::InProgress { .. }, _) => "reloading",
+            (_, _, UpgradeState::None) => "serving",
+            (_, _, UpgradeState::Superseded { .. }) => "superseded",
+            _ => "upgrading",
+        };
+        let master = MasterRow {
+            pid: self.pid,
+            state,
+            generation: self.current.number,
+            target: self.current.target,
+            uptime: self.started.elapsed(),
+        };
+        let mut rows: Vec<WorkerRow> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let slot = self.scoreboard.slot(w.slot);
+                let state = match w.phase {
+                    Phase::Running if !w.ready() => "booting",
+                    Phase::Running if w.retiring(&self.scoreboard).is_some() => "retiring",
+                    Phase::Running if slot.state() == WorkerState::Draining => "draining",
+                    Phase::Running => "ready",
+                    Phase::Stopping { .. } => "stopping",
+                    Phase::Aborting { .. } => "aborting",
+                    Phase::Killed { .. } => "killed",
+                };
+                WorkerRow {
+                    pid: w.pid.as_raw(),
+                    generation: w.generation,
+                    state,
+                    age: w.recycle.started().elapsed(),
+                    requests: slot.requests(),
+                    rss: super::recycle::read_rss(w.pid.as_raw()),
+                }
+            })
+            .collect();
+        rows.sort_by_key(|r| (r.generation, r.pid));
+        ctl::render(&master, &rows)
+    }
+
+    /// The pidfile is this master's again (an upgrade failed, or a manual upgrade's new
+    /// master exited): so is the control socket, made anew (the new master's replaced
+    /// this one's file).
+    pub(super) fn rebind_control(&mut self) {
+        let Some(path) = self.current.config.pidfile.clone() else {
+            return;
+        };
+        match ctl::ControlSocket::bind(&path) {
+            Ok(control) => self.control = Some(control),
+            Err(e) => tracing::error!("cannot make the control socket again: {e}"),
+        }
     }
 }

@@ -305,6 +305,7 @@ impl Master {
         // The pidfile and the socket files now belong to the new master: leave them
         // alone on exit.
         self.pidfile = None;
+        self.control = None;
         self.upgrade = UpgradeState::HandedOver;
         self.begin_stop(Stop::Graceful, "upgrade");
     }
@@ -339,6 +340,7 @@ impl Master {
                 "upgrade failed: {why}; this master keeps serving and the pidfile is restored"
             );
             upgrade.restore_pidfile();
+            self.rebind_control();
         }
     }
 
@@ -354,6 +356,7 @@ impl Master {
             "the new master exited; this master is the master again"
         );
         successor.restore_pidfile();
+        self.rebind_control();
         let status = self.status_line().1;
         self.systemd.take_back(&status);
     }

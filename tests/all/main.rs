@@ -30,6 +30,7 @@ mod privileges;
 mod python;
 mod slow_readers;
 mod socket_activation;
+mod stop_and_status;
 mod systemd_notify;
 mod systemd_units;
 mod tls;

@@ -289,6 +289,15 @@ fn metrics_parse_as_prometheus_text_and_their_counters_move() {
         assert!(value(&first, "forkd_worker_requests_total", &[("pid", &pid)]).is_some());
     }
     assert_eq!(sum(&first, "forkd_worker_requests_total"), 1.0);
+    assert!(
+        value(
+            &first,
+            "forkd_worker_requests_total",
+            &[("generation", "1")]
+        )
+        .is_some(),
+        "no generation label"
+    );
 
     for _ in 0..30 {
         assert_eq!(get_with(&server.addr, "/?sleep_ms=1", ""), 200);
@@ -325,6 +334,14 @@ fn metrics_parse_as_prometheus_text_and_their_counters_move() {
     assert_eq!(value(&reloaded, "forkd_reloads_total", &[]), Some(1.0));
     assert_eq!(value(&reloaded, "forkd_requests_total", &[]), Some(31.0));
     assert_eq!(sum(&reloaded, "forkd_worker_requests_total"), 0.0);
+    // Every worker's series carry its generation: all of them the reload's.
+    let generations: Vec<_> = reloaded
+        .samples
+        .iter()
+        .filter(|s| s.metric == "forkd_worker_requests_total")
+        .map(|s| s.labels.get("generation").map(str::to_string))
+        .collect();
+    assert_eq!(generations, vec![Some("2".to_string()); 2]);
     assert_eq!(
         histogram_count(&reloaded, "forkd_request_duration_seconds"),
         31.0

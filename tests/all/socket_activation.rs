@@ -283,3 +283,46 @@ fn fd_binds_adopt_only_inherited_listening_stream_sockets() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn after_term_under_socket_activation_new_connections_wait_in_systemds_socket() {
+    // The test holds the socket, as systemd does: forkd stops accepting after TERM and
+    // shutdown_delay, the requests in flight finish, and a connection made meanwhile
+    // waits in the socket's queue for the next start instead of being refused.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let config = temp_config(
+        "activate-stop",
+        "app = \"echo\"\nworkers = 2\ngraceful_timeout = 20\n[health]\nshutdown_delay = \"300ms\"\n",
+    );
+    let mut server = Server::start_command(&mut pass_fds(
+        &[listener.as_raw_fd()],
+        None,
+        None,
+        &["-c", &config],
+    ));
+    let slow_addr = addr.clone();
+    let slow = std::thread::spawn(move || get(&slow_addr, "/?sleep_ms=3000"));
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid()), Signal::SIGTERM)
+        .expect("TERM");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!slow.is_finished(), "the drain did not last");
+    let waiting = std::net::TcpStream::connect(&addr).expect("queued, not refused");
+    assert_eq!(
+        slow.join().unwrap().map(|r| r.0),
+        Ok(200),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    // The connection waited in the socket: the next one to accept (here the test) gets it.
+    listener.set_nonblocking(true).unwrap();
+    let (accepted, _) = listener.accept().expect("the waiting connection");
+    assert_eq!(accepted.peer_addr().unwrap(), waiting.local_addr().unwrap());
+}
