@@ -3,7 +3,7 @@
 # the tests need (scripts/test-deps.sh), then runs every test target and the doc tests.
 # README.md gives this command; .ci/run runs it after rustfmt and clippy.
 #
-#   scripts/test.sh                 everything
+#   scripts/test.sh                 everything (with scripts/test-wheel.py)
 #   scripts/test.sh -E 'test(hup)'  extra arguments go to cargo nextest run
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +11,6 @@ scripts/test-deps.sh
 cargo nextest run --all-targets --no-fail-fast "$@"
 if [ $# -eq 0 ]; then
   cargo test --doc
+  # The Python wheel, built and installed without Rust (a dev-profile build: ~1-2 min).
+  python3 scripts/test-wheel.py
 fi
