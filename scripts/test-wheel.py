@@ -209,7 +209,28 @@ def install_source_without_cargo(venv, env):
          f"{next(l.strip() for l in text.splitlines() if NO_CARGO_LINE in l)}")
 
 
+def check_backend_args():
+    """The backend's choice of maturin arguments: zig and manylinux2014 unless the caller
+    (MATURIN_PEP517_ARGS) already chose how to link or tag."""
+    sys.path.insert(0, str(ROOT / "python" / "pep517"))
+    import forkd_build
+
+    zig = ["--zig", "--compatibility", "manylinux2014"]
+    cases = [
+        ([], zig),
+        (["--profile", "dev"], zig + ["--profile", "dev"]),
+        (["--compatibility", "off"], ["--compatibility", "off"]),
+        (["--compatibility=manylinux_2_28"], ["--compatibility=manylinux_2_28"]),
+        (["--manylinux", "off"], ["--manylinux", "off"]),
+        (["--zig", "--release"], ["--zig", "--release"]),
+    ]
+    for given, expected in cases:
+        got = forkd_build.wheel_args(given)
+        check(got == expected, f"wheel_args({given}) = {got}, expected {expected}")
+
+
 def main():
+    check_backend_args()
     check((BUILDER / "bin/maturin").exists(),
           f"{BUILDER} has no maturin: run scripts/test-deps.sh first")
     if WORK.exists():
