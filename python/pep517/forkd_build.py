@@ -14,9 +14,11 @@ it, with ``backend-path``, so that ``pip install .`` and ``pip wheel .`` use it)
   by the caller is kept, for incremental rebuilds.
 
 maturin is imported only after the cargo check, so that the check also answers where
-maturin itself is missing.
+maturin itself is missing. (maturin warns that `build-backend` is not "maturin": it is
+this wrapper, on purpose.)
 """
 
+import contextlib
 import os
 import shutil
 import sys
@@ -96,24 +98,31 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         # cargo-zigbuild runs `python -m ziglang` with this interpreter, the one whose
         # (build) environment has ziglang.
         os.environ.setdefault("CARGO_ZIGBUILD_PYTHON_PATH", sys.executable)
-    own_target = None
-    if not os.environ.get("CARGO_TARGET_DIR"):
-        own_target = tempfile.mkdtemp(prefix="forkd-build-")
-        os.environ["CARGO_TARGET_DIR"] = own_target
-    print(
-        "forkd: compiling the extension module with cargo in "
-        f"{os.environ['CARGO_TARGET_DIR']} (a release build takes minutes; its last step, "
-        "link-time optimisation, prints nothing)",
-        flush=True,
-    )
-    try:
+    with _target_dir() as target:
+        print(
+            f"forkd: compiling the extension module with cargo in {target} (a release "
+            "build takes minutes; its last step, link-time optimisation, prints nothing)",
+            flush=True,
+        )
         return maturin.build_wheel(
             wheel_directory, _settings(config_settings, args), metadata_directory
         )
+
+
+@contextlib.contextmanager
+def _target_dir():
+    """CARGO_TARGET_DIR for the build: the caller's, or a temporary directory removed
+    afterwards (the wheel is copied out of it first)."""
+    if os.environ.get("CARGO_TARGET_DIR"):
+        yield os.environ["CARGO_TARGET_DIR"]
+        return
+    own = tempfile.mkdtemp(prefix="forkd-build-")
+    os.environ["CARGO_TARGET_DIR"] = own
+    try:
+        yield own
     finally:
-        if own_target is not None:
-            del os.environ["CARGO_TARGET_DIR"]
-            shutil.rmtree(own_target, ignore_errors=True)
+        del os.environ["CARGO_TARGET_DIR"]
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def get_requires_for_build_sdist(config_settings=None):
@@ -121,7 +130,9 @@ def get_requires_for_build_sdist(config_settings=None):
 
 
 def build_sdist(sdist_directory, config_settings=None):
-    return _maturin().build_sdist(sdist_directory, config_settings)
+    maturin = _maturin()
+    with _target_dir():  # cargo would leave an empty python/target behind
+        return maturin.build_sdist(sdist_directory, config_settings)
 
 
 # Editable installs (`pip install -e .`, development): maturin's own behaviour, which
