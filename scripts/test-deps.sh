@@ -69,6 +69,9 @@ if ! "$venv/bin/python" -c "import fastapi, maturin, ziglang" 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "maturin>=1.9,<2" fastapi "ziglang>=0.13,<0.16"
 fi
+# The module is built for the stable ABI (_native.abi3.so) since the wheels issue; a
+# _native.cpython-3XX-*.so left by an older build would be imported before it.
+rm -f "$root"/python/py/forkd/_native.cpython-*.so
 (
   cd "$root"
   export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$root/target"
