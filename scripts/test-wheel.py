@@ -3,7 +3,7 @@
 runs this; it needs scripts/test-deps.sh's virtualenv, which has maturin and ziglang):
 
 1. `pip wheel .` builds the wheel through forkd's build backend (python/pep517), in the
-   dev profile to keep the test to a minute or two (a release build, `lto = "fat"`, takes
+   dev profile (~3 min of CPU from a clean target/; a release build, `lto = "fat"`, takes
    minutes on 2 cores; the backend, zig link and tags are the same), in target/.
 2. Its tags are cp39-abi3 and manylinux_2_17 (manylinux2014), and its extension module
    needs no glibc symbol version newer than 2.17 (`objdump -T`).

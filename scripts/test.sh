@@ -11,6 +11,7 @@ scripts/test-deps.sh
 cargo nextest run --all-targets --no-fail-fast "$@"
 if [ $# -eq 0 ]; then
   cargo test --doc
-  # The Python wheel, built and installed without Rust (a dev-profile build: ~1-2 min).
+  # The Python wheel, built and installed without Rust (a dev-profile build with zig:
+  # ~3 min of CPU from a clean target/, seconds when only forkd changed).
   python3 scripts/test-wheel.py
 fi
