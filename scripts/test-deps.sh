@@ -11,7 +11,10 @@
 #   curl                          an HTTPS client for tests/all/tls.rs (HTTP/1.1 and HTTP/2)
 #   python3-venv; target/pyenv-test  a virtualenv with FastAPI and forkd's own Python
 #                                 package (a debug build, `maturin develop`), for
-#                                 tests/all/python.rs (PYTHON_TEST_VENV overrides the path)
+#                                 tests/all/python.rs (PYTHON_TEST_VENV overrides the path);
+#                                 with maturin and ziglang (zig links the manylinux wheel)
+#                                 it builds the wheel for scripts/test-wheel.py
+#   binutils                      objdump, for test-wheel.py's glibc symbol version check
 set -euo pipefail
 
 as_root() {
@@ -36,6 +39,7 @@ command -v systemd-nspawn >/dev/null || apt_packages+=(systemd-container)
 { command -v unshare && command -v nsenter; } >/dev/null || apt_packages+=(util-linux)
 command -v python3 >/dev/null || apt_packages+=(python3 python3-pip)
 command -v curl >/dev/null || apt_packages+=(curl)
+command -v objdump >/dev/null || apt_packages+=(binutils)
 python3 -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
 if ((${#apt_packages[@]})); then
   if ! command -v apt-get >/dev/null; then
@@ -60,9 +64,14 @@ venv="${PYTHON_TEST_VENV:-$root/target/pyenv-test}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import fastapi, maturin" 2>/dev/null; then
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check maturin fastapi
+# ziglang: the range python/pep517/forkd_build.py asks for.
+if ! "$venv/bin/python" -c "import fastapi, maturin, ziglang" 2>/dev/null; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "maturin>=1.9,<2" fastapi "ziglang>=0.13,<0.16"
 fi
+# The module is built for the stable ABI (_native.abi3.so) since the wheels issue; a
+# _native.cpython-3XX-*.so left by an older build would be imported before it.
+rm -f "$root"/python/py/forkd/_native.cpython-*.so
 (
   cd "$root"
   export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$root/target"

@@ -4,7 +4,7 @@
 # the unit tests of the Python package's crate (python/, its own workspace).
 # README.md gives this command; .ci/run runs it after rustfmt and clippy.
 #
-#   scripts/test.sh                 everything
+#   scripts/test.sh                 everything (with scripts/test-wheel.py)
 #   scripts/test.sh -E 'test(hup)'  extra arguments go to cargo nextest run
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +20,7 @@ if [ $# -eq 0 ]; then
   (cd python &&
     PYO3_PYTHON="$venv/bin/python" CARGO_TARGET_DIR=../target \
       LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test --lib)
+  # The Python wheel, built and installed without Rust (a dev-profile build with zig:
+  # ~3 min of CPU from a clean target/, seconds when only forkd changed).
+  python3 scripts/test-wheel.py
 fi

@@ -349,7 +349,8 @@ impl WsConn {
         let kind = message
             .get_item(intern!(py, "type"))?
             .ok_or_else(|| PyRuntimeError::new_err("ASGI message without a type"))?;
-        match kind.extract::<&str>()? {
+        // PyBackedStr, not &str: a borrowed &str needs Python 3.10's limited API (abi3).
+        match &*kind.extract::<pyo3::pybacked::PyBackedStr>()? {
             "websocket.accept" => {
                 let Some(answer) = self.answer.take() else {
                     return Err(PyRuntimeError::new_err(

@@ -313,7 +313,10 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
-    let served = shared.http.serve(io, service, super::protocol::Alpn::None).await;
+    let served = shared
+        .http
+        .serve(io, service, super::protocol::Alpn::None)
+        .await;
     if let Err(e) = &served {
         if let Some(e) = e.downcast_ref::<hyper::Error>() {
             if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {

@@ -306,11 +306,12 @@ impl Conn {
         let kind = message
             .get_item(intern!(py, "type"))?
             .ok_or_else(|| PyRuntimeError::new_err("ASGI message without a type"))?;
-        let kind = kind.extract::<&str>()?;
+        // PyBackedStr, not &str: a borrowed &str needs Python 3.10's limited API (abi3).
+        let kind = kind.extract::<pyo3::pybacked::PyBackedStr>()?;
         if self.disconnected {
             return Err(disconnected_error());
         }
-        match kind {
+        match &*kind {
             "http.response.start" => {
                 if self.head.is_some() || self.respond.is_none() {
                     return Err(PyRuntimeError::new_err("response already started"));
