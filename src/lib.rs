@@ -71,8 +71,7 @@ mod privileges;
 mod proctitle;
 #[allow(unsafe_code)] // kill and sigqueue with realtime signals
 pub mod protocol;
-#[cfg(test)] // a generator whose only caller is its staleness test
-mod reference;
+pub mod reference;
 #[allow(unsafe_code)] // the shared mapping (mmap)
 pub mod scoreboard;
 #[allow(unsafe_code)] // fork
