@@ -71,6 +71,7 @@ mod privileges;
 mod proctitle;
 #[allow(unsafe_code)] // kill and sigqueue with realtime signals
 pub mod protocol;
+pub mod reference;
 #[allow(unsafe_code)] // the shared mapping (mmap)
 pub mod scoreboard;
 #[allow(unsafe_code)] // fork
