@@ -1598,6 +1598,22 @@ mod tests {
             Value::String("/api/".into())
         ));
         assert!(bad(&mut config, "python.path", Value::Integer(3)));
+        assert!(bad(
+            &mut config,
+            "python.log_config",
+            Value::String(" ".into())
+        ));
+        assert!(bad(&mut config, "python.log_config", Value::Integer(1)));
+        assert!(bad(
+            &mut config,
+            "python.websocket_grace",
+            Value::String("soon".into())
+        ));
+        assert!(bad(
+            &mut config,
+            "python.websocket_grace",
+            Value::Integer(-1)
+        ));
         assert!(set(
             &mut config,
             "python.path",
