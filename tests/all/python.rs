@@ -970,6 +970,47 @@ fn log_config_from_a_json_file_sets_a_loggers_level() {
 }
 
 #[test]
+fn log_config_from_a_module_attribute_is_applied_and_a_missing_one_fails_the_boot() {
+    let dir = app_dir("log-config-module");
+    std::fs::write(
+        dir.join("logsettings.py"),
+        "LOGGING = {'version': 1, 'disable_existing_loggers': False,\n\
+         'loggers': {'app.db': {'level': 'CRITICAL'}}}\n",
+    )
+    .unwrap();
+    let server = start_with_python(
+        &dir,
+        &["-w", "1"],
+        "",
+        "log_config = \"logsettings:LOGGING\"",
+    );
+    let (status, _, _) = get(&server.addr, "/log").unwrap();
+    assert_eq!(status, 200);
+    server.expect_log("critical from app.db", Duration::from_secs(5));
+    assert!(
+        !server.log_contains("error from app.db"),
+        "{}",
+        server.log()
+    );
+    drop(server);
+
+    let (code, stderr) = Forkd::program(python_forkd())
+        .config(config_with_python(
+            &dir,
+            "",
+            "log_config = \"logsettings:MISSING\"",
+        ))
+        .workers(1)
+        .envs(ENV.iter().copied())
+        .run_to_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("log_config: module 'logsettings' has no attribute 'MISSING'"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_websocket_across_a_hup_is_closed_with_1012_at_once() {
     let dir = app_dir("ws-hup");
     let server = start(&dir, &["-w", "1", "--graceful-timeout", "20"], "");
@@ -988,4 +1029,29 @@ fn a_websocket_across_a_hup_is_closed_with_1012_at_once() {
     assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
     // A new websocket reaches the new worker.
     let _again = open_websocket(&server.addr);
+}
+
+#[test]
+fn websocket_grace_delays_the_1012_of_a_terminating_worker() {
+    let dir = app_dir("ws-grace");
+    let server = start_with_python(
+        &dir,
+        &["-w", "1", "--graceful-timeout", "20"],
+        "",
+        "websocket_grace = 1.5",
+    );
+    let mut stream = open_websocket(&server.addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let (opcode, payload) = server_frame(&mut stream);
+    assert_eq!(opcode, 0x8, "a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1012);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "closed after {waited:?}"
+    );
 }
