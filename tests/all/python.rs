@@ -831,6 +831,8 @@ fn python_logging_records_arrive_with_their_level_logger_and_one_traceback() {
         ("error from app.db", "ERROR"),
         ("critical from app.db", "ERROR"),
         ("caught from app.db", "ERROR"),
+        // Not UTF-8 (a lone surrogate): a backslash escape, doubled as forkd's escaping does.
+        ("surrogate \\\\udcff from app.db", "WARN"),
     ] {
         let lines = log_lines(&server, message);
         assert_eq!(lines.len(), 1, "{message}: {lines:?}");

@@ -151,6 +151,7 @@ async def log_each_level():
         {}["missing"]
     except KeyError:
         log.exception("caught from app.db")
+    log.warning("surrogate \udcff from app.db")
     return {"logged": True}
 
 

@@ -87,7 +87,11 @@ class Handler(logging.Handler):
             if record.stack_info:
                 stack = _FORMATTER.formatStack(record.stack_info)
                 trace = f"{trace}\n{stack}" if trace else stack
-            _native.log_record(record.levelno, record.name, message, trace)
+            try:
+                _native.log_record(record.levelno, record.name, message, trace)
+            except UnicodeEncodeError:
+                # A lone surrogate (bytes decoded with surrogateescape) is no UTF-8.
+                _native.log_record(record.levelno, _utf8(record.name), _utf8(message), trace and _utf8(trace))
         except RecursionError:
             raise
         except Exception:  # noqa: BLE001 - logging's own convention
@@ -95,6 +99,10 @@ class Handler(logging.Handler):
 
 
 _FORMATTER = logging.Formatter()
+
+
+def _utf8(text):
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _setup_logging(root_level, log_config):
