@@ -69,8 +69,8 @@ class Handler(logging.Handler):
     """Hands each ``logging`` record to forkd's error log as one record: its level
     (CRITICAL/ERROR -> error, WARNING -> warn, INFO -> info, DEBUG -> debug, lower ->
     trace), its logger's name (``logger``), its message (``record.getMessage()``: forkd
-    writes the time, level and pid itself, so a formatter set on this handler is not
-    used) and its traceback and stack as one field (``exc_info``).
+    writes the time, level and pid itself, so a formatter set on this handler only
+    formats the traceback) and its traceback and stack as one field (``exc_info``).
 
     forkd installs one on the root logger of every worker; a ``[python] log_config``
     may name it too: ``{"class": "forkd._worker.Handler"}``.
