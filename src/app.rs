@@ -61,6 +61,11 @@ pub trait App: Send + Sync + 'static {
     /// 101) should be closed now, cleanly. They count as open until they are dropped,
     /// so the drain waits for them up to `graceful_timeout`.
     fn closing(&self) {}
+
+    /// Called once when the worker starts draining (TERM, a HUP or USR2 retiring it,
+    /// recycling), on the server's runtime: connections the app took over may be told
+    /// now that the worker is going (the Python mode closes WebSockets with 1012).
+    fn draining(&self) {}
 }
 
 impl<F, Fut> App for F

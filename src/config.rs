@@ -165,6 +165,12 @@ pub struct Python {
     pub lifespan: Lifespan,
     /// The ASGI `root_path` of every request (an app mounted under a prefix).
     pub root_path: String,
+    /// A `logging.config.dictConfig` dict applied in each worker before the app is
+    /// imported: a JSON file or `module:attr`; empty = none.
+    pub log_config: String,
+    /// How long a retiring worker's WebSockets stay open once its drain starts before
+    /// they are closed with 1012 (Service Restart).
+    pub websocket_grace: Duration,
 }
 
 /// `python.lifespan`.
@@ -707,6 +713,16 @@ pub(crate) const KEYS: &[Key] = &[
         |c| Some(quoted(&c.python.root_path)),
     )
     .doc("the ASGI `root_path` (an app mounted under a prefix behind a proxy): `\"\"` or `\"/prefix\"`"),
+    Key::new("python.log_config", "a logging.config.dictConfig dict, as a JSON file or \"module:attr\"",
+        |c, v| { c.python.log_config = text(v).filter(|s| !s.is_empty()).ok_or(Expected)?; Ok(()) },
+        |c| (!c.python.log_config.is_empty()).then(|| quoted(&c.python.log_config)),
+    )
+    .doc("a `logging.config.dictConfig` dict, as a JSON file (relative to `chdir`) or `\"module:attr\"` (imported after `python.path` is set), applied in each worker before the app is imported; an error in it is a boot failure"),
+    Key::new("python.websocket_grace", "a duration: seconds or a string like \"2s\"",
+        |c, v| { c.python.websocket_grace = duration(v)?; Ok(()) },
+        |c| Some(fmt_duration(c.python.websocket_grace)),
+    )
+    .doc("a retiring worker (HUP, USR2, recycling, TERM) closes its WebSockets with 1012 (Service Restart) this long after its drain starts (1001 at the end of `graceful_timeout` if that comes first)"),
     Key::new("exec.command", "a non-empty list of strings (the program and its arguments)",
         |c, v| {
             let words = match v {
@@ -874,6 +890,8 @@ impl Default for Config {
                 path: vec![".".to_string()],
                 lifespan: Lifespan::Auto,
                 root_path: String::new(),
+                log_config: String::new(),
+                websocket_grace: Duration::ZERO,
             },
             exec: Exec {
                 command: Vec::new(),
@@ -1590,6 +1608,8 @@ mod tests {
         ("python.path", "[\"src\", \"/srv/lib\"]"),
         ("python.lifespan", "\"off\""),
         ("python.root_path", "\"/api\""),
+        ("python.log_config", "\"logging.json\""),
+        ("python.websocket_grace", "\"2s\""),
         (
             "exec.command",
             "[\"uvicorn\", \"app:app\", \"--fd\", \"3\"]",
@@ -1653,6 +1673,22 @@ mod tests {
             Value::String("/api/".into())
         ));
         assert!(bad(&mut config, "python.path", Value::Integer(3)));
+        assert!(bad(
+            &mut config,
+            "python.log_config",
+            Value::String(" ".into())
+        ));
+        assert!(bad(&mut config, "python.log_config", Value::Integer(1)));
+        assert!(bad(
+            &mut config,
+            "python.websocket_grace",
+            Value::String("soon".into())
+        ));
+        assert!(bad(
+            &mut config,
+            "python.websocket_grace",
+            Value::Integer(-1)
+        ));
         assert!(set(
             &mut config,
             "python.path",

@@ -1,5 +1,6 @@
 //! A worker's start, on its main thread just after the fork: `forkd._worker.boot`
-//! (Python) routes print/stderr/logging to the error log, puts `[python] path` first on
+//! (Python) routes print/stderr to the error log, `logging` records to it as records
+//! (`pylog`) and applies `[python] log_config`, puts `[python] path` first on
 //! `sys.path`, makes the event loop, imports the app and runs the lifespan startup; then
 //! the [`Bridge`](crate::bridge::Bridge) is wired to the loop and the worker's server
 //! thread starts (forkd's `worker::serve_hosted`).
@@ -23,7 +24,7 @@ pub fn stamp() {
     }
 }
 
-/// One line the app printed (`stderr`: to sys.stderr, or through `logging`), into
+/// One line the app printed (`stderr`: to sys.stderr), into
 /// forkd's error log with the worker's pid.
 #[pyfunction]
 pub fn log_line(stderr: bool, line: &str) {
@@ -88,6 +89,8 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
             paths,
             python.lifespan.as_str(),
             boot.progress_every.as_secs_f64(),
+            crate::pylog::python_level(boot.config.log.level),
+            python.log_config.as_str(),
         ),
     )?;
     let (event_loop, app, lifespan, state, stopped): (
@@ -129,7 +132,7 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
         move || inbox.stop()
     };
     Ok(Booted {
-        app: Arc::new(PyApp::new(inbox, answers)),
+        app: Arc::new(PyApp::new(inbox, answers, python.websocket_grace)),
         run: Box::new(run),
         stop: Box::new(stop),
     })

@@ -7,7 +7,8 @@
 //!
 //! The modules, from the bottom up: `event` (what crosses from the server thread to the
 //! loop), `inbox` (how it crosses, and wakes the loop), `ids`, `awaitable` and `pybytes`
-//! (shared by the HTTP and WebSocket sides), `ws` (WebSockets), `bridge` (HTTP requests
+//! (shared by the HTTP and WebSocket sides), `ws` (WebSockets), `pylog` (Python's
+//! `logging` into forkd's log), `bridge` (HTTP requests
 //! and the loop's dispatch of every event), `boot` (a worker's start), `fork` (the
 //! interpreter's fork hooks).
 
@@ -25,6 +26,7 @@ mod ids;
 #[allow(unsafe_code)] // the eventfd: made, written and read with libc
 mod inbox;
 mod pybytes;
+mod pylog;
 mod ws;
 
 use pyo3::prelude::*;
@@ -57,6 +59,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(boot::stamp, m)?)?;
     m.add_function(wrap_pyfunction!(boot::log_line, m)?)?;
+    m.add_function(wrap_pyfunction!(pylog::log_record, m)?)?;
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<bridge::Conn>()?;
     m.add_class::<awaitable::Ready>()?;

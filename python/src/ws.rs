@@ -72,7 +72,7 @@ pub async fn serve(
     id: u64,
     mut req: forkd::app::Request,
     inbox: Arc<Inbox>,
-    closing: tokio::sync::watch::Receiver<bool>,
+    closing: tokio::sync::watch::Receiver<u16>,
 ) -> Response {
     let upgrade = hyper::upgrade::on(&mut req);
     let key = req
@@ -136,7 +136,7 @@ fn deny(status: u16) -> Response {
 async fn run(
     upgraded: hyper::upgrade::Upgraded,
     mut to_send: mpsc::Receiver<Outgoing>,
-    mut closing: tokio::sync::watch::Receiver<bool>,
+    mut closing: tokio::sync::watch::Receiver<u16>,
     id: u64,
     inbox: &Inbox,
     credit: &Credit,
@@ -144,6 +144,11 @@ async fn run(
     let io = hyper_util::rt::TokioIo::new(upgraded);
     let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
     let (mut sink, mut stream) = ws.split();
+    // Accepted after the worker's retirement was announced: told at once.
+    let code = *closing.borrow_and_update();
+    if code != 0 {
+        return retire(&mut sink, code).await;
+    }
     loop {
         tokio::select! {
             // Read only while the app keeps up (see `Credit`).
@@ -169,10 +174,10 @@ async fn run(
                 Some(Err(_)) | None => return 1006,
             },
             Ok(()) = closing.changed() => {
-                // The worker's drain is ending: "going away".
-                let frame = CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                return 1001;
+                let code = *closing.borrow_and_update();
+                if code != 0 {
+                    return retire(&mut sink, code).await;
+                }
             }
             out = to_send.recv() => match out {
                 Some(Outgoing::Message(message)) => {
@@ -193,6 +198,41 @@ async fn run(
             },
         }
     }
+}
+
+/// Close code for a worker's WebSockets when its drain starts (after
+/// `python.websocket_grace`): "Service Restart", so that clients reconnect (to the new
+/// workers), as Gunicorn and uvicorn send.
+pub const SERVICE_RESTART: u16 = 1012;
+/// Close code when the drain's `graceful_timeout` is nearly over: "Going Away".
+pub const GOING_AWAY: u16 = 1001;
+
+/// Sets the WebSockets' close code to `code` unless one is set (0 = none yet); whether
+/// it changed.
+pub fn first_close(current: &mut u16, code: u16) -> bool {
+    if *current != 0 {
+        return false;
+    }
+    *current = code;
+    true
+}
+
+/// Closes a WebSocket because its worker retires; returns the code sent.
+async fn retire<S>(sink: &mut S, code: u16) -> u16
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let reason = if code == SERVICE_RESTART {
+        "service restart"
+    } else {
+        "server shutting down"
+    };
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    code
 }
 
 /// The open WebSockets, by id.
@@ -444,5 +484,23 @@ impl WsConn {
 
     fn failed(&mut self) {
         self.end(500, 1011);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_reason_to_close_is_the_one_sent() {
+        let mut code = 0;
+        assert!(first_close(&mut code, SERVICE_RESTART));
+        assert_eq!(code, 1012);
+        assert!(!first_close(&mut code, GOING_AWAY));
+        assert_eq!(code, 1012);
+        let mut code = 0;
+        assert!(first_close(&mut code, GOING_AWAY));
+        assert!(!first_close(&mut code, SERVICE_RESTART));
+        assert_eq!(code, 1001);
     }
 }

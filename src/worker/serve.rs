@@ -375,6 +375,7 @@ impl Shared {
         if !self.draining.swap(true, AcqRel) {
             self.slot.set_state(WorkerState::Draining);
             let _ = self.drain_tx.send(true);
+            self.app.draining();
         }
     }
 }

@@ -42,9 +42,14 @@ fn app_dir(name: &str) -> PathBuf {
 
 /// A config file in `dir` serving the app from `dir` (`[python] path`).
 fn config(dir: &Path, extra: &str) -> PathBuf {
+    config_with_python(dir, extra, "")
+}
+
+/// [`config`] with more `[python]` keys (`python_extra`).
+fn config_with_python(dir: &Path, extra: &str, python_extra: &str) -> PathBuf {
     let path = dir.join("forkd.toml");
     let text = format!(
-        "bind = [\"127.0.0.1:0\"]\napp = \"fastapi_app:app\"\n{extra}\n[python]\npath = [{:?}]\n",
+        "bind = [\"127.0.0.1:0\"]\napp = \"fastapi_app:app\"\n{extra}\n[python]\npath = [{:?}]\n{python_extra}\n",
         dir.display().to_string()
     );
     std::fs::write(&path, text).expect("write config");
@@ -56,8 +61,12 @@ fn config(dir: &Path, extra: &str) -> PathBuf {
 const ENV: &[(&str, &str)] = &[("PYTHONDONTWRITEBYTECODE", "1")];
 
 fn start(dir: &Path, args: &[&str], extra_config: &str) -> Server {
+    start_with_python(dir, args, extra_config, "")
+}
+
+fn start_with_python(dir: &Path, args: &[&str], extra_config: &str, python: &str) -> Server {
     Forkd::program(python_forkd())
-        .config(config(dir, extra_config))
+        .config(config_with_python(dir, extra_config, python))
         .args(args)
         .envs(ENV.iter().copied())
         .start()
@@ -276,6 +285,14 @@ fn a_handler_blocking_the_event_loop_is_killed_at_timeout_and_replaced() {
     let addr = server.addr.clone();
     let blocked = std::thread::spawn(move || get(&addr, "/block?seconds=60"));
     server.expect_log("worker timeout", Duration::from_secs(15));
+    // faulthandler's dump of every thread, written before the abort: the handler
+    // blocked in time.sleep is named, in the app's file.
+    server.expect_log("in block", Duration::from_secs(5));
+    let log = server.log();
+    assert!(
+        log.contains("fastapi_app.py") && log.contains("most recent call first"),
+        "{log}"
+    );
     let replaced = poll_until(Duration::from_secs(20), || {
         get(&server.addr, "/")
             .ok()
@@ -609,7 +626,13 @@ fn a_fastapi_websocket_echoes_and_closes() {
 fn a_draining_worker_keeps_websockets_open_then_closes_them_with_1001() {
     use std::io::Write;
     let dir = app_dir("ws-drain");
-    let mut server = start(&dir, &["-w", "1", "--graceful-timeout", "3"], "");
+    // A websocket_grace past graceful_timeout: no 1012, the drain's own 1001 at its end.
+    let mut server = start_with_python(
+        &dir,
+        &["-w", "1", "--graceful-timeout", "3"],
+        "",
+        "websocket_grace = 30",
+    );
     let mut stream = open_websocket(&server.addr);
     let started = std::time::Instant::now();
     server.signal(nix::sys::signal::Signal::SIGTERM);
@@ -782,5 +805,255 @@ fn a_websocket_client_sending_faster_than_the_app_receives_is_held_back_not_buff
     assert!(
         after_kib < before_kib + 48 * 1024,
         "the worker grew from {before_kib} to {after_kib} KiB for {sent} unreceived messages"
+    );
+}
+
+/// The error log's lines that contain `needle`.
+fn log_lines(server: &Server, needle: &str) -> Vec<String> {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn python_logging_records_arrive_with_their_level_logger_and_one_traceback() {
+    let dir = app_dir("logging");
+    let server = start(&dir, &["-w", "1"], "[log]\nlevel = \"info\"");
+    let (status, _, _) = get(&server.addr, "/log").unwrap();
+    assert_eq!(status, 200);
+    server.expect_log("caught from app.db", Duration::from_secs(5));
+    for (message, level) in [
+        ("info from app.db", "INFO"),
+        ("warning from app.db", "WARN"),
+        ("error from app.db", "ERROR"),
+        ("critical from app.db", "ERROR"),
+        ("caught from app.db", "ERROR"),
+        // Not UTF-8 (a lone surrogate): a backslash escape, doubled as forkd's escaping does.
+        ("surrogate \\\\udcff from app.db", "WARN"),
+    ] {
+        let lines = log_lines(&server, message);
+        assert_eq!(lines.len(), 1, "{message}: {lines:?}");
+        assert!(
+            lines[0].contains(&format!(" {level} ")) && lines[0].contains("logger=app.db"),
+            "{}",
+            lines[0]
+        );
+    }
+    // Below log.level: not written (and not formatted: the root logger's level).
+    assert!(!server.log_contains("debug from app.db"));
+    // logger.exception: the traceback inside the one record, its newlines as \n.
+    let caught = &log_lines(&server, "caught from app.db")[0];
+    assert!(
+        caught.contains("exc_info=\"Traceback (most recent call last):\\n")
+            && caught.contains("KeyError: 'missing'"),
+        "{caught}"
+    );
+
+    // An unhandled exception in a route: one error record, traceback included.
+    let (status, _, _) = get(&server.addr, "/boom").unwrap();
+    assert_eq!(status, 500);
+    server.expect_log("ValueError: kaboom", Duration::from_secs(5));
+    let lines = log_lines(&server, "kaboom");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(" ERROR ")
+            && lines[0].contains("logger=forkd.asgi")
+            && lines[0].contains("Exception in ASGI application (GET /boom)")
+            && lines[0].contains("in boom\\n"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(log_lines(&server, "Traceback").len(), 2, "{}", server.log());
+}
+
+#[test]
+fn python_logging_in_json_is_one_object_per_record_with_the_traceback_a_field() {
+    let dir = app_dir("logging-json");
+    let server = start(
+        &dir,
+        &["-w", "1"],
+        "[log]\nlevel = \"debug\"\nformat = \"json\"",
+    );
+    let (status, _, _) = get(&server.addr, "/log").unwrap();
+    assert_eq!(status, 200);
+    let (status, _, _) = get(&server.addr, "/boom").unwrap();
+    assert_eq!(status, 500);
+    server.expect_log("kaboom", Duration::from_secs(5));
+    server.expect_log("caught from app.db", Duration::from_secs(5));
+    let records: Vec<serde_json::Value> = server
+        .log()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let find = |message: &str| -> Vec<&serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| {
+                r["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(message))
+            })
+            .collect()
+    };
+    for (message, level) in [
+        ("debug from app.db", "DEBUG"),
+        ("info from app.db", "INFO"),
+        ("warning from app.db", "WARN"),
+        ("critical from app.db", "ERROR"),
+    ] {
+        let found = find(message);
+        assert_eq!(found.len(), 1, "{message}");
+        assert_eq!(found[0]["level"], level, "{}", found[0]);
+        assert_eq!(found[0]["fields"]["logger"], "app.db", "{}", found[0]);
+    }
+    let boom = find("Exception in ASGI application");
+    assert_eq!(boom.len(), 1);
+    assert_eq!(boom[0]["level"], "ERROR");
+    assert_eq!(boom[0]["fields"]["logger"], "forkd.asgi");
+    let trace = boom[0]["fields"]["exc_info"].as_str().unwrap();
+    assert!(
+        trace.starts_with("Traceback (most recent call last):\n")
+            && trace.ends_with("ValueError: kaboom"),
+        "{trace}"
+    );
+}
+
+#[test]
+fn log_config_from_a_json_file_sets_a_loggers_level() {
+    let dir = app_dir("log-config");
+    std::fs::write(
+        dir.join("logging.json"),
+        r#"{"version": 1, "disable_existing_loggers": false,
+            "loggers": {"app.db": {"level": "ERROR"}}}"#,
+    )
+    .unwrap();
+    let python = format!(
+        "log_config = {:?}",
+        dir.join("logging.json").display().to_string()
+    );
+    let server = start_with_python(&dir, &["-w", "1"], "", &python);
+    let (status, _, _) = get(&server.addr, "/log").unwrap();
+    assert_eq!(status, 200);
+    server.expect_log("caught from app.db", Duration::from_secs(5));
+    assert!(server.log_contains("error from app.db"));
+    assert!(
+        !server.log_contains("warning from app.db"),
+        "{}",
+        server.log()
+    );
+    assert!(!server.log_contains("info from app.db"));
+
+    // A log_config that dictConfig refuses: a boot failure saying why.
+    let bad = app_dir("log-config-bad");
+    std::fs::write(
+        bad.join("logging.json"),
+        r#"{"version": 1, "handlers": {"h": {"class": "no.such.Handler"}}}"#,
+    )
+    .unwrap();
+    let python = format!(
+        "log_config = {:?}",
+        bad.join("logging.json").display().to_string()
+    );
+    let (code, stderr) = Forkd::program(python_forkd())
+        .config(config_with_python(&bad, "", &python))
+        .workers(1)
+        .envs(ENV.iter().copied())
+        .run_to_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("log_config")
+            && stderr.contains("dictConfig failed")
+            && stderr.contains("no.such"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn log_config_from_a_module_attribute_is_applied_and_a_missing_one_fails_the_boot() {
+    let dir = app_dir("log-config-module");
+    std::fs::write(
+        dir.join("logsettings.py"),
+        "LOGGING = {'version': 1, 'disable_existing_loggers': False,\n\
+         'loggers': {'app.db': {'level': 'CRITICAL'}}}\n",
+    )
+    .unwrap();
+    let server = start_with_python(
+        &dir,
+        &["-w", "1"],
+        "",
+        "log_config = \"logsettings:LOGGING\"",
+    );
+    let (status, _, _) = get(&server.addr, "/log").unwrap();
+    assert_eq!(status, 200);
+    server.expect_log("critical from app.db", Duration::from_secs(5));
+    assert!(
+        !server.log_contains("error from app.db"),
+        "{}",
+        server.log()
+    );
+    drop(server);
+
+    let (code, stderr) = Forkd::program(python_forkd())
+        .config(config_with_python(
+            &dir,
+            "",
+            "log_config = \"logsettings:MISSING\"",
+        ))
+        .workers(1)
+        .envs(ENV.iter().copied())
+        .run_to_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("log_config: module 'logsettings' has no attribute 'MISSING'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_websocket_across_a_hup_is_closed_with_1012_at_once() {
+    let dir = app_dir("ws-hup");
+    let server = start(&dir, &["-w", "1", "--graceful-timeout", "20"], "");
+    let mut stream = open_websocket(&server.addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    // The retiring worker says "Service Restart" when its drain starts, not at the end
+    // of graceful_timeout.
+    let (opcode, payload) = server_frame(&mut stream);
+    assert_eq!(opcode, 0x8, "a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1012);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+    // A new websocket reaches the new worker.
+    let _again = open_websocket(&server.addr);
+}
+
+#[test]
+fn websocket_grace_delays_the_1012_of_a_terminating_worker() {
+    let dir = app_dir("ws-grace");
+    let server = start_with_python(
+        &dir,
+        &["-w", "1", "--graceful-timeout", "20"],
+        "",
+        "websocket_grace = 1.5",
+    );
+    let mut stream = open_websocket(&server.addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let (opcode, payload) = server_frame(&mut stream);
+    assert_eq!(opcode, 0x8, "a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1012);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "closed after {waited:?}"
     );
 }

@@ -139,6 +139,22 @@ async def print_something():
     return {"printed": True}
 
 
+@app.get("/log")
+async def log_each_level():
+    log = logging.getLogger("app.db")
+    log.debug("debug from app.db")
+    log.info("info from app.db")
+    log.warning("warning from app.db")
+    log.error("error from app.db")
+    log.critical("critical from app.db")
+    try:
+        {}["missing"]
+    except KeyError:
+        log.exception("caught from app.db")
+    log.warning("surrogate \udcff from app.db")
+    return {"logged": True}
+
+
 @app.get("/slow")
 async def slow(seconds: float):
     await asyncio.sleep(seconds)

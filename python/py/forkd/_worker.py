@@ -1,15 +1,21 @@
 """The Python half of a forkd worker serving an ASGI app (the Rust half is forkd._native).
 
-Runs in the worker process after the fork, on its main thread: ``boot`` sends print,
-stderr and ``logging`` output to forkd's error log, puts ``[python] path`` first on
+Runs in the worker process after the fork, on its main thread: ``boot`` sends print and
+stderr lines to forkd's error log, installs ``Handler`` (Python ``logging`` records as
+forkd's own records) on the root logger, applies ``[python] log_config``, arms
+faulthandler for the master's SIGABRT (``timeout``), puts ``[python] path`` first on
 ``sys.path``, makes the event loop (uvloop when installed), imports the app and runs the
 lifespan startup; ``run`` runs the loop until forkd's drain is over, then the lifespan
 shutdown; ``handle`` runs the app for one request.
 """
 
 import asyncio
+import faulthandler
 import importlib
 import io
+import json
+import logging
+import logging.config
 import os
 import signal
 import sys
@@ -57,6 +63,117 @@ class _LineWriter(io.TextIOBase):
         if self._partial:
             _native.log_line(self._stderr, self._partial)
             self._partial = ""
+
+
+class Handler(logging.Handler):
+    """Hands each ``logging`` record to forkd's error log as one record: its level
+    (CRITICAL/ERROR -> error, WARNING -> warn, INFO -> info, DEBUG -> debug, lower ->
+    trace), its logger's name (``logger``), its message (``record.getMessage()``: forkd
+    writes the time, level and pid itself, so a formatter set on this handler only
+    formats the traceback) and its traceback and stack as one field (``exc_info``).
+
+    forkd installs one on the root logger of every worker; a ``[python] log_config``
+    may name it too: ``{"class": "forkd._worker.Handler"}``.
+    """
+
+    def emit(self, record):
+        try:
+            message = record.getMessage()
+            trace = None
+            if record.exc_info:
+                trace = (self.formatter or _FORMATTER).formatException(record.exc_info)
+            elif record.exc_text:
+                trace = record.exc_text
+            if record.stack_info:
+                stack = _FORMATTER.formatStack(record.stack_info)
+                trace = f"{trace}\n{stack}" if trace else stack
+            try:
+                _native.log_record(record.levelno, record.name, message, trace)
+            except UnicodeEncodeError:
+                # A lone surrogate (bytes decoded with surrogateescape) is no UTF-8.
+                _native.log_record(record.levelno, _utf8(record.name), _utf8(message), trace and _utf8(trace))
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - logging's own convention
+            self.handleError(record)
+
+
+_FORMATTER = logging.Formatter()
+
+
+def _utf8(text):
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _setup_logging(root_level, log_config):
+    """Python's ``logging`` into forkd's log, then the app's own ``log_config``.
+
+    forkd's handler goes on the root logger unless the root logger has handlers already
+    (someone configured logging before the worker booted); its level is forkd's
+    ``log.level``, so that a record forkd would drop is not formatted. An app that calls
+    ``logging.basicConfig()`` at import finds the root configured, so that call does
+    nothing (``basicConfig(force=True)`` replaces forkd's handler, as ``log_config``
+    does when it configures the root logger). Loggers with their own handlers (uvicorn's,
+    gunicorn's style) keep them; their records reach forkd's handler as well unless they
+    set ``propagate = False``.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(Handler())
+    root.setLevel(root_level)
+    if log_config:
+        _apply_log_config(log_config)
+
+
+def _apply_log_config(spec):
+    """``[python] log_config``: a dictConfig dict from a JSON file (a path ending in
+    ``.json``) or a ``module:attr``; any error is the worker's boot failure."""
+    if spec.endswith(".json") or ":" not in spec:
+        try:
+            with open(spec, encoding="utf-8") as f:
+                config = json.load(f)
+        except OSError as exc:
+            raise BootError(f"log_config: cannot read {spec!r}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise BootError(f"log_config: {spec!r} is not valid JSON: {exc}") from None
+    else:
+        module_name, _, attr = spec.partition(":")
+        try:
+            config = importlib.import_module(module_name)
+            for part in attr.split("."):
+                config = getattr(config, part)
+        except ImportError as exc:
+            raise BootError(f"log_config: cannot import module {module_name!r} (from {spec!r}): {exc}") from None
+        except AttributeError:
+            raise BootError(f"log_config: module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(config, dict):
+        raise BootError(f"log_config: {spec!r} is a {type(config).__name__}, not a dict")
+    try:
+        logging.config.dictConfig(config)
+    except Exception as exc:  # noqa: BLE001 - dictConfig raises ValueError, TypeError, ...
+        cause = exc.__cause__
+        detail = f"{exc}: {cause}" if cause is not None else str(exc)
+        raise BootError(f"log_config {spec!r}: logging.config.dictConfig failed: {detail}") from None
+
+
+def _arm_faulthandler():
+    """When ``timeout`` finds the loop blocked, the master sends SIGABRT (then SIGKILL
+    a second later): faulthandler's C handler writes the Python stack of every thread
+    to fd 2, which in a worker is the error log (its file, when there is one), then the
+    default action aborts the worker. It runs in the signal handler, so a thread
+    blocked in C or in a busy loop is shown too. (``register`` refuses SIGABRT, a fatal
+    signal: ``enable`` covers it, and SIGSEGV, SIGFPE, SIGBUS and SIGILL with it.) The
+    dump is faulthandler's own plain lines, in JSON log format too."""
+    try:
+        faulthandler.enable(file=2, all_threads=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"faulthandler: cannot arm the stack dump on SIGABRT: {exc}", file=sys.stderr)
+
+
+def _asgi_log():
+    # Asked for when needed, not at import: a log_config with disable_existing_loggers
+    # would disable a logger that existed before it.
+    return logging.getLogger("forkd.asgi")
 
 
 def _load(spec):
@@ -126,7 +243,7 @@ class _Lifespan:
                     )
                 return
             if self.failure is not None:
-                sys.stderr.write(self.failure[1])
+                _asgi_log().error("lifespan startup failed", exc_info=self.failure[0])
                 raise BootError(f"lifespan startup failed: {self.failure[0]!r}")
             raise BootError("lifespan startup failed: the app returned without answering")
         if reply.get("type") == "lifespan.startup.failed":
@@ -146,7 +263,7 @@ class _Lifespan:
         if reply is not None and reply.get("type") == "lifespan.shutdown.failed":
             print(f"lifespan shutdown failed: {reply.get('message')}", file=sys.stderr)
         elif reply is None and self.failure is not None:
-            sys.stderr.write(self.failure[1])
+            _asgi_log().error("lifespan shutdown failed", exc_info=self.failure[0])
         try:
             await asyncio.wait_for(self.task, 5)
         except (asyncio.TimeoutError, asyncio.CancelledError):
@@ -161,11 +278,12 @@ def _new_loop():
     return uvloop.new_event_loop()
 
 
-def boot(spec, env, paths, lifespan_mode, progress_every):
+def boot(spec, env, paths, lifespan_mode, progress_every, root_level=20, log_config=""):
     """Imports the app and runs its startup; returns (loop, app, lifespan, state, stopped)."""
     os.environ.update(env)
     sys.stdout = _LineWriter(False, "<stdout>")
     sys.stderr = _LineWriter(True, "<stderr>")
+    _arm_faulthandler()
     # forkd's server thread handles the worker's signals; the interpreter's own SIGINT
     # handler would raise KeyboardInterrupt in the app instead.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -173,6 +291,8 @@ def boot(spec, env, paths, lifespan_mode, progress_every):
         if path in sys.path:
             sys.path.remove(path)
         sys.path.insert(0, path)
+    # After sys.path: a "module:attr" log_config is imported like the app.
+    _setup_logging(root_level, log_config)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -181,8 +301,8 @@ def boot(spec, env, paths, lifespan_mode, progress_every):
         loop.run_until_complete(lifespan.startup())
     except BootError:
         raise
-    except BaseException:
-        sys.stderr.write(traceback.format_exc())
+    except BaseException as exc:
+        _asgi_log().error("cannot load %s", spec, exc_info=exc)
         raise
 
     def tick():
@@ -222,9 +342,12 @@ async def handle(app, scope, conn):
                 f"the app ended with {type(exc).__name__}"
             )
         else:
-            sys.stderr.write(
-                f"Exception in ASGI application ({scope.get('method', 'WEBSOCKET')} {scope['path']})\n"
-                + traceback.format_exc()
+            # One record, the traceback in it (as uvicorn's "uvicorn.error" does).
+            _asgi_log().error(
+                "Exception in ASGI application (%s %s)",
+                scope.get("method", "WEBSOCKET"),
+                scope["path"],
+                exc_info=exc,
             )
         conn.failed()
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):

@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// The app as forkd's server calls it, on the server thread.
@@ -24,20 +25,35 @@ pub struct PyApp {
     answers: Mutex<Option<mpsc::UnboundedReceiver<Vec<Answer>>>>,
     dispatching: AtomicBool,
     next_id: AtomicU64,
-    /// Set when the drain's deadline nears: open WebSockets close with 1001.
-    closing: tokio::sync::watch::Sender<bool>,
+    /// The close code of the open WebSockets once the worker retires (0 until then):
+    /// 1012 `websocket_grace` after its drain starts, 1001 when the drain's deadline
+    /// nears (whichever comes first).
+    closing: Arc<tokio::sync::watch::Sender<u16>>,
+    /// `python.websocket_grace`.
+    websocket_grace: Duration,
 }
 
 impl PyApp {
-    pub fn new(inbox: Arc<Inbox>, answers: mpsc::UnboundedReceiver<Vec<Answer>>) -> PyApp {
+    pub fn new(
+        inbox: Arc<Inbox>,
+        answers: mpsc::UnboundedReceiver<Vec<Answer>>,
+        websocket_grace: Duration,
+    ) -> PyApp {
         PyApp {
             inbox,
             answers: Mutex::new(Some(answers)),
             dispatching: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
-            closing: tokio::sync::watch::Sender::new(false),
+            closing: Arc::new(tokio::sync::watch::Sender::new(0)),
+            websocket_grace,
         }
     }
+}
+
+/// The WebSockets' close code becomes `code` unless one was set already: the first
+/// reason to close is the one the clients see.
+fn close_all(closing: &tokio::sync::watch::Sender<u16>, code: u16) {
+    closing.send_if_modified(|current| crate::ws::first_close(current, code));
 }
 
 impl forkd::app::App for PyApp {
@@ -120,6 +136,20 @@ impl forkd::app::App for PyApp {
     }
 
     fn closing(&self) {
-        self.closing.send_replace(true);
+        close_all(&self.closing, crate::ws::GOING_AWAY);
+    }
+
+    fn draining(&self) {
+        let closing = self.closing.clone();
+        let grace = self.websocket_grace;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !grace.is_zero() => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    close_all(&closing, crate::ws::SERVICE_RESTART);
+                });
+            }
+            _ => close_all(&closing, crate::ws::SERVICE_RESTART),
+        }
     }
 }
