@@ -16,8 +16,8 @@ use std::time::Duration;
 mod env;
 pub use env::warnings as env_warnings;
 
-pub use crate::access_log::Format as AccessLogFormat;
-pub use crate::forwarded::{ProxyHeaders, TrustedProxies};
+pub use crate::worker::http::access_log::Format as AccessLogFormat;
+pub use crate::worker::http::forwarded::{ProxyHeaders, TrustedProxies};
 
 /// One `bind` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

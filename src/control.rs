@@ -18,7 +18,7 @@
 //! token and gets no answer.
 
 use crate::config::Config;
-use crate::protocol::{self, reload_reply_signal};
+use crate::shared::protocol::{self, reload_reply_signal};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
@@ -86,7 +86,7 @@ fn try_send(config: &Config, name: &str) -> Result<(), String> {
         .pidfile
         .as_ref()
         .ok_or("no pidfile is configured (set `pidfile` or -p), so there is no master to signal")?;
-    let pid = crate::pidfile::check_master(path)?;
+    let pid = crate::shared::pidfile::check_master(path)?;
     if signal == Signal::SIGHUP {
         return reload_and_wait(pid);
     }
@@ -110,7 +110,8 @@ fn status(config: &Config) -> Result<(), String> {
     let path = config.pidfile.as_ref().ok_or(
         "status needs a pidfile: the control socket it asks is beside it (set `pidfile` or -p)",
     )?;
-    let pid = crate::pidfile::check_master(path).map_err(|e| format!("no master to ask: {e}"))?;
+    let pid =
+        crate::shared::pidfile::check_master(path).map_err(|e| format!("no master to ask: {e}"))?;
     let socket = crate::master::ctl::path_for(path);
     let shown = socket.display();
     let mut stream = std::os::unix::net::UnixStream::connect(&socket)

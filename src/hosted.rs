@@ -12,11 +12,11 @@
 
 /// How forkd writes text it did not make into its error log (one line, control
 /// characters as `\xHH`): a host writes its app's output lines the same way.
-pub use crate::logging::escape_untrusted;
+pub use crate::shared::logging::escape_untrusted;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::scoreboard::Slot;
+use crate::shared::scoreboard::Slot;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;

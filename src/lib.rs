@@ -45,39 +45,17 @@
 // says why it is sound (clippy's `undocumented_unsafe_blocks`).
 #![deny(unsafe_code)]
 
-mod acceptor;
-mod access_log;
 pub mod app;
 pub mod apps;
-mod body;
 pub mod cli;
 pub mod config;
 #[allow(unsafe_code)] // a signal set with a realtime signal
 pub mod control;
-#[allow(unsafe_code)] // adopting fds from openat(2)
-mod dirfd;
-mod forwarded;
 pub mod hosted;
-#[allow(unsafe_code)] // adopting inherited listening fds
-mod listeners;
-#[allow(unsafe_code)] // flock, adopting a reopened fd, borrowing the log fd
-mod logging;
 pub(crate) mod master;
 mod metrics;
-#[allow(unsafe_code)] // flock
-mod pidfile;
-mod privileges;
-#[allow(unsafe_code)] // writing the process title over argv
-mod proctitle;
-#[allow(unsafe_code)] // kill and sigqueue with realtime signals
-pub mod protocol;
 pub mod reference;
-#[allow(unsafe_code)] // the shared mapping (mmap)
-pub mod scoreboard;
-#[allow(unsafe_code)] // fork
-mod single_threaded;
-mod systemd;
-mod timefmt;
+pub mod shared;
 mod tls;
 mod worker;
 
@@ -86,7 +64,7 @@ pub use worker::serve;
 use app::AppFactory;
 use std::process::ExitCode;
 
-use protocol::{EXIT_FAILURE, EXIT_NO_WORKER, EXIT_OK, EXIT_USAGE};
+use shared::protocol::{EXIT_FAILURE, EXIT_NO_WORKER, EXIT_OK, EXIT_USAGE};
 
 /// Runs forkd with your own app (see the crate docs): the same command line, config,
 /// signals and supervision as the `forkd` binary.
@@ -230,7 +208,7 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
             return EXIT_USAGE;
         }
     };
-    if let Err(e) = logging::init(&config.log) {
+    if let Err(e) = shared::logging::init(&config.log) {
         eprintln!("forkd: {e}");
         return EXIT_FAILURE;
     }
@@ -257,7 +235,7 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
         Ok(master) => master.run(),
         Err(e) => {
             tracing::error!("cannot start: {e}");
-            logging::flush();
+            shared::logging::flush();
             EXIT_FAILURE
         }
     }

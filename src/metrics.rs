@@ -5,13 +5,13 @@
 //! format from the scoreboard, which every worker can read. Nothing here runs per
 //! request: the request path only bumps relaxed atomics in its own scoreboard slot.
 
-use crate::acceptor::{Accepted, Acceptor};
 use crate::config::{BindSpec, Config};
-use crate::listeners::{self, Listener};
-use crate::scoreboard::{
+use crate::shared::listeners::{self, Listener};
+use crate::shared::scoreboard::{
     Board, Handshake, Incomplete, Rejection, WorkerState, DURATION_BOUNDS_US, RESTART_REASONS,
 };
-use crate::systemd::PassedFd;
+use crate::shared::systemd::PassedFd;
+use crate::worker::acceptor::{Accepted, Acceptor};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
@@ -329,7 +329,7 @@ fn answer(req: &Request<hyper::body::Incoming>, board: &'static Board) -> Respon
 }
 
 /// Reads one per-worker value from a slot.
-type SlotValue = fn(&crate::scoreboard::Slot) -> u64;
+type SlotValue = fn(&crate::shared::scoreboard::Slot) -> u64;
 
 /// The Prometheus text exposition (format 0.0.4) of the whole server.
 pub fn render(board: &Board) -> String {

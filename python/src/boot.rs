@@ -8,7 +8,7 @@
 use crate::bridge::{Bridge, PyApp};
 use crate::inbox::Inbox;
 use forkd::hosted::{Booted, HostedBoot};
-use forkd::scoreboard::Slot;
+use forkd::shared::scoreboard::Slot;
 use pyo3::prelude::*;
 use std::sync::{Arc, OnceLock};
 

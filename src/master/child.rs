@@ -4,7 +4,7 @@
 //! step, so that the `LISTEN_FDS` the program is given always counts the fds it really
 //! has.
 
-use crate::systemd::LISTEN_FDS_START;
+use crate::shared::systemd::LISTEN_FDS_START;
 use std::os::fd::RawFd;
 
 /// In a forked child about to exec: makes `fds` inheritable on `LISTEN_FDS_START`,

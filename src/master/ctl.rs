@@ -14,7 +14,7 @@
 //! socket. A master started by USR2 makes its own (replacing the old master's file,
 //! which the old one then leaves alone at its exit: the identity no longer matches).
 
-use crate::dirfd::Dir;
+use crate::shared::dirfd::Dir;
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -121,7 +121,7 @@ impl ControlSocket {
         let fail = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
         let (dir, name) = Dir::parent_of(&path).map_err(fail)?;
         if let Some(st) = dir.stat(&name).map_err(fail)? {
-            if !crate::dirfd::is_socket(&st) {
+            if !crate::shared::dirfd::is_socket(&st) {
                 return Err(fail(io::Error::new(
                     io::ErrorKind::AlreadyExists,
                     "the path exists and is not a socket",
@@ -138,7 +138,7 @@ impl ControlSocket {
         let listener = bound.map_err(fail)?;
         listener.set_nonblocking(true).map_err(fail)?;
         let st = match dir.stat(&name).map_err(fail)? {
-            Some(st) if crate::dirfd::is_socket(&st) => st,
+            Some(st) if crate::shared::dirfd::is_socket(&st) => st,
             _ => return Err(fail(io::Error::other(
                 "the socket file is not in its directory after bind (was the directory replaced?)",
             ))),

@@ -11,8 +11,8 @@ use super::state::{RunState, Stop};
 use super::workers::Phase;
 use super::{Master, UpgradeState, KILL_GRACE, MAX_SLEEP};
 use crate::config::ReadyMode;
-use crate::protocol;
-use crate::scoreboard::monotonic_ms;
+use crate::shared::protocol;
+use crate::shared::scoreboard::monotonic_ms;
 use nix::sys::signal::{kill, Signal};
 use std::time::{Duration, Instant};
 

@@ -7,8 +7,8 @@
 //! a worker which never says `READY=1` polls or accepts on its listener.
 
 use crate::config::{BindSpec, Config};
-use crate::listeners::Listener;
-use crate::scoreboard::Slot;
+use crate::shared::listeners::Listener;
+use crate::shared::scoreboard::Slot;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -41,7 +41,7 @@ impl ExecProgram {
             return Err("key `exec.command`: the list is empty".to_string());
         };
         let path = if program.contains('/') {
-            let path = match crate::privileges::chdir_path(config) {
+            let path = match crate::shared::privileges::chdir_path(config) {
                 Some(dir) if !program.starts_with('/') => dir.join(program),
                 _ => PathBuf::from(program),
             };
@@ -163,7 +163,7 @@ impl Output {
     fn log_line(&mut self, pid: i32, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         // The program's bytes, escaped: it must not forge the master's log lines.
-        let line = crate::logging::escape_untrusted(line, 4 * MAX_LINE);
+        let line = crate::shared::logging::escape_untrusted(line, 4 * MAX_LINE);
         tracing::info!(target: "forkd::worker", "[{pid}] {line}");
         if !line.trim().is_empty() {
             if self.recent.len() == RECENT_LINES {
@@ -360,7 +360,7 @@ pub fn exec_child(setup: ChildSetup<'_>) -> ! {
     };
     setup.slot.set_message(&reason);
     // SAFETY: leaving the forked child without running the master's destructors.
-    unsafe { libc::_exit(crate::protocol::EXIT_BOOT_ERROR) }
+    unsafe { libc::_exit(crate::shared::protocol::EXIT_BOOT_ERROR) }
 }
 
 enum Never {}
@@ -379,7 +379,7 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
     // Rust ignores SIGPIPE for itself; an exec'd program expects the default.
     // SAFETY: resetting a signal disposition to its default.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    crate::privileges::detach_from_terminal()?;
+    crate::shared::privileges::detach_from_terminal()?;
     for target in [1, 2] {
         nix::unistd::dup2(output.as_raw_fd(), target)
             .map_err(|e| format!("cannot redirect output: {e}"))?;
@@ -388,7 +388,7 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
     let names: Vec<String> = listeners.iter().map(|l| l.local.to_string()).collect();
     let first_free = super::child::pass_listen_fds(&fds, &names)?;
     super::child::close_fds_from(first_free);
-    crate::privileges::drop_for_worker(config)?;
+    crate::shared::privileges::drop_for_worker(config)?;
     // After the uid change (which clears it); it survives exec for a normal binary.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
     if nix::unistd::getppid().as_raw() != *master_pid {
@@ -396,7 +396,7 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
     }
     // Absolute (a relative `chdir` is from forkd's start directory, not from the
     // master's current one, which is that directory already).
-    if let Some(dir) = crate::privileges::chdir_path(config) {
+    if let Some(dir) = crate::shared::privileges::chdir_path(config) {
         std::env::set_current_dir(&dir).map_err(|e| format!("chdir to {}: {e}", dir.display()))?;
     }
     let env = child_environment(config, listeners, notify_address)?;
@@ -430,7 +430,7 @@ fn child_environment(
         .iter()
         .map(|l| match &l.spec {
             BindSpec::Named(name) => name.clone(),
-            spec => crate::systemd::encode_name(&spec.to_string()),
+            spec => crate::shared::systemd::encode_name(&spec.to_string()),
         })
         .collect();
     vars.push(("LISTEN_FDS".into(), listeners.len().to_string().into()));
@@ -460,7 +460,7 @@ fn child_environment(
 use super::workers::Phase;
 use super::Master;
 use crate::config::ReadyMode;
-use crate::scoreboard::WorkerState;
+use crate::shared::scoreboard::WorkerState;
 
 impl Master {
     /// Reads what exec workers reported: READY=1 and WATCHDOG=1 on the notify socket
@@ -492,7 +492,8 @@ impl Master {
                     "STOPPING=1" => {}
                     other => {
                         if let Some(status) = other.strip_prefix("STATUS=") {
-                            let status = crate::logging::escape_untrusted(status.as_bytes(), 1024);
+                            let status =
+                                crate::shared::logging::escape_untrusted(status.as_bytes(), 1024);
                             tracing::debug!(pid = sender, "worker status: {status}");
                         }
                     }

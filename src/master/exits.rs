@@ -7,7 +7,7 @@ use super::plan::ExitReason;
 use super::state::Stop;
 use super::workers::{Phase, Worker};
 use super::{Master, UpgradeState};
-use crate::protocol::EXIT_NO_WORKER;
+use crate::shared::protocol::EXIT_NO_WORKER;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use std::time::Instant;

@@ -12,7 +12,7 @@
 
 use super::Program;
 use crate::config::{BindSpec, Config};
-use crate::listeners::{self, Listener, SocketFile};
+use crate::shared::listeners::{self, Listener, SocketFile};
 use std::fmt;
 use std::io;
 use std::sync::Arc;

@@ -47,10 +47,10 @@ mod workers;
 
 use crate::app::AppFactory;
 use crate::config::{Config, ConfigError};
-use crate::listeners;
-use crate::pidfile;
-use crate::protocol;
-use crate::scoreboard::{monotonic_ms, Scoreboard};
+use crate::shared::listeners;
+use crate::shared::pidfile;
+use crate::shared::protocol;
+use crate::shared::scoreboard::{monotonic_ms, Scoreboard};
 use backoff::Backoff;
 use generation::Generation;
 use nix::sys::signal::{kill, Signal};
@@ -211,7 +211,7 @@ pub struct Master {
     /// was frozen (see [`clock`]).
     last_wake: Instant,
     /// The socket files of the listeners closed at the stop, removed at exit.
-    closed_socket_files: Vec<crate::listeners::SocketFile>,
+    closed_socket_files: Vec<crate::shared::listeners::SocketFile>,
     /// The control socket beside the pidfile (`forkd -s status`), while this master
     /// owns the pidfile.
     control: Option<ctl::ControlSocket>,
@@ -232,10 +232,10 @@ impl Master {
         let factory = resolve_app(&config)?;
         let upgrade_from = upgrade::take_upgrade_from();
         let systemd = SystemdLink::from_env(upgrade_from.is_some());
-        let mut passed = crate::systemd::take_listen_fds();
+        let mut passed = crate::shared::systemd::take_listen_fds();
         let passed_metrics = crate::metrics::take_passed(&mut passed);
         let serving_passed_sockets = !config.bind_given && !passed.is_empty();
-        crate::privileges::apply_umask_and_chdir(&config)?;
+        crate::shared::privileges::apply_umask_and_chdir(&config)?;
         let signals =
             signals::SignalIntake::install().map_err(|e| format!("cannot set up signals: {e}"))?;
         let doorbell =
@@ -246,7 +246,7 @@ impl Master {
         }
         let metrics = crate::metrics::listen(&config, passed_metrics)?;
         let scoreboard = Scoreboard::new().map_err(|e| e.to_string())?;
-        crate::logging::count_dropped_in(scoreboard.header());
+        crate::shared::logging::count_dropped_in(scoreboard.header());
         let pidfile = match &config.pidfile {
             Some(path) => Some(pidfile::Pidfile::create(path).map_err(|e| e.to_string())?),
             None => None,
@@ -308,7 +308,7 @@ impl Master {
     /// with what is wanted, sleep until an event or the nearest deadline, then act on
     /// signals, on what workers reported or how they exited, and on deadlines.
     pub fn run(mut self) -> u8 {
-        crate::proctitle::set("forkd: master");
+        crate::shared::proctitle::set("forkd: master");
         tracing::info!(
             pid = self.pid,
             workers = self.current.target,
@@ -396,7 +396,7 @@ impl Master {
     /// USR1: reopen the log files, here and in the native workers.
     fn handle_usr1(&mut self) {
         tracing::info!("USR1: reopening log files");
-        crate::logging::reopen();
+        crate::shared::logging::reopen();
         // Exec workers' output comes through the master, whose log was just reopened;
         // USR1's default action would kill them (Python's does).
         for w in self.workers.iter().filter(|w| w.exec.is_none()) {
@@ -418,7 +418,8 @@ impl Master {
 
     /// TTIN: one worker more.
     fn handle_ttin(&mut self) {
-        self.current.target = (self.current.target + 1).min(crate::scoreboard::CAPACITY / 2);
+        self.current.target =
+            (self.current.target + 1).min(crate::shared::scoreboard::CAPACITY / 2);
         tracing::info!(workers = self.current.target, "TTIN: one worker more");
     }
 
@@ -531,7 +532,7 @@ impl Master {
             }
         }
         // Error-log lines waiting for a stderr that is not being read (never blocked on).
-        if let Some(fd) = crate::logging::waiting_for_stderr() {
+        if let Some(fd) = crate::shared::logging::waiting_for_stderr() {
             // SAFETY: the logger keeps this fd open for the life of the process.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             fds.push(nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT));
@@ -540,7 +541,7 @@ impl Master {
             &mut fds,
             nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX),
         );
-        crate::logging::pump();
+        crate::shared::logging::pump();
         timeout
     }
 
@@ -605,6 +606,6 @@ impl Master {
             successor.remove_oldbin();
         }
         tracing::info!(pid = self.pid, "master exiting");
-        crate::logging::flush();
+        crate::shared::logging::flush();
     }
 }

@@ -7,7 +7,7 @@
 //! by USR2 is silent until the old one has sent `MAINPID=` for it, and the old one is
 //! silent from then on (no watchdog keep-alives or status while it drains).
 
-use crate::systemd::{self, Notifier};
+use crate::shared::systemd::{self, Notifier};
 use std::time::{Duration, Instant};
 
 /// A `STATUS=` line that only changed in its request count is resent at most this often.

@@ -60,8 +60,8 @@ impl ExitReason {
 
     /// The `forkd_worker_restarts_total{reason}` counter this exit counts in, if any.
     /// Exhaustive on purpose: a new reason does not compile until it is decided here.
-    pub fn restart(self) -> Option<crate::scoreboard::Restart> {
-        use crate::scoreboard::Restart;
+    pub fn restart(self) -> Option<crate::shared::scoreboard::Restart> {
+        use crate::shared::scoreboard::Restart;
         match self {
             ExitReason::Crash => Some(Restart::Crash),
             ExitReason::Timeout => Some(Restart::Timeout),
@@ -384,8 +384,8 @@ mod tests {
 
     #[test]
     fn every_restart_reason_but_stops_is_counted() {
-        use crate::scoreboard::Restart;
-        use crate::scoreboard::RESTART_REASONS;
+        use crate::shared::scoreboard::Restart;
+        use crate::shared::scoreboard::RESTART_REASONS;
         let label = |r: ExitReason| r.restart().map(|r| RESTART_REASONS[r as usize]);
         assert_eq!(label(ExitReason::Crash), Some("crash"));
         assert_eq!(label(ExitReason::Timeout), Some("timeout"));

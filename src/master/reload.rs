@@ -41,7 +41,7 @@ impl Master {
             }
         };
         self.scoreboard.header().count_reload();
-        if let Err(e) = crate::logging::reconfigure(&next.config.log) {
+        if let Err(e) = crate::shared::logging::reconfigure(&next.config.log) {
             tracing::error!("HUP: {e}; keeping the previous error log");
         }
         let replaced = std::mem::replace(&mut self.current, next);
@@ -96,7 +96,7 @@ impl Master {
         tracing::error!("reload failed: new workers cannot boot; keeping the workers of the previous configuration");
         let failed = std::mem::replace(&mut self.current, previous);
         if failed.config.log != self.current.config.log {
-            if let Err(e) = crate::logging::reconfigure(&self.current.config.log) {
+            if let Err(e) = crate::shared::logging::reconfigure(&self.current.config.log) {
                 tracing::error!("cannot restore the previous error log: {e}");
             }
         }

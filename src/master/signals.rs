@@ -57,7 +57,7 @@ fn handled_set() -> SigSet {
     // nix's `Signal` has no realtime signals: that one is added to the raw set.
     let mut raw = *set.as_ref();
     // SAFETY: raw is an initialised sigset_t and the upgrade-ready signal a valid number.
-    unsafe { libc::sigaddset(&mut raw, crate::protocol::upgrade_ready_signal()) };
+    unsafe { libc::sigaddset(&mut raw, crate::shared::protocol::upgrade_ready_signal()) };
     // SAFETY: raw was initialised from an empty SigSet and filled with sigaddset.
     unsafe { SigSet::from_sigset_t_unchecked(raw) }
 }
@@ -131,7 +131,7 @@ mod tests {
 
     fn received(sender: i32, code: i32, token: u64) -> Received {
         Received {
-            signo: crate::protocol::upgrade_ready_signal(),
+            signo: crate::shared::protocol::upgrade_ready_signal(),
             sender,
             uid: nix::unistd::getuid().as_raw(),
             code,
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn only_the_right_token_from_the_right_pid_authenticates() {
-        let token = crate::protocol::random_token();
+        let token = crate::shared::protocol::random_token();
         assert!(received(42, libc::SI_QUEUE, token).is_from(42, token));
         assert!(!received(42, libc::SI_QUEUE, token ^ 1).is_from(42, token));
         assert!(!received(43, libc::SI_QUEUE, token).is_from(42, token));

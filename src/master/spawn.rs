@@ -5,9 +5,9 @@
 use super::plan::{self, ExitReason, Plan, View, WorkerView};
 use super::workers::{ExecWorker, Phase, Worker};
 use super::{exec, recycle, signals, Master, Program};
-use crate::protocol::EXIT_BOOT_ERROR;
-use crate::scoreboard::{monotonic_ms, Slot};
-use crate::single_threaded::fork;
+use crate::shared::protocol::EXIT_BOOT_ERROR;
+use crate::shared::scoreboard::{monotonic_ms, Slot};
+use crate::shared::single_threaded::fork;
 use crate::worker::{self, WorkerContext};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{ForkResult, Pid};
@@ -282,7 +282,7 @@ impl Master {
             clock_from_ms: monotonic_ms(),
             recycle: recycle::Watch::new(
                 self.current.config.max_worker_lifetime,
-                crate::protocol::random_token(),
+                crate::shared::protocol::random_token(),
             ),
         });
     }
@@ -292,7 +292,7 @@ impl Master {
         self.close_master_fds_in_child();
         let generation = &self.current;
         for (key, value) in &generation.config.env {
-            crate::single_threaded::set_env(key, Some(value.as_ref()));
+            crate::shared::single_threaded::set_env(key, Some(value.as_ref()));
         }
         worker::run(WorkerContext {
             number,

@@ -71,7 +71,7 @@ impl RunState {
         match self {
             RunState::Stopping(stop) if workers_left == 0 => Some(match stop {
                 Stop::Failed { code, .. } => *code,
-                Stop::Graceful | Stop::Quick => crate::protocol::EXIT_OK,
+                Stop::Graceful | Stop::Quick => crate::shared::protocol::EXIT_OK,
             }),
             _ => None,
         }
@@ -114,7 +114,7 @@ impl Boot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{EXIT_NO_WORKER, EXIT_OK};
+    use crate::shared::protocol::{EXIT_NO_WORKER, EXIT_OK};
 
     fn failed(why: &str) -> Stop {
         Stop::Failed {

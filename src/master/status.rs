@@ -7,8 +7,8 @@ use super::ctl::{self, MasterRow, Request, WorkerRow};
 use super::state::{Boot, RunState};
 use super::workers::Phase;
 use super::{Master, Program, ReloadState, UpgradeState};
-use crate::protocol;
-use crate::scoreboard::WorkerState;
+use crate::shared::protocol;
+use crate::shared::scoreboard::WorkerState;
 use std::time::Instant;
 
 impl Master {

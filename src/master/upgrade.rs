@@ -9,9 +9,9 @@
 //! in `_FORKD_UPGRADE_TOKEN`; the new master's "ready" signal and the old master's
 //! answer ("systemd follows you now") both carry it as their sigqueue value.
 
-use crate::listeners::Listener;
-use crate::protocol::{UPGRADE_FROM_VAR, UPGRADE_READY_DEADLINE, UPGRADE_TOKEN_VAR};
-use crate::single_threaded::fork;
+use crate::shared::listeners::Listener;
+use crate::shared::protocol::{UPGRADE_FROM_VAR, UPGRADE_READY_DEADLINE, UPGRADE_TOKEN_VAR};
+use crate::shared::single_threaded::fork;
 use nix::unistd::{ForkResult, Pid};
 use std::ffi::{CString, OsString};
 use std::os::fd::AsRawFd;
@@ -26,8 +26,8 @@ use std::time::Instant;
 pub fn take_upgrade_from() -> Option<(i32, Option<u64>)> {
     let from = std::env::var(UPGRADE_FROM_VAR).ok();
     let token = std::env::var(UPGRADE_TOKEN_VAR).ok();
-    crate::single_threaded::set_env(UPGRADE_FROM_VAR, None);
-    crate::single_threaded::set_env(UPGRADE_TOKEN_VAR, None);
+    crate::shared::single_threaded::set_env(UPGRADE_FROM_VAR, None);
+    crate::shared::single_threaded::set_env(UPGRADE_TOKEN_VAR, None);
     let pid = from?.parse::<i32>().ok()?;
     let token = token.and_then(|t| u64::from_str_radix(&t, 16).ok().filter(|t| *t != 0));
     Some((pid, token))
@@ -67,7 +67,7 @@ impl Upgrade {
             return Err(format!("binary {} does not exist", relaunch.exe.display()));
         }
         if let Some(path) = pidfile {
-            crate::pidfile::rename_to_oldbin(path)
+            crate::shared::pidfile::rename_to_oldbin(path)
                 .map_err(|e| format!("cannot rename pidfile {} to .oldbin: {e}", path.display()))?;
         }
         let exe = CString::new(relaunch.exe.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
@@ -82,13 +82,13 @@ impl Upgrade {
             .collect();
         let mut names: Vec<String> = listeners
             .iter()
-            .map(|l| crate::systemd::encode_name(&l.spec.to_string()))
+            .map(|l| crate::shared::systemd::encode_name(&l.spec.to_string()))
             .collect();
         let mut fds: Vec<i32> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
         if let Some(metrics) = metrics {
-            names.push(crate::systemd::encode_name(&crate::metrics::handover_name(
-                metrics,
-            )));
+            names.push(crate::shared::systemd::encode_name(
+                &crate::metrics::handover_name(metrics),
+            ));
             fds.push(metrics.fd.as_raw_fd());
         }
         let old_pid = std::process::id();
@@ -119,7 +119,7 @@ impl Upgrade {
                 .map_err(|e| e.to_string())?,
         );
         env.push(CString::new(format!("{UPGRADE_FROM_VAR}={old_pid}")).map_err(|e| e.to_string())?);
-        let token = crate::protocol::random_token();
+        let token = crate::shared::protocol::random_token();
         env.push(
             CString::new(format!("{UPGRADE_TOKEN_VAR}={token:x}")).map_err(|e| e.to_string())?,
         );
@@ -155,7 +155,7 @@ impl Upgrade {
                     let _ = nix::unistd::execve(&exe, &args, &env);
                 }
                 // SAFETY: exec failed; leave without running the parent's destructors.
-                unsafe { libc::_exit(crate::protocol::EXIT_EXEC_FAILED) }
+                unsafe { libc::_exit(crate::shared::protocol::EXIT_EXEC_FAILED) }
             }
             Ok(ForkResult::Parent { child }) => Ok(Upgrade {
                 child,
@@ -165,7 +165,7 @@ impl Upgrade {
             }),
             Err(e) => {
                 if let Some(path) = pidfile {
-                    let _ = crate::pidfile::restore_from_oldbin(path);
+                    let _ = crate::shared::pidfile::restore_from_oldbin(path);
                 }
                 Err(format!("fork failed: {e}"))
             }
@@ -175,7 +175,7 @@ impl Upgrade {
     /// The new master failed: give the pidfile back to this master.
     pub fn restore_pidfile(&self) {
         if let Some(path) = &self.pidfile {
-            match crate::pidfile::restore_from_oldbin(path) {
+            match crate::shared::pidfile::restore_from_oldbin(path) {
                 Ok(()) => {}
                 Err(e) => tracing::error!("cannot restore pidfile {}: {e}", path.display()),
             }
@@ -185,7 +185,7 @@ impl Upgrade {
     /// The new master took over: the `.oldbin` file is ours to remove.
     pub fn remove_oldbin(&self) {
         if let Some(path) = &self.pidfile {
-            crate::pidfile::remove_oldbin(path);
+            crate::shared::pidfile::remove_oldbin(path);
         }
     }
 }
@@ -284,9 +284,9 @@ impl Master {
         // systemd follows the new master before this one may leave; then the new one
         // hears back and sends READY=1 as the main process.
         self.systemd.hand_over(sender);
-        let _ = crate::protocol::queue(
+        let _ = crate::shared::protocol::queue(
             sender,
-            crate::protocol::upgrade_ready_signal(),
+            crate::shared::protocol::upgrade_ready_signal(),
             upgrade.token,
         );
         if manual {

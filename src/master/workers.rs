@@ -7,7 +7,7 @@ use super::exec;
 use super::plan::ExitReason;
 use super::recycle;
 use crate::config::Config;
-use crate::scoreboard::{Scoreboard, FLAG_RETIRE};
+use crate::shared::scoreboard::{Scoreboard, FLAG_RETIRE};
 use nix::unistd::Pid;
 use std::sync::Arc;
 use std::time::Instant;

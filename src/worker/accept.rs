@@ -3,10 +3,11 @@
 //! connection holds while it is open ([`OpenConnection`]), the 503 for a full worker,
 //! and the TLS handshake before a `tls://` connection is served.
 
-use super::serve::{Listening, Shared};
-use super::{balance, conn, io};
-use crate::acceptor::{Accepted, Acceptor};
-use crate::scoreboard::{monotonic_ms, Handshake, Rejection};
+use crate::shared::scoreboard::{monotonic_ms, Handshake, Rejection};
+use crate::worker::acceptor::{Accepted, Acceptor};
+use crate::worker::balance;
+use crate::worker::http::{conn, io};
+use crate::worker::serve::{Listening, Shared};
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,8 +14,8 @@
 //! This is the idea of Puma's `wait_for_less_busy_worker`, with the load read from the
 //! scoreboard (relaxed loads of a few slots per accepted connection, nothing per request).
 
-use super::Shared;
-use crate::scoreboard::monotonic_ms;
+use crate::shared::scoreboard::monotonic_ms;
+use crate::worker::Shared;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 

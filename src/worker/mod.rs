@@ -8,27 +8,17 @@
 //! (one connection), `io` and `limits` (the byte-level limits), `health`, `balance`.
 
 mod accept;
+pub(crate) mod acceptor;
 mod balance;
-mod conn;
-#[cfg(test)]
-mod differential;
 mod doorbell;
-mod h2_frames;
-mod head;
-mod health;
-mod host;
-mod http;
-#[allow(unsafe_code)] // Vec::set_len after a read into spare capacity
-mod io;
-mod limits;
-mod protocol;
+pub(crate) mod http;
 pub mod serve;
 
-use crate::access_log::AccessLog;
 use crate::app::{App, AppFactory};
 use crate::config::Config;
-use crate::listeners::Listener;
-use crate::scoreboard::{Board, Slot};
+use crate::shared::listeners::Listener;
+use crate::shared::scoreboard::{Board, Slot};
+use crate::worker::http::access_log::AccessLog;
 use serve::{Listening, Outcome, Settings, Shutdown};
 use std::sync::Arc;
 
@@ -36,7 +26,7 @@ use std::sync::Arc;
 use accept::OpenConnection;
 use serve::Shared;
 
-use crate::protocol::EXIT_BOOT_ERROR;
+use crate::shared::protocol::EXIT_BOOT_ERROR;
 
 /// Everything a worker gets from the master at fork time.
 pub struct WorkerContext<'a> {
@@ -45,7 +35,7 @@ pub struct WorkerContext<'a> {
     /// The whole scoreboard: the server-wide header and every slot, for `/metrics`.
     pub board: &'static Board,
     pub master_pid: i32,
-    /// The write end of the master's doorbell pipe (the master's doorbell, see `crate::protocol`).
+    /// The write end of the master's doorbell pipe (the master's doorbell, see `crate::shared::protocol`).
     pub doorbell: std::os::fd::RawFd,
     pub config: Arc<Config>,
     pub listeners: &'a [Listener],
@@ -90,15 +80,15 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
         tls,
     } = ctx;
     doorbell::set(doorbell);
-    crate::logging::in_worker();
+    crate::shared::logging::in_worker();
     let pid = std::process::id() as i32;
     slot.set_pid(pid);
     slot.set_number(number);
-    crate::proctitle::set(&format!("forkd: worker [{number}]"));
-    if let Err(e) = crate::privileges::detach_from_terminal() {
+    crate::shared::proctitle::set(&format!("forkd: worker [{number}]"));
+    if let Err(e) = crate::shared::privileges::detach_from_terminal() {
         return Err(boot_failed(slot, &e));
     }
-    if let Err(e) = crate::privileges::drop_for_worker(&config) {
+    if let Err(e) = crate::shared::privileges::drop_for_worker(&config) {
         return Err(boot_failed(slot, &e));
     }
     // After any uid change (which clears it): hear of the master's death, then close
@@ -108,7 +98,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
-            crate::protocol::master_died_signal() as libc::c_ulong,
+            crate::shared::protocol::master_died_signal() as libc::c_ulong,
         )
     };
     if nix::unistd::getppid().as_raw() != master_pid {
@@ -145,7 +135,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
 /// The master's death, as the worker hears it (its own parent-death signal).
 fn master_death() -> Option<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
-        crate::protocol::master_died_signal(),
+        crate::shared::protocol::master_died_signal(),
     ))
     .ok()
 }
@@ -196,7 +186,7 @@ fn serve_hosted(server: Server<'_>, program: &crate::hosted::HostedProgram) -> R
             .map_err(|e| boot_failed(slot, &format!("cannot start the server thread: {e}")))?;
         if let Err(e) = run() {
             tracing::error!(pid = std::process::id(), "the app's event loop failed: {e}");
-            crate::logging::flush();
+            crate::shared::logging::flush();
             // The server thread is still serving inside this scope, which would wait
             // for it: the worker ends here, as at its other exit points.
             #[allow(clippy::disallowed_methods)]
@@ -260,7 +250,7 @@ impl Server<'_> {
             .await
             .map_err(boot)?;
         if outcome != Outcome::Immediate {
-            crate::logging::flush();
+            crate::shared::logging::flush();
         }
         Ok(outcome)
     }
@@ -296,7 +286,7 @@ async fn stop_signal(
             _ = quit.recv() => return Shutdown::Immediate,
             _ = int.recv() => return Shutdown::Immediate,
             _ = usr1.recv() => {
-                crate::logging::reopen();
+                crate::shared::logging::reopen();
                 if let Some(log) = &access_log {
                     log.reopen();
                 }
@@ -332,7 +322,7 @@ fn close_inherited_listeners(listeners: &[Listener], metrics: Option<&Listener>)
 
 /// Records a boot failure in the slot (the master reports it) and returns the exit code.
 fn boot_failed(slot: &Slot, reason: &str) -> i32 {
-    let shown = crate::logging::escape_untrusted(reason.as_bytes(), 4096);
+    let shown = crate::shared::logging::escape_untrusted(reason.as_bytes(), 4096);
     tracing::error!(pid = std::process::id(), "worker failed to boot: {shown}");
     slot.set_message(reason);
     EXIT_BOOT_ERROR

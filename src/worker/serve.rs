@@ -7,16 +7,16 @@
 //! (`worker::run`) turns signals into the shutdown and the [`Outcome`] into an exit, and
 //! a test or another program can run the core in-process.
 
-use super::accept::{start_accepting, AcceptTasks, Throttled};
-use super::health::HealthPaths;
-use super::limits::HeadLimits;
-use crate::acceptor::{Acceptor, Socket};
-use crate::access_log::AccessLog;
 use crate::app::App;
 use crate::config::Config;
-use crate::forwarded::TrustedProxies;
-use crate::listeners::Listener;
-use crate::scoreboard::{monotonic_ms, Board, Scoreboard, Slot, WorkerState};
+use crate::shared::listeners::Listener;
+use crate::shared::scoreboard::{monotonic_ms, Board, Scoreboard, Slot, WorkerState};
+use crate::worker::accept::{start_accepting, AcceptTasks, Throttled};
+use crate::worker::acceptor::{Acceptor, Socket};
+use crate::worker::http::access_log::AccessLog;
+use crate::worker::http::forwarded::TrustedProxies;
+use crate::worker::http::health::HealthPaths;
+use crate::worker::http::limits::HeadLimits;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use std::sync::{Arc, OnceLock};
@@ -257,7 +257,7 @@ where
         )))
     });
     slot.set_state(WorkerState::Ready);
-    super::doorbell::ring();
+    crate::worker::doorbell::ring();
     tracing::debug!(
         pid = std::process::id(),
         worker = slot.number(),
@@ -321,7 +321,7 @@ pub(crate) struct Shared {
     pub(super) app: Arc<dyn App>,
     pub(super) slot: &'static Slot,
     pub(super) board: &'static Board,
-    pub(super) http: super::protocol::Builders,
+    pub(super) http: crate::worker::http::sniff::Builders,
     pub(super) keepalive: Duration,
     pub(super) header_read_timeout: Duration,
     /// `limits.body_read_timeout`; zero = off.
@@ -359,7 +359,7 @@ pub(crate) struct Shared {
     /// Wraps connections accepted on `tls://` listeners.
     pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
     /// Every connection's task, ended when the core returns without a full drain.
-    pub(super) connection_tasks: super::accept::ConnectionTasks,
+    pub(super) connection_tasks: crate::worker::accept::ConnectionTasks,
     /// `tls.handshake_timeout`.
     pub(super) handshake_timeout: Duration,
 }
@@ -388,7 +388,7 @@ pub(super) fn new_shared(
     proxies: TrustedProxies,
 ) -> Shared {
     let limits = HeadLimits::from_config(&config.limits);
-    let http = super::http::builder(config, &limits);
+    let http = crate::worker::http::server::builder(config, &limits);
     let (drain_tx, _) = watch::channel(false);
     let record_durations = config.metrics.bind.is_some();
     Shared {

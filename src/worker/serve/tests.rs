@@ -2,10 +2,10 @@
 //! 127.0.0.1:0, a small app, a scoreboard the test owns, a shutdown the test triggers,
 //! real requests over TCP. Every wait is bounded by a deadline.
 
-use super::{serve, Listening, Outcome, Settings, Shutdown};
 use crate::app::{respond, App, Request};
 use crate::config::Config;
-use crate::scoreboard::{Board, Rejection, Scoreboard, Slot, WorkerState};
+use crate::shared::scoreboard::{Board, Rejection, Scoreboard, Slot, WorkerState};
+use crate::worker::serve::{serve, Listening, Outcome, Settings, Shutdown};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{mpsc, Arc};

@@ -3,8 +3,8 @@
 //! master for its whole life so that the accept queue survives worker restarts.
 
 use crate::config::{BindSpec, Config};
-use crate::dirfd::Dir;
-use crate::systemd::PassedFd;
+use crate::shared::dirfd::Dir;
+use crate::shared::systemd::PassedFd;
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage,
 };
@@ -55,7 +55,7 @@ impl SocketFile {
     fn record(path: &Path) -> io::Result<SocketFile> {
         let (dir, name) = Dir::parent_of(path)?;
         match dir.stat(&name)? {
-            Some(st) if crate::dirfd::is_socket(&st) => Ok(SocketFile {
+            Some(st) if crate::shared::dirfd::is_socket(&st) => Ok(SocketFile {
                 dir,
                 name,
                 dev: st.st_dev,
@@ -149,7 +149,7 @@ fn bind_unix(spec: &BindSpec, path: &Path, backlog: i32) -> io::Result<Listener>
     // Every look-up at the socket's name is made in this directory, opened once.
     let (dir, name) = Dir::parent_of(path)?;
     if let Some(st) = dir.stat(&name)? {
-        if !crate::dirfd::is_socket(&st) {
+        if !crate::shared::dirfd::is_socket(&st) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 "the path exists and is not a socket",
@@ -176,7 +176,7 @@ fn bind_unix(spec: &BindSpec, path: &Path, backlog: i32) -> io::Result<Listener>
     socket::listen(&fd, backlog_of(backlog))?;
     let socket_file =
         match dir.stat(&name)? {
-            Some(st) if crate::dirfd::is_socket(&st) => SocketFile {
+            Some(st) if crate::shared::dirfd::is_socket(&st) => SocketFile {
                 dir,
                 name,
                 dev: st.st_dev,

@@ -3,7 +3,7 @@
 //! names this process.
 //!
 //! The master is often root and the pidfile's directory may be writable by others, so
-//! every operation goes through the directory's fd (see [`crate::dirfd`]): the file is
+//! every operation goes through the directory's fd (see [`crate::shared::dirfd`]): the file is
 //! written (and locked) as a fresh, randomly named temporary file (`O_EXCL|O_NOFOLLOW`,
 //! mode 0644 whatever the umask) renamed over the pidfile, and a pidfile is read only if
 //! it is a regular file (a symlink or a FIFO there is an error naming it, and a FIFO
@@ -16,7 +16,7 @@
 //! belongs to the file's inode, so it follows the USR2 rename to `PIDFILE.oldbin` (the
 //! old master keeps it there) while the new master locks the new `PIDFILE`.
 
-use crate::dirfd::Dir;
+use crate::shared::dirfd::Dir;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Write};

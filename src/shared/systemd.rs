@@ -40,7 +40,7 @@ impl Notifier {
         let Some(address) = std::env::var_os(NOTIFY_SOCKET_VAR) else {
             return Ok(None);
         };
-        crate::single_threaded::set_env(NOTIFY_SOCKET_VAR, None);
+        crate::shared::single_threaded::set_env(NOTIFY_SOCKET_VAR, None);
         let address = address
             .into_string()
             .map_err(|v| format!("NOTIFY_SOCKET is not valid UTF-8: {v:?}"))?;
@@ -91,8 +91,8 @@ impl Notifier {
 pub fn take_watchdog() -> Option<Duration> {
     let usec = std::env::var(WATCHDOG_USEC_VAR).ok();
     let pid = std::env::var(WATCHDOG_PID_VAR).ok();
-    crate::single_threaded::set_env(WATCHDOG_USEC_VAR, None);
-    crate::single_threaded::set_env(WATCHDOG_PID_VAR, None);
+    crate::shared::single_threaded::set_env(WATCHDOG_USEC_VAR, None);
+    crate::shared::single_threaded::set_env(WATCHDOG_PID_VAR, None);
     if let Some(pid) = pid {
         if pid.parse::<u32>().ok() != Some(std::process::id()) {
             return None;
@@ -130,7 +130,7 @@ pub fn take_listen_fds() -> Vec<PassedFd> {
         .and_then(|v| v.parse::<u32>().ok());
     let names = std::env::var("LISTEN_FDNAMES").ok();
     for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
-        crate::single_threaded::set_env(var, None);
+        crate::shared::single_threaded::set_env(var, None);
     }
     let (Some(count), Some(pid)) = (count, pid) else {
         return Vec::new();

@@ -24,8 +24,8 @@
 //! HTTP/2 has no head for this to read: its `:authority` and `Host` are held to the same
 //! host grammar as the request is served (`h2_hosts_valid`).
 
-use super::host::{valid_host, valid_host_and_port};
-use super::limits::Violation;
+use crate::worker::http::host::{valid_host, valid_host_and_port};
+use crate::worker::http::limits::Violation;
 use hyper::header::{HeaderValue, HOST};
 use std::mem::MaybeUninit;
 
@@ -41,7 +41,7 @@ const MAX_NAME_LEN: usize = 1 << 16;
 
 /// Checks the complete head `head` (from its first byte, leading empty lines included,
 /// through the empty line that ends it), which has at most `fields` field lines.
-pub(super) fn check(head: &[u8], fields: usize) -> Result<(), Violation> {
+pub(crate) fn check(head: &[u8], fields: usize) -> Result<(), Violation> {
     if fields <= STACK_FIELDS {
         let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); STACK_FIELDS];
         check_with(head, &mut slots)
@@ -204,7 +204,7 @@ const QUERY: [u8; 256] = {
 /// (RFC 9112 §3.2.2: the server ignores the `Host` field then). The scanner has checked
 /// both already. HTTP/2's `:authority` is the URI's authority too, and is left alone.
 #[inline]
-pub(super) fn absolute_form_host(parts: &mut hyper::http::request::Parts) {
+pub(crate) fn absolute_form_host(parts: &mut hyper::http::request::Parts) {
     if parts.uri.scheme().is_none() || parts.version == hyper::Version::HTTP_2 {
         return;
     }
@@ -218,7 +218,7 @@ pub(super) fn absolute_form_host(parts: &mut hyper::http::request::Parts) {
 /// HTTP/2: the host the app sees (`:authority`, and any `Host` field) is a valid
 /// `host [":" port]` too; h2 checks neither. False: forkd answers 400 (`malformed`).
 #[inline]
-pub(super) fn h2_hosts_valid(parts: &hyper::http::request::Parts) -> bool {
+pub(crate) fn h2_hosts_valid(parts: &hyper::http::request::Parts) -> bool {
     if parts.version != hyper::Version::HTTP_2 {
         return true;
     }

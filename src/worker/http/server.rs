@@ -2,9 +2,9 @@
 //! `[limits]` (forkd times header reads itself), and HTTP/2 with explicit bounds
 //! against floods (`configure_http2`).
 
-use super::limits::HeadLimits;
-use super::protocol::Builders;
 use crate::config::Config;
+use crate::worker::http::limits::HeadLimits;
+use crate::worker::http::sniff::Builders;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -13,10 +13,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// The builder every connection of a worker is served with.
-pub(super) fn builder(config: &Config, limits: &HeadLimits) -> Builders {
+pub(crate) fn builder(config: &Config, limits: &HeadLimits) -> Builders {
     // Streams h2 resets as malformed never reach the service: counted and logged by the
     // connection's IO.
-    crate::logging::on_h2_malformed_stream(super::io::malformed_h2_stream);
+    crate::shared::logging::on_h2_malformed_stream(crate::worker::http::io::malformed_h2_stream);
     let mut http1 = http1::Builder::new();
     // forkd times header reads itself (`header_read_timeout`, conn.rs) and the limits
     // scanner hands hyper only whole heads, so hyper's buffer must fit the largest
@@ -49,7 +49,7 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 2 * H2_MAX_CONCURRENT_STREAMS as usize;
 /// Ceiling on the HTTP/2 header list size: a head is held per open stream, so this
 /// times `H2_MAX_CONCURRENT_STREAMS` (8 MiB) is what heads can cost a connection.
-pub(super) const H2_MAX_HEADER_LIST: usize = 64 * 1024;
+pub(crate) const H2_MAX_HEADER_LIST: usize = 64 * 1024;
 /// Response bytes buffered per stream (hyper's default is 400 KB); with the streams
 /// limit, 8 MiB a connection.
 const H2_MAX_SEND_BUF: usize = 64 * 1024;

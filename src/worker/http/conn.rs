@@ -31,16 +31,16 @@
 //! client abandoned most of its streams within a second of opening them gets GOAWAY
 //! and is closed (`RESET_FLOOD_STREAMS`).
 
-use super::io::GuardedIo;
-use super::limits::Violation;
-use super::protocol::Alpn;
-use super::Shared;
-use crate::access_log::{AccessLog, Outcome, Record, Remote};
+use crate::app::body::{Cut, Verdict};
 use crate::app::RequestBody;
 use crate::app::{respond, Body, ClientAddr, ClientCertSubject, Scheme, ServerAddr, TlsServerName};
-use crate::body::{Cut, Verdict};
-use crate::forwarded::Client;
-use crate::scoreboard::{monotonic_ms, Incomplete, Rejection, Slot, FLAG_RETIRE};
+use crate::shared::scoreboard::{monotonic_ms, Incomplete, Rejection, Slot, FLAG_RETIRE};
+use crate::worker::http::access_log::{AccessLog, Outcome, Record, Remote};
+use crate::worker::http::forwarded::Client;
+use crate::worker::http::io::GuardedIo;
+use crate::worker::http::limits::Violation;
+use crate::worker::http::sniff::Alpn;
+use crate::worker::Shared;
 use bytes::{Buf, Bytes};
 use hyper::body::{Frame, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
@@ -68,7 +68,7 @@ const RESET_FLOOD_STREAMS: u64 = 100;
 const RESET_FLOOD_GRACE: Duration = Duration::from_secs(1);
 
 /// Who is at the other end of a connection.
-pub(super) struct Peer {
+pub(crate) struct Peer {
     /// None for unix sockets.
     pub addr: Option<SocketAddr>,
     /// The local end (TCP only), for apps that want it (`ServerAddr`).
@@ -83,8 +83,8 @@ pub(super) struct Peer {
 }
 
 impl Peer {
-    pub(super) fn new(addr: Option<SocketAddr>, shared: &Shared) -> Peer {
-        let ip = addr.map_or(crate::forwarded::UNIX_PEER, |a| a.ip());
+    pub(crate) fn new(addr: Option<SocketAddr>, shared: &Shared) -> Peer {
+        let ip = addr.map_or(crate::worker::http::forwarded::UNIX_PEER, |a| a.ip());
         Peer {
             addr,
             local: None,
@@ -94,14 +94,15 @@ impl Peer {
         }
     }
     /// The TLS version and cipher suite, for the access log.
-    pub(super) fn tls_fields(&self) -> Option<(&'static str, &'static str)> {
+    pub(crate) fn tls_fields(&self) -> Option<(&'static str, &'static str)> {
         self.tls.as_ref().map(|t| (t.version, t.cipher))
     }
     fn ip(&self) -> IpAddr {
-        self.addr.map_or(crate::forwarded::UNIX_PEER, |a| a.ip())
+        self.addr
+            .map_or(crate::worker::http::forwarded::UNIX_PEER, |a| a.ip())
     }
     /// The log's `remote_addr` when no trusted proxy names the client.
-    pub(super) fn remote(&self) -> Remote {
+    pub(crate) fn remote(&self) -> Remote {
         self.addr.map_or(Remote::Unix, |a| Remote::Ip(a.ip()))
     }
     /// Inserts the request extensions this connection gives each of its requests
@@ -148,7 +149,7 @@ impl ConnExtensions {
 }
 
 /// What the connection's watchdog needs to know, updated from the IO and the service.
-pub(super) struct ConnState {
+pub(crate) struct ConnState {
     in_flight: AtomicU64,
     bytes_read: AtomicU64,
     /// `bytes_read` when the connection last became idle.
@@ -187,7 +188,7 @@ pub(super) struct ConnState {
 }
 
 impl ConnState {
-    pub(super) fn new() -> ConnState {
+    pub(crate) fn new() -> ConnState {
         ConnState {
             in_flight: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
@@ -211,21 +212,21 @@ impl ConnState {
 
     /// A write or flush waited for the socket.
     #[inline]
-    pub(super) fn write_waits(&self) {
+    pub(crate) fn write_waits(&self) {
         self.write_blocked.store(true, Relaxed);
     }
     /// A write or flush went through. A connection that was blocked with nothing in
     /// flight (the last bytes of a response) is idle from now, not from when its last
     /// request ended.
     #[inline]
-    pub(super) fn write_moved(&self) {
+    pub(crate) fn write_moved(&self) {
         if self.write_blocked.load(Relaxed) {
             self.write_blocked.store(false, Relaxed);
             self.idle_since_ms.store(monotonic_ms(), Release);
         }
     }
     /// A write waited `send_timeout`: the IO fails it and the connection ends.
-    pub(super) fn send_timed_out(&self) {
+    pub(crate) fn send_timed_out(&self) {
         self.close_for(Incomplete::SendTimeout);
     }
     fn close_for(&self, reason: Incomplete) {
@@ -258,14 +259,14 @@ impl ConnState {
             || self.in_flight.load(Acquire) > self.app_busy.load(Relaxed)
     }
 
-    pub(super) fn add_bytes_read(&self, n: usize) {
+    pub(crate) fn add_bytes_read(&self, n: usize) {
         self.bytes_read.fetch_add(n as u64, Release);
     }
-    pub(super) fn mark_http2(&self) {
+    pub(crate) fn mark_http2(&self) {
         self.is_h2.store(true, Relaxed);
     }
     /// The IO refused request `request`'s body.
-    pub(super) fn refuse(&self, request: u64, violation: Violation) {
+    pub(crate) fn refuse(&self, request: u64, violation: Violation) {
         if let Ok(mut refused) = self.refused.lock() {
             *refused = Some(violation);
         }
@@ -279,7 +280,7 @@ impl ConnState {
         }
         self.refused.lock().ok().and_then(|refused| *refused)
     }
-    pub(super) fn switched_protocols(&self) -> bool {
+    pub(crate) fn switched_protocols(&self) -> bool {
         self.switched.load(Acquire)
     }
 
@@ -509,7 +510,7 @@ struct RequestGuard {
     state: Arc<ConnState>,
     slot: &'static Slot,
     /// Where responses cut short are counted.
-    header: &'static crate::scoreboard::Header,
+    header: &'static crate::shared::scoreboard::Header,
     began: Option<Instant>,
     record_duration: bool,
     log: Option<(Arc<AccessLog>, Box<Record>)>,
@@ -746,8 +747,12 @@ impl Future for Responding {
 }
 
 /// Serves one accepted connection until it ends, is idle too long, or the drain ends it.
-pub async fn serve<T>(shared: Arc<Shared>, stream: T, peer: Peer, open: super::OpenConnection)
-where
+pub async fn serve<T>(
+    shared: Arc<Shared>,
+    stream: T,
+    peer: Peer,
+    open: crate::worker::OpenConnection,
+) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new());
@@ -785,7 +790,7 @@ where
             // The request is taken apart and put together once, as the app's: each
             // move of it is a copy of some 200 bytes.
             let (mut parts, incoming) = req.into_parts();
-            super::head::absolute_form_host(&mut parts);
+            crate::worker::http::head::absolute_form_host(&mut parts);
             let (body, verdict) = limit_body(&shared, parts.version, incoming);
             let first = state.requests.load(Relaxed) == 0;
             let record = prepare(&shared, &peer, &extensions, first, &mut parts);
@@ -799,7 +804,7 @@ where
                 .answer(parts.uri.path(), shared.board.header())
             {
                 Some(resp) => Answer::Forkd(Some(Box::new(resp))),
-                None if !super::head::h2_hosts_valid(&parts) => Answer::BadHost,
+                None if !crate::worker::http::head::h2_hosts_valid(&parts) => Answer::BadHost,
                 None if declares_too_large_h2_body(&parts, shared.limits.max_body) => {
                     Answer::TooLarge
                 }
@@ -916,7 +921,7 @@ where
                     // (`head.rs`); if hyper answered 400 itself, it still leaves a trace.
                     shared.board.header().count_rejection(Rejection::Malformed);
                     if let Some(log) = &shared.access_log {
-                        super::io::log_refused(log, &peer_name, b"", 400, "");
+                        crate::worker::http::io::log_refused(log, &peer_name, b"", 400, "");
                     }
                 }
                 break;
@@ -929,7 +934,7 @@ where
 
 /// Whether a connection ended in hyper's own refusal of a request head (a parse
 /// error, which hyper answers 400, 414 or 431 itself).
-fn refused_by_hyper(error: &super::protocol::ConnError) -> bool {
+fn refused_by_hyper(error: &crate::worker::http::sniff::ConnError) -> bool {
     error
         .downcast_ref::<hyper::Error>()
         .is_some_and(|e| e.is_parse() || e.is_parse_too_large() || e.is_parse_status())
@@ -959,7 +964,7 @@ impl Woke {
         watch: &mut WatchWake,
     ) -> Woke
     where
-        C: Future<Output = Result<(), super::protocol::ConnError>>,
+        C: Future<Output = Result<(), crate::worker::http::sniff::ConnError>>,
         E: Future<Output = Result<(), tokio::sync::watch::error::RecvError>>,
     {
         watch.rearm();
@@ -1058,7 +1063,7 @@ fn prepare(
     req: &mut hyper::http::request::Parts,
 ) -> Option<Box<Record>> {
     let forwarded = if peer.trusted {
-        crate::forwarded::resolve(&shared.proxies, peer.ip(), &req.headers)
+        crate::worker::http::forwarded::resolve(&shared.proxies, peer.ip(), &req.headers)
     } else {
         None
     };
@@ -1143,7 +1148,7 @@ impl Shared {
                 "worker reached max_requests, asking to be replaced"
             );
             self.slot.set_flag(FLAG_RETIRE);
-            super::doorbell::ring();
+            crate::worker::doorbell::ring();
         }
     }
 }
@@ -1180,7 +1185,7 @@ mod tests {
                 hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(server), service)
                     .await
-                    .map_err(|e| -> super::super::protocol::ConnError { Box::new(e) })
+                    .map_err(|e| -> super::super::sniff::ConnError { Box::new(e) })
             })
         };
         let refused = serve(b"GET / HTTP/9.9\r\n\r\n").unwrap_err();
@@ -1189,7 +1194,7 @@ mod tests {
         assert!(!serve(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .as_ref()
             .is_err_and(refused_by_hyper));
-        let io: super::super::protocol::ConnError = Box::new(std::io::Error::other("reset"));
+        let io: super::super::sniff::ConnError = Box::new(std::io::Error::other("reset"));
         assert!(!refused_by_hyper(&io));
     }
 

@@ -31,9 +31,9 @@
 //! unlogged and uncounted) and RFC 9112's Host and target rules; what fails is
 //! [`Violation::Malformed`] too.
 
-use super::protocol::{sniff, Sniff};
 use crate::config::Limits;
-use crate::scoreboard::Rejection;
+use crate::shared::scoreboard::Rejection;
+use crate::worker::http::sniff::{sniff, Sniff};
 
 /// The most bytes of one chunk-size line (digits, whitespace, extensions), and of all
 /// extensions of one body; hyper's own cap on extensions is 16 KiB per body.
@@ -352,7 +352,8 @@ impl Scanner {
                         HeadStep::Complete { end } => {
                             let framing = std::mem::take(&mut progress.framing);
                             let checked = body_framing(&framing, &self.limits).and_then(|phase| {
-                                super::head::check(&head[..end], self.limits.fields).map(|()| phase)
+                                crate::worker::http::head::check(&head[..end], self.limits.fields)
+                                    .map(|()| phase)
                             });
                             match checked {
                                 Ok(phase) => self.phase = phase,
@@ -388,7 +389,7 @@ impl Scanner {
         let Some((end, framing)) = whole_head(data, &self.limits) else {
             return 0;
         };
-        if super::head::check(&data[..end], self.limits.fields).is_err() {
+        if crate::worker::http::head::check(&data[..end], self.limits.fields).is_err() {
             // The loop refuses it, with the same violation.
             return 0;
         }

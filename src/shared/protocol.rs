@@ -7,7 +7,7 @@
 //! The scoreboard's message ownership: a slot's progress, state, flags and counters are
 //! written by its worker only; its failure message is written by its worker (boot
 //! failure) or, for an exec worker, by the forked child before exec and by the master
-//! when it kills one that did not boot (see `crate::scoreboard::Slot::set_message`). The
+//! when it kills one that did not boot (see `crate::shared::scoreboard::Slot::set_message`). The
 //! header's counters (restarts, reloads, upgrades) are written by the master only.
 
 use std::time::Duration;

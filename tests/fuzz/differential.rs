@@ -49,14 +49,14 @@
 //! fixed cases (`differential_*`) are the known disagreements of issue 12, and two that
 //! must pass (the harness's own checks).
 
-use super::conn::ConnState;
-use super::io::GuardedIo;
-use super::limits::HeadLimits;
-use super::serve::{new_shared, Shared};
 use crate::app::App;
 use crate::config::Config;
-use crate::forwarded::TrustedProxies;
-use crate::scoreboard::{Board, Scoreboard, Slot};
+use crate::shared::scoreboard::{Board, Scoreboard, Slot};
+use crate::worker::http::conn::ConnState;
+use crate::worker::http::forwarded::TrustedProxies;
+use crate::worker::http::io::GuardedIo;
+use crate::worker::http::limits::HeadLimits;
+use crate::worker::serve::{new_shared, Shared};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -315,7 +315,7 @@ where
     });
     let served = shared
         .http
-        .serve(io, service, super::protocol::Alpn::None)
+        .serve(io, service, crate::worker::http::sniff::Alpn::None)
         .await;
     if let Err(e) = &served {
         if let Some(e) = e.downcast_ref::<hyper::Error>() {

@@ -24,13 +24,13 @@
 //! connection of a client that floods frames which move no request (PING, SETTINGS,
 //! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA...) with GOAWAY `ENHANCE_YOUR_CALM`.
 
-use super::conn::{ConnState, Peer};
-use super::h2_frames::{Follow, H2Frames, CALM};
-use super::limits::{HeadLimits, Scan, Scanner, Violation};
-use crate::access_log::{AccessLog, Outcome, Record};
-use crate::body::StallTimer;
-use crate::scoreboard::{Header, Rejection};
-use crate::timefmt::Utc;
+use crate::app::body::StallTimer;
+use crate::shared::scoreboard::{Header, Rejection};
+use crate::shared::timefmt::Utc;
+use crate::worker::http::access_log::{AccessLog, Outcome, Record};
+use crate::worker::http::conn::{ConnState, Peer};
+use crate::worker::http::h2_frames::{Follow, H2Frames, CALM};
+use crate::worker::http::limits::{HeadLimits, Scan, Scanner, Violation};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
@@ -67,7 +67,7 @@ enum Calm {
     Told,
 }
 
-pub(super) struct GuardedIo<T>
+pub(crate) struct GuardedIo<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -98,7 +98,7 @@ where
     calm: Calm,
     /// Counts the connection as open for as long as its IO lives, which after a
     /// protocol switch is as long as the app holds it (a WebSocket).
-    _open: Option<super::OpenConnection>,
+    _open: Option<crate::worker::OpenConnection>,
     /// HTTP/2: the streams h2 reset as malformed while this connection was being
     /// served (see [`malformed_h2_stream`]), and how many of them are counted and logged.
     malformed: Option<Arc<AtomicU32>>,
@@ -109,14 +109,14 @@ impl<T> GuardedIo<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    pub(super) fn new(
+    pub(crate) fn new(
         inner: T,
         state: Arc<ConnState>,
         limits: HeadLimits,
         body_timeout: Duration,
         header: &'static Header,
         log: Option<(Arc<AccessLog>, Arc<Peer>)>,
-        open: Option<super::OpenConnection>,
+        open: Option<crate::worker::OpenConnection>,
     ) -> Self {
         GuardedIo {
             inner: Some(inner),
@@ -140,7 +140,7 @@ where
     }
 
     /// Holds every write to `timeout` (`limits.send_timeout`; zero: off).
-    pub(super) fn with_send_timeout(mut self, timeout: Duration) -> Self {
+    pub(crate) fn with_send_timeout(mut self, timeout: Duration) -> Self {
         self.send_stall = StallTimer::new(timeout);
         self
     }
@@ -496,7 +496,7 @@ thread_local! {
 /// Called (through `logging.rs`) when h2 resets a stream as malformed: counted for the
 /// connection that read the bytes, which is the one being served (h2 decodes a
 /// connection's frames in its own task, right after reading them).
-pub(super) fn malformed_h2_stream() {
+pub(crate) fn malformed_h2_stream() {
     SERVING_H2.with(|serving| {
         if let Some(counter) = &*serving.borrow() {
             counter.fetch_add(1, Relaxed);
@@ -505,7 +505,7 @@ pub(super) fn malformed_h2_stream() {
 }
 
 /// The connection's task yields: what h2 logs next is not its doing.
-pub(super) fn left_connection() {
+pub(crate) fn left_connection() {
     SERVING_H2.with(|serving| {
         if let Ok(mut serving) = serving.try_borrow_mut() {
             serving.take();
@@ -514,7 +514,7 @@ pub(super) fn left_connection() {
 }
 
 /// Logs a request forkd answered itself before hyper parsed it.
-pub(super) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16, body: &str) {
+pub(crate) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16, body: &str) {
     let mut record = Record::refused(peer.remote(), peer.addr, head);
     record.set_tls(peer.tls_fields());
     log.log(
@@ -529,7 +529,7 @@ pub(super) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16
 }
 
 /// A complete `Connection: close` response with a plain-text body.
-pub(super) fn error_response(
+pub(crate) fn error_response(
     status: u16,
     reason: &str,
     body: &str,
@@ -545,7 +545,7 @@ pub(super) fn error_response(
 
 /// Writes `response` (may be empty), shuts the connection down for writing and reads
 /// what the client still sends for up to [`LINGER`], in a task of its own.
-pub(super) fn answer_and_close<T>(mut stream: T, response: Vec<u8>)
+pub(crate) fn answer_and_close<T>(mut stream: T, response: Vec<u8>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -158,7 +158,10 @@ impl Dir {
         for _ in 0..16 {
             let mut temp = OsString::from(".");
             temp.push(name);
-            temp.push(format!(".{:016x}.tmp", crate::protocol::random_bits(false)));
+            temp.push(format!(
+                ".{:016x}.tmp",
+                crate::shared::protocol::random_bits(false)
+            ));
             match nix::fcntl::openat(
                 Some(self.raw_fd()),
                 &*temp,

@@ -3,6 +3,8 @@
 //! [`service_factory`]); an [`AppFactory`] builds the app inside each worker after the
 //! fork, so its state (pools, caches) is never shared across processes.
 
+pub(crate) mod body;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::future::Future;
@@ -15,7 +17,7 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// A request as the app sees it. Its body is hyper's, wrapped so that forkd's limits
 /// also hold for HTTP/2 streams (see [`RequestBody`]).
 pub type Request = hyper::Request<RequestBody>;
-pub use crate::body::RequestBody;
+pub use crate::app::body::RequestBody;
 pub type Response = hyper::Response<Body>;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 

@@ -23,20 +23,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The HTTP/2 connection preface (RFC 9113, 3.4): a connection is served as HTTP/2
 /// (without ALPN) exactly when its first 24 bytes are these. The limits scanner and the
 /// frame follower (`limits.rs`, `io.rs`) decide by the same [`sniff`].
-pub(super) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The error a connection ends with.
-pub(super) type ConnError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type ConnError = Box<dyn std::error::Error + Send + Sync>;
 
 /// hyper's builders for both protocols, set up once per worker (`http.rs`).
 pub(crate) struct Builders {
-    pub(super) http1: http1::Builder,
-    pub(super) http2: http2::Builder<TokioExecutor>,
+    pub(crate) http1: http1::Builder,
+    pub(crate) http2: http2::Builder<TokioExecutor>,
 }
 
 /// What the first bytes of a connection say, as far as they have come.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Sniff {
+pub(crate) enum Sniff {
     /// The preface so far: more bytes are needed.
     Undecided,
     Http1,
@@ -49,7 +49,7 @@ pub(super) enum Sniff {
 const H2_REQUEST_LINE: usize = 14;
 
 /// Decides the protocol by the bytes read so far (`eof`: no more will come).
-pub(super) fn sniff(seen: &[u8], eof: bool) -> Sniff {
+pub(crate) fn sniff(seen: &[u8], eof: bool) -> Sniff {
     let n = seen.len().min(H2_PREFACE.len());
     let same = seen[..n]
         .iter()
@@ -67,7 +67,7 @@ pub(super) fn sniff(seen: &[u8], eof: bool) -> Sniff {
 
 /// Whether a connection [`sniff`] called HTTP/2 sent the whole preface (else it gets
 /// GOAWAY `PROTOCOL_ERROR`).
-pub(super) fn preface_is_whole(seen: &[u8]) -> bool {
+pub(crate) fn preface_is_whole(seen: &[u8]) -> bool {
     seen == H2_PREFACE
 }
 
@@ -92,7 +92,7 @@ pub(crate) enum Alpn {
 const DRAIN_AFTER_REFUSAL: usize = 64 * 1024;
 
 /// A connection's IO with the bytes read to tell its protocol put back in front.
-pub(super) struct Sniffed<I> {
+pub(crate) struct Sniffed<I> {
     io: I,
     prefix: [u8; 24],
     /// Bytes of `prefix` handed on so far.
@@ -162,7 +162,7 @@ type Io<I> = TokioIo<Sniffed<I>>;
 /// One connection being served: first told HTTP/1 from HTTP/2, then hyper's.
 // HTTP/1 is the large variant and what most connections become: inline, not boxed.
 #[allow(clippy::large_enum_variant)]
-pub(super) enum Served<'a, I, S>
+pub(crate) enum Served<'a, I, S>
 where
     S: HttpService<Incoming>,
 {
@@ -193,7 +193,7 @@ where
 impl Builders {
     /// Serves `io` with upgrades (an app answering 101 gets the connection's IO through
     /// `hyper::upgrade::on`), in the protocol `alpn` chose, or else its first bytes tell.
-    pub(super) fn serve<I, S, B>(&self, io: I, service: S, alpn: Alpn) -> Served<'_, I, S>
+    pub(crate) fn serve<I, S, B>(&self, io: I, service: S, alpn: Alpn) -> Served<'_, I, S>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: HttpService<Incoming, ResBody = B>,
@@ -235,7 +235,7 @@ where
     S::Error: Into<ConnError>,
 {
     /// hyper's graceful shutdown (HTTP/2: GOAWAY); a connection not yet told ends.
-    pub(super) fn graceful_shutdown(self: Pin<&mut Self>) {
+    pub(crate) fn graceful_shutdown(self: Pin<&mut Self>) {
         let this = self.get_mut();
         match this {
             Served::Sniffing { .. } | Served::Refusing { .. } | Served::Done => {
@@ -261,7 +261,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let polled = self.poll_served(cx);
-        super::io::left_connection();
+        crate::worker::http::io::left_connection();
         polled
     }
 }
@@ -308,12 +308,14 @@ where
                     };
                     let seen = &sniffed.prefix[..usize::from(sniffed.len)];
                     let refusal = match decided {
-                        Sniff::Http2 if *http1_only => Some(super::io::error_response(
-                            400,
-                            "Bad Request",
-                            "ALPN chose HTTP/1.1, not HTTP/2\n",
-                            "",
-                        )),
+                        Sniff::Http2 if *http1_only => {
+                            Some(crate::worker::http::io::error_response(
+                                400,
+                                "Bad Request",
+                                "ALPN chose HTTP/1.1, not HTTP/2\n",
+                                "",
+                            ))
+                        }
                         Sniff::Http2 if !preface_is_whole(seen) => {
                             Some(BAD_PREFACE_ANSWER.to_vec())
                         }

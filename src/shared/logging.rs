@@ -187,10 +187,10 @@ impl Queued {
 }
 
 /// Where dropped lines are counted: the scoreboard's header, shared by all processes.
-static DROPPED: OnceLock<&'static crate::scoreboard::Header> = OnceLock::new();
+static DROPPED: OnceLock<&'static crate::shared::scoreboard::Header> = OnceLock::new();
 
 /// Counts dropped log lines in `header` from now on (the master, before forking).
-pub fn count_dropped_in(header: &'static crate::scoreboard::Header) {
+pub fn count_dropped_in(header: &'static crate::shared::scoreboard::Header) {
     let _ = DROPPED.set(header);
 }
 
@@ -423,7 +423,7 @@ impl<S> Filter<S> for H2Lines {
         }
         let mut last = H2_LINE_AT.load(Ordering::Relaxed);
         let module = meta.module_path().unwrap_or_default();
-        let now = crate::scoreboard::monotonic_ms();
+        let now = crate::shared::scoreboard::monotonic_ms();
         let passes = h2_line_passes(module, meta.level(), now, &mut last);
         if passes {
             H2_LINE_AT.store(last, Ordering::Relaxed);

@@ -7,16 +7,16 @@
 
 use crate::app::{respond, Response};
 use crate::config::Health;
-use crate::scoreboard::Header;
+use crate::shared::scoreboard::Header;
 use hyper::header::{HeaderValue, CACHE_CONTROL};
 
-pub(super) struct HealthPaths {
+pub(crate) struct HealthPaths {
     live: Option<String>,
     ready: Option<String>,
 }
 
 impl HealthPaths {
-    pub(super) fn from_config(health: &Health) -> HealthPaths {
+    pub(crate) fn from_config(health: &Health) -> HealthPaths {
         HealthPaths {
             live: health.live_path.clone(),
             ready: health.ready_path.clone(),
@@ -24,7 +24,7 @@ impl HealthPaths {
     }
 
     /// The answer for `path` if it is a health path, else None (the app answers).
-    pub(super) fn answer(&self, path: &str, header: &Header) -> Option<Response> {
+    pub(crate) fn answer(&self, path: &str, header: &Header) -> Option<Response> {
         let mut resp = if self.live.as_deref() == Some(path) {
             respond(200, "text/plain", "live\n")
         } else if self.ready.as_deref() == Some(path) {

@@ -2,7 +2,7 @@
 //! the metrics listener alike: a TCP or unix listener on the worker's own copy of the
 //! fd ([`Socket`]), registered with the runtime ([`Acceptor`]), and what it accepts.
 
-use crate::listeners::{Listener, ListenerKind};
+use crate::shared::listeners::{Listener, ListenerKind};
 use std::net::SocketAddr;
 
 /// A listening socket of either kind, not yet registered with a runtime.

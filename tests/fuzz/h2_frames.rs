@@ -26,8 +26,8 @@
 //! `FORKD_FUZZ_SEED=N` runs only that seed (the seed of a failure is in its message).
 //! The generator is the differential fuzz test's `Rng`.
 
-use super::super::differential::{env_u64, Rng};
-use super::{
+use crate::worker::http::differential::{env_u64, Rng};
+use crate::worker::http::h2_frames::{
     cost, Cost, Follow, H2Frames, H2_ACKED_BYTES_PER_FRAME, H2_CONTROL_BURST, H2_IDLE_BURST,
     H2_IDLE_PER_REQUEST,
 };

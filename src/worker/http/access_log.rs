@@ -10,7 +10,7 @@
 //! (after logrotate moved it); the drain and the exit flush what is pending.
 
 use crate::config::LogTarget;
-use crate::timefmt::Utc;
+use crate::shared::timefmt::Utc;
 use hyper::header::{HeaderName, HeaderValue, HOST, REFERER, USER_AGENT};
 use hyper::{Method, Uri, Version};
 use std::cell::RefCell;
@@ -814,8 +814,8 @@ fn flush(sink: &mut Sink, batch: &mut Vec<u8>, failures: &mut WriteFailures) {
     if batch.is_empty() {
         return;
     }
-    if let Err(dropped) = crate::logging::append_whole_lines(sink.file(), batch) {
-        crate::logging::count_dropped(dropped.lines);
+    if let Err(dropped) = crate::shared::logging::append_whole_lines(sink.file(), batch) {
+        crate::shared::logging::count_dropped(dropped.lines);
         failures.lines += dropped.lines;
         if failures
             .reported

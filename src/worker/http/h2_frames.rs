@@ -42,22 +42,22 @@
 //! got 7 ms. The floods measured before (issue 20) ran 6M frames a second on one
 //! connection for as long as the client liked (bench/RESULTS.md has the numbers).
 
-use crate::scoreboard::monotonic_ms;
+use crate::shared::scoreboard::monotonic_ms;
 
 /// PING and SETTINGS frames an HTTP/2 client may send at once, and per second after
 /// that, before its connection is closed. Clients send a handful (hyper's and gRPC's
 /// window-sizing PINGs are one per round trip at most, hyper's 100 ms apart); a flood
 /// sends hundreds of thousands a second, each costing the worker as much as the client.
-pub(super) const H2_CONTROL_BURST: u32 = 1000;
-pub(super) const H2_CONTROL_PER_SEC: u64 = 1000;
+pub(crate) const H2_CONTROL_BURST: u32 = 1000;
+pub(crate) const H2_CONTROL_PER_SEC: u64 = 1000;
 /// Payload-free frames (see the module doc) a client may send at once, and per second
 /// after that, beyond what its requests and acknowledged response bytes earn.
-pub(super) const H2_IDLE_BURST: u32 = 1000;
-pub(super) const H2_IDLE_PER_SEC: u64 = 1000;
+pub(crate) const H2_IDLE_BURST: u32 = 1000;
+pub(crate) const H2_IDLE_PER_SEC: u64 = 1000;
 /// Payload-free frames each request (HEADERS frame) earns.
-pub(super) const H2_IDLE_PER_REQUEST: u32 = 8;
+pub(crate) const H2_IDLE_PER_REQUEST: u32 = 8;
 /// Response bytes acknowledged on the connection window that earn one payload-free frame.
-pub(super) const H2_ACKED_BYTES_PER_FRAME: u64 = 1024;
+pub(crate) const H2_ACKED_BYTES_PER_FRAME: u64 = 1024;
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
@@ -73,7 +73,7 @@ const ACK_OR_END_STREAM: u8 = 0x1;
 
 /// What a frame does to the budgets, by its head alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Cost {
+pub(crate) enum Cost {
     /// Request data and heads (DATA with payload or END_STREAM, CONTINUATION, GOAWAY,
     /// PUSH_PROMISE, which h2 refuses).
     Free,
@@ -88,7 +88,7 @@ pub(super) enum Cost {
 }
 
 /// The cost of a frame with this head (type, flags, payload length, stream).
-pub(super) fn cost(kind: u8, flags: u8, length: usize, stream: u32) -> Cost {
+pub(crate) fn cost(kind: u8, flags: u8, length: usize, stream: u32) -> Cost {
     match kind {
         DATA if length == 0 && flags & ACK_OR_END_STREAM == 0 => Cost::Idle,
         HEADERS => Cost::Request,
@@ -103,9 +103,9 @@ pub(super) fn cost(kind: u8, flags: u8, length: usize, stream: u32) -> Cost {
 
 /// Frames allowed at once, refilled over time up to the burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Bucket {
-    pub(super) credit: u32,
-    pub(super) refilled_ms: u64,
+pub(crate) struct Bucket {
+    pub(crate) credit: u32,
+    pub(crate) refilled_ms: u64,
 }
 
 impl Bucket {
@@ -139,7 +139,7 @@ impl Bucket {
 
 /// What the IO does with a piece of the client's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Follow {
+pub(crate) enum Follow {
     /// All of it goes to hyper.
     Pass,
     /// The client floods: the first `n` bytes go to hyper, ending the frame that broke
@@ -148,27 +148,27 @@ pub(super) enum Follow {
 }
 
 /// The frame follower of one HTTP/2 connection (see the module doc).
-pub(super) struct H2Frames {
+pub(crate) struct H2Frames {
     /// Bytes left of the connection preface or of the current frame's payload.
-    pub(super) skip: usize,
-    pub(super) head: [u8; 9],
-    pub(super) have: usize,
-    pub(super) answered: Bucket,
-    pub(super) idle: Bucket,
+    pub(crate) skip: usize,
+    pub(crate) head: [u8; 9],
+    pub(crate) have: usize,
+    pub(crate) answered: Bucket,
+    pub(crate) idle: Bucket,
     /// A connection WINDOW_UPDATE's increment as it is read (`window_have` bytes of 4),
     /// and acknowledged bytes not yet worth a frame.
     window: [u8; 4],
     window_have: u8,
     reading_window: bool,
-    pub(super) acked: u64,
+    pub(crate) acked: u64,
     /// A frame broke a budget: the rest of it passes, then the connection is cut.
-    pub(super) flooded: bool,
+    pub(crate) flooded: bool,
 }
 
 impl H2Frames {
-    pub(super) fn new() -> H2Frames {
+    pub(crate) fn new() -> H2Frames {
         H2Frames {
-            skip: super::protocol::H2_PREFACE.len(),
+            skip: crate::worker::http::sniff::H2_PREFACE.len(),
             head: [0; 9],
             have: 0,
             answered: Bucket::full(H2_CONTROL_BURST),
@@ -182,7 +182,7 @@ impl H2Frames {
     }
 
     /// Follows `data`, the next bytes for hyper.
-    pub(super) fn follow(&mut self, data: &[u8]) -> Follow {
+    pub(crate) fn follow(&mut self, data: &[u8]) -> Follow {
         let mut at = 0;
         loop {
             if self.flooded && self.skip == 0 {
@@ -272,10 +272,10 @@ const CALM_PAYLOAD: usize = 16 * 1024;
 /// table leaves the HPACK state as it is). `tests/all/h2_floods.rs` checks the GOAWAY's
 /// code for every flood; if h2 ever answered otherwise, the read side ends right after
 /// this frame all the same.
-pub(super) static CALM: [u8; 9 + CALM_PAYLOAD] = calm();
+pub(crate) static CALM: [u8; 9 + CALM_PAYLOAD] = calm();
 
 // Decoded, it is more than 4 times the largest header list forkd allows.
-const _: () = assert!(CALM_PAYLOAD * 60 > 4 * super::http::H2_MAX_HEADER_LIST);
+const _: () = assert!(CALM_PAYLOAD * 60 > 4 * crate::worker::http::server::H2_MAX_HEADER_LIST);
 
 const fn calm() -> [u8; 9 + CALM_PAYLOAD] {
     let mut frame = [0x80 | 16; 9 + CALM_PAYLOAD];
@@ -447,5 +447,6 @@ mod tests {
 }
 
 #[cfg(test)]
-#[path = "io_fuzz.rs"]
+// The property test of the frame follower lives with the other harnesses in tests/fuzz/.
+#[path = "../../../tests/fuzz/h2_frames.rs"]
 mod fuzz;

@@ -1,0 +1,23 @@
+//! The request path of one client connection in a worker: which HTTP it speaks
+//! (`sniff`), hyper's server and its bounds (`server`), the connection's life and its
+//! timeouts (`conn`), the IO under hyper with the byte-level limits (`io`, `limits`,
+//! `head`, `host`), what forkd answers itself (`health`), the client address behind
+//! trusted proxies (`forwarded`) and the access log.
+
+pub(crate) mod access_log;
+pub(crate) mod conn;
+// The differential fuzz of HTTP/1 framing lives with the other harnesses in tests/fuzz/;
+// it needs the crate's private items, so it is compiled into the unit tests from there.
+#[cfg(test)]
+#[path = "../../../tests/fuzz/differential.rs"]
+mod differential;
+pub(crate) mod forwarded;
+pub(crate) mod h2_frames;
+pub(crate) mod head;
+pub(crate) mod health;
+pub(crate) mod host;
+#[allow(unsafe_code)] // Vec::set_len after a read into spare capacity
+pub(crate) mod io;
+pub(crate) mod limits;
+pub(crate) mod server;
+pub(crate) mod sniff;
