@@ -3,6 +3,7 @@
 //! values are validated by the config module, so a bad option gets the same message as
 //! a bad key, naming the option.
 
+use crate::config::Given;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -85,17 +86,6 @@ pub struct Cli {
     /// The options above that set config keys, as given.
     #[arg(skip)]
     overrides: Vec<Given>,
-}
-
-/// An option that sets a config key, as given.
-#[derive(Debug, Clone)]
-pub struct Given {
-    /// The option as the user knows it: `--workers`, `APP`, `-- COMMAND`.
-    pub option: String,
-    /// The config key it sets.
-    pub key: &'static str,
-    /// Its value: a string, or an array for a repeatable option.
-    pub value: Value,
 }
 
 impl Cli {

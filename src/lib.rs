@@ -130,7 +130,7 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .filter(|(k, _)| k.starts_with("FORKD_"))
         .collect();
-    let config = match config::load(&cli, &environment) {
+    let config = match config::load(cli.config.as_deref(), cli.overrides(), &environment) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");
@@ -225,7 +225,7 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
         tracing::warn!("{warning}");
     }
     let reload: master::Reloader = Box::new(move || {
-        let config = config::load(&cli, &environment)?;
+        let config = config::load(cli.config.as_deref(), cli.overrides(), &environment)?;
         if let Some(warning) = config::file_permission_warning(&config) {
             tracing::warn!("{warning}");
         }

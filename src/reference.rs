@@ -13,7 +13,7 @@ pub fn markdown() -> String {
     let command = Cli::command();
     let mut out = String::from(
         "# Configuration reference\n\n\
-         Generated from forkd's registry of config keys (`src/config.rs`, `KEYS`) by\n\
+         Generated from forkd's registry of config keys (`src/config/registry.rs`, `KEYS`) by\n\
          `UPDATE_DOCS=1 cargo test reference`; a test fails when this file is stale.\n\
          How the sources combine (command line, then `FORKD_*` variables, then the file,\n\
          then defaults), durations, sizes and what each part does in depth: see\n\

@@ -12,7 +12,8 @@
 //!
 //! A variable that is a key's name always sets that key, whatever pattern it matches.
 
-use super::{suggestion, Key, Print, KEYS};
+use super::registry::{Key, Print, KEYS};
+use super::suggest::suggestion;
 
 /// What one `FORKD_*` variable is to forkd.
 #[derive(Debug, Clone, PartialEq, Eq)]

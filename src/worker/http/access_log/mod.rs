@@ -9,9 +9,14 @@
 //! `O_APPEND` file, so lines of several workers never interleave. USR1 reopens the file
 //! (after logrotate moved it); the drain and the exit flush what is pending.
 
+mod format;
+
+use format::Piece;
+pub use format::{Field, Format, DEFAULT_FORMAT};
+
 use crate::config::LogTarget;
 use crate::shared::timefmt::Utc;
-use hyper::header::{HeaderName, HeaderValue, HOST, REFERER, USER_AGENT};
+use hyper::header::{HeaderValue, HOST, REFERER, USER_AGENT};
 use hyper::{Method, Uri, Version};
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -22,11 +27,6 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// The default text format: Apache's combined log format, then the duration in
-/// milliseconds and the worker's pid.
-pub const DEFAULT_FORMAT: &str =
-    "{remote_addr} - - [{time}] \"{request}\" {status} {bytes} \"{referer}\" \"{user_agent}\" {duration_ms} {pid}";
-
 /// How often the writer thread writes what has accumulated.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Lines waiting that make the writer thread write at once.
@@ -34,216 +34,6 @@ const WAKE_AT: usize = 512;
 /// Lines waiting beyond which new lines are dropped (and counted) rather than letting a
 /// stalled disk eat the worker's memory.
 const MAX_PENDING: usize = 200_000;
-
-/// One named field of a format.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Field {
-    RemoteAddr,
-    PeerAddr,
-    Time,
-    TimeIso,
-    Request,
-    Method,
-    Uri,
-    Path,
-    Query,
-    Protocol,
-    Scheme,
-    Status,
-    Bytes,
-    DurationMs,
-    DurationUs,
-    UserAgent,
-    Referer,
-    Host,
-    Pid,
-    Worker,
-    /// `TLSv1.3` / `TLSv1.2`; `-` on a plain connection.
-    TlsVersion,
-    /// The negotiated cipher suite (`TLS13_AES_128_GCM_SHA256`); `-` on a plain connection.
-    TlsCipher,
-    /// `OK` when the whole response was written, else empty (nginx's
-    /// `$request_completion`); a boolean in JSON.
-    Completion,
-    Header(HeaderName),
-}
-
-/// Every field name, for documentation and error messages.
-pub const FIELD_NAMES: [&str; 24] = [
-    "remote_addr",
-    "peer_addr",
-    "time",
-    "time_iso8601",
-    "request",
-    "method",
-    "uri",
-    "path",
-    "query",
-    "protocol",
-    "scheme",
-    "status",
-    "bytes",
-    "duration_ms",
-    "duration_us",
-    "user_agent",
-    "referer",
-    "host",
-    "pid",
-    "worker",
-    "tls_version",
-    "tls_cipher",
-    "completion",
-    "header:NAME",
-];
-
-impl Field {
-    fn parse(name: &str) -> Result<Field, String> {
-        Ok(match name {
-            "remote_addr" => Field::RemoteAddr,
-            "peer_addr" => Field::PeerAddr,
-            "time" => Field::Time,
-            "time_iso8601" => Field::TimeIso,
-            "request" => Field::Request,
-            "method" => Field::Method,
-            "uri" => Field::Uri,
-            "path" => Field::Path,
-            "query" => Field::Query,
-            "protocol" => Field::Protocol,
-            "scheme" => Field::Scheme,
-            "status" => Field::Status,
-            "bytes" => Field::Bytes,
-            "duration_ms" => Field::DurationMs,
-            "duration_us" => Field::DurationUs,
-            "user_agent" => Field::UserAgent,
-            "referer" => Field::Referer,
-            "host" => Field::Host,
-            "pid" => Field::Pid,
-            "worker" => Field::Worker,
-            "tls_version" => Field::TlsVersion,
-            "tls_cipher" => Field::TlsCipher,
-            "completion" => Field::Completion,
-            other => match other.strip_prefix("header:") {
-                Some(header) => Field::Header(
-                    HeaderName::from_bytes(header.as_bytes())
-                        .map_err(|_| format!("{{{other}}}: {header:?} is not a header name"))?,
-                ),
-                None => {
-                    return Err(format!(
-                        "unknown field {{{other}}}; fields are {}",
-                        FIELD_NAMES.join(", ")
-                    ))
-                }
-            },
-        })
-    }
-
-    /// The key of the field in a JSON line.
-    fn json_key(&self) -> String {
-        match self {
-            Field::RemoteAddr => "remote_addr",
-            Field::PeerAddr => "peer_addr",
-            Field::Time => "time",
-            Field::TimeIso => "time_iso8601",
-            Field::Request => "request",
-            Field::Method => "method",
-            Field::Uri => "uri",
-            Field::Path => "path",
-            Field::Query => "query",
-            Field::Protocol => "protocol",
-            Field::Scheme => "scheme",
-            Field::Status => "status",
-            Field::Bytes => "bytes",
-            Field::DurationMs => "duration_ms",
-            Field::DurationUs => "duration_us",
-            Field::UserAgent => "user_agent",
-            Field::Referer => "referer",
-            Field::Host => "host",
-            Field::Pid => "pid",
-            Field::Worker => "worker",
-            Field::TlsVersion => "tls_version",
-            Field::TlsCipher => "tls_cipher",
-            Field::Completion => "completion",
-            Field::Header(name) => return format!("header:{name}"),
-        }
-        .to_string()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Literal(String),
-    Field(Field),
-}
-
-/// A parsed `access_log_format`: literal text and `{field}`s; `{{` and `}}` are braces.
-/// Parsed once, by the config; the workers use it as it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Format {
-    pieces: Vec<Piece>,
-    /// The format as written, for `--print-config`.
-    text: String,
-}
-
-impl Format {
-    pub fn parse(text: &str) -> Result<Format, String> {
-        let mut pieces = Vec::new();
-        let mut literal = String::new();
-        let mut chars = text.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                    literal.push('{');
-                }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    literal.push('}');
-                }
-                '{' => {
-                    let mut name = String::new();
-                    loop {
-                        match chars.next() {
-                            Some('}') => break,
-                            Some(c) => name.push(c),
-                            None => return Err(format!("unclosed {{ in {text:?}")),
-                        }
-                    }
-                    if !literal.is_empty() {
-                        pieces.push(Piece::Literal(std::mem::take(&mut literal)));
-                    }
-                    pieces.push(Piece::Field(Field::parse(name.trim())?));
-                }
-                '}' => return Err(format!("unmatched }} in {text:?} (write }}}} for a brace)")),
-                c => literal.push(c),
-            }
-        }
-        if !literal.is_empty() {
-            pieces.push(Piece::Literal(literal));
-        }
-        if !pieces.iter().any(|p| matches!(p, Piece::Field(_))) {
-            return Err(format!(
-                "{text:?} names no field; fields are {}",
-                FIELD_NAMES.join(", ")
-            ));
-        }
-        Ok(Format {
-            pieces,
-            text: text.to_string(),
-        })
-    }
-
-    /// The format as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    fn fields(&self) -> impl Iterator<Item = &Field> {
-        self.pieces.iter().filter_map(|p| match p {
-            Piece::Field(f) => Some(f),
-            Piece::Literal(_) => None,
-        })
-    }
-}
 
 /// The `remote_addr` of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -846,6 +636,7 @@ struct WriteFailures {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderName;
 
     #[test]
     fn formats_parse_and_reject_unknown_fields() {
