@@ -38,7 +38,7 @@ const REFUSED_STREAM: u32 = 0x7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// `header_read_timeout` for these servers: the bound forkd itself puts on a connection
-/// that has nothing in flight, and (see the README) on one that stops answering PINGs.
+/// that has nothing in flight, and (see docs/configuration.md) on one that stops answering PINGs.
 const HEADER_READ_TIMEOUT: u64 = 3;
 
 fn config(name: &str) -> String {
@@ -650,7 +650,7 @@ fn ping_flood_beside_an_open_stream_is_bounded() {
     ack_flood("ping flood, stream open", PING, b"floodpng", true);
 }
 
-/// forkd's `max_concurrent_streams` (see the README).
+/// forkd's `max_concurrent_streams` (see docs/configuration.md).
 const MAX_STREAMS: u64 = 128;
 
 /// What a connection opening streams saw.

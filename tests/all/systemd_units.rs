@@ -1,7 +1,7 @@
 //! The shipped units (`config/forkd.service`, `config/forkd.socket`) pass
 //! `systemd-analyze verify` with no output at all (it exits 0 on an unknown key, only
 //! warning), and agree with the shipped `config/forkd.toml` and `config/forkd.sysusers`;
-//! the README records the unit's `systemd-analyze security` exposure.
+//! docs/systemd.md records the unit's `systemd-analyze security` exposure.
 
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,7 +17,7 @@ const SERVICE: &str = include_str!("../../config/forkd.service");
 const SOCKET: &str = include_str!("../../config/forkd.socket");
 const CONFIG: &str = include_str!("../../config/forkd.toml");
 const SYSUSERS: &str = include_str!("../../config/forkd.sysusers");
-const README: &str = include_str!("../../README.md");
+const SYSTEMD_DOC: &str = include_str!("../../docs/systemd.md");
 
 /// A root directory for `systemd-analyze verify --root`: the host's system units (the
 /// targets the units depend on), the units under test in /etc/systemd/system, and the
@@ -205,8 +205,8 @@ fn the_service_fits_forkd_and_its_config() {
     );
 }
 
-/// The README records the exposure `systemd-analyze security` gives the shipped unit;
-/// a change to the unit that moves it must update the README.
+/// docs/systemd.md records the exposure `systemd-analyze security` gives the shipped unit;
+/// a change to the unit that moves it must update docs/systemd.md.
 #[test]
 fn the_readme_records_the_units_security_exposure() {
     let dir = harness::temp_dir("security");
@@ -233,8 +233,8 @@ fn the_readme_records_the_units_security_exposure() {
         .to_string();
     let recorded = format!("rates the unit **{exposure}**");
     assert!(
-        README.contains(&recorded),
-        "systemd-analyze security rates config/forkd.service {exposure}; the README \
+        SYSTEMD_DOC.contains(&recorded),
+        "systemd-analyze security rates config/forkd.service {exposure}; docs/systemd.md \
          (\"Running under systemd\", Exposure) records another score"
     );
 }
