@@ -306,13 +306,23 @@ pub fn adopt_fd(spec: BindSpec, raw: RawFd) -> io::Result<Listener> {
             format!("cannot listen on {spec}: cannot adopt fd {raw}: {why}"),
         ));
     }
-    let _ = nix::fcntl::fcntl(
+    // Close-on-exec marks it adopted: a second adoption of the same number is refused
+    // (see `adoptable`), which the ownership taken below relies on, so a failure here
+    // is an error, not something to pass over.
+    nix::fcntl::fcntl(
         raw,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::Other,
+            format!("cannot listen on {spec}: cannot set close-on-exec on fd {raw}: {e}"),
+        )
+    })?;
     // SAFETY: checked above that it is an open listening socket that was inherited
     // (not close-on-exec): nothing else in forkd owns it, and from here on, with
-    // close-on-exec set, a second adoption of the same number is refused.
+    // close-on-exec set (it just succeeded), a second adoption of the same number is
+    // refused.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let addr: SockaddrStorage = socket::getsockname(raw)?;
     let (kind, local) = match addr.as_unix_addr() {

@@ -1,4 +1,4 @@
-//! Request framing end to end with the real binary (issue 12): the bytes that used to
+//! Request framing end to end with the real binary: the bytes that used to
 //! smuggle a request past `[limits]` (a bare LF in a chunked trailer, long chunk sizes,
 //! `Upgrade`, `CONNECT`), a flood of empty lines, a pipelined request next to a too
 //! large one, a stalled request body (`body_read_timeout`), trailers over the field

@@ -1,4 +1,4 @@
-//! The HTTP/2 graceful drain (issue 20, Deliver 8): h2c clients that honour GOAWAY, with
+//! The HTTP/2 graceful drain: h2c clients that honour GOAWAY, with
 //! several streams in flight on each connection, across HUPs. A stream the server
 //! refused as never processed (REFUSED_STREAM, or above the GOAWAY's last stream id,
 //! RFC 9113 §6.8) is retried, as a client may; every other failure is counted and must

@@ -1,4 +1,4 @@
-//! HTTP/2 floods against the real binary (issue 12, item 6): rapid reset
+//! HTTP/2 floods against the real binary: rapid reset
 //! (CVE-2023-44487), a CONTINUATION flood, SETTINGS and PING floods from a client that
 //! never reads, and far more concurrent streams than allowed. The attacker is a raw
 //! HTTP/2 client written here (frames by hand, HPACK literals without Huffman coding);
@@ -873,7 +873,7 @@ fn metric(server: &Server, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A flood of frames that carry no request (issue 20, item 4), beside a stream held
+/// A flood of frames that carry no request, beside a stream held
 /// open (so that nothing else ends the connection) from a client that reads what the
 /// server sends: `setup` is sent first, then `flood` (one frame) over and over. The
 /// connection must end in GOAWAY ENHANCE_YOUR_CALM within 2 s, counted as
@@ -989,7 +989,7 @@ fn empty_data_flood_gets_goaway() {
     idle_flood("empty data flood", &[], &one, false);
 }
 
-/// Unsolicited PING ACKs under the budget (issue 20, Why 6): h2 warns once per frame
+/// Unsolicited PING ACKs under the budget: h2 warns once per frame
 /// ("recv PING ack that we never sent"), which reached the error log at one line per
 /// frame. None may reach it now; the connection goes on.
 #[test]
@@ -1027,7 +1027,7 @@ fn unsolicited_ping_acks_do_not_flood_the_error_log() {
     assert_eq!(lines, 0, "{lines} lines of PING acks in the error log");
 }
 
-/// h2spec 3.5/2 (issue 20, Why 10): a preface that starts as HTTP/2's but goes on wrong
+/// h2spec 3.5/2: a preface that starts as HTTP/2's but goes on wrong
 /// is a connection error, GOAWAY PROTOCOL_ERROR, not an HTTP/1.1 400.
 #[test]
 fn an_invalid_preface_gets_goaway_protocol_error() {
@@ -1061,7 +1061,7 @@ fn an_invalid_preface_gets_goaway_protocol_error() {
     h2_get(&server.addr);
 }
 
-/// Streams h2 resets as malformed before the service sees them (issue 20, Deliver 6):
+/// Streams h2 resets as malformed before the service sees them:
 /// a connection-specific field, `te` other than `trailers`, a request without `:path`.
 /// Each is counted as `limit="malformed"` and access-logged as 400 (not 499, not
 /// silently), and the connection goes on.

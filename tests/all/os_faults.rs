@@ -1,4 +1,4 @@
-//! Operating-system faults (issue 16): a master killed with SIGKILL, low fd limits,
+//! Operating-system faults: a master killed with SIGKILL, low fd limits,
 //! workers running as another user, full disks, stalled pipes, crash loops, floods of
 //! idle connections. Each test starts the real binary and provokes the fault.
 

@@ -1,4 +1,4 @@
-//! Privilege boundaries (issue 16), end to end with the real binary: the root master
+//! Privilege boundaries, end to end with the real binary: the root master
 //! must not be led by other users' files (a symlink at the pidfile's temporary name, a
 //! FIFO at the pidfile, a swapped socket directory, a program in the working directory
 //! found through an empty `PATH` entry), and a worker must not keep what belongs to the

@@ -1,5 +1,4 @@
-//! A response is delivered whole or its connection fails loudly (issue 20, items 1, 3
-//! and 5): clients that read large responses slower than forkd writes them, over
+//! A response is delivered whole or its connection fails loudly: clients that read large responses slower than forkd writes them, over
 //! HTTP/1.1, HTTPS, h2c and HTTP/2 over TLS, at several rates and with `keepalive = 0`,
 //! get every byte (they used to be cut `keepalive` after hyper took the last body
 //! frame); a client that stops reading is dropped after `limits.send_timeout`, its line

@@ -974,7 +974,7 @@ fn optional_client_certificates_and_min_version_13() {
     assert!(connect(&server.addr, &tls12).is_err());
 }
 
-/// ALPN chose `http/1.1`, then the client sends the HTTP/2 preface (issue 20, Why 10):
+/// ALPN chose `http/1.1`, then the client sends the HTTP/2 preface:
 /// ALPN decided, so the answer is HTTP/1.1's 400, not HTTP/2. With ALPN `h2`, or without
 /// ALPN, the same bytes are HTTP/2.
 #[test]

@@ -1,4 +1,5 @@
-//! A differential fuzz test of HTTP/1 framing (issue 12, item 3).
+//! A differential fuzz test of HTTP/1 framing: forkd's limits scanner and hyper must frame
+//! every byte stream the same way, or forkd must refuse it.
 //!
 //! The `[limits]` scanner (`limits.rs`) and hyper read the same bytes, each with its own
 //! idea of where a request ends. Where they disagree, a request can pass the scanner as
@@ -46,7 +47,7 @@
 //! - `FORKD_FUZZ_TRACE=1`: print every case.
 //!
 //! `cargo test --lib differential::fuzz -- --nocapture` shows the cases per second. The
-//! fixed cases (`differential_*`) are the known disagreements of issue 12, and two that
+//! fixed cases (`differential_*`) are the disagreements once found between the two parsers, and two that
 //! must pass (the harness's own checks).
 
 use crate::app::App;

@@ -39,7 +39,7 @@
 //! is then only a margin. It is also what a client gets per connection before GOAWAY:
 //! about 1 ms of a worker's time, less than accepting the connection (and a TLS
 //! handshake) costs, so reconnecting buys a flood no leverage; with 10,000 a connection
-//! got 7 ms. The floods measured before (issue 20) ran 6M frames a second on one
+//! got 7 ms. The floods measured before these budgets ran 6M frames a second on one
 //! connection for as long as the client liked (bench/RESULTS.md has the numbers).
 
 use crate::shared::scoreboard::monotonic_ms;
