@@ -13,6 +13,12 @@
 //! `Uri::try_from` itself). A head this accepts, hyper accepts; the differential fuzz
 //! test (`differential.rs`) checks that hyper never refuses a head forkd passed.
 //!
+//! **A fast path first.** Running httparse twice (here, then in hyper) cost ~700
+//! instructions per request. [`FastHead`] reads the lines the scanner's one pass over a
+//! whole head already finds and says only "certainly fine" (a narrow form every
+//! ordinary request has, each rule a subset of the above) or "ask [`check`]"; a
+//! property test (`limits.rs`) holds it to [`check`] over random hostile heads.
+//!
 //! On top of hyper's rules (RFC 9112 §3.2, RFC 9110 §7.2):
 //! - an HTTP/1.1 request has exactly one `Host` line (HTTP/1.0 at most one), and its
 //!   value is `host [":" port]` (`host.rs`);
@@ -91,6 +97,213 @@ fn check_with<'h>(
         None if version == 1 => malformed("HTTP/1.1 request without Host"),
         _ => Ok(()),
     }
+}
+
+/// The fast path of [`check`]: the scanner's one pass over a whole head
+/// (`limits.rs`, `whole_head`) hands it each line, and at the end it says either
+/// "certainly fine" (the head is one [`check`] accepts: httparse and hyper's rules with
+/// hyper's configuration, the target's and `Host`'s rules) or "ask [`check`]". It never
+/// refuses anything itself, so it can be narrower than the rules: only the heads nearly
+/// every request is made of are certain.
+///
+/// Certain when (each a subset of what httparse, hyper and [`check`] accept):
+/// - the request line is `METHOD SP /target SP HTTP/1.x`: the method only `A`-`Z`
+///   and not `CONNECT`; the target an origin form of visible ASCII that `http`'s path
+///   and query classes accept, without a fragment, at most hyper's length;
+/// - each field line is `name ":" value`: the name httparse's token bytes (so no
+///   whitespace before the colon nor a folded line, which starts with SP/HTAB), the
+///   value only HTAB and visible ASCII and SP (no CR, no obs-text, no control bytes);
+/// - exactly one field is `Host`, its value (after the whitespace httparse skips)
+///   neither empty nor ending in whitespace, and a valid host (`host.rs`).
+///
+/// The lines come without their LF (and CR): httparse takes a bare LF as a line end
+/// too, and a CR anywhere else is outside every byte class above. The field count and
+/// line lengths are the scanner's (`fields` at most `[limits] request_fields`, which
+/// [`check`] gives httparse as many slots for).
+#[derive(Default)]
+pub(super) struct FastHead {
+    uncertain: bool,
+    hosts: u32,
+}
+
+impl FastHead {
+    /// The request line, without its line end.
+    #[inline]
+    pub(super) fn request_line(&mut self, line: &[u8]) {
+        self.uncertain |= !request_line_certain(line);
+    }
+
+    /// A field line, without its line end.
+    #[inline]
+    pub(super) fn field(&mut self, line: &[u8]) {
+        if !self.uncertain {
+            match field_certain(line) {
+                FastField::Other => {}
+                FastField::Host => self.hosts += 1,
+                FastField::Uncertain => self.uncertain = true,
+            }
+        }
+    }
+
+    /// After the empty line: true if [`check`] certainly accepts the head.
+    #[inline]
+    pub(super) fn certain(&self) -> bool {
+        !self.uncertain && self.hosts == 1
+    }
+}
+
+enum FastField {
+    Other,
+    Host,
+    Uncertain,
+}
+
+#[inline]
+fn request_line_certain(line: &[u8]) -> bool {
+    let Some((rest, version)) = line.split_last_chunk::<9>() else {
+        return false;
+    };
+    if version != b" HTTP/1.1" && version != b" HTTP/1.0" {
+        return false;
+    }
+    let method_len = rest
+        .iter()
+        .position(|b| !b.is_ascii_uppercase())
+        .unwrap_or(rest.len());
+    let (method, rest) = rest.split_at(method_len);
+    let Some((b' ', target)) = rest.split_first() else {
+        return false;
+    };
+    !method.is_empty()
+        && method != b"CONNECT"
+        && target.first() == Some(&b'/')
+        && target.len() <= MAX_URI_LEN
+        && origin_form_certain(target)
+}
+
+/// [`origin_form_ok`] without a fragment or bytes above ASCII: each byte valid in the
+/// path, the first `?` starting the query.
+#[inline]
+fn origin_form_certain(target: &[u8]) -> bool {
+    let mut allowed = IN_PATH;
+    for &b in target {
+        if ORIGIN_FAST[b as usize] & allowed == 0 {
+            if b == b'?' && allowed == IN_PATH {
+                allowed = IN_QUERY;
+            } else {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+const IN_PATH: u8 = 1;
+const IN_QUERY: u8 = 2;
+
+/// [`PATH`]'s and [`QUERY`]'s valid bytes below 0x80, as two bits.
+const ORIGIN_FAST: [u8; 256] = {
+    let mut t = [0; 256];
+    let mut i = 0;
+    while i < 0x80 {
+        if PATH[i] == VALID {
+            t[i] |= IN_PATH;
+        }
+        if QUERY[i] == VALID {
+            t[i] |= IN_QUERY;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// httparse's `TOKEN_MAP` (header names; RFC 9110 tchar).
+const TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = matches!(i as u8,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'!' | b'#' | b'$' | b'%' | b'&'
+            | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+fn field_certain(line: &[u8]) -> FastField {
+    let name_len = line
+        .iter()
+        .position(|&b| !TOKEN[b as usize])
+        .unwrap_or(line.len());
+    let Some((b':', value)) = line[name_len..].split_first() else {
+        return FastField::Uncertain;
+    };
+    if name_len == 0 || name_len >= MAX_NAME_LEN || !value_certain(value) {
+        return FastField::Uncertain;
+    }
+    if name_len != 4 || !line[..4].eq_ignore_ascii_case(b"host") {
+        return FastField::Other;
+    }
+    // Only SP and HTAB are whitespace in a value that passed `value_certain`.
+    let value = value.trim_ascii_start();
+    match value.last() {
+        Some(b' ' | b'\t') | None => FastField::Uncertain,
+        Some(_) if host_certain(value) || valid_host(value) => FastField::Host,
+        Some(_) => FastField::Uncertain,
+    }
+}
+
+/// A `Host` value `valid_host` certainly accepts, cheaper than it: reg-name bytes
+/// without `%` escapes, then at most `:` and up to four digits (a port below 65536).
+#[inline]
+fn host_certain(value: &[u8]) -> bool {
+    let name_len = value
+        .iter()
+        .position(|&b| !REG_NAME[b as usize])
+        .unwrap_or(value.len());
+    match &value[name_len..] {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 4 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// RFC 3986 `unreserved / sub-delims` (a reg-name's bytes but `%`).
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = matches!(i as u8,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~'
+            | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=');
+        i += 1;
+    }
+    t
+};
+
+/// Every byte HTAB or `0x20..=0x7E`: eight at a time while none is below 0x20 (HTAB
+/// included), 0x7F or above.
+#[inline]
+fn value_certain(value: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let byte_ok = |b: &u8| matches!(b, b'\t' | 0x20..=0x7E);
+    let mut chunks = value.chunks_exact(8);
+    for chunk in &mut chunks {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            return false;
+        };
+        let x = u64::from_ne_bytes(bytes);
+        // A byte below 0x20 sets its high bit in `x - 0x20..`, 0x7F in `x + 0x01..`,
+        // 0x80 and above in `x`; a borrow or carry only flags more (then byte by byte).
+        if (x.wrapping_sub(ONES * 0x20) | x.wrapping_add(ONES) | x) & HIGH != 0
+            && !chunk.iter().all(byte_ok)
+        {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(byte_ok)
 }
 
 fn parse_error(e: httparse::Error) -> &'static str {
@@ -289,6 +502,67 @@ mod tests {
         }
     }
 
+    /// The fast path over a head's lines, as `whole_head` hands them over.
+    fn fast(head: &[u8]) -> bool {
+        let mut fast = FastHead::default();
+        let mut lines = head
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        fast.request_line(lines.next().unwrap_or_default());
+        for line in lines.take_while(|l| !l.is_empty()) {
+            fast.field(line);
+        }
+        fast.certain()
+    }
+
+    #[test]
+    fn the_fast_path_takes_common_heads_and_leaves_the_rest_to_httparse() {
+        for common in [
+            &b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions.py\r\n\r\n"[..],
+            b"POST /a/b?c=d&e=f HTTP/1.1\r\nHost: x.example:8080\r\nContent-Length: 5\r\n\r\n",
+            b"GET /p HTTP/1.0\r\nhost: [::1]:80\r\nAccept: text/html;\tq=0.9, */*\r\n\r\n",
+        ] {
+            assert!(fast(common), "{:?}", String::from_utf8_lossy(common));
+            assert_eq!(verdict(common), Ok(()));
+        }
+        // Accepted by the check, but not certain: httparse decides.
+        for rare in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: \xc3\xa9\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x \r\n\r\n",
+        ] {
+            assert!(!fast(rare), "{:?}", String::from_utf8_lossy(rare));
+            assert_eq!(verdict(rare), Ok(()));
+        }
+    }
+
+    /// The fast Host check only says yes where `valid_host` does.
+    #[test]
+    fn the_fast_host_check_is_within_valid_host() {
+        let mut x: u64 = 0x1234_5678_9ABC_DEF1;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let alphabet = b"aZ09-._~!$&'()*+,;=%:[]@/ \x7f\x80";
+        let mut certain = 0;
+        for _ in 0..100_000 {
+            let value: Vec<u8> = (0..next(12))
+                .map(|_| alphabet[next(alphabet.len())])
+                .collect();
+            if host_certain(&value) {
+                certain += 1;
+                assert!(valid_host(&value), "{:?}", String::from_utf8_lossy(&value));
+            }
+        }
+        assert!(certain > 1000, "{certain}");
+        assert!(host_certain(b"x.example:8080") && !host_certain(b"x:65536"));
+    }
+
     #[test]
     fn host_rules_of_rfc_9112() {
         for bad in [
@@ -307,6 +581,7 @@ mod tests {
             b"GET http://x.example/ HTTP/1.1\r\n\r\n",
         ] {
             assert!(malformed(bad), "{:?}", String::from_utf8_lossy(bad));
+            assert!(!fast(bad), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -33,6 +33,7 @@
 
 use crate::config::Limits;
 use crate::shared::scoreboard::Rejection;
+use crate::worker::http::head::FastHead;
 use crate::worker::http::sniff::{sniff, Sniff};
 
 /// The most bytes of one chunk-size line (digits, whitespace, extensions), and of all
@@ -386,10 +387,15 @@ impl Scanner {
         if progress.scanned != 0 {
             return 0;
         }
-        let Some((end, framing)) = whole_head(data, &self.limits) else {
+        let Some(WholeHead {
+            end,
+            framing,
+            certain,
+        }) = whole_head(data, &self.limits)
+        else {
             return 0;
         };
-        if crate::worker::http::head::check(&data[..end], self.limits.fields).is_err() {
+        if !certain && crate::worker::http::head::check(&data[..end], self.limits.fields).is_err() {
             // The loop refuses it, with the same violation.
             return 0;
         }
@@ -611,10 +617,13 @@ fn body_framing(framing: &Framing, limits: &HeadLimits) -> Result<Phase, Violati
 /// ends and its framing, exactly as [`scan_head`] finds them (the tests compare the
 /// two); otherwise None. It keeps its counts in locals rather than in a
 /// [`HeadProgress`], which is what makes it cheaper than `scan_head` on the whole
-/// heads nearly every request arrives as.
+/// heads nearly every request arrives as. The same pass hands each line to the head
+/// check's fast path ([`FastHead`]): `certain` says the head is one
+/// `head::check` accepts, so it need not run (false: it must).
 #[inline(never)]
-fn whole_head(head: &[u8], limits: &HeadLimits) -> Option<(usize, Framing)> {
+fn whole_head(head: &[u8], limits: &HeadLimits) -> Option<WholeHead> {
     let mut framing = Framing::default();
+    let mut fast = FastHead::default();
     let mut fields = 0;
     let mut line_start = 0;
     let lf = LineEnds::new();
@@ -630,18 +639,33 @@ fn whole_head(head: &[u8], limits: &HeadLimits) -> Option<(usize, Framing)> {
                 return None;
             }
             framing.http10 = line.ends_with(b" HTTP/1.0");
+            fast.request_line(line);
         } else if line.is_empty() {
-            return Some((newline + 1, framing));
+            return Some(WholeHead {
+                end: newline + 1,
+                framing,
+                certain: fast.certain(),
+            });
         } else {
             fields += 1;
             if fields > limits.fields || line.len() > limits.field_size {
                 return None;
             }
             inspect_field(line, &mut framing);
+            fast.field(line);
         }
         line_start = newline + 1;
     }
     None
+}
+
+/// A head [`whole_head`] read.
+struct WholeHead {
+    /// Just after its empty line.
+    end: usize,
+    framing: Framing,
+    /// `head::check` certainly accepts it ([`FastHead`]).
+    certain: bool,
 }
 
 /// A search for LF, made once per head: on x86_64 with AVX2 memchr's AVX2 searcher
@@ -1337,7 +1361,7 @@ mod tests {
             head.extend_from_slice(ends[next(ends.len())]);
             head.extend_from_slice(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..next(19)]);
             let limits = all_limits[next(all_limits.len())];
-            let Some((end, framing)) = whole_head(&head, &limits) else {
+            let Some(WholeHead { end, framing, .. }) = whole_head(&head, &limits) else {
                 continue;
             };
             taken += 1;
@@ -1359,6 +1383,168 @@ mod tests {
         assert!(taken > 2000, "{taken}");
         // The heads most requests are take it.
         assert!(whole_head(b"GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n", &ROOMY).is_some());
+    }
+
+    /// The head check's fast path may only say "certainly fine" of a head
+    /// `head::check` accepts: random heads (valid, near-valid and hostile bytes) read by
+    /// `whole_head`, each one it calls certain checked by httparse and the rules.
+    #[test]
+    fn the_fast_path_never_accepts_a_head_the_check_refuses() {
+        let methods: [&[u8]; 12] = [
+            b"GET",
+            b"POST",
+            b"PURGE",
+            b"CONNECT",
+            b"OPTIONS",
+            b"get",
+            b"G(T",
+            b"",
+            b"M-SEARCH",
+            b"G\x00T",
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            b"GE T",
+        ];
+        let targets: [&[u8]; 18] = [
+            b"/",
+            b"/a/b?c=d&e",
+            b"/?",
+            b"/a?b?c",
+            b"/a#f",
+            b"/caf\xc3\xa9",
+            b"/\xff",
+            b"*",
+            b"x:80",
+            b"http://h/p",
+            b"/a<b",
+            b"/a\"b",
+            b"/{}",
+            b"/a b",
+            b"",
+            b"/%zz",
+            b"//",
+            b"/a|b^c`d",
+        ];
+        let versions: [&[u8]; 8] = [
+            b"HTTP/1.1",
+            b"HTTP/1.0",
+            b"HTTP/2.0",
+            b"http/1.1",
+            b"HTTP/1.1 ",
+            b"HTTP/1.",
+            b"HTTP/1.12",
+            b" HTTP/1.1",
+        ];
+        let names: [&[u8]; 14] = [
+            b"X-A",
+            b"Content-Type",
+            b"Hos",
+            b"Hostt",
+            b"a!#$%&'*+-.^_`|~z",
+            b"Host",
+            b"host",
+            b"HOST",
+            b" Host",
+            b"Host ",
+            b"Bad Name",
+            b"",
+            b"a(b",
+            b"H\x00st",
+        ];
+        let values: [&[u8]; 16] = [
+            b" x",
+            b"x",
+            b" text/html; q=0.9, */*",
+            b"\tx\t",
+            b" a b",
+            b"",
+            b" ",
+            b" x ",
+            b" example.com:8080",
+            b" [::1]:80",
+            b" a/b",
+            b" x:99999",
+            b" \x01",
+            b" a\x7fb",
+            b" \xc3\xa9",
+            b" u@x",
+        ];
+        let ends: [&[u8]; 5] = [b"\r\n", b"\r\n", b"\n", b"\r\r\n", b"\r"];
+        let hostile: [u8; 14] = [
+            0, 1, b'\t', b'\r', b'\n', b' ', b':', b'#', b'?', b'"', 0x7f, 0x80, 0xff, b'@',
+        ];
+        let limits = HeadLimits {
+            request_line: 8190,
+            fields: 100,
+            field_size: 8190,
+            max_body: 1 << 20,
+        };
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        // Three times in four one of the first `valid` entries (the ones the fast path can
+        // take), else any.
+        let mut pick = |len: usize, valid: usize| {
+            if next(4) != 0 {
+                next(valid)
+            } else {
+                next(len)
+            }
+        };
+        let (mut certain, mut refused_uncertain) = (0, 0);
+        for _ in 0..200_000 {
+            let mut head = methods[pick(methods.len(), 3)].to_vec();
+            head.push(b' ');
+            head.extend_from_slice(targets[pick(targets.len(), 4)]);
+            head.push(b' ');
+            head.extend_from_slice(versions[pick(versions.len(), 2)]);
+            head.extend_from_slice(ends[pick(ends.len(), 3)]);
+            let fields = pick(5, 5);
+            let host_at = pick(4, 4);
+            for field in 0..fields {
+                if field == host_at {
+                    head.extend_from_slice(b"Host: x.example");
+                    head.extend_from_slice(ends[pick(ends.len(), 3)]);
+                }
+                head.extend_from_slice(names[pick(names.len(), 5)]);
+                head.push(b':');
+                head.extend_from_slice(values[pick(values.len(), 5)]);
+                head.extend_from_slice(ends[pick(ends.len(), 3)]);
+            }
+            head.extend_from_slice(ends[pick(ends.len(), 3)]);
+            // Near-valid and hostile: a few bytes replaced, inserted or removed.
+            for _ in 0..pick(4, 1) {
+                let at = pick(head.len(), head.len());
+                let byte = if pick(2, 2) == 0 {
+                    hostile[pick(hostile.len(), hostile.len())]
+                } else {
+                    pick(256, 256) as u8
+                };
+                match pick(3, 3) {
+                    0 => head[at] = byte,
+                    1 => head.insert(at, byte),
+                    _ => {
+                        head.remove(at);
+                    }
+                }
+            }
+            let Some(whole) = whole_head(&head, &limits) else {
+                continue;
+            };
+            let verdict = super::super::head::check(&head[..whole.end], limits.fields);
+            if whole.certain {
+                certain += 1;
+                assert_eq!(verdict, Ok(()), "{:?}", String::from_utf8_lossy(&head));
+            } else if verdict.is_err() {
+                refused_uncertain += 1;
+            }
+        }
+        // Enough of both sides for the test to say something.
+        assert!(certain > 5_000, "{certain}");
+        assert!(refused_uncertain > 20_000, "{refused_uncertain}");
     }
 
     impl Scan {
