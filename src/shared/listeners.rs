@@ -314,10 +314,9 @@ pub fn adopt_fd(spec: BindSpec, raw: RawFd) -> io::Result<Listener> {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::Other,
-            format!("cannot listen on {spec}: cannot set close-on-exec on fd {raw}: {e}"),
-        )
+        io::Error::other(format!(
+            "cannot listen on {spec}: cannot set close-on-exec on fd {raw}: {e}"
+        ))
     })?;
     // SAFETY: checked above that it is an open listening socket that was inherited
     // (not close-on-exec): nothing else in forkd owns it, and from here on, with
