@@ -163,7 +163,7 @@ impl Output {
     fn log_line(&mut self, pid: i32, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         // The program's bytes, escaped: it must not forge the master's log lines.
-        let line = crate::shared::logging::escape_untrusted(line, 4 * MAX_LINE);
+        let line = crate::shared::escape::escape_untrusted(line, 4 * MAX_LINE);
         tracing::info!(target: "forkd::worker", "[{pid}] {line}");
         if !line.trim().is_empty() {
             if self.recent.len() == RECENT_LINES {
@@ -493,7 +493,7 @@ impl Master {
                     other => {
                         if let Some(status) = other.strip_prefix("STATUS=") {
                             let status =
-                                crate::shared::logging::escape_untrusted(status.as_bytes(), 1024);
+                                crate::shared::escape::escape_untrusted(status.as_bytes(), 1024);
                             tracing::debug!(pid = sender, "worker status: {status}");
                         }
                     }

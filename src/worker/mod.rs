@@ -322,7 +322,7 @@ fn close_inherited_listeners(listeners: &[Listener], metrics: Option<&Listener>)
 
 /// Records a boot failure in the slot (the master reports it) and returns the exit code.
 fn boot_failed(slot: &Slot, reason: &str) -> i32 {
-    let shown = crate::shared::logging::escape_untrusted(reason.as_bytes(), 4096);
+    let shown = crate::shared::escape::escape_untrusted(reason.as_bytes(), 4096);
     tracing::error!(pid = std::process::id(), "worker failed to boot: {shown}");
     slot.set_message(reason);
     EXIT_BOOT_ERROR
