@@ -6,7 +6,7 @@
 use crate::shared::scoreboard::{monotonic_ms, Handshake, Rejection};
 use crate::worker::acceptor::{Accepted, Acceptor};
 use crate::worker::balance;
-use crate::worker::http::{conn, io};
+use crate::worker::http::{conn, conn_state, io};
 use crate::worker::serve::{Listening, Shared};
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
@@ -145,7 +145,7 @@ fn spawn_connection<T>(
         }
         open.1 = Some(ip);
     }
-    let mut peer = conn::Peer::new(addr, shared);
+    let mut peer = conn_state::Peer::new(addr, shared);
     peer.local = local;
     if !tls {
         // A task of its own type: one future with a TLS stream inside (rustls's
@@ -310,7 +310,7 @@ fn refuse<T>(
         return;
     }
     if let Some(log) = &shared.access_log {
-        io::log_refused(log, &conn::Peer::new(addr, shared), b"", 503, why);
+        io::log_refused(log, &conn_state::Peer::new(addr, shared), b"", 503, why);
     }
     let response = io::error_response(503, "Service Unavailable", why, "retry-after: 1\r\n");
     io::answer_and_close(stream, response);

@@ -16,7 +16,7 @@ use crate::worker::acceptor::{Acceptor, Socket};
 use crate::worker::http::access_log::AccessLog;
 use crate::worker::http::forwarded::TrustedProxies;
 use crate::worker::http::health::HealthPaths;
-use crate::worker::http::limits::HeadLimits;
+use crate::worker::http::violation::HeadLimits;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use std::sync::{Arc, OnceLock};

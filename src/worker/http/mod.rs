@@ -1,11 +1,12 @@
 //! The request path of one client connection in a worker: which HTTP it speaks
 //! (`sniff`), hyper's server and its bounds (`server`), the connection's life and its
-//! timeouts (`conn`), the IO under hyper with the byte-level limits (`io`, `limits`,
+//! timeouts (`conn`), the IO under hyper with the byte-level limits (`io`, `limits`, `violation`,
 //! `head`, `host`), what forkd answers itself (`health`), the client address behind
 //! trusted proxies (`forwarded`) and the access log.
 
 pub(crate) mod access_log;
 pub(crate) mod conn;
+pub(crate) mod conn_state;
 // The differential fuzz of HTTP/1 framing lives with the other harnesses in tests/fuzz/;
 // it needs the crate's private items, so it is compiled into the unit tests from there.
 #[cfg(test)]
@@ -21,3 +22,4 @@ pub(crate) mod io;
 pub(crate) mod limits;
 pub(crate) mod server;
 pub(crate) mod sniff;
+pub(crate) mod violation;

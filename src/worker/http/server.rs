@@ -3,8 +3,8 @@
 //! against floods (`configure_http2`).
 
 use crate::config::Config;
-use crate::worker::http::limits::HeadLimits;
 use crate::worker::http::sniff::Builders;
+use crate::worker::http::violation::HeadLimits;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
