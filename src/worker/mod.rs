@@ -13,6 +13,7 @@ mod balance;
 mod doorbell;
 pub(crate) mod http;
 pub mod serve;
+mod state;
 
 use crate::app::{App, AppFactory};
 use crate::config::Config;
@@ -21,10 +22,6 @@ use crate::shared::scoreboard::{Board, Slot};
 use crate::worker::http::access_log::AccessLog;
 use serve::{Listening, Outcome, Settings, Shutdown};
 use std::sync::Arc;
-
-// The names the connection modules reach the core by.
-use accept::OpenConnection;
-use serve::Shared;
 
 use crate::shared::protocol::EXIT_BOOT_ERROR;
 

@@ -41,7 +41,7 @@ use crate::worker::http::forwarded::Client;
 use crate::worker::http::io::GuardedIo;
 use crate::worker::http::sniff::Alpn;
 use crate::worker::http::violation::Violation;
-use crate::worker::Shared;
+use crate::worker::state::Shared;
 use bytes::{Buf, Bytes};
 use hyper::body::{Frame, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
@@ -483,7 +483,7 @@ pub async fn serve<T>(
     shared: Arc<Shared>,
     stream: T,
     peer: Peer,
-    open: crate::worker::OpenConnection,
+    open: crate::worker::state::OpenConnection,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -7,7 +7,7 @@ use crate::app::{ClientAddr, ClientCertSubject, Scheme, ServerAddr, TlsServerNam
 use crate::shared::scoreboard::{monotonic_ms, Incomplete};
 use crate::worker::http::access_log::Remote;
 use crate::worker::http::violation::Violation;
-use crate::worker::Shared;
+use crate::worker::state::Shared;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::*};
 use std::sync::{Arc, Mutex};

@@ -99,7 +99,7 @@ where
     calm: Calm,
     /// Counts the connection as open for as long as its IO lives, which after a
     /// protocol switch is as long as the app holds it (a WebSocket).
-    _open: Option<crate::worker::OpenConnection>,
+    _open: Option<crate::worker::state::OpenConnection>,
     /// HTTP/2: the streams h2 reset as malformed while this connection was being
     /// served (see [`malformed_h2_stream`]), and how many of them are counted and logged.
     malformed: Option<Arc<AtomicU32>>,
@@ -117,7 +117,7 @@ where
         body_timeout: Duration,
         header: &'static Header,
         log: Option<(Arc<AccessLog>, Arc<Peer>)>,
-        open: Option<crate::worker::OpenConnection>,
+        open: Option<crate::worker::state::OpenConnection>,
     ) -> Self {
         GuardedIo {
             inner: Some(inner),
