@@ -6,7 +6,7 @@
 use crate::shared::scoreboard::{Handshake, Rejection};
 use crate::worker::acceptor::{Accepted, Acceptor};
 use crate::worker::balance;
-use crate::worker::http::{conn, conn_state, io};
+use crate::worker::http::{conn, conn_state, error_response, io};
 use crate::worker::state::{Listening, OpenConnection, Shared};
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,6 +189,7 @@ fn refuse<T>(
     if let Some(log) = &shared.access_log {
         io::log_refused(log, &conn_state::Peer::new(addr, shared), b"", 503, why);
     }
-    let response = io::error_response(503, "Service Unavailable", why, "retry-after: 1\r\n");
+    let response =
+        error_response::error_response(503, "Service Unavailable", why, "retry-after: 1\r\n");
     io::answer_and_close(stream, response);
 }

@@ -12,8 +12,10 @@ pub(crate) mod conn_state;
 #[cfg(test)]
 #[path = "../../../tests/fuzz/differential.rs"]
 mod differential;
+pub(crate) mod error_response;
 pub(crate) mod forwarded;
 pub(crate) mod h2_frames;
+pub(crate) mod h2_serving;
 pub(crate) mod head;
 pub(crate) mod health;
 pub(crate) mod host;
