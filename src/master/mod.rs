@@ -31,6 +31,7 @@ mod clock;
 pub(crate) mod ctl;
 mod deadlines;
 pub mod exec;
+mod exec_reports;
 mod exits;
 mod generation;
 mod notify;
@@ -43,9 +44,9 @@ mod spawn;
 mod state;
 mod status;
 pub mod upgrade;
+mod upgrade_handshake;
 mod workers;
 
-use crate::app::AppFactory;
 use crate::config::{Config, ConfigError};
 use crate::shared::listeners;
 use crate::shared::pidfile;
@@ -53,6 +54,7 @@ use crate::shared::protocol;
 use crate::shared::scoreboard::{monotonic_ms, Scoreboard};
 use backoff::Backoff;
 use generation::Generation;
+pub use generation::Program;
 use nix::sys::signal::{kill, Signal};
 use notify::SystemdLink;
 use plan::ExitReason;
@@ -90,18 +92,6 @@ pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError>>;
 /// Chooses what workers run for a config (built-in app by name, the embedded app, or
 /// an exec command).
 pub type AppResolver = Box<dyn Fn(&Config) -> Result<Program, String>>;
-
-/// What a worker runs.
-#[derive(Clone)]
-pub enum Program {
-    /// A hyper server around an app, in the forked process.
-    Native(AppFactory),
-    /// A program exec'd after the fork, given the listeners (exec workers).
-    Exec(Arc<exec::ExecProgram>),
-    /// A hyper server around an app of the host's runtime (a Python ASGI app), whose
-    /// event loop owns the worker's main thread.
-    Hosted(crate::hosted::HostedProgram),
-}
 
 /// A HUP reload, between RELOADING=1 and READY=1.
 enum ReloadState {
