@@ -35,6 +35,7 @@ mod exec_reports;
 mod exits;
 mod generation;
 mod notify;
+mod oom;
 mod plan;
 pub mod recycle;
 mod reload;
@@ -276,7 +277,7 @@ impl Master {
             state: RunState::Serving,
             boot: Boot::Booting,
             backoff: Backoff::default(),
-            oom_kills: exits::oom::kills(),
+            oom_kills: oom::kills(),
             pidfile,
             relaunch,
             upgrade: match upgrade_from {
