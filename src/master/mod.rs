@@ -21,8 +21,9 @@
 //! action is a [`deadlines::Deadline`].
 //!
 //! The files: `generation` and `reload` (HUP), `backoff`, `exits` (reaping, why a worker
-//! exited), `deadlines`, `spawn` (reconcile, fork), `status` (readiness, systemd),
-//! `upgrade` (USR2), `exec` (exec workers), `workers` (a worker as tracked here).
+//! exited) and `oom`, `deadlines`, `spawn` (reconcile, fork), `status` (readiness,
+//! systemd), `upgrade` (USR2) and `upgrade_handshake` (its `impl Master`), `exec` (exec
+//! workers) and `exec_reports` (their reports), `workers` (a worker as tracked here).
 
 mod backoff;
 #[allow(unsafe_code)] // close_range, dup of fds for a child

@@ -3,7 +3,8 @@
 //! built inside it (or a hosted app booted on the main thread), then the serving core
 //! (`serve`) with the worker's signals as its shutdown, and the exit: boot failures
 //! reported in the scoreboard, QUIT and INT at once, TERM and the master's death after
-//! the drain. The core's own modules: `serve` (listeners, shared state, drain),
+//! the drain. The core's own modules: `serve` (settings, the core's run, drain), `state`
+//! (listeners and the state every task shares),
 //! `accept` (accept loops, connection places, 503), `http` (hyper's bounds), `conn`
 //! (one connection), `io` and `limits` (the byte-level limits), `health`, `balance`.
 
