@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
-/// A listening socket [`serve`](super::serve::serve) accepts on. The core accepts on it until the drain
-/// begins, then closes it.
+/// A listening socket [`serve`](super::serve::serve) accepts on. The core accepts on it
+/// until the drain begins, then closes it.
 pub struct Listening {
     pub(super) socket: Socket,
     /// Its connections begin with a TLS handshake ([`Settings::tls`](super::serve::Settings::tls)).

@@ -1,8 +1,9 @@
 //! The request path of one client connection in a worker: which HTTP it speaks
 //! (`sniff`), hyper's server and its bounds (`server`), the connection's life and its
-//! timeouts (`conn`), the IO under hyper with the byte-level limits (`io`, `limits`, `violation`,
-//! `head`, `host`), what forkd answers itself (`health`), the client address behind
-//! trusted proxies (`forwarded`) and the access log.
+//! timeouts (`conn`, `conn_state`), the IO under hyper with the byte-level limits (`io`,
+//! `limits`, `violation`, `head`, `host`), what forkd answers itself (`health`,
+//! `error_response`), the client address behind trusted proxies (`forwarded`) and the
+//! access log.
 
 pub(crate) mod access_log;
 pub(crate) mod conn;
