@@ -12,7 +12,7 @@
 
 /// How forkd writes text it did not make into its error log (one line, control
 /// characters as `\xHH`): a host writes its app's output lines the same way.
-pub use crate::shared::logging::escape_untrusted;
+pub use crate::shared::escape::escape_untrusted;
 
 use crate::app::App;
 use crate::config::Config;

@@ -21,6 +21,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// Any error, boxed: what an app's futures and bodies fail with (re-exported as
+/// `app::BoxError`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A request body: `http_body::Body` with `Bytes` data, so `BodyExt::collect`,
 /// `axum` extractors and the like work on it as on hyper's own.
 pub struct RequestBody {
@@ -153,7 +157,7 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = crate::app::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use body::BoxError;
 /// The response body type apps return.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// A request as the app sees it. Its body is hyper's, wrapped so that forkd's limits

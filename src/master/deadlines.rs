@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 /// How often a booting exec worker is looked at in /proc for `ready = "auto"`.
 const EXEC_READY_PROBE: Duration = Duration::from_millis(20);
-/// How long an exec worker may take to be ready when `timeout` is 0.
-const EXEC_BOOT_LIMIT: Duration = Duration::from_secs(60);
 
 /// What is due at a deadline; a `usize` is the worker's index in `Master::workers`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,20 +51,6 @@ impl Deadline {
             | Deadline::Systemd
             | Deadline::ExecReadyProbe => None,
         }
-    }
-}
-
-/// How long an exec worker may take to be ready: `timeout` (or `EXEC_BOOT_LIMIT` when
-/// it is 0), and for `ready = DURATION` at least a second past that wait.
-pub(super) fn exec_boot_limit(timeout: Duration, ready: &ReadyMode) -> Duration {
-    let limit = if timeout.is_zero() {
-        EXEC_BOOT_LIMIT
-    } else {
-        timeout
-    };
-    match ready {
-        ReadyMode::After(wait) => limit.max(*wait + Duration::from_secs(1)),
-        _ => limit,
     }
 }
 
@@ -276,16 +260,6 @@ impl Master {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_exec_worker_gets_timeout_or_a_minute_and_a_second_past_its_wait() {
-        let s = Duration::from_secs;
-        assert_eq!(exec_boot_limit(s(0), &ReadyMode::Auto), EXEC_BOOT_LIMIT);
-        assert_eq!(exec_boot_limit(s(5), &ReadyMode::Notify), s(5));
-        assert_eq!(exec_boot_limit(s(5), &ReadyMode::After(s(10))), s(11));
-        assert_eq!(exec_boot_limit(s(30), &ReadyMode::After(s(10))), s(30));
-        assert_eq!(exec_boot_limit(s(0), &ReadyMode::After(s(90))), s(91));
-    }
 
     #[test]
     fn readiness_is_probed_by_mode() {

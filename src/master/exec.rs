@@ -163,7 +163,7 @@ impl Output {
     fn log_line(&mut self, pid: i32, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         // The program's bytes, escaped: it must not forge the master's log lines.
-        let line = crate::shared::logging::escape_untrusted(line, 4 * MAX_LINE);
+        let line = crate::shared::escape::escape_untrusted(line, 4 * MAX_LINE);
         tracing::info!(target: "forkd::worker", "[{pid}] {line}");
         if !line.trim().is_empty() {
             if self.recent.len() == RECENT_LINES {
@@ -453,88 +453,6 @@ fn child_environment(
             CString::new(kv).map_err(|_| "an environment variable contains a NUL byte".to_string())
         })
         .collect()
-}
-
-// ---- the master's side: what exec workers report ---------------------------------------
-
-use super::workers::Phase;
-use super::Master;
-use crate::config::ReadyMode;
-use crate::shared::scoreboard::WorkerState;
-
-impl Master {
-    /// Reads what exec workers reported: READY=1 and WATCHDOG=1 on the notify socket
-    /// (counted only from the worker's own pid), and their output into the error log.
-    pub(super) fn read_exec_reports(&mut self) {
-        let messages = self
-            .notify_intake
-            .as_ref()
-            .map(|intake| intake.receive())
-            .unwrap_or_default();
-        for (sender, text) in messages {
-            let Some(w) = self.workers.iter_mut().find(|w| w.pid.as_raw() == sender) else {
-                tracing::debug!(
-                    sender,
-                    "notify message from a process that is no worker: {text:?}"
-                );
-                continue;
-            };
-            let slot = self.scoreboard.slot(w.slot);
-            for line in text.lines() {
-                match line {
-                    "READY=1" => slot.set_state(WorkerState::Ready),
-                    "WATCHDOG=1" => {
-                        slot.report_progress();
-                        if let Some(exec) = &mut w.exec {
-                            exec.watchdog_seen = true;
-                        }
-                    }
-                    "STOPPING=1" => {}
-                    other => {
-                        if let Some(status) = other.strip_prefix("STATUS=") {
-                            let status =
-                                crate::shared::logging::escape_untrusted(status.as_bytes(), 1024);
-                            tracing::debug!(pid = sender, "worker status: {status}");
-                        }
-                    }
-                }
-            }
-        }
-        for w in &mut self.workers {
-            if let Some(exec) = &mut w.exec {
-                if !exec.output.eof {
-                    exec.output.drain(w.pid.as_raw(), false);
-                }
-            }
-        }
-    }
-
-    /// Marks exec workers ready that are seen serving (`ready = "auto"`) or whose wait
-    /// is over (`ready = DURATION`); `"notify"` waits for READY=1 only.
-    pub(super) fn probe_exec_readiness(&mut self) {
-        let mut inodes = None;
-        for w in &self.workers {
-            let Some(exec) = &w.exec else { continue };
-            let slot = self.scoreboard.slot(w.slot);
-            if w.ready() || slot.state() == WorkerState::Ready || !matches!(w.phase, Phase::Running)
-            {
-                continue;
-            }
-            let ready = match w.config.exec.ready {
-                ReadyMode::Notify => false,
-                ReadyMode::After(wait) => exec.spawned_at.elapsed() >= wait,
-                ReadyMode::Auto => {
-                    let inodes =
-                        inodes.get_or_insert_with(|| listener_inodes(&self.current.listeners));
-                    is_serving(w.pid.as_raw(), inodes)
-                }
-            };
-            if ready {
-                slot.report_progress();
-                slot.set_state(WorkerState::Ready);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

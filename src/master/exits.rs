@@ -3,6 +3,7 @@
 //! and what follows: a replacement (by the next reconcile), a crash-loop hold, the boot
 //! backoff, a reload rolled back, or forkd's exit when no worker could ever boot.
 
+use super::oom;
 use super::plan::ExitReason;
 use super::state::Stop;
 use super::workers::{Phase, Worker};
@@ -11,30 +12,6 @@ use crate::shared::protocol::EXIT_NO_WORKER;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use std::time::Instant;
-
-/// The kernel's OOM kills in forkd's memory cgroup, to name a worker's SIGKILL that
-/// forkd did not send.
-pub(super) mod oom {
-    /// `oom_kill` of cgroup v2's `memory.events`, or of v1's `memory.oom_control`.
-    pub fn kills() -> Option<u64> {
-        let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let file = cgroups.lines().find_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            if controllers.split(',').any(|c| c == "memory") {
-                Some(format!("/sys/fs/cgroup/memory{path}/memory.oom_control"))
-            } else if controllers.is_empty() {
-                Some(format!("/sys/fs/cgroup{path}/memory.events"))
-            } else {
-                None
-            }
-        })?;
-        let text = std::fs::read_to_string(file).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse().ok())
-    }
-}
 
 /// Why a worker exited: what the master asked of it (its `phase`) or, unasked, what it
 /// did: die before it was ready, end by itself with 0 (an exec worker recycling, as

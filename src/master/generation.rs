@@ -10,12 +10,23 @@
 //! the same socket, so either can be put back); a socket file belongs to one generation
 //! at a time and moves to the one that survives ([`Generation::retire`]).
 
-use super::Program;
 use crate::config::{BindSpec, Config};
 use crate::shared::listeners::{self, Listener, SocketFile};
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+
+/// What a worker runs.
+#[derive(Clone)]
+pub enum Program {
+    /// A hyper server around an app, in the forked process.
+    Native(crate::app::AppFactory),
+    /// A program exec'd after the fork, given the listeners (exec workers).
+    Exec(std::sync::Arc<super::exec::ExecProgram>),
+    /// A hyper server around an app of the host's runtime (a Python ASGI app), whose
+    /// event loop owns the worker's main thread.
+    Hosted(crate::hosted::HostedProgram),
+}
 
 /// A configuration generation and everything bound or loaded for it.
 pub(super) struct Generation {

@@ -21,8 +21,9 @@
 //! action is a [`deadlines::Deadline`].
 //!
 //! The files: `generation` and `reload` (HUP), `backoff`, `exits` (reaping, why a worker
-//! exited), `deadlines`, `spawn` (reconcile, fork), `status` (readiness, systemd),
-//! `upgrade` (USR2), `exec` (exec workers), `workers` (a worker as tracked here).
+//! exited) and `oom`, `deadlines`, `spawn` (reconcile, fork), `status` (readiness,
+//! systemd), `upgrade` (USR2) and `upgrade_handshake` (its `impl Master`), `exec` (exec
+//! workers) and `exec_reports` (their reports), `workers` (a worker as tracked here).
 
 mod backoff;
 #[allow(unsafe_code)] // close_range, dup of fds for a child
@@ -31,9 +32,11 @@ mod clock;
 pub(crate) mod ctl;
 mod deadlines;
 pub mod exec;
+mod exec_reports;
 mod exits;
 mod generation;
 mod notify;
+mod oom;
 mod plan;
 pub mod recycle;
 mod reload;
@@ -43,9 +46,9 @@ mod spawn;
 mod state;
 mod status;
 pub mod upgrade;
+mod upgrade_handshake;
 mod workers;
 
-use crate::app::AppFactory;
 use crate::config::{Config, ConfigError};
 use crate::shared::listeners;
 use crate::shared::pidfile;
@@ -53,6 +56,7 @@ use crate::shared::protocol;
 use crate::shared::scoreboard::{monotonic_ms, Scoreboard};
 use backoff::Backoff;
 use generation::Generation;
+pub use generation::Program;
 use nix::sys::signal::{kill, Signal};
 use notify::SystemdLink;
 use plan::ExitReason;
@@ -90,18 +94,6 @@ pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError>>;
 /// Chooses what workers run for a config (built-in app by name, the embedded app, or
 /// an exec command).
 pub type AppResolver = Box<dyn Fn(&Config) -> Result<Program, String>>;
-
-/// What a worker runs.
-#[derive(Clone)]
-pub enum Program {
-    /// A hyper server around an app, in the forked process.
-    Native(AppFactory),
-    /// A program exec'd after the fork, given the listeners (exec workers).
-    Exec(Arc<exec::ExecProgram>),
-    /// A hyper server around an app of the host's runtime (a Python ASGI app), whose
-    /// event loop owns the worker's main thread.
-    Hosted(crate::hosted::HostedProgram),
-}
 
 /// A HUP reload, between RELOADING=1 and READY=1.
 enum ReloadState {
@@ -286,7 +278,7 @@ impl Master {
             state: RunState::Serving,
             boot: Boot::Booting,
             backoff: Backoff::default(),
-            oom_kills: exits::oom::kills(),
+            oom_kills: oom::kills(),
             pidfile,
             relaunch,
             upgrade: match upgrade_from {

@@ -2,15 +2,14 @@
 //! where it is in its life ([`Phase`]), when it was seen ready, and what the master
 //! keeps for an exec worker.
 
-use super::deadlines;
 use super::exec;
 use super::plan::ExitReason;
 use super::recycle;
-use crate::config::Config;
+use crate::config::{Config, ReadyMode};
 use crate::shared::scoreboard::{Scoreboard, FLAG_RETIRE};
 use nix::unistd::Pid;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Where a worker is in its life, as far as the master asked.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,9 +100,38 @@ impl Worker {
     /// When an exec worker that is not ready yet is given up on.
     pub fn boot_deadline(&self) -> Option<Instant> {
         let exec = self.exec.as_ref().filter(|_| !self.ready())?;
-        Some(
-            exec.spawned_at
-                + deadlines::exec_boot_limit(self.config.timeout, &self.config.exec.ready),
-        )
+        Some(exec.spawned_at + exec_boot_limit(self.config.timeout, &self.config.exec.ready))
+    }
+}
+
+/// How long an exec worker may take to be ready when `timeout` is 0.
+const EXEC_BOOT_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long an exec worker may take to be ready: `timeout` (or `EXEC_BOOT_LIMIT` when
+/// it is 0), and for `ready = DURATION` at least a second past that wait.
+fn exec_boot_limit(timeout: Duration, ready: &ReadyMode) -> Duration {
+    let limit = if timeout.is_zero() {
+        EXEC_BOOT_LIMIT
+    } else {
+        timeout
+    };
+    match ready {
+        ReadyMode::After(wait) => limit.max(*wait + Duration::from_secs(1)),
+        _ => limit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_worker_gets_timeout_or_a_minute_and_a_second_past_its_wait() {
+        let s = Duration::from_secs;
+        assert_eq!(exec_boot_limit(s(0), &ReadyMode::Auto), EXEC_BOOT_LIMIT);
+        assert_eq!(exec_boot_limit(s(5), &ReadyMode::Notify), s(5));
+        assert_eq!(exec_boot_limit(s(5), &ReadyMode::After(s(10))), s(11));
+        assert_eq!(exec_boot_limit(s(30), &ReadyMode::After(s(10))), s(30));
+        assert_eq!(exec_boot_limit(s(0), &ReadyMode::After(s(90))), s(91));
     }
 }

@@ -5,6 +5,7 @@
 
 #[allow(unsafe_code)] // adopting fds from openat(2)
 pub(crate) mod dirfd;
+pub(crate) mod escape;
 #[allow(unsafe_code)] // adopting inherited listening fds
 pub(crate) mod listeners;
 #[allow(unsafe_code)] // flock, adopting a reopened fd, borrowing the log fd

@@ -438,7 +438,7 @@ impl Slot {
         // escaped, without trailing NULs, at most 2 * MESSAGE_BYTES characters.
         let bytes = &bytes[..len.min(MESSAGE_BYTES)];
         let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
-        Some(crate::shared::logging::escape_untrusted(
+        Some(crate::shared::escape::escape_untrusted(
             &bytes[..end],
             2 * MESSAGE_BYTES,
         ))

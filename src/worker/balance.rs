@@ -15,7 +15,7 @@
 //! scoreboard (relaxed loads of a few slots per accepted connection, nothing per request).
 
 use crate::shared::scoreboard::monotonic_ms;
-use crate::worker::Shared;
+use crate::worker::state::Shared;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 

@@ -3,7 +3,8 @@
 //! built inside it (or a hosted app booted on the main thread), then the serving core
 //! (`serve`) with the worker's signals as its shutdown, and the exit: boot failures
 //! reported in the scoreboard, QUIT and INT at once, TERM and the master's death after
-//! the drain. The core's own modules: `serve` (listeners, shared state, drain),
+//! the drain. The core's own modules: `serve` (settings, the core's run, drain), `state`
+//! (listeners and the state every task shares),
 //! `accept` (accept loops, connection places, 503), `http` (hyper's bounds), `conn`
 //! (one connection), `io` and `limits` (the byte-level limits), `health`, `balance`.
 
@@ -13,6 +14,7 @@ mod balance;
 mod doorbell;
 pub(crate) mod http;
 pub mod serve;
+mod state;
 
 use crate::app::{App, AppFactory};
 use crate::config::Config;
@@ -21,10 +23,6 @@ use crate::shared::scoreboard::{Board, Slot};
 use crate::worker::http::access_log::AccessLog;
 use serve::{Listening, Outcome, Settings, Shutdown};
 use std::sync::Arc;
-
-// The names the connection modules reach the core by.
-use accept::OpenConnection;
-use serve::Shared;
 
 use crate::shared::protocol::EXIT_BOOT_ERROR;
 
@@ -322,7 +320,7 @@ fn close_inherited_listeners(listeners: &[Listener], metrics: Option<&Listener>)
 
 /// Records a boot failure in the slot (the master reports it) and returns the exit code.
 fn boot_failed(slot: &Slot, reason: &str) -> i32 {
-    let shown = crate::shared::logging::escape_untrusted(reason.as_bytes(), 4096);
+    let shown = crate::shared::escape::escape_untrusted(reason.as_bytes(), 4096);
     tracing::error!(pid = std::process::id(), "worker failed to boot: {shown}");
     slot.set_message(reason);
     EXIT_BOOT_ERROR

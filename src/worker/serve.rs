@@ -9,74 +9,20 @@
 
 use crate::app::App;
 use crate::config::Config;
-use crate::shared::listeners::Listener;
 use crate::shared::scoreboard::{monotonic_ms, Board, Scoreboard, Slot, WorkerState};
-use crate::worker::accept::{start_accepting, AcceptTasks, Throttled};
-use crate::worker::acceptor::{Acceptor, Socket};
+use crate::worker::accept::{start_accepting, AcceptTasks};
+use crate::worker::acceptor::Acceptor;
 use crate::worker::http::access_log::AccessLog;
 use crate::worker::http::forwarded::TrustedProxies;
 use crate::worker::http::health::HealthPaths;
-use crate::worker::http::limits::HeadLimits;
+use crate::worker::http::violation::HeadLimits;
+pub use crate::worker::state::Listening;
+use crate::worker::state::{Shared, Throttled};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
-
-/// A listening socket [`serve`] accepts on. The core accepts on it until the drain
-/// begins, then closes it.
-pub struct Listening {
-    pub(super) socket: Socket,
-    /// Its connections begin with a TLS handshake ([`Settings::tls`]).
-    pub(super) tls: bool,
-    /// What it is bound to, for errors.
-    pub(super) name: String,
-}
-
-impl Listening {
-    /// A bound TCP listener (`std::net::TcpListener::bind`).
-    pub fn tcp(listener: std::net::TcpListener) -> Listening {
-        let name = listener
-            .local_addr()
-            .map_or_else(|_| "tcp".to_string(), |a| a.to_string());
-        Listening {
-            socket: Socket::Tcp(listener),
-            tls: false,
-            name,
-        }
-    }
-
-    /// A bound unix socket listener.
-    pub fn unix(listener: std::os::unix::net::UnixListener) -> Listening {
-        let name = listener
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
-            .unwrap_or_else(|| "unix".to_string());
-        Listening {
-            socket: Socket::Unix(listener),
-            tls: false,
-            name,
-        }
-    }
-
-    /// Serves this listener's connections over TLS, with the server config given as
-    /// [`Settings::tls`] (without it, [`serve`] fails).
-    pub fn with_tls(mut self) -> Listening {
-        self.tls = true;
-        self
-    }
-
-    /// A worker's own copy of one of the master's listeners (TLS if its `bind` entry
-    /// says so). `what` names it in errors.
-    pub(super) fn copy_of(listener: &Listener, what: &str) -> Result<Listening, String> {
-        Ok(Listening {
-            socket: Socket::copy_of(listener, what)?,
-            tls: listener.spec.is_tls(),
-            name: listener.local.clone(),
-        })
-    }
-}
 
 /// What [`serve`] needs besides the listeners and the app.
 ///
@@ -313,70 +259,6 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// State shared by every task of the worker.
-pub(crate) struct Shared {
-    pub(super) app: Arc<dyn App>,
-    pub(super) slot: &'static Slot,
-    pub(super) board: &'static Board,
-    pub(super) http: crate::worker::http::sniff::Builders,
-    pub(super) keepalive: Duration,
-    pub(super) header_read_timeout: Duration,
-    /// `limits.body_read_timeout`; zero = off.
-    pub(super) body_read_timeout: Duration,
-    /// `limits.send_timeout`.
-    pub(super) send_timeout: Duration,
-    /// This worker's own `max_requests` (with its jitter drawn); 0 = unlimited.
-    pub(super) request_limit: u64,
-    draining: AtomicBool,
-    drain_tx: watch::Sender<bool>,
-    pub(super) open_connections: AtomicUsize,
-    pub(super) all_closed: Notify,
-    /// Rung when a connection closes while the accept loop is stepping back (accept
-    /// balancing waits on it); `stepping_back` says whether anyone is waiting, so that
-    /// a closing connection costs no lock otherwise.
-    pub(super) connection_closed: Notify,
-    pub(super) stepping_back: AtomicBool,
-    pub(super) limits: HeadLimits,
-    pub(super) max_connections: usize,
-    /// `limits.max_connections_per_ip`; 0 = off.
-    pub(super) max_connections_per_ip: usize,
-    /// Open connections per client IP, kept only when `max_connections_per_ip` is on.
-    pub(super) per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-    /// "This worker is full" error-log lines, at most one per period.
-    pub(super) full_warning: Throttled,
-    /// accept(2) failures (EMFILE...) in the error log, at most one line per period.
-    pub(super) accept_warning: Throttled,
-    pub(super) health: HealthPaths,
-    pub(super) proxies: TrustedProxies,
-    pub(super) access_log: Option<Arc<AccessLog>>,
-    /// Metrics are on: record each request's duration in the slot's histogram.
-    pub(super) record_durations: bool,
-    /// Something needs a request's start time (the histogram or the access log).
-    pub(super) timing: bool,
-    /// Wraps connections accepted on `tls://` listeners.
-    pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Every connection's task, ended when the core returns without a full drain.
-    pub(super) connection_tasks: crate::worker::accept::ConnectionTasks,
-    /// `tls.handshake_timeout`.
-    pub(super) handshake_timeout: Duration,
-}
-
-impl Shared {
-    pub(super) fn is_draining(&self) -> bool {
-        self.draining.load(Relaxed)
-    }
-    pub(super) fn drain_signal(&self) -> watch::Receiver<bool> {
-        self.drain_tx.subscribe()
-    }
-    fn start_drain(&self) {
-        if !self.draining.swap(true, AcqRel) {
-            self.slot.set_state(WorkerState::Draining);
-            let _ = self.drain_tx.send(true);
-            self.app.draining();
-        }
     }
 }
 

@@ -53,11 +53,12 @@
 use crate::app::App;
 use crate::config::Config;
 use crate::shared::scoreboard::{Board, Scoreboard, Slot};
-use crate::worker::http::conn::ConnState;
+use crate::worker::http::conn_state::ConnState;
 use crate::worker::http::forwarded::TrustedProxies;
 use crate::worker::http::io::GuardedIo;
-use crate::worker::http::limits::HeadLimits;
-use crate::worker::serve::{new_shared, Shared};
+use crate::worker::http::violation::HeadLimits;
+use crate::worker::serve::new_shared;
+use crate::worker::state::Shared;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

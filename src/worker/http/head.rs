@@ -31,7 +31,7 @@
 //! host grammar as the request is served (`h2_hosts_valid`).
 
 use crate::worker::http::host::{valid_host, valid_host_and_port};
-use crate::worker::http::limits::Violation;
+use crate::worker::http::violation::Violation;
 use hyper::header::{HeaderValue, HOST};
 use std::mem::MaybeUninit;
 

@@ -26,17 +26,19 @@
 
 use crate::app::body::StallTimer;
 use crate::shared::scoreboard::{Header, Rejection};
-use crate::shared::timefmt::Utc;
 use crate::worker::http::access_log::{AccessLog, Outcome, Record};
-use crate::worker::http::conn::{ConnState, Peer};
+use crate::worker::http::conn_state::{ConnState, Peer};
+use crate::worker::http::error_response::error_response;
 use crate::worker::http::h2_frames::{Follow, H2Frames, CALM};
-use crate::worker::http::limits::{HeadLimits, Scan, Scanner, Violation};
+use crate::worker::http::h2_serving::SERVING_H2;
+use crate::worker::http::limits::{Scan, Scanner};
+use crate::worker::http::violation::{HeadLimits, Violation};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// How long an answered connection is drained before it is closed.
@@ -98,9 +100,9 @@ where
     calm: Calm,
     /// Counts the connection as open for as long as its IO lives, which after a
     /// protocol switch is as long as the app holds it (a WebSocket).
-    _open: Option<crate::worker::OpenConnection>,
+    _open: Option<crate::worker::state::OpenConnection>,
     /// HTTP/2: the streams h2 reset as malformed while this connection was being
-    /// served (see [`malformed_h2_stream`]), and how many of them are counted and logged.
+    /// served (see `h2_serving::malformed_h2_stream`), and how many of them are counted and logged.
     malformed: Option<Arc<AtomicU32>>,
     malformed_reported: u32,
 }
@@ -116,7 +118,7 @@ where
         body_timeout: Duration,
         header: &'static Header,
         log: Option<(Arc<AccessLog>, Arc<Peer>)>,
-        open: Option<crate::worker::OpenConnection>,
+        open: Option<crate::worker::state::OpenConnection>,
     ) -> Self {
         GuardedIo {
             inner: Some(inner),
@@ -486,33 +488,6 @@ where
     }
 }
 
-thread_local! {
-    /// The malformed-stream count of the HTTP/2 connection being served on this thread
-    /// (its task is between a read and its next yield), if any.
-    static SERVING_H2: std::cell::RefCell<Option<Arc<AtomicU32>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Called (through `logging.rs`) when h2 resets a stream as malformed: counted for the
-/// connection that read the bytes, which is the one being served (h2 decodes a
-/// connection's frames in its own task, right after reading them).
-pub(crate) fn malformed_h2_stream() {
-    SERVING_H2.with(|serving| {
-        if let Some(counter) = &*serving.borrow() {
-            counter.fetch_add(1, Relaxed);
-        }
-    });
-}
-
-/// The connection's task yields: what h2 logs next is not its doing.
-pub(crate) fn left_connection() {
-    SERVING_H2.with(|serving| {
-        if let Ok(mut serving) = serving.try_borrow_mut() {
-            serving.take();
-        }
-    });
-}
-
 /// Logs a request forkd answered itself before hyper parsed it.
 pub(crate) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16, body: &str) {
     let mut record = Record::refused(peer.remote(), peer.addr, head);
@@ -526,21 +501,6 @@ pub(crate) fn log_refused(log: &AccessLog, peer: &Peer, head: &[u8], status: u16
             completed: true,
         },
     );
-}
-
-/// A complete `Connection: close` response with a plain-text body.
-pub(crate) fn error_response(
-    status: u16,
-    reason: &str,
-    body: &str,
-    extra_headers: &str,
-) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\n{extra_headers}\r\n{body}",
-        body.len(),
-        Utc::from_system(SystemTime::now()).http_date()
-    )
-    .into_bytes()
 }
 
 /// Writes `response` (may be empty), shuts the connection down for writing and reads

@@ -3,8 +3,8 @@
 //! against floods (`configure_http2`).
 
 use crate::config::Config;
-use crate::worker::http::limits::HeadLimits;
 use crate::worker::http::sniff::Builders;
+use crate::worker::http::violation::HeadLimits;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -16,7 +16,9 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 pub(crate) fn builder(config: &Config, limits: &HeadLimits) -> Builders {
     // Streams h2 resets as malformed never reach the service: counted and logged by the
     // connection's IO.
-    crate::shared::logging::on_h2_malformed_stream(crate::worker::http::io::malformed_h2_stream);
+    crate::shared::logging::on_h2_malformed_stream(
+        crate::worker::http::h2_serving::malformed_h2_stream,
+    );
     let mut http1 = http1::Builder::new();
     // forkd times header reads itself (`header_read_timeout`, conn.rs) and the limits
     // scanner hands hyper only whole heads, so hyper's buffer must fit the largest

@@ -261,7 +261,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let polled = self.poll_served(cx);
-        crate::worker::http::io::left_connection();
+        crate::worker::http::h2_serving::left_connection();
         polled
     }
 }
@@ -309,7 +309,7 @@ where
                     let seen = &sniffed.prefix[..usize::from(sniffed.len)];
                     let refusal = match decided {
                         Sniff::Http2 if *http1_only => {
-                            Some(crate::worker::http::io::error_response(
+                            Some(crate::worker::http::error_response::error_response(
                                 400,
                                 "Bad Request",
                                 "ALPN chose HTTP/1.1, not HTTP/2\n",
