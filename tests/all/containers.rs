@@ -187,13 +187,10 @@ fn the_kubernetes_example_fits_forkd_and_its_config() {
     let dir = harness::temp_dir("k8s-config");
     let file = dir.join("forkd.toml");
     std::fs::write(&file, &toml_text).expect("write the ConfigMap's forkd.toml");
-    let out = run_bounded(
-        Command::new(forkd())
-            .arg("-c")
-            .arg(&file)
-            .arg("--check-config"),
-        Duration::from_secs(20),
-    );
+    let out = Forkd::new()
+        .config(&file)
+        .arg("--check-config")
+        .output(Duration::from_secs(20));
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.ok(), "the ConfigMap's forkd.toml is invalid: {out:?}");
 
@@ -342,14 +339,11 @@ fn kubernetes_service_links_are_ignored_and_a_typo_only_warns() {
 
     // --check-config: exit 0; a warning for the typo only.
     for (vars, typo) in [(&env, false), (&with_typo, true)] {
-        let out = run_bounded(
-            Command::new(forkd())
-                .arg("-c")
-                .arg(&file)
-                .arg("--check-config")
-                .envs(vars.iter().map(|(k, v)| (k, v))),
-            Duration::from_secs(20),
-        );
+        let out = Forkd::new()
+            .config(&file)
+            .arg("--check-config")
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .output(Duration::from_secs(20));
         assert!(out.ok(), "--check-config failed: {out:?}");
         let warning = "forkd: warning: unknown environment variable FORKD_WORKRES is ignored (did you mean `FORKD_WORKERS`?)\n";
         assert_eq!(out.stderr, if typo { warning } else { "" }, "{out:?}");
@@ -396,9 +390,9 @@ fn the_image_runs_forkd_as_pid1_with_a_valid_default_command() {
         "the runtime stage does not install the built forkd where ENTRYPOINT runs it"
     );
     let cmd = json_array("CMD");
-    let out = run_bounded(
-        Command::new(forkd()).args(&cmd).arg("--check-config"),
-        Duration::from_secs(20),
-    );
+    let out = Forkd::new()
+        .args(&cmd)
+        .arg("--check-config")
+        .output(Duration::from_secs(20));
     assert!(out.ok(), "the image's CMD {cmd:?} is not valid: {out:?}");
 }

@@ -91,18 +91,14 @@ fn print_config_shows_precedence_file_then_env_then_cli() {
     let path = temp_config("precedence", "app = \"hello\"\nworkers = 2\ntimeout = 5\n");
     let config = path.as_str();
     let print = |args: &[&str], env: &[(&str, &str)]| {
-        let out = std::process::Command::new(forkd())
-            .args(["-c", config, "--print-config"])
+        let out = Forkd::new()
+            .config(config)
+            .arg("--print-config")
             .args(args)
             .envs(env.iter().copied())
-            .output()
-            .expect("run");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+            .output(Duration::from_secs(10));
+        assert!(out.ok(), "{}", out.stderr);
+        out.stdout
     };
     let file_only = print(&[], &[]);
     assert!(
@@ -523,11 +519,7 @@ fn a_relative_config_path_still_reloads_after_chdir() {
         "app = \"hello\"\nbind = [\"127.0.0.1:0\"]\nchdir = \"/\"\n",
     )
     .expect("config");
-    let server = Server::spawn(
-        std::process::Command::new(forkd())
-            .args(["-c", "forkd.toml"])
-            .current_dir(&dir),
-    );
+    let server = Forkd::new().config("forkd.toml").current_dir(&dir).spawn();
     server.expect_log("all workers ready", Duration::from_secs(10));
     server.signal(Signal::SIGHUP);
     server.expect_log("reload finished", Duration::from_secs(10));

@@ -441,8 +441,13 @@ impl Drop for Guard {
 
 #[test]
 fn access_log_dash_writes_to_stdout() {
-    let mut child = std::process::Command::new(forkd())
-        .args(["-b", "127.0.0.1:0", "--access-log", "-", "hello"])
+    // A raw command: stdout (the access log here) is read as it comes, which `Server`
+    // (it drops stdout) does not do.
+    let mut child = Forkd::new()
+        .local()
+        .args(["--access-log", "-"])
+        .app("hello")
+        .command()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -244,14 +244,14 @@ fn max_connections_per_ip_refuses_one_client_not_the_others_and_idle_ones_count_
         .arg("--print-config")
         .run_to_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0));
-    let printed = Command::new(forkd())
-        .args(["-c", &config, "--print-config"])
-        .output()
-        .expect("print-config");
+    let printed = Forkd::new()
+        .config(&config)
+        .arg("--print-config")
+        .output(Duration::from_secs(10));
     assert!(
-        String::from_utf8_lossy(&printed.stdout).contains("max_connections_per_ip = 5"),
+        printed.stdout.contains("max_connections_per_ip = 5"),
         "{}",
-        String::from_utf8_lossy(&printed.stdout)
+        printed.stdout
     );
     let bad = write_config(
         &temp_dir("os-per-ip-bad"),
@@ -437,8 +437,8 @@ impl Drop for Tmpfs {
 }
 
 /// Starts forkd whose error log is the file `error_log` and waits until it is ready.
-fn start_logging_to(command: &mut Command, error_log: &Path) -> Server {
-    let mut server = Server::spawn(command);
+fn start_logging_to(forkd: &Forkd, error_log: &Path) -> Server {
+    let mut server = forkd.spawn();
     let read = || std::fs::read_to_string(error_log).unwrap_or_default();
     assert!(
         poll_until(Duration::from_secs(10), || read()
@@ -475,7 +475,7 @@ fn on_a_full_disk_access_log_lines_stay_whole_and_drops_are_counted() {
         ),
     );
     let error_log = dir.join("error.log");
-    let server = start_logging_to(Command::new(forkd()).args(["-c", &config]), &error_log);
+    let server = start_logging_to(&Forkd::new().config(&config), &error_log);
     let read_error_log = || std::fs::read_to_string(&error_log).unwrap_or_default();
     let line = read_error_log();
     let metrics = line
@@ -539,17 +539,15 @@ fn a_master_whose_stderr_is_never_read_still_supervises() {
     let dir = temp_dir("os-stalled-stderr");
     let socket = dir.join("s.sock");
     let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
-    let mut command = Command::new(forkd());
+    // A raw command: its stderr is a pipe this test holds and never reads, which
+    // `Server` (it always reads stderr) cannot give.
+    let mut command = Forkd::new()
+        .bind(format!("unix:{}", socket.display()))
+        .workers(2)
+        .args(["--log-level", "debug"])
+        .app("hello")
+        .command();
     command
-        .args([
-            "-b",
-            &format!("unix:{}", socket.display()),
-            "-w",
-            "2",
-            "--log-level",
-            "debug",
-            "hello",
-        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::from(
             write_end.try_clone().expect("dup"),
@@ -642,14 +640,13 @@ fn panics_reach_a_file_error_log_and_are_access_logged_as_500() {
     let access_log = dir.join("access.log");
     let example = counter_example();
     let server = start_logging_to(
-        &mut Forkd::program(example)
+        &Forkd::program(example)
             .local()
             .workers(1)
             .arg("--error-log")
             .arg(&error_log)
             .arg("--access-log")
-            .arg(&access_log)
-            .command(),
+            .arg(&access_log),
         &error_log,
     );
     assert!(get(&server.addr, "/panic").is_err());
@@ -767,13 +764,12 @@ fn a_failed_allocation_is_in_a_file_error_log_and_named() {
     let dir = temp_dir("os-alloc");
     let error_log = dir.join("error.log");
     let server = start_logging_to(
-        &mut Forkd::new()
+        &Forkd::new()
             .local()
             .workers(1)
             .arg("--error-log")
             .arg(&error_log)
-            .app("echo")
-            .command(),
+            .app("echo"),
         &error_log,
     );
     let worker = workers_of(server.pid())[0];

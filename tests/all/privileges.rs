@@ -14,7 +14,7 @@ use harness::*;
 use nix::sys::signal::Signal;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn is_root() -> bool {
@@ -166,13 +166,14 @@ fn the_socket_file_is_removed_only_from_the_directory_it_was_bound_in() {
 #[test]
 fn native_workers_have_their_own_session_and_no_terminal_input() {
     let dir = temp_dir("priv-session");
-    let mut command = Command::new(forkd());
-    command
-        .args(["-b", "127.0.0.1:0", "-w", "2", "hello"])
+    let mut server = Forkd::new()
+        .local()
+        .workers(2)
         .arg(format!("--bind=unix:{}", dir.join("s.sock").display()))
         .arg(format!("--pid={}", dir.join("forkd.pid").display()))
-        .stdin(Stdio::piped());
-    let mut server = Server::spawn(&mut command);
+        .app("hello")
+        .stdin_piped()
+        .spawn();
     server.expect_log("all workers ready", Duration::from_secs(10));
     let master = server.pid();
     assert!(
@@ -212,11 +213,11 @@ fn native_workers_have_their_own_session_and_no_terminal_input() {
 
 #[test]
 fn exec_workers_have_their_own_session_and_no_terminal_input() {
-    let mut command = Command::new(forkd());
-    command
-        .args(["-b", "127.0.0.1:0", "--", "/bin/sleep", "60"])
-        .stdin(Stdio::piped());
-    let server = Server::spawn(&mut command);
+    let server = Forkd::new()
+        .local()
+        .args(["--", "/bin/sleep", "60"])
+        .stdin_piped()
+        .spawn();
     let master = server.pid();
     let mut worker = 0;
     assert!(
@@ -319,13 +320,12 @@ fn an_empty_path_entry_does_not_find_a_program_in_the_working_directory() {
     .unwrap();
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
     for search in [":/usr/bin:/bin", "/usr/bin:.:/bin", "/usr/bin::/bin"] {
-        let (code, stderr) = run_command(
-            Command::new(forkd())
-                .current_dir(&dir)
-                .env("PATH", search)
-                .args(["-b", "127.0.0.1:0", "--", "forkd-test-planted"]),
-            Duration::from_secs(10),
-        );
+        let (code, stderr) = Forkd::new()
+            .local()
+            .args(["--", "forkd-test-planted"])
+            .current_dir(&dir)
+            .env("PATH", search)
+            .run_to_exit(Duration::from_secs(10));
         assert_eq!(code, Some(3), "PATH={search}: {stderr}");
         assert!(stderr.contains("was not found"), "PATH={search}: {stderr}");
         assert!(!marker.exists(), "PATH={search}: ./forkd-test-planted ran");

@@ -63,24 +63,11 @@ fn after_term_and_shutdown_delay_new_connections_are_refused_while_in_flight_req
 
 /// Runs `forkd -c CONFIG -s status` (bounded): exit code, stdout, stderr.
 fn status_of(config: &str) -> (Option<i32>, String, String) {
-    let mut child = std::process::Command::new(forkd())
-        .args(["-c", config, "-s", "status"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start forkd -s status");
-    let _guard = PidGuard(child.id() as i32);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "forkd -s status hangs");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let output = child.wait_with_output().expect("output");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).to_string(),
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    )
+    let out = Forkd::new()
+        .config(config)
+        .args(["-s", "status"])
+        .output(Duration::from_secs(15));
+    (out.code, out.stdout, out.stderr)
 }
 
 /// The worker lines of a status answer: (pid, generation, state).

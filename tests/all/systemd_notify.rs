@@ -160,10 +160,10 @@ fn write_config(dir: &Path, extra: &str) -> (PathBuf, String) {
 }
 
 fn signal_cli(config: &Path, name: &str) -> (Option<i32>, String) {
-    run_command(
-        Command::new(forkd()).args(["-c", config.to_str().unwrap(), "-s", name]),
-        Duration::from_secs(30),
-    )
+    Forkd::new()
+        .config(config)
+        .args(["-s", name])
+        .run_to_exit(Duration::from_secs(30))
 }
 
 #[test]

@@ -546,14 +546,11 @@ fn check_config_loads_and_checks_the_tls_files() {
 
     // --print-config shows the table.
     let (code, printed) = {
-        let out = std::process::Command::new(forkd())
-            .args(["-c", ok.to_str().unwrap(), "--print-config"])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let out = Forkd::new()
+            .config(&ok)
+            .arg("--print-config")
+            .output(Duration::from_secs(10));
+        (out.code, out.stdout)
     };
     assert_eq!(code, Some(0));
     for line in [

@@ -452,8 +452,7 @@ fn a_forged_reload_reply_is_ignored_by_the_waiting_client() {
     .expect("config");
     let config = config.to_str().unwrap();
     let server = Forkd::new().config(config).start();
-    let mut client =
-        Server::spawn(std::process::Command::new(forkd()).args(["-c", config, "-s", "reload"]));
+    let mut client = Forkd::new().config(config).args(["-s", "reload"]).spawn();
     let reply = libc::SIGRTMIN() + 2;
     assert!(
         poll_until(Duration::from_secs(10), || blocks(client.pid(), reply)),

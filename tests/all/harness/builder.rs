@@ -2,13 +2,15 @@
 //! an example built on the library, the Python package's `forkd`), instead of argument
 //! arrays copied between files. Options go in the order given, the app last; then
 //! `start` waits until all workers are ready, `start_or_exit` also takes an exit for an
-//! answer, `spawn` waits for nothing and `run_to_exit` runs a forkd that must stop.
+//! answer, `spawn` waits for nothing, `run_to_exit` runs a forkd that must stop and
+//! `output` does too, keeping its stdout as well (`--print-config`, `-s status`).
 
-use super::{forkd, poll_until, run_command, Server};
+use super::{forkd, poll_until, run_command, PidGuard, Server};
 use std::ffi::{OsStr, OsString};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A forkd command line being built; see the module comment.
 #[derive(Debug, Clone)]
@@ -17,6 +19,24 @@ pub struct Forkd {
     args: Vec<OsString>,
     app: Option<OsString>,
     env: Vec<(OsString, OsString)>,
+    dir: Option<PathBuf>,
+    stdin_piped: bool,
+}
+
+/// How a run that stopped ended: its exit code (`None`: killed by a signal), stdout and
+/// stderr.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Exit code 0.
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
 }
 
 impl Default for Forkd {
@@ -38,6 +58,8 @@ impl Forkd {
             args: Vec::new(),
             app: None,
             env: Vec::new(),
+            dir: None,
+            stdin_piped: false,
         }
     }
 
@@ -95,13 +117,33 @@ impl Forkd {
         env.into_iter().fold(self, |forkd, (k, v)| forkd.env(k, v))
     }
 
-    /// The command as built, for what the methods here do not cover (`pre_exec`).
+    /// Runs it in `dir` (a relative `-c` or program path is read from there).
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Forkd {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Gives it a pipe on stdin that stays open and silent (as a terminal would) instead
+    /// of the test's own stdin.
+    pub fn stdin_piped(mut self) -> Forkd {
+        self.stdin_piped = true;
+        self
+    }
+
+    /// The command as built, for what the methods here do not cover (`pre_exec`, a
+    /// stdout or stderr the test reads or stalls itself).
     pub fn command(&self) -> Command {
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
             .args(&self.app)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        if self.stdin_piped {
+            command.stdin(Stdio::piped());
+        }
         command
     }
 
@@ -126,6 +168,46 @@ impl Forkd {
     /// (exit code, stderr).
     pub fn run_to_exit(&self, limit: Duration) -> (Option<i32>, String) {
         run_command(&mut self.command(), limit)
+    }
+
+    /// Runs it to its exit keeping stdout and stderr; fails the test (with its stderr)
+    /// if it is still running after `limit` (it and its children are killed).
+    pub fn output(&self, limit: Duration) -> Output {
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start forkd");
+        let guard = PidGuard(child.id() as i32);
+        let read_all = |mut pipe: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                let _ = pipe.read_to_end(&mut text);
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        };
+        let stdout = read_all(Box::new(child.stdout.take().expect("stdout")));
+        let stderr = read_all(Box::new(child.stderr.take().expect("stderr")));
+        let deadline = Instant::now() + limit;
+        let code = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status.code();
+            }
+            if Instant::now() > deadline {
+                drop(guard);
+                let _ = child.wait();
+                let stderr = stderr.join().unwrap_or_default();
+                panic!("{:?} still runs after {limit:?}:\n{stderr}", self.command());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        std::mem::forget(guard);
+        Output {
+            code,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        }
     }
 }
 

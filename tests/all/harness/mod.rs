@@ -7,7 +7,7 @@
 mod builder;
 
 #[allow(unused_imports)] // not every test binary uses every helper
-pub use builder::{start_or_exit, write_config, Forkd};
+pub use builder::{start_or_exit, write_config, Forkd, Output};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
