@@ -9,6 +9,10 @@
 //! The shipped files agree with each other: the ConfigMap's forkd.toml is valid, the
 //! probes ask its health paths on its port, the grace period covers its drain, and the
 //! image's entrypoint is in exec form with a valid default command.
+//!
+//! The same for the Python app's files (`config/python/Dockerfile`, `k8s.yaml`,
+//! `app.toml`): a non-root image with the venv's forkd as PID 1, and the Dockerfile's
+//! bytecode and permission step run against a temporary tree (no container engine here).
 
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -395,4 +399,323 @@ fn the_image_runs_forkd_as_pid1_with_a_valid_default_command() {
         .arg("--check-config")
         .output(Duration::from_secs(20));
     assert!(out.ok(), "the image's CMD {cmd:?} is not valid: {out:?}");
+}
+
+const PY_DOCKERFILE: &str = include_str!("../../config/python/Dockerfile");
+const PY_MANIFEST: &str = include_str!("../../config/python/k8s.yaml");
+const PY_CONFIG: &str = include_str!("../../config/python/app.toml");
+
+/// `forkd -c <config text> --check-config ARGS`, with a built-in app standing in for a
+/// Python `MODULE:ATTR` (the plain build has no Python; the APP argument overrides the
+/// `app` key): whether every key and value is one forkd accepts.
+fn check_python_config(name: &str, config: &str, args: &[String]) -> nspawn::Output {
+    let dir = harness::temp_dir(name);
+    let file = dir.join("app.toml");
+    std::fs::write(&file, config).expect("write app.toml");
+    let mut command = Command::new(forkd());
+    for arg in args {
+        if arg.starts_with("/etc/forkd/") {
+            command.arg(&file);
+        } else if is_python_app(arg) {
+            command.arg("hello");
+        } else {
+            command.arg(arg);
+        }
+    }
+    let out = run_bounded(command.arg("--check-config"), Duration::from_secs(20));
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// `MODULE:ATTR` (`app.main:app`), not `HOST:PORT`.
+fn is_python_app(arg: &str) -> bool {
+    let ident = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    arg.split_once(':')
+        .is_some_and(|(module, attr)| module.split('.').all(ident) && ident(attr))
+}
+
+/// The last `INSTRUCTION` line of the Python Dockerfile, as an exec-form JSON array.
+fn py_exec_form(instruction: &str) -> Vec<String> {
+    let line = PY_DOCKERFILE
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.starts_with(&format!("{instruction} ")))
+        .unwrap_or_else(|| panic!("no {instruction} in config/python/Dockerfile"));
+    serde_json::from_str(&line[instruction.len() + 1..])
+        .unwrap_or_else(|e| panic!("{instruction} is not in exec form (a JSON array): {line}: {e}"))
+}
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn py_instructions() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in PY_DOCKERFILE.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(line);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_python_image_runs_the_venvs_forkd_as_pid1_and_not_as_root() {
+    let instructions = py_instructions();
+    let first = |word: &str| -> Vec<&str> {
+        instructions
+            .iter()
+            .filter_map(|i| i.strip_prefix(&format!("{word} ")))
+            .collect()
+    };
+    assert_eq!(first("FROM"), ["python:3.11-slim"]);
+
+    // The service user: numeric, created by the image, not root; the last USER wins.
+    let user = *first("USER").last().expect("a USER instruction");
+    let (uid, gid) = user.split_once(':').unwrap_or((user, user));
+    assert!(
+        uid.parse::<u32>().is_ok_and(|u| u != 0) && gid.parse::<u32>().is_ok_and(|g| g != 0),
+        "USER {user} is root or not numeric (runAsNonRoot needs a number)"
+    );
+    assert!(
+        first("RUN")
+            .iter()
+            .any(|r| r.contains(&format!("useradd --system --uid {uid} --gid {gid}"))),
+        "no RUN creates the account USER {user} names"
+    );
+    assert_eq!(first("STOPSIGNAL"), ["SIGTERM"]);
+
+    // forkd, installed from the wheel into the venv, is PID 1 (exec form).
+    let entrypoint = py_exec_form("ENTRYPOINT");
+    assert_eq!(entrypoint, ["/srv/app/venv/bin/forkd"]);
+    let runs = first("RUN").join("\n");
+    assert!(runs.contains("python -m venv /srv/app/venv"), "{runs}");
+    assert!(
+        runs.contains("/srv/app/venv/bin/pip install /tmp/wheels/forkd-"),
+        "the wheel is not installed into the venv: {runs}"
+    );
+    assert!(runs.contains("python -m compileall"), "{runs}");
+    assert!(runs.contains("chmod -R a+rX,go-w /srv/app"), "{runs}");
+
+    // The default command is a valid forkd command line with the shipped config.
+    let cmd = py_exec_form("CMD");
+    assert!(
+        first("COPY").contains(&"forkd.toml /etc/forkd/app.toml")
+            && cmd.iter().any(|a| a == "/etc/forkd/app.toml"),
+        "CMD {cmd:?} does not run the config the image copies"
+    );
+    let out = check_python_config("py-image", PY_CONFIG, &cmd);
+    assert!(out.ok(), "the image's CMD {cmd:?} is not valid: {out:?}");
+
+    // The health check asks forkd's own live path, on the port CMD binds.
+    let health = first("HEALTHCHECK").join("");
+    let config: toml::Table = PY_CONFIG.parse().expect("app.toml");
+    let live = config["health"]["live_path"]
+        .as_str()
+        .expect("health.live_path");
+    let bind = cmd
+        .iter()
+        .skip_while(|a| *a != "--bind")
+        .nth(1)
+        .expect("CMD binds");
+    let port = bind.rsplit(':').next().expect("a port");
+    assert!(
+        health.contains(" CMD [\"") && health.contains(&format!("127.0.0.1:{port}{live}'")),
+        "HEALTHCHECK does not ask http://127.0.0.1:{port}{live} in exec form: {health}"
+    );
+}
+
+#[test]
+fn the_python_images_bytecode_and_permission_step_leaves_the_app_read_only() {
+    // The Dockerfile's RUN that compiles and sets modes, run against a temporary tree that
+    // stands for / (with files as a careless build context has them: writable by all).
+    let step = py_instructions()
+        .into_iter()
+        .filter_map(|i| i.strip_prefix("RUN ").map(str::to_string))
+        .find(|r| r.contains("compileall"))
+        .expect("a RUN with compileall");
+    let root = harness::temp_dir("py-image-tree");
+    let app = root.join("srv/app/app");
+    std::fs::create_dir_all(&app).expect("app dir");
+    std::fs::create_dir_all(root.join("srv/app/venv/lib")).expect("venv dir");
+    std::fs::create_dir_all(root.join("etc/forkd")).expect("etc dir");
+    std::fs::write(app.join("__init__.py"), "").expect("write");
+    std::fs::write(
+        app.join("main.py"),
+        "async def app(scope, receive, send):\n    pass\n",
+    )
+    .expect("write");
+    std::fs::write(root.join("etc/forkd/app.toml"), PY_CONFIG).expect("write");
+    let status = Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(&root)
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+    let me = format!(
+        "{}:{}",
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw()
+    );
+    let script = step
+        .replace("/srv/app/venv/bin/python", "python3")
+        .replace("root:root", &me)
+        .replace("/srv/app", &root.join("srv/app").display().to_string())
+        .replace("/etc/forkd", &root.join("etc/forkd").display().to_string());
+    let out = run_bounded(
+        Command::new("sh").args(["-ec", &script]),
+        Duration::from_secs(60),
+    );
+    assert!(out.ok(), "the RUN step failed: {script}\n{out:?}");
+
+    assert!(
+        std::fs::read_dir(app.join("__pycache__"))
+            .expect("compileall wrote no __pycache__")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("main.")),
+        "no bytecode for main.py"
+    );
+    // Every file and directory: readable (and directories searchable) by all, writable
+    // by the owner (root) alone, so the service user can run but not change the app.
+    let mut stack = vec![root.join("srv/app"), root.join("etc/forkd")];
+    let mut seen = 0;
+    while let Some(path) = stack.pop() {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        let mode = meta.permissions().mode() & 0o777;
+        let want_read = if meta.is_dir() { 0o555 } else { 0o444 };
+        assert_eq!(
+            mode & 0o022,
+            0,
+            "{} is writable by others: {mode:o}",
+            path.display()
+        );
+        assert_eq!(
+            mode & want_read,
+            want_read,
+            "{} is not readable by all: {mode:o}",
+            path.display()
+        );
+        if meta.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&path)
+                    .expect("dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        }
+        seen += 1;
+    }
+    assert!(seen >= 8, "the walk saw only {seen} paths");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn the_python_kubernetes_manifest_fits_forkd_and_its_config() {
+    let toml_text = yaml_block(PY_MANIFEST, "app.toml");
+    let args: Vec<String> = PY_MANIFEST
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("args: "))
+        .map(|a| serde_json::from_str(a).expect("args as a JSON-style flow list"))
+        .expect("the container's args");
+    let mount = yaml_field_after(PY_MANIFEST, "volumeMounts", "mountPath");
+    assert_eq!(
+        args,
+        ["-c", &format!("{mount}/app.toml"), "app.main:app"],
+        "the container does not run the mounted config"
+    );
+    let out = check_python_config("py-k8s", &toml_text, &args);
+    assert!(out.ok(), "the ConfigMap's app.toml is invalid: {out:?}");
+
+    let config: toml::Table = toml_text.parse().expect("ConfigMap TOML");
+    let health = config["health"].as_table().expect("[health]");
+    let seconds = |v: Option<&toml::Value>, default: f64| match v {
+        None => default,
+        Some(toml::Value::Integer(n)) => *n as f64,
+        Some(toml::Value::Float(f)) => *f,
+        Some(other) => panic!("{other} is not seconds"),
+    };
+    // No preStop: health.shutdown_delay keeps the pod serving while it leaves the
+    // endpoints, and the grace period covers that and the drain.
+    let delay = seconds(health.get("shutdown_delay"), 0.0);
+    assert!(
+        delay > 0.0,
+        "health.shutdown_delay is what replaces a preStop sleep"
+    );
+    assert!(
+        !PY_MANIFEST
+            .lines()
+            .any(|l| l.trim_start().starts_with("preStop:")),
+        "the design is preStop-free"
+    );
+    let drain = seconds(config.get("graceful_timeout"), 30.0) + delay;
+    let grace: f64 = yaml_field_after(PY_MANIFEST, "spec", "terminationGracePeriodSeconds")
+        .parse()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace > drain,
+        "terminationGracePeriodSeconds {grace} must exceed shutdown_delay + graceful_timeout = {drain}"
+    );
+
+    for (probe, key) in [
+        ("readinessProbe", "ready_path"),
+        ("livenessProbe", "live_path"),
+        ("startupProbe", "live_path"),
+    ] {
+        assert_eq!(
+            Some(yaml_field_after(PY_MANIFEST, probe, "path").as_str()),
+            health.get(key).and_then(|v| v.as_str()),
+            "{probe} vs health.{key}"
+        );
+        assert_eq!(yaml_field_after(PY_MANIFEST, probe, "port"), "http");
+    }
+    let port = yaml_field_after(PY_MANIFEST, "ports", "containerPort");
+    let binds = config["bind"].as_array().expect("bind");
+    assert!(
+        binds
+            .iter()
+            .any(|b| b.as_str() == Some(format!("0.0.0.0:{port}").as_str())),
+        "containerPort {port} is not bound on every interface: {binds:?}"
+    );
+
+    // Runs as the image's user, read-only, with limits, and no service links.
+    let image_user = py_exec_form_user();
+    for (section, field, want) in [
+        ("securityContext", "runAsNonRoot", "true"),
+        ("securityContext", "runAsUser", image_user.as_str()),
+        ("securityContext", "readOnlyRootFilesystem", "true"),
+        ("securityContext", "allowPrivilegeEscalation", "false"),
+        ("spec", "enableServiceLinks", "false"),
+        ("limits", "memory", "1Gi"),
+    ] {
+        assert_eq!(
+            yaml_field_after(PY_MANIFEST, section, field),
+            want,
+            "{section}.{field}"
+        );
+    }
+    assert_eq!(
+        yaml_field_after(PY_MANIFEST, "requests", "cpu"),
+        "500m",
+        "resources.requests"
+    );
+}
+
+/// The uid of the Python image's last USER instruction.
+fn py_exec_form_user() -> String {
+    py_instructions()
+        .iter()
+        .rev()
+        .find_map(|i| i.strip_prefix("USER "))
+        .and_then(|u| u.split(':').next())
+        .expect("USER")
+        .to_string()
 }

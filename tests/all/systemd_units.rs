@@ -2,6 +2,9 @@
 //! `systemd-analyze verify` with no output at all (it exits 0 on an unknown key, only
 //! warning), and agree with the shipped `config/forkd.toml` and `config/forkd.sysusers`;
 //! docs/systemd.md records the unit's `systemd-analyze security` exposure.
+//!
+//! The same for the Python app's unit, `config/python/forkd-app.service`: it passes the
+//! lint, fits its `config/python/app.toml`, and docs/python.md records its exposure.
 
 // Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,6 +21,9 @@ const SOCKET: &str = include_str!("../../config/forkd.socket");
 const CONFIG: &str = include_str!("../../config/forkd.toml");
 const SYSUSERS: &str = include_str!("../../config/forkd.sysusers");
 const SYSTEMD_DOC: &str = include_str!("../../docs/systemd.md");
+const APP_SERVICE: &str = include_str!("../../config/python/forkd-app.service");
+const APP_CONFIG: &str = include_str!("../../config/python/app.toml");
+const PYTHON_DOC: &str = include_str!("../../docs/python.md");
 
 /// A root directory for `systemd-analyze verify --root`: the host's system units (the
 /// targets the units depend on), the units under test in /etc/systemd/system, and the
@@ -52,6 +58,11 @@ fn verify_root(name: &str, service: &str, socket: &str) -> PathBuf {
 
 /// Everything `systemd-analyze verify` says about the two units (empty = clean).
 fn lint(root: &Path) -> String {
+    lint_units(root, &["forkd.service", "forkd.socket"])
+}
+
+/// Everything `systemd-analyze verify` says about `units` under `root` (empty = clean).
+fn lint_units(root: &Path, units: &[&str]) -> String {
     assert!(
         Path::new("/usr/bin/systemd-analyze").exists(),
         "systemd-analyze is missing: install the systemd package (.ci/run does)"
@@ -60,7 +71,7 @@ fn lint(root: &Path) -> String {
     command
         .arg("verify")
         .arg(format!("--root={}", root.display()))
-        .args(["forkd.service", "forkd.socket"])
+        .args(units)
         .env("SYSTEMD_LOG_COLOR", "0");
     let out = nspawn::run_bounded(&mut command, Duration::from_secs(60));
     let said = format!("{}{}", out.stdout, out.stderr);
@@ -236,5 +247,164 @@ fn the_readme_records_the_units_security_exposure() {
         SYSTEMD_DOC.contains(&recorded),
         "systemd-analyze security rates config/forkd.service {exposure}; docs/systemd.md \
          (\"Running under systemd\", Exposure) records another score"
+    );
+}
+
+/// A root for `systemd-analyze verify` with the Python app's unit installed as
+/// forkd-app.service, and the executables it names where it names them (forkd in the
+/// app's virtualenv, /bin/kill for ExecReload).
+fn app_verify_root(name: &str, service: &str) -> PathBuf {
+    let root = verify_root(name, SERVICE, SOCKET);
+    std::fs::write(root.join("etc/systemd/system/forkd-app.service"), service)
+        .expect("write forkd-app.service");
+    // verify only checks that ExecReload's program is an executable file: any will do
+    // where procps (the host's /bin/kill) is not installed.
+    let kill = ["/bin/kill", "/usr/bin/kill", "/bin/sh"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("an executable to stand for /bin/kill");
+    for (from, to) in [
+        (harness::forkd(), "srv/app/venv/bin/forkd"),
+        (kill, "bin/kill"),
+    ] {
+        let from = std::fs::canonicalize(&from).expect("executable to install");
+        let to = root.join(to);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("bin dir");
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).expect("install an executable into the root");
+        }
+    }
+    root
+}
+
+#[test]
+fn python_app_unit_passes_systemd_analyze_verify() {
+    let root = app_verify_root("verify-app", APP_SERVICE);
+    let said = lint_units(&root, &["forkd-app.service"]);
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(
+        said.is_empty(),
+        "systemd-analyze verify complains about config/python/forkd-app.service:\n{said}"
+    );
+
+    // The same lint on a broken copy speaks (whole lines: the comments name settings too).
+    let broken = APP_SERVICE.replacen("\nNotifyAccess=main\n", "\nNotifyAcess=main\n", 1);
+    assert_ne!(
+        broken, APP_SERVICE,
+        "the unit no longer has NotifyAccess=main"
+    );
+    let root = app_verify_root("verify-app-bad", &broken);
+    let said = lint_units(&root, &["forkd-app.service"]);
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(
+        said.contains("NotifyAcess"),
+        "the lint missed a typo: {said:?}"
+    );
+}
+
+#[test]
+fn python_app_unit_fits_forkd_and_its_config() {
+    assert_eq!(setting(APP_SERVICE, "Type"), Some("notify"));
+    assert_eq!(setting(APP_SERVICE, "NotifyAccess"), Some("main"));
+    assert_eq!(
+        setting(APP_SERVICE, "ExecStart"),
+        Some("/srv/app/venv/bin/forkd -c /etc/forkd/app.toml app.main:app")
+    );
+    assert_eq!(
+        setting(APP_SERVICE, "ExecReload"),
+        Some("/bin/kill -HUP $MAINPID")
+    );
+    assert_eq!(setting(APP_SERVICE, "KillMode"), Some("mixed"));
+    // The whole service runs as an unprivileged account, with no capability at all.
+    let user = setting(APP_SERVICE, "User").expect("User=");
+    assert!(
+        !user.is_empty() && user != "root" && user != "0",
+        "User={user}"
+    );
+    assert_eq!(setting(APP_SERVICE, "CapabilityBoundingSet"), Some(""));
+    assert_eq!(setting(APP_SERVICE, "AmbientCapabilities"), Some(""));
+    assert_eq!(setting(APP_SERVICE, "NoNewPrivileges"), Some("yes"));
+    // Hardening as forkd.service has it: every one of its protections is here too.
+    for key in [
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectControlGroups",
+        "RestrictAddressFamilies",
+        "RestrictNamespaces",
+        "LockPersonality",
+        "SystemCallFilter",
+    ] {
+        assert!(
+            setting(APP_SERVICE, key).is_some() && setting(SERVICE, key).is_some(),
+            "{key} is missing from one of the units"
+        );
+    }
+
+    // Its config is one forkd accepts (the plain build has no Python: a built-in app
+    // stands in for app.main:app; APP overrides the `app` key), and its stop fits.
+    let dir = harness::temp_dir("app-config");
+    let file = dir.join("app.toml");
+    std::fs::write(&file, APP_CONFIG).expect("write app.toml");
+    let out = nspawn::run_bounded(
+        Command::new(harness::forkd())
+            .arg("-c")
+            .arg(&file)
+            .args(["--check-config", "hello"]),
+        Duration::from_secs(20),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.ok(), "config/python/app.toml is invalid: {out:?}");
+    let config: toml::Table = APP_CONFIG.parse().expect("config/python/app.toml parses");
+    assert_eq!(
+        config.get("chdir").and_then(|c| c.as_str()),
+        Some("/srv/app"),
+        "the unit's layout has the app's code in /srv/app"
+    );
+    let graceful = config_seconds(&config, &["graceful_timeout"], 30.0);
+    let delay = config_seconds(&config, &["health", "shutdown_delay"], 0.0);
+    let stop: f64 = setting(APP_SERVICE, "TimeoutStopSec")
+        .expect("TimeoutStopSec")
+        .parse()
+        .expect("TimeoutStopSec in plain seconds");
+    assert!(
+        stop > graceful + delay,
+        "TimeoutStopSec={stop} must exceed graceful_timeout ({graceful}) + shutdown_delay ({delay})"
+    );
+}
+
+/// docs/python.md records the exposure `systemd-analyze security` gives the Python unit.
+#[test]
+fn python_doc_records_the_app_units_security_exposure() {
+    let dir = harness::temp_dir("security-app");
+    let unit = dir.join("forkd-app.service");
+    std::fs::write(&unit, APP_SERVICE).expect("write service");
+    let mut command = Command::new("systemd-analyze");
+    command
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .env("SYSTEMD_COLORS", "0");
+    let out = nspawn::run_bounded(&mut command, Duration::from_secs(60));
+    let _ = std::fs::remove_dir_all(&dir);
+    let exposure = out
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("Overall exposure level for forkd-app.service: ")?
+                .1
+                .split_whitespace()
+                .next()
+        })
+        .unwrap_or_else(|| panic!("no overall exposure from systemd-analyze security: {out:?}"))
+        .to_string();
+    assert!(
+        PYTHON_DOC.contains(&format!("rates the unit **{exposure}**")),
+        "systemd-analyze security rates config/python/forkd-app.service {exposure}; \
+         docs/python.md records another score"
     );
 }
