@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
+# No two source files import each other, directly or in a ring.
+python3 scripts/import-cycles.py src python/src
 cargo nextest run --all-targets --no-fail-fast "$@"
 if [ $# -eq 0 ]; then
   cargo test --doc
