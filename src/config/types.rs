@@ -227,6 +227,9 @@ pub struct Config {
     pub python: Python,
     pub exec: Exec,
     pub tls: Tls,
+    /// Warnings found while loading (what a Gunicorn config file sets that forkd does
+    /// not apply), logged at start and on HUP.
+    pub warnings: Vec<String>,
 }
 
 /// A configuration error: what, where (file and line, environment variable or option),
@@ -312,6 +315,7 @@ impl Default for Config {
                 min_version: TlsVersion::V1_2,
                 handshake_timeout: Duration::from_secs(10),
             },
+            warnings: Vec::new(),
         }
     }
 }
