@@ -29,18 +29,10 @@ pub fn is_python_config(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "py")
 }
 
-/// Gunicorn's server hooks that run in a worker (`forkd._worker`, which executes the
-/// file again there, after the fork).
-pub const WORKER_HOOKS: &[&str] = &[
-    "post_fork",
-    "post_worker_init",
-    "worker_int",
-    "worker_abort",
-    "worker_exit",
-];
-
-/// Gunicorn's server hooks that run in its master; forkd does not run them yet.
-const MASTER_HOOKS: &[&str] = &[
+/// Gunicorn's server hooks that forkd does not run yet (named in the warning). The
+/// ones it runs (`post_fork`, `post_worker_init`, `worker_exit`) run in each worker
+/// (`forkd._worker`, which executes the file again there, after the fork).
+const HOOKS_NOT_RUN: &[&str] = &[
     "on_starting",
     "on_reload",
     "when_ready",
@@ -52,6 +44,8 @@ const MASTER_HOOKS: &[&str] = &[
     "nworkers_changed",
     "on_exit",
     "ssl_context",
+    "worker_int",
+    "worker_abort",
 ];
 
 /// Gunicorn settings forkd has no equivalent for (named in the one warning).
@@ -212,7 +206,12 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
         parsed
             .get(key)
             .and_then(Json::as_array)
-            .map(|a| a.iter().filter_map(Json::as_str).map(String::from).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Json::as_str)
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let put = |table: Option<&str>, key: &str, value: Value, mapped: &mut Mapped| {
@@ -245,8 +244,16 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
                 put(None, "bind", list, &mut mapped);
             }
             "wsgi_app" => put(None, "app", toml_value, &mut mapped),
-            "workers" | "threads" | "timeout" | "graceful_timeout" | "keepalive"
-            | "max_requests" | "max_requests_jitter" | "backlog" | "pidfile" | "chdir"
+            "workers"
+            | "threads"
+            | "timeout"
+            | "graceful_timeout"
+            | "keepalive"
+            | "max_requests"
+            | "max_requests_jitter"
+            | "backlog"
+            | "pidfile"
+            | "chdir"
             | "forwarded_allow_ips" => {
                 let value = match (name.as_str(), toml_value) {
                     ("forwarded_allow_ips", Value::String(s)) if s != "*" => Value::Array(
@@ -341,7 +348,12 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
             "logconfig_dict" => {
                 if toml_value.as_table().is_some_and(|t| !t.is_empty()) {
                     let spec = format!("{}:logconfig_dict", file.display());
-                    put(Some("python"), "log_config", Value::String(spec), &mut mapped);
+                    put(
+                        Some("python"),
+                        "log_config",
+                        Value::String(spec),
+                        &mut mapped,
+                    );
                 }
             }
             "worker_class" => {
@@ -353,38 +365,54 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
                 }
             }
             "preload_app" if toml_value.as_bool() == Some(true) => {
-                notes.push("preload_app: not yet supported; each worker imports the app after the fork".into());
+                notes.push(
+                    "preload_app: not yet supported; each worker imports the app after the fork"
+                        .into(),
+                );
             }
             "reload" if toml_value.as_bool() == Some(true) => {
-                notes.push("reload: not applied from a Gunicorn config file yet (use forkd --reload)".into());
+                notes.push(
+                    "reload: not applied from a Gunicorn config file yet (use forkd --reload)"
+                        .into(),
+                );
             }
             "reload_extra_files" if toml_value.as_array().is_some_and(|a| !a.is_empty()) => {
-                notes.push("reload_extra_files: not applied from a Gunicorn config file yet".into());
+                notes
+                    .push("reload_extra_files: not applied from a Gunicorn config file yet".into());
             }
             other if UNSUPPORTED.contains(&other) => {
                 if !is_default_like(&toml_value) {
                     ignored.push(other.to_string());
                 }
             }
+            // Gunicorn's settings are lower case: `HOOKS_DIR = ...` is the file's own.
+            other if other.chars().any(|c| c.is_ascii_uppercase()) => {}
             _ => ignored.push(name.clone()),
         }
     }
     let hooks = names("hooks");
-    let master: Vec<&str> = hooks
+    let not_run: Vec<&str> = hooks
         .iter()
         .map(String::as_str)
-        .filter(|h| MASTER_HOOKS.contains(h))
+        .filter(|h| HOOKS_NOT_RUN.contains(h))
         .collect();
-    if !master.is_empty() {
+    if !not_run.is_empty() {
         notes.push(format!(
-            "server hooks not run (forkd's master runs no code of the file): {}",
-            master.join(", ")
+            "server hooks not run by forkd yet: {}",
+            not_run.join(", ")
         ));
     }
-    ignored.extend(names("skipped"));
+    ignored.extend(
+        names("skipped")
+            .into_iter()
+            .filter(|n| !n.chars().any(|c| c.is_ascii_uppercase())),
+    );
     if !ignored.is_empty() {
         ignored.sort();
-        notes.push(format!("not applied (no forkd equivalent): {}", ignored.join(", ")));
+        notes.push(format!(
+            "not applied (no forkd equivalent): {}",
+            ignored.join(", ")
+        ));
     }
     if !notes.is_empty() {
         mapped.warnings.push(format!(
@@ -541,7 +569,10 @@ mod tests {
             "pidfile": null,
         }));
         let t = &m.table;
-        assert_eq!(t["bind"], Value::Array(vec![Value::String("127.0.0.1:9000".into())]));
+        assert_eq!(
+            t["bind"],
+            Value::Array(vec![Value::String("127.0.0.1:9000".into())])
+        );
         assert_eq!(t["workers"], Value::Integer(3));
         assert_eq!(t["timeout"], Value::Integer(60));
         assert_eq!(t["umask"], Value::Integer(0o27));
@@ -565,7 +596,7 @@ mod tests {
     #[test]
     fn everything_not_applied_is_named_in_one_warning() {
         let m = map(
-            &json!({"settings": {"wokers": 2, "daemon": true, "spew": false,
+            &json!({"settings": {"wokers": 2, "daemon": true, "MY_CONSTANT": 1, "spew": false,
                                  "preload_app": true, "worker_class": "sync"},
                     "hooks": [], "skipped": ["obj"]}),
             Path::new("/g.py"),
@@ -575,14 +606,26 @@ mod tests {
         for name in ["wokers", "daemon", "obj", "preload_app", "sync"] {
             assert!(w.contains(name), "{name} in {w}");
         }
-        assert!(!w.contains("spew"), "a setting left at its default is not named: {w}");
+        assert!(
+            !w.contains("spew"),
+            "a setting left at its default is not named: {w}"
+        );
+        assert!(
+            !w.contains("MY_CONSTANT"),
+            "not a Gunicorn setting's name: {w}"
+        );
         let quiet = map(&json!({"settings": {"workers": 2}}), Path::new("/g.py"));
         assert!(quiet.warnings.is_empty());
     }
 
     #[test]
     fn malformed_reader_output_maps_to_nothing() {
-        for bad in [json!(null), json!([]), json!({"settings": 3}), json!({"settings": {"bind": null}})] {
+        for bad in [
+            json!(null),
+            json!([]),
+            json!({"settings": 3}),
+            json!({"settings": {"bind": null}}),
+        ] {
             let m = map(&bad, Path::new("/g.py"));
             assert!(m.table.is_empty(), "{bad}");
         }
@@ -590,9 +633,8 @@ mod tests {
 
     #[test]
     fn gunicorn_access_log_format() {
-        let (f, unmapped) = access_log_format(
-            r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#,
-        );
+        let (f, unmapped) =
+            access_log_format(r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#);
         assert_eq!(
             f,
             r#"{remote_addr} - - [{time}] "{request}" {status} {bytes} "{referer}" "{user_agent}""#

@@ -59,7 +59,14 @@ pub fn load(
         })?;
         if super::gunicorn::is_python_config(path) {
             let mapped = super::gunicorn::read(path)?;
-            apply_table(&mut config, &Origin::File { path, source: &source }, mapped.table)?;
+            apply_table(
+                &mut config,
+                &Origin::File {
+                    path,
+                    source: &source,
+                },
+                mapped.table,
+            )?;
             config.warnings = mapped.warnings;
         } else {
             apply_file(&mut config, path, &source)?;
