@@ -24,25 +24,27 @@ pub fn set_interpreter(path: PathBuf) {
     let _ = INTERPRETER.set(path);
 }
 
+/// The interpreter for `.py` config files and their server hooks, if this is the
+/// Python package.
+pub fn interpreter() -> Option<&'static Path> {
+    INTERPRETER.get().map(PathBuf::as_path)
+}
+
 /// Whether a config path names a Gunicorn (Python) config file.
 pub fn is_python_config(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "py")
 }
 
 /// Gunicorn's server hooks that forkd does not run yet (named in the warning). The
-/// ones it runs (`post_fork`, `post_worker_init`, `worker_exit`) run in each worker
-/// (`forkd._worker`, which executes the file again there, after the fork).
+/// worker-side ones it runs (`post_fork`, `post_worker_init`, `worker_exit`) run in each
+/// worker (`forkd._worker`, which executes the file again there, after the fork).
+/// The master-side ones (`on_starting`, `when_ready`, `on_reload`, `pre_fork`,
+/// `child_exit`, `nworkers_changed`, `on_exit`) run in a child of the master
+/// (`master::hooks`).
 const HOOKS_NOT_RUN: &[&str] = &[
-    "on_starting",
-    "on_reload",
-    "when_ready",
-    "pre_fork",
     "pre_exec",
     "pre_request",
     "post_request",
-    "child_exit",
-    "nworkers_changed",
-    "on_exit",
     "ssl_context",
     "worker_int",
     "worker_abort",
@@ -554,7 +556,7 @@ mod tests {
 
     fn mapped(settings: Json) -> Mapped {
         map(
-            &json!({"settings": settings, "hooks": ["post_fork", "when_ready"], "skipped": []}),
+            &json!({"settings": settings, "hooks": ["post_fork", "when_ready", "worker_int"], "skipped": []}),
             Path::new("/etc/app/gunicorn.conf.py"),
         )
     }
@@ -587,10 +589,11 @@ mod tests {
             t["python"]["log_config"].as_str(),
             Some("/etc/app/gunicorn.conf.py:logconfig_dict")
         );
-        // Only the master hook is warned about; the worker hook runs.
+        // Only the hook forkd does not run is warned about.
         assert_eq!(m.warnings.len(), 1);
-        assert!(m.warnings[0].contains("when_ready"), "{:?}", m.warnings);
+        assert!(m.warnings[0].contains("worker_int"), "{:?}", m.warnings);
         assert!(!m.warnings[0].contains("post_fork"), "{:?}", m.warnings);
+        assert!(!m.warnings[0].contains("when_ready"), "{:?}", m.warnings);
     }
 
     #[test]

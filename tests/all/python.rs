@@ -1087,7 +1087,19 @@ def worker_exit(server, worker):
     open(os.path.join(HOOKS, "worker_exit-%d" % worker.pid), "w").close()
 
 
+def on_starting(server):
+    open(os.path.join(HOOKS, "on_starting-%d" % server.pid), "w").close()
+
+
 def when_ready(server):
+    open(os.path.join(HOOKS, "when_ready-%d" % server.pid), "w").close()
+
+
+def child_exit(server, worker):
+    open(os.path.join(HOOKS, "child_exit-%d" % worker.pid), "w").close()
+
+
+def worker_int(worker):
     pass
 {extra}
 "#,
@@ -1129,9 +1141,19 @@ fn a_gunicorn_config_file_is_applied_with_its_worker_hooks() {
         .find(|l| l.contains("Gunicorn config"))
         .unwrap_or_else(|| panic!("no warning:\n{log}"));
     assert!(
-        warning.contains("wokers_typo") && warning.contains("when_ready"),
+        warning.contains("wokers_typo") && warning.contains("worker_int"),
         "{warning}"
     );
+    assert!(!warning.contains("when_ready"), "{warning}");
+    // The master-side hooks, in their runner.
+    for hook in ["on_starting", "when_ready"] {
+        assert!(
+            poll_until(Duration::from_secs(10), || hook_pids(&dir, hook)
+                == vec![server.pid()]),
+            "{hook} did not run with server.pid:\n{}",
+            server.log()
+        );
+    }
     assert!(
         !warning.contains("HOOKS"),
         "a constant is no setting: {warning}"
@@ -1161,6 +1183,13 @@ fn a_gunicorn_config_file_is_applied_with_its_worker_hooks() {
         server.log()
     );
     assert_eq!(hook_pids(&dir, "worker_exit"), workers, "{}", server.log());
+    assert!(
+        poll_until(Duration::from_secs(10), || hook_pids(&dir, "child_exit")
+            == workers),
+        "child_exit for each worker: {:?}\n{}",
+        hook_pids(&dir, "child_exit"),
+        server.log()
+    );
 }
 
 #[test]
