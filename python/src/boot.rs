@@ -89,6 +89,11 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
         .filter(|p| forkd::config::gunicorn::is_python_config(p))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let hook_specs: Vec<(String, String)> = python
+        .hooks
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let booted = worker.call_method1(
         "boot",
         (
@@ -100,6 +105,7 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
             crate::pylog::python_level(boot.config.log.level),
             python.log_config.as_str(),
             hooks_file,
+            hook_specs,
         ),
     )?;
     let (event_loop, app, lifespan, state, stopped): (

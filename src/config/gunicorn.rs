@@ -35,6 +35,21 @@ pub fn is_python_config(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "py")
 }
 
+/// Gunicorn's server hooks forkd runs: the first three in each worker, the others in
+/// the hooks' runner, a child of the master (`master::hooks`).
+pub const HOOKS_RUN: &[&str] = &[
+    "post_fork",
+    "post_worker_init",
+    "worker_exit",
+    "on_starting",
+    "when_ready",
+    "on_reload",
+    "pre_fork",
+    "child_exit",
+    "nworkers_changed",
+    "on_exit",
+];
+
 /// Gunicorn's server hooks that forkd does not run yet (named in the warning). The
 /// worker-side ones it runs (`post_fork`, `post_worker_init`, `worker_exit`) run in each
 /// worker (`forkd._worker`, which executes the file again there, after the fork).

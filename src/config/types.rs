@@ -162,6 +162,8 @@ pub struct Python {
     /// How long a retiring worker's WebSockets stay open once its drain starts before
     /// they are closed with 1012 (Service Restart).
     pub websocket_grace: Duration,
+    /// `[python.hooks]`: Gunicorn's server hooks by name, each a `module:function`.
+    pub hooks: BTreeMap<String, String>,
 }
 
 /// `python.lifespan`.
@@ -301,6 +303,7 @@ impl Default for Config {
                 root_path: String::new(),
                 log_config: String::new(),
                 websocket_grace: Duration::ZERO,
+                hooks: BTreeMap::new(),
             },
             exec: Exec {
                 command: Vec::new(),

@@ -275,3 +275,24 @@ pub(super) fn target(t: &LogTarget) -> String {
 pub(super) fn quoted_path(path: &std::path::Path) -> String {
     quoted(&path.display().to_string())
 }
+
+/// `[python.hooks]`: hook names forkd runs, each a `module:function`.
+pub(super) fn hooks(value: &Value) -> Result<std::collections::BTreeMap<String, String>, Problem> {
+    let table = value.as_table().ok_or(Problem::Expected)?;
+    let mut hooks = std::collections::BTreeMap::new();
+    for (name, spec) in table {
+        if !super::gunicorn::HOOKS_RUN.contains(&name.as_str()) {
+            return Err(Problem::Invalid(format!(
+                "{name:?} is not a server hook forkd runs"
+            )));
+        }
+        let spec = spec.as_str().ok_or(Problem::Expected)?;
+        if spec.ends_with("()") || crate::hosted::check_python_spec(spec).is_err() {
+            return Err(Problem::Invalid(format!(
+                "hook {name}: {spec:?} is not \"module:function\""
+            )));
+        }
+        hooks.insert(name.clone(), spec.to_string());
+    }
+    Ok(hooks)
+}

@@ -1250,3 +1250,43 @@ fn hup_rereads_a_gunicorn_config_file() {
     );
     assert_eq!(get(&server.addr, "/").unwrap().0, 200);
 }
+
+#[test]
+fn python_hooks_from_forkd_toml_run_in_the_workers_and_the_runner() {
+    let dir = app_dir("toml-hooks");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hooks_app.py"),
+        dir.join("hooks_app.py"),
+    )
+    .unwrap();
+    let hooks = dir.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let mut server = Forkd::program(python_forkd())
+        .config(config_with_python(
+            &dir,
+            "workers = 2",
+            "[python.hooks]\npost_fork = \"hooks_app:post_fork\"\nworker_exit = \"hooks_app:worker_exit\"\nwhen_ready = \"hooks_app:when_ready\"\n",
+        ))
+        .envs(ENV.iter().copied())
+        .env("HOOKS_DIR", &hooks)
+        .start();
+    let mut workers = workers_of(server.pid());
+    workers.sort();
+    assert!(
+        poll_until(Duration::from_secs(10), || hook_pids(&dir, "post_fork")
+            == workers
+            && hook_pids(&dir, "when_ready") == vec![server.pid()]),
+        "post_fork {:?} (workers {workers:?}), when_ready {:?}\n{}",
+        hook_pids(&dir, "post_fork"),
+        hook_pids(&dir, "when_ready"),
+        server.log()
+    );
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    assert_eq!(hook_pids(&dir, "worker_exit"), workers, "{}", server.log());
+}

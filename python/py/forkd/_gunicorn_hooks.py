@@ -7,8 +7,13 @@ never waits for an answer; each hook runs here in order, bounded by ``FORKD_HOOK
 seconds (an alarm: a hook that overruns is interrupted and logged). An error is logged
 to stderr (forkd's error log), never fatal. ``on_reload`` executes the file again first,
 so the hooks of the edited file run from then on. At end of input (the master exited)
-this process ends."""
+this process ends.
 
+``python -m forkd._gunicorn_hooks FILE [NAME=module:function ...]``: FILE is ``-`` for
+none; the ``[python.hooks]`` entries are imported with ``FORKD_HOOK_PATH`` (``python.path``)
+first on ``sys.path``."""
+
+import importlib
 import json
 import logging
 import os
@@ -67,6 +72,9 @@ def _say(text):
 
 def main(argv):
     path = argv[1]
+    specs = [arg.partition("=")[::2] for arg in argv[2:]]
+    for entry in reversed([p for p in os.environ.get("FORKD_HOOK_PATH", "").split(os.pathsep) if p]):
+        sys.path.insert(0, entry)
     timeout = max(1, int(os.environ.get("FORKD_HOOK_TIMEOUT", "30")))
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     log = logging.getLogger("forkd.hooks")
@@ -77,10 +85,20 @@ def main(argv):
 
     def load():
         try:
-            return runpy.run_path(path, run_name="__config__")
+            names = dict(runpy.run_path(path, run_name="__config__")) if path != "-" else {}
         except BaseException as exc:  # noqa: BLE001 - reported, the old hooks stay
             _say(f"cannot execute {path}: {type(exc).__name__}: {exc}")
             return None
+        for name, spec in specs:
+            module_name, _, attr = spec.partition(":")
+            try:
+                target = importlib.import_module(module_name)
+                for part in attr.split("."):
+                    target = getattr(target, part)
+                names[name] = target
+            except Exception as exc:  # noqa: BLE001 - reported, that hook is not run
+                _say(f"[python.hooks] {name}: cannot import {spec!r}: {type(exc).__name__}: {exc}")
+        return names
 
     names = load() or {}
     server = _Server(_Config(names), log)

@@ -224,8 +224,10 @@ class _Hooks:
     objects. An error in ``post_fork`` or ``post_worker_init`` is the worker's boot
     failure, as in Gunicorn; one in ``worker_exit`` is logged."""
 
-    def __init__(self, path):
-        self.names = _run_config_file(path) if path else {}
+    def __init__(self, path, specs):
+        self.names = dict(_run_config_file(path)) if path else {}
+        for name, spec in specs:
+            self.names[name] = _import_hook(name, spec)
         log = logging.getLogger("forkd.hooks")
         cfg = _Config(self.names)
         self.server = _Server(cfg, log)
@@ -245,6 +247,22 @@ class _Hooks:
 
 
 _HOOKS = None
+
+
+def _import_hook(name, spec):
+    """A ``[python.hooks]`` entry: ``module:function``, imported after ``sys.path`` is set."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except ImportError as exc:
+        raise BootError(f"[python.hooks] {name}: cannot import module {module_name!r}: {exc}") from None
+    except AttributeError:
+        raise BootError(f"[python.hooks] {name}: module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(target):
+        raise BootError(f"[python.hooks] {name}: {spec!r} is not callable")
+    return target
 
 
 def _arm_faulthandler():
@@ -369,9 +387,12 @@ def _new_loop():
     return uvloop.new_event_loop()
 
 
-def boot(spec, env, paths, lifespan_mode, progress_every, root_level=20, log_config="", hooks_file=""):
+def boot(
+    spec, env, paths, lifespan_mode, progress_every, root_level=20, log_config="", hooks_file="", hook_specs=()
+):
     """Imports the app and runs its startup; returns (loop, app, lifespan, state, stopped).
-    ``hooks_file``: a Gunicorn config file whose worker hooks run here."""
+    ``hooks_file``: a Gunicorn config file whose worker hooks run here; ``hook_specs``:
+    ``[python.hooks]`` as (name, "module:function") pairs, over the file's."""
     global _HOOKS
     os.environ.update(env)
     sys.stdout = _LineWriter(False, "<stdout>")
@@ -386,7 +407,7 @@ def boot(spec, env, paths, lifespan_mode, progress_every, root_level=20, log_con
         sys.path.insert(0, path)
     # After sys.path: a "module:attr" log_config is imported like the app.
     _setup_logging(root_level, log_config)
-    _HOOKS = _Hooks(hooks_file)
+    _HOOKS = _Hooks(hooks_file, hook_specs)
     _HOOKS.call("post_fork", _HOOKS.server, _HOOKS.worker)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
