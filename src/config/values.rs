@@ -278,7 +278,31 @@ pub(super) fn quoted_path(path: &std::path::Path) -> String {
 
 /// `[python.hooks]`: hook names forkd runs, each a `module:function`.
 pub(super) fn hooks(value: &Value) -> Result<std::collections::BTreeMap<String, String>, Problem> {
-    let table = value.as_table().ok_or(Problem::Expected)?;
+    // From the environment or the command line: `name=module:function,...`, or the
+    // TOML inline table `{ name = "module:function" }`.
+    let parsed;
+    let table = match value {
+        Value::Table(table) => table,
+        Value::String(text) if text.trim_start().starts_with('{') => {
+            parsed = format!("v = {text}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .and_then(|v| v.as_table().cloned())
+                .ok_or(Problem::Expected)?;
+            &parsed
+        }
+        Value::String(text) => {
+            let mut table = toml::Table::new();
+            for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let (name, spec) = entry.split_once('=').ok_or(Problem::Expected)?;
+                table.insert(name.trim().into(), Value::String(spec.trim().into()));
+            }
+            parsed = table;
+            &parsed
+        }
+        _ => return Err(Problem::Expected),
+    };
     let mut hooks = std::collections::BTreeMap::new();
     for (name, spec) in table {
         if !super::gunicorn::HOOKS_RUN.contains(&name.as_str()) {
