@@ -1075,6 +1075,7 @@ workers = 2
 timeout = 20
 raw_env = ["GUNICORN_CONF_ENV=yes"]
 wokers_typo = 5
+logconfig_dict = {{"version": 1, "incremental": True, "loggers": {{"gconf": {{"level": "ERROR"}}}}}}
 
 
 def post_fork(server, worker):
