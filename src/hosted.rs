@@ -31,6 +31,10 @@ pub struct Host {
     /// How USR2 starts this program again (the interpreter and its script), when it is
     /// not `current_exe()` with the process's arguments.
     pub relaunch: Option<(PathBuf, Vec<OsString>)>,
+    /// The interpreter that reads a Gunicorn config file (`-c gunicorn.conf.py`) in a
+    /// child (`python -m forkd._gunicorn_config FILE`); without it such a file is a
+    /// config error.
+    pub python: Option<PathBuf>,
 }
 
 /// Called around each worker's `fork()` in the master (and after it, in the child).

@@ -115,6 +115,9 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
             cwd: std::env::current_dir().ok(),
         },
     };
+    if let Some(python) = host.python.clone() {
+        config::gunicorn::set_interpreter(python);
+    }
     let mut cli = match cli::Cli::parse_args(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -143,7 +146,7 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
     let fork_hooks = host.fork;
     let resolve = app_resolver(embedded, host.loader);
     if cli.check_config || cli.print_config || cli.signal.is_some() {
-        for warning in &env_warnings {
+        for warning in env_warnings.iter().chain(&config.warnings) {
             eprintln!("forkd: warning: {warning}");
         }
     }
@@ -218,7 +221,7 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
         }
         loaded.server
     });
-    for warning in &env_warnings {
+    for warning in env_warnings.iter().chain(&config.warnings) {
         tracing::warn!("{warning}");
     }
     if let Some(warning) = config::file_permission_warning(&config) {
@@ -226,6 +229,9 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
     }
     let reload: master::Reloader = Box::new(move || {
         let config = config::load(cli.config.as_deref(), cli.overrides(), &environment)?;
+        for warning in &config.warnings {
+            tracing::warn!("HUP: {warning}");
+        }
         if let Some(warning) = config::file_permission_warning(&config) {
             tracing::warn!("{warning}");
         }

@@ -81,6 +81,19 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // A Gunicorn config file (`-c gunicorn.conf.py`): its worker hooks run in the worker.
+    let hooks_file = boot
+        .config
+        .config_file
+        .as_deref()
+        .filter(|p| forkd::config::gunicorn::is_python_config(p))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let hook_specs: Vec<(String, String)> = python
+        .hooks
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let booted = worker.call_method1(
         "boot",
         (
@@ -91,6 +104,8 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
             boot.progress_every.as_secs_f64(),
             crate::pylog::python_level(boot.config.log.level),
             python.log_config.as_str(),
+            hooks_file,
+            hook_specs,
         ),
     )?;
     let (event_loop, app, lifespan, state, stopped): (

@@ -48,7 +48,8 @@ fn main(argv: Vec<String>, executable: String) -> u8 {
             child: fork::after_in_child,
         }),
         loader: Some(Arc::new(boot::load)),
-        relaunch: Some((executable.into(), relaunch_args)),
+        relaunch: Some((executable.clone().into(), relaunch_args)),
+        python: Some(executable.into()),
     };
     forkd::main_with_host(argv.into_iter().map(OsString::from).collect(), host)
 }

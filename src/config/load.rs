@@ -57,7 +57,20 @@ pub fn load(
         let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
             message: format!("cannot read config file {}: {e}", path.display()),
         })?;
-        apply_file(&mut config, path, &source)?;
+        if super::gunicorn::is_python_config(path) {
+            let mapped = super::gunicorn::read(path)?;
+            apply_table(
+                &mut config,
+                &Origin::File {
+                    path,
+                    source: &source,
+                },
+                mapped.table,
+            )?;
+            config.warnings = mapped.warnings;
+        } else {
+            apply_file(&mut config, path, &source)?;
+        }
         file_source = Some((path, source));
         config.config_file =
             Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
@@ -168,10 +181,20 @@ pub(super) fn apply_file(
             },
         }
     })?;
+    apply_table(config, &origin, table)
+}
+
+/// Sets the keys of a file's table (TOML, or a Gunicorn config file's settings mapped
+/// to forkd's keys); an unknown key is an error with the closest known one.
+pub(super) fn apply_table(
+    config: &mut Config,
+    origin: &Origin<'_>,
+    table: toml::Table,
+) -> Result<(), ConfigError> {
     let tables = tables();
     for (name, value) in table {
         if let Some(key) = key(&name) {
-            set(config, key, &value, &origin)?;
+            set(config, key, &value, origin)?;
         } else if tables.contains(&name.as_str()) {
             let Value::Table(inner) = value else {
                 return Err(origin.error(&name, &format!("expected a table [{name}]")));
@@ -186,7 +209,7 @@ pub(super) fn apply_file(
                     let hint = suggestion(&sub, known);
                     return Err(origin.error(&dotted, &format!("unknown key in [{name}]{hint}")));
                 };
-                set(config, key, &value, &origin)?;
+                set(config, key, &value, origin)?;
             }
         } else {
             let known = KEYS

@@ -9,6 +9,7 @@
 
 mod cpus;
 mod env;
+pub mod gunicorn;
 mod load;
 mod print;
 mod registry;

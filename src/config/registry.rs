@@ -436,6 +436,15 @@ pub(crate) const KEYS: &[Key] = &[
         |c| Some(fmt_duration(c.python.websocket_grace)),
     )
     .doc("a retiring worker (HUP, USR2, recycling, TERM) closes its WebSockets with 1012 (Service Restart) this long after its drain starts (1001 at the end of `graceful_timeout` if that comes first)"),
+    Key::new("python.hooks", "a table of Gunicorn server hooks, each \"module:function\" (in the environment: \"name=module:function,...\"): post_fork, post_worker_init, worker_exit (in each worker), on_starting, when_ready, on_reload, pre_fork, child_exit, nworkers_changed, on_exit (in the hooks' runner)",
+        |c, v| { c.python.hooks = hooks(v)?; Ok(()) },
+        |c| (!c.python.hooks.is_empty()).then(|| {
+            let entries: Vec<String> =
+                c.python.hooks.iter().map(|(k, v)| format!("{k} = {}", quoted(v))).collect();
+            format!("{{ {} }}", entries.join(", "))
+        }),
+    )
+    .doc("Gunicorn's server hooks as `name = \"module:function\"` (imported after `python.path` is set): the worker ones run in each worker, the master ones in a child of the master (the master runs no Python); see docs/python.md"),
     Key::new("exec.command", "a non-empty list of strings (the program and its arguments)",
         |c, v| {
             let words = match v {

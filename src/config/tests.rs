@@ -91,6 +91,10 @@ const SAMPLES: &[(&str, &str)] = &[
     ("python.log_config", "\"logging.json\""),
     ("python.websocket_grace", "\"2s\""),
     (
+        "python.hooks",
+        "{ post_fork = \"app.hooks:post_fork\", when_ready = \"app.hooks:ready\" }",
+    ),
+    (
         "exec.command",
         "[\"uvicorn\", \"app:app\", \"--fd\", \"3\"]",
     ),
@@ -152,6 +156,28 @@ fn python_keys_are_validated() {
         Value::String("/api/".into())
     ));
     assert!(bad(&mut config, "python.path", Value::Integer(3)));
+    let hooks = |text: &str| Value::Table(text.parse::<toml::Table>().unwrap());
+    assert!(bad(
+        &mut config,
+        "python.hooks",
+        hooks("post_fork = \"nocolon\"")
+    ));
+    assert!(bad(
+        &mut config,
+        "python.hooks",
+        hooks("post_frok = \"a:b\"")
+    ));
+    assert!(bad(&mut config, "python.hooks", hooks("post_fork = 3")));
+    assert!(bad(
+        &mut config,
+        "python.hooks",
+        hooks("post_fork = \"a:make()\"")
+    ));
+    assert!(bad(
+        &mut config,
+        "python.hooks",
+        Value::String("a:b".into())
+    ));
     assert!(bad(
         &mut config,
         "python.log_config",

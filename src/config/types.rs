@@ -162,6 +162,8 @@ pub struct Python {
     /// How long a retiring worker's WebSockets stay open once its drain starts before
     /// they are closed with 1012 (Service Restart).
     pub websocket_grace: Duration,
+    /// `[python.hooks]`: Gunicorn's server hooks by name, each a `module:function`.
+    pub hooks: BTreeMap<String, String>,
 }
 
 /// `python.lifespan`.
@@ -227,6 +229,9 @@ pub struct Config {
     pub python: Python,
     pub exec: Exec,
     pub tls: Tls,
+    /// Warnings found while loading (what a Gunicorn config file sets that forkd does
+    /// not apply), logged at start and on HUP.
+    pub warnings: Vec<String>,
 }
 
 /// A configuration error: what, where (file and line, environment variable or option),
@@ -298,6 +303,7 @@ impl Default for Config {
                 root_path: String::new(),
                 log_config: String::new(),
                 websocket_grace: Duration::ZERO,
+                hooks: BTreeMap::new(),
             },
             exec: Exec {
                 command: Vec::new(),
@@ -312,6 +318,7 @@ impl Default for Config {
                 min_version: TlsVersion::V1_2,
                 handshake_timeout: Duration::from_secs(10),
             },
+            warnings: Vec::new(),
         }
     }
 }

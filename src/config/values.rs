@@ -275,3 +275,48 @@ pub(super) fn target(t: &LogTarget) -> String {
 pub(super) fn quoted_path(path: &std::path::Path) -> String {
     quoted(&path.display().to_string())
 }
+
+/// `[python.hooks]`: hook names forkd runs, each a `module:function`.
+pub(super) fn hooks(value: &Value) -> Result<std::collections::BTreeMap<String, String>, Problem> {
+    // From the environment or the command line: `name=module:function,...`, or the
+    // TOML inline table `{ name = "module:function" }`.
+    let parsed;
+    let table = match value {
+        Value::Table(table) => table,
+        Value::String(text) if text.trim_start().starts_with('{') => {
+            parsed = format!("v = {text}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .and_then(|v| v.as_table().cloned())
+                .ok_or(Problem::Expected)?;
+            &parsed
+        }
+        Value::String(text) => {
+            let mut table = toml::Table::new();
+            for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let (name, spec) = entry.split_once('=').ok_or(Problem::Expected)?;
+                table.insert(name.trim().into(), Value::String(spec.trim().into()));
+            }
+            parsed = table;
+            &parsed
+        }
+        _ => return Err(Problem::Expected),
+    };
+    let mut hooks = std::collections::BTreeMap::new();
+    for (name, spec) in table {
+        if !super::gunicorn::HOOKS_RUN.contains(&name.as_str()) {
+            return Err(Problem::Invalid(format!(
+                "{name:?} is not a server hook forkd runs"
+            )));
+        }
+        let spec = spec.as_str().ok_or(Problem::Expected)?;
+        if spec.ends_with("()") || crate::hosted::check_python_spec(spec).is_err() {
+            return Err(Problem::Invalid(format!(
+                "hook {name}: {spec:?} is not \"module:function\""
+            )));
+        }
+        hooks.insert(name.clone(), spec.to_string());
+    }
+    Ok(hooks)
+}

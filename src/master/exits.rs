@@ -96,6 +96,8 @@ impl Master {
             && self.oom_kills_rose();
         let how = describe(&status, unasked, oom_rose);
         let (pid, number) = (worker.pid.as_raw(), worker.number);
+        self.hooks
+            .call(super::hooks::HookCall::ChildExit { pid, age: number });
         let reason = classify(worker.phase, worker.ready(), worker.exec.is_some(), &status);
         if let Some(restart) = reason.restart() {
             self.scoreboard.header().count_restart(restart);

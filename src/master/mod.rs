@@ -35,6 +35,7 @@ pub mod exec;
 mod exec_reports;
 mod exits;
 mod generation;
+mod hooks;
 mod notify;
 mod oom;
 mod plan;
@@ -209,6 +210,8 @@ pub struct Master {
     control: Option<ctl::ControlSocket>,
     /// When this master started.
     started: Instant,
+    /// A Gunicorn config file's master-side server hooks, run in a child.
+    hooks: hooks::HookRunner,
 }
 
 impl Master {
@@ -263,7 +266,9 @@ impl Master {
         if let Program::Native(_) = factory {
             warn_if_fds_fall_short(&config);
         }
+        let hooks = hooks::HookRunner::start(&config);
         Ok(Master {
+            hooks,
             pid: std::process::id() as i32,
             current: Generation::first(config, factory, tls, listeners, metrics),
             previous: None,
@@ -306,6 +311,7 @@ impl Master {
             workers = self.current.target,
             "master started"
         );
+        self.hooks.call(hooks::HookCall::OnStarting);
         loop {
             self.reconcile();
             let planned = self.wait_for_events();
@@ -322,6 +328,7 @@ impl Master {
             self.enforce_deadlines();
             self.report_to_systemd();
             if let Some(code) = self.finished() {
+                self.hooks.call(hooks::HookCall::OnExit);
                 self.cleanup();
                 return code;
             }
@@ -410,15 +417,28 @@ impl Master {
 
     /// TTIN: one worker more.
     fn handle_ttin(&mut self) {
+        let old = self.current.target;
         self.current.target =
             (self.current.target + 1).min(crate::shared::scoreboard::CAPACITY / 2);
         tracing::info!(workers = self.current.target, "TTIN: one worker more");
+        self.workers_changed(old);
     }
 
     /// TTOU: one worker fewer (one at least).
     fn handle_ttou(&mut self) {
+        let old = self.current.target;
         self.current.target = self.current.target.saturating_sub(1).max(1);
         tracing::info!(workers = self.current.target, "TTOU: one worker fewer");
+        self.workers_changed(old);
+    }
+
+    /// The `nworkers_changed` server hook, when the target changed.
+    fn workers_changed(&mut self, old: usize) {
+        let new = self.current.target;
+        if new != old {
+            self.hooks
+                .call(hooks::HookCall::NworkersChanged { new, old });
+        }
     }
 
     /// Stops forkd (TERM, QUIT, INT, an upgrade handed over, no worker could boot).

@@ -41,6 +41,7 @@ impl Master {
             }
         };
         self.scoreboard.header().count_reload();
+        self.hooks.reload(&next.config);
         if let Err(e) = crate::shared::logging::reconfigure(&next.config.log) {
             tracing::error!("HUP: {e}; keeping the previous error log");
         }

@@ -152,6 +152,8 @@ impl Master {
                 return Err(SpawnError::Exec(e));
             }
         };
+        self.hooks
+            .call(super::hooks::HookCall::PreFork { age: number });
         match self.fork_child() {
             Ok(ForkResult::Child) => self.become_worker(number, slot, output),
             Ok(ForkResult::Parent { child }) => {

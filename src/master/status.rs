@@ -36,6 +36,7 @@ impl Master {
         {
             self.boot = Boot::Announced;
             tracing::info!(workers = ready, "all workers ready");
+            self.hooks.call(super::hooks::HookCall::WhenReady);
             self.announce_ready();
         }
     }

@@ -1057,3 +1057,237 @@ fn websocket_grace_delays_the_1012_of_a_terminating_worker() {
         "closed after {waited:?}"
     );
 }
+
+/// A Gunicorn config file in `dir` (`gunicorn.conf.py`): `chdir` to `dir` (where the
+/// app is), hooks writing files into `dir/hooks`, `extra` appended.
+fn gunicorn_conf(dir: &Path, extra: &str) -> PathBuf {
+    let hooks = dir.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let path = dir.join("gunicorn.conf.py");
+    let text = format!(
+        r#"import os
+import multiprocessing
+
+HOOKS = {hooks:?}
+bind = "127.0.0.1:0"
+chdir = {dir:?}
+workers = 2
+timeout = 20
+raw_env = ["GUNICORN_CONF_ENV=yes"]
+wokers_typo = 5
+logconfig_dict = {{"version": 1, "incremental": True, "loggers": {{"gconf": {{"level": "ERROR"}}}}}}
+
+
+def post_fork(server, worker):
+    server.log.info("post_fork in %s", worker.pid)
+    with open(os.path.join(HOOKS, "post_fork-%d" % worker.pid), "w") as f:
+        f.write("%d %s" % (server.pid, server.cfg.workers))
+
+
+def worker_exit(server, worker):
+    open(os.path.join(HOOKS, "worker_exit-%d" % worker.pid), "w").close()
+
+
+def on_starting(server):
+    open(os.path.join(HOOKS, "on_starting-%d" % server.pid), "w").close()
+
+
+def when_ready(server):
+    open(os.path.join(HOOKS, "when_ready-%d" % server.pid), "w").close()
+
+
+def child_exit(server, worker):
+    open(os.path.join(HOOKS, "child_exit-%d" % worker.pid), "w").close()
+
+
+def worker_int(worker):
+    pass
+{extra}
+"#,
+        hooks = hooks.display().to_string(),
+        dir = dir.display().to_string(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn hook_pids(dir: &Path, hook: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_dir(dir.join("hooks"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(&format!("{hook}-"))?.parse().ok()
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+#[test]
+fn a_gunicorn_config_file_is_applied_with_its_worker_hooks() {
+    let dir = app_dir("gconf");
+    let conf = gunicorn_conf(&dir, "");
+    let mut server = Forkd::program(python_forkd())
+        .config(&conf)
+        .app("fastapi_app:app")
+        .envs(ENV.iter().copied())
+        .start();
+    let (status, _, _) = get(&server.addr, "/").unwrap();
+    assert_eq!(status, 200, "{}", server.log());
+    // Unknown names and the master hooks forkd does not run: one warning.
+    let log = server.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("Gunicorn config"))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(
+        warning.contains("wokers_typo") && warning.contains("worker_int"),
+        "{warning}"
+    );
+    assert!(!warning.contains("when_ready"), "{warning}");
+    // The master-side hooks, in their runner.
+    for hook in ["on_starting", "when_ready"] {
+        assert!(
+            poll_until(Duration::from_secs(10), || hook_pids(&dir, hook)
+                == vec![server.pid()]),
+            "{hook} did not run with server.pid:\n{}",
+            server.log()
+        );
+    }
+    assert!(
+        !warning.contains("HOOKS"),
+        "a constant is no setting: {warning}"
+    );
+    let mut workers = workers_of(server.pid());
+    workers.sort();
+    assert_eq!(workers.len(), 2, "workers = 2: {workers:?}\n{log}");
+    assert!(
+        poll_until(Duration::from_secs(10), || hook_pids(&dir, "post_fork")
+            == workers),
+        "post_fork ran in each worker: {:?} vs {workers:?}\n{}",
+        hook_pids(&dir, "post_fork"),
+        server.log()
+    );
+    let first =
+        std::fs::read_to_string(dir.join(format!("hooks/post_fork-{}", workers[0]))).unwrap();
+    assert_eq!(
+        first,
+        format!("{} 2", server.pid()),
+        "server.pid and server.cfg"
+    );
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    assert_eq!(hook_pids(&dir, "worker_exit"), workers, "{}", server.log());
+    assert!(
+        poll_until(Duration::from_secs(10), || hook_pids(&dir, "child_exit")
+            == workers),
+        "child_exit for each worker: {:?}\n{}",
+        hook_pids(&dir, "child_exit"),
+        server.log()
+    );
+}
+
+#[test]
+fn a_syntax_error_in_a_gunicorn_config_file_exits_2_naming_it() {
+    let dir = app_dir("gconf-syntax");
+    let conf = gunicorn_conf(&dir, "def broken(:\n");
+    let (code, stderr) = Forkd::program(python_forkd())
+        .config(&conf)
+        .app("fastapi_app:app")
+        .run_to_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&conf.display().to_string()) && stderr.contains("SyntaxError"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_gunicorn_config_file_needs_the_python_package() {
+    let dir = app_dir("gconf-plain");
+    let conf = gunicorn_conf(&dir, "");
+    let (code, stderr) = Forkd::new()
+        .config(&conf)
+        .app("hello")
+        .run_to_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("Python package"), "{stderr}");
+}
+
+#[test]
+fn hup_rereads_a_gunicorn_config_file() {
+    let dir = app_dir("gconf-hup");
+    let conf = gunicorn_conf(&dir, "");
+    let server = Forkd::program(python_forkd())
+        .config(&conf)
+        .app("fastapi_app:app")
+        .envs(ENV.iter().copied())
+        .start();
+    let text = std::fs::read_to_string(&conf).unwrap();
+    // A broken file on HUP: the old workers keep serving.
+    std::fs::write(
+        &conf,
+        format!("{text}\nraise RuntimeError('half-edited')\n"),
+    )
+    .unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.expect_log("half-edited", Duration::from_secs(20));
+    assert_eq!(get(&server.addr, "/").unwrap().0, 200);
+    assert_eq!(workers_of(server.pid()).len(), 2);
+    std::fs::write(&conf, text.replace("workers = 2\n", "workers = 3\n")).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        poll_until(Duration::from_secs(30), || workers_of(server.pid()).len()
+            == 3
+            && hook_pids(&dir, "post_fork").len() == 5),
+        "HUP did not apply workers = 3:\n{}",
+        server.log()
+    );
+    assert_eq!(get(&server.addr, "/").unwrap().0, 200);
+}
+
+#[test]
+fn python_hooks_from_forkd_toml_run_in_the_workers_and_the_runner() {
+    let dir = app_dir("toml-hooks");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hooks_app.py"),
+        dir.join("hooks_app.py"),
+    )
+    .unwrap();
+    let hooks = dir.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let mut server = Forkd::program(python_forkd())
+        .config(config_with_python(
+            &dir,
+            "workers = 2",
+            "[python.hooks]\npost_fork = \"hooks_app:post_fork\"\nworker_exit = \"hooks_app:worker_exit\"\nwhen_ready = \"hooks_app:when_ready\"\n",
+        ))
+        .envs(ENV.iter().copied())
+        .env("HOOKS_DIR", &hooks)
+        .start();
+    let mut workers = workers_of(server.pid());
+    workers.sort();
+    assert!(
+        poll_until(Duration::from_secs(10), || hook_pids(&dir, "post_fork")
+            == workers
+            && hook_pids(&dir, "when_ready") == vec![server.pid()]),
+        "post_fork {:?} (workers {workers:?}), when_ready {:?}\n{}",
+        hook_pids(&dir, "post_fork"),
+        hook_pids(&dir, "when_ready"),
+        server.log()
+    );
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    assert_eq!(hook_pids(&dir, "worker_exit"), workers, "{}", server.log());
+}

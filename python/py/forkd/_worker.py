@@ -17,8 +17,10 @@ import json
 import logging
 import logging.config
 import os
+import runpy
 import signal
 import sys
+import time
 import traceback
 
 from forkd import _native
@@ -136,6 +138,13 @@ def _apply_log_config(spec):
             raise BootError(f"log_config: cannot read {spec!r}: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise BootError(f"log_config: {spec!r} is not valid JSON: {exc}") from None
+    elif ".py:" in spec:
+        # A Gunicorn config file's logconfig_dict: "/path/gunicorn.conf.py:logconfig_dict".
+        path, _, attr = spec.rpartition(":")
+        try:
+            config = _run_config_file(path)[attr]
+        except KeyError:
+            raise BootError(f"log_config: {path} sets no {attr}") from None
     else:
         module_name, _, attr = spec.partition(":")
         try:
@@ -154,6 +163,106 @@ def _apply_log_config(spec):
         cause = exc.__cause__
         detail = f"{exc}: {cause}" if cause is not None else str(exc)
         raise BootError(f"log_config {spec!r}: logging.config.dictConfig failed: {detail}") from None
+
+
+_CONFIG_FILE = {}
+
+
+def _run_config_file(path):
+    """A Gunicorn config file's names, executed once per worker (after the fork: the
+    master runs none of its code)."""
+    if path not in _CONFIG_FILE:
+        try:
+            _CONFIG_FILE[path] = runpy.run_path(path, run_name="__config__")
+        except BaseException as exc:  # noqa: BLE001 - the file's error is the boot failure
+            raise BootError(f"{path}: {type(exc).__name__}: {exc}") from None
+    return _CONFIG_FILE[path]
+
+
+class _Config:
+    """``server.cfg`` / ``worker.cfg``: the config file's settings as attributes (a
+    setting the file does not set is None), not Gunicorn's Config object."""
+
+    def __init__(self, names):
+        for name, value in names.items():
+            if not name.startswith("_") and not callable(value):
+                setattr(self, name, value)
+
+    def __getattr__(self, name):
+        return None
+
+
+class _Server:
+    """``server`` in Gunicorn's hooks: ``pid`` (the master's), ``cfg``, ``log``."""
+
+    def __init__(self, cfg, log):
+        self.pid = os.getppid()
+        self.cfg = cfg
+        self.log = log
+
+
+class _WorkerInfo:
+    """``worker`` in Gunicorn's hooks: ``pid``, ``ppid``, ``age`` (forkd: seconds since
+    the worker started, not Gunicorn's spawn counter), ``alive``, ``cfg``, ``log``."""
+
+    def __init__(self, cfg, log):
+        self.pid = os.getpid()
+        self.ppid = os.getppid()
+        self.started = time.monotonic()
+        self.alive = True
+        self.cfg = cfg
+        self.log = log
+
+    @property
+    def age(self):
+        return time.monotonic() - self.started
+
+
+class _Hooks:
+    """A Gunicorn config file's worker-side server hooks (``post_fork``,
+    ``post_worker_init``, ``worker_exit``), called with forkd's ``server`` and ``worker``
+    objects. An error in ``post_fork`` or ``post_worker_init`` is the worker's boot
+    failure, as in Gunicorn; one in ``worker_exit`` is logged."""
+
+    def __init__(self, path, specs):
+        self.names = dict(_run_config_file(path)) if path else {}
+        for name, spec in specs:
+            self.names[name] = _import_hook(name, spec)
+        log = logging.getLogger("forkd.hooks")
+        cfg = _Config(self.names)
+        self.server = _Server(cfg, log)
+        self.worker = _WorkerInfo(cfg, log)
+
+    def call(self, name, *args, fatal=True):
+        hook = self.names.get(name)
+        if not callable(hook):
+            return
+        try:
+            hook(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported as the hook's failure
+            if fatal:
+                _asgi_log().error("server hook %s raised", name, exc_info=exc)
+                raise BootError(f"server hook {name} raised {type(exc).__name__}: {exc}") from None
+            logging.getLogger("forkd.hooks").error("server hook %s raised", name, exc_info=exc)
+
+
+_HOOKS = None
+
+
+def _import_hook(name, spec):
+    """A ``[python.hooks]`` entry: ``module:function``, imported after ``sys.path`` is set."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except ImportError as exc:
+        raise BootError(f"[python.hooks] {name}: cannot import module {module_name!r}: {exc}") from None
+    except AttributeError:
+        raise BootError(f"[python.hooks] {name}: module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(target):
+        raise BootError(f"[python.hooks] {name}: {spec!r} is not callable")
+    return target
 
 
 def _arm_faulthandler():
@@ -278,8 +387,13 @@ def _new_loop():
     return uvloop.new_event_loop()
 
 
-def boot(spec, env, paths, lifespan_mode, progress_every, root_level=20, log_config=""):
-    """Imports the app and runs its startup; returns (loop, app, lifespan, state, stopped)."""
+def boot(
+    spec, env, paths, lifespan_mode, progress_every, root_level=20, log_config="", hooks_file="", hook_specs=()
+):
+    """Imports the app and runs its startup; returns (loop, app, lifespan, state, stopped).
+    ``hooks_file``: a Gunicorn config file whose worker hooks run here; ``hook_specs``:
+    ``[python.hooks]`` as (name, "module:function") pairs, over the file's."""
+    global _HOOKS
     os.environ.update(env)
     sys.stdout = _LineWriter(False, "<stdout>")
     sys.stderr = _LineWriter(True, "<stderr>")
@@ -293,6 +407,8 @@ def boot(spec, env, paths, lifespan_mode, progress_every, root_level=20, log_con
         sys.path.insert(0, path)
     # After sys.path: a "module:attr" log_config is imported like the app.
     _setup_logging(root_level, log_config)
+    _HOOKS = _Hooks(hooks_file, hook_specs)
+    _HOOKS.call("post_fork", _HOOKS.server, _HOOKS.worker)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -304,6 +420,7 @@ def boot(spec, env, paths, lifespan_mode, progress_every, root_level=20, log_con
     except BaseException as exc:
         _asgi_log().error("cannot load %s", spec, exc_info=exc)
         raise
+    _HOOKS.call("post_worker_init", _HOOKS.worker)
 
     def tick():
         _native.stamp()
@@ -324,6 +441,9 @@ def run(loop, lifespan, stopped):
     try:
         loop.run_until_complete(main())
     finally:
+        if _HOOKS is not None:
+            _HOOKS.worker.alive = False
+            _HOOKS.call("worker_exit", _HOOKS.server, _HOOKS.worker, fatal=False)
         sys.stdout.flush()
         sys.stderr.flush()
 
