@@ -43,6 +43,7 @@ mod spawn;
 mod state;
 mod status;
 pub mod upgrade;
+mod workdir;
 mod workers;
 
 use crate::app::AppFactory;
@@ -236,6 +237,7 @@ impl Master {
         let passed_metrics = crate::metrics::take_passed(&mut passed);
         let serving_passed_sockets = !config.bind_given && !passed.is_empty();
         crate::shared::privileges::apply_umask_and_chdir(&config)?;
+        let workdir = workdir::resolve(&config)?;
         let signals =
             signals::SignalIntake::install().map_err(|e| format!("cannot set up signals: {e}"))?;
         let doorbell =
@@ -273,7 +275,10 @@ impl Master {
         }
         Ok(Master {
             pid: std::process::id() as i32,
-            current: Generation::first(config, factory, tls, listeners, metrics),
+            current: Generation {
+                workdir,
+                ..Generation::first(config, factory, tls, listeners, metrics)
+            },
             previous: None,
             fork_hooks,
             reload_config,

@@ -1057,3 +1057,73 @@ fn websocket_grace_delays_the_1012_of_a_terminating_worker() {
         "closed after {waited:?}"
     );
 }
+
+#[test]
+fn a_hup_follows_a_switched_release_symlink_while_max_requests_recycles_workers() {
+    // root/releases/{r1,r2} each hold the app and a release.txt naming it;
+    // root/current -> releases/r1. `python.path` is left at its default (".", the
+    // worker's directory).
+    let root = temp_dir("py-release");
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/release_app.py");
+    for release in ["r1", "r2"] {
+        let dir = root.join("releases").join(release);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&app, dir.join("release_app.py")).unwrap();
+        std::fs::write(dir.join("release.txt"), release).unwrap();
+    }
+    std::os::unix::fs::symlink("releases/r1", root.join("current")).unwrap();
+    let config = root.join("forkd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bind = [\"127.0.0.1:0\"]\napp = \"release_app:app\"\nworkers = 2\nmax_requests = 50\nchdir = {:?}\n",
+            root.join("current").display()
+        ),
+    )
+    .unwrap();
+    let server = Forkd::program(python_forkd())
+        .config(&config)
+        .envs(ENV.iter().copied())
+        .start();
+    let r1 = std::fs::canonicalize(root.join("releases/r1")).unwrap();
+    let r2 = std::fs::canonicalize(root.join("releases/r2")).unwrap();
+    let body = |server: &Server| {
+        get(&server.addr, "/")
+            .map(|(_, _, body)| String::from_utf8_lossy(&body).to_string())
+            .unwrap_or_else(|e| e)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 8, stop.clone());
+    // A deploy: the link now points at release 2 (a new link renamed over it).
+    std::os::unix::fs::symlink("releases/r2", root.join("current.next")).unwrap();
+    std::fs::rename(root.join("current.next"), root.join("current")).unwrap();
+    let recycled = |server: &Server| server.log().matches("reason=\"max_requests\"").count();
+    let before = recycled(&server);
+    assert!(
+        poll_until(Duration::from_secs(30), || recycled(&server) >= before + 4),
+        "workers were not recycled:\n{}",
+        server.log()
+    );
+    // Recycled before the HUP: still their generation's release.
+    for _ in 0..20 {
+        assert_eq!(body(&server), format!("r1 {}\n", r1.display()));
+    }
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.expect_log("generation=2", Duration::from_secs(20));
+    let switched = poll_until(Duration::from_secs(20), || {
+        (0..10).all(|_| body(&server) == format!("r2 {}\n", r2.display()))
+    });
+    assert!(switched, "release 2 is not served alone:\n{}", server.log());
+    let after = recycled(&server);
+    assert!(poll_until(Duration::from_secs(30), || recycled(&server) >= after + 4));
+    for _ in 0..20 {
+        assert_eq!(body(&server), format!("r2 {}\n", r2.display()));
+    }
+    finish(stop, handles);
+    assert_no_failures(
+        &tally,
+        &server,
+        "a release switch with max_requests recycling",
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
