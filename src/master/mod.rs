@@ -43,6 +43,7 @@ mod spawn;
 mod state;
 mod status;
 pub mod upgrade;
+mod watch;
 mod workdir;
 mod workers;
 
@@ -231,6 +232,13 @@ impl Master {
         fork_hooks: Option<crate::hosted::ForkHooks>,
     ) -> Result<Master, String> {
         let factory = resolve_app(&config)?;
+        // Before `SystemdLink::from_env` takes NOTIFY_SOCKET out of the environment.
+        if config.reload {
+            watch::refusal(
+                matches!(factory, Program::Exec(_)),
+                std::env::var_os("NOTIFY_SOCKET").is_some(),
+            )?;
+        }
         let upgrade_from = upgrade::take_upgrade_from();
         let systemd = SystemdLink::from_env(upgrade_from.is_some());
         let mut passed = crate::shared::systemd::take_listen_fds();
@@ -273,6 +281,14 @@ impl Master {
         if let Program::Native(_) = factory {
             warn_if_fds_fall_short(&config);
         }
+        // Forked before any worker and before the first generation owns the config.
+        let here = workdir.clone().or_else(|| std::env::current_dir().ok());
+        watch::start(
+            &config,
+            &factory,
+            here.as_deref().unwrap_or(std::path::Path::new("/")),
+            std::process::id() as i32,
+        )?;
         Ok(Master {
             pid: std::process::id() as i32,
             current: Generation {
