@@ -1127,3 +1127,36 @@ fn a_hup_follows_a_switched_release_symlink_while_max_requests_recycles_workers(
     );
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[test]
+fn an_edit_under_reload_serves_the_new_code_after_one_debounced_reload() {
+    let dir = app_dir("reload");
+    // chdir: the app's directory is watched (without it, the directory forkd started in).
+    let server = start(
+        &dir,
+        &["-w", "1", "--reload"],
+        &format!("chdir = {:?}", dir.display().to_string()),
+    );
+    server.expect_log("reload: watching", Duration::from_secs(5));
+    let app = dir.join("fastapi_app.py");
+    let original = std::fs::read_to_string(&app).unwrap();
+    // Three saves in quick succession, as an editor and a formatter make: one reload.
+    for version in 2..=4 {
+        std::fs::write(
+            &app,
+            original.replace("VERSION = 1\n", &format!("VERSION = {version}\n")),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    server.expect_log("generation=2", Duration::from_secs(20));
+    let answered = poll_until(Duration::from_secs(20), || {
+        get(&server.addr, "/")
+            .ok()
+            .is_some_and(|(_, _, body)| json(&body)["version"] == 4)
+    });
+    assert!(answered, "the edit was never served:\n{}", server.log());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!server.log_contains("generation=3"), "{}", server.log());
+    let _ = std::fs::remove_dir_all(dir);
+}
