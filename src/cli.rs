@@ -23,7 +23,7 @@ pub struct Cli {
     #[arg(long)]
     pub print_config: bool,
     /// Signal the running master named by the pidfile (reload = HUP, waits for the
-    /// outcome); `status` asks it for its workers over its control socket.
+    /// outcome; not `--reload`); `status` asks it for its workers over its control socket.
     #[arg(short = 's', long = "signal", value_name = "SIGNAL",
           value_parser = ["reload", "stop", "quit", "reopen", "upgrade", "incr", "decr", "status"])]
     pub signal: Option<String>,
@@ -77,6 +77,10 @@ pub struct Cli {
     /// Error log: "-" (stderr) or a file.
     #[arg(long, value_name = "TARGET")]
     pub error_log: Option<String>,
+    /// Development: reload (as HUP) when the app's files change (not `-s reload`, which
+    /// sends one HUP to a running master).
+    #[arg(long, num_args = 0, default_missing_value = "true", value_name = "")]
+    pub reload: Option<String>,
     /// App to serve: a built-in one (hello | echo) or a Python ASGI app, MODULE:ATTR.
     #[arg(value_name = "APP")]
     pub app: Option<String>,

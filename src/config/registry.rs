@@ -228,7 +228,17 @@ pub(crate) const KEYS: &[Key] = &[
         |c, v| { c.chdir = Some(string(v)?.into()); Ok(()) },
         |c| c.chdir.as_deref().map(quoted_path),
     )
-    .doc("directory the master changes to at start; each exec worker is started in it, and a relative `exec.command` program path is found from it. A relative `chdir` is taken from the directory forkd was started in (also on HUP)"),
+    .doc("the workers' directory, resolved (symlinks followed) at start and anew at every HUP and USR2: each worker of a generation, recycled ones too, runs in the directory its generation resolved, so a release symlink (`current -> releases/N`) switched then HUPed is served. The master changes to it at start (relative `pidfile` and socket paths are taken from there). A relative `exec.command` program path is found from it; a relative `chdir` is taken from the directory forkd was started in (also on HUP)"),
+    Key::new("reload", "true or false",
+        |c, v| { c.reload = boolean(v).ok_or(Expected)?; Ok(()) },
+        |c| Some(c.reload.to_string()),
+    ).option("reload")
+    .doc("development: watch the app's files (for a Python app, the `.py` files under `chdir` and `python.path`) and `reload_extra_files` with inotify, and reload (as HUP) 300 ms after the last change. Refused with exec workers and under systemd (`NOTIFY_SOCKET`). Not `-s reload`, which sends one HUP"),
+    Key::new("reload_extra_files", "a list of file globs (relative to chdir)",
+        |c, v| { c.reload_extra_files = list(v).ok_or(Expected)?; Ok(()) },
+        |c| Some(quoted_list(c.reload_extra_files.iter().cloned())),
+    )
+    .doc("with `reload`: more files whose change reloads, as globs (`*`, `?`, `**` for any depth), relative to `chdir`, e.g. `[\"templates/**/*.html\", \"settings.toml\"]`"),
     Key::new("forwarded_allow_ips", "a list of IP addresses or CIDRs, or \"*\"",
         |c, v| {
             let headers = c.forwarded_allow_ips.headers();
@@ -402,7 +412,7 @@ pub(crate) const KEYS: &[Key] = &[
         |c, v| { c.python.path = list(v).ok_or(Expected)?; Ok(()) },
         |c| Some(quoted_list(c.python.path.iter().cloned())),
     )
-    .doc("directories put first on `sys.path` in each worker, relative to `chdir` (or the directory forkd started in)"),
+    .doc("directories put first on `sys.path` in each worker, relative to its generation's resolved `chdir` (or the directory forkd started in)"),
     Key::new("python.lifespan", "auto | on | off",
         |c, v| {
             c.python.lifespan = match text(v).as_deref() {

@@ -219,6 +219,10 @@ pub struct Config {
     pub group: Option<String>,
     pub umask: Option<u32>,
     pub chdir: Option<PathBuf>,
+    /// `--reload`: a HUP when the app's files change (development; see master/watch.rs).
+    pub reload: bool,
+    /// More files whose change makes a `reload` HUP: globs, relative to `chdir`.
+    pub reload_extra_files: Vec<String>,
     /// Parsed once here, with `forwarded_headers` in it; the workers use it as it is.
     pub forwarded_allow_ips: TrustedProxies,
     pub env: BTreeMap<String, String>,
@@ -271,6 +275,8 @@ impl Default for Config {
             group: None,
             umask: None,
             chdir: None,
+            reload: false,
+            reload_extra_files: Vec::new(),
             forwarded_allow_ips: TrustedProxies::loopback(),
             env: BTreeMap::new(),
             log: LogConfig {

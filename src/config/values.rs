@@ -60,6 +60,16 @@ pub(super) fn at_least(value: &Value, min: i64) -> Result<u64, Problem> {
         .ok_or(Expected)
 }
 
+/// `true`/`false`, or the same as a string (how `--reload` arrives).
+pub(super) fn boolean(value: &Value) -> Option<bool> {
+    match value {
+        Value::Boolean(b) => Some(*b),
+        Value::String(s) if s == "true" => Some(true),
+        Value::String(s) if s == "false" => Some(false),
+        _ => None,
+    }
+}
+
 pub(super) fn list(value: &Value) -> Option<Vec<String>> {
     match value {
         Value::Array(items) => items.iter().map(non_empty).collect(),

@@ -11,7 +11,7 @@ use crate::shared::listeners::Listener;
 use crate::shared::scoreboard::Slot;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
@@ -340,6 +340,8 @@ fn blocked_in_accept(pid: i32, inodes: &[u64]) -> bool {
 pub struct ChildSetup<'a> {
     pub program: &'a ExecProgram,
     pub config: &'a Config,
+    /// Its generation's resolved `chdir` (see [`super::workdir`]).
+    pub workdir: Option<&'a std::path::Path>,
     pub listeners: &'a [Listener],
     pub output: OwnedFd,
     pub notify_address: &'a str,
@@ -374,6 +376,7 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
         output,
         notify_address,
         master_pid,
+        workdir,
         ..
     } = setup;
     // Rust ignores SIGPIPE for itself; an exec'd program expects the default.
@@ -394,13 +397,18 @@ fn prepare_and_exec(setup: &ChildSetup<'_>) -> Result<Never, String> {
     if nix::unistd::getppid().as_raw() != *master_pid {
         return Err("the master exited during the worker's start".to_string());
     }
-    // Absolute (a relative `chdir` is from forkd's start directory, not from the
-    // master's current one, which is that directory already).
-    if let Some(dir) = crate::shared::privileges::chdir_path(config) {
-        std::env::set_current_dir(&dir).map_err(|e| format!("chdir to {}: {e}", dir.display()))?;
-    }
+    // Its generation's directory, resolved when the generation was built (a release
+    // symlink moved since does not move this worker).
+    super::workdir::enter(*workdir)?;
+    let path = super::workdir::program_path(
+        *workdir,
+        program.command.first().map_or("", String::as_str),
+        Path::new(OsStr::from_bytes(program.path.as_bytes())),
+    );
+    let path = CString::new(path.into_os_string().into_vec())
+        .map_err(|_| "the program path contains a NUL byte".to_string())?;
     let env = child_environment(config, listeners, notify_address)?;
-    let error = match nix::unistd::execve(&program.path, &program.argv, &env) {
+    let error = match nix::unistd::execve(&path, &program.argv, &env) {
         Err(e) => e,
         Ok(never) => match never {},
     };

@@ -44,6 +44,8 @@ pub(super) struct Generation {
     pub metrics: Option<Listener>,
     /// How many active workers are wanted (config, then TTIN/TTOU, WINCH).
     pub target: usize,
+    /// `chdir` as resolved for it (see [`super::workdir`]): where its workers run.
+    pub workdir: Option<std::path::PathBuf>,
 }
 
 /// Why a HUP could not build the next generation: nothing changed.
@@ -69,13 +71,18 @@ pub enum ReloadError {
     },
     /// The `[metrics]` listener cannot be bound.
     Metrics(String),
+    /// `chdir` cannot be resolved (a release symlink pointing nowhere).
+    Chdir(String),
 }
 
 impl fmt::Display for ReloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReloadError::Config(e) => write!(f, "{e}"),
-            ReloadError::App(e) | ReloadError::Tls(e) | ReloadError::Metrics(e) => {
+            ReloadError::App(e)
+            | ReloadError::Tls(e)
+            | ReloadError::Metrics(e)
+            | ReloadError::Chdir(e) => {
                 write!(f, "{e}")
             }
             ReloadError::Bind { source } => write!(f, "key `bind`: {source}"),
@@ -105,6 +112,7 @@ impl Generation {
             tls,
             listeners,
             metrics,
+            workdir: None,
         }
     }
 
@@ -142,6 +150,7 @@ impl Generation {
             tls,
             listeners,
             metrics,
+            workdir: None,
         })
     }
 

@@ -48,6 +48,8 @@ mod state;
 mod status;
 pub mod upgrade;
 mod upgrade_handshake;
+mod watch;
+mod workdir;
 mod workers;
 
 use crate::config::{Config, ConfigError};
@@ -225,12 +227,20 @@ impl Master {
         fork_hooks: Option<crate::hosted::ForkHooks>,
     ) -> Result<Master, String> {
         let factory = resolve_app(&config)?;
+        // Before `SystemdLink::from_env` takes NOTIFY_SOCKET out of the environment.
+        if config.reload {
+            watch::refusal(
+                matches!(factory, Program::Exec(_)),
+                std::env::var_os("NOTIFY_SOCKET").is_some(),
+            )?;
+        }
         let upgrade_from = upgrade::take_upgrade_from();
         let systemd = SystemdLink::from_env(upgrade_from.is_some());
         let mut passed = crate::shared::systemd::take_listen_fds();
         let passed_metrics = crate::metrics::take_passed(&mut passed);
         let serving_passed_sockets = !config.bind_given && !passed.is_empty();
         crate::shared::privileges::apply_umask_and_chdir(&config)?;
+        let workdir = workdir::resolve(&config)?;
         let signals =
             signals::SignalIntake::install().map_err(|e| format!("cannot set up signals: {e}"))?;
         let doorbell =
@@ -267,10 +277,21 @@ impl Master {
             warn_if_fds_fall_short(&config);
         }
         let hooks = hooks::HookRunner::start(&config);
+        // Forked before any worker and before the first generation owns the config.
+        let here = workdir.clone().or_else(|| std::env::current_dir().ok());
+        watch::start(
+            &config,
+            &factory,
+            here.as_deref().unwrap_or(std::path::Path::new("/")),
+            std::process::id() as i32,
+        )?;
         Ok(Master {
             hooks,
             pid: std::process::id() as i32,
-            current: Generation::first(config, factory, tls, listeners, metrics),
+            current: Generation {
+                workdir,
+                ..Generation::first(config, factory, tls, listeners, metrics)
+            },
             previous: None,
             fork_hooks,
             reload_config,

@@ -66,6 +66,8 @@ impl Master {
     fn prepare_generation(&self) -> Result<Generation, ReloadError> {
         let config: Config = (self.reload_config)().map_err(ReloadError::Config)?;
         let program = (self.resolve_app)(&config).map_err(ReloadError::App)?;
+        // Anew at every HUP: a release symlink switched since is followed now.
+        let workdir = super::workdir::resolve(&config).map_err(ReloadError::Chdir)?;
         let tls = crate::tls::load(&config)
             .map_err(ReloadError::Tls)?
             .map(|loaded| {
@@ -74,8 +76,19 @@ impl Master {
                 }
                 loaded.server
             });
-        self.current
-            .next(config, program, tls, self.serving_passed_sockets)
+        let mut next = self
+            .current
+            .next(config, program, tls, self.serving_passed_sockets)?;
+        if next.workdir != workdir {
+            if let Some(dir) = &workdir {
+                tracing::info!(
+                    "HUP: the workers of the new generation run in {}",
+                    dir.display()
+                );
+            }
+        }
+        next.workdir = workdir;
+        Ok(next)
     }
 
     /// The current generation's first worker is ready: the previous generation is let

@@ -218,6 +218,7 @@ impl Master {
                 exec::exec_child(exec::ChildSetup {
                     program,
                     config: &self.current.config,
+                    workdir: self.current.workdir.as_deref(),
                     listeners: &self.current.listeners,
                     output: write_end,
                     notify_address: self
@@ -290,8 +291,16 @@ impl Master {
     }
 
     /// In a forked child: becomes a worker serving `app`; never returns.
+    #[allow(unsafe_code)] // _exit
     fn run_worker(&self, number: u64, slot: &'static Slot, app: worker::WorkerApp) -> ! {
         self.close_master_fds_in_child();
+        // Its generation's directory, also for a worker recycled long after the HUP:
+        // the app (and a relative `python.path`) is imported from there.
+        if let Err(e) = super::workdir::enter(self.current.workdir.as_deref()) {
+            slot.set_message(&e);
+            // SAFETY: leaving the forked child without running the master's destructors.
+            unsafe { libc::_exit(EXIT_BOOT_ERROR) }
+        }
         let generation = &self.current;
         for (key, value) in &generation.config.env {
             crate::shared::single_threaded::set_env(key, Some(value.as_ref()));

@@ -332,3 +332,84 @@ fn max_worker_memory_reads_an_exec_workers_rss_and_recycles_it() {
     assert_eq!(get(&server.addr, "/").map(|r| r.0), Ok(200));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `root/releases/{r1,r2}`, each with the release worker and a `release.txt` naming it,
+/// and `root/current -> releases/r1`.
+fn releases(name: &str) -> PathBuf {
+    let root = temp_dir(name);
+    for release in ["r1", "r2"] {
+        let dir = root.join("releases").join(release);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("worker.py"), RELEASE_WORKER).unwrap();
+        std::fs::write(dir.join("release.txt"), release).unwrap();
+    }
+    std::os::unix::fs::symlink("releases/r1", root.join("current")).unwrap();
+    root
+}
+
+/// Points `root/current` at `release`, atomically (a new link renamed over the old), as
+/// a deploy does.
+fn switch_release(root: &Path, release: &str) {
+    let next = root.join("current.next");
+    std::os::unix::fs::symlink(format!("releases/{release}"), &next).unwrap();
+    std::fs::rename(&next, root.join("current")).unwrap();
+}
+
+const RELEASE_WORKER: &str = include_str!("../exec/release_worker.py");
+
+#[test]
+fn a_hup_follows_a_switched_release_symlink_and_recycled_workers_keep_their_generations_release() {
+    let root = releases("exec-release");
+    let config = root.join("forkd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bind = [\"127.0.0.1:0\"]\nworkers = 2\nchdir = {:?}\nmax_worker_lifetime = 1\n\
+             [exec]\nready = \"1s\"\ncommand = [\"python3\", \"worker.py\"]\n",
+            root.join("current").display()
+        ),
+    )
+    .unwrap();
+    let server = Forkd::new().config(&config).start();
+    let r1 = std::fs::canonicalize(root.join("releases/r1")).unwrap();
+    let r2 = std::fs::canonicalize(root.join("releases/r2")).unwrap();
+    assert_eq!(body_of(&server.addr), format!("r1 {}\n", r1.display()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load_with(&server.addr, 4, stop.clone(), false);
+    switch_release(&root, "r2");
+    // Workers recycled after the switch but before the HUP still run release 1.
+    let recycled = |server: &Server| {
+        server
+            .log()
+            .matches("reason=\"max_worker_lifetime\"")
+            .count()
+    };
+    let before = recycled(&server);
+    assert!(
+        poll_until(Duration::from_secs(30), || recycled(&server) >= before + 3),
+        "workers were not recycled:\n{}",
+        server.log()
+    );
+    for _ in 0..20 {
+        assert_eq!(body_of(&server.addr), format!("r1 {}\n", r1.display()));
+    }
+    server.signal(Signal::SIGHUP);
+    server.expect_log("generation=2", Duration::from_secs(20));
+    let switched = poll_until(Duration::from_secs(20), || {
+        (0..10).all(|_| body_of(&server.addr) == format!("r2 {}\n", r2.display()))
+    });
+    assert!(switched, "release 2 is not served alone:\n{}", server.log());
+    // And its recycled workers stay on release 2.
+    let after = recycled(&server);
+    assert!(poll_until(Duration::from_secs(30), || recycled(&server) >= after + 3));
+    for _ in 0..20 {
+        assert_eq!(body_of(&server.addr), format!("r2 {}\n", r2.display()));
+    }
+    finish(stop, handles);
+    assert_no_failures(
+        &tally,
+        &server,
+        "a release switch with recycling exec workers",
+    );
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -28,6 +28,7 @@ mod os_faults;
 mod panics;
 mod privileges;
 mod python;
+mod reload_watch;
 mod slow_readers;
 mod socket_activation;
 mod stop_and_status;

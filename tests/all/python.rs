@@ -1291,3 +1291,106 @@ fn python_hooks_from_forkd_toml_run_in_the_workers_and_the_runner() {
     );
     assert_eq!(hook_pids(&dir, "worker_exit"), workers, "{}", server.log());
 }
+
+#[test]
+fn a_hup_follows_a_switched_release_symlink_while_max_requests_recycles_workers() {
+    // root/releases/{r1,r2} each hold the app and a release.txt naming it;
+    // root/current -> releases/r1. `python.path` is left at its default (".", the
+    // worker's directory).
+    let root = temp_dir("py-release");
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/release_app.py");
+    for release in ["r1", "r2"] {
+        let dir = root.join("releases").join(release);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&app, dir.join("release_app.py")).unwrap();
+        std::fs::write(dir.join("release.txt"), release).unwrap();
+    }
+    std::os::unix::fs::symlink("releases/r1", root.join("current")).unwrap();
+    let config = root.join("forkd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bind = [\"127.0.0.1:0\"]\napp = \"release_app:app\"\nworkers = 2\nmax_requests = 50\nchdir = {:?}\n",
+            root.join("current").display()
+        ),
+    )
+    .unwrap();
+    let server = Forkd::program(python_forkd())
+        .config(&config)
+        .envs(ENV.iter().copied())
+        .start();
+    let r1 = std::fs::canonicalize(root.join("releases/r1")).unwrap();
+    let r2 = std::fs::canonicalize(root.join("releases/r2")).unwrap();
+    let body = |server: &Server| {
+        get(&server.addr, "/")
+            .map(|(_, _, body)| String::from_utf8_lossy(&body).to_string())
+            .unwrap_or_else(|e| e)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 8, stop.clone());
+    // A deploy: the link now points at release 2 (a new link renamed over it).
+    std::os::unix::fs::symlink("releases/r2", root.join("current.next")).unwrap();
+    std::fs::rename(root.join("current.next"), root.join("current")).unwrap();
+    let recycled = |server: &Server| server.log().matches("reason=\"max_requests\"").count();
+    let before = recycled(&server);
+    assert!(
+        poll_until(Duration::from_secs(30), || recycled(&server) >= before + 4),
+        "workers were not recycled:\n{}",
+        server.log()
+    );
+    // Recycled before the HUP: still their generation's release.
+    for _ in 0..20 {
+        assert_eq!(body(&server), format!("r1 {}\n", r1.display()));
+    }
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.expect_log("generation=2", Duration::from_secs(20));
+    let switched = poll_until(Duration::from_secs(20), || {
+        (0..10).all(|_| body(&server) == format!("r2 {}\n", r2.display()))
+    });
+    assert!(switched, "release 2 is not served alone:\n{}", server.log());
+    let after = recycled(&server);
+    assert!(poll_until(Duration::from_secs(30), || recycled(&server) >= after + 4));
+    for _ in 0..20 {
+        assert_eq!(body(&server), format!("r2 {}\n", r2.display()));
+    }
+    finish(stop, handles);
+    assert_no_failures(
+        &tally,
+        &server,
+        "a release switch with max_requests recycling",
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn an_edit_under_reload_serves_the_new_code_after_one_debounced_reload() {
+    let dir = app_dir("reload");
+    // chdir: the app's directory is watched (without it, the directory forkd started in).
+    let server = start(
+        &dir,
+        &["-w", "1", "--reload"],
+        &format!("chdir = {:?}", dir.display().to_string()),
+    );
+    server.expect_log("reload: watching", Duration::from_secs(5));
+    let app = dir.join("fastapi_app.py");
+    let original = std::fs::read_to_string(&app).unwrap();
+    // Three saves in quick succession, as an editor and a formatter make: one reload.
+    for version in 2..=4 {
+        std::fs::write(
+            &app,
+            original.replace("VERSION = 1\n", &format!("VERSION = {version}\n")),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    server.expect_log("generation=2", Duration::from_secs(20));
+    let answered = poll_until(Duration::from_secs(20), || {
+        get(&server.addr, "/")
+            .ok()
+            .is_some_and(|(_, _, body)| json(&body)["version"] == 4)
+    });
+    assert!(answered, "the edit was never served:\n{}", server.log());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!server.log_contains("generation=3"), "{}", server.log());
+    let _ = std::fs::remove_dir_all(dir);
+}
