@@ -8,7 +8,7 @@
 //! [`DEBOUNCE`] after a change: a burst of saves is one reload. The master reaps it
 //! like any unknown child. The directories watched are fixed when the master starts.
 
-use super::Program;
+use super::generation::Program;
 use crate::config::Config;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
