@@ -245,37 +245,7 @@ where
             Served::Http2(conn) => Pin::new(&mut **conn).graceful_shutdown(),
         }
     }
-}
 
-impl<I, S, B> Future for Served<'_, I, S>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming, ResBody = B> + Unpin,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<ConnError>,
-    S::Error: Into<ConnError>,
-{
-    type Output = Result<(), ConnError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let polled = self.poll_served(cx);
-        crate::worker::http::h2_serving::left_connection();
-        polled
-    }
-}
-
-impl<I, S, B> Served<'_, I, S>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming, ResBody = B> + Unpin,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<ConnError>,
-    S::Error: Into<ConnError>,
-{
     fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
         let this = self.get_mut();
         loop {
@@ -384,6 +354,25 @@ where
                 Served::Done => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+impl<I, S, B> Future for Served<'_, I, S>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ConnError>,
+    S::Error: Into<ConnError>,
+{
+    type Output = Result<(), ConnError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let polled = self.poll_served(cx);
+        crate::worker::http::h2_serving::left_connection();
+        polled
     }
 }
 
