@@ -69,7 +69,14 @@ pub struct Booted {
     pub run: Box<dyn FnOnce() -> Result<(), String>>,
     /// Called on the server thread once the worker's drain is over.
     pub stop: Box<dyn FnOnce() + Send>,
+    /// Called on a thread of its own when the worker is told to stop at once (QUIT or
+    /// INT: Gunicorn's `worker_int`), before it exits; the worker waits for it at most
+    /// [`INTERRUPTED_BOUND`], then exits anyway.
+    pub interrupted: Option<Box<dyn FnOnce() + Send>>,
 }
+
+/// How long a worker told to stop at once waits for [`Booted::interrupted`].
+pub const INTERRUPTED_BOUND: Duration = Duration::from_secs(1);
 
 /// A `MODULE:ATTR` app, with the loader that serves it.
 #[derive(Clone)]

@@ -131,6 +131,20 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
     )?;
     let bridge = Py::new(py, bridge)?;
     event_loop.call_method1(py, "add_reader", (inbox.fd(), bridge.getattr(py, "wake")?))?;
+    // Gunicorn's `worker_int`, when the config has one: the GIL is taken only then.
+    let has_worker_int: bool = worker
+        .call_method1("_hook_defined", ("worker_int",))?
+        .extract()?;
+    let interrupted = has_worker_int.then(|| {
+        let worker = worker.clone().unbind();
+        Box::new(move || {
+            Python::with_gil(|py| {
+                if let Err(e) = worker.call_method0(py, "interrupted") {
+                    tracing::warn!(pid = std::process::id(), "worker_int: {}", describe(py, &e));
+                }
+            })
+        }) as Box<dyn FnOnce() + Send>
+    });
     let run = {
         let worker = worker.unbind();
         move || -> Result<(), String> {
@@ -150,6 +164,7 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
         app: Arc::new(PyApp::new(inbox, answers, python.websocket_grace)),
         run: Box::new(run),
         stop: Box::new(stop),
+        interrupted,
     })
 }
 

@@ -40,6 +40,8 @@ pub fn is_python_config(path: &Path) -> bool {
 pub const HOOKS_RUN: &[&str] = &[
     "post_fork",
     "post_worker_init",
+    "worker_int",
+    "worker_abort",
     "worker_exit",
     "on_starting",
     "when_ready",
@@ -50,20 +52,14 @@ pub const HOOKS_RUN: &[&str] = &[
     "on_exit",
 ];
 
-/// Gunicorn's server hooks that forkd does not run yet (named in the warning). The
-/// worker-side ones it runs (`post_fork`, `post_worker_init`, `worker_exit`) run in each
-/// worker (`forkd._worker`, which executes the file again there, after the fork).
+/// Gunicorn's server hooks that forkd does not run (named in the warning). The
+/// worker-side ones it runs (`post_fork`, `post_worker_init`, `worker_int`,
+/// `worker_abort`, `worker_exit`) run in each worker (`forkd._worker`, which executes
+/// the file again there, after the fork).
 /// The master-side ones (`on_starting`, `when_ready`, `on_reload`, `pre_fork`,
 /// `child_exit`, `nworkers_changed`, `on_exit`) run in a child of the master
 /// (`master::hooks`).
-const HOOKS_NOT_RUN: &[&str] = &[
-    "pre_exec",
-    "pre_request",
-    "post_request",
-    "ssl_context",
-    "worker_int",
-    "worker_abort",
-];
+const HOOKS_NOT_RUN: &[&str] = &["pre_exec", "pre_request", "post_request", "ssl_context"];
 
 /// Gunicorn settings forkd has no equivalent for (named in the one warning).
 const UNSUPPORTED: &[&str] = &[
@@ -571,7 +567,7 @@ mod tests {
 
     fn mapped(settings: Json) -> Mapped {
         map(
-            &json!({"settings": settings, "hooks": ["post_fork", "when_ready", "worker_int"], "skipped": []}),
+            &json!({"settings": settings, "hooks": ["post_fork", "when_ready", "worker_int", "pre_request"], "skipped": []}),
             Path::new("/etc/app/gunicorn.conf.py"),
         )
     }
@@ -606,7 +602,8 @@ mod tests {
         );
         // Only the hook forkd does not run is warned about.
         assert_eq!(m.warnings.len(), 1);
-        assert!(m.warnings[0].contains("worker_int"), "{:?}", m.warnings);
+        assert!(m.warnings[0].contains("pre_request"), "{:?}", m.warnings);
+        assert!(!m.warnings[0].contains("worker_int"), "{:?}", m.warnings);
         assert!(!m.warnings[0].contains("post_fork"), "{:?}", m.warnings);
         assert!(!m.warnings[0].contains("when_ready"), "{:?}", m.warnings);
     }

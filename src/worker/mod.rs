@@ -164,7 +164,12 @@ fn serve_hosted(server: Server<'_>, program: &crate::hosted::HostedProgram) -> R
         progress_every: serve::progress_interval(server.config.timeout),
     })
     .map_err(|reason| boot_failed(slot, &reason))?;
-    let crate::hosted::Booted { app, run, stop } = booted;
+    let crate::hosted::Booted {
+        app,
+        run,
+        stop,
+        interrupted,
+    } = booted;
     std::thread::scope(|scope| {
         let serving = std::thread::Builder::new()
             .name("forkd-server".into())
@@ -176,6 +181,9 @@ fn serve_hosted(server: Server<'_>, program: &crate::hosted::HostedProgram) -> R
                             let orphaned = master_death();
                             server.serve(app, false, orphaned).await
                         });
+                        if let (Ok(Outcome::Immediate), Some(hook)) = (&served, interrupted) {
+                            run_bounded(hook, crate::hosted::INTERRUPTED_BOUND);
+                        }
                         exit_now_if_told(served)
                     });
                 stop();
@@ -192,6 +200,33 @@ fn serve_hosted(server: Server<'_>, program: &crate::hosted::HostedProgram) -> R
         }
         serving.join().unwrap_or(Err(1))
     })
+}
+
+/// Runs `hook` on a thread of its own and waits for it at most `bound` (a hook stuck
+/// behind the host's lock must not keep a worker told to stop at once).
+fn run_bounded(hook: Box<dyn FnOnce() + Send>, bound: std::time::Duration) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("forkd-interrupted".into())
+        .spawn(move || {
+            hook();
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if finished.recv_timeout(bound).is_err() {
+                tracing::warn!(
+                    pid = std::process::id(),
+                    "the app's interrupt hook did not finish within {} ms: exiting without it",
+                    bound.as_millis()
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            pid = std::process::id(),
+            "cannot run the app's interrupt hook: {e}"
+        ),
+    }
 }
 
 /// What the serving half of a worker needs.
@@ -341,5 +376,38 @@ async fn build_app(factory: AppFactory) -> Result<Arc<dyn App>, String> {
             Err(format!("app panicked at start: {text}"))
         }
         Err(e) => Err(format!("app failed to start: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_bounded;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_quick_hook_runs_to_its_end() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let seen = ran.clone();
+        run_bounded(
+            Box::new(move || seen.store(true, Ordering::SeqCst)),
+            Duration::from_secs(5),
+        );
+        assert!(ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_hung_hook_is_left_behind_at_the_bound() {
+        let start = Instant::now();
+        run_bounded(
+            Box::new(|| std::thread::sleep(Duration::from_secs(30))),
+            Duration::from_millis(200),
+        );
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(10),
+            "{waited:?}"
+        );
     }
 }

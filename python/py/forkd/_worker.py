@@ -220,9 +220,10 @@ class _WorkerInfo:
 
 class _Hooks:
     """A Gunicorn config file's worker-side server hooks (``post_fork``,
-    ``post_worker_init``, ``worker_exit``), called with forkd's ``server`` and ``worker``
-    objects. An error in ``post_fork`` or ``post_worker_init`` is the worker's boot
-    failure, as in Gunicorn; one in ``worker_exit`` is logged."""
+    ``post_worker_init``, ``worker_int``, ``worker_abort``, ``worker_exit``), called with
+    forkd's ``server`` and ``worker`` objects. An error in ``post_fork`` or
+    ``post_worker_init`` is the worker's boot failure, as in Gunicorn; one in the
+    others is logged."""
 
     def __init__(self, path, specs):
         self.names = dict(_run_config_file(path)) if path else {}
@@ -232,6 +233,9 @@ class _Hooks:
         cfg = _Config(self.names)
         self.server = _Server(cfg, log)
         self.worker = _WorkerInfo(cfg, log)
+
+    def has(self, name):
+        return callable(self.names.get(name))
 
     def call(self, name, *args, fatal=True):
         hook = self.names.get(name)
@@ -277,6 +281,42 @@ def _arm_faulthandler():
         faulthandler.enable(file=2, all_threads=True)
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"faulthandler: cannot arm the stack dump on SIGABRT: {exc}", file=sys.stderr)
+
+
+def _arm_worker_abort():
+    """``worker_abort``: run when ``timeout`` aborts the worker (SIGABRT), after
+    faulthandler's stack dump. faulthandler's C handler dumps the stacks, then calls the
+    handler that was there before it: Python's, set here first, which runs
+    ``_on_abort`` on the main thread at its next chance (a ``time.sleep`` is cut short; a
+    call blocked in C never returns, and the master's SIGKILL a second later ends it)."""
+    faulthandler.disable()
+    signal.signal(signal.SIGABRT, _on_abort)
+    _arm_faulthandler()
+
+
+def _on_abort(signum, frame):
+    _HOOKS.worker.alive = False
+    _HOOKS.call("worker_abort", _HOOKS.worker, fatal=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # As without the hook: the worker ends by SIGABRT.
+    signal.signal(signal.SIGABRT, signal.SIG_DFL)
+    os.abort()
+
+
+def _hook_defined(name):
+    return _HOOKS is not None and _HOOKS.has(name)
+
+
+def interrupted():
+    """``worker_int``: forkd's server thread calls this (on a thread of its own, for at
+    most a second) when the worker is told to stop at once (QUIT or INT), before it
+    exits."""
+    if _HOOKS is not None and _HOOKS.has("worker_int"):
+        _HOOKS.worker.alive = False
+        _HOOKS.call("worker_int", _HOOKS.worker, fatal=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def _asgi_log():
@@ -408,6 +448,8 @@ def boot(
     # After sys.path: a "module:attr" log_config is imported like the app.
     _setup_logging(root_level, log_config)
     _HOOKS = _Hooks(hooks_file, hook_specs)
+    if _HOOKS.has("worker_abort"):
+        _arm_worker_abort()
     _HOOKS.call("post_fork", _HOOKS.server, _HOOKS.worker)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
