@@ -344,19 +344,38 @@ fn a_200_mib_upload_is_streamed_to_the_app_in_bounded_memory() {
 }
 
 #[test]
-fn term_drains_in_flight_requests_then_runs_the_lifespan_shutdown() {
+fn term_refuses_new_connections_drains_in_flight_requests_then_runs_the_lifespan_shutdown() {
     let dir = app_dir("drain");
     let mut server = start(&dir, &["-w", "1"], "");
     let addr = server.addr.clone();
-    let slow = std::thread::spawn(move || get(&addr, "/slow?seconds=1.5"));
+    let slow = std::thread::spawn(move || get(&addr, "/slow?seconds=3"));
     std::thread::sleep(Duration::from_millis(500));
     server.signal(nix::sys::signal::Signal::SIGTERM);
+    // A connection attempt after TERM is refused at once (as Gunicorn's), while the
+    // request in flight goes on (shutdown_delay is 0 here).
+    let term = std::time::Instant::now();
+    let refused = poll_until(Duration::from_secs(3), || {
+        matches!(
+            std::net::TcpStream::connect(&server.addr),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    });
+    assert!(
+        refused,
+        "new connections were not refused after TERM:\n{}",
+        server.log()
+    );
+    assert!(
+        term.elapsed() < Duration::from_secs(2),
+        "refused only after the drain ({:?})",
+        term.elapsed()
+    );
     let (status, _, body) = slow
         .join()
         .unwrap()
         .expect("the in-flight request is answered");
     assert_eq!(status, 200);
-    assert_eq!(json(&body)["slept"], 1.5);
+    assert_eq!(json(&body)["slept"], 3.0);
     assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
     let log = server.log();
     let done = log.find("slow request done").expect("the request finished");
