@@ -61,6 +61,13 @@ fi
 # extension module is rebuilt incrementally, sharing target/ with the root crate).
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${PYTHON_TEST_VENV:-$root/target/pyenv-test}"
+# A virtualenv records its own path (scripts' #! lines, the editable install's .pth):
+# one copied from another checkout (a target/ copied to warm a build) would run that
+# checkout's code. Made anew then.
+if [ -x "$venv/bin/python" ] && ! head -n1 "$venv/bin/pip" 2>/dev/null | grep -qF "#!$venv/bin/python"; then
+  echo "test-deps: $venv was made for another path; making it anew" >&2
+  rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
@@ -75,7 +82,8 @@ rm -f "$root"/python/py/forkd/_native.cpython-*.so
 (
   cd "$root"
   export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$root/target"
-  if [ -x "$venv/bin/forkd" ] && "$venv/bin/python" -c "import forkd._native" 2>/dev/null; then
+  # The editable install must point at this checkout's python/py.
+  if [ -x "$venv/bin/forkd" ] && "$venv/bin/python" -c "import forkd._native, os, sys; sys.exit(os.path.dirname(os.path.dirname(os.path.realpath(forkd.__file__))) != os.path.realpath(sys.argv[1]))" "$root/python/py" 2>/dev/null; then
     maturin develop --quiet --skip-install # rebuild the module in place (editable install)
   else
     maturin develop --quiet
