@@ -216,32 +216,32 @@ fn the_service_fits_forkd_and_its_config() {
     );
 }
 
-/// docs/systemd.md records the exposure `systemd-analyze security` gives the shipped unit;
-/// a change to the unit that moves it must update docs/systemd.md.
-#[test]
-fn the_readme_records_the_units_security_exposure() {
-    let dir = harness::temp_dir("security");
-    let unit = dir.join("forkd.service");
-    std::fs::write(&unit, SERVICE).expect("write service");
+/// The overall exposure `systemd-analyze security` gives `unit` (written as `name`).
+fn security_exposure(name: &str, unit: &str) -> String {
+    let dir = harness::temp_dir(&format!("security-{name}"));
+    let path = dir.join(name);
+    std::fs::write(&path, unit).expect("write the unit");
     let mut command = Command::new("systemd-analyze");
     command
         .args(["security", "--offline=true", "--no-pager"])
-        .arg(&unit)
+        .arg(&path)
         .env("SYSTEMD_LOG_COLOR", "0")
         .env("SYSTEMD_COLORS", "0");
     let out = nspawn::run_bounded(&mut command, Duration::from_secs(60));
     let _ = std::fs::remove_dir_all(&dir);
-    let exposure = out
-        .stdout
+    let marker = format!("Overall exposure level for {name}: ");
+    out.stdout
         .lines()
-        .find_map(|l| {
-            l.split_once("Overall exposure level for forkd.service: ")?
-                .1
-                .split_whitespace()
-                .next()
-        })
+        .find_map(|l| l.split_once(marker.as_str())?.1.split_whitespace().next())
         .unwrap_or_else(|| panic!("no overall exposure from systemd-analyze security: {out:?}"))
-        .to_string();
+        .to_string()
+}
+
+/// docs/systemd.md records the exposure `systemd-analyze security` gives the shipped unit;
+/// a change to the unit that moves it must update docs/systemd.md.
+#[test]
+fn the_readme_records_the_units_security_exposure() {
+    let exposure = security_exposure("forkd.service", SERVICE);
     let recorded = format!("rates the unit **{exposure}**");
     assert!(
         SYSTEMD_DOC.contains(&recorded),
@@ -380,28 +380,7 @@ fn python_app_unit_fits_forkd_and_its_config() {
 /// docs/python.md records the exposure `systemd-analyze security` gives the Python unit.
 #[test]
 fn python_doc_records_the_app_units_security_exposure() {
-    let dir = harness::temp_dir("security-app");
-    let unit = dir.join("forkd-app.service");
-    std::fs::write(&unit, APP_SERVICE).expect("write service");
-    let mut command = Command::new("systemd-analyze");
-    command
-        .args(["security", "--offline=true", "--no-pager"])
-        .arg(&unit)
-        .env("SYSTEMD_LOG_COLOR", "0")
-        .env("SYSTEMD_COLORS", "0");
-    let out = nspawn::run_bounded(&mut command, Duration::from_secs(60));
-    let _ = std::fs::remove_dir_all(&dir);
-    let exposure = out
-        .stdout
-        .lines()
-        .find_map(|l| {
-            l.split_once("Overall exposure level for forkd-app.service: ")?
-                .1
-                .split_whitespace()
-                .next()
-        })
-        .unwrap_or_else(|| panic!("no overall exposure from systemd-analyze security: {out:?}"))
-        .to_string();
+    let exposure = security_exposure("forkd-app.service", APP_SERVICE);
     assert!(
         PYTHON_DOC.contains(&format!("rates the unit **{exposure}**")),
         "systemd-analyze security rates config/python/forkd-app.service {exposure}; \
