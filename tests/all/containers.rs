@@ -208,26 +208,17 @@ fn the_kubernetes_example_fits_forkd_and_its_config() {
     };
     let drain =
         seconds(config.get("graceful_timeout"), 30.0) + seconds(health.get("shutdown_delay"), 0.0);
-    let grace: f64 = yaml_field_after(DEPLOYMENT, "spec", "terminationGracePeriodSeconds")
-        .parse()
-        .expect("terminationGracePeriodSeconds");
-    assert!(
-        grace > drain,
-        "terminationGracePeriodSeconds {grace} must exceed shutdown_delay + graceful_timeout = {drain}"
-    );
+    assert_grace_covers_the_drain(DEPLOYMENT, drain);
 
     // The probes ask forkd's own health paths, on the port it binds.
-    for (probe, key) in [
-        ("readinessProbe", "ready_path"),
-        ("livenessProbe", "live_path"),
-    ] {
-        assert_eq!(
-            Some(yaml_field_after(DEPLOYMENT, probe, "path").as_str()),
-            health.get(key).and_then(|v| v.as_str()),
-            "{probe} vs health.{key}"
-        );
-        assert_eq!(yaml_field_after(DEPLOYMENT, probe, "port"), "http");
-    }
+    assert_probes_ask_forkds_health_paths(
+        DEPLOYMENT,
+        health,
+        &[
+            ("readinessProbe", "ready_path"),
+            ("livenessProbe", "live_path"),
+        ],
+    );
     let port = yaml_field_after(DEPLOYMENT, "ports", "containerPort");
     let binds = config["bind"].as_array().expect("bind");
     assert!(
@@ -657,26 +648,17 @@ fn the_python_kubernetes_manifest_fits_forkd_and_its_config() {
         "the design is preStop-free"
     );
     let drain = seconds(config.get("graceful_timeout"), 30.0) + delay;
-    let grace: f64 = yaml_field_after(PY_MANIFEST, "spec", "terminationGracePeriodSeconds")
-        .parse()
-        .expect("terminationGracePeriodSeconds");
-    assert!(
-        grace > drain,
-        "terminationGracePeriodSeconds {grace} must exceed shutdown_delay + graceful_timeout = {drain}"
-    );
+    assert_grace_covers_the_drain(PY_MANIFEST, drain);
 
-    for (probe, key) in [
-        ("readinessProbe", "ready_path"),
-        ("livenessProbe", "live_path"),
-        ("startupProbe", "live_path"),
-    ] {
-        assert_eq!(
-            Some(yaml_field_after(PY_MANIFEST, probe, "path").as_str()),
-            health.get(key).and_then(|v| v.as_str()),
-            "{probe} vs health.{key}"
-        );
-        assert_eq!(yaml_field_after(PY_MANIFEST, probe, "port"), "http");
-    }
+    assert_probes_ask_forkds_health_paths(
+        PY_MANIFEST,
+        health,
+        &[
+            ("readinessProbe", "ready_path"),
+            ("livenessProbe", "live_path"),
+            ("startupProbe", "live_path"),
+        ],
+    );
     let port = yaml_field_after(PY_MANIFEST, "ports", "containerPort");
     let binds = config["bind"].as_array().expect("bind");
     assert!(
@@ -718,4 +700,32 @@ fn py_exec_form_user() -> String {
         .and_then(|u| u.split(':').next())
         .expect("USER")
         .to_string()
+}
+
+/// The pod's termination grace period outlasts forkd's drain (`drain` seconds).
+fn assert_grace_covers_the_drain(manifest: &str, drain: f64) {
+    let grace: f64 = yaml_field_after(manifest, "spec", "terminationGracePeriodSeconds")
+        .parse()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace > drain,
+        "terminationGracePeriodSeconds {grace} must exceed shutdown_delay + graceful_timeout = {drain}"
+    );
+}
+
+/// Each (probe, health key): the probe asks forkd's health path under that key, on the
+/// port named `http`.
+fn assert_probes_ask_forkds_health_paths(
+    manifest: &str,
+    health: &toml::Table,
+    probes: &[(&str, &str)],
+) {
+    for (probe, key) in probes {
+        assert_eq!(
+            Some(yaml_field_after(manifest, probe, "path").as_str()),
+            health.get(*key).and_then(|v| v.as_str()),
+            "{probe} vs health.{key}"
+        );
+        assert_eq!(yaml_field_after(manifest, probe, "port"), "http");
+    }
 }
