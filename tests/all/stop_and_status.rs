@@ -87,20 +87,27 @@ fn worker_rows(answer: &str) -> Vec<(i32, u64, String)> {
         .collect()
 }
 
-#[test]
-fn status_lists_every_worker_with_its_generation_across_a_hup_and_the_socket_is_private() {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::PermissionsExt;
-    let dir = temp_dir("status");
+/// `echo` with two workers and a pidfile in `dir` (so a control socket beside it): the
+/// pidfile's path, the config file's and the server.
+fn echo_with_pidfile(dir: &std::path::Path) -> (std::path::PathBuf, String, Server) {
     let pidfile = dir.join("forkd.pid");
     let config = write_config(
-        &dir,
+        dir,
         &format!(
             "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\npidfile = {:?}\n",
             pidfile.to_str().unwrap()
         ),
     );
-    let mut server = Forkd::new().config(&config).start();
+    let server = Forkd::new().config(&config).start();
+    (pidfile, config, server)
+}
+
+#[test]
+fn status_lists_every_worker_with_its_generation_across_a_hup_and_the_socket_is_private() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("status");
+    let (_, config, mut server) = echo_with_pidfile(&dir);
     let control = dir.join("forkd.pid.ctl");
     let mode = std::fs::metadata(&control)
         .expect("control socket")
@@ -198,15 +205,7 @@ fn a_python_module_path_without_attr_gets_a_module_colon_app_hint() {
 #[test]
 fn after_usr2_status_answers_from_the_new_master_and_its_socket_outlives_the_old_one() {
     let dir = temp_dir("status-usr2");
-    let pidfile = dir.join("forkd.pid");
-    let config = write_config(
-        &dir,
-        &format!(
-            "app = \"echo\"\nbind = [\"127.0.0.1:0\"]\nworkers = 2\npidfile = {:?}\n",
-            pidfile.to_str().unwrap()
-        ),
-    );
-    let mut server = Forkd::new().config(&config).start();
+    let (pidfile, config, mut server) = echo_with_pidfile(&dir);
     let old = server.pid();
     server.signal(Signal::SIGUSR2);
     let new = new_master(&pidfile, old, Duration::from_secs(20));
