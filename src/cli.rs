@@ -77,6 +77,9 @@ pub struct Cli {
     /// Error log: "-" (stderr) or a file.
     #[arg(long, value_name = "TARGET")]
     pub error_log: Option<String>,
+    /// A name for `ps`: `forkd: master [NAME]`, `forkd: worker [N] [NAME]`.
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
     /// Development: reload (as HUP) when the app's files change (not `-s reload`, which
     /// sends one HUP to a running master).
     #[arg(long, num_args = 0, default_missing_value = "true", value_name = "")]

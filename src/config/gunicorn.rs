@@ -61,14 +61,29 @@ pub const HOOKS_RUN: &[&str] = &[
 /// (`master::hooks`).
 const HOOKS_NOT_RUN: &[&str] = &["pre_exec", "pre_request", "post_request", "ssl_context"];
 
+/// Gunicorn settings forkd has no need for: what they ask for is how forkd always works
+/// (accepted without a word; docs/python.md says why for each).
+const NOT_NEEDED: &[&str] = &[
+    // The heartbeat is the scoreboard, an anonymous shared mapping: no files to put on
+    // a tmpfs.
+    "worker_tmp_dir",
+    // Workers' stdout and stderr always reach forkd's error log.
+    "capture_output",
+    "enable_stdio_inheritance",
+    // The master binds once and the workers inherit the socket.
+    "reuse_port",
+    "sendfile",
+    "do_handshake_on_connect",
+    "suppress_ragged_eofs",
+    "default_proc_name",
+];
+
 /// Gunicorn settings forkd has no equivalent for (named in the one warning).
 const UNSUPPORTED: &[&str] = &[
-    "worker_connections",
     "spew",
     "check_config",
     "print_config",
     "daemon",
-    "worker_tmp_dir",
     "initgroups",
     "tmp_upload_dir",
     "secure_scheme_headers",
@@ -79,29 +94,16 @@ const UNSUPPORTED: &[&str] = &[
     "syslog_addr",
     "syslog_prefix",
     "syslog_facility",
-    "enable_stdio_inheritance",
     "statsd_host",
     "statsd_prefix",
     "dogstatsd_tags",
-    "capture_output",
     "disable_redirect_access_to_syslog",
     "logger_class",
     "logconfig",
     "logconfig_json",
-    "proc_name",
-    "default_proc_name",
-    "pythonpath",
     "paste",
-    "reuse_port",
-    "sendfile",
     "reload_engine",
-    "keyfile",
-    "certfile",
-    "ca_certs",
-    "cert_reqs",
     "ssl_version",
-    "do_handshake_on_connect",
-    "suppress_ragged_eofs",
     "ciphers",
     "strip_header_spaces",
     "permit_obsolete_folding",
@@ -114,8 +116,6 @@ const UNSUPPORTED: &[&str] = &[
     "limit_request_body",
     "raw_paste_global_conf",
     "preload_app",
-    "reload",
-    "reload_extra_files",
 ];
 
 /// What a Gunicorn config file becomes.
@@ -349,6 +349,7 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
                 }
             }
             "limit_request_line" => put(Some("limits"), "request_line", toml_value, &mut mapped),
+            "worker_connections" => put(Some("limits"), "max_connections", toml_value, &mut mapped),
             "limit_request_fields" => {
                 put(Some("limits"), "request_fields", toml_value, &mut mapped)
             }
@@ -383,16 +384,35 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
                         .into(),
                 );
             }
-            "reload" if toml_value.as_bool() == Some(true) => {
-                notes.push(
-                    "reload: not applied from a Gunicorn config file yet (use forkd --reload)"
-                        .into(),
-                );
+            "reload" | "reload_extra_files" | "proc_name" => {
+                put(None, name, toml_value, &mut mapped)
             }
-            "reload_extra_files" if toml_value.as_array().is_some_and(|a| !a.is_empty()) => {
-                notes
-                    .push("reload_extra_files: not applied from a Gunicorn config file yet".into());
+            "pythonpath" => {
+                // Gunicorn's is comma-separated: "/srv/app,/srv/lib".
+                let value = match toml_value {
+                    Value::String(s) => Value::Array(
+                        s.split(',')
+                            .map(str::trim)
+                            .filter(|p| !p.is_empty())
+                            .map(|p| Value::String(p.to_string()))
+                            .collect(),
+                    ),
+                    other => other,
+                };
+                put(Some("python"), "path", value, &mut mapped);
             }
+            "certfile" | "keyfile" | "ca_certs" => put(Some("tls"), name, toml_value, &mut mapped),
+            "cert_reqs" => {
+                // ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED.
+                let value = match toml_value.as_integer() {
+                    Some(0) => Value::String("none".into()),
+                    Some(1) => Value::String("optional".into()),
+                    Some(2) => Value::String("required".into()),
+                    _ => toml_value,
+                };
+                put(Some("tls"), "client_auth", value, &mut mapped);
+            }
+            other if NOT_NEEDED.contains(&other) => {}
             other if UNSUPPORTED.contains(&other) => {
                 if !is_default_like(&toml_value) {
                     ignored.push(other.to_string());
@@ -403,6 +423,7 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
             _ => ignored.push(name.clone()),
         }
     }
+    serve_tls_on_every_bind(&mut mapped.table);
     let hooks = names("hooks");
     let not_run: Vec<&str> = hooks
         .iter()
@@ -435,6 +456,36 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
         ));
     }
     mapped
+}
+
+/// Gunicorn with a `certfile` speaks TLS on every address it binds; forkd only where a
+/// bind says so: its binds (Gunicorn's default `127.0.0.1:8000` when the file binds
+/// none) become `tls://HOST:PORT`, `tls+unix:PATH` and `tls+fd://N`.
+fn serve_tls_on_every_bind(table: &mut toml::Table) {
+    let has_cert = table
+        .get("tls")
+        .and_then(|t| t.get("certfile"))
+        .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
+    if !has_cert {
+        return;
+    }
+    let binds = table
+        .entry("bind")
+        .or_insert_with(|| Value::Array(vec![Value::String("127.0.0.1:8000".into())]));
+    if let Value::Array(items) = binds {
+        for item in items.iter_mut() {
+            if let Value::String(address) = item {
+                if address.starts_with("tls://") || address.starts_with("tls+") {
+                    continue;
+                }
+                *address = if address.starts_with("unix:") || address.starts_with("fd://") {
+                    format!("tls+{address}")
+                } else {
+                    format!("tls://{address}")
+                };
+            }
+        }
+    }
 }
 
 /// A setting left at a value that changes nothing (False, None, empty, 0).
@@ -547,6 +598,7 @@ fn atom(name: &str) -> Option<String> {
         "a" => "{user_agent}",
         "D" => "{duration_us}",
         "M" => "{duration_ms}",
+        "L" => "{duration_s}",
         "p" => "{pid}",
         other => {
             let header = other.strip_prefix('{')?.strip_suffix("}i")?;
@@ -606,6 +658,78 @@ mod tests {
         assert!(!m.warnings[0].contains("worker_int"), "{:?}", m.warnings);
         assert!(!m.warnings[0].contains("post_fork"), "{:?}", m.warnings);
         assert!(!m.warnings[0].contains("when_ready"), "{:?}", m.warnings);
+    }
+
+    #[test]
+    fn names_tls_reload_and_python_path_are_applied_and_what_forkd_needs_not_is_quiet() {
+        let m = map(
+            &json!({"settings": {
+                "proc_name": "shop", "pythonpath": "/srv/app, /srv/lib,", "reload": true,
+                "reload_extra_files": ["templates/index.html"], "certfile": "/etc/c.pem",
+                "keyfile": "/etc/k.pem", "ca_certs": "/etc/ca.pem", "cert_reqs": 2,
+                "worker_tmp_dir": "/dev/shm", "capture_output": true,
+                "enable_stdio_inheritance": true, "reuse_port": true, "sendfile": false,
+            }, "hooks": [], "skipped": []}),
+            Path::new("/etc/app/gunicorn.conf.py"),
+        );
+        let t = &m.table;
+        assert_eq!(t["proc_name"].as_str(), Some("shop"));
+        assert_eq!(t["reload"].as_bool(), Some(true));
+        assert_eq!(t["reload_extra_files"].as_array().map(Vec::len), Some(1));
+        let path: Vec<&str> = t["python"]["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(path, ["/srv/app", "/srv/lib"]);
+        assert_eq!(t["tls"]["certfile"].as_str(), Some("/etc/c.pem"));
+        assert_eq!(t["tls"]["keyfile"].as_str(), Some("/etc/k.pem"));
+        assert_eq!(t["tls"]["ca_certs"].as_str(), Some("/etc/ca.pem"));
+        assert_eq!(t["tls"]["client_auth"].as_str(), Some("required"));
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        // Gunicorn's default bind, with TLS as Gunicorn would serve it.
+        assert_eq!(
+            t["bind"],
+            Value::Array(vec![Value::String("tls://127.0.0.1:8000".into())])
+        );
+        let binds = map(
+            &json!({"settings": {
+                "certfile": "/c.pem", "keyfile": "/k.pem",
+                "bind": ["0.0.0.0:8443", "[::]:8443", "unix:/run/a.sock", "tls://127.0.0.1:1"],
+            }, "hooks": [], "skipped": []}),
+            Path::new("/g.py"),
+        );
+        let shown: Vec<&str> = binds.table["bind"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "tls://0.0.0.0:8443",
+                "tls://[::]:8443",
+                "tls+unix:/run/a.sock",
+                "tls://127.0.0.1:1"
+            ]
+        );
+        let plain = map(
+            &json!({"settings": {"bind": "0.0.0.0:80", "worker_connections": 500}, "hooks": [], "skipped": []}),
+            Path::new("/g.py"),
+        );
+        assert_eq!(plain.table["bind"][0].as_str(), Some("0.0.0.0:80"));
+        assert_eq!(
+            plain.table["limits"]["max_connections"].as_integer(),
+            Some(500)
+        );
+        // The mapped table is a valid forkd config (cert_reqs 1 -> optional).
+        let one = map(
+            &json!({"settings": {"cert_reqs": 1}, "hooks": [], "skipped": []}),
+            Path::new("/g.py"),
+        );
+        assert_eq!(one.table["tls"]["client_auth"].as_str(), Some("optional"));
     }
 
     #[test]

@@ -229,6 +229,15 @@ pub(crate) const KEYS: &[Key] = &[
         |c| c.chdir.as_deref().map(quoted_path),
     )
     .doc("the workers' directory, resolved (symlinks followed) at start and anew at every HUP and USR2: each worker of a generation, recycled ones too, runs in the directory its generation resolved, so a release symlink (`current -> releases/N`) switched then HUPed is served. The master changes to it at start (relative `pidfile` and socket paths are taken from there). A relative `exec.command` program path is found from it; a relative `chdir` is taken from the directory forkd was started in (also on HUP)"),
+    Key::new("proc_name", "a name (printable ASCII, at most 64 bytes)",
+        |c, v| {
+            let name = string(v)?;
+            c.proc_name = Some(super::values::proc_name(&name).map_err(Invalid)?);
+            Ok(())
+        },
+        |c| c.proc_name.as_deref().map(quoted),
+    ).option("name")
+    .doc("a name in the process titles `ps` shows, as Gunicorn's `proc_name`: `forkd: master [NAME]`, `forkd: worker [N] [NAME]`; unset, they are `forkd: master` and `forkd: worker [N]`. Read at start (the master's title) and per generation (its workers')"),
     Key::new("reload", "true or false",
         |c, v| { c.reload = boolean(v).ok_or(Expected)?; Ok(()) },
         |c| Some(c.reload.to_string()),

@@ -554,3 +554,37 @@ fn printed_config_loads_back_to_the_same_config() {
     apply_file(&mut reloaded, std::path::Path::new("printed.toml"), &text).unwrap();
     assert_eq!(reloaded, config, "{text}");
 }
+
+#[test]
+fn proc_name_is_printable_ascii_of_1_to_64_bytes() {
+    assert_eq!(proc_name("myapp").as_deref(), Ok("myapp"));
+    assert!(proc_name("api v2 (blue)").is_ok());
+    assert!(proc_name(&"x".repeat(64)).is_ok());
+    for bad in ["", "a\nb", "tab\there", "caf\u{e9}", "\x1b[2J", "nul\0"] {
+        assert!(proc_name(bad).is_err(), "{bad:?}");
+    }
+    assert!(proc_name(&"x".repeat(65)).is_err());
+    // Every random string: accepted exactly when printable ASCII, 1..=64 bytes.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..20_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = (state % 70) as usize;
+        let text: String = (0..len)
+            .map(|i| {
+                char::from_u32(((state >> (i % 48)) as u32 ^ (i as u32 * 37)) % 0x140)
+                    .unwrap_or('?')
+            })
+            .collect();
+        let expected =
+            !text.is_empty() && text.len() <= 64 && text.chars().all(|c| (' '..='~').contains(&c));
+        assert_eq!(proc_name(&text).is_ok(), expected, "{text:?}");
+    }
+}
+
+#[test]
+fn a_bad_proc_name_names_the_key() {
+    let err = parse("proc_name = \"a\\nb\"\n").unwrap_err().to_string();
+    assert!(err.contains("proc_name"), "{err}");
+}

@@ -221,6 +221,8 @@ pub struct Config {
     pub chdir: Option<PathBuf>,
     /// `--reload`: a HUP when the app's files change (development; see master/watch.rs).
     pub reload: bool,
+    /// Gunicorn's `proc_name`: shown in the process titles (`forkd: master [NAME]`).
+    pub proc_name: Option<String>,
     /// More files whose change makes a `reload` HUP: globs, relative to `chdir`.
     pub reload_extra_files: Vec<String>,
     /// Parsed once here, with `forwarded_headers` in it; the workers use it as it is.
@@ -276,6 +278,7 @@ impl Default for Config {
             umask: None,
             chdir: None,
             reload: false,
+            proc_name: None,
             reload_extra_files: Vec::new(),
             forwarded_allow_ips: TrustedProxies::loopback(),
             env: BTreeMap::new(),

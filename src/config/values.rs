@@ -60,6 +60,20 @@ pub(super) fn at_least(value: &Value, min: i64) -> Result<u64, Problem> {
         .ok_or(Expected)
 }
 
+/// `proc_name`: what the process titles show after `forkd: master` (printable ASCII, at
+/// most 64 bytes: a title is one line of `ps`, and the kernel's comm is 16 bytes).
+pub(super) fn proc_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("{} bytes; a name is 1 to 64 bytes", name.len()));
+    }
+    match name.chars().find(|c| !(' '..='~').contains(c)) {
+        Some(c) => Err(format!(
+            "{c:?} is not printable ASCII (letters, digits, punctuation and spaces)"
+        )),
+        None => Ok(name.to_string()),
+    }
+}
+
 /// `true`/`false`, or the same as a string (how `--reload` arrives).
 pub(super) fn boolean(value: &Value) -> Option<bool> {
     match value {

@@ -326,7 +326,10 @@ impl Master {
     /// with what is wanted, sleep until an event or the nearest deadline, then act on
     /// signals, on what workers reported or how they exited, and on deadlines.
     pub fn run(mut self) -> u8 {
-        crate::shared::proctitle::set("forkd: master");
+        crate::shared::proctitle::set(&crate::shared::proctitle::titled(
+            "forkd: master",
+            self.current.config.proc_name.as_deref(),
+        ));
         tracing::info!(
             pid = self.pid,
             workers = self.current.target,

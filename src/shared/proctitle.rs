@@ -4,6 +4,14 @@
 
 use std::fs;
 
+/// `base` with `proc_name` after it in brackets, as Gunicorn's `gunicorn: master [NAME]`.
+pub fn titled(base: &str, proc_name: Option<&str>) -> String {
+    match proc_name {
+        Some(name) => format!("{base} [{name}]"),
+        None => base.to_string(),
+    }
+}
+
 /// Sets the visible process title. Best effort: a failure leaves the old title.
 pub fn set(title: &str) {
     let comm: String = title.chars().take(15).collect();
@@ -35,4 +43,16 @@ fn overwrite_argv(title: &str) -> Option<()> {
         area[len..].fill(0);
     }
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_proc_name_follows_the_role_in_brackets() {
+        assert_eq!(super::titled("forkd: master", None), "forkd: master");
+        assert_eq!(
+            super::titled("forkd: worker [3]", Some("shop api")),
+            "forkd: worker [3] [shop api]"
+        );
+    }
 }

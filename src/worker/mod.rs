@@ -82,7 +82,10 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     let pid = std::process::id() as i32;
     slot.set_pid(pid);
     slot.set_number(number);
-    crate::shared::proctitle::set(&format!("forkd: worker [{number}]"));
+    crate::shared::proctitle::set(&crate::shared::proctitle::titled(
+        &format!("forkd: worker [{number}]"),
+        config.proc_name.as_deref(),
+    ));
     if let Err(e) = crate::shared::privileges::detach_from_terminal() {
         return Err(boot_failed(slot, &e));
     }

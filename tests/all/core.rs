@@ -123,6 +123,33 @@ fn print_config_shows_precedence_file_then_env_then_cli() {
 }
 
 #[test]
+fn proc_name_is_shown_after_the_role_as_gunicorns() {
+    let server = Forkd::new()
+        .local()
+        .workers(2)
+        .app("hello")
+        .args(["-n", "shop api"])
+        .start();
+    let title = |pid: i32| {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        String::from_utf8_lossy(&raw[..end]).into_owned()
+    };
+    assert_eq!(title(server.pid()), "forkd: master [shop api]");
+    let workers = workers_of(server.pid());
+    assert_eq!(workers.len(), 2, "{}", server.log());
+    let mut titles: Vec<String> = workers.iter().map(|&w| title(w)).collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "forkd: worker [1] [shop api]",
+            "forkd: worker [2] [shop api]"
+        ]
+    );
+}
+
+#[test]
 fn apps_serve_and_workers_are_named() {
     let server = Forkd::new().local().workers(2).app("echo").start();
     let workers = workers_of(server.pid());

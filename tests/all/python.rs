@@ -1146,7 +1146,10 @@ fn hook_pids(dir: &Path, hook: &str) -> Vec<i32> {
 #[test]
 fn a_gunicorn_config_file_is_applied_with_its_worker_hooks() {
     let dir = app_dir("gconf");
-    let conf = gunicorn_conf(&dir, "");
+    let conf = gunicorn_conf(
+        &dir,
+        "proc_name = \"gconf\"\nworker_tmp_dir = \"/dev/shm\"\ncapture_output = True\n",
+    );
     let mut server = Forkd::program(python_forkd())
         .config(&conf)
         .app("fastapi_app:app")
@@ -1164,6 +1167,17 @@ fn a_gunicorn_config_file_is_applied_with_its_worker_hooks() {
     // worker_int is run (at a quick stop), so not warned about.
     assert!(!warning.contains("worker_int"), "{warning}");
     assert!(!warning.contains("when_ready"), "{warning}");
+    // What forkd always does is not warned about; proc_name names the processes.
+    assert!(
+        !warning.contains("worker_tmp_dir") && !warning.contains("capture_output"),
+        "{warning}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.pid())).unwrap();
+    assert!(
+        cmdline.starts_with(b"forkd: master [gconf]"),
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
     // The master-side hooks, in their runner.
     for hook in ["on_starting", "when_ready"] {
         assert!(

@@ -27,6 +27,8 @@ pub enum Field {
     Bytes,
     DurationMs,
     DurationUs,
+    /// Seconds with six decimals (Gunicorn's `%(L)s`).
+    DurationS,
     UserAgent,
     Referer,
     Host,
@@ -43,7 +45,7 @@ pub enum Field {
 }
 
 /// Every field name, for documentation and error messages.
-pub const FIELD_NAMES: [&str; 24] = [
+pub const FIELD_NAMES: [&str; 25] = [
     "remote_addr",
     "peer_addr",
     "time",
@@ -59,6 +61,7 @@ pub const FIELD_NAMES: [&str; 24] = [
     "bytes",
     "duration_ms",
     "duration_us",
+    "duration_s",
     "user_agent",
     "referer",
     "host",
@@ -88,6 +91,7 @@ impl Field {
             "bytes" => Field::Bytes,
             "duration_ms" => Field::DurationMs,
             "duration_us" => Field::DurationUs,
+            "duration_s" => Field::DurationS,
             "user_agent" => Field::UserAgent,
             "referer" => Field::Referer,
             "host" => Field::Host,
@@ -129,6 +133,7 @@ impl Field {
             Field::Bytes => "bytes",
             Field::DurationMs => "duration_ms",
             Field::DurationUs => "duration_us",
+            Field::DurationS => "duration_s",
             Field::UserAgent => "user_agent",
             Field::Referer => "referer",
             Field::Host => "host",

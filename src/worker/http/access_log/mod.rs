@@ -361,6 +361,9 @@ impl AccessLog {
                         Value::Millis(d) => {
                             let _ = write!(out, "{:.3}", d.as_secs_f64() * 1000.0);
                         }
+                        Value::Seconds(d) => {
+                            let _ = write!(out, "{}.{:06}", d.as_secs(), d.subsec_micros());
+                        }
                         Value::Text(bytes) => escape_text(out, &bytes),
                         Value::Flag(true) => out.extend_from_slice(b"OK"),
                         Value::Flag(false) => {}
@@ -378,6 +381,7 @@ impl AccessLog {
                 Value::Missing => serde_json::Value::Null,
                 Value::Number(n) => serde_json::Value::from(n),
                 Value::Millis(d) => serde_json::Value::from(d.as_secs_f64() * 1000.0),
+                Value::Seconds(d) => serde_json::Value::from(d.as_secs_f64()),
                 Value::Text(bytes) => {
                     serde_json::Value::from(String::from_utf8_lossy(&bytes).into_owned())
                 }
@@ -454,6 +458,7 @@ impl AccessLog {
             Field::Bytes => Value::Number(outcome.bytes),
             Field::DurationMs => Value::Millis(outcome.duration),
             Field::DurationUs => Value::Number(outcome.duration.as_micros() as u64),
+            Field::DurationS => Value::Seconds(outcome.duration),
             Field::UserAgent => header(&record.user_agent),
             Field::Referer => header(&record.referer),
             Field::Host => header(&record.host),
@@ -475,6 +480,7 @@ enum Value {
     Missing,
     Number(u64),
     Millis(Duration),
+    Seconds(Duration),
     Text(Vec<u8>),
     /// `{completion}`: `OK` or nothing in text, a boolean in JSON.
     Flag(bool),
@@ -706,6 +712,33 @@ mod tests {
         assert_eq!(line(false, false), "[] 1234");
         assert_eq!(line(true, true), r#"{"bytes":1234,"completion":true}"#);
         assert_eq!(line(true, false), r#"{"bytes":1234,"completion":false}"#);
+    }
+
+    #[test]
+    fn durations_in_ms_us_and_gunicorns_decimal_seconds() {
+        let format = Format::parse("{duration_ms} {duration_us} {duration_s}").unwrap();
+        let line = |json: bool| {
+            let log = AccessLog::start(&LogTarget::Std, Some(&format), json, 1)
+                .unwrap()
+                .unwrap();
+            let record = Record::refused(Remote::Unix, None, b"GET / HTTP/1.1\r\n");
+            let outcome = Outcome {
+                status: 200,
+                bytes: 0,
+                duration: Duration::from_micros(2_001_234),
+                completed: true,
+            };
+            let mut out = Vec::new();
+            match json {
+                true => log.write_json(&mut out, &record, &outcome),
+                false => log.write_text(&mut out, &record, &outcome),
+            }
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(line(false), "2001.234 2001234 2.001234");
+        let json: serde_json::Value = serde_json::from_str(&line(true)).unwrap();
+        assert_eq!(json["duration_s"], 2.001234);
+        assert_eq!(json["duration_us"], 2001234);
     }
 
     #[test]
