@@ -61,6 +61,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(boot::stamp, m)?)?;
     m.add_function(wrap_pyfunction!(boot::log_line, m)?)?;
     m.add_function(wrap_pyfunction!(pylog::log_record, m)?)?;
+    m.add_function(wrap_pyfunction!(pylog::init_runner_log, m)?)?;
+    m.add_function(wrap_pyfunction!(pylog::reopen_logs, m)?)?;
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<bridge::Conn>()?;
     m.add_class::<awaitable::Ready>()?;

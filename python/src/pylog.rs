@@ -52,6 +52,23 @@ fn traceback_text(text: &str) -> String {
         .join("\n")
 }
 
+/// In the master's hook runner (`python -m forkd._gunicorn_hooks`, a process of its own):
+/// forkd's error log as the master's (same destination, format and level, from the
+/// variables the master gave it), so that the hooks' `server.log` records and errors
+/// are records of it. Returns the root Python logger's level for that `log.level`.
+#[pyfunction]
+pub fn init_runner_log() -> PyResult<i64> {
+    let level =
+        forkd::hosted::init_hook_runner_log().map_err(pyo3::exceptions::PyOSError::new_err)?;
+    Ok(python_level(level))
+}
+
+/// USR1 in the hook runner: reopen the error log file, as the master and workers do.
+#[pyfunction]
+pub fn reopen_logs() {
+    forkd::hosted::reopen_logs();
+}
+
 /// One record of Python's `logging` into forkd's error log (target `python`), with the
 /// worker's pid, the logger's name (`logger`) and, when there is one, the traceback
 /// and stack (`exc_info`).

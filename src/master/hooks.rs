@@ -10,7 +10,7 @@
 //! any other child it does not know. `[python.hooks]` entries for these hooks run there
 //! too.
 
-use crate::config::Config;
+use crate::config::{Config, LogConfig, LogTarget};
 use std::io::Write;
 use std::process::{ChildStdin, Command, Stdio};
 
@@ -142,7 +142,7 @@ impl HookRunner {
             return HookRunner::Off;
         };
         match crate::config::gunicorn::interpreter() {
-            Some(python) => HookRunner::spawn(python, spec),
+            Some(python) => HookRunner::spawn(python, spec, &config.log),
             None => HookRunner::Off,
         }
     }
@@ -169,12 +169,19 @@ impl HookRunner {
         self.call(HookCall::OnReload);
     }
 
-    fn spawn(python: &std::path::Path, spec: RunnerSpec) -> HookRunner {
+    fn spawn(python: &std::path::Path, spec: RunnerSpec, log: &LogConfig) -> HookRunner {
+        let (level, format, error_log) = runner_log_vars(log);
         let spawned = Command::new(python)
             .args(["-m", "forkd._gunicorn_hooks"])
             .args(spec.args())
             .env("FORKD_HOOK_TIMEOUT", HOOK_TIMEOUT_SECS.to_string())
             .env("FORKD_HOOK_PATH", &spec.path)
+            // Its records go to forkd's error log as the master's do.
+            .envs(crate::hosted::HOOK_RUNNER_LOG_VARS.iter().zip([
+                level.into(),
+                format.into(),
+                error_log,
+            ]))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn();
@@ -197,6 +204,16 @@ impl HookRunner {
             spec,
             pid: child.id(),
             input,
+        }
+    }
+
+    /// USR1: the runner reopens its error log file too.
+    pub(super) fn reopen_logs(&self) {
+        if let HookRunner::Running { pid, .. } = self {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGUSR1,
+            );
         }
     }
 
@@ -224,6 +241,18 @@ impl HookRunner {
             }
         }
     }
+}
+
+/// `log.level`, `log.format` and `log.error_log` as the runner's `FORKD_*` variables
+/// give them (the runner sets up forkd's error log from them).
+fn runner_log_vars(log: &LogConfig) -> (String, String, std::ffi::OsString) {
+    let level = format!("{:?}", log.level).to_ascii_lowercase();
+    let format = format!("{:?}", log.format).to_ascii_lowercase();
+    let error_log = match &log.error_log {
+        LogTarget::File(path) => path.as_os_str().to_owned(),
+        _ => "-".into(),
+    };
+    (level, format, error_log)
 }
 
 fn set_nonblocking(input: &ChildStdin) -> Result<(), String> {

@@ -425,6 +425,7 @@ impl Master {
         for w in self.workers.iter().filter(|w| w.exec.is_none()) {
             let _ = kill(w.pid, Signal::SIGUSR1);
         }
+        self.hooks.reopen_logs();
     }
 
     /// WINCH: no workers wanted; the master stays.

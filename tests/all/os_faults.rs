@@ -436,26 +436,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Starts forkd whose error log is the file `error_log` and waits until it is ready.
-fn start_logging_to(forkd: &Forkd, error_log: &Path) -> Server {
-    let mut server = forkd.spawn();
-    let read = || std::fs::read_to_string(error_log).unwrap_or_default();
-    assert!(
-        poll_until(Duration::from_secs(10), || read()
-            .contains("all workers ready")),
-        "not ready:\n{}\n{}",
-        read(),
-        server.log()
-    );
-    server.addr = read()
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("address")
-        .to_string();
-    server
-}
-
 #[test]
 fn on_a_full_disk_access_log_lines_stay_whole_and_drops_are_counted() {
     let dir = temp_dir("os-full-disk");
@@ -475,7 +455,7 @@ fn on_a_full_disk_access_log_lines_stay_whole_and_drops_are_counted() {
         ),
     );
     let error_log = dir.join("error.log");
-    let server = start_logging_to(&Forkd::new().config(&config), &error_log);
+    let server = Forkd::new().config(&config).start_logging_to(&error_log);
     let read_error_log = || std::fs::read_to_string(&error_log).unwrap_or_default();
     let line = read_error_log();
     let metrics = line
@@ -639,16 +619,14 @@ fn panics_reach_a_file_error_log_and_are_access_logged_as_500() {
     let error_log = dir.join("error.log");
     let access_log = dir.join("access.log");
     let example = counter_example();
-    let server = start_logging_to(
-        &Forkd::program(example)
-            .local()
-            .workers(1)
-            .arg("--error-log")
-            .arg(&error_log)
-            .arg("--access-log")
-            .arg(&access_log),
-        &error_log,
-    );
+    let server = Forkd::program(example)
+        .local()
+        .workers(1)
+        .arg("--error-log")
+        .arg(&error_log)
+        .arg("--access-log")
+        .arg(&access_log)
+        .start_logging_to(&error_log);
     assert!(get(&server.addr, "/panic").is_err());
     assert!(
         poll_until(Duration::from_secs(3), || std::fs::read_to_string(
@@ -763,15 +741,13 @@ fn a_worker_taken_by_the_oom_killer_is_logged_as_such() {
 fn a_failed_allocation_is_in_a_file_error_log_and_named() {
     let dir = temp_dir("os-alloc");
     let error_log = dir.join("error.log");
-    let server = start_logging_to(
-        &Forkd::new()
-            .local()
-            .workers(1)
-            .arg("--error-log")
-            .arg(&error_log)
-            .app("echo"),
-        &error_log,
-    );
+    let server = Forkd::new()
+        .local()
+        .workers(1)
+        .arg("--error-log")
+        .arg(&error_log)
+        .app("echo")
+        .start_logging_to(&error_log);
     let worker = workers_of(server.pid())[0];
     // Room for 16 MiB more address space in the worker: echo's 64 MiB body fails.
     let status = std::fs::read_to_string(format!("/proc/{worker}/status")).expect("status");

@@ -1302,6 +1302,71 @@ def worker_int(worker):
 }
 
 #[test]
+fn the_master_side_hooks_log_into_forkds_error_log_as_records() {
+    let dir = app_dir("gconf-runner-log");
+    let error_log = dir.join("error.log");
+    let conf = gunicorn_conf(
+        &dir,
+        &format!(
+            r#"
+errorlog = {error_log:?}
+
+
+def on_starting(server):
+    server.log.warning("on_starting says hi")
+    print("a plain print from on_starting")
+
+
+def when_ready(server):
+    raise RuntimeError("when_ready broke")
+"#,
+            error_log = error_log.display().to_string()
+        ),
+    );
+    let mut server = Forkd::program(python_forkd())
+        .config(&conf)
+        .app("fastapi_app:app")
+        .envs(ENV.iter().copied())
+        .start_logging_to(&error_log);
+    let lines = || std::fs::read_to_string(&error_log).unwrap_or_default();
+    let runner_line = |needle: &str| {
+        lines()
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(String::from)
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), || runner_line("when_ready broke")
+            .is_some()),
+        "{}",
+        lines()
+    );
+    let hi = runner_line("on_starting says hi").expect("the hook's record");
+    assert!(
+        hi.contains(" WARN ") && hi.contains("logger=forkd.hooks"),
+        "{hi}"
+    );
+    let print = runner_line("a plain print from on_starting").expect("the print");
+    assert!(print.contains(" INFO "), "{print}");
+    // One record for the failure, the traceback inside it.
+    let broke = runner_line("server hook when_ready raised").expect("the error record");
+    assert!(
+        broke.contains(" ERROR ")
+            && broke.contains("Traceback")
+            && broke.contains("when_ready broke"),
+        "{broke}"
+    );
+    assert_eq!(
+        lines().lines().filter(|l| l.contains("Traceback")).count(),
+        1,
+        "{}",
+        lines()
+    );
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
 fn a_syntax_error_in_a_gunicorn_config_file_exits_2_naming_it() {
     let dir = app_dir("gconf-syntax");
     let conf = gunicorn_conf(&dir, "def broken(:\n");

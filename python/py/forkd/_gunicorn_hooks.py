@@ -4,8 +4,10 @@
 runs in the master: ``python -m forkd._gunicorn_hooks FILE``. The master writes one JSON
 object a line to stdin (``{"hook": NAME, "pid": N, "age": N, "new": N, "old": N}``) and
 never waits for an answer; each hook runs here in order, bounded by ``FORKD_HOOK_TIMEOUT``
-seconds (an alarm: a hook that overruns is interrupted and logged). An error is logged
-to stderr (forkd's error log), never fatal. ``on_reload`` executes the file again first,
+seconds (an alarm: a hook that overruns is interrupted and logged). Its ``logging``
+records (``server.log``), prints and errors are records of forkd's error log, written by
+this process as the master writes its own (same file, format and level, from
+``FORKD_LOG_*``); an error is logged, never fatal. ``on_reload`` executes the file again first,
 so the hooks of the edited file run from then on. At end of input (the master exited)
 this process ends.
 
@@ -20,7 +22,6 @@ import os
 import runpy
 import signal
 import sys
-import traceback
 
 
 class _Config:
@@ -65,9 +66,31 @@ def _alarm(signum, frame):
     raise _Overran()
 
 
-def _say(text):
-    sys.stderr.write(f"forkd hook runner: {text}\n")
-    sys.stderr.flush()
+_LOG = logging.getLogger("forkd.hooks")
+
+
+def _say(text, exc=None):
+    _LOG.error("%s", text, exc_info=exc)
+
+
+def _setup_logging():
+    """forkd's error log in this process (``forkd._native``), Python's ``logging`` and
+    prints into it as the workers' are; plain lines on stderr if that cannot be had."""
+    try:
+        from forkd import _native
+        from forkd._worker import Handler, _LineWriter
+
+        root_level = _native.init_runner_log()
+    except Exception as exc:  # noqa: BLE001 - the hooks still run, logging plainly
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        _LOG.warning("hook runner: forkd's error log unavailable (%s); plain lines on stderr", exc)
+        return
+    root = logging.getLogger()
+    root.addHandler(Handler())
+    root.setLevel(root_level)
+    sys.stdout = _LineWriter(False, "<stdout>")
+    sys.stderr = _LineWriter(True, "<stderr>")
+    signal.signal(signal.SIGUSR1, lambda signum, frame: _native.reopen_logs())
 
 
 def main(argv):
@@ -76,8 +99,8 @@ def main(argv):
     for entry in reversed([p for p in os.environ.get("FORKD_HOOK_PATH", "").split(os.pathsep) if p]):
         sys.path.insert(0, entry)
     timeout = max(1, int(os.environ.get("FORKD_HOOK_TIMEOUT", "30")))
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    log = logging.getLogger("forkd.hooks")
+    _setup_logging()
+    log = _LOG
     signal.signal(signal.SIGALRM, _alarm)
     # The master's signals to its process group are not for this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -87,7 +110,7 @@ def main(argv):
         try:
             names = dict(runpy.run_path(path, run_name="__config__")) if path != "-" else {}
         except BaseException as exc:  # noqa: BLE001 - reported, the old hooks stay
-            _say(f"cannot execute {path}: {type(exc).__name__}: {exc}")
+            _say(f"hook runner: cannot execute {path}: {type(exc).__name__}: {exc}")
             return None
         for name, spec in specs:
             module_name, _, attr = spec.partition(":")
@@ -127,8 +150,7 @@ def main(argv):
         except _Overran:
             _say(f"server hook {hook} ran longer than {timeout}s and was interrupted")
         except BaseException as exc:  # noqa: BLE001 - a hook's error is logged, never fatal
-            _say(f"server hook {hook} raised {type(exc).__name__}: {exc}")
-            traceback.print_exc()
+            _say(f"server hook {hook} raised {type(exc).__name__}: {exc}", exc)
         finally:
             signal.alarm(0)
     return 0

@@ -153,6 +153,27 @@ impl Forkd {
         Server::start_command(&mut self.command())
     }
 
+    /// Starts a forkd whose error log is the file `error_log` and waits until it says
+    /// "all workers ready" there (10 s at most); `Server::addr` from its "listening on".
+    pub fn start_logging_to(&self, error_log: &std::path::Path) -> Server {
+        let mut server = self.spawn();
+        let read = || std::fs::read_to_string(error_log).unwrap_or_default();
+        assert!(
+            super::poll_until(Duration::from_secs(10), || read()
+                .contains("all workers ready")),
+            "not ready:\n{}\n{}",
+            read(),
+            server.log()
+        );
+        server.addr = read()
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("address")
+            .to_string();
+        server
+    }
+
     /// Starts it and waits for nothing; `Server::addr` is left empty.
     pub fn spawn(&self) -> Server {
         Server::spawn(&mut self.command())
