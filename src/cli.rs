@@ -45,7 +45,7 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub graceful_timeout: Option<String>,
     /// Idle keep-alive connections are closed after this long.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, visible_alias = "keep-alive", value_name = "DURATION")]
     pub keepalive: Option<String>,
     /// Recycle a worker after this many requests (0 = never).
     #[arg(long, value_name = "N")]
@@ -72,11 +72,48 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
     /// Access log: "-" (stdout), a file, or "off".
-    #[arg(long, value_name = "TARGET")]
+    #[arg(long, visible_alias = "access-logfile", value_name = "TARGET")]
     pub access_log: Option<String>,
     /// Error log: "-" (stderr) or a file.
-    #[arg(long, value_name = "TARGET")]
+    #[arg(long, visible_aliases = ["error-logfile", "log-file"], value_name = "TARGET")]
     pub error_log: Option<String>,
+    /// The workers' directory (resolved anew at every HUP).
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<String>,
+    /// Python: directories put first on sys.path (comma-separated or repeated).
+    #[arg(long, value_name = "DIRS", value_delimiter = ',')]
+    pub pythonpath: Vec<String>,
+    /// Proxies whose X-Forwarded-*/Forwarded headers are trusted (comma-separated, or "*").
+    #[arg(long, value_name = "ADDRESSES", value_delimiter = ',')]
+    pub forwarded_allow_ips: Vec<String>,
+    /// File mode creation mask of the workers (octal, e.g. 0022).
+    #[arg(long, value_name = "MASK")]
+    pub umask: Option<String>,
+    /// TLS certificate chain (PEM); binds that say tls:// serve HTTPS.
+    #[arg(long, value_name = "FILE")]
+    pub certfile: Option<String>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub keyfile: Option<String>,
+    /// CA certificates that client certificates must chain to (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub ca_certs: Option<String>,
+    /// Longest request line, bytes (longer: 414).
+    #[arg(long, value_name = "BYTES")]
+    pub limit_request_line: Option<String>,
+    /// Most header fields in a request (more: 431).
+    #[arg(long, value_name = "N")]
+    pub limit_request_fields: Option<String>,
+    /// Largest header field, bytes (larger: 431).
+    #[arg(
+        long = "limit-request-field-size",
+        visible_alias = "limit-request-field_size",
+        value_name = "BYTES"
+    )]
+    pub limit_request_field_size: Option<String>,
+    /// Most connections per worker (past it: 503).
+    #[arg(long, value_name = "N")]
+    pub worker_connections: Option<String>,
     /// A name for `ps`: `forkd: master [NAME]`, `forkd: worker [N] [NAME]`.
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     pub name: Option<String>,
@@ -191,6 +228,70 @@ mod tests {
                 assert!(!NOT_KEYS.contains(&id), "{id}");
             }
         }
+    }
+
+    #[test]
+    fn gunicorns_command_line_flags_set_forkds_keys() {
+        let cli = Cli::parse_args([
+            "forkd",
+            "--keep-alive",
+            "5",
+            "--access-logfile",
+            "-",
+            "--error-logfile",
+            "/var/log/app/error.log",
+            "--chdir",
+            "/srv/app",
+            "--pythonpath",
+            "/srv/app,/srv/lib",
+            "--forwarded-allow-ips",
+            "10.0.0.1,10.0.0.0/8",
+            "--umask",
+            "0027",
+            "--limit-request-line",
+            "4094",
+            "--limit-request-field_size",
+            "100",
+            "--worker-connections",
+            "50",
+            "--certfile",
+            "/etc/c.pem",
+            "--keyfile",
+            "/etc/k.pem",
+            "app.main:app",
+        ])
+        .unwrap();
+        let config = crate::config::load(None, cli.overrides(), &[]).unwrap();
+        assert_eq!(config.keepalive, std::time::Duration::from_secs(5));
+        assert_eq!(config.log.access_log, crate::config::LogTarget::Std);
+        assert_eq!(
+            config.log.error_log,
+            crate::config::LogTarget::File("/var/log/app/error.log".into())
+        );
+        assert_eq!(
+            config.chdir.as_deref(),
+            Some(std::path::Path::new("/srv/app"))
+        );
+        assert_eq!(config.python.path, ["/srv/app", "/srv/lib"]);
+        assert_eq!(config.umask, Some(0o027));
+        assert_eq!(config.limits.request_line, 4094);
+        assert_eq!(config.limits.request_field_size, 100);
+        assert_eq!(config.limits.max_connections, 50);
+        assert!(
+            config.to_toml().contains("10.0.0.0/8"),
+            "{}",
+            config.to_toml()
+        );
+        assert_eq!(
+            config.tls.certfile.as_deref(),
+            Some(std::path::Path::new("/etc/c.pem"))
+        );
+        // A bad value names the option as given.
+        let bad = Cli::parse_args(["forkd", "--worker-connections", "none"]).unwrap();
+        let err = crate::config::load(None, bad.overrides(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--worker-connections"), "{err}");
     }
 
     #[test]

@@ -223,11 +223,13 @@ pub(crate) const KEYS: &[Key] = &[
         },
         |c| c.umask.map(|m| quoted(&format!("{m:04o}"))),
     )
+    .option("umask")
     .doc("e.g. `\"0022\"`"),
     Key::new("chdir", "a directory path",
         |c, v| { c.chdir = Some(string(v)?.into()); Ok(()) },
         |c| c.chdir.as_deref().map(quoted_path),
     )
+    .option("chdir")
     .doc("the workers' directory, resolved (symlinks followed) at start and anew at every HUP and USR2: each worker of a generation, recycled ones too, runs in the directory its generation resolved, so a release symlink (`current -> releases/N`) switched then HUPed is served. The master changes to it at start (relative `pidfile` and socket paths are taken from there). A relative `exec.command` program path is found from it; a relative `chdir` is taken from the directory forkd was started in (also on HUP)"),
     Key::new("proc_name", "a name (printable ASCII, at most 64 bytes)",
         |c, v| {
@@ -256,6 +258,7 @@ pub(crate) const KEYS: &[Key] = &[
         },
         |c| Some(quoted_list(c.forwarded_allow_ips.entries().iter().cloned())),
     )
+    .option("forwarded_allow_ips")
     .doc("proxies whose `Forwarded` / `X-Forwarded-For` / `X-Forwarded-Proto` are trusted: addresses, CIDRs (`\"10.0.0.0/8\"`), or `\"*\"` (see Proxies)"),
     Key::new("forwarded_headers", ProxyHeaders::ALLOWED,
         |c, v| {
@@ -349,16 +352,19 @@ pub(crate) const KEYS: &[Key] = &[
         |c, v| { c.limits.request_line = at_least(v, 1)? as usize; Ok(()) },
         |c| Some(c.limits.request_line.to_string()),
     )
+    .option("limit_request_line")
     .doc("bytes in the request line; longer -> 414"),
     Key::new("limits.request_fields", "an integer >= 1",
         |c, v| { c.limits.request_fields = at_least(v, 1)? as usize; Ok(()) },
         |c| Some(c.limits.request_fields.to_string()),
     )
+    .option("limit_request_fields")
     .doc("header fields; more -> 431"),
     Key::new("limits.request_field_size", "an integer >= 1 (bytes)",
         |c, v| { c.limits.request_field_size = at_least(v, 1)? as usize; Ok(()) },
         |c| Some(c.limits.request_field_size.to_string()),
     )
+    .option("limit_request_field_size")
     .doc("bytes per header field (`Name: value`); larger -> 431"),
     Key::new("limits.max_body", "a size: bytes or a string like \"64KiB\", \"10MiB\"",
         |c, v| { c.limits.max_body = size(v)?; Ok(()) },
@@ -384,6 +390,7 @@ pub(crate) const KEYS: &[Key] = &[
         |c, v| { c.limits.max_connections = at_least(v, 1)? as usize; Ok(()) },
         |c| Some(c.limits.max_connections.to_string()),
     )
+    .option("worker_connections")
     .doc("open connections per worker; past it a new connection gets 503 with `Retry-After: 1`. forkd warns at start when a worker's fd limit (`RLIMIT_NOFILE`, `LimitNOFILE=`) is below it plus 64"),
     Key::new("limits.max_connections_per_ip", "an integer >= 0 (0 = no limit)",
         |c, v| { c.limits.max_connections_per_ip = at_least(v, 0)? as usize; Ok(()) },
@@ -421,6 +428,7 @@ pub(crate) const KEYS: &[Key] = &[
         |c, v| { c.python.path = list(v).ok_or(Expected)?; Ok(()) },
         |c| Some(quoted_list(c.python.path.iter().cloned())),
     )
+    .option("pythonpath")
     .doc("directories put first on `sys.path` in each worker, relative to its generation's resolved `chdir` (or the directory forkd started in)"),
     Key::new("python.lifespan", "auto | on | off",
         |c, v| {
@@ -493,16 +501,19 @@ pub(crate) const KEYS: &[Key] = &[
         |c, v| { c.tls.certfile = Some(string(v)?.into()); Ok(()) },
         |c| c.tls.certfile.as_deref().map(quoted_path),
     )
+    .option("certfile")
     .doc("PEM certificate chain, the server's certificate first; needed by `tls://` binds (see TLS)"),
     Key::new("tls.keyfile", "a PEM file: the private key (PKCS#8, PKCS#1 or SEC1)",
         |c, v| { c.tls.keyfile = Some(string(v)?.into()); Ok(()) },
         |c| c.tls.keyfile.as_deref().map(quoted_path),
     )
+    .option("keyfile")
     .doc("PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC); a file readable by group or others is warned about"),
     Key::new("tls.ca_certs", "a PEM file of CA certificates that client certificates must chain to",
         |c, v| { c.tls.ca_certs = Some(string(v)?.into()); Ok(()) },
         |c| c.tls.ca_certs.as_deref().map(quoted_path),
     )
+    .option("ca_certs")
     .doc("PEM bundle of the CAs client certificates must chain to"),
     Key::new("tls.client_auth", "none | optional | required (optional and required need ca_certs)",
         |c, v| {
