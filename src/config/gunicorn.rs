@@ -423,7 +423,6 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
             _ => ignored.push(name.clone()),
         }
     }
-    serve_tls_on_every_bind(&mut mapped.table);
     let hooks = names("hooks");
     let not_run: Vec<&str> = hooks
         .iter()
@@ -456,36 +455,6 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
         ));
     }
     mapped
-}
-
-/// Gunicorn with a `certfile` speaks TLS on every address it binds; forkd only where a
-/// bind says so: its binds (Gunicorn's default `127.0.0.1:8000` when the file binds
-/// none) become `tls://HOST:PORT`, `tls+unix:PATH` and `tls+fd://N`.
-fn serve_tls_on_every_bind(table: &mut toml::Table) {
-    let has_cert = table
-        .get("tls")
-        .and_then(|t| t.get("certfile"))
-        .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
-    if !has_cert {
-        return;
-    }
-    let binds = table
-        .entry("bind")
-        .or_insert_with(|| Value::Array(vec![Value::String("127.0.0.1:8000".into())]));
-    if let Value::Array(items) = binds {
-        for item in items.iter_mut() {
-            if let Value::String(address) = item {
-                if address.starts_with("tls://") || address.starts_with("tls+") {
-                    continue;
-                }
-                *address = if address.starts_with("unix:") || address.starts_with("fd://") {
-                    format!("tls+{address}")
-                } else {
-                    format!("tls://{address}")
-                };
-            }
-        }
-    }
 }
 
 /// A setting left at a value that changes nothing (False, None, empty, 0).
@@ -688,33 +657,6 @@ mod tests {
         assert_eq!(t["tls"]["ca_certs"].as_str(), Some("/etc/ca.pem"));
         assert_eq!(t["tls"]["client_auth"].as_str(), Some("required"));
         assert!(m.warnings.is_empty(), "{:?}", m.warnings);
-        // Gunicorn's default bind, with TLS as Gunicorn would serve it.
-        assert_eq!(
-            t["bind"],
-            Value::Array(vec![Value::String("tls://127.0.0.1:8000".into())])
-        );
-        let binds = map(
-            &json!({"settings": {
-                "certfile": "/c.pem", "keyfile": "/k.pem",
-                "bind": ["0.0.0.0:8443", "[::]:8443", "unix:/run/a.sock", "tls://127.0.0.1:1"],
-            }, "hooks": [], "skipped": []}),
-            Path::new("/g.py"),
-        );
-        let shown: Vec<&str> = binds.table["bind"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        assert_eq!(
-            shown,
-            [
-                "tls://0.0.0.0:8443",
-                "tls://[::]:8443",
-                "tls+unix:/run/a.sock",
-                "tls://127.0.0.1:1"
-            ]
-        );
         let plain = map(
             &json!({"settings": {"bind": "0.0.0.0:80", "worker_connections": 500}, "hooks": [], "skipped": []}),
             Path::new("/g.py"),

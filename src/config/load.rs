@@ -98,8 +98,23 @@ pub fn load(
         Some((path, source)) => Origin::File { path, source },
         None => Origin::Env("FORKD_* or the command line"),
     };
+    serve_tls_where_no_bind_says(&mut config);
     check_tls(&config, &origin)?;
     Ok(config)
+}
+
+/// A certificate given (`tls.certfile`, Gunicorn's `--certfile`) and no bind served with
+/// TLS: every bind is (`tls://HOST:PORT`, `tls+unix:`, `tls+fd://`), as Gunicorn serves
+/// TLS on all its addresses, rather than plain HTTP with the certificate unused. With a
+/// TLS bind among them, each bind is as it says (HTTPS and HTTP side by side).
+fn serve_tls_where_no_bind_says(config: &mut Config) {
+    if config.tls.certfile.is_none() || config.bind.iter().any(BindSpec::is_tls) {
+        return;
+    }
+    config.bind = std::mem::take(&mut config.bind)
+        .into_iter()
+        .map(|bind| BindSpec::Tls(Box::new(bind)))
+        .collect();
 }
 
 /// The checks across `bind` and `[tls]` (the files themselves: `crate::tls::load`).

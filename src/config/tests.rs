@@ -588,3 +588,37 @@ fn a_bad_proc_name_names_the_key() {
     let err = parse("proc_name = \"a\\nb\"\n").unwrap_err().to_string();
     assert!(err.contains("proc_name"), "{err}");
 }
+
+#[test]
+fn a_certificate_with_no_tls_bind_serves_tls_on_every_bind_as_gunicorn() {
+    let load_text = |name: &str, text: &str| {
+        let path = std::env::temp_dir().join(format!("forkd-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let loaded = load(Some(&path), &[], &[]);
+        let _ = std::fs::remove_file(&path);
+        loaded.unwrap()
+    };
+    let tls = "[tls]\ncertfile = \"/c.pem\"\nkeyfile = \"/k.pem\"\n";
+    let shown =
+        |config: &Config| -> Vec<String> { config.bind.iter().map(|b| b.to_string()).collect() };
+    let all = load_text(
+        "tls-all",
+        &format!("bind = [\"0.0.0.0:8443\", \"unix:/run/a.sock\", \"fd://3\"]\n{tls}"),
+    );
+    assert_eq!(
+        shown(&all),
+        ["tls://0.0.0.0:8443", "tls+unix:/run/a.sock", "tls+fd://3"]
+    );
+    // The default bind too.
+    let default = load_text("tls-default", tls);
+    assert_eq!(shown(&default), ["tls://127.0.0.1:8000"]);
+    // With a TLS bind among them, each is as it says.
+    let mixed = load_text(
+        "tls-mixed",
+        &format!("bind = [\"tls://0.0.0.0:8443\", \"127.0.0.1:8000\"]\n{tls}"),
+    );
+    assert_eq!(shown(&mixed), ["tls://0.0.0.0:8443", "127.0.0.1:8000"]);
+    // No certificate: plain, as before.
+    let plain = load_text("tls-none", "bind = [\"127.0.0.1:8000\"]\n");
+    assert_eq!(shown(&plain), ["127.0.0.1:8000"]);
+}
