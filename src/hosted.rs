@@ -116,6 +116,25 @@ pub fn is_python_app(name: &str) -> bool {
     name.contains(':')
 }
 
+/// Gunicorn's `MODULE` without `:ATTR`: `MODULE:application`, for a dotted module path
+/// (`myproject.wsgi`), or a single name that is a module in one of `dirs` (`NAME.py`
+/// or `NAME/__init__.py`: a bare word is otherwise taken for a mistyped built-in app).
+/// None for anything else (a `:`, a `.py` file name, a path).
+pub fn module_alone(name: &str, dirs: &[std::path::PathBuf]) -> Option<String> {
+    let identifier = |part: &str| {
+        let mut chars = part.chars();
+        chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+            && chars.all(|c| c.is_alphanumeric() || c == '_')
+    };
+    if name.contains(':') || !name.split('.').all(identifier) || name.ends_with(".py") {
+        return None;
+    }
+    let found = |dir: &std::path::PathBuf| {
+        dir.join(format!("{name}.py")).is_file() || dir.join(name).join("__init__.py").is_file()
+    };
+    (name.contains('.') || dirs.iter().any(found)).then(|| format!("{name}:application"))
+}
+
 /// Checks the shape of `MODULE:ATTR` / `MODULE:ATTR()` (without importing anything).
 pub fn check_python_spec(spec: &str) -> Result<(), String> {
     let (module, attr) = spec.split_once(':').unwrap_or((spec, ""));
@@ -140,6 +159,33 @@ pub fn check_python_spec(spec: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_module_alone_is_its_application_as_in_gunicorn() {
+        let dir = std::env::temp_dir().join(format!("forkd-module-alone-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("pkg")).unwrap();
+        std::fs::write(dir.join("wsgi.py"), "").unwrap();
+        std::fs::write(dir.join("pkg/__init__.py"), "").unwrap();
+        let dirs = [dir.clone()];
+        assert_eq!(
+            module_alone("myproject.wsgi", &dirs).as_deref(),
+            Some("myproject.wsgi:application")
+        );
+        assert_eq!(
+            module_alone("wsgi", &dirs).as_deref(),
+            Some("wsgi:application")
+        );
+        assert_eq!(
+            module_alone("pkg", &dirs).as_deref(),
+            Some("pkg:application")
+        );
+        // A bare word that is no module here: a mistyped built-in app, say.
+        assert_eq!(module_alone("helo", &dirs), None);
+        for not_a_module in ["app:app", "main.py", "app/main", "a..b", "1abc.x", ""] {
+            assert_eq!(module_alone(not_a_module, &dirs), None, "{not_a_module}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn python_specs() {

@@ -264,7 +264,14 @@ fn app_resolver(
         if let Some(factory) = &embedded {
             return Ok(master::Program::Native(factory.clone()));
         }
-        match config.app.as_deref() {
+        // Gunicorn's rule: `MODULE` alone is `MODULE:application` (`forkd myproject.wsgi`
+        // for Django), with the Python package, for a name that is no built-in app.
+        let default_attr = config
+            .app
+            .as_deref()
+            .filter(|name| loader.is_some() && apps::builtin(name).is_none())
+            .and_then(|name| hosted::module_alone(name, &python_dirs(config)));
+        match default_attr.as_deref().or(config.app.as_deref()) {
             Some(spec) if hosted::is_python_app(spec) => {
                 hosted::check_python_spec(spec)?;
                 let Some(loader) = &loader else {
@@ -297,6 +304,16 @@ fn app_resolver(
             )),
         }
     })
+}
+
+/// The directories a Python app is imported from (`python.path`, relative ones from
+/// `chdir` when it is set), for [`hosted::module_alone`].
+fn python_dirs(config: &config::Config) -> Vec<std::path::PathBuf> {
+    let base = config
+        .chdir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    config.python.path.iter().map(|p| base.join(p)).collect()
 }
 
 /// For an app name that looks like a Python module path (`app.main`, `app/main.py`)

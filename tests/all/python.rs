@@ -1367,6 +1367,44 @@ def when_ready(server):
 }
 
 #[test]
+fn a_module_without_attr_serves_its_application_as_gunicorn_does() {
+    let dir = app_dir("module-alone");
+    std::fs::create_dir_all(dir.join("proj")).unwrap();
+    std::fs::write(dir.join("proj/__init__.py"), "").unwrap();
+    std::fs::write(
+        dir.join("proj/asgi.py"),
+        "from fastapi_app import app as application\n",
+    )
+    .unwrap();
+    let mut server = Forkd::program(python_forkd())
+        .config(config(&dir, ""))
+        .app("proj.asgi")
+        .envs(ENV.iter().copied())
+        .start();
+    let (status, _, _) = get(&server.addr, "/").unwrap();
+    assert_eq!(status, 200, "{}", server.log());
+    assert!(
+        server.log().contains("proj.asgi:application"),
+        "{}",
+        server.log()
+    );
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
+    // A module without `application`: the boot fails, naming it and what the module has.
+    let (code, log) = Forkd::program(python_forkd())
+        .config(config(&dir, ""))
+        .app("fastapi_app")
+        .envs(ENV.iter().copied())
+        .run_to_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{log}");
+    assert!(
+        log.contains("no attribute 'application'")
+            && log.contains("did you mean 'fastapi_app:app'?"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_syntax_error_in_a_gunicorn_config_file_exits_2_naming_it() {
     let dir = app_dir("gconf-syntax");
     let conf = gunicorn_conf(&dir, "def broken(:\n");

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import traceback
+import types
 
 from forkd import _native
 
@@ -341,12 +342,33 @@ def _load(spec):
         try:
             app = getattr(app, part)
         except AttributeError:
-            raise BootError(f"module {module_name!r} has no attribute {attr!r} (from {spec!r})") from None
+            hint = _app_candidates(module, module_name) if app is module else ""
+            raise BootError(f"module {module_name!r} has no attribute {attr!r} (from {spec!r}){hint}") from None
     if factory:
         app = app()
     if not callable(app):
         raise BootError(f"{spec!r} is not callable (an ASGI app is)")
     return app
+
+
+# Callable objects a module has that are no app (typing.Optional, a functools.partial...).
+_NOT_APPS = {"builtins", "typing", "typing_extensions", "functools", "collections", "operator"}
+
+
+def _app_candidates(module, module_name):
+    """For a missing attribute: the module's app-like objects (callable instances, such as
+    a FastAPI, Flask or Django application), as ``MODULE:NAME`` to use instead."""
+    found = [
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and callable(value)
+        and not isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType))
+        and type(value).__module__.partition(".")[0] not in _NOT_APPS
+    ]
+    if not found:
+        return ""
+    return "; did you mean " + " or ".join(repr(f"{module_name}:{name}") for name in sorted(found)[:3]) + "?"
 
 
 class _Lifespan:
