@@ -687,26 +687,35 @@ mod tests {
         );
     }
 
+    /// The line `format` writes (JSON or text) for a refused `GET /` from `client`.
+    fn line_of(format: &str, json: bool, client: Remote, outcome: Outcome) -> String {
+        let format = Format::parse(format).unwrap();
+        let log = AccessLog::start(&LogTarget::Std, Some(&format), json, 1)
+            .unwrap()
+            .unwrap();
+        let record = Record::refused(client, None, b"GET / HTTP/1.1\r\n");
+        let mut out = Vec::new();
+        match json {
+            true => log.write_json(&mut out, &record, &outcome),
+            false => log.write_text(&mut out, &record, &outcome),
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn outcome(status: u16, bytes: u64, duration: Duration, completed: bool) -> Outcome {
+        Outcome {
+            status,
+            bytes,
+            duration,
+            completed,
+        }
+    }
+
     #[test]
     fn completion_is_ok_or_empty_and_a_boolean_in_json() {
-        let format = Format::parse("[{completion}] {bytes}").unwrap();
         let line = |json: bool, completed: bool| {
-            let log = AccessLog::start(&LogTarget::Std, Some(&format), json, 1)
-                .unwrap()
-                .unwrap();
-            let record = Record::refused(Remote::Unix, None, b"GET / HTTP/1.1\r\n");
-            let outcome = Outcome {
-                status: 200,
-                bytes: 1234,
-                duration: Duration::ZERO,
-                completed,
-            };
-            let mut out = Vec::new();
-            match json {
-                true => log.write_json(&mut out, &record, &outcome),
-                false => log.write_text(&mut out, &record, &outcome),
-            }
-            String::from_utf8(out).unwrap()
+            let done = outcome(200, 1234, Duration::ZERO, completed);
+            line_of("[{completion}] {bytes}", json, Remote::Unix, done)
         };
         assert_eq!(line(false, true), "[OK] 1234");
         assert_eq!(line(false, false), "[] 1234");
@@ -716,24 +725,14 @@ mod tests {
 
     #[test]
     fn durations_in_ms_us_and_gunicorns_decimal_seconds() {
-        let format = Format::parse("{duration_ms} {duration_us} {duration_s}").unwrap();
         let line = |json: bool| {
-            let log = AccessLog::start(&LogTarget::Std, Some(&format), json, 1)
-                .unwrap()
-                .unwrap();
-            let record = Record::refused(Remote::Unix, None, b"GET / HTTP/1.1\r\n");
-            let outcome = Outcome {
-                status: 200,
-                bytes: 0,
-                duration: Duration::from_micros(2_001_234),
-                completed: true,
-            };
-            let mut out = Vec::new();
-            match json {
-                true => log.write_json(&mut out, &record, &outcome),
-                false => log.write_text(&mut out, &record, &outcome),
-            }
-            String::from_utf8(out).unwrap()
+            let done = outcome(200, 0, Duration::from_micros(2_001_234), true);
+            line_of(
+                "{duration_ms} {duration_us} {duration_s}",
+                json,
+                Remote::Unix,
+                done,
+            )
         };
         assert_eq!(line(false), "2001.234 2001234 2.001234");
         let json: serde_json::Value = serde_json::from_str(&line(true)).unwrap();
@@ -743,24 +742,9 @@ mod tests {
 
     #[test]
     fn an_unknown_client_is_a_dash_or_null() {
-        let format = Format::parse("{remote_addr} {status}").unwrap();
         let line = |json: bool, client: Remote| {
-            let log = AccessLog::start(&LogTarget::Std, Some(&format), json, 1)
-                .unwrap()
-                .unwrap();
-            let record = Record::refused(client, None, b"GET / HTTP/1.1\r\n");
-            let outcome = Outcome {
-                status: 400,
-                bytes: 0,
-                duration: Duration::ZERO,
-                completed: true,
-            };
-            let mut out = Vec::new();
-            match json {
-                true => log.write_json(&mut out, &record, &outcome),
-                false => log.write_text(&mut out, &record, &outcome),
-            }
-            String::from_utf8(out).unwrap()
+            let refused = outcome(400, 0, Duration::ZERO, true);
+            line_of("{remote_addr} {status}", json, client, refused)
         };
         assert_eq!(line(false, Remote::Unknown), "- 400");
         assert_eq!(
