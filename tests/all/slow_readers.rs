@@ -479,3 +479,108 @@ fn an_h2_client_with_a_shut_window_is_closed_after_send_timeout() {
     let (status, _, body) = get(&server.addr, "/?bytes=10").unwrap();
     assert_eq!((status, body.len()), (200, 10));
 }
+
+/// An HTTP/2 request (GET `path`, END_STREAM) on `stream`, as a HEADERS frame.
+fn h2_get(out: &mut Vec<u8>, stream: u32, path: &[u8]) {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    block.extend_from_slice(&[0x04, path.len() as u8]); // :path, literal
+    block.extend_from_slice(path);
+    block.extend_from_slice(&[0x01, 1, b't']); // :authority t
+    frame(out, 0x1, 0x5, stream, &block); // END_STREAM | END_HEADERS
+}
+
+fn window_update(out: &mut Vec<u8>, stream: u32, increment: u32) {
+    frame(out, 0x8, 0, stream, &increment.to_be_bytes());
+}
+
+#[test]
+fn an_h2_stream_whose_window_stays_shut_is_reset_while_the_others_move() {
+    let dir = temp_dir("slow-h2-one-stream");
+    let extra = "[limits]\nsend_timeout = \"1s\"\n[metrics]\nbind = \"127.0.0.1:0\"\n";
+    let server = server(&dir, Proto::H2c, extra);
+    let metrics = metrics_addr(&server);
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    // Every stream's window starts at 0; stream 1's is opened as its data arrives, at a
+    // pace that makes it last longer than send_timeout; stream 3's never is.
+    let n: u64 = 1024 * 1024;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 0x4, 0, 0, &[0, 4, 0, 0, 0, 0]);
+    h2_get(&mut out, 1, b"/?bytes=1048576");
+    h2_get(&mut out, 3, b"/?bytes=1048576");
+    window_update(&mut out, 1, 64 * 1024);
+    stream.write_all(&out).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let began = Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let (mut got_1, mut got_3) = (0u64, 0u64);
+    let mut ended_1 = false;
+    let mut reset_3: Option<Duration> = None;
+    while !(ended_1 && reset_3.is_some()) && began.elapsed() < Duration::from_secs(20) {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(_) => {}
+        }
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let mut reply = Vec::new();
+            match kind {
+                0x0 if id == 1 => {
+                    got_1 += len as u64;
+                    ended_1 |= flags & 1 == 1;
+                    // About 3 s for the MiB: 16 KiB every 45 ms.
+                    std::thread::sleep(Duration::from_millis(45 * len as u64 / 16384));
+                    if len > 0 {
+                        window_update(&mut reply, 1, len as u32);
+                        window_update(&mut reply, 0, len as u32);
+                    }
+                }
+                0x0 if id == 3 => got_3 += len as u64,
+                0x3 if id == 3 => reset_3 = reset_3.or(Some(began.elapsed())),
+                0x6 if flags & 1 == 0 => frame(&mut reply, 0x6, 1, 0, &buf[9..9 + len]),
+                0x4 if flags & 1 == 0 => frame(&mut reply, 0x4, 1, 0, &[]),
+                _ => {}
+            }
+            if !reply.is_empty() {
+                let _ = stream.write_all(&reply);
+            }
+            buf.drain(..9 + len);
+        }
+    }
+    let reset_after = reset_3.unwrap_or_else(|| {
+        panic!(
+            "stream 3 was not reset ({:?}; stream 1: {got_1} bytes)",
+            began.elapsed()
+        )
+    });
+    assert!(
+        reset_after >= Duration::from_millis(900),
+        "reset after {reset_after:?}, before send_timeout"
+    );
+    assert_eq!(got_3, 0, "a window of 0 lets no DATA through");
+    assert!(
+        ended_1 && got_1 == n,
+        "stream 1 got {got_1} of {n} (ended: {ended_1})"
+    );
+    assert!(
+        began.elapsed() > Duration::from_secs(2),
+        "stream 1 was meant to outlast send_timeout"
+    );
+    let mut lines = access_lines(&dir, 2);
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["200 0 [] HTTP/2.0", "200 1048576 [OK] HTTP/2.0"],
+        "the reset stream is logged cut short, the other whole"
+    );
+    assert_eq!(incomplete(&metrics, "send_timeout"), 1);
+}

@@ -17,7 +17,8 @@
 //! with nothing moving; the watchdog here closes a connection whose responses have
 //! bytes waiting to be sent (not waiting on the app) and none written for
 //! `send_timeout`, which is how an HTTP/2 client that never opens its flow-control
-//! window is bounded (the socket is writable then, only h2 will not send).
+//! window is bounded (the socket is writable then, only h2 will not send); on HTTP/2 it
+//! also resets each stream stalled that long while others move (`send_watch`).
 //!
 //! Why forkd times idle connections itself instead of calling hyper's
 //! `graceful_shutdown()` on HTTP/1: hyper closes a connection it considers idle at once,
@@ -39,6 +40,7 @@ use crate::worker::http::access_log::{AccessLog, Outcome, Record, Remote};
 use crate::worker::http::conn_state::{Closing, ConnState, Peer};
 use crate::worker::http::forwarded::Client;
 use crate::worker::http::io::GuardedIo;
+use crate::worker::http::send_watch::{SendWatch, StreamControl, StreamProgress};
 use crate::worker::http::sniff::Alpn;
 use crate::worker::http::violation::Violation;
 use crate::worker::state::Shared;
@@ -87,36 +89,6 @@ impl ConnExtensions {
     }
 }
 
-/// The connection-wide half of `send_timeout`, sampled by the connection's loop:
-/// response bytes have waited to be sent since `since_ms` and no body byte has been
-/// written since then. (The IO times each blocked write itself; this catches what the
-/// socket does not show: an HTTP/2 stream that h2 will not send because the client's
-/// flow-control window stays shut.)
-#[derive(Debug, Default)]
-struct SendWatch {
-    /// `body_written` when the wait was first seen or last moved.
-    written: u64,
-    since_ms: Option<u64>,
-}
-
-impl SendWatch {
-    /// True once bytes have waited `timeout_ms` with none written.
-    fn stalled(&mut self, waiting: bool, written: u64, now_ms: u64, timeout_ms: u64) -> bool {
-        if !waiting {
-            self.since_ms = None;
-            return false;
-        }
-        match self.since_ms {
-            Some(since) if written == self.written => now_ms.saturating_sub(since) >= timeout_ms,
-            _ => {
-                self.written = written;
-                self.since_ms = Some(now_ms);
-                false
-            }
-        }
-    }
-}
-
 /// The response body, wrapped so that hyper gets the app's data as [`SentChunk`]s
 /// (which count the bytes written) and the request can tell waiting on the app from
 /// waiting on the client.
@@ -134,6 +106,7 @@ impl TrackedBody {
     fn set_busy(&mut self, busy: bool) {
         if self.busy != busy {
             self.busy = busy;
+            self.request.on_app.store(busy, Relaxed);
             self.request.state.app_busy(busy);
         }
     }
@@ -259,6 +232,11 @@ struct RequestGuard {
     head_only: bool,
     /// When the request began (ms, monotonic), for HTTP/2 streams only.
     h2_began_ms: Option<u64>,
+    /// HTTP/2: the stream's end switch, for `send_timeout` per stream (`send_watch`).
+    h2: Option<Arc<StreamControl>>,
+    /// The request waits on the app (its answer, or its body's next frame), not on the
+    /// client (kept with the connection's `app_busy`).
+    on_app: AtomicBool,
 }
 
 impl RequestGuard {
@@ -284,6 +262,11 @@ impl RequestGuard {
             failed: AtomicBool::new(false),
             head_only: false,
             h2_began_ms: state.is_h2.load(Relaxed).then(monotonic_ms),
+            on_app: AtomicBool::new(false),
+            h2: state
+                .is_h2
+                .load(Relaxed)
+                .then(StreamControl::for_next_stream),
             state,
         }
     }
@@ -324,6 +307,8 @@ impl Drop for RequestGuard {
         if answered && !completed {
             let reason = if failed {
                 Incomplete::Error
+            } else if self.h2.as_ref().is_some_and(|h2| h2.timed_out()) {
+                Incomplete::SendTimeout
             } else {
                 self.state.cut_reason()
             };
@@ -340,6 +325,18 @@ impl Drop for RequestGuard {
                 },
             );
         }
+    }
+}
+
+impl StreamProgress for RequestGuard {
+    /// Bytes wait on the client unless the app has the turn or all is written.
+    fn progress(&self) -> (bool, u64) {
+        let sent = self.sent.load(Relaxed);
+        let all_written = self.ended.load(Relaxed) && sent == self.produced.load(Relaxed);
+        (!self.on_app.load(Relaxed) && !all_written, sent)
+    }
+    fn control(&self) -> Option<&StreamControl> {
+        self.h2.as_deref()
     }
 }
 
@@ -378,6 +375,7 @@ fn set_busy(flag: &mut bool, guard: &Option<RequestGuard>, busy: bool) {
     if *flag != busy {
         if let Some(guard) = guard {
             *flag = busy;
+            guard.on_app.store(busy, Relaxed);
             guard.state.app_busy(busy);
         }
     }
@@ -467,9 +465,14 @@ impl Future for Responding {
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
+        let request = Arc::new(guard);
+        if request.h2.is_some() {
+            let stream: Arc<dyn StreamProgress> = request.clone();
+            request.state.streams.add(Arc::downgrade(&stream));
+        }
         let body = TrackedBody {
             inner,
-            request: Arc::new(guard),
+            request,
             // forkd's own refusal is sent whole; the app's answer is cut.
             cut: verdict.filter(|_| cut.is_none()),
             busy: false,
@@ -588,6 +591,12 @@ pub async fn serve<T>(
             // not read (or, on HTTP/2, keeps its flow-control window shut).
             state.close_for(Incomplete::SendTimeout);
             break;
+        }
+        if state.is_h2.load(Relaxed) {
+            // A stream whose client keeps its window shut while others move: reset.
+            state
+                .streams
+                .stop_stalled(monotonic_ms(), send_timeout.as_millis() as u64);
         }
         let wait = match state.time_left(keepalive, header_timeout, busy_recheck) {
             Ok(wait) => match close_at {

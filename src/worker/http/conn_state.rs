@@ -112,6 +112,8 @@ pub(crate) struct ConnState {
     /// Why forkd ended the connection, if it did ([`Incomplete`] as a number plus one):
     /// the reason its unfinished responses are counted under.
     closed_by: AtomicU8,
+    /// HTTP/2: the streams whose responses have begun, for `send_timeout` per stream.
+    pub(crate) streams: crate::worker::http::send_watch::Streams,
 }
 
 impl ConnState {
@@ -134,6 +136,7 @@ impl ConnState {
             write_blocked: AtomicBool::new(false),
             body_written: AtomicU64::new(0),
             closed_by: AtomicU8::new(0),
+            streams: Default::default(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The request path of one client connection in a worker: which HTTP it speaks
 //! (`sniff`), hyper's server and its bounds (`server`), the connection's life and its
-//! timeouts (`conn`, `conn_state`), the IO under hyper with the byte-level limits (`io`,
+//! timeouts (`conn`, `conn_state`, `send_watch`), the IO under hyper with the byte-level limits (`io`,
 //! `limits`, `violation`, `head`, `host`), what forkd answers itself (`health`,
 //! `error_response`), the client address behind trusted proxies (`forwarded`) and the
 //! access log.
@@ -23,6 +23,7 @@ pub(crate) mod host;
 #[allow(unsafe_code)] // Vec::set_len after a read into spare capacity
 pub(crate) mod io;
 pub(crate) mod limits;
+pub(crate) mod send_watch;
 pub(crate) mod server;
 pub(crate) mod sniff;
 pub(crate) mod violation;

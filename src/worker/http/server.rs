@@ -3,10 +3,11 @@
 //! against floods (`configure_http2`).
 
 use crate::config::Config;
+use crate::worker::http::send_watch::StreamExecutor;
 use crate::worker::http::sniff::Builders;
 use crate::worker::http::violation::HeadLimits;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 
 /// hyper's own default for `max_headers`; above it hyper must be told (and then
 /// allocates the header array per request, so it is set only when needed).
@@ -34,7 +35,7 @@ pub(crate) fn builder(config: &Config, limits: &HeadLimits) -> Builders {
     if config.limits.request_fields > HYPER_DEFAULT_MAX_HEADERS {
         http1.max_headers(config.limits.request_fields);
     }
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    let mut http2 = http2::Builder::new(StreamExecutor);
     configure_http2(&mut http2, config);
     Builders { http1, http2 }
 }
@@ -73,7 +74,7 @@ const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 ///   moves a stream, it gets a PING, and is closed if it has not answered within
 ///   another `header_read_timeout` (forkd's own watchdog covers connections with
 ///   nothing in flight).
-fn configure_http2(http2: &mut http2::Builder<TokioExecutor>, config: &Config) {
+fn configure_http2(http2: &mut http2::Builder<StreamExecutor>, config: &Config) {
     let limits = &config.limits;
     let head = limits.request_line.saturating_add(
         limits

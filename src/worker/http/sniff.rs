@@ -10,10 +10,11 @@
 //! `PROTOCOL_ERROR` (RFC 9113, 3.4), and the HTTP/2 preface on a TLS connection whose
 //! ALPN chose `http/1.1` gets the 400 HTTP/1.1 would give it: ALPN decided.
 
+use crate::worker::http::send_watch::StreamExecutor;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -31,7 +32,7 @@ pub(crate) type ConnError = Box<dyn std::error::Error + Send + Sync>;
 /// hyper's builders for both protocols, set up once per worker (`http.rs`).
 pub(crate) struct Builders {
     pub(crate) http1: http1::Builder,
-    pub(crate) http2: http2::Builder<TokioExecutor>,
+    pub(crate) http2: http2::Builder<StreamExecutor>,
 }
 
 /// What the first bytes of a connection say, as far as they have come.
@@ -176,7 +177,7 @@ where
     Http1(http1::UpgradeableConnection<Io<I>, S>),
     /// Boxed: inline, its 1.4 KB would size every connection's task, most of them
     /// HTTP/1 (600 bytes).
-    Http2(Box<http2::Connection<Io<I>, S, TokioExecutor>>),
+    Http2(Box<http2::Connection<Io<I>, S, StreamExecutor>>),
     /// Refused as it opened (see the module doc): `answer` is written, the connection
     /// shut down for writing and drained a while.
     Refusing {
