@@ -84,18 +84,12 @@ pub const HOOK_RUNNER_LOG_VARS: [&str; 3] =
     ["FORKD_LOG_LEVEL", "FORKD_LOG_FORMAT", "FORKD_LOG_ERROR_LOG"];
 
 /// In the hook runner (a process of the host's, started by the master): forkd's error
-/// log set up from [`HOOK_RUNNER_LOG_VARS`], written directly (nothing queued); returns
-/// its level.
-pub fn init_hook_runner_log() -> Result<crate::config::LogLevel, String> {
-    let env: Vec<(String, String)> = HOOK_RUNNER_LOG_VARS
-        .iter()
-        .filter_map(|var| std::env::var(var).ok().map(|v| (var.to_string(), v)))
-        .collect();
-    let config = crate::config::load(None, &[], &env).map_err(|e| e.to_string())?;
-    crate::shared::logging::init(&config.log)
-        .map_err(|e| format!("cannot open the error log: {e}"))?;
+/// log set up as `log` says (the config the host loaded from [`HOOK_RUNNER_LOG_VARS`]),
+/// written directly (nothing queued, as in a worker).
+pub fn init_error_log(log: &crate::config::LogConfig) -> Result<(), String> {
+    crate::shared::logging::init(log).map_err(|e| format!("cannot open the error log: {e}"))?;
     crate::shared::logging::in_worker();
-    Ok(config.log.level)
+    Ok(())
 }
 
 /// Reopens the error log file (USR1), in a host's process that set it up.

@@ -58,9 +58,14 @@ fn traceback_text(text: &str) -> String {
 /// are records of it. Returns the root Python logger's level for that `log.level`.
 #[pyfunction]
 pub fn init_runner_log() -> PyResult<i64> {
-    let level =
-        forkd::hosted::init_hook_runner_log().map_err(pyo3::exceptions::PyOSError::new_err)?;
-    Ok(python_level(level))
+    let env: Vec<(String, String)> = forkd::hosted::HOOK_RUNNER_LOG_VARS
+        .iter()
+        .filter_map(|var| std::env::var(var).ok().map(|v| (var.to_string(), v)))
+        .collect();
+    let config = forkd::config::load(None, &[], &env)
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    forkd::hosted::init_error_log(&config.log).map_err(pyo3::exceptions::PyOSError::new_err)?;
+    Ok(python_level(config.log.level))
 }
 
 /// USR1 in the hook runner: reopen the error log file, as the master and workers do.
