@@ -221,6 +221,9 @@ pub struct Config {
     pub chdir: Option<PathBuf>,
     /// `--reload`: a HUP when the app's files change (development; see master/watch.rs).
     pub reload: bool,
+    /// `preload_app`: a Python app is imported once per generation in a zygote process
+    /// that forks the workers (see master/zygote.rs).
+    pub preload_app: bool,
     /// More files whose change makes a `reload` HUP: globs, relative to `chdir`.
     pub reload_extra_files: Vec<String>,
     /// Parsed once here, with `forwarded_headers` in it; the workers use it as it is.
@@ -276,6 +279,7 @@ impl Default for Config {
             umask: None,
             chdir: None,
             reload: false,
+            preload_app: false,
             reload_extra_files: Vec::new(),
             forwarded_allow_ips: TrustedProxies::loopback(),
             env: BTreeMap::new(),
