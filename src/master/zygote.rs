@@ -1,0 +1,706 @@
+//! `preload_app`: a zygote per generation, as the master sees it. A zygote is a child
+//! of the master that imports the generation's Python app once (`gc.freeze()`d) and
+//! forks its workers on the master's request, so that they share its memory
+//! copy-on-write and start in milliseconds; the master itself runs no app code. The
+//! zygote's own side is `zygote_child`; the messages are `zygote_wire`.
+//!
+//! The master supervises those workers as its own children: it is the
+//! `PR_SET_CHILD_SUBREAPER` of its tree, and a zygote forks twice (the middle process
+//! exits at once), so each worker is reparented to the master, which learns its pid
+//! from the zygote ([`Report::Spawned`]) and from then on waits for it, times it out,
+//! signals and recycles it like any other. A worker can exit before its pid is
+//! reported: its exit is kept a while ([`EarlyExits`]) and matched when the report
+//! comes.
+//!
+//! A generation's zygote lives as long as the generation: it is started when the
+//! generation needs a worker and has none (at start, after a HUP, after the zygote
+//! died), and killed when the generation is retired (its workers were all replaced
+//! already, or are being stopped) or at the stop, since it holds the generation's
+//! listeners. An import that fails is the generation's boot failure: exit 3 at start, a
+//! failed reload after a HUP, a retry with backoff when a zygote that died cannot
+//! import again. A zygote that dies once ready is replaced; its generation's workers
+//! keep serving meanwhile, and workers asked of it in the meantime wait for the new
+//! one.
+
+use super::generation::{Generation, Program};
+use super::state::Stop;
+use super::workers::{Phase, Worker};
+use super::zygote_wire::{Report, Request, MAX_MESSAGE};
+use super::Master;
+use crate::shared::protocol::EXIT_NO_WORKER;
+use crate::shared::scoreboard::monotonic_ms;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{self, MsgFlags};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::{ForkResult, Pid};
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// How long a zygote may take to report a worker it was asked for before it is taken
+/// for stuck (and killed, then replaced).
+const SPAWN_LIMIT: Duration = Duration::from_secs(10);
+/// How long the exit of a pid nobody knows is kept for a `Spawned` report to claim.
+const EARLY_EXIT_KEPT: Duration = Duration::from_secs(30);
+/// At most this many such exits are kept.
+const EARLY_EXITS_MAX: usize = 64;
+/// The first wait before a zygote that cannot import (or keeps dying) is started again;
+/// doubled each time, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Where a zygote is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ZygoteState {
+    /// Forked; importing the app.
+    Importing,
+    /// Imported: forks workers on request.
+    Ready,
+    /// Said it cannot import the app (why); it exits.
+    Failed(String),
+}
+
+impl ZygoteState {
+    /// What a report does: the next state, or why the report is out of place (the
+    /// zygote is then killed: it no longer follows the protocol).
+    pub fn after(&self, report: &Report) -> Result<ZygoteState, String> {
+        match (self, report) {
+            (ZygoteState::Importing, Report::Ready) => Ok(ZygoteState::Ready),
+            (ZygoteState::Importing, Report::ImportFailed(why)) => {
+                Ok(ZygoteState::Failed(why.clone()))
+            }
+            (ZygoteState::Ready, Report::Spawned { .. } | Report::SpawnFailed { .. }) => {
+                Ok(ZygoteState::Ready)
+            }
+            (state, report) => Err(format!("{report:?} while {state:?}")),
+        }
+    }
+}
+
+/// A worker asked of a zygote, not reported yet: it holds its scoreboard slot and
+/// counts as a booting worker of its generation.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Pending {
+    pub number: u64,
+    pub slot: usize,
+    pub asked_at: Instant,
+}
+
+/// Takes the pending spawn a report names.
+pub(super) fn take_pending(pending: &mut Vec<Pending>, number: u64) -> Option<Pending> {
+    let index = pending.iter().position(|p| p.number == number)?;
+    Some(pending.remove(index))
+}
+
+/// Exits of pids the master did not know when it reaped them, kept a while: a worker
+/// forked by a zygote may exit before the zygote's report of its pid is read.
+#[derive(Debug, Default)]
+pub(super) struct EarlyExits {
+    exits: VecDeque<(Pid, WaitStatus, Instant)>,
+}
+
+impl EarlyExits {
+    pub fn remember(&mut self, status: WaitStatus, now: Instant) {
+        let Some(pid) = status.pid() else { return };
+        if self.exits.len() == EARLY_EXITS_MAX {
+            self.exits.pop_front();
+        }
+        self.exits.push_back((pid, status, now));
+    }
+
+    /// The exit of `pid`, if it was kept (and not too long ago).
+    pub fn take(&mut self, pid: Pid, now: Instant) -> Option<WaitStatus> {
+        self.exits
+            .retain(|(_, _, at)| now.saturating_duration_since(*at) < EARLY_EXIT_KEPT);
+        let index = self.exits.iter().position(|(p, _, _)| *p == pid)?;
+        self.exits.remove(index).map(|(_, status, _)| status)
+    }
+}
+
+/// When a zygote may be started again after failures in a row.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct Retry {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Retry {
+    /// One more failure (an import that failed, a zygote that died): the wait before
+    /// the next start.
+    pub fn failed(&mut self, now: Instant) -> Duration {
+        let wait = RETRY_FIRST
+            .saturating_mul(1 << self.failures.min(16))
+            .min(RETRY_MAX);
+        self.failures += 1;
+        self.until = Some(now + wait);
+        wait
+    }
+
+    /// A zygote imported the app: the next failure waits the shortest again.
+    pub fn succeeded(&mut self) {
+        *self = Retry::default();
+    }
+
+    /// Until when starting one is held off, if it is.
+    pub fn holding(&self, now: Instant) -> Option<Instant> {
+        self.until.filter(|at| *at > now)
+    }
+}
+
+/// A generation's zygote, as the master holds it. Dropping it kills the process
+/// (it is dropped with its generation, or once reaped).
+pub(super) struct Zygote {
+    pub pid: Pid,
+    /// The master's end of the socket pair (non-blocking).
+    pub channel: OwnedFd,
+    pub state: ZygoteState,
+    /// Workers asked for and not reported yet.
+    pub pending: Vec<Pending>,
+    pub started: Instant,
+    /// Set once reaped: nothing to kill any more.
+    reaped: bool,
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = kill(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Which generation's zygote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Which {
+    Current,
+    Previous,
+}
+
+/// What [`Master::spawn_from_zygote`] did.
+pub(super) enum Asked {
+    /// A worker was asked for.
+    Asked,
+    /// The zygote is not ready (importing, or being started again): wait.
+    Waiting,
+}
+
+impl Generation {
+    /// Whether this generation's workers fork from a zygote.
+    pub fn preloads(&self) -> bool {
+        matches!(&self.program, Program::Hosted(p) if p.preload.is_some())
+    }
+}
+
+impl Master {
+    fn generation_mut(&mut self, which: Which) -> Option<&mut Generation> {
+        match which {
+            Which::Current => Some(&mut self.current),
+            Which::Previous => self.previous.as_mut(),
+        }
+    }
+
+    fn zygote_of(&self, which: Which) -> Option<&Zygote> {
+        match which {
+            Which::Current => self.current.zygote.as_ref(),
+            Which::Previous => self.previous.as_ref()?.zygote.as_ref(),
+        }
+    }
+
+    /// The zygotes held, current first.
+    pub(super) fn zygotes(&self) -> impl Iterator<Item = &Zygote> {
+        let previous = self.previous.as_ref().and_then(|g| g.zygote.as_ref());
+        self.current.zygote.iter().chain(previous)
+    }
+
+    /// The current generation's zygote, started if it preloads and has none (and is not
+    /// held off after failures).
+    pub(super) fn ensure_zygote(&mut self) {
+        if !self.current.preloads() || self.current.zygote.is_some() {
+            return;
+        }
+        if self.zygote_retry.holding(Instant::now()).is_some() {
+            return;
+        }
+        if let Err(e) = self.start_zygote() {
+            let wait = self.zygote_retry.failed(Instant::now());
+            tracing::error!(
+                generation = self.current.number,
+                "cannot start the zygote: {e}; trying again in {:.1}s",
+                wait.as_secs_f64()
+            );
+        }
+    }
+
+    /// Forks the current generation's zygote.
+    fn start_zygote(&mut self) -> Result<(), String> {
+        set_child_subreaper()?;
+        let (mine, theirs) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            None,
+            socket::SockFlag::SOCK_CLOEXEC | socket::SockFlag::SOCK_NONBLOCK,
+        )
+        .map_err(|e| format!("cannot make its socket pair: {e}"))?;
+        match self.fork_child() {
+            Ok(ForkResult::Child) => {
+                drop(mine);
+                self.become_zygote(theirs)
+            }
+            Ok(ForkResult::Parent { child }) => {
+                drop(theirs);
+                let spec = match &self.current.program {
+                    Program::Hosted(p) => p.spec.as_str(),
+                    _ => "",
+                };
+                tracing::info!(
+                    pid = child.as_raw(),
+                    generation = self.current.number,
+                    "zygote started: importing {spec}"
+                );
+                self.current.zygote = Some(Zygote {
+                    pid: child,
+                    channel: mine,
+                    state: ZygoteState::Importing,
+                    pending: Vec::new(),
+                    started: Instant::now(),
+                    reaped: false,
+                });
+                Ok(())
+            }
+            Err(e) => Err(format!("fork failed: {e}")),
+        }
+    }
+
+    /// Asks the current generation's zygote for a worker (see `spawn::spawn_worker`).
+    pub(super) fn spawn_from_zygote(&mut self) -> Result<Asked, super::spawn::SpawnError> {
+        use super::spawn::SpawnError;
+        let ready = self
+            .current
+            .zygote
+            .as_ref()
+            .is_some_and(|z| z.state == ZygoteState::Ready);
+        if !ready {
+            return Ok(Asked::Waiting);
+        }
+        let slot = self.scoreboard.claim().ok_or(SpawnError::NoSlot)?;
+        self.scoreboard
+            .slot(slot)
+            .set_generation(self.current.number);
+        let number = self.next_number;
+        self.next_number += 1;
+        self.hooks
+            .call(super::hooks::HookCall::PreFork { age: number });
+        let request = Request::Spawn { slot, number }.encode();
+        let Some(zygote) = self.current.zygote.as_mut() else {
+            self.scoreboard.release(slot);
+            return Ok(Asked::Waiting);
+        };
+        if let Err(e) = socket::send(zygote.channel.as_raw_fd(), &request, MsgFlags::empty()) {
+            self.scoreboard.release(slot);
+            // A zygote that cannot be talked to is of no use: a new one replaces it.
+            let _ = kill(zygote.pid, Signal::SIGKILL);
+            return Err(SpawnError::Zygote(format!(
+                "cannot ask the zygote (pid {}) for a worker: {e}",
+                zygote.pid
+            )));
+        }
+        zygote.pending.push(Pending {
+            number,
+            slot,
+            asked_at: Instant::now(),
+        });
+        Ok(Asked::Asked)
+    }
+
+    /// Workers asked of a zygote and not reported yet, with whether their generation is
+    /// the current one (they count as booting workers of it).
+    pub(super) fn pending_spawns(&self) -> Vec<(u64, bool)> {
+        let current = self.current.zygote.iter().flat_map(|z| &z.pending);
+        let previous = self
+            .previous
+            .iter()
+            .flat_map(|g| g.zygote.iter())
+            .flat_map(|z| &z.pending);
+        current
+            .map(|p| (p.number, true))
+            .chain(previous.map(|p| (p.number, false)))
+            .collect()
+    }
+
+    /// Reads what the zygotes said (they are in the loop's poll).
+    pub(super) fn read_zygote_reports(&mut self) {
+        for which in [Which::Current, Which::Previous] {
+            loop {
+                let Some(zygote) = self.zygote_of(which) else {
+                    break;
+                };
+                let mut buf = [0u8; MAX_MESSAGE + 1];
+                let read = socket::recv(zygote.channel.as_raw_fd(), &mut buf, MsgFlags::empty());
+                match read {
+                    // The zygote's end closed: it exited (reaping says how).
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let report = Report::parse(&buf[..n]);
+                        self.zygote_reported(which, report);
+                    }
+                }
+            }
+        }
+    }
+
+    fn zygote_reported(&mut self, which: Which, report: Result<Report, String>) {
+        let Some(generation) = self.generation_mut(which) else {
+            return;
+        };
+        let number = generation.number;
+        let Some(zygote) = generation.zygote.as_mut() else {
+            return;
+        };
+        let pid = zygote.pid.as_raw();
+        let next = report.and_then(|r| Ok((zygote.state.after(&r)?, r)));
+        let report = match next {
+            Ok((next, report)) => {
+                zygote.state = next;
+                report
+            }
+            Err(e) => {
+                tracing::error!(
+                    pid,
+                    generation = number,
+                    "the zygote broke the protocol ({e}); killing it"
+                );
+                let _ = kill(zygote.pid, Signal::SIGKILL);
+                return;
+            }
+        };
+        let took = zygote.started.elapsed();
+        let claimed = match &report {
+            Report::Spawned { number, .. } | Report::SpawnFailed { number, .. } => {
+                take_pending(&mut zygote.pending, *number)
+            }
+            Report::Ready | Report::ImportFailed(_) => None,
+        };
+        match report {
+            Report::Ready => {
+                tracing::info!(
+                    pid,
+                    generation = number,
+                    "zygote ready: the app is imported ({:.0} ms); forking workers from it",
+                    took.as_secs_f64() * 1000.0
+                );
+                if which == Which::Current {
+                    self.zygote_retry.succeeded();
+                }
+            }
+            Report::ImportFailed(why) => {
+                let shown = crate::shared::escape::escape_untrusted(why.as_bytes(), 4096);
+                tracing::error!(
+                    pid,
+                    generation = number,
+                    "the zygote cannot import the app: {shown}"
+                );
+            }
+            Report::Spawned { number, pid } => match claimed {
+                Some(pending) => self.adopt_worker(which, Pid::from_raw(pid), &pending),
+                None => tracing::warn!(
+                    worker = number,
+                    pid,
+                    "the zygote reported a worker it was not asked for"
+                ),
+            },
+            Report::SpawnFailed { number, why } => {
+                if let Some(pending) = claimed {
+                    self.scoreboard.release(pending.slot);
+                }
+                let shown = crate::shared::escape::escape_untrusted(why.as_bytes(), 4096);
+                tracing::error!(worker = number, "the zygote cannot fork a worker: {shown}");
+                self.backoff.spawn_failed(Instant::now());
+            }
+        }
+    }
+
+    /// A worker a zygote forked joins the supervised set, as one the master forked.
+    fn adopt_worker(&mut self, which: Which, pid: Pid, pending: &Pending) {
+        let Some(generation) = self.generation_mut(which) else {
+            return;
+        };
+        let (number, generation_number) = (pending.number, generation.number);
+        let config = generation.config.clone();
+        let spec = match &generation.program {
+            Program::Hosted(p) => p.spec.clone(),
+            _ => String::new(),
+        };
+        self.scoreboard.slot(pending.slot).set_pid(pid.as_raw());
+        tracing::info!(
+            pid = pid.as_raw(),
+            worker = number,
+            generation = generation_number,
+            "worker started: {spec} (forked from the zygote in {:.1} ms)",
+            pending.asked_at.elapsed().as_secs_f64() * 1000.0
+        );
+        self.workers.push(Worker {
+            pid,
+            slot: pending.slot,
+            number,
+            generation: generation_number,
+            recycle: super::recycle::Watch::new(
+                config.max_worker_lifetime,
+                crate::shared::protocol::random_token(),
+            ),
+            config,
+            phase: Phase::Running,
+            ready_at: None,
+            exec: None,
+            clock_from_ms: monotonic_ms(),
+        });
+        // It may be gone already: its exit was kept when reaped.
+        if let Some(status) = self.early_exits.take(pid, Instant::now()) {
+            if let Some(index) = self.workers.iter().position(|w| w.pid == pid) {
+                let worker = self.workers.remove(index);
+                self.worker_exited(worker, status);
+            }
+        }
+    }
+
+    /// A child the master reaped: whether it was a zygote (then handled here).
+    pub(super) fn zygote_reaped(&mut self, status: WaitStatus) -> bool {
+        let Some(pid) = status.pid() else {
+            return false;
+        };
+        let which = [Which::Current, Which::Previous]
+            .into_iter()
+            .find(|w| self.zygote_of(*w).is_some_and(|z| z.pid == pid));
+        let Some(which) = which else {
+            return false;
+        };
+        let Some(generation) = self.generation_mut(which) else {
+            return false;
+        };
+        let number = generation.number;
+        let Some(mut zygote) = generation.zygote.take() else {
+            return false;
+        };
+        zygote.reaped = true;
+        // Read what it said last (an import failure, a worker it forked).
+        let how = super::exits::describe(&status, false, false);
+        for pending in zygote.pending.drain(..) {
+            // Forked or not, it was never reported: its slot is free again (a worker
+            // forked in that instant runs unsupervised until the master exits).
+            tracing::warn!(
+                worker = pending.number,
+                "the zygote exited before reporting this worker"
+            );
+            self.scoreboard.release(pending.slot);
+        }
+        let why = match &zygote.state {
+            ZygoteState::Ready => {
+                tracing::error!(
+                    pid = pid.as_raw(),
+                    generation = number,
+                    "the zygote exited ({how}); its workers keep serving, a new zygote imports the app for the next ones"
+                );
+                if which == Which::Current {
+                    // A zygote that keeps dying is not started in a tight loop.
+                    let wait = self.zygote_retry.failed(Instant::now());
+                    if wait > RETRY_FIRST {
+                        tracing::warn!("starting the new zygote in {:.1}s", wait.as_secs_f64());
+                    }
+                }
+                return true;
+            }
+            ZygoteState::Failed(why) => why.clone(),
+            ZygoteState::Importing => format!("the zygote exited while importing the app ({how})"),
+        };
+        if which == Which::Current {
+            self.import_failed(why);
+        }
+        true
+    }
+
+    /// The current generation's app cannot be imported: exit 3 if no worker ever
+    /// booted, a failed reload after a HUP, else a retry with backoff.
+    fn import_failed(&mut self, why: String) {
+        if self.boot.boot_failure_is_fatal() {
+            let failed = Stop::Failed {
+                code: EXIT_NO_WORKER,
+                why: format!("no worker could boot: {why}"),
+            };
+            self.begin_stop(failed, "no worker could boot");
+            return;
+        }
+        if self.previous.is_some() {
+            self.roll_back();
+            return;
+        }
+        let wait = self.zygote_retry.failed(Instant::now());
+        tracing::warn!(
+            generation = self.current.number,
+            "trying the zygote's import again in {:.1}s",
+            wait.as_secs_f64()
+        );
+    }
+
+    /// When the loop must wake for the zygotes: a retry's hold ending, a spawn overdue.
+    pub(super) fn zygote_deadline(&self, now: Instant) -> Option<Instant> {
+        let retry = self
+            .zygote_retry
+            .holding(now)
+            .filter(|_| self.current.preloads() && self.current.zygote.is_none());
+        let overdue = self
+            .zygotes()
+            .flat_map(|z| &z.pending)
+            .map(|p| p.asked_at + SPAWN_LIMIT)
+            .min();
+        retry.into_iter().chain(overdue).min()
+    }
+
+    /// A zygote that has not reported a worker within [`SPAWN_LIMIT`] is stuck: it is
+    /// killed (and replaced, see [`Master::zygote_reaped`]).
+    pub(super) fn kill_stuck_zygotes(&mut self, now: Instant) {
+        for zygote in self.zygotes() {
+            if zygote
+                .pending
+                .iter()
+                .any(|p| now.saturating_duration_since(p.asked_at) >= SPAWN_LIMIT)
+            {
+                tracing::error!(
+                    pid = zygote.pid.as_raw(),
+                    "the zygote did not fork a worker within {}s; killing it",
+                    SPAWN_LIMIT.as_secs()
+                );
+                let _ = kill(zygote.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// At the stop: the zygotes go (they hold the listeners, which must close).
+    pub(super) fn stop_zygotes(&mut self) {
+        for generation in std::iter::once(&mut self.current).chain(self.previous.as_mut()) {
+            if let Some(zygote) = generation.zygote.take() {
+                for pending in &zygote.pending {
+                    self.scoreboard.release(pending.slot);
+                }
+                // Dropping it kills it; it is reaped as a child nobody knows.
+            }
+        }
+    }
+
+    /// The zygotes' sockets, for the loop's poll.
+    pub(super) fn zygote_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.zygotes().map(|z| z.channel.as_fd()).collect()
+    }
+
+    /// A worker's exit kept for its report when a zygote may still report it.
+    pub(super) fn keep_unknown_exit(&mut self, status: WaitStatus) {
+        if self.zygotes().any(|z| !z.pending.is_empty()) {
+            self.early_exits.remember(status, Instant::now());
+        }
+    }
+}
+
+/// Makes the master the reaper of its orphaned descendants (the workers a zygote
+/// forks, once the middle process of the double fork has exited).
+#[allow(unsafe_code)] // prctl
+fn set_child_subreaper() -> Result<(), String> {
+    // SAFETY: prctl(2) with integer arguments only.
+    let done = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "cannot become the subreaper of the workers: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zygote_imports_then_forks_workers() {
+        let importing = ZygoteState::Importing;
+        assert_eq!(importing.after(&Report::Ready), Ok(ZygoteState::Ready));
+        assert_eq!(
+            importing.after(&Report::ImportFailed("boom".into())),
+            Ok(ZygoteState::Failed("boom".into()))
+        );
+        let spawned = Report::Spawned { number: 1, pid: 9 };
+        assert!(
+            importing.after(&spawned).is_err(),
+            "no worker before the import"
+        );
+        let ready = ZygoteState::Ready;
+        assert_eq!(ready.after(&spawned), Ok(ZygoteState::Ready));
+        let failed_spawn = Report::SpawnFailed {
+            number: 1,
+            why: String::new(),
+        };
+        assert_eq!(ready.after(&failed_spawn), Ok(ZygoteState::Ready));
+        assert!(ready.after(&Report::Ready).is_err(), "ready twice");
+        assert!(ready.after(&Report::ImportFailed("x".into())).is_err());
+        let failed = ZygoteState::Failed("x".into());
+        assert!(failed.after(&Report::Ready).is_err());
+        assert!(failed.after(&spawned).is_err());
+    }
+
+    #[test]
+    fn reports_claim_their_own_pending_spawn_once() {
+        let now = Instant::now();
+        let mut pending = vec![
+            Pending {
+                number: 4,
+                slot: 1,
+                asked_at: now,
+            },
+            Pending {
+                number: 5,
+                slot: 2,
+                asked_at: now,
+            },
+        ];
+        assert_eq!(take_pending(&mut pending, 5).map(|p| p.slot), Some(2));
+        assert_eq!(take_pending(&mut pending, 5), None);
+        assert_eq!(take_pending(&mut pending, 6), None);
+        assert_eq!(take_pending(&mut pending, 4).map(|p| p.slot), Some(1));
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn an_early_exit_is_kept_for_its_report_a_while() {
+        let now = Instant::now();
+        let mut exits = EarlyExits::default();
+        let pid = Pid::from_raw(1234);
+        exits.remember(WaitStatus::Exited(pid, 3), now);
+        exits.remember(WaitStatus::StillAlive, now); // no pid: ignored
+        assert_eq!(exits.take(Pid::from_raw(99), now), None);
+        assert_eq!(exits.take(pid, now), Some(WaitStatus::Exited(pid, 3)));
+        assert_eq!(exits.take(pid, now), None, "taken once");
+        exits.remember(WaitStatus::Exited(pid, 3), now);
+        assert_eq!(exits.take(pid, now + EARLY_EXIT_KEPT), None, "too old");
+        for raw in 0..(EARLY_EXITS_MAX as i32 + 5) {
+            exits.remember(WaitStatus::Exited(Pid::from_raw(1000 + raw), 0), now);
+        }
+        assert_eq!(exits.exits.len(), EARLY_EXITS_MAX);
+        assert_eq!(exits.take(Pid::from_raw(1000), now), None, "oldest dropped");
+        assert!(exits.take(Pid::from_raw(1005), now).is_some());
+    }
+
+    #[test]
+    fn retries_back_off_and_reset_once_imported() {
+        let now = Instant::now();
+        let mut retry = Retry::default();
+        assert_eq!(retry.holding(now), None);
+        assert_eq!(retry.failed(now), RETRY_FIRST);
+        assert_eq!(retry.holding(now), Some(now + RETRY_FIRST));
+        assert_eq!(retry.holding(now + RETRY_FIRST), None);
+        assert_eq!(retry.failed(now), RETRY_FIRST * 2);
+        for _ in 0..40 {
+            retry.failed(now);
+        }
+        assert_eq!(retry.failed(now), RETRY_MAX);
+        retry.succeeded();
+        assert_eq!(retry.failed(now), RETRY_FIRST);
+    }
+}
