@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The `forkd` command the Python package installed into the test virtualenv.
-fn python_forkd() -> PathBuf {
+pub(crate) fn python_forkd() -> PathBuf {
     let venv = std::env::var_os("PYTHON_TEST_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv-test"));
@@ -58,7 +58,7 @@ fn config_with_python(dir: &Path, extra: &str, python_extra: &str) -> PathBuf {
 
 /// Environment for the Python workers: no .pyc files, so that an edit of the app is
 /// always seen on the next import (the HUP test rewrites it within a second).
-const ENV: &[(&str, &str)] = &[("PYTHONDONTWRITEBYTECODE", "1")];
+pub(crate) const ENV: &[(&str, &str)] = &[("PYTHONDONTWRITEBYTECODE", "1")];
 
 fn start(dir: &Path, args: &[&str], extra_config: &str) -> Server {
     start_with_python(dir, args, extra_config, "")

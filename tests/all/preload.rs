@@ -1,0 +1,244 @@
+//! `preload_app`: a zygote per generation imports the Python app once and forks the
+//! workers, HUP imports the new code in a new zygote, a failed import keeps the old
+//! generation, a killed zygote is replaced while the workers keep serving, an import
+//! that starts a thread is refused. The app (tests/python/preload_app.py) counts its
+//! imports in `imports.txt` beside it. Needs the Python test environment (see
+//! python.rs).
+
+// Test code: a failed unwrap is a failed test (Cargo.toml denies them in forkd itself).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::harness::*;
+use crate::python::{python_forkd, ENV};
+use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A fresh directory with the test app and a config preloading it.
+fn app_dir(name: &str, extra: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(&format!("preload-{name}"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/preload_app.py");
+    std::fs::copy(source, dir.join("preload_app.py")).expect("copy the test app");
+    let config = dir.join("forkd.toml");
+    let text = format!(
+        "bind = [\"127.0.0.1:0\"]\napp = \"preload_app:app\"\npreload_app = true\n{extra}\n[python]\npath = [{:?}]\n",
+        dir.display().to_string()
+    );
+    std::fs::write(&config, text).expect("write config");
+    (dir, config)
+}
+
+fn start(config: &Path, args: &[&str]) -> Server {
+    Forkd::program(python_forkd())
+        .config(config)
+        .args(args)
+        .envs(ENV.iter().copied())
+        .start()
+}
+
+/// The pids that imported the app, in order.
+fn imports(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("imports.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Rewrites the app's VERSION on disk.
+fn set_version(dir: &Path, version: u64) {
+    let app = dir.join("preload_app.py");
+    let text = std::fs::read_to_string(&app).unwrap();
+    let start = text.find("VERSION = ").unwrap();
+    let end = start + text[start..].find('\n').unwrap();
+    let text = format!("{}VERSION = {version}{}", &text[..start], &text[end..]);
+    std::fs::write(&app, text).unwrap();
+}
+
+fn version_and_pid(addr: &str) -> Option<(u64, i64)> {
+    let (status, _, body) = get(addr, "/").ok()?;
+    let body = json(&body);
+    (status == 200).then(|| {
+        (
+            body["version"].as_u64().unwrap(),
+            body["pid"].as_i64().unwrap(),
+        )
+    })
+}
+
+/// The master's zygotes (children named `forkd: zygote`).
+fn zygotes_of(master: i32) -> Vec<i32> {
+    children_of(master)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"forkd: zygote"))
+        })
+        .collect()
+}
+
+#[test]
+fn one_import_per_generation_and_recycled_workers_keep_their_generations_code() {
+    let (dir, config) = app_dir("generation", "max_requests = 4\n");
+    let server = start(&config, &["-w", "3"]);
+    let zygote = imports(&dir);
+    assert_eq!(zygote.len(), 1, "one import for three workers");
+    let workers = workers_of(server.pid());
+    assert!(
+        !workers.contains(&zygote[0]) && zygote[0] != server.pid(),
+        "the zygote imported, neither a worker nor the master"
+    );
+    // New code on disk; workers recycled by max_requests still run the generation's.
+    set_version(&dir, 2);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..60 {
+        let (version, pid) = version_and_pid(&server.addr).expect("an answer");
+        assert_eq!(version, 1, "a recycled worker ran the code on disk");
+        seen.insert(pid);
+    }
+    assert!(seen.len() > 3, "workers were recycled: {seen:?}");
+    assert!(server.log().contains("reason=\"max_requests\""));
+    assert_eq!(
+        imports(&dir).len(),
+        1,
+        "recycled workers did not import again"
+    );
+    // HUP: one more import, the new code.
+    server.signal(Signal::SIGHUP);
+    let reloaded = poll_until(Duration::from_secs(20), || {
+        version_and_pid(&server.addr).is_some_and(|(v, _)| v == 2)
+    });
+    assert!(reloaded, "the new code never answered:\n{}", server.log());
+    server.expect_log("HUP: reload finished", Duration::from_secs(20));
+    assert_eq!(imports(&dir).len(), 2, "one import for the new generation");
+    // The old generation's zygote has gone; one is left.
+    let one = poll_until(Duration::from_secs(10), || {
+        zygotes_of(server.pid()).len() == 1
+    });
+    assert!(one, "zygotes: {:?}", zygotes_of(server.pid()));
+    for _ in 0..20 {
+        assert_eq!(version_and_pid(&server.addr).map(|(v, _)| v), Some(2));
+    }
+}
+
+#[test]
+fn hups_under_keepalive_load_bring_new_code_and_drop_nothing() {
+    let (dir, config) = app_dir("hup-load", "");
+    let server = start(&config, &["-w", "2"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    for version in 2..=6u64 {
+        set_version(&dir, version);
+        server.signal(Signal::SIGHUP);
+        let answered = poll_until(Duration::from_secs(20), || {
+            version_and_pid(&server.addr).is_some_and(|(v, _)| v == version)
+        });
+        assert!(
+            answered,
+            "version {version} never answered:\n{}",
+            server.log()
+        );
+    }
+    let settled = poll_until(Duration::from_secs(30), || {
+        workers_of(server.pid()).len() == 2
+            && server.log().matches("reason=\"reload\"").count() >= 10
+    });
+    finish(stop, handles);
+    assert!(settled, "workers did not settle:\n{}", server.log());
+    assert_no_failures(&tally, &server, "5 HUPs of a preloaded app");
+    assert_eq!(imports(&dir).len(), 6, "one import per generation");
+}
+
+#[test]
+fn a_failing_import_on_hup_keeps_the_old_generation_serving() {
+    let (dir, config) = app_dir("hup-fails", "");
+    let server = start(&config, &["-w", "2"]);
+    let workers = workers_of(server.pid());
+    let app = dir.join("preload_app.py");
+    let original = std::fs::read_to_string(&app).unwrap();
+    std::fs::write(&app, format!("{original}\ndef broken(:\n")).unwrap();
+    server.signal(Signal::SIGHUP);
+    server.expect_log("the zygote cannot import the app", Duration::from_secs(20));
+    server.expect_log("reload failed", Duration::from_secs(20));
+    assert!(server.log().contains("SyntaxError"), "{}", server.log());
+    for _ in 0..20 {
+        assert_eq!(version_and_pid(&server.addr).map(|(v, _)| v), Some(1));
+    }
+    assert_eq!(
+        workers_of(server.pid()),
+        workers,
+        "the old workers serve on"
+    );
+    // Fixed code on the next HUP goes live.
+    std::fs::write(&app, &original).unwrap();
+    set_version(&dir, 3);
+    server.signal(Signal::SIGHUP);
+    let fixed = poll_until(Duration::from_secs(30), || {
+        version_and_pid(&server.addr).is_some_and(|(v, _)| v == 3)
+    });
+    assert!(fixed, "the fixed code never answered:\n{}", server.log());
+}
+
+#[test]
+fn a_killed_zygote_is_replaced_while_its_workers_serve() {
+    let (dir, config) = app_dir("zygote-killed", "max_requests = 5\n");
+    let server = start(&config, &["-w", "2"]);
+    let zygote = zygotes_of(server.pid());
+    assert_eq!(zygote.len(), 1, "one zygote");
+    let workers = workers_of(server.pid());
+    signal_pid(zygote[0], Signal::SIGKILL);
+    server.expect_log("the zygote exited", Duration::from_secs(10));
+    // The workers were not the zygote's to take along.
+    assert_eq!(workers_of(server.pid()), workers);
+    let replaced = poll_until(Duration::from_secs(20), || {
+        let now = zygotes_of(server.pid());
+        now.len() == 1 && now[0] != zygote[0]
+    });
+    assert!(replaced, "no new zygote:\n{}", server.log());
+    // Recycling forks from the new zygote.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let (version, pid) = version_and_pid(&server.addr).expect("an answer");
+        assert_eq!(version, 1);
+        seen.insert(pid);
+    }
+    assert!(
+        seen.iter().any(|pid| !workers.contains(&(*pid as i32))),
+        "no recycled worker answered: {seen:?} {workers:?}\n{}",
+        server.log()
+    );
+    assert_eq!(imports(&dir).len(), 2, "the new zygote imported once");
+}
+
+#[test]
+fn an_import_that_starts_a_thread_is_refused_naming_it() {
+    let (_dir, config) = app_dir("thread", "");
+    let (code, stderr) = Forkd::program(python_forkd())
+        .config(&config)
+        .workers(2)
+        .envs(ENV.iter().copied())
+        .env("APP_START_THREAD", "1")
+        .run_to_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no worker could boot")
+            && stderr.contains("thread")
+            && stderr.contains("metrics-pusher"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn preload_app_with_a_built_in_app_exits_2_naming_the_key() {
+    let dir = temp_dir("preload-builtin");
+    let (code, stderr) = Forkd::new()
+        .config_in(
+            &dir,
+            "bind = [\"127.0.0.1:0\"]\napp = \"hello\"\npreload_app = true\n",
+        )
+        .run_to_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("preload_app"), "{stderr}");
+}
