@@ -402,6 +402,35 @@ pub fn render(board: &Board) -> String {
         }
     }
 
+    // Read from /proc at each scrape: RSS counts the pages a worker shares (with a
+    // `preload_app` zygote, with the others) in full, PSS divides them among sharers.
+    let memory: [(&str, &str, fn(i32) -> Option<u64>); 2] = [
+        (
+            "forkd_worker_resident_memory_bytes",
+            "Resident memory (RSS) of each live worker: shared pages counted in full, as max_worker_memory counts them.",
+            crate::shared::memory::read_rss,
+        ),
+        (
+            "forkd_worker_proportional_memory_bytes",
+            "Proportional memory (PSS) of each live worker: each shared page divided among the processes sharing it.",
+            crate::shared::memory::read_pss,
+        ),
+    ];
+    for (name, help, read) in memory {
+        family(&mut out, name, "gauge", help);
+        for slot in &live {
+            if let Some(bytes) = read(slot.pid()) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{worker=\"{}\",pid=\"{}\",generation=\"{}\"}} {bytes}",
+                    slot.number(),
+                    slot.pid(),
+                    slot.generation(),
+                );
+            }
+        }
+    }
+
     let totals = board.totals();
     family(
         &mut out,

@@ -330,10 +330,7 @@ impl Master {
     /// Reads what the zygotes said (they are in the loop's poll).
     pub(super) fn read_zygote_reports(&mut self) {
         for which in [Which::Current, Which::Previous] {
-            loop {
-                let Some(zygote) = self.zygote_of(which) else {
-                    break;
-                };
+            while let Some(zygote) = self.zygote_of(which) {
                 let mut buf = [0u8; MAX_MESSAGE + 1];
                 let read = socket::recv(zygote.channel.as_raw_fd(), &mut buf, MsgFlags::empty());
                 match read {
@@ -467,11 +464,16 @@ impl Master {
         let Some(pid) = status.pid() else {
             return false;
         };
+        if !self.zygotes().any(|z| z.pid == pid) {
+            return false;
+        }
+        // What it said last (an import failure, a worker it forked) first.
+        self.read_zygote_reports();
         let which = [Which::Current, Which::Previous]
             .into_iter()
             .find(|w| self.zygote_of(*w).is_some_and(|z| z.pid == pid));
         let Some(which) = which else {
-            return false;
+            return true;
         };
         let Some(generation) = self.generation_mut(which) else {
             return false;
@@ -481,7 +483,6 @@ impl Master {
             return false;
         };
         zygote.reaped = true;
-        // Read what it said last (an import failure, a worker it forked).
         let how = super::exits::describe(&status, false, false);
         for pending in zygote.pending.drain(..) {
             // Forked or not, it was never reported: its slot is free again (a worker

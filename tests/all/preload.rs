@@ -242,3 +242,71 @@ fn preload_app_with_a_built_in_app_exits_2_naming_the_key() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("preload_app"), "{stderr}");
 }
+
+#[test]
+fn status_and_metrics_show_the_zygote_and_pss_beside_rss() {
+    let (dir, _) = app_dir("status", "");
+    let pidfile = dir.join("forkd.pid");
+    let config = dir.join("status.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bind = [\"127.0.0.1:0\"]\napp = \"preload_app:app\"\npreload_app = true\nworkers = 2\npidfile = {:?}\n[metrics]\nbind = \"127.0.0.1:0\"\n[python]\npath = [{:?}]\n",
+            pidfile.display().to_string(),
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Forkd::program(python_forkd())
+        .config(&config)
+        .envs(ENV.iter().copied())
+        .start();
+    let out = Forkd::program(python_forkd())
+        .config(&config)
+        .args(["-s", "status"])
+        .output(Duration::from_secs(15));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[1]
+            .split_whitespace()
+            .eq(["PID", "GEN", "STATE", "AGE", "REQUESTS", "RSS", "PSS"]),
+        "{}",
+        out.stdout
+    );
+    let rows: Vec<Vec<&str>> = lines[2..]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let zygote = zygotes_of(server.pid());
+    assert_eq!(zygote.len(), 1);
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == zygote[0].to_string() && r[2] == "zygote"),
+        "{}",
+        out.stdout
+    );
+    for row in &rows {
+        // PSS at most RSS, both read.
+        let mib = |s: &str| s.trim_end_matches('M').parse::<f64>().unwrap();
+        assert!(
+            mib(row[6]) > 0.0 && mib(row[6]) <= mib(row[5]),
+            "{}",
+            out.stdout
+        );
+    }
+    let metrics_addr = server
+        .log()
+        .lines()
+        .find_map(|l| l.split("/metrics on ").nth(1).map(|a| a.trim().to_string()))
+        .unwrap_or_default();
+    assert!(!metrics_addr.is_empty(), "{}", server.log());
+    let (_, _, body) = get(&metrics_addr, "/metrics").unwrap();
+    let text = String::from_utf8_lossy(&body);
+    for family in [
+        "forkd_worker_resident_memory_bytes{",
+        "forkd_worker_proportional_memory_bytes{",
+    ] {
+        assert_eq!(text.matches(family).count(), 2, "{family} in\n{text}");
+    }
+}
