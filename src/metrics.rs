@@ -332,6 +332,9 @@ fn answer(req: &Request<hyper::body::Incoming>, board: &'static Board) -> Respon
 type SlotValue = fn(&crate::shared::scoreboard::Slot) -> u64;
 
 /// The Prometheus text exposition (format 0.0.4) of the whole server.
+/// Reads a process's memory from /proc (RSS or PSS, in bytes).
+type ReadMemory = fn(i32) -> Option<u64>;
+
 pub fn render(board: &Board) -> String {
     let header = board.header();
     let mut out = String::with_capacity(4096);
@@ -404,7 +407,7 @@ pub fn render(board: &Board) -> String {
 
     // Read from /proc at each scrape: RSS counts the pages a worker shares (with a
     // `preload_app` zygote, with the others) in full, PSS divides them among sharers.
-    let memory: [(&str, &str, fn(i32) -> Option<u64>); 2] = [
+    let memory: [(&str, &str, ReadMemory); 2] = [
         (
             "forkd_worker_resident_memory_bytes",
             "Resident memory (RSS) of each live worker: shared pages counted in full, as max_worker_memory counts them.",
