@@ -331,10 +331,10 @@ fn answer(req: &Request<hyper::body::Incoming>, board: &'static Board) -> Respon
 /// Reads one per-worker value from a slot.
 type SlotValue = fn(&crate::shared::scoreboard::Slot) -> u64;
 
-/// The Prometheus text exposition (format 0.0.4) of the whole server.
 /// Reads a process's memory from /proc (RSS or PSS, in bytes).
 type ReadMemory = fn(i32) -> Option<u64>;
 
+/// The Prometheus text exposition (format 0.0.4) of the whole server.
 pub fn render(board: &Board) -> String {
     let header = board.header();
     let mut out = String::with_capacity(4096);
