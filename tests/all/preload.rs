@@ -310,3 +310,23 @@ fn status_and_metrics_show_the_zygote_and_pss_beside_rss() {
         assert_eq!(text.matches(family).count(), 2, "{family} in\n{text}");
     }
 }
+
+/// A worker forked by the zygote that fails at once (its lifespan startup, run after
+/// the fork) may exit before the zygote's report of its pid is read: either way its
+/// exit is a boot failure with its message, and forkd exits 3.
+#[test]
+fn a_failing_lifespan_startup_in_preloaded_workers_exits_3_with_its_message() {
+    let (dir, config) = app_dir("startup", "");
+    let (code, stderr) = Forkd::program(python_forkd())
+        .config(&config)
+        .workers(3)
+        .envs(ENV.iter().copied())
+        .env("APP_FAIL_STARTUP", "1")
+        .run_to_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no worker could boot") && stderr.contains("cache is down"),
+        "{stderr}"
+    );
+    assert_eq!(imports(&dir).len(), 1, "imported once, in the zygote");
+}

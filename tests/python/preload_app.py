@@ -1,7 +1,8 @@
 """The app of tests/all/preload.rs (`preload_app`): a plain ASGI app that counts its
 imports (one line per import, the importing pid, in imports.txt beside it) and answers
 with its VERSION (the tests rewrite it on disk) and the worker's pid. With
-APP_START_THREAD set, its import starts a thread, which the zygote must refuse."""
+APP_START_THREAD set, its import starts a thread, which the zygote must refuse; with
+APP_FAIL_STARTUP, its lifespan startup (in each worker) fails."""
 
 import json
 import os
@@ -21,6 +22,9 @@ async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
+            if message["type"] == "lifespan.startup" and os.environ.get("APP_FAIL_STARTUP"):
+                await send({"type": "lifespan.startup.failed", "message": "cache is down"})
+                return
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
