@@ -159,6 +159,8 @@ pub(super) struct Zygote {
     pub started: Instant,
     /// Set once reaped: nothing to kill any more.
     reaped: bool,
+    /// SIGKILL sent (stuck): waiting to reap it.
+    killed: bool,
 }
 
 impl Drop for Zygote {
@@ -264,6 +266,7 @@ impl Master {
                     pending: Vec::new(),
                     started: Instant::now(),
                     reaped: false,
+                    killed: false,
                 });
                 Ok(())
             }
@@ -484,15 +487,7 @@ impl Master {
         };
         zygote.reaped = true;
         let how = super::exits::describe(&status, false, false);
-        for pending in zygote.pending.drain(..) {
-            // Forked or not, it was never reported: its slot is free again (a worker
-            // forked in that instant runs unsupervised until the master exits).
-            tracing::warn!(
-                worker = pending.number,
-                "the zygote exited before reporting this worker"
-            );
-            self.scoreboard.release(pending.slot);
-        }
+        self.release_pending(&mut zygote);
         let why = match &zygote.state {
             ZygoteState::Ready => {
                 tracing::error!(
@@ -549,6 +544,7 @@ impl Master {
             .filter(|_| self.current.preloads() && self.current.zygote.is_none());
         let overdue = self
             .zygotes()
+            .filter(|z| !z.killed)
             .flat_map(|z| &z.pending)
             .map(|p| p.asked_at + SPAWN_LIMIT)
             .min();
@@ -558,12 +554,14 @@ impl Master {
     /// A zygote that has not reported a worker within [`SPAWN_LIMIT`] is stuck: it is
     /// killed (and replaced, see [`Master::zygote_reaped`]).
     pub(super) fn kill_stuck_zygotes(&mut self, now: Instant) {
-        for zygote in self.zygotes() {
-            if zygote
+        let generations = std::iter::once(&mut self.current).chain(self.previous.as_mut());
+        for zygote in generations.filter_map(|g| g.zygote.as_mut()) {
+            let overdue = zygote
                 .pending
                 .iter()
-                .any(|p| now.saturating_duration_since(p.asked_at) >= SPAWN_LIMIT)
-            {
+                .any(|p| now.saturating_duration_since(p.asked_at) >= SPAWN_LIMIT);
+            if overdue && !zygote.killed {
+                zygote.killed = true;
                 tracing::error!(
                     pid = zygote.pid.as_raw(),
                     "the zygote did not fork a worker within {}s; killing it",
@@ -576,13 +574,34 @@ impl Master {
 
     /// At the stop: the zygotes go (they hold the listeners, which must close).
     pub(super) fn stop_zygotes(&mut self) {
-        for generation in std::iter::once(&mut self.current).chain(self.previous.as_mut()) {
-            if let Some(zygote) = generation.zygote.take() {
-                for pending in &zygote.pending {
-                    self.scoreboard.release(pending.slot);
-                }
-                // Dropping it kills it; it is reaped as a child nobody knows.
-            }
+        let mut zygotes: Vec<Zygote> = std::iter::once(&mut self.current)
+            .chain(self.previous.as_mut())
+            .filter_map(|g| g.zygote.take())
+            .collect();
+        for zygote in &mut zygotes {
+            self.release_pending(zygote);
+        }
+        // Dropping them kills them; each is reaped as a child nobody knows.
+    }
+
+    /// A generation being retired (it goes with its zygote, killed when dropped): the
+    /// slots of the workers asked of it and not reported are free again.
+    pub(super) fn let_zygote_go(&mut self, generation: &mut Generation) {
+        if let Some(mut zygote) = generation.zygote.take() {
+            self.release_pending(&mut zygote);
+        }
+    }
+
+    /// Frees the slots of the workers asked of `zygote` and never reported (one forked
+    /// in that very instant runs unsupervised, and exits with the master).
+    fn release_pending(&mut self, zygote: &mut Zygote) {
+        for pending in zygote.pending.drain(..) {
+            tracing::warn!(
+                worker = pending.number,
+                pid = zygote.pid.as_raw(),
+                "the zygote went before reporting this worker"
+            );
+            self.scoreboard.release(pending.slot);
         }
     }
 
