@@ -48,7 +48,7 @@ pub(super) struct Generation {
     pub workdir: Option<std::path::PathBuf>,
     /// `preload_app`: the zygote its workers fork from (see [`super::zygote`]); killed
     /// when the generation is dropped.
-    pub zygote: Option<super::zygote::Zygote>,
+    pub zygote: Option<super::zygote_state::Zygote>,
 }
 
 /// Why a HUP could not build the next generation: nothing changed.

@@ -24,8 +24,8 @@
 //! exited) and `oom`, `deadlines`, `spawn` (reconcile, fork), `status` (readiness,
 //! systemd), `upgrade` (USR2) and `upgrade_handshake` (its `impl Master`), `exec` (exec
 //! workers) and `exec_reports` (their reports), `workers` (a worker as tracked here),
-//! `zygote`, `zygote_child` and `zygote_wire` (`preload_app`: a zygote per generation
-//! forks its workers).
+//! `zygote`, `zygote_state`, `zygote_child` and `zygote_wire` (`preload_app`: a zygote
+//! per generation forks its workers).
 
 mod backoff;
 #[allow(unsafe_code)] // close_range, dup of fds for a child
@@ -57,6 +57,7 @@ mod workers;
 mod zygote;
 #[allow(unsafe_code)] // _exit and prctl in the zygote process
 mod zygote_child;
+mod zygote_state;
 mod zygote_wire;
 
 use crate::config::{Config, ConfigError};
@@ -223,9 +224,9 @@ pub struct Master {
     hooks: hooks::HookRunner,
     /// `preload_app`: when the current generation's zygote may be started again after
     /// failures.
-    zygote_retry: zygote::Retry,
+    zygote_retry: zygote_state::Retry,
     /// Exits of children not known when reaped, kept for a zygote's late report.
-    early_exits: zygote::EarlyExits,
+    early_exits: zygote_state::EarlyExits,
 }
 
 impl Master {
@@ -331,8 +332,8 @@ impl Master {
             closed_socket_files: Vec::new(),
             control,
             started: Instant::now(),
-            zygote_retry: zygote::Retry::default(),
-            early_exits: zygote::EarlyExits::default(),
+            zygote_retry: zygote_state::Retry::default(),
+            early_exits: zygote_state::EarlyExits::default(),
         })
     }
 

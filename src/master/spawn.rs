@@ -4,7 +4,7 @@
 
 use super::plan::{self, ExitReason, Plan, View, WorkerView};
 use super::workers::{ExecWorker, Phase, Worker};
-use super::zygote::Asked;
+use super::zygote_state::Asked;
 use super::{exec, recycle, signals, Master, Program};
 use crate::shared::protocol::EXIT_BOOT_ERROR;
 use crate::shared::scoreboard::{monotonic_ms, Slot};

@@ -2,7 +2,8 @@
 //! of the master that imports the generation's Python app once (`gc.freeze()`d) and
 //! forks its workers on the master's request, so that they share its memory
 //! copy-on-write and start in milliseconds; the master itself runs no app code. The
-//! zygote's own side is `zygote_child`; the messages are `zygote_wire`.
+//! zygote's own side is `zygote_child`; the messages are `zygote_wire`; the zygote as
+//! held here and the pure decisions about it are `zygote_state`.
 //!
 //! The master supervises those workers as its own children: it is the
 //! `PR_SET_CHILD_SUBREAPER` of its tree, and a zygote forks twice (the middle process
@@ -25,6 +26,7 @@
 use super::generation::{Generation, Program};
 use super::state::Stop;
 use super::workers::{Phase, Worker};
+use super::zygote_state::{take_pending, Asked, Pending, Zygote, ZygoteState, RETRY_FIRST};
 use super::zygote_wire::{Report, Request, MAX_MESSAGE};
 use super::Master;
 use crate::shared::protocol::EXIT_NO_WORKER;
@@ -33,157 +35,17 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{self, MsgFlags};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{ForkResult, Pid};
-use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 /// How long a zygote may take to report a worker it was asked for before it is taken
 /// for stuck (and killed, then replaced).
 const SPAWN_LIMIT: Duration = Duration::from_secs(10);
-/// How long the exit of a pid nobody knows is kept for a `Spawned` report to claim.
-const EARLY_EXIT_KEPT: Duration = Duration::from_secs(30);
-/// At most this many such exits are kept.
-const EARLY_EXITS_MAX: usize = 64;
-/// The first wait before a zygote that cannot import (or keeps dying) is started again;
-/// doubled each time, up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// Where a zygote is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum ZygoteState {
-    /// Forked; importing the app.
-    Importing,
-    /// Imported: forks workers on request.
-    Ready,
-    /// Said it cannot import the app (why); it exits.
-    Failed(String),
-}
-
-impl ZygoteState {
-    /// What a report does: the next state, or why the report is out of place (the
-    /// zygote is then killed: it no longer follows the protocol).
-    pub fn after(&self, report: &Report) -> Result<ZygoteState, String> {
-        match (self, report) {
-            (ZygoteState::Importing, Report::Ready) => Ok(ZygoteState::Ready),
-            (ZygoteState::Importing, Report::ImportFailed(why)) => {
-                Ok(ZygoteState::Failed(why.clone()))
-            }
-            (ZygoteState::Ready, Report::Spawned { .. } | Report::SpawnFailed { .. }) => {
-                Ok(ZygoteState::Ready)
-            }
-            (state, report) => Err(format!("{report:?} while {state:?}")),
-        }
-    }
-}
-
-/// A worker asked of a zygote, not reported yet: it holds its scoreboard slot and
-/// counts as a booting worker of its generation.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Pending {
-    pub number: u64,
-    pub slot: usize,
-    pub asked_at: Instant,
-}
-
-/// Takes the pending spawn a report names.
-pub(super) fn take_pending(pending: &mut Vec<Pending>, number: u64) -> Option<Pending> {
-    let index = pending.iter().position(|p| p.number == number)?;
-    Some(pending.remove(index))
-}
-
-/// Exits of pids the master did not know when it reaped them, kept a while: a worker
-/// forked by a zygote may exit before the zygote's report of its pid is read.
-#[derive(Debug, Default)]
-pub(super) struct EarlyExits {
-    exits: VecDeque<(Pid, WaitStatus, Instant)>,
-}
-
-impl EarlyExits {
-    pub fn remember(&mut self, status: WaitStatus, now: Instant) {
-        let Some(pid) = status.pid() else { return };
-        if self.exits.len() == EARLY_EXITS_MAX {
-            self.exits.pop_front();
-        }
-        self.exits.push_back((pid, status, now));
-    }
-
-    /// The exit of `pid`, if it was kept (and not too long ago).
-    pub fn take(&mut self, pid: Pid, now: Instant) -> Option<WaitStatus> {
-        self.exits
-            .retain(|(_, _, at)| now.saturating_duration_since(*at) < EARLY_EXIT_KEPT);
-        let index = self.exits.iter().position(|(p, _, _)| *p == pid)?;
-        self.exits.remove(index).map(|(_, status, _)| status)
-    }
-}
-
-/// When a zygote may be started again after failures in a row.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub(super) struct Retry {
-    failures: u32,
-    until: Option<Instant>,
-}
-
-impl Retry {
-    /// One more failure (an import that failed, a zygote that died): the wait before
-    /// the next start.
-    pub fn failed(&mut self, now: Instant) -> Duration {
-        let wait = RETRY_FIRST
-            .saturating_mul(1 << self.failures.min(16))
-            .min(RETRY_MAX);
-        self.failures += 1;
-        self.until = Some(now + wait);
-        wait
-    }
-
-    /// A zygote imported the app: the next failure waits the shortest again.
-    pub fn succeeded(&mut self) {
-        *self = Retry::default();
-    }
-
-    /// Until when starting one is held off, if it is.
-    pub fn holding(&self, now: Instant) -> Option<Instant> {
-        self.until.filter(|at| *at > now)
-    }
-}
-
-/// A generation's zygote, as the master holds it. Dropping it kills the process
-/// (it is dropped with its generation, or once reaped).
-pub(super) struct Zygote {
-    pub pid: Pid,
-    /// The master's end of the socket pair (non-blocking).
-    pub channel: OwnedFd,
-    pub state: ZygoteState,
-    /// Workers asked for and not reported yet.
-    pub pending: Vec<Pending>,
-    pub started: Instant,
-    /// Set once reaped: nothing to kill any more.
-    reaped: bool,
-    /// SIGKILL sent (stuck): waiting to reap it.
-    killed: bool,
-}
-
-impl Drop for Zygote {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = kill(self.pid, Signal::SIGKILL);
-        }
-    }
-}
-
 /// Which generation's zygote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Which {
     Current,
     Previous,
-}
-
-/// What [`Master::spawn_from_zygote`] did.
-pub(super) enum Asked {
-    /// A worker was asked for.
-    Asked,
-    /// The zygote is not ready (importing, or being started again): wait.
-    Waiting,
 }
 
 impl Generation {
@@ -631,96 +493,5 @@ fn set_child_subreaper() -> Result<(), String> {
             "cannot become the subreaper of the workers: {}",
             std::io::Error::last_os_error()
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_zygote_imports_then_forks_workers() {
-        let importing = ZygoteState::Importing;
-        assert_eq!(importing.after(&Report::Ready), Ok(ZygoteState::Ready));
-        assert_eq!(
-            importing.after(&Report::ImportFailed("boom".into())),
-            Ok(ZygoteState::Failed("boom".into()))
-        );
-        let spawned = Report::Spawned { number: 1, pid: 9 };
-        assert!(
-            importing.after(&spawned).is_err(),
-            "no worker before the import"
-        );
-        let ready = ZygoteState::Ready;
-        assert_eq!(ready.after(&spawned), Ok(ZygoteState::Ready));
-        let failed_spawn = Report::SpawnFailed {
-            number: 1,
-            why: String::new(),
-        };
-        assert_eq!(ready.after(&failed_spawn), Ok(ZygoteState::Ready));
-        assert!(ready.after(&Report::Ready).is_err(), "ready twice");
-        assert!(ready.after(&Report::ImportFailed("x".into())).is_err());
-        let failed = ZygoteState::Failed("x".into());
-        assert!(failed.after(&Report::Ready).is_err());
-        assert!(failed.after(&spawned).is_err());
-    }
-
-    #[test]
-    fn reports_claim_their_own_pending_spawn_once() {
-        let now = Instant::now();
-        let mut pending = vec![
-            Pending {
-                number: 4,
-                slot: 1,
-                asked_at: now,
-            },
-            Pending {
-                number: 5,
-                slot: 2,
-                asked_at: now,
-            },
-        ];
-        assert_eq!(take_pending(&mut pending, 5).map(|p| p.slot), Some(2));
-        assert_eq!(take_pending(&mut pending, 5), None);
-        assert_eq!(take_pending(&mut pending, 6), None);
-        assert_eq!(take_pending(&mut pending, 4).map(|p| p.slot), Some(1));
-        assert!(pending.is_empty());
-    }
-
-    #[test]
-    fn an_early_exit_is_kept_for_its_report_a_while() {
-        let now = Instant::now();
-        let mut exits = EarlyExits::default();
-        let pid = Pid::from_raw(1234);
-        exits.remember(WaitStatus::Exited(pid, 3), now);
-        exits.remember(WaitStatus::StillAlive, now); // no pid: ignored
-        assert_eq!(exits.take(Pid::from_raw(99), now), None);
-        assert_eq!(exits.take(pid, now), Some(WaitStatus::Exited(pid, 3)));
-        assert_eq!(exits.take(pid, now), None, "taken once");
-        exits.remember(WaitStatus::Exited(pid, 3), now);
-        assert_eq!(exits.take(pid, now + EARLY_EXIT_KEPT), None, "too old");
-        for raw in 0..(EARLY_EXITS_MAX as i32 + 5) {
-            exits.remember(WaitStatus::Exited(Pid::from_raw(1000 + raw), 0), now);
-        }
-        assert_eq!(exits.exits.len(), EARLY_EXITS_MAX);
-        assert_eq!(exits.take(Pid::from_raw(1000), now), None, "oldest dropped");
-        assert!(exits.take(Pid::from_raw(1005), now).is_some());
-    }
-
-    #[test]
-    fn retries_back_off_and_reset_once_imported() {
-        let now = Instant::now();
-        let mut retry = Retry::default();
-        assert_eq!(retry.holding(now), None);
-        assert_eq!(retry.failed(now), RETRY_FIRST);
-        assert_eq!(retry.holding(now), Some(now + RETRY_FIRST));
-        assert_eq!(retry.holding(now + RETRY_FIRST), None);
-        assert_eq!(retry.failed(now), RETRY_FIRST * 2);
-        for _ in 0..40 {
-            retry.failed(now);
-        }
-        assert_eq!(retry.failed(now), RETRY_MAX);
-        retry.succeeded();
-        assert_eq!(retry.failed(now), RETRY_FIRST);
     }
 }
