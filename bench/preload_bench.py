@@ -226,7 +226,9 @@ def main():
         f"about 60 MB of Python objects made at import), {WORKERS} workers. Worker start: TTIN "
         f"until the new worker's lifespan startup has run, median of {ROUNDS} (min-max). HUP: the "
         "app's VERSION rewritten, HUP under 16 keep-alive connections (bench/loadcount.py): until "
-        "the first answer of the new code, until 40 answers in a row are new, failed requests.",
+        "the first answer of the new code, until 40 answers in a row are new, failed requests; "
+        "— means the new code never answered within 30 s (Gunicorn's preloading master holds the "
+        "old code, and its HUP forks the new workers from it).",
         "",
         "| server | workers' RSS (sum) | workers' PSS (sum) | tree PSS (master, zygote, workers) "
         "| worker start | HUP: first new answer | HUP: all new | failed on HUP |",
