@@ -36,11 +36,8 @@ use nix::sys::socket::{self, MsgFlags};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{ForkResult, Pid};
 use std::os::fd::{AsFd, AsRawFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// How long a zygote may take to report a worker it was asked for before it is taken
-/// for stuck (and killed, then replaced).
-const SPAWN_LIMIT: Duration = Duration::from_secs(10);
 /// Which generation's zygote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Which {
@@ -404,33 +401,32 @@ impl Master {
             .zygote_retry
             .holding(now)
             .filter(|_| self.current.preloads() && self.current.zygote.is_none());
-        let overdue = self
-            .zygotes()
-            .filter(|z| !z.killed)
-            .flat_map(|z| &z.pending)
-            .map(|p| p.asked_at + SPAWN_LIMIT)
+        let overdue = std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .filter_map(|g| g.zygote.as_ref()?.deadline(g.config.timeout))
             .min();
         retry.into_iter().chain(overdue).min()
     }
 
-    /// A zygote that has not reported a worker within [`SPAWN_LIMIT`] is stuck: it is
-    /// killed (and replaced, see [`Master::zygote_reaped`]).
+    /// A zygote whose import takes longer than `timeout`, or that has not reported a
+    /// worker within `SPAWN_LIMIT`, is stuck: it is killed (an import failure, or a
+    /// zygote to replace: see [`Master::zygote_reaped`]).
     pub(super) fn kill_stuck_zygotes(&mut self, now: Instant) {
         let generations = std::iter::once(&mut self.current).chain(self.previous.as_mut());
-        for zygote in generations.filter_map(|g| g.zygote.as_mut()) {
-            let overdue = zygote
-                .pending
-                .iter()
-                .any(|p| now.saturating_duration_since(p.asked_at) >= SPAWN_LIMIT);
-            if overdue && !zygote.killed {
-                zygote.killed = true;
-                tracing::error!(
-                    pid = zygote.pid.as_raw(),
-                    "the zygote did not fork a worker within {}s; killing it",
-                    SPAWN_LIMIT.as_secs()
-                );
-                let _ = kill(zygote.pid, Signal::SIGKILL);
+        for generation in generations {
+            let timeout = generation.config.timeout;
+            let Some(zygote) = generation.zygote.as_mut() else {
+                continue;
+            };
+            let Some(why) = zygote.overdue(now, timeout) else {
+                continue;
+            };
+            tracing::error!(pid = zygote.pid.as_raw(), "{why}");
+            zygote.killed = true;
+            if zygote.state == ZygoteState::Importing {
+                zygote.state = ZygoteState::Failed(why);
             }
+            let _ = kill(zygote.pid, Signal::SIGKILL);
         }
     }
 

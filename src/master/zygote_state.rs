@@ -12,6 +12,9 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+/// How long a zygote may take to report a worker it was asked for before it is taken
+/// for stuck (and killed, then replaced).
+pub(super) const SPAWN_LIMIT: Duration = Duration::from_secs(10);
 /// How long the exit of a pid nobody knows is kept for a `Spawned` report to claim.
 const EARLY_EXIT_KEPT: Duration = Duration::from_secs(30);
 /// At most this many such exits are kept.
@@ -135,6 +138,39 @@ pub(super) struct Zygote {
     pub killed: bool,
 }
 
+impl Zygote {
+    /// When it is overdue: its import past `timeout` (0: never; a worker's boot is
+    /// bounded the same way), a worker asked of it not reported within [`SPAWN_LIMIT`].
+    /// None once it was killed for it.
+    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.killed {
+            return None;
+        }
+        let import = (self.state == ZygoteState::Importing && !timeout.is_zero())
+            .then(|| self.started + timeout);
+        let spawn = self.pending.iter().map(|p| p.asked_at + SPAWN_LIMIT).min();
+        import.into_iter().chain(spawn).min()
+    }
+
+    /// Why it is to be killed at `now`, if it is overdue (see [`Zygote::deadline`]).
+    pub fn overdue(&self, now: Instant, timeout: Duration) -> Option<String> {
+        let due = self.deadline(timeout).filter(|at| *at <= now)?;
+        Some(
+            if self.state == ZygoteState::Importing && due == self.started + timeout {
+                format!(
+                    "the import took longer than timeout = {}s; the zygote was killed",
+                    timeout.as_secs_f64()
+                )
+            } else {
+                format!(
+                    "the zygote did not fork a worker within {}s; it was killed",
+                    SPAWN_LIMIT.as_secs()
+                )
+            },
+        )
+    }
+}
+
 impl Drop for Zygote {
     fn drop(&mut self) {
         if !self.reaped {
@@ -239,5 +275,49 @@ mod tests {
         assert_eq!(retry.failed(now), RETRY_MAX);
         retry.succeeded();
         assert_eq!(retry.failed(now), RETRY_FIRST);
+    }
+
+    fn zygote(state: ZygoteState, started: Instant) -> Zygote {
+        let (fd, _) = nix::unistd::pipe().unwrap();
+        Zygote {
+            // Never signalled: `reaped` is set below.
+            pid: Pid::from_raw(i32::MAX),
+            channel: fd,
+            state,
+            pending: Vec::new(),
+            started,
+            reaped: true,
+            killed: false,
+        }
+    }
+
+    #[test]
+    fn an_import_past_timeout_or_a_spawn_not_reported_is_overdue() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(30);
+        let mut z = zygote(ZygoteState::Importing, t0);
+        assert_eq!(z.deadline(timeout), Some(t0 + timeout));
+        assert_eq!(z.deadline(Duration::ZERO), None, "timeout = 0: no bound");
+        assert_eq!(z.overdue(t0 + Duration::from_secs(29), timeout), None);
+        let why = z.overdue(t0 + timeout, timeout).unwrap();
+        assert!(
+            why.contains("import took longer than timeout = 30s"),
+            "{why}"
+        );
+        z.state = ZygoteState::Ready;
+        assert_eq!(z.deadline(timeout), None, "ready, nothing asked");
+        z.pending.push(Pending {
+            number: 1,
+            slot: 0,
+            asked_at: t0 + Duration::from_secs(100),
+        });
+        let due = t0 + Duration::from_secs(100) + SPAWN_LIMIT;
+        assert_eq!(z.deadline(timeout), Some(due));
+        assert!(z
+            .overdue(due, timeout)
+            .unwrap()
+            .contains("did not fork a worker"));
+        z.killed = true;
+        assert_eq!(z.deadline(timeout), None, "killed once");
     }
 }

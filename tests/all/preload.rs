@@ -330,3 +330,38 @@ fn a_failing_lifespan_startup_in_preloaded_workers_exits_3_with_its_message() {
     );
     assert_eq!(imports(&dir).len(), 1, "imported once, in the zygote");
 }
+
+#[test]
+fn an_import_longer_than_timeout_is_a_boot_failure() {
+    let (_dir, config) = app_dir("slow", "");
+    let (code, stderr) = Forkd::program(python_forkd())
+        .config(&config)
+        .args(["--timeout", "1"])
+        .envs(ENV.iter().copied())
+        .env("APP_SLOW_IMPORT", "30")
+        .run_to_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no worker could boot")
+            && stderr.contains("import took longer than timeout = 1s"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ttin_and_ttou_fork_from_the_zygote_without_importing_again() {
+    let (dir, config) = app_dir("ttin", "");
+    let server = start(&config, &["-w", "2"]);
+    server.signal(Signal::SIGTTIN);
+    let three = poll_until(Duration::from_secs(10), || {
+        workers_of(server.pid()).len() == 3
+    });
+    assert!(three, "{}", server.log());
+    server.signal(Signal::SIGTTOU);
+    let two = poll_until(Duration::from_secs(10), || {
+        workers_of(server.pid()).len() == 2
+    });
+    assert!(two, "{}", server.log());
+    assert_eq!(imports(&dir).len(), 1);
+    assert_eq!(version_and_pid(&server.addr).map(|(v, _)| v), Some(1));
+}

@@ -2,7 +2,8 @@
 imports (one line per import, the importing pid, in imports.txt beside it) and answers
 with its VERSION (the tests rewrite it on disk) and the worker's pid. With
 APP_START_THREAD set, its import starts a thread, which the zygote must refuse; with
-APP_FAIL_STARTUP, its lifespan startup (in each worker) fails."""
+APP_FAIL_STARTUP, its lifespan startup (in each worker) fails; APP_SLOW_IMPORT=SECONDS
+makes its import take that long."""
 
 import json
 import os
@@ -13,6 +14,9 @@ VERSION = 1
 
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imports.txt"), "a") as _counter:
     _counter.write(f"{os.getpid()}\n")
+
+if os.environ.get("APP_SLOW_IMPORT"):
+    time.sleep(float(os.environ["APP_SLOW_IMPORT"]))
 
 if os.environ.get("APP_START_THREAD"):
     threading.Thread(target=time.sleep, args=(3600,), name="metrics-pusher", daemon=True).start()
