@@ -233,6 +233,21 @@ fn an_import_that_starts_a_thread_is_refused_naming_it() {
 }
 
 #[test]
+fn an_import_that_makes_an_event_loop_is_refused_naming_it() {
+    let (_dir, config) = app_dir("loop", "");
+    let (code, stderr) = Forkd::program(python_forkd())
+        .config(&config)
+        .envs(ENV.iter().copied())
+        .env("APP_MAKE_LOOP", "1")
+        .run_to_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no worker could boot") && stderr.contains("event loop(s) not closed"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn preload_app_with_a_built_in_app_exits_2_naming_the_key() {
     let dir = temp_dir("preload-builtin");
     let (code, stderr) = Forkd::new()

@@ -3,7 +3,8 @@ imports (one line per import, the importing pid, in imports.txt beside it) and a
 with its VERSION (the tests rewrite it on disk) and the worker's pid. With
 APP_START_THREAD set, its import starts a thread, which the zygote must refuse; with
 APP_FAIL_STARTUP, its lifespan startup (in each worker) fails; APP_SLOW_IMPORT=SECONDS
-makes its import take that long."""
+makes its import take that long; APP_MAKE_LOOP makes an event loop at import, which
+the zygote must refuse too."""
 
 import json
 import os
@@ -17,6 +18,11 @@ with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imports.txt"
 
 if os.environ.get("APP_SLOW_IMPORT"):
     time.sleep(float(os.environ["APP_SLOW_IMPORT"]))
+
+if os.environ.get("APP_MAKE_LOOP"):
+    import asyncio
+
+    LOOP = asyncio.new_event_loop()
 
 if os.environ.get("APP_START_THREAD"):
     threading.Thread(target=time.sleep, args=(3600,), name="metrics-pusher", daemon=True).start()
