@@ -280,6 +280,23 @@ impl Master {
 
     /// A worker a zygote forked joins the supervised set, as one the master forked.
     fn adopt_worker(&mut self, which: Which, pid: Pid, pending: &Pending) {
+        // The zygote runs the app's code: a pid it reports is supervised (signalled)
+        // only if it is this master's child, as a worker forked twice is by now (or
+        // was: its exit was kept when reaped).
+        let early_exit = self.early_exits.take(pid, Instant::now());
+        let ours = early_exit.is_some() || parent_of(pid) == Some(self.pid);
+        if !ours {
+            tracing::error!(
+                worker = pending.number,
+                pid = pid.as_raw(),
+                "the zygote reported a pid that is not a child of the master; killing the zygote"
+            );
+            self.scoreboard.release(pending.slot);
+            if let Some(zygote) = self.zygote_of(which) {
+                let _ = kill(zygote.pid, Signal::SIGKILL);
+            }
+            return;
+        }
         let Some(generation) = self.generation_mut(which) else {
             return;
         };
@@ -313,7 +330,7 @@ impl Master {
             clock_from_ms: monotonic_ms(),
         });
         // It may be gone already: its exit was kept when reaped.
-        if let Some(status) = self.early_exits.take(pid, Instant::now()) {
+        if let Some(status) = early_exit {
             if let Some(index) = self.workers.iter().position(|w| w.pid == pid) {
                 let worker = self.workers.remove(index);
                 self.worker_exited(worker, status);
@@ -474,6 +491,12 @@ impl Master {
             self.early_exits.remember(status, Instant::now());
         }
     }
+}
+
+/// A process's parent, from `/proc/PID/stat`.
+fn parent_of(pid: Pid) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    super::zygote_state::parent_from_stat(&stat)
 }
 
 /// Makes the master the reaper of its orphaned descendants (the workers a zygote

@@ -67,6 +67,16 @@ pub(super) fn take_pending(pending: &mut Vec<Pending>, number: u64) -> Option<Pe
     Some(pending.remove(index))
 }
 
+/// The parent pid in the text of `/proc/PID/stat`: the field after the state, which
+/// follows the command name in parentheses (a name the process chose, which may hold
+/// spaces and parentheses itself: the last `)` ends it).
+pub(super) fn parent_from_stat(stat: &str) -> Option<i32> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_ascii_whitespace();
+    let _state = fields.next()?;
+    fields.next()?.parse().ok()
+}
+
 /// Exits of pids the master did not know when it reaped them, kept a while: a worker
 /// forked by a zygote may exit before the zygote's report of its pid is read.
 #[derive(Debug, Default)]
@@ -319,5 +329,25 @@ mod tests {
             .contains("did not fork a worker"));
         z.killed = true;
         assert_eq!(z.deadline(timeout), None, "killed once");
+    }
+
+    #[test]
+    fn the_parent_is_read_past_the_processes_own_name() {
+        assert_eq!(
+            parent_from_stat("42 (forkd: worker [3]) S 7 42 42 0"),
+            Some(7)
+        );
+        assert_eq!(parent_from_stat("42 (a) b) 1 2) R 99 1"), Some(99));
+        for bad in [
+            "",
+            "42 (x",
+            "42 (x) S",
+            "42 (x) S -",
+            "42 (x) S 99999999999",
+        ] {
+            assert_eq!(parent_from_stat(bad), None, "{bad:?}");
+        }
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert_eq!(parent_from_stat(&me), Some(nix::unistd::getppid().as_raw()));
     }
 }
