@@ -38,6 +38,9 @@ use nix::unistd::{ForkResult, Pid};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
+/// How many reports of one zygote the loop reads in one turn at most.
+const REPORTS_PER_TURN: usize = 64;
+
 /// Which generation's zygote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Which {
@@ -192,7 +195,12 @@ impl Master {
     /// Reads what the zygotes said (they are in the loop's poll).
     pub(super) fn read_zygote_reports(&mut self) {
         for which in [Which::Current, Which::Previous] {
-            while let Some(zygote) = self.zygote_of(which) {
+            // At most this many a turn: a zygote that floods the socket (it runs the
+            // app's code) does not hold the loop; the rest waits for the next turn.
+            for _ in 0..REPORTS_PER_TURN {
+                let Some(zygote) = self.zygote_of(which) else {
+                    break;
+                };
                 let mut buf = [0u8; MAX_MESSAGE + 1];
                 let read = socket::recv(zygote.channel.as_raw_fd(), &mut buf, MsgFlags::empty());
                 match read {
