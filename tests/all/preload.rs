@@ -382,3 +382,52 @@ fn ttin_and_ttou_fork_from_the_zygote_without_importing_again() {
     assert_eq!(imports(&dir).len(), 1);
     assert_eq!(version_and_pid(&server.addr).map(|(v, _)| v), Some(1));
 }
+
+/// A Gunicorn config file with `preload_app = True` (the FastAPI app of python.rs):
+/// applied, `pre_fork` runs in the hooks' runner before each worker, `post_fork` in each
+/// worker (forked from the zygote), whose `server.pid` is the master.
+#[test]
+fn a_gunicorn_config_file_with_preload_app_runs_its_hooks_around_the_zygotes_forks() {
+    let dir = crate::python::app_dir("preload-gconf");
+    let conf = crate::python::gunicorn_conf(
+        &dir,
+        "preload_app = True\n\n\ndef pre_fork(server, worker):\n    open(os.path.join(HOOKS, \"pre_fork-%d\" % worker.age), \"w\").close()\n",
+    );
+    let server = Forkd::program(python_forkd())
+        .config(&conf)
+        .app("fastapi_app:app")
+        .envs(ENV.iter().copied())
+        .start();
+    assert_eq!(get(&server.addr, "/").unwrap().0, 200, "{}", server.log());
+    assert_eq!(zygotes_of(server.pid()).len(), 1, "{}", server.log());
+    let mut workers = workers_of(server.pid());
+    workers.sort();
+    assert_eq!(workers.len(), 2);
+    let hooks = poll_until(Duration::from_secs(10), || {
+        crate::python::hook_pids(&dir, "post_fork") == workers
+            && crate::python::hook_pids(&dir, "pre_fork") == vec![1, 2]
+    });
+    assert!(
+        hooks,
+        "post_fork {:?} pre_fork {:?} workers {workers:?}\n{}",
+        crate::python::hook_pids(&dir, "post_fork"),
+        crate::python::hook_pids(&dir, "pre_fork"),
+        server.log()
+    );
+    let first =
+        std::fs::read_to_string(dir.join(format!("hooks/post_fork-{}", workers[0]))).unwrap();
+    assert_eq!(
+        first,
+        format!("{} 2", server.pid()),
+        "server.pid is the master's"
+    );
+    let log = server.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("Gunicorn config"))
+        .unwrap_or("");
+    assert!(
+        !warning.contains("preload_app"),
+        "preload_app applied, not warned about: {warning}"
+    );
+}
