@@ -431,3 +431,47 @@ fn a_gunicorn_config_file_with_preload_app_runs_its_hooks_around_the_zygotes_for
         "preload_app applied, not warned about: {warning}"
     );
 }
+
+/// USR2: the new master starts its own zygote, imports the code on disk then, and takes
+/// over with no failed request; the old master's zygote goes with it.
+#[test]
+fn usr2_under_keepalive_load_starts_a_new_master_with_its_own_zygote() {
+    let (dir, config) = app_dir("usr2", "");
+    let pidfile = dir.join("forkd.pid");
+    let server = start(&config, &["-w", "2", "-p", pidfile.to_str().unwrap()]);
+    let old = server.pid();
+    let old_zygote = zygotes_of(old);
+    assert_eq!(old_zygote.len(), 1);
+    set_version(&dir, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 64, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(Signal::SIGUSR2);
+    let moved = poll_until(Duration::from_secs(30), || {
+        read_pid(&pidfile).is_some_and(|p| p != old)
+    });
+    let new_pid = read_pid(&pidfile).unwrap_or(0);
+    // Stops the new master (not our child) whatever happens below.
+    let _new_master = PidGuard(new_pid);
+    let mut server = server;
+    let old_gone = poll_until(Duration::from_secs(30), || {
+        matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    finish(stop, handles);
+    assert!(moved, "the pidfile did not move:\n{}", server.log());
+    assert!(old_gone, "the old master did not exit:\n{}", server.log());
+    assert_eq!(workers_of(new_pid).len(), 2, "{}", server.log());
+    assert_eq!(zygotes_of(new_pid).len(), 1, "{}", server.log());
+    assert!(
+        poll_until(Duration::from_secs(10), || !Path::new(&format!(
+            "/proc/{}",
+            old_zygote[0]
+        ))
+        .exists()),
+        "the old zygote is gone"
+    );
+    assert_no_failures(&tally, &server, "USR2 with preload_app");
+    assert_eq!(version_and_pid(&server.addr).map(|(v, _)| v), Some(2));
+    assert_eq!(imports(&dir).len(), 2, "one import per master");
+}
