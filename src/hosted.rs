@@ -8,7 +8,10 @@
 //! - a [`HostedLoader`] for apps named `MODULE:ATTR`: in each worker, after the fork and
 //!   on the main thread (which the host's event loop needs), it imports the app and
 //!   runs its startup; the worker then serves on a second thread with its own tokio
-//!   runtime while the host's loop runs on the main thread (see `worker::run`).
+//!   runtime while the host's loop runs on the main thread (see `worker::run`);
+//! - a [`HostedPreloader`] for `preload_app`: in a generation's zygote (a child of the
+//!   master, see `master::zygote`) it imports the app once, before any worker is forked
+//!   from it; the loader then boots each worker with the app already imported.
 
 /// How forkd writes text it did not make into its error log (one line, control
 /// characters as `\xHH`): a host writes its app's output lines the same way.
@@ -28,6 +31,9 @@ pub struct Host {
     pub fork: Option<ForkHooks>,
     /// Serves `MODULE:ATTR` apps; without it such an app is a config error.
     pub loader: Option<HostedLoader>,
+    /// Imports a `MODULE:ATTR` app in a zygote (`preload_app`); without it
+    /// `preload_app = true` is a config error.
+    pub preload: Option<HostedPreloader>,
     /// How USR2 starts this program again (the interpreter and its script), when it is
     /// not `current_exe()` with the process's arguments.
     pub relaunch: Option<(PathBuf, Vec<OsString>)>,
@@ -47,6 +53,20 @@ pub struct ForkHooks {
 
 /// Boots a hosted app in a worker (see the module docs).
 pub type HostedLoader = Arc<dyn Fn(&HostedBoot<'_>) -> Result<Booted, String> + Send + Sync>;
+
+/// Imports a hosted app in a generation's zygote (`preload_app`), on its main thread,
+/// after `chdir`, `[env]` and the privilege drop: the workers forked from it later get
+/// the imported app from the host's own state (the loader looks there first). An error
+/// (the import failed, or it started threads or an event loop, which a fork would copy
+/// half-way) is the generation's: it fails to boot.
+pub type HostedPreloader = Arc<dyn Fn(&HostedPreload<'_>) -> Result<(), String> + Send + Sync>;
+
+/// What the preloader gets: the app's name and its generation's configuration.
+pub struct HostedPreload<'a> {
+    /// `MODULE:ATTR` (or `MODULE:ATTR()`), as configured.
+    pub spec: &'a str,
+    pub config: &'a Config,
+}
 
 /// What the loader gets: the app's name and the worker's context.
 pub struct HostedBoot<'a> {
@@ -102,6 +122,8 @@ pub fn reopen_logs() {
 pub struct HostedProgram {
     pub spec: String,
     pub loader: HostedLoader,
+    /// Set with `preload_app`: the app is imported once per generation, in its zygote.
+    pub preload: Option<HostedPreloader>,
 }
 
 /// Whether an `app` value names a Python ASGI app (`MODULE:ATTR`) rather than a

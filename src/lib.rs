@@ -144,7 +144,7 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
     // across HUPs); Kubernetes service links are not among them.
     let env_warnings = config::env_warnings(&environment);
     let fork_hooks = host.fork;
-    let resolve = app_resolver(embedded, host.loader);
+    let resolve = app_resolver(embedded, host.loader, host.preload);
     if cli.check_config || cli.print_config || cli.signal.is_some() {
         for warning in env_warnings.iter().chain(&config.warnings) {
             eprintln!("forkd: warning: {warning}");
@@ -253,6 +253,7 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
 fn app_resolver(
     embedded: Option<AppFactory>,
     loader: Option<hosted::HostedLoader>,
+    preload: Option<hosted::HostedPreloader>,
 ) -> master::AppResolver {
     Box::new(move |config: &config::Config| {
         if !config.exec.command.is_empty() {
@@ -262,6 +263,9 @@ fn app_resolver(
             return Ok(master::Program::Exec(std::sync::Arc::new(program)));
         }
         if let Some(factory) = &embedded {
+            if config.preload_app {
+                return Err("key `preload_app`: this program serves its own (Rust) service, built in each worker; preload_app is for Python apps (MODULE:ATTR)".into());
+            }
             return Ok(master::Program::Native(factory.clone()));
         }
         // Gunicorn's rule: `MODULE` alone is `MODULE:application` (`forkd myproject.wsgi`
@@ -282,9 +286,17 @@ fn app_resolver(
                          in forkd's repository) and run the `forkd` command it installs"
                     ));
                 };
+                let preload = match (config.preload_app, &preload) {
+                    (false, _) => None,
+                    (true, Some(preload)) => Some(preload.clone()),
+                    (true, None) => {
+                        return Err("key `preload_app`: this host cannot preload apps".into())
+                    }
+                };
                 Ok(master::Program::Hosted(hosted::HostedProgram {
                     spec: spec.to_string(),
                     loader: loader.clone(),
+                    preload,
                 }))
             }
             Some(name) => apps::builtin(name).map(master::Program::Native).ok_or_else(|| {

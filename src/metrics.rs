@@ -331,6 +331,9 @@ fn answer(req: &Request<hyper::body::Incoming>, board: &'static Board) -> Respon
 /// Reads one per-worker value from a slot.
 type SlotValue = fn(&crate::shared::scoreboard::Slot) -> u64;
 
+/// Reads a process's memory from /proc (RSS or PSS, in bytes).
+type ReadMemory = fn(i32) -> Option<u64>;
+
 /// The Prometheus text exposition (format 0.0.4) of the whole server.
 pub fn render(board: &Board) -> String {
     let header = board.header();
@@ -399,6 +402,35 @@ pub fn render(board: &Board) -> String {
                 slot.generation(),
                 value(slot)
             );
+        }
+    }
+
+    // Read from /proc at each scrape: RSS counts the pages a worker shares (with a
+    // `preload_app` zygote, with the others) in full, PSS divides them among sharers.
+    let memory: [(&str, &str, ReadMemory); 2] = [
+        (
+            "forkd_worker_resident_memory_bytes",
+            "Resident memory (RSS) of each live worker: shared pages counted in full, as max_worker_memory counts them.",
+            crate::shared::memory::read_rss,
+        ),
+        (
+            "forkd_worker_proportional_memory_bytes",
+            "Proportional memory (PSS) of each live worker: each shared page divided among the processes sharing it.",
+            crate::shared::memory::read_pss,
+        ),
+    ];
+    for (name, help, read) in memory {
+        family(&mut out, name, "gauge", help);
+        for slot in &live {
+            if let Some(bytes) = read(slot.pid()) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{worker=\"{}\",pid=\"{}\",generation=\"{}\"}} {bytes}",
+                    slot.number(),
+                    slot.pid(),
+                    slot.generation(),
+                );
+            }
         }
     }
 

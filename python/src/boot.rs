@@ -174,7 +174,7 @@ fn stopped_of(py: Python<'_>, bridge: &Py<Bridge>) -> PyObject {
 
 /// A Python exception as one line for the boot failure message (the traceback went to
 /// the error log already, from Python).
-fn describe(py: Python<'_>, e: &PyErr) -> String {
+pub(crate) fn describe(py: Python<'_>, e: &PyErr) -> String {
     let kind = e
         .get_type(py)
         .name()

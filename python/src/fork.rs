@@ -1,12 +1,15 @@
-//! The interpreter's fork hooks, which forkd's master calls around each worker's
-//! `fork()` (see `forkd::hosted::ForkHooks`): what `os.fork()` does in CPython, so the
-//! interpreter's locks and state are right in both processes.
+//! The interpreter's fork hooks, which forkd's master calls around each worker's (and
+//! zygote's) `fork()`, and a zygote (`preload_app`) around both forks of each worker's
+//! double fork (see `forkd::hosted::ForkHooks`): what `os.fork()` does in CPython, so
+//! the interpreter's locks and state are right in both processes.
 
 /// Before `fork()`, in the master.
 pub fn before() {
     // SAFETY: PyOS_BeforeFork must be called by a thread holding the GIL: the master's
     // thread holds it for the whole life of the process (`main` runs with it held and
-    // never releases it; the master runs no Python code and starts no thread).
+    // never releases it; the master runs no Python code and starts no thread), and so
+    // does the only thread of a zygote or of a double fork's middle process, a copy of
+    // it (a zygote refuses an app whose import left another thread running).
     unsafe { pyo3::ffi::PyOS_BeforeFork() }
 }
 

@@ -9,8 +9,8 @@
 //! loop), `inbox` (how it crosses, and wakes the loop), `ids`, `awaitable` and `pybytes`
 //! (shared by the HTTP and WebSocket sides), `ws` (WebSockets), `pylog` (Python's
 //! `logging` into forkd's log), `bridge` (HTTP requests
-//! and the loop's dispatch of every event), `boot` (a worker's start), `fork` (the
-//! interpreter's fork hooks).
+//! and the loop's dispatch of every event), `boot` (a worker's start), `preload` (the
+//! app's import in a zygote, `preload_app`), `fork` (the interpreter's fork hooks).
 
 // `unsafe` only where a module needs it (marked `#[allow(unsafe_code)]` below); every
 // block says why it is sound (clippy's `undocumented_unsafe_blocks`, in Cargo.toml).
@@ -25,6 +25,7 @@ mod fork;
 mod ids;
 #[allow(unsafe_code)] // the eventfd: made, written and read with libc
 mod inbox;
+mod preload;
 mod pybytes;
 mod pylog;
 mod ws;
@@ -48,6 +49,7 @@ fn main(argv: Vec<String>, executable: String) -> u8 {
             child: fork::after_in_child,
         }),
         loader: Some(Arc::new(boot::load)),
+        preload: Some(Arc::new(preload::preload)),
         relaunch: Some((executable.clone().into(), relaunch_args)),
         python: Some(executable.into()),
     };

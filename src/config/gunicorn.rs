@@ -115,7 +115,6 @@ const UNSUPPORTED: &[&str] = &[
     "forwarded_allow_ips_header",
     "limit_request_body",
     "raw_paste_global_conf",
-    "preload_app",
 ];
 
 /// What a Gunicorn config file becomes.
@@ -267,6 +266,7 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
             | "backlog"
             | "pidfile"
             | "chdir"
+            | "preload_app"
             | "forwarded_allow_ips" => {
                 let value = match (name.as_str(), toml_value) {
                     ("forwarded_allow_ips", Value::String(s)) if s != "*" => Value::Array(
@@ -377,12 +377,6 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
                         "worker_class {class:?}: forkd serves the app itself (ASGI on its event loop, as uvicorn's worker does)"
                     ));
                 }
-            }
-            "preload_app" if toml_value.as_bool() == Some(true) => {
-                notes.push(
-                    "preload_app: not yet supported; each worker imports the app after the fork"
-                        .into(),
-                );
             }
             "reload" | "reload_extra_files" | "proc_name" => {
                 put(None, name, toml_value, &mut mapped)
@@ -678,13 +672,13 @@ mod tests {
     fn everything_not_applied_is_named_in_one_warning() {
         let m = map(
             &json!({"settings": {"wokers": 2, "daemon": true, "MY_CONSTANT": 1, "spew": false,
-                                 "preload_app": true, "worker_class": "sync"},
+                                 "worker_class": "sync"},
                     "hooks": [], "skipped": ["obj"]}),
             Path::new("/g.py"),
         );
         assert_eq!(m.warnings.len(), 1);
         let w = &m.warnings[0];
-        for name in ["wokers", "daemon", "obj", "preload_app", "sync"] {
+        for name in ["wokers", "daemon", "obj", "sync"] {
             assert!(w.contains(name), "{name} in {w}");
         }
         assert!(
@@ -697,6 +691,16 @@ mod tests {
         );
         let quiet = map(&json!({"settings": {"workers": 2}}), Path::new("/g.py"));
         assert!(quiet.warnings.is_empty());
+    }
+
+    #[test]
+    fn preload_app_is_applied() {
+        let m = map(
+            &json!({"settings": {"preload_app": true}}),
+            Path::new("/g.py"),
+        );
+        assert_eq!(m.table["preload_app"].as_bool(), Some(true));
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
     }
 
     #[test]

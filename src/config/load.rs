@@ -100,6 +100,7 @@ pub fn load(
     };
     serve_tls_where_no_bind_says(&mut config);
     check_tls(&config, &origin)?;
+    check_preload(&config, &origin)?;
     Ok(config)
 }
 
@@ -147,6 +148,31 @@ pub(super) fn check_tls(config: &Config, origin: &Origin<'_>) -> Result<(), Conf
         ));
     }
     Ok(())
+}
+
+/// `preload_app` imports a Python app in a zygote: with exec workers or a built-in app
+/// there is nothing to import (an embedded service: `app_resolver` says so).
+pub(super) fn check_preload(config: &Config, origin: &Origin<'_>) -> Result<(), ConfigError> {
+    if !config.preload_app {
+        return Ok(());
+    }
+    let problem = if !config.exec.command.is_empty() {
+        Some("exec workers run their own program: there is no app to preload (set preload_app = false, or preload in the program itself)".to_string())
+    } else {
+        match config.app.as_deref() {
+            Some(app) if crate::hosted::is_python_app(app) => None,
+            Some(app) => Some(format!(
+                "{app:?} is a built-in app: preload_app is for Python apps (MODULE:ATTR)"
+            )),
+            // Named on the command line at start (`forkd -c FILE -s stop` reads the
+            // file without it); no app at all is the resolver's error.
+            None => None,
+        }
+    };
+    match problem {
+        Some(problem) => Err(origin.error("preload_app", &problem)),
+        None => Ok(()),
+    }
 }
 
 /// A warning about the config file's permissions, if someone other than root and the

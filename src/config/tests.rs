@@ -55,6 +55,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("group", "\"nogroup\""),
     ("umask", "\"0027\""),
     ("chdir", "\"/srv\""),
+    ("preload_app", "true"),
     (
         "forwarded_allow_ips",
         "[\"10.0.0.0/8\", \"::ffff:10.0.0.0/104\", \"*\"]",
@@ -621,4 +622,29 @@ fn a_certificate_with_no_tls_bind_serves_tls_on_every_bind_as_gunicorn() {
     // No certificate: plain, as before.
     let plain = load_text("tls-none", "bind = [\"127.0.0.1:8000\"]\n");
     assert_eq!(shown(&plain), ["127.0.0.1:8000"]);
+}
+
+#[test]
+fn preload_app_needs_a_python_app() {
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let python = env(&[("FORKD_PRELOAD_APP", "true"), ("FORKD_APP", "app.main:app")]);
+    assert!(load(None, &[], &python).unwrap().preload_app);
+    for bad in [
+        env(&[("FORKD_PRELOAD_APP", "true"), ("FORKD_APP", "hello")]),
+        env(&[
+            ("FORKD_PRELOAD_APP", "true"),
+            ("FORKD_APP", "app.main:app"),
+            ("FORKD_EXEC_COMMAND", "uvicorn,app:app"),
+        ]),
+    ] {
+        let e = load(None, &[], &bad).unwrap_err().to_string();
+        assert!(e.contains("key `preload_app`"), "{e}");
+    }
+    let off = env(&[("FORKD_PRELOAD_APP", "false"), ("FORKD_APP", "hello")]);
+    assert!(!load(None, &[], &off).unwrap().preload_app);
 }

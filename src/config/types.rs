@@ -223,6 +223,9 @@ pub struct Config {
     pub reload: bool,
     /// Gunicorn's `proc_name`: shown in the process titles (`forkd: master [NAME]`).
     pub proc_name: Option<String>,
+    /// `preload_app`: a Python app is imported once per generation in a zygote process
+    /// that forks the workers (see master/zygote.rs).
+    pub preload_app: bool,
     /// More files whose change makes a `reload` HUP: globs, relative to `chdir`.
     pub reload_extra_files: Vec<String>,
     /// Parsed once here, with `forwarded_headers` in it; the workers use it as it is.
@@ -279,6 +282,7 @@ impl Default for Config {
             chdir: None,
             reload: false,
             proc_name: None,
+            preload_app: false,
             reload_extra_files: Vec::new(),
             forwarded_allow_ips: TrustedProxies::loopback(),
             env: BTreeMap::new(),

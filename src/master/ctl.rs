@@ -312,6 +312,9 @@ pub struct WorkerRow {
     pub requests: u64,
     /// Resident memory in bytes, if it could be read.
     pub rss: Option<u64>,
+    /// Proportional memory in bytes (shared pages divided among their sharers), if it
+    /// could be read.
+    pub pss: Option<u64>,
 }
 
 /// The master's line of the status answer.
@@ -355,18 +358,19 @@ pub fn render(master: &MasterRow, workers: &[WorkerRow]) -> String {
         human_age(master.uptime)
     );
     out.push_str(&format!(
-        "{:>8} {:>4} {:<9} {:>7} {:>10} {:>9}\n",
-        "PID", "GEN", "STATE", "AGE", "REQUESTS", "RSS"
+        "{:>8} {:>4} {:<9} {:>7} {:>10} {:>9} {:>9}\n",
+        "PID", "GEN", "STATE", "AGE", "REQUESTS", "RSS", "PSS"
     ));
     for w in workers {
         out.push_str(&format!(
-            "{:>8} {:>4} {:<9} {:>7} {:>10} {:>9}\n",
+            "{:>8} {:>4} {:<9} {:>7} {:>10} {:>9} {:>9}\n",
             w.pid,
             w.generation,
             w.state,
             human_age(w.age),
             w.requests,
-            human_rss(w.rss)
+            human_rss(w.rss),
+            human_rss(w.pss)
         ));
     }
     out
@@ -459,6 +463,7 @@ mod tests {
             age: Duration::from_secs(5),
             requests: 7,
             rss: Some(1024 * 1024),
+            pss: Some(512 * 1024),
         };
         let text = render(&master, &[row(11, 1), row(12, 2)]);
         let lines: Vec<&str> = text.lines().collect();
@@ -469,13 +474,13 @@ mod tests {
         );
         assert!(lines[1]
             .split_whitespace()
-            .eq(["PID", "GEN", "STATE", "AGE", "REQUESTS", "RSS"]));
+            .eq(["PID", "GEN", "STATE", "AGE", "REQUESTS", "RSS", "PSS"]));
         assert!(lines[2]
             .split_whitespace()
-            .eq(["11", "1", "ready", "5s", "7", "1.0M"]));
+            .eq(["11", "1", "ready", "5s", "7", "1.0M", "0.5M"]));
         assert!(lines[3]
             .split_whitespace()
-            .eq(["12", "2", "ready", "5s", "7", "1.0M"]));
+            .eq(["12", "2", "ready", "5s", "7", "1.0M", "0.5M"]));
     }
 
     #[test]

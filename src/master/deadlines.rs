@@ -32,6 +32,9 @@ pub(super) enum Deadline {
     Systemd,
     /// A booting exec worker is looked at again for readiness.
     ExecReadyProbe,
+    /// `preload_app`: a zygote may be started again, or one has not forked a worker
+    /// it was asked for in time.
+    Zygote,
     /// An exec worker was not ready in time: SIGKILL.
     ExecBoot(usize),
     /// A worker stopped reporting progress for `timeout`: SIGABRT.
@@ -49,6 +52,7 @@ impl Deadline {
             | Deadline::UpgradeReady
             | Deadline::SpawnBackoff
             | Deadline::Systemd
+            | Deadline::Zygote
             | Deadline::ExecReadyProbe => None,
         }
     }
@@ -102,6 +106,9 @@ impl Master {
         }
         if let Some(at) = self.systemd.deadline() {
             due.push((at, Deadline::Systemd));
+        }
+        if let Some(at) = self.zygote_deadline(now) {
+            due.push((at, Deadline::Zygote));
         }
         let now_ms = monotonic_ms();
         for (index, w) in self.workers.iter().enumerate() {
@@ -173,6 +180,8 @@ impl Master {
             // reconcile() and report_to_systemd() act on these, and exec readiness is
             // probed in observe_scoreboard(); waking up is all they need here.
             Deadline::SpawnBackoff | Deadline::Systemd | Deadline::ExecReadyProbe => {}
+            // reconcile() starts a zygote once its hold is over.
+            Deadline::Zygote => self.kill_stuck_zygotes(Instant::now()),
             Deadline::ExecBoot(_) | Deadline::Progress(_) | Deadline::Kill(_) => {}
         }
     }

@@ -64,7 +64,12 @@ impl Master {
                 self.successor_exited(pid);
                 continue;
             }
+            if self.zygote_reaped(status) {
+                continue;
+            }
             let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+                // A worker a zygote forked may exit before its pid is reported.
+                self.keep_unknown_exit(status);
                 continue;
             };
             let mut worker = self.workers.remove(index);
@@ -82,7 +87,7 @@ impl Master {
         matches!((before, self.oom_kills), (Some(before), Some(after)) if after > before)
     }
 
-    fn worker_exited(&mut self, worker: Worker, status: WaitStatus) {
+    pub(super) fn worker_exited(&mut self, worker: Worker, status: WaitStatus) {
         let slot = self.scoreboard.slot(worker.slot);
         let message = slot.message();
         // Exec workers do not count their requests in the scoreboard.

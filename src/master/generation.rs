@@ -46,6 +46,9 @@ pub(super) struct Generation {
     pub target: usize,
     /// `chdir` as resolved for it (see [`super::workdir`]): where its workers run.
     pub workdir: Option<std::path::PathBuf>,
+    /// `preload_app`: the zygote its workers fork from (see [`super::zygote`]); killed
+    /// when the generation is dropped.
+    pub zygote: Option<super::zygote_state::Zygote>,
 }
 
 /// Why a HUP could not build the next generation: nothing changed.
@@ -113,6 +116,7 @@ impl Generation {
             listeners,
             metrics,
             workdir: None,
+            zygote: None,
         }
     }
 
@@ -151,6 +155,7 @@ impl Generation {
             listeners,
             metrics,
             workdir: None,
+            zygote: None,
         })
     }
 

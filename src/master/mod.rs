@@ -23,7 +23,9 @@
 //! The files: `generation` and `reload` (HUP), `backoff`, `exits` (reaping, why a worker
 //! exited) and `oom`, `deadlines`, `spawn` (reconcile, fork), `status` (readiness,
 //! systemd), `upgrade` (USR2) and `upgrade_handshake` (its `impl Master`), `exec` (exec
-//! workers) and `exec_reports` (their reports), `workers` (a worker as tracked here).
+//! workers) and `exec_reports` (their reports), `workers` (a worker as tracked here),
+//! `zygote`, `zygote_state`, `zygote_child` and `zygote_wire` (`preload_app`: a zygote
+//! per generation forks its workers).
 
 mod backoff;
 #[allow(unsafe_code)] // close_range, dup of fds for a child
@@ -51,6 +53,12 @@ mod upgrade_handshake;
 mod watch;
 mod workdir;
 mod workers;
+#[allow(unsafe_code)] // prctl(PR_SET_CHILD_SUBREAPER)
+mod zygote;
+#[allow(unsafe_code)] // _exit and prctl in the zygote process
+mod zygote_child;
+mod zygote_state;
+mod zygote_wire;
 
 use crate::config::{Config, ConfigError};
 use crate::shared::listeners;
@@ -214,6 +222,11 @@ pub struct Master {
     started: Instant,
     /// A Gunicorn config file's master-side server hooks, run in a child.
     hooks: hooks::HookRunner,
+    /// `preload_app`: when the current generation's zygote may be started again after
+    /// failures.
+    zygote_retry: zygote_state::Retry,
+    /// Exits of children not known when reaped, kept for a zygote's late report.
+    early_exits: zygote_state::EarlyExits,
 }
 
 impl Master {
@@ -319,6 +332,8 @@ impl Master {
             closed_socket_files: Vec::new(),
             control,
             started: Instant::now(),
+            zygote_retry: zygote_state::Retry::default(),
+            early_exits: zygote_state::EarlyExits::default(),
         })
     }
 
@@ -346,6 +361,7 @@ impl Master {
             }
             self.serve_control();
             self.read_exec_reports();
+            self.read_zygote_reports();
             self.reap();
             self.observe_scoreboard();
             self.check_recycling();
@@ -478,6 +494,7 @@ impl Master {
         }
         self.systemd.stopping(&format!("stopping ({name})"));
         self.finish_reload(false);
+        self.stop_zygotes();
         self.close_listeners();
         if graceful {
             tracing::info!(
@@ -559,6 +576,9 @@ impl Master {
                 };
                 fds.push(nix::poll::PollFd::new(fd, events));
             }
+        }
+        for fd in self.zygote_fds() {
+            fds.push(nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN));
         }
         for exec in self.workers.iter().filter_map(|w| w.exec.as_ref()) {
             if !exec.output.eof {

@@ -82,24 +82,7 @@ pub fn lifetime_with_jitter(max_lifetime: Duration, random: u64) -> Duration {
     max_lifetime + max_lifetime / 10 * thousandths / 1000
 }
 
-/// The resident set in bytes from the text of `/proc/PID/statm` (its second field, in
-/// pages).
-pub fn rss_from_statm(statm: &str, page_size: u64) -> Option<u64> {
-    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
-    pages.checked_mul(page_size)
-}
-
-/// A process's RSS in bytes, from `/proc/PID/statm`; None if it cannot be read (it has
-/// just exited).
-pub fn read_rss(pid: i32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .and_then(|n| u64::try_from(n).ok())
-        .unwrap_or(4096);
-    rss_from_statm(&statm, page_size)
-}
+pub use crate::shared::memory::read_rss;
 
 /// What the master keeps per worker for this: when it started, its own lifetime limit,
 /// when its RSS was last read, and the decision once made (it does not change after).
@@ -165,6 +148,7 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::memory::rss_from_statm;
 
     const MIB: u64 = 1 << 20;
 

@@ -49,7 +49,11 @@ impl Master {
         match &self.previous {
             // A reload still under way: the generation it started is dropped, the one
             // before it is still the one to roll back to.
-            Some(_) => replaced.retire(&mut self.current),
+            Some(_) => {
+                let mut replaced = replaced;
+                self.let_zygote_go(&mut replaced);
+                replaced.retire(&mut self.current)
+            }
             None => self.previous = Some(replaced),
         }
         self.backoff.new_generation();
@@ -95,7 +99,8 @@ impl Master {
     /// go (the sockets only it had are closed; its workers keep their own copies until
     /// they exit).
     pub(super) fn commit_generation(&mut self) {
-        if let Some(previous) = self.previous.take() {
+        if let Some(mut previous) = self.previous.take() {
+            self.let_zygote_go(&mut previous);
             previous.retire(&mut self.current);
         }
     }
@@ -114,6 +119,8 @@ impl Master {
                 tracing::error!("cannot restore the previous error log: {e}");
             }
         }
+        let mut failed = failed;
+        self.let_zygote_go(&mut failed);
         failed.retire(&mut self.current);
         let generation = self.current.number;
         for index in 0..self.workers.len() {

@@ -4,6 +4,7 @@
 
 use super::plan::{self, ExitReason, Plan, View, WorkerView};
 use super::workers::{ExecWorker, Phase, Worker};
+use super::zygote_state::Asked;
 use super::{exec, recycle, signals, Master, Program};
 use crate::shared::protocol::EXIT_BOOT_ERROR;
 use crate::shared::scoreboard::{monotonic_ms, Slot};
@@ -24,6 +25,8 @@ pub(super) enum SpawnError {
     Exec(String),
     /// fork(2) failed.
     Fork(nix::Error),
+    /// The generation's zygote cannot be asked for a worker.
+    Zygote(String),
 }
 
 impl fmt::Display for SpawnError {
@@ -32,6 +35,7 @@ impl fmt::Display for SpawnError {
             SpawnError::NoSlot => write!(f, "every scoreboard slot is in use"),
             SpawnError::Exec(e) => write!(f, "{e}"),
             SpawnError::Fork(e) => write!(f, "fork failed: {e}"),
+            SpawnError::Zygote(e) => write!(f, "{e}"),
         }
     }
 }
@@ -78,8 +82,20 @@ impl Master {
         }
     }
 
-    /// The workers as [`plan::plan`] sees them, in `self.workers`' order.
+    /// The workers as [`plan::plan`] sees them, in `self.workers`' order, then the
+    /// workers asked of a zygote and not reported yet (booting, as far as the plan
+    /// goes).
     fn worker_views(&self) -> Vec<WorkerView> {
+        let asked = self
+            .pending_spawns()
+            .into_iter()
+            .map(|(number, current)| WorkerView {
+                number,
+                running: true,
+                ready: false,
+                current,
+                retiring: None,
+            });
         self.workers
             .iter()
             .map(|w| WorkerView {
@@ -89,6 +105,7 @@ impl Master {
                 current: w.generation == self.current.number,
                 retiring: w.retiring(&self.scoreboard),
             })
+            .chain(asked)
             .collect()
     }
 
@@ -97,6 +114,7 @@ impl Master {
         if !self.state.supervising() {
             return;
         }
+        self.ensure_zygote();
         let backing_off = self.backoff.holding(Instant::now());
         let workers = self.worker_views();
         let Plan { stop, spawn } = plan::plan(&View {
@@ -104,17 +122,23 @@ impl Master {
             target: self.current.target,
             backing_off,
         });
-        // Indexes are into the worker list as it was viewed: stop before any spawn.
-        for (index, reason) in stop {
+        // Indexes are into the worker list as it was viewed: stop before any spawn. (A
+        // worker still being forked by a zygote is stopped once it is known.)
+        let known = self.workers.len();
+        for (index, reason) in stop.into_iter().filter(|(i, _)| *i < known) {
             self.stop_worker(index, reason);
         }
         if !backing_off {
             self.backoff.release();
             for _ in 0..spawn {
-                if let Err(e) = self.spawn_worker() {
-                    tracing::error!("cannot start a worker: {e}");
-                    self.backoff.spawn_failed(Instant::now());
-                    break;
+                match self.spawn_worker() {
+                    Ok(Asked::Asked) => {}
+                    Ok(Asked::Waiting) => break,
+                    Err(e) => {
+                        tracing::error!("cannot start a worker: {e}");
+                        self.backoff.spawn_failed(Instant::now());
+                        break;
+                    }
                 }
             }
         }
@@ -136,8 +160,12 @@ impl Master {
         };
     }
 
-    /// Starts one worker of the current generation.
-    fn spawn_worker(&mut self) -> Result<(), SpawnError> {
+    /// Starts one worker of the current generation (forked here, or asked of its
+    /// zygote with `preload_app`).
+    fn spawn_worker(&mut self) -> Result<Asked, SpawnError> {
+        if self.current.preloads() {
+            return self.spawn_from_zygote();
+        }
         let slot = self.scoreboard.claim().ok_or(SpawnError::NoSlot)?;
         // Before the fork, so that the worker's own metrics show it from the start.
         self.scoreboard
@@ -158,7 +186,7 @@ impl Master {
             Ok(ForkResult::Child) => self.become_worker(number, slot, output),
             Ok(ForkResult::Parent { child }) => {
                 self.track_worker(child, number, slot, output);
-                Ok(())
+                Ok(Asked::Asked)
             }
             Err(e) => {
                 self.scoreboard.release(slot);
@@ -181,7 +209,7 @@ impl Master {
 
     /// fork(2), with the host's hooks around it.
     #[allow(unsafe_code)] // fork
-    fn fork_child(&self) -> nix::Result<ForkResult> {
+    pub(super) fn fork_child(&self) -> nix::Result<ForkResult> {
         if let Some(hooks) = &self.fork_hooks {
             (hooks.before)();
         }
@@ -293,18 +321,36 @@ impl Master {
     /// In a forked child: becomes a worker serving `app`; never returns.
     #[allow(unsafe_code)] // _exit
     fn run_worker(&self, number: u64, slot: &'static Slot, app: worker::WorkerApp) -> ! {
-        self.close_master_fds_in_child();
-        // Its generation's directory, also for a worker recycled long after the HUP:
-        // the app (and a relative `python.path`) is imported from there.
-        if let Err(e) = super::workdir::enter(self.current.workdir.as_deref()) {
+        if let Err(e) = self.prepare_child() {
             slot.set_message(&e);
             // SAFETY: leaving the forked child without running the master's destructors.
             unsafe { libc::_exit(EXIT_BOOT_ERROR) }
         }
-        let generation = &self.current;
-        for (key, value) in &generation.config.env {
+        self.enter_worker(number, slot, app)
+    }
+
+    /// In a forked child (a worker, or a zygote): the master's fds closed, the
+    /// generation's directory and `[env]`.
+    pub(super) fn prepare_child(&self) -> Result<(), String> {
+        self.close_master_fds_in_child();
+        // Its generation's directory, also for a worker recycled long after the HUP:
+        // the app (and a relative `python.path`) is imported from there.
+        super::workdir::enter(self.current.workdir.as_deref())?;
+        for (key, value) in &self.current.config.env {
             crate::shared::single_threaded::set_env(key, Some(value.as_ref()));
         }
+        Ok(())
+    }
+
+    /// In a child made ready by [`Master::prepare_child`] (here, or in its zygote):
+    /// becomes a worker serving `app`; never returns.
+    pub(super) fn enter_worker(
+        &self,
+        number: u64,
+        slot: &'static Slot,
+        app: worker::WorkerApp,
+    ) -> ! {
+        let generation = &self.current;
         worker::run(WorkerContext {
             number,
             slot,
@@ -351,6 +397,9 @@ impl Master {
         }
         if let Some(control) = &self.control {
             control.fds().into_iter().for_each(close);
+        }
+        for zygote in self.zygotes() {
+            close(zygote.channel.as_raw_fd());
         }
     }
 }

@@ -156,9 +156,25 @@ impl Master {
                     age: w.recycle.started().elapsed(),
                     requests: slot.requests(),
                     rss: super::recycle::read_rss(w.pid.as_raw()),
+                    pss: crate::shared::memory::read_pss(w.pid.as_raw()),
                 }
             })
             .collect();
+        // `preload_app`: each generation's zygote, whose pages its workers share.
+        let generations = std::iter::once(&self.current).chain(self.previous.as_ref());
+        for generation in generations {
+            if let Some(zygote) = &generation.zygote {
+                rows.push(WorkerRow {
+                    pid: zygote.pid.as_raw(),
+                    generation: generation.number,
+                    state: "zygote",
+                    age: zygote.started.elapsed(),
+                    requests: 0,
+                    rss: super::recycle::read_rss(zygote.pid.as_raw()),
+                    pss: crate::shared::memory::read_pss(zygote.pid.as_raw()),
+                });
+            }
+        }
         rows.sort_by_key(|r| (r.generation, r.pid));
         ctl::render(&master, &rows)
     }

@@ -10,6 +10,7 @@ pub(crate) mod escape;
 pub(crate) mod listeners;
 #[allow(unsafe_code)] // flock, adopting a reopened fd, borrowing the log fd
 pub(crate) mod logging;
+pub mod memory;
 #[allow(unsafe_code)] // flock
 pub(crate) mod pidfile;
 pub(crate) mod privileges;

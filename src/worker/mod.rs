@@ -92,6 +92,9 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     if let Err(e) = crate::shared::privileges::drop_for_worker(&config) {
         return Err(boot_failed(slot, &e));
     }
+    // Forked by a zygote (`preload_app`): the parent is the middle process of its
+    // double fork until that exits, at once; the parent-death signal is for the master.
+    wait_for_the_master_as_parent(master_pid);
     // After any uid change (which clears it): hear of the master's death, then close
     // the race where the master died before prctl. Its own signal, not TERM: a worker
     // whose master is gone closes its listeners at once (see `stop_signal`).
@@ -130,6 +133,24 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
             exit_now_if_told(served)
         }
         WorkerApp::Hosted(program) => serve_hosted(server, &program),
+    }
+}
+
+/// How long a worker forked by a zygote waits for the master to adopt it.
+const ADOPTION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (at most [`ADOPTION_WAIT`]) while the parent is neither the master nor
+/// whoever adopted this process after its first parent exited: a worker forked by a
+/// zygote is first the child of the double fork's middle process, then, once that has
+/// exited, the master's (the subreaper of its tree). The caller checks which it is.
+fn wait_for_the_master_as_parent(master_pid: i32) {
+    let first = nix::unistd::getppid().as_raw();
+    if first == master_pid {
+        return;
+    }
+    let deadline = std::time::Instant::now() + ADOPTION_WAIT;
+    while nix::unistd::getppid().as_raw() == first && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_micros(200));
     }
 }
 

@@ -26,6 +26,7 @@ mod http_hardening;
 mod operations;
 mod os_faults;
 mod panics;
+mod preload;
 mod privileges;
 mod python;
 mod reload_watch;

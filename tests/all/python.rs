@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The `forkd` command the Python package installed into the test virtualenv.
-fn python_forkd() -> PathBuf {
+pub(crate) fn python_forkd() -> PathBuf {
     let venv = std::env::var_os("PYTHON_TEST_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv-test"));
@@ -33,7 +33,7 @@ fn python_forkd() -> PathBuf {
 }
 
 /// A fresh directory holding the test app (the HUP test edits its copy).
-fn app_dir(name: &str) -> PathBuf {
+pub(crate) fn app_dir(name: &str) -> PathBuf {
     let dir = temp_dir(&format!("py-{name}"));
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/fastapi_app.py");
     std::fs::copy(source, dir.join("fastapi_app.py")).expect("copy the test app");
@@ -58,7 +58,7 @@ fn config_with_python(dir: &Path, extra: &str, python_extra: &str) -> PathBuf {
 
 /// Environment for the Python workers: no .pyc files, so that an edit of the app is
 /// always seen on the next import (the HUP test rewrites it within a second).
-const ENV: &[(&str, &str)] = &[("PYTHONDONTWRITEBYTECODE", "1")];
+pub(crate) const ENV: &[(&str, &str)] = &[("PYTHONDONTWRITEBYTECODE", "1")];
 
 fn start(dir: &Path, args: &[&str], extra_config: &str) -> Server {
     start_with_python(dir, args, extra_config, "")
@@ -1079,7 +1079,7 @@ fn websocket_grace_delays_the_1012_of_a_terminating_worker() {
 
 /// A Gunicorn config file in `dir` (`gunicorn.conf.py`): `chdir` to `dir` (where the
 /// app is), hooks writing files into `dir/hooks`, `extra` appended.
-fn gunicorn_conf(dir: &Path, extra: &str) -> PathBuf {
+pub(crate) fn gunicorn_conf(dir: &Path, extra: &str) -> PathBuf {
     let hooks = dir.join("hooks");
     std::fs::create_dir_all(&hooks).unwrap();
     let path = dir.join("gunicorn.conf.py");
@@ -1130,7 +1130,7 @@ def worker_int(worker):
     path
 }
 
-fn hook_pids(dir: &Path, hook: &str) -> Vec<i32> {
+pub(crate) fn hook_pids(dir: &Path, hook: &str) -> Vec<i32> {
     let mut pids: Vec<i32> = std::fs::read_dir(dir.join("hooks"))
         .unwrap()
         .flatten()

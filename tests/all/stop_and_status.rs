@@ -77,7 +77,7 @@ fn worker_rows(answer: &str) -> Vec<(i32, u64, String)> {
         .skip(2)
         .map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(fields.len(), 6, "{line:?}");
+            assert_eq!(fields.len(), 7, "{line:?}");
             (
                 fields[0].parse().unwrap(),
                 fields[1].parse().unwrap(),

@@ -11,6 +11,7 @@ shutdown; ``handle`` runs the app for one request.
 
 import asyncio
 import faulthandler
+import gc
 import importlib
 import io
 import json
@@ -20,6 +21,7 @@ import os
 import runpy
 import signal
 import sys
+import threading
 import time
 import traceback
 import types
@@ -369,6 +371,72 @@ def _app_candidates(module, module_name):
     if not found:
         return ""
     return "; did you mean " + " or ".join(repr(f"{module_name}:{name}") for name in sorted(found)[:3]) + "?"
+_PRELOADED = None
+
+
+def preload(spec, env, paths, root_level=20, log_config=""):
+    """``preload_app``: imports the app in the generation's zygote, once, before any
+    worker is forked from it; each worker's ``boot`` then takes it (``_preloaded_or_load``).
+
+    The collector is off during the import and what it made is ``gc.freeze()``-d (moved
+    to a generation the collector never scans), so that no collection in a worker
+    writes to the shared pages (copy-on-write would copy them); each worker turns the
+    collector on again. An import that left a thread running or an event loop open is
+    refused: a fork copies a thread's locks but not the thread, and a loop's selector,
+    self-pipe and callbacks half-way, so every worker would start broken. Those belong
+    in the lifespan startup or a ``post_fork`` hook.
+    """
+    global _PRELOADED
+    os.environ.update(env)
+    sys.stdout = _LineWriter(False, "<stdout>")
+    sys.stderr = _LineWriter(True, "<stderr>")
+    for path in reversed(paths):
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    _setup_logging(root_level, log_config)
+    gc.disable()
+    try:
+        app = _load(spec)
+    except BootError:
+        raise
+    except BaseException as exc:
+        _asgi_log().error("cannot load %s", spec, exc_info=exc)
+        raise
+    found = _fork_hazards()
+    if found:
+        raise BootError(
+            f"preload_app: importing {spec!r} started {' and '.join(found)}; forking a process with those "
+            "copies them half-way into every worker: start them in the lifespan startup or a post_fork hook, "
+            "or set preload_app = false"
+        )
+    gc.freeze()
+    _PRELOADED = (spec, app)
+
+
+def _fork_hazards():
+    """What an import left behind that a fork cannot copy whole: threads, event loops."""
+    found = []
+    threads = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if threads:
+        names = ", ".join(repr(t.name) for t in threads)
+        found.append(f"{len(threads)} thread(s) ({names})")
+    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and not o.is_closed()]
+    if loops:
+        kinds = ", ".join(sorted({f"{type(o).__module__}.{type(o).__qualname__}" for o in loops}))
+        found.append(f"{len(loops)} event loop(s) not closed ({kinds})")
+    return found
+
+
+def _preloaded_or_load(spec):
+    """The app the zygote imported (``preload_app``), or the app imported now."""
+    global _PRELOADED
+    if _PRELOADED is not None and _PRELOADED[0] == spec:
+        app = _PRELOADED[1]
+        _PRELOADED = None
+        gc.enable()
+        return app
+    return _load(spec)
 
 
 class _Lifespan:
@@ -476,7 +544,7 @@ def boot(
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
-        app = _load(spec)
+        app = _preloaded_or_load(spec)
         lifespan = _Lifespan(app, lifespan_mode, loop)
         loop.run_until_complete(lifespan.startup())
     except BootError:
