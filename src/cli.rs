@@ -114,6 +114,15 @@ pub struct Cli {
     /// Most connections per worker (past it: 503).
     #[arg(long, value_name = "N")]
     pub worker_connections: Option<String>,
+    /// Python: import the app once per generation in a zygote and fork the workers from
+    /// it (`preload_app`; Gunicorn's `--preload`).
+    #[arg(
+        long = "preload",
+        num_args = 0,
+        default_missing_value = "true",
+        value_name = ""
+    )]
+    pub preload: Option<String>,
     /// A name for `ps`: `forkd: master [NAME]`, `forkd: worker [N] [NAME]`.
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     pub name: Option<String>,
@@ -258,6 +267,7 @@ mod tests {
             "/etc/c.pem",
             "--keyfile",
             "/etc/k.pem",
+            "--preload",
             "app.main:app",
         ])
         .unwrap();
@@ -277,6 +287,7 @@ mod tests {
         assert_eq!(config.limits.request_line, 4094);
         assert_eq!(config.limits.request_field_size, 100);
         assert_eq!(config.limits.max_connections, 50);
+        assert!(config.preload_app);
         assert!(
             config.to_toml().contains("10.0.0.0/8"),
             "{}",

@@ -253,7 +253,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key::new("preload_app", "true or false",
         |c, v| { c.preload_app = boolean(v).ok_or(Expected)?; Ok(()) },
         |c| Some(c.preload_app.to_string()),
-    )
+    ).option("preload")
     .doc("Python apps: import the app once per generation in a zygote process (a child of the master, which itself runs no app code), `gc.freeze()` it, and fork the generation's workers from it, so they share its memory copy-on-write and start in milliseconds. A worker recycled later (`max_requests`, a crash) forks from its generation's zygote and runs the code that generation imported; HUP starts a new zygote that imports the code on disk then (an import error is a failed reload). An import that starts threads or an event loop is refused. With a built-in app or exec workers: a config error"),
     Key::new("forwarded_allow_ips", "a list of IP addresses or CIDRs, or \"*\"",
         |c, v| {
