@@ -56,9 +56,15 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
     let sys = py.import("sys")?;
     let version: String = sys.getattr("version")?.extract()?;
     let prefix: String = sys.getattr("prefix")?.extract()?;
+    // A worker forked from its generation's zygote (`preload_app`) imports nothing.
+    let how = if boot.config.preload_app {
+        "starting (the app imported by the zygote)"
+    } else {
+        "loading"
+    };
     tracing::info!(
         pid = std::process::id(),
-        "python {} ({prefix}) loading {}",
+        "python {} ({prefix}) {how} {}",
         version.split_whitespace().next().unwrap_or(&version),
         boot.spec
     );

@@ -22,9 +22,9 @@ impl Master {
     #[allow(unsafe_code)] // _exit
     pub(super) fn become_zygote(&self, channel: OwnedFd) -> ! {
         signals::restore_in_child();
-        crate::shared::proctitle::set(&format!(
-            "forkd: zygote [generation {}]",
-            self.current.number
+        crate::shared::proctitle::set(&crate::shared::proctitle::titled(
+            &format!("forkd: zygote [generation {}]", self.current.number),
+            self.current.config.proc_name.as_deref(),
         ));
         let code = match self.zygote_setup(&channel) {
             Ok(()) => {
