@@ -67,6 +67,9 @@ pub struct Conn {
     /// on both, their per-thread caches filling on one side and draining on the
     /// other).
     spare_headers: Option<hyper::HeaderMap>,
+    /// The request's extensions, read into its scope already: they go back with the
+    /// response (see [`Answer`]).
+    extensions: hyper::http::Extensions,
     head: Option<(hyper::StatusCode, hyper::HeaderMap)>,
     stream: Option<mpsc::Sender<Bytes>>,
     pending_send: Option<PyObject>,
@@ -93,6 +96,7 @@ impl Conn {
         } = head;
         let mut headers = parts.headers;
         headers.clear();
+        let extensions = parts.extensions;
         Conn {
             id,
             conns,
@@ -107,6 +111,7 @@ impl Conn {
             disconnected: false,
             respond: Some(respond),
             spare_headers: Some(headers),
+            extensions,
             head: None,
             stream: None,
             pending_send: None,
@@ -177,10 +182,11 @@ impl Conn {
         let Some(respond) = self.respond.take() else {
             return Err(PyRuntimeError::new_err("response already sent"));
         };
-        let mut chunks = None;
+        // A stream: its sender, and the first chunk for it.
+        let mut stream = None;
         let boxed = if more {
             let (sender, receiver) = mpsc::channel(STREAM_CHUNKS);
-            chunks = Some(sender);
+            stream = Some((sender, body));
             ChannelBody {
                 chunks: receiver,
                 shared: self.shared.clone(),
@@ -189,20 +195,20 @@ impl Conn {
         } else {
             // Before hyper has the response, so that its guard sees it.
             self.shared.answered.store(true, Release);
-            forkd::app::full(body.clone())
+            forkd::app::full(body)
         };
         let mut response = hyper::Response::new(boxed);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
-        if respond.is_closed() || Outbox::send(&self.outbox, py, Answer(respond, response)).is_err()
-        {
+        let answer = Answer(respond, response, std::mem::take(&mut self.extensions));
+        if answer.0.is_closed() || Outbox::send(&self.outbox, py, answer).is_err() {
             self.disconnected = true;
             return Err(disconnected_error());
         }
-        match chunks {
-            Some(sender) => {
+        match stream {
+            Some((sender, first)) => {
                 self.stream = Some(sender);
-                self.push(py, body, true)
+                self.push(py, first, true)
             }
             None => {
                 self.completed(py)?;
@@ -385,6 +391,7 @@ impl Conn {
                         "text/plain; charset=utf-8",
                         "Internal Server Error\n",
                     ),
+                    std::mem::take(&mut self.extensions),
                 ),
             );
         } else if self.stream.take().is_some() {
