@@ -15,14 +15,15 @@
 //! Here: the [`Bridge`], the loop's side, which turns the events into ASGI calls.
 //! Around it: [`app`] (the server thread's side of each request), [`body`] (request and
 //! response bodies there), [`outbox`], [`conn`] (a request as the app sees it) with
-//! [`headers`] (its response headers read), [`scope`] and [`tasks`]. WebSockets are
-//! `ws.rs`'s.
+//! [`headers`] (its response headers read), [`scope`] with [`recent`] (its objects that
+//! repeat from request to request) and [`tasks`]. WebSockets are `ws.rs`'s.
 
 mod app;
 mod body;
 mod conn;
 mod headers;
 mod outbox;
+mod recent;
 mod scope;
 mod tasks;
 
