@@ -27,7 +27,8 @@ impl<V> Recent<V> {
     }
 
     fn index(&self, parts: &[&[u8]]) -> usize {
-        // FxHash's step over 8-byte words, then the remaining bytes.
+        // FxHash's step over 8-byte words, the last one of a part padded with zeros and
+        // the part's length mixed in (so that "a" and "a\0" differ).
         let mut hash: u64 = 0;
         let mut step = |word: u64| {
             hash = (hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
@@ -39,10 +40,10 @@ impl<V> Recent<V> {
                 bytes.copy_from_slice(word);
                 step(u64::from_le_bytes(bytes));
             }
-            for &byte in words.remainder() {
-                step(u64::from(byte));
-            }
-            step(u64::from(JOIN));
+            let tail = words.remainder();
+            let mut bytes = [0u8; 8];
+            bytes[..tail.len()].copy_from_slice(tail);
+            step(u64::from_le_bytes(bytes) ^ ((part.len() as u64) << 56));
         }
         // The high bits are the well-mixed ones.
         (hash >> 40) as usize & (self.slots.len() - 1)
