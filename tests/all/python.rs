@@ -1430,9 +1430,16 @@ fn response_headers_are_right_on_every_response_whatever_objects_the_app_sends()
             format!("x-choice: {choice}"),
             format!("x-buffer: v{}", n % 5),
         ] {
-            assert!(head.contains(&format!("\r\n{line}\r\n")), "{n}: {line} in {head}");
+            assert!(
+                head.contains(&format!("\r\n{line}\r\n")),
+                "{n}: {line} in {head}"
+            );
         }
-        assert_eq!(head.contains("\r\nx-odd: yes\r\n"), n % 2 == 1, "{n}: {head}");
+        assert_eq!(
+            head.contains("\r\nx-odd: yes\r\n"),
+            n % 2 == 1,
+            "{n}: {head}"
+        );
         assert_eq!(head.matches("\r\nx-n: ").count(), 1, "{n}: {head}");
     }
 }
