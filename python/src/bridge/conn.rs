@@ -3,7 +3,7 @@
 //! then a whole body or a stream), and how it ends when the app returns or raises.
 
 use super::body::ChannelBody;
-use super::headers::ResponseHeaders;
+use super::headers::{Kind, ResponseHeaders};
 use super::outbox::{Answer, Outbox};
 use crate::awaitable::{done, fail, ready, resolve};
 use crate::event::{Event, Shared};
@@ -31,12 +31,6 @@ pub type Conns = Rc<RefCell<ById<Py<Conn>>>>;
 
 fn disconnected_error() -> PyErr {
     PyOSError::new_err("the client disconnected")
-}
-
-/// The ASGI messages an HTTP request's `send()` takes.
-enum Kind {
-    Start,
-    Body,
 }
 
 /// One request as the app sees it: its `receive` and `send`.
@@ -302,13 +296,7 @@ impl Conn {
         if self.disconnected {
             return Err(disconnected_error());
         }
-        // Compared as Python strings: reading the text out (PyBackedStr: a borrowed
-        // &str needs Python 3.10's limited API) would make a bytes object each time.
-        let kind = if kind.eq(intern!(py, "http.response.start"))? {
-            Kind::Start
-        } else if kind.eq(intern!(py, "http.response.body"))? {
-            Kind::Body
-        } else {
+        let Some(kind) = self.response_headers.kind(&kind)? else {
             return Err(PyRuntimeError::new_err(format!(
                 "unexpected ASGI message {:?} for an HTTP request",
                 kind.str()?.to_string()

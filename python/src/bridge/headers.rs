@@ -1,4 +1,5 @@
-//! The headers of an app's `http.response.start` into hyper's map ([`ResponseHeaders`]).
+//! The headers of an app's `http.response.start` into hyper's map ([`ResponseHeaders`]),
+//! and the type of its `send()` messages ([`Kind`]).
 //! Apps send the same few names and values again and again, as the same `bytes` objects
 //! (the constants in their code: `b"content-type"`, `b"application/json"`), so the names
 //! and values read are kept by the identity of their `bytes` object in two small
@@ -59,10 +60,21 @@ impl<T: Clone> Slots<T> {
     }
 }
 
+/// The ASGI messages an HTTP request's `send()` takes.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Kind {
+    Start,
+    Body,
+}
+
 /// The response headers' reader, with its caches. One per worker, on the loop.
 pub struct ResponseHeaders {
     names: RefCell<Slots<HeaderName>>,
     values: RefCell<Slots<HeaderValue>>,
+    /// The last `type` strings found equal to `http.response.start` and
+    /// `http.response.body`: an app sends the same string constants each time, and the
+    /// same object needs no comparison of the text.
+    kinds: RefCell<[Option<PyObject>; 2]>,
 }
 
 impl ResponseHeaders {
@@ -70,7 +82,40 @@ impl ResponseHeaders {
         ResponseHeaders {
             names: RefCell::new(Slots::new()),
             values: RefCell::new(Slots::new()),
+            kinds: RefCell::new([None, None]),
         }
+    }
+
+    /// The message type `kind` (a `send()` message's `type`), or None for another one.
+    pub fn kind(&self, kind: &Bound<'_, PyAny>) -> PyResult<Option<Kind>> {
+        let py = kind.py();
+        let mut known = self.kinds.borrow_mut();
+        for (index, found) in [Kind::Start, Kind::Body].into_iter().enumerate() {
+            if known[index]
+                .as_ref()
+                .is_some_and(|k| k.as_ptr() == kind.as_ptr())
+            {
+                return Ok(Some(found));
+            }
+        }
+        // Compared as Python strings: reading the text out (PyBackedStr: a borrowed
+        // &str needs Python 3.10's limited API) would make a bytes object each time.
+        for (index, (found, name)) in [
+            (Kind::Start, pyo3::intern!(py, "http.response.start")),
+            (Kind::Body, pyo3::intern!(py, "http.response.body")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if kind.eq(name)? {
+                // Only a str is kept: the same object is then the same text.
+                if kind.is_exact_instance_of::<pyo3::types::PyString>() {
+                    known[index] = Some(kind.clone().unbind());
+                }
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 
     /// One `(name, value)` of `http.response.start`'s headers into `map`. A 2-tuple
