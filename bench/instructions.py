@@ -21,6 +21,11 @@ package (its extension module built in, e.g. a copy of python/py/forkd with the 
 (--python: a virtualenv's interpreter with what the app needs). Both of the worker's
 threads (the asyncio loop and forkd's server thread) are counted.
 
+With --together a request goes out on every connection before the responses are read
+(--connections 32 --together: batches of up to 32 requests, as a loaded worker sees them,
+where the loop is woken once for many requests); without it, one request at a time (every
+request pays a whole wake-up of both threads).
+
 Prints one line per binary and, with --markdown FILE, appends a table to FILE."""
 
 import argparse
@@ -60,11 +65,22 @@ def read_response(sock, buf):
     return rest[length:]
 
 
-def drive(port, total, connections=8):
+def drive(port, total, connections=8, together=False):
+    """`total` requests over `connections` keep-alive connections: one at a time, or
+    (`together`) one on every connection before the responses are read, so that the
+    server finds them all ready at once (a loaded server's batches)."""
     socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(connections)]
     bufs = [b""] * connections
     sent = 0
     while sent < total:
+        if together:
+            batch = socks[:total - sent]
+            for s in batch:
+                s.sendall(REQUEST)
+            for i, s in enumerate(batch):
+                bufs[i] = read_response(s, bufs[i])
+            sent += len(batch)
+            continue
         for i, s in enumerate(socks):
             if sent >= total:
                 break
@@ -75,7 +91,7 @@ def drive(port, total, connections=8):
         s.close()
 
 
-def worker_instructions(binary, requests, work, asgi=None, python=None):
+def worker_instructions(binary, requests, work, asgi=None, python=None, connections=8, together=False):
     out = os.path.join(work, f"cg-{os.getpid()}-{time.monotonic_ns()}")
     os.makedirs(out)
     port = free_port()
@@ -111,7 +127,7 @@ def worker_instructions(binary, requests, work, asgi=None, python=None):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{binary} did not start under valgrind")
                 time.sleep(0.2)
-        drive(port, requests - 1)
+        drive(port, requests - 1, connections, together)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
@@ -143,13 +159,17 @@ def main():
     parser.add_argument("--markdown")
     parser.add_argument("--asgi", help="MODULE:ATTR of a Python ASGI app in bench/")
     parser.add_argument("--python", default=sys.executable, help="the interpreter for --asgi")
+    parser.add_argument("--connections", type=int, default=8, help="keep-alive connections (8)")
+    parser.add_argument("--together", action="store_true",
+                        help="a request on every connection before reading the responses (batches, "
+                             "as under load) instead of one request at a time")
     args = parser.parse_args()
     labels = args.label + args.binaries[len(args.label):]
     work = tempfile.mkdtemp(prefix="forkd-instructions-")
     rows = []
     for label, binary in zip(labels, args.binaries):
-        i1 = worker_instructions(binary, args.n1, work, args.asgi, args.python)
-        i2 = worker_instructions(binary, args.n2, work, args.asgi, args.python)
+        i1 = worker_instructions(binary, args.n1, work, args.asgi, args.python, args.connections, args.together)
+        i2 = worker_instructions(binary, args.n2, work, args.asgi, args.python, args.connections, args.together)
         per = (i2 - i1) / (args.n2 - args.n1)
         rows.append((label, per))
         print(f"{label}: {per:,.0f} instructions per keep-alive request ({i1:,} at {args.n1}, {i2:,} at {args.n2})", flush=True)

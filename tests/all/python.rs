@@ -1609,3 +1609,52 @@ fn an_edit_under_reload_serves_the_new_code_after_one_debounced_reload() {
     assert!(!server.log_contains("generation=3"), "{}", server.log());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn response_headers_are_right_on_every_response_whatever_objects_the_app_sends() {
+    // The reader keeps names and values by the identity of their bytes objects: each
+    // response must still carry exactly its own (constant, fresh, chosen, bytearray).
+    let dir = temp_dir("py-headers");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/headers_app.py"),
+        dir.join("headers_app.py"),
+    )
+    .unwrap();
+    let config = dir.join("forkd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bind = [\"127.0.0.1:0\"]\napp = \"headers_app:app\"\nworkers = 1\n[python]\npath = [{:?}]\n",
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Forkd::program(python_forkd())
+        .config(&config)
+        .envs(ENV.iter().copied())
+        .start();
+    for n in 0..300u32 {
+        let (status, head, body) = get(&server.addr, &format!("/?{n}")).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, n.to_string().as_bytes());
+        let head = head.to_ascii_lowercase();
+        let choice = ["red", "green", "blue"][n as usize % 3];
+        for line in [
+            "content-type: text/plain".to_string(),
+            format!("x-n: {n}"),
+            format!("x-choice: {choice}"),
+            format!("x-buffer: v{}", n % 5),
+        ] {
+            assert!(
+                head.contains(&format!("\r\n{line}\r\n")),
+                "{n}: {line} in {head}"
+            );
+        }
+        assert_eq!(
+            head.contains("\r\nx-odd: yes\r\n"),
+            n % 2 == 1,
+            "{n}: {head}"
+        );
+        assert_eq!(head.matches("\r\nx-n: ").count(), 1, "{n}: {head}");
+    }
+}

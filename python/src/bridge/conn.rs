@@ -3,19 +3,20 @@
 //! then a whole body or a stream), and how it ends when the app returns or raises.
 
 use super::body::ChannelBody;
+use super::headers::{Kind, ResponseHeaders};
 use super::outbox::{Answer, Outbox};
 use crate::awaitable::{done, fail, ready, resolve};
 use crate::event::{Event, Shared};
 use crate::ids::ById;
 use crate::inbox::Inbox;
-use crate::pybytes::{bytes_of, with_bytes};
+use crate::pybytes::bytes_of;
 use bytes::Bytes;
 use forkd::app::Response;
 use http_body_util::BodyExt;
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::*;
@@ -40,6 +41,8 @@ pub struct Conn {
     inbox: Arc<Inbox>,
     outbox: Py<Outbox>,
     create_future: PyObject,
+    /// The worker's reader of response headers (and its caches).
+    response_headers: Rc<ResponseHeaders>,
     /// With the request's task on the server thread (its `answered` is set with
     /// `complete`, for the [`DisconnectGuard`](super::body::DisconnectGuard)).
     shared: Arc<Shared>,
@@ -58,6 +61,9 @@ pub struct Conn {
     /// on both, their per-thread caches filling on one side and draining on the
     /// other).
     spare_headers: Option<hyper::HeaderMap>,
+    /// The request's extensions, read into its scope already: they go back with the
+    /// response (see [`Answer`]).
+    extensions: hyper::http::Extensions,
     head: Option<(hyper::StatusCode, hyper::HeaderMap)>,
     stream: Option<mpsc::Sender<Bytes>>,
     pending_send: Option<PyObject>,
@@ -73,6 +79,7 @@ impl Conn {
         inbox: Arc<Inbox>,
         outbox: Py<Outbox>,
         create_future: PyObject,
+        response_headers: Rc<ResponseHeaders>,
     ) -> Conn {
         let crate::event::HttpHead {
             id,
@@ -83,12 +90,14 @@ impl Conn {
         } = head;
         let mut headers = parts.headers;
         headers.clear();
+        let extensions = parts.extensions;
         Conn {
             id,
             conns,
             inbox,
             outbox,
             create_future,
+            response_headers,
             shared,
             buffered: first,
             body_done: false,
@@ -96,6 +105,7 @@ impl Conn {
             disconnected: false,
             respond: Some(respond),
             spare_headers: Some(headers),
+            extensions,
             head: None,
             stream: None,
             pending_send: None,
@@ -166,10 +176,11 @@ impl Conn {
         let Some(respond) = self.respond.take() else {
             return Err(PyRuntimeError::new_err("response already sent"));
         };
-        let mut chunks = None;
+        // A stream: its sender, and the first chunk for it.
+        let mut stream = None;
         let boxed = if more {
             let (sender, receiver) = mpsc::channel(STREAM_CHUNKS);
-            chunks = Some(sender);
+            stream = Some((sender, body));
             ChannelBody {
                 chunks: receiver,
                 shared: self.shared.clone(),
@@ -178,20 +189,20 @@ impl Conn {
         } else {
             // Before hyper has the response, so that its guard sees it.
             self.shared.answered.store(true, Release);
-            forkd::app::full(body.clone())
+            forkd::app::full(body)
         };
         let mut response = hyper::Response::new(boxed);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
-        if respond.is_closed() || Outbox::send(&self.outbox, py, Answer(respond, response)).is_err()
-        {
+        let answer = Answer(respond, response, std::mem::take(&mut self.extensions));
+        if answer.0.is_closed() || Outbox::send(&self.outbox, py, answer).is_err() {
             self.disconnected = true;
             return Err(disconnected_error());
         }
-        match chunks {
-            Some(sender) => {
+        match stream {
+            Some((sender, first)) => {
                 self.stream = Some(sender);
-                self.push(py, body, true)
+                self.push(py, first, true)
             }
             None => {
                 self.completed(py)?;
@@ -260,30 +271,6 @@ impl Conn {
     }
 }
 
-/// One `(name, value)` of `http.response.start`'s headers into `map`. A 2-tuple (what
-/// apps send) has its items read directly; any other sequence through `item[0]` and
-/// `item[1]` (a Python int made and a `__getitem__` called for each).
-fn append_header(map: &mut hyper::HeaderMap, item: &Bound<'_, PyAny>) -> PyResult<()> {
-    let (name, value) = match item.downcast::<PyTuple>() {
-        Ok(pair) if pair.len() == 2 => (pair.get_item(0)?, pair.get_item(1)?),
-        _ => (item.get_item(0)?, item.get_item(1)?),
-    };
-    let name = with_bytes(&name, |name| {
-        hyper::header::HeaderName::from_bytes(name).map_err(|_| {
-            PyRuntimeError::new_err(format!(
-                "invalid header name {:?}",
-                String::from_utf8_lossy(name)
-            ))
-        })
-    })??;
-    let value = with_bytes(&value, |value| {
-        hyper::header::HeaderValue::from_bytes(value)
-            .map_err(|_| PyRuntimeError::new_err(format!("invalid value for header {name}")))
-    })??;
-    map.append(name, value);
-    Ok(())
-}
-
 #[pymethods]
 impl Conn {
     fn receive(&mut self, py: Python<'_>) -> PyResult<PyObject> {
@@ -306,13 +293,17 @@ impl Conn {
         let kind = message
             .get_item(intern!(py, "type"))?
             .ok_or_else(|| PyRuntimeError::new_err("ASGI message without a type"))?;
-        // PyBackedStr, not &str: a borrowed &str needs Python 3.10's limited API (abi3).
-        let kind = kind.extract::<pyo3::pybacked::PyBackedStr>()?;
         if self.disconnected {
             return Err(disconnected_error());
         }
-        match &*kind {
-            "http.response.start" => {
+        let Some(kind) = self.response_headers.kind(&kind)? else {
+            return Err(PyRuntimeError::new_err(format!(
+                "unexpected ASGI message {:?} for an HTTP request",
+                kind.str()?.to_string()
+            )));
+        };
+        match kind {
+            Kind::Start => {
                 if self.head.is_some() || self.respond.is_none() {
                     return Err(PyRuntimeError::new_err("response already started"));
                 }
@@ -324,20 +315,21 @@ impl Conn {
                     .map_err(|_| PyRuntimeError::new_err(format!("invalid status {status}")))?;
                 let mut map = self.spare_headers.take().unwrap_or_default();
                 if let Some(headers) = message.get_item(intern!(py, "headers"))? {
+                    let reader = &self.response_headers;
                     if let Ok(list) = headers.downcast::<PyList>() {
                         for item in list.iter() {
-                            append_header(&mut map, &item)?;
+                            reader.append(&mut map, &item)?;
                         }
                     } else {
                         for item in headers.try_iter()? {
-                            append_header(&mut map, &item?)?;
+                            reader.append(&mut map, &item?)?;
                         }
                     }
                 }
                 self.head = Some((status, map));
                 done(py)
             }
-            "http.response.body" => {
+            Kind::Body => {
                 if self.complete {
                     return Err(PyRuntimeError::new_err(
                         "http.response.body after the response completed",
@@ -354,9 +346,6 @@ impl Conn {
                     self.respond(py, body, more)
                 }
             }
-            other => Err(PyRuntimeError::new_err(format!(
-                "unexpected ASGI message {other:?} for an HTTP request"
-            ))),
         }
     }
 
@@ -390,6 +379,7 @@ impl Conn {
                         "text/plain; charset=utf-8",
                         "Internal Server Error\n",
                     ),
+                    std::mem::take(&mut self.extensions),
                 ),
             );
         } else if self.stream.take().is_some() {

@@ -14,13 +14,16 @@
 //!
 //! Here: the [`Bridge`], the loop's side, which turns the events into ASGI calls.
 //! Around it: [`app`] (the server thread's side of each request), [`body`] (request and
-//! response bodies there), [`outbox`], [`conn`] (a request as the app sees it),
-//! [`scope`] and [`tasks`]. WebSockets are `ws.rs`'s.
+//! response bodies there), [`outbox`], [`conn`] (a request as the app sees it) with
+//! [`headers`] (its response headers read), [`scope`] with [`recent`] (its objects that
+//! repeat from request to request) and [`tasks`]. WebSockets are `ws.rs`'s.
 
 mod app;
 mod body;
 mod conn;
+mod headers;
 mod outbox;
+mod recent;
 mod scope;
 mod tasks;
 
@@ -58,6 +61,7 @@ pub struct Bridge {
     tasks: TaskMaker,
     create_future: PyObject,
     scopes: Scopes,
+    response_headers: Rc<headers::ResponseHeaders>,
     /// Resolved on Stop.
     pub stopped: PyObject,
 }
@@ -87,6 +91,7 @@ impl Bridge {
             tasks: TaskMaker::new(py, event_loop)?,
             create_future: event_loop.getattr(py, "create_future")?,
             scopes,
+            response_headers: Rc::new(headers::ResponseHeaders::new()),
             stopped,
         })
     }
@@ -106,6 +111,7 @@ impl Bridge {
                 self.inbox.clone(),
                 self.outbox.clone_ref(py),
                 self.create_future.clone_ref(py),
+                self.response_headers.clone(),
             ),
         )?;
         self.conns.borrow_mut().insert(id, conn.clone_ref(py));

@@ -7,8 +7,15 @@ use pyo3::prelude::*;
 use std::cell::RefCell;
 use tokio::sync::{mpsc, oneshot};
 
-/// A response from the loop for its request's task.
-pub struct Answer(pub oneshot::Sender<Response>, pub Response);
+/// A response from the loop for its request's task, with the request's extensions
+/// (client and server address, scheme), which go back to be dropped on the server
+/// thread that allocated them: freed on the loop's thread they cost glibc's slow path
+/// on both (the loop thread's cache of free chunks fills, the server thread's empties).
+pub struct Answer(
+    pub oneshot::Sender<Response>,
+    pub Response,
+    pub hyper::http::Extensions,
+);
 
 /// Responses from the loop to the server thread, handed over once per iteration of
 /// the loop: the first response of an iteration schedules the hand-over with
@@ -83,8 +90,9 @@ pub async fn dispatch(mut answers: mpsc::UnboundedReceiver<Vec<Answer>>) {
     let mut batches = Vec::new();
     while answers.recv_many(&mut batches, 16).await > 0 {
         for batch in batches.drain(..) {
-            for Answer(to, response) in batch {
+            for Answer(to, response, extensions) in batch {
                 let _ = to.send(response);
+                drop(extensions);
             }
         }
     }

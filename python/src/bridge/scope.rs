@@ -1,8 +1,11 @@
 //! The ASGI scope of each request ([`Scopes`]): a copy of a template dict with every
 //! key in order, its values replaced; the Python objects that repeat from request to
-//! request (header names, the client's host, the server's address) made once and kept.
+//! request made once and kept: header names, the client's host, the server's address
+//! (in the templates), and in small caches ([`Recent`]) whole client addresses, paths
+//! and headers.
 //! The address parsing ([`address`], [`known_host_port`]) is pure, and unit-tested.
 
+use super::recent::Recent;
 use forkd::app::{ClientAddr, Scheme, ServerAddr};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -55,8 +58,8 @@ pub struct Scopes {
     /// Every HTTP (WebSocket) scope starts as a copy of this (see `template`).
     http_template: Py<PyDict>,
     ws_template: Py<PyDict>,
-    /// The last listener address's ASGI `server`.
-    server: RefCell<Option<(std::net::SocketAddr, PyObject)>>,
+    /// The listener address whose ASGI `server` the templates hold (the last one seen).
+    server: RefCell<Option<std::net::SocketAddr>>,
     /// The last IPv4 client host seen (as written in `ClientAddr`) and its Python
     /// string: clients of a worker mostly share a few addresses (a proxy, a load
     /// balancer), and a match saves parsing the address and making the string.
@@ -65,7 +68,26 @@ pub struct Scopes {
     /// per name: the same few names come with every request. At most
     /// [`HEADER_NAMES`] are kept; names past those are made for each request.
     header_names: RefCell<HashMap<hyper::header::HeaderName, Py<PyBytes>, NameHashing>>,
+    /// The Python objects of what repeats from request to request, kept whole (they
+    /// are immutable: every scope that has them may share them): a client address's
+    /// `(host, port)` (a keep-alive connection's requests all have it), a raw path's
+    /// `path` and `raw_path`, a header's `(name, value)`.
+    clients: RefCell<Recent<Py<PyTuple>>>,
+    paths: RefCell<Recent<(Py<PyString>, Py<PyBytes>)>>,
+    headers: RefCell<Recent<Py<PyTuple>>>,
 }
+
+/// Slots of the caches of clients, paths and headers: a worker's open keep-alive
+/// connections (64 clients under `wrk -c128` on 2 workers) and the headers of their
+/// requests.
+const RECENT_CLIENTS: usize = 128;
+const RECENT_PATHS: usize = 64;
+const RECENT_HEADERS: usize = 256;
+
+/// The longest path and header (name and value) kept: longer ones are made for each
+/// request (cookies, tokens: they rarely repeat, and would only take memory).
+const RECENT_PATH_LEN: usize = 256;
+const RECENT_HEADER_LEN: usize = 128;
 
 impl Scopes {
     pub fn new(py: Python<'_>, state: PyObject, root_path: &str) -> PyResult<Scopes> {
@@ -79,6 +101,9 @@ impl Scopes {
             server: RefCell::new(None),
             client_host: RefCell::new(None),
             header_names: RefCell::default(),
+            clients: RefCell::new(Recent::new(RECENT_CLIENTS, 64)),
+            paths: RefCell::new(Recent::new(RECENT_PATHS, RECENT_PATH_LEN)),
+            headers: RefCell::new(Recent::new(RECENT_HEADERS, RECENT_HEADER_LEN)),
             root_path: root_path.to_string(),
         })
     }
@@ -141,6 +166,24 @@ impl Scopes {
     /// The ASGI `client` of a `ClientAddr`'s text (see [`address`]), None if it is no
     /// address.
     fn client<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        if let Some(client) = self.clients.borrow().get(&[text.as_bytes()]) {
+            return Ok(Some(client.bind(py).clone()));
+        }
+        let client = self.new_client(py, text)?;
+        if let Some(client) = &client {
+            self.clients
+                .borrow_mut()
+                .put(&[text.as_bytes()], client.clone().unbind());
+        }
+        Ok(client)
+    }
+
+    /// [`client`](Self::client) made anew.
+    fn new_client<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let mut cached = self.client_host.borrow_mut();
         if let Some((known, host)) = cached.as_ref() {
             if let Some(port) = known_host_port(text, known) {
@@ -161,20 +204,73 @@ impl Scopes {
         Ok(Some(PyTuple::new(py, [host, port])?))
     }
 
-    /// The ASGI `server` of a listener's address, made once per address.
-    fn server<'py>(&self, py: Python<'py>, addr: std::net::SocketAddr) -> PyResult<PyObject> {
-        let mut cached = self.server.borrow_mut();
-        if let Some((known, server)) = cached.as_ref() {
-            if *known == addr {
-                return Ok(server.clone_ref(py));
-            }
+    /// The templates' ASGI `server`, set to that of `addr` when it is another address
+    /// than theirs (a worker with one listener sets it once); None when the listener
+    /// has no address.
+    fn server(&self, py: Python<'_>, addr: Option<std::net::SocketAddr>) -> PyResult<()> {
+        let mut known = self.server.borrow_mut();
+        if *known == addr {
+            return Ok(());
         }
-        let server = (addr.ip().to_string(), addr.port())
-            .into_pyobject(py)?
-            .into_any()
-            .unbind();
-        *cached = Some((addr, server.clone_ref(py)));
-        Ok(server)
+        let server = match addr {
+            Some(addr) => (addr.ip().to_string(), addr.port())
+                .into_pyobject(py)?
+                .into_any()
+                .unbind(),
+            None => py.None(),
+        };
+        for template in [&self.http_template, &self.ws_template] {
+            template
+                .bind(py)
+                .set_item(intern!(py, "server"), server.clone_ref(py))?;
+        }
+        *known = addr;
+        Ok(())
+    }
+
+    /// The scope's `path` and `raw_path` of a request's raw path.
+    fn path<'py>(
+        &self,
+        py: Python<'py>,
+        raw_path: &str,
+    ) -> (Bound<'py, PyString>, Bound<'py, PyBytes>) {
+        if let Some((path, raw)) = self.paths.borrow().get(&[raw_path.as_bytes()]) {
+            return (path.bind(py).clone(), raw.bind(py).clone());
+        }
+        let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
+        let made = if self.root_path.is_empty() {
+            (
+                PyString::new(py, &path),
+                PyBytes::new(py, raw_path.as_bytes()),
+            )
+        } else {
+            // As uvicorn does: `path` includes the mount prefix, which apps strip.
+            (
+                PyString::new(py, &format!("{}{path}", self.root_path)),
+                PyBytes::new(py, format!("{}{raw_path}", self.root_path).as_bytes()),
+            )
+        };
+        self.paths.borrow_mut().put(
+            &[raw_path.as_bytes()],
+            (made.0.clone().unbind(), made.1.clone().unbind()),
+        );
+        made
+    }
+
+    /// A request header as the scope's `(name, value)`.
+    fn header<'py>(
+        &self,
+        py: Python<'py>,
+        name: &hyper::header::HeaderName,
+        value: &[u8],
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let key: [&[u8]; 2] = [name.as_str().as_bytes(), value];
+        if let Some(header) = self.headers.borrow().get(&key) {
+            return Ok(header.bind(py).clone());
+        }
+        let header = PyTuple::new(py, [self.header_name(py, name), PyBytes::new(py, value)])?;
+        self.headers.borrow_mut().put(&key, header.clone().unbind());
+        Ok(header)
     }
 
     /// The scope of a request (`websocket`: of an upgrade request) with these `parts`.
@@ -184,6 +280,7 @@ impl Scopes {
         parts: &hyper::http::request::Parts,
         websocket: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
+        self.server(py, parts.extensions.get::<ServerAddr>().map(|s| s.0))?;
         let template = if websocket {
             &self.ws_template
         } else {
@@ -225,21 +322,9 @@ impl Scopes {
             }
         }
         let raw_path = parts.uri.path();
-        let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
-        if self.root_path.is_empty() {
-            scope.set_item(intern!(py, "path"), path.as_ref())?;
-            scope.set_item(
-                intern!(py, "raw_path"),
-                PyBytes::new(py, raw_path.as_bytes()),
-            )?;
-        } else {
-            // As uvicorn does: `path` includes the mount prefix, which apps strip.
-            scope.set_item(intern!(py, "path"), format!("{}{path}", self.root_path))?;
-            scope.set_item(
-                intern!(py, "raw_path"),
-                PyBytes::new(py, format!("{}{raw_path}", self.root_path).as_bytes()),
-            )?;
-        }
+        let (path, raw_path) = self.path(py, raw_path);
+        scope.set_item(intern!(py, "path"), path)?;
+        scope.set_item(intern!(py, "raw_path"), raw_path)?;
         let query = parts.uri.query().unwrap_or("");
         scope.set_item(
             intern!(py, "query_string"),
@@ -259,22 +344,13 @@ impl Scopes {
             }
         }
         for (name, value) in &parts.headers {
-            headers.append(PyTuple::new(
-                py,
-                [
-                    self.header_name(py, name),
-                    PyBytes::new(py, value.as_bytes()),
-                ],
-            )?)?;
+            headers.append(self.header(py, name, value.as_bytes())?)?;
         }
         scope.set_item(intern!(py, "headers"), headers)?;
         if let Some(client) = parts.extensions.get::<ClientAddr>() {
             if let Some(client) = self.client(py, &client.0)? {
                 scope.set_item(intern!(py, "client"), client)?;
             }
-        }
-        if let Some(server) = parts.extensions.get::<ServerAddr>() {
-            scope.set_item(intern!(py, "server"), self.server(py, server.0)?)?;
         }
         let state = self.state.bind(py).downcast::<PyDict>()?.copy()?;
         scope.set_item(intern!(py, "state"), state)?;
