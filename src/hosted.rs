@@ -69,6 +69,9 @@ pub struct Booted {
     pub run: Box<dyn FnOnce() -> Result<(), String>>,
     /// Called on the server thread once the worker's drain is over.
     pub stop: Box<dyn FnOnce() + Send>,
+    /// The server runtime's threads, when not `threads`: a WSGI app's pool takes
+    /// `threads` for itself and the server keeps one runtime thread.
+    pub server_threads: Option<usize>,
 }
 
 /// A `MODULE:ATTR` app, with the loader that serves it.

@@ -3,7 +3,7 @@
 //! (`pylog`) and applies `[python] log_config`, puts `[python] path` first on
 //! `sys.path`, makes the event loop, imports the app and runs the lifespan startup; then
 //! the [`Bridge`](crate::bridge::Bridge) is wired to the loop and the worker's server
-//! thread starts (forkd's `worker::serve_hosted`).
+//! thread starts (forkd's `worker::serve_hosted`). A WSGI app goes to `wsgi::load`.
 
 use crate::bridge::{Bridge, PyApp};
 use crate::inbox::Inbox;
@@ -106,8 +106,13 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
             python.log_config.as_str(),
             hooks_file,
             hook_specs,
+            python.interface.as_str(),
         ),
     )?;
+    // A WSGI app: (None, app, None, None, None), served from a thread pool.
+    if booted.get_item(0)?.is_none() {
+        return crate::wsgi::load(py, boot, booted.get_item(1)?.unbind());
+    }
     let (event_loop, app, lifespan, state, stopped): (
         PyObject,
         PyObject,
@@ -150,6 +155,7 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
         app: Arc::new(PyApp::new(inbox, answers, python.websocket_grace)),
         run: Box::new(run),
         stop: Box::new(stop),
+        server_threads: None,
     })
 }
 

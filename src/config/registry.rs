@@ -413,6 +413,19 @@ pub(crate) const KEYS: &[Key] = &[
         |c| Some(quoted_list(c.python.path.iter().cloned())),
     )
     .doc("directories put first on `sys.path` in each worker, relative to its generation's resolved `chdir` (or the directory forkd started in)"),
+    Key::new("python.interface", "auto | asgi | wsgi",
+        |c, v| {
+            c.python.interface = match text(v).as_deref() {
+                Some("auto") => Interface::Auto,
+                Some("asgi") => Interface::Asgi,
+                Some("wsgi") => Interface::Wsgi,
+                _ => return Err(Expected),
+            };
+            Ok(())
+        },
+        |c| Some(quoted(c.python.interface.as_str())),
+    )
+    .doc("how the app is called: `\"asgi\"` (an ASGI 3 app on the worker's event loop), `\"wsgi\"` (a PEP 3333 callable, from a pool of `threads` threads per worker), or `\"auto\"`: ASGI if the object imported is a coroutine function or has an async `__call__` (FastAPI, Starlette), else WSGI (Flask, Django's `get_wsgi_application()`); an explicit value the app does not fit is a boot failure"),
     Key::new("python.lifespan", "auto | on | off",
         |c, v| {
             c.python.lifespan = match text(v).as_deref() {
