@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The `forkd` command the Python package installed into the test virtualenv.
-fn python_forkd() -> PathBuf {
+pub(crate) fn python_forkd() -> PathBuf {
     let venv = std::env::var_os("PYTHON_TEST_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv-test"));

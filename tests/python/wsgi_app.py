@@ -52,7 +52,7 @@ def app(environ, start_response):
     query = _query(environ)
     if path == "/":
         return _json(start_response, {"pid": os.getpid(), "version": VERSION, "thread": threading.get_ident()})
-    if path == "/environ":
+    if path.startswith("/environ"):
         shown = {k: v for k, v in environ.items() if isinstance(v, str)}
         shown["wsgi.version"] = list(environ["wsgi.version"])
         for key in ("wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once", "wsgi.input_terminated"):
@@ -192,5 +192,11 @@ wrapped = Wrapped()
 
 
 async def asgi_app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"asgi"})

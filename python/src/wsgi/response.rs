@@ -37,6 +37,10 @@ pub enum Chunk {
 /// A streamed response body, fed by a pool thread.
 pub struct StreamBody {
     chunks: mpsc::Receiver<Chunk>,
+    /// An `Abort` was received and answered `Pending` once, so that hyper flushed what
+    /// it had (the head and the body so far) before the error, which ends the
+    /// connection without flushing.
+    aborting: bool,
 }
 
 impl hyper::body::Body for StreamBody {
@@ -46,10 +50,15 @@ impl hyper::body::Body for StreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.aborting {
+            return Poll::Ready(Some(Err("the WSGI response could not be completed".into())));
+        }
         match self.chunks.poll_recv(cx) {
             Poll::Ready(Some(Chunk::Data(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
             Poll::Ready(Some(Chunk::Abort)) => {
-                Poll::Ready(Some(Err("the WSGI response could not be completed".into())))
+                self.aborting = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
@@ -147,6 +156,7 @@ impl Call {
         let (sender, receiver) = mpsc::channel(IN_FLIGHT);
         self.send_head(http_body_util::BodyExt::boxed_unsync(StreamBody {
             chunks: receiver,
+            aborting: false,
         }))?;
         self.chunks = Some(sender);
         Ok(())
