@@ -152,7 +152,7 @@ pub(crate) const KEYS: &[Key] = &[
         |c, v| { c.threads = at_least(v, 1)? as usize; Ok(()) },
         |c| Some(c.threads.to_string()),
     ).option("threads")
-    .doc("runtime threads per worker; 1 = current-thread event loop"),
+    .doc("runtime threads per worker; 1 = current-thread event loop. A WSGI app: the size of each worker's thread pool (Gunicorn's gthread), the server keeping one runtime thread"),
     Key::new("backlog", "an integer from 1 to 65535",
         |c, v| {
             c.backlog = integer(v).filter(|n| (1..=65535).contains(n)).ok_or(Expected)? as i32;

@@ -724,3 +724,71 @@ fn the_interface_is_told_from_the_app_or_said_in_the_config() {
         assert!(stderr.contains(says), "{stderr}");
     }
 }
+
+#[test]
+fn recycling_hooks_access_log_logging_and_term_drain_work_as_for_asgi() {
+    let dir = app_dir("shared-path", &["wsgi_app.py"]);
+    let access = dir.join("access.log");
+    let mut server = start(
+        &dir,
+        "wsgi_app:app",
+        &["-w", "2", "--threads", "4", "--max-requests", "200"],
+        &format!("[log]\naccess_log = {:?}\n", access.display().to_string()),
+        "[python.hooks]\npost_fork = \"wsgi_app:post_fork\"\nworker_exit = \"wsgi_app:worker_exit\"\n",
+    );
+    server.expect_log("post_fork hook ran", Duration::from_secs(5));
+    // Python logging from a pool thread: one record with its level and logger.
+    assert_eq!(get(&server.addr, "/log").unwrap().0, 200);
+    server.expect_log(
+        "hello from logging in a pool thread",
+        Duration::from_secs(5),
+    );
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("hello from logging"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("WARN") && line.contains("logger=app.views"),
+        "{line}"
+    );
+    // max_requests under keep-alive load: workers recycled, nothing dropped, and each
+    // retiring worker runs its worker_exit hook.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 16, stop.clone());
+    let recycled = poll_until(Duration::from_secs(60), || {
+        server.log().matches("reason=\"max_requests\"").count() >= 4
+    });
+    finish(stop, handles);
+    assert!(recycled, "workers were not recycled:\n{}", server.log());
+    assert_no_failures(&tally, &server, "max_requests recycling of WSGI workers");
+    server.expect_log("worker_exit hook ran", Duration::from_secs(10));
+    // The access log has the requests.
+    let logged = poll_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&access)
+            .is_ok_and(|text| text.contains("\"GET /log HTTP/1.1\" 200"))
+    });
+    assert!(logged, "{:?}", std::fs::read_to_string(&access));
+    // TERM: the in-flight request finishes, then the worker_exit hook runs.
+    let addr = server.addr.clone();
+    let slow = std::thread::spawn(move || get(&addr, "/slow?s=1.5"));
+    std::thread::sleep(Duration::from_millis(500));
+    let exits_before = server.log().matches("worker_exit hook ran").count();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, _, body) = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["slept"], 1.5);
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    let log = server.log();
+    let done = log.find("slow request done").expect("the request finished");
+    let exit = log.rfind("worker_exit hook ran").unwrap();
+    assert!(done < exit, "{log}");
+    assert!(
+        log.matches("worker_exit hook ran").count() >= exits_before + 2,
+        "{log}"
+    );
+}

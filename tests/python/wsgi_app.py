@@ -176,6 +176,15 @@ def app(environ, start_response):
     if path == "/sleep":
         time.sleep(float(query.get("s", "0.2")))
         return _json(start_response, {"pid": os.getpid(), "thread": threading.get_ident()})
+    if path == "/log":
+        import logging
+
+        logging.getLogger("app.views").warning("hello from logging in %s", "a pool thread")
+        return _json(start_response, {})
+    if path == "/slow":
+        time.sleep(float(query.get("s", "1.5")))
+        print("slow request done")
+        return _json(start_response, {"slept": float(query.get("s", "1.5"))})
     if path == "/block":
         time.sleep(float(query.get("seconds", "60")))
         return _json(start_response, {})
@@ -200,3 +209,11 @@ async def asgi_app(scope, receive, send):
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"asgi"})
+
+
+def post_fork(server, worker):
+    print(f"post_fork hook ran in {worker.pid}")
+
+
+def worker_exit(server, worker):
+    print(f"worker_exit hook ran in {worker.pid}")
