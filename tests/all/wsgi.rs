@@ -682,11 +682,13 @@ fn hups_under_keepalive_load_with_new_wsgi_code_drop_nothing() {
 #[test]
 fn the_interface_is_told_from_the_app_or_said_in_the_config() {
     let dir = app_dir("interface", &["wsgi_app.py"]);
-    // auto: a function, a callable object (WSGI) and a coroutine function (ASGI).
+    // auto: a function, a callable object (WSGI), a coroutine function and a partial
+    // of one (ASGI).
     for (app, expect) in [
         ("wsgi_app:app", "WSGI"),
         ("wsgi_app:wrapped", "WSGI"),
         ("wsgi_app:asgi_app", "ASGI"),
+        ("wsgi_app:asgi_partial", "ASGI"),
     ] {
         let server = start(&dir, app, &["-w", "1"], "", "");
         let (status, _, body) = get(&server.addr, "/").unwrap();

@@ -217,3 +217,15 @@ def post_fork(server, worker):
 
 def worker_exit(server, worker):
     print(f"worker_exit hook ran in {worker.pid}")
+
+
+async def _asgi_saying(word, scope, receive, send):
+    if scope["type"] == "lifespan":
+        await asgi_app(scope, receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": word})
+
+
+# functools.partial of a coroutine function: still ASGI.
+asgi_partial = __import__("functools").partial(_asgi_saying, b"asgi")
