@@ -9,11 +9,23 @@ use forkd::app::{ClientAddr, Scheme, ServerAddr};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// How many `HTTP_*` key strings are kept (see `Environs::keys`): the standard
+/// headers and an app's own few fit many times over; made-up names past these are made
+/// for each request, so a client cannot grow the map.
+const KEYS: usize = 256;
 
 /// Makes the environs of one worker's requests; shared by the pool threads.
 pub struct Environs {
     template: Py<PyDict>,
     root_path: String,
+    /// The environ's key strings, made once (their hash computed once): the fixed CGI
+    /// names interned, `HTTP_*` names kept here. Only touched with the GIL held, so
+    /// the lock is never contended.
+    keys: Mutex<HashMap<Cow<'static, str>, Py<PyString>>>,
 }
 
 impl Environs {
@@ -41,6 +53,7 @@ impl Environs {
         Ok(Environs {
             template: template.unbind(),
             root_path: root_path.to_string(),
+            keys: Mutex::new(HashMap::new()),
         })
     }
 
@@ -65,8 +78,27 @@ impl Environs {
                 .and_then(|c| crate::bridge::client_address(&c.0)),
             server: parts.extensions.get::<ServerAddr>().map(|s| s.0),
         };
-        for (key, value) in cgi_items(parts, &context) {
-            environ.set_item(PyString::new(py, &key), value)?;
+        let items = cgi_items(parts, &context);
+        // The keys first, under the lock, which is let go before the dict is filled:
+        // no Python code (a finalizer that could let another thread take the GIL and
+        // wait for the lock) runs while it is held.
+        let keys: Vec<Bound<'py, PyString>> = {
+            let mut made = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            items
+                .iter()
+                .map(|(key, _)| match made.get(key) {
+                    Some(known) => known.bind(py).clone(),
+                    None if made.len() < KEYS => {
+                        let string = PyString::intern(py, key);
+                        made.insert(key.clone(), string.clone().unbind());
+                        string
+                    }
+                    None => PyString::new(py, key),
+                })
+                .collect()
+        };
+        for (key, (_, value)) in keys.into_iter().zip(items) {
+            environ.set_item(key, value)?;
         }
         let scheme = if https {
             intern!(py, "https")
