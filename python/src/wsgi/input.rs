@@ -114,8 +114,7 @@ impl Input {
         Ok(true)
     }
 
-    /// Up to `limit` bytes (None: all) into `out`; with `line`, up to and including
-    /// the first newline.
+    /// See [`take`].
     fn take(
         &mut self,
         py: Python<'_>,
@@ -123,23 +122,15 @@ impl Input {
         line: bool,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
-        loop {
-            let want = limit.map(|l| l - out.len());
-            if want == Some(0) || !self.fill(py)? {
-                return Ok(());
-            }
-            let mut n = want.map_or(self.buffer.len(), |w| w.min(self.buffer.len()));
-            if line {
-                if let Some(i) = self.buffer[..n].iter().position(|&b| b == b'\n') {
-                    out.extend_from_slice(&self.buffer[..=i]);
-                    self.buffer.advance(i + 1);
-                    return Ok(());
-                }
-            }
-            n = n.min(self.buffer.len());
-            out.extend_from_slice(&self.buffer[..n]);
-            self.buffer.advance(n);
-        }
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let taken = take(&mut buffer, limit, line, out, |buffer| {
+            self.buffer = Bytes::new();
+            let more = self.fill(py)?;
+            *buffer = std::mem::take(&mut self.buffer);
+            Ok(more)
+        });
+        self.buffer = buffer;
+        taken
     }
 
     /// One read as a `bytes`: a single buffered chunk is returned as it is.
@@ -152,6 +143,37 @@ impl Input {
         let mut out = Vec::new();
         self.take(py, limit, line, &mut out)?;
         Ok(PyBytes::new(py, &out))
+    }
+}
+
+/// Moves up to `limit` bytes (None: all) from `buffer` into `out`, calling `fill` to
+/// refill an empty `buffer` (false: the body ended); with `line`, stops after the first
+/// newline. The reading rules of `read(n)`, `read()` and `readline(n)`, without Python.
+fn take<E>(
+    buffer: &mut Bytes,
+    limit: Option<usize>,
+    line: bool,
+    out: &mut Vec<u8>,
+    mut fill: impl FnMut(&mut Bytes) -> Result<bool, E>,
+) -> Result<(), E> {
+    loop {
+        let want = limit.map(|l| l.saturating_sub(out.len()));
+        if want == Some(0) {
+            return Ok(());
+        }
+        if buffer.is_empty() && !fill(buffer)? {
+            return Ok(());
+        }
+        let n = want.map_or(buffer.len(), |w| w.min(buffer.len()));
+        if line {
+            if let Some(i) = buffer[..n].iter().position(|&b| b == b'\n') {
+                out.extend_from_slice(&buffer[..=i]);
+                buffer.advance(i + 1);
+                return Ok(());
+            }
+        }
+        out.extend_from_slice(&buffer[..n]);
+        buffer.advance(n);
     }
 }
 
@@ -213,4 +235,119 @@ impl Input {
     }
 
     fn close(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A body arriving as `chunks`.
+    struct Body(VecDeque<Bytes>);
+
+    impl Body {
+        fn new(chunks: &[&[u8]]) -> Body {
+            Body(chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect())
+        }
+        fn read(&mut self, buffer: &mut Bytes, limit: Option<usize>, line: bool) -> Vec<u8> {
+            let mut out = Vec::new();
+            take(buffer, limit, line, &mut out, |b| {
+                Ok::<_, ()>(match self.0.pop_front() {
+                    Some(chunk) => {
+                        *b = chunk;
+                        true
+                    }
+                    None => false,
+                })
+            })
+            .unwrap();
+            out
+        }
+    }
+
+    #[test]
+    fn reads_sizes_and_lines_across_chunks() {
+        let mut body = Body::new(&[b"ab", b"c\nde", b"", b"f\n\ngh"]);
+        let mut buffer = Bytes::new();
+        assert_eq!(body.read(&mut buffer, Some(2), false), b"ab");
+        assert_eq!(body.read(&mut buffer, None, true), b"c\n");
+        assert_eq!(body.read(&mut buffer, Some(2), true), b"de");
+        assert_eq!(body.read(&mut buffer, None, true), b"f\n");
+        assert_eq!(body.read(&mut buffer, None, true), b"\n");
+        assert_eq!(body.read(&mut buffer, Some(0), false), b"");
+        assert_eq!(body.read(&mut buffer, None, true), b"gh");
+        assert_eq!(body.read(&mut buffer, None, true), b"");
+        assert_eq!(body.read(&mut buffer, None, false), b"");
+    }
+
+    #[test]
+    fn a_failed_body_is_an_error() {
+        let mut buffer = Bytes::from_static(b"ok");
+        let mut out = Vec::new();
+        let failed = take(&mut buffer, None, false, &mut out, |_| Err("gone"));
+        assert_eq!(failed, Err("gone"));
+        assert_eq!(out, b"ok");
+    }
+
+    /// Random bodies in random chunks, read by random calls: the reads put together
+    /// are the body; `read(n)` gives n bytes unless the body ended; a line ends with
+    /// its first newline (or at the limit, or at the end).
+    #[test]
+    fn random_reads_give_back_the_body() {
+        let mut state: u64 = 0x1234_5678_9abc_def1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3_000 {
+            let len = (next() % 200) as usize;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    if next() % 5 == 0 {
+                        b'\n'
+                    } else {
+                        b'a' + (next() % 3) as u8
+                    }
+                })
+                .collect();
+            let mut chunks = Vec::new();
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let n = ((next() % 40) as usize).min(rest.len());
+                chunks.push(&rest[..n]);
+                rest = &rest[n..];
+            }
+            let mut body = Body::new(&chunks);
+            let mut buffer = Bytes::new();
+            let mut got = Vec::new();
+            loop {
+                let limit = (next() % 3 != 0).then(|| (next() % 30) as usize);
+                let line = next() % 2 == 0;
+                let read = body.read(&mut buffer, limit, line);
+                let left = data.len() - got.len();
+                if let Some(limit) = limit {
+                    assert!(read.len() <= limit);
+                }
+                if line {
+                    let newline = read.iter().position(|&b| b == b'\n');
+                    assert!(newline.is_none_or(|i| i == read.len() - 1), "{read:?}");
+                    if newline.is_none() {
+                        assert!(limit == Some(read.len()) || read.len() == left);
+                    }
+                } else {
+                    assert_eq!(read.len(), limit.unwrap_or(left).min(left));
+                }
+                got.extend_from_slice(&read);
+                if got.len() == data.len() && limit.is_none() {
+                    break;
+                }
+                if read.is_empty() && limit != Some(0) {
+                    break;
+                }
+            }
+            assert_eq!(got, data);
+        }
+    }
 }
