@@ -794,3 +794,36 @@ fn recycling_hooks_access_log_logging_and_term_drain_work_as_for_asgi() {
         "{log}"
     );
 }
+
+#[test]
+fn usr2_starts_a_new_master_serving_the_wsgi_app_dropping_nothing() {
+    let dir = app_dir("usr2", &["wsgi_app.py"]);
+    let pidfile = dir.join("forkd.pid");
+    let server = start(
+        &dir,
+        "wsgi_app:app",
+        &["-w", "2", "--threads", "4", "-p", pidfile.to_str().unwrap()],
+        "",
+        "",
+    );
+    let old = server.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, handles) = load(&server.addr, 32, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(nix::sys::signal::Signal::SIGUSR2);
+    let moved = poll_until(Duration::from_secs(30), || {
+        read_pid(&pidfile).is_some_and(|p| p != old)
+    });
+    let new_pid = read_pid(&pidfile).unwrap_or(0);
+    let _new_master = PidGuard(new_pid);
+    let mut server = server;
+    let old_gone = poll_until(Duration::from_secs(30), || {
+        matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    finish(stop, handles);
+    assert!(moved, "the pidfile did not move:\n{}", server.log());
+    assert!(old_gone, "the old master did not exit:\n{}", server.log());
+    assert_eq!(workers_of(new_pid).len(), 2, "{}", server.log());
+    assert_no_failures(&tally, &server, "USR2 with a WSGI app");
+}
