@@ -13,6 +13,7 @@ import inspect
 import logging
 import sys
 import threading
+import time
 
 #: What ``FileWrapper`` reads at a time at least: a file is sent in large chunks, each
 #: read with the GIL released (a file object's read() releases it for the system call).
@@ -166,8 +167,11 @@ def run(pool):
 
     try:
         pool.wait_stopped()
+        # The drain is over, so the threads are done unless one is stuck in the app:
+        # that one is not waited for past a second (daemon threads end with the process).
+        deadline = time.monotonic() + 1.0
         for thread in _THREADS:
-            thread.join(1.0)
+            thread.join(max(0.0, deadline - time.monotonic()))
     finally:
         hooks = _worker._HOOKS
         if hooks is not None:
