@@ -827,3 +827,23 @@ fn usr2_starts_a_new_master_serving_the_wsgi_app_dropping_nothing() {
     assert_eq!(workers_of(new_pid).len(), 2, "{}", server.log());
     assert_no_failures(&tally, &server, "USR2 with a WSGI app");
 }
+
+#[test]
+fn https_requests_reach_a_wsgi_app_with_the_https_scheme() {
+    let pki = crate::tls::Pki::serving_localhost("wsgi");
+    let dir = app_dir("tls", &["wsgi_app.py"]);
+    let server = Forkd::program(python_forkd())
+        .config(write_config(&dir, "wsgi_app:app", "", ""))
+        .args(["-w", "1", "-b", "tls://127.0.0.1:0"])
+        .envs(ENV.iter().copied())
+        .envs(pki.env())
+        .start();
+    let client = pki.client(&[b"http/1.1"], None);
+    let (status, body, _) = crate::tls::https_get(&server.addr, &client, "/environ").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let environ: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(environ["wsgi.url_scheme"], "https");
+    assert_eq!(environ["SERVER_NAME"], "localhost");
+    assert_eq!(environ["SERVER_PORT"], "443");
+    assert_eq!(environ["HTTP_HOST"], "localhost");
+}
