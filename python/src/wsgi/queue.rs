@@ -92,6 +92,11 @@ impl<T> Queue<T> {
         }
     }
 
+    /// The next job if one is waiting, without waiting.
+    pub fn try_next(&self) -> Option<(T, bool)> {
+        self.lock().jobs.pop_front()
+    }
+
     /// No more jobs: the threads end once the queue is empty.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -122,7 +127,8 @@ mod tests {
         assert!(queue.push(1, || ()));
         assert!(queue.push(2, || ()));
         assert_eq!(queue.next(LONG), Next::Job(1, true));
-        assert_eq!(queue.next(LONG), Next::Job(2, true));
+        assert_eq!(queue.try_next(), Some((2, true)));
+        assert_eq!(queue.try_next(), None);
         assert_eq!(queue.next(Duration::from_millis(20)), Next::Idle);
     }
 
