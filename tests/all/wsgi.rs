@@ -847,3 +847,31 @@ fn https_requests_reach_a_wsgi_app_with_the_https_scheme() {
     assert_eq!(environ["SERVER_PORT"], "443");
     assert_eq!(environ["HTTP_HOST"], "localhost");
 }
+
+#[test]
+fn an_unread_body_whose_environ_outlives_the_response_does_not_stall_keepalive() {
+    let dir = app_dir("unread", &["wsgi_app.py"]);
+    let server = start(&dir, "wsgi_app:app", &["-w", "1"], "", "");
+    let size = 4 * 1024 * 1024;
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut raw =
+        format!("POST /keep HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+    raw.resize(raw.len() + size, b'z');
+    raw.extend_from_slice(b"GET /stream?n=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || stream.write_all(&raw))
+    };
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    writer.join().unwrap().unwrap();
+    let response = text(&response);
+    assert!(response.contains("{\"kept\": 1}"), "{response}");
+    assert!(
+        response.contains("chunk 0"),
+        "the next request was not served: {response}"
+    );
+}

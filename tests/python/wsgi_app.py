@@ -9,6 +9,7 @@ import time
 
 VERSION = 1
 STATE = {"closed": 0, "forever_closed": False}
+KEPT = []
 LOCK = threading.Lock()
 
 
@@ -176,6 +177,10 @@ def app(environ, start_response):
     if path == "/sleep":
         time.sleep(float(query.get("s", "0.2")))
         return _json(start_response, {"pid": os.getpid(), "thread": threading.get_ident()})
+    if path == "/keep":
+        # The environ (and its wsgi.input, unread) outlives the response.
+        KEPT.append(environ)
+        return _json(start_response, {"kept": len(KEPT)})
     if path == "/log":
         import logging
 

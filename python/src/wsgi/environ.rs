@@ -62,7 +62,7 @@ impl Environs {
         &self,
         py: Python<'py>,
         parts: &hyper::http::request::Parts,
-        input: Input,
+        input: &Py<Input>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let environ = self.template.bind(py).copy()?;
         let https = parts
@@ -106,7 +106,7 @@ impl Environs {
             intern!(py, "http")
         };
         environ.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
-        environ.set_item(intern!(py, "wsgi.input"), Py::new(py, input)?)?;
+        environ.set_item(intern!(py, "wsgi.input"), input)?;
         Ok(environ)
     }
 }

@@ -80,6 +80,13 @@ impl Input {
         }
     }
 
+    /// Ends the body for the app: later reads find its end, and the server thread's
+    /// reader stops (the rest is drained by forkd).
+    pub fn end(&mut self) {
+        self.source = Source::Ended;
+        self.buffer = Bytes::new();
+    }
+
     /// Refills an empty buffer, waiting with the GIL released; false at the end.
     fn fill(&mut self, py: Python<'_>) -> PyResult<bool> {
         if self.failed {

@@ -103,15 +103,21 @@ impl Pool {
             return;
         }
         let call = Call::new(parts.method.clone(), parts.version, respond);
-        let handled = self
-            .environs
-            .environ(py, &parts, input)
-            .and_then(|environ| {
-                let call = Py::new(py, call)?;
-                self.handle
-                    .call1(py, (self.app.clone_ref(py), environ, call))
-                    .map(drop)
-            });
+        let handled = Py::new(py, input).and_then(|input| {
+            let environ = self.environs.environ(py, &parts, &input)?;
+            let call = Py::new(py, call)?;
+            let handled = self
+                .handle
+                .call1(py, (self.app.clone_ref(py), environ, call))
+                .map(drop);
+            // The response is done: what the app left of the body is not its any more
+            // (forkd drains it, so a keep-alive connection goes on), even if the
+            // environ lives on in a reference cycle until the next garbage collection.
+            if let Ok(mut input) = input.try_borrow_mut(py) {
+                input.end();
+            }
+            handled
+        });
         if let Err(e) = handled {
             // forkd._wsgi.handle answers the app's own errors; this is forkd's.
             tracing::error!(pid = std::process::id(), "WSGI pool: {e}");
