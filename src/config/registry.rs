@@ -448,7 +448,7 @@ pub(crate) const KEYS: &[Key] = &[
         },
         |c| Some(quoted(&c.python.root_path)),
     )
-    .doc("the ASGI `root_path` (an app mounted under a prefix behind a proxy): `\"\"` or `\"/prefix\"`"),
+    .doc("the ASGI `root_path`, a WSGI app's `SCRIPT_NAME` (an app mounted under a prefix behind a proxy): `\"\"` or `\"/prefix\"`"),
     Key::new("python.log_config", "a logging.config.dictConfig dict, as a JSON file or \"module:attr\"",
         |c, v| { c.python.log_config = text(v).filter(|s| !s.is_empty()).ok_or(Expected)?; Ok(()) },
         |c| (!c.python.log_config.is_empty()).then(|| quoted(&c.python.log_config)),
