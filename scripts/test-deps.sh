@@ -9,9 +9,9 @@
 #   util-linux                    unshare and nsenter
 #   python3 + pip, uvicorn        the reference exec worker
 #   curl                          an HTTPS client for tests/all/tls.rs (HTTP/1.1 and HTTP/2)
-#   python3-venv; target/pyenv-test  a virtualenv with FastAPI and forkd's own Python
+#   python3-venv; target/pyenv-test  a virtualenv with FastAPI, Flask, Django and forkd's own Python
 #                                 package (a debug build, `maturin develop`), for
-#                                 tests/all/python.rs (PYTHON_TEST_VENV overrides the path);
+#                                 tests/all/python.rs and wsgi.rs (PYTHON_TEST_VENV overrides the path);
 #                                 with maturin and ziglang (zig links the manylinux wheel)
 #                                 it builds the wheel for scripts/test-wheel.py
 #   binutils                      objdump, for test-wheel.py's glibc symbol version check
@@ -72,9 +72,9 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 # ziglang: the range python/pep517/forkd_build.py asks for.
-if ! "$venv/bin/python" -c "import fastapi, maturin, ziglang" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import fastapi, flask, django, maturin, ziglang" 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "maturin>=1.9,<2" fastapi "ziglang>=0.13,<0.16"
+    "maturin>=1.9,<2" fastapi flask django "ziglang>=0.13,<0.16"
 fi
 # The module is built for the stable ABI (_native.abi3.so) since the wheels issue; a
 # _native.cpython-3XX-*.so left by an older build would be imported before it.

@@ -93,6 +93,9 @@ pub struct Booted {
     /// INT: Gunicorn's `worker_int`), before it exits; the worker waits for it at most
     /// [`INTERRUPTED_BOUND`], then exits anyway.
     pub interrupted: Option<Box<dyn FnOnce() + Send>>,
+    /// The server runtime's threads, when not `threads`: a WSGI app's pool takes
+    /// `threads` for itself and the server keeps one runtime thread.
+    pub server_threads: Option<usize>,
 }
 
 /// How long a worker told to stop at once waits for [`Booted::interrupted`].

@@ -371,7 +371,7 @@ pub fn render(board: &Board) -> String {
         let _ = writeln!(out, "forkd_workers{{state=\"{label}\"}} {count}");
     }
 
-    let per_worker: [(&str, &str, &str, SlotValue); 3] = [
+    let per_worker: [(&str, &str, &str, SlotValue); 5] = [
         (
             "forkd_worker_requests_total",
             "counter",
@@ -389,6 +389,18 @@ pub fn render(board: &Board) -> String {
             "gauge",
             "Open client connections of each live worker.",
             |s| s.connections(),
+        ),
+        (
+            "forkd_worker_wsgi_queued_total",
+            "counter",
+            "WSGI requests that found each live worker's thread pool busy and waited for a thread.",
+            |s| s.queued(),
+        ),
+        (
+            "forkd_worker_wsgi_waiting",
+            "gauge",
+            "WSGI requests waiting for a free pool thread in each live worker now.",
+            |s| s.waiting(),
         ),
     ];
     for (name, kind, help, value) in per_worker {

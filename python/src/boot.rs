@@ -3,7 +3,7 @@
 //! (`pylog`) and applies `[python] log_config`, puts `[python] path` first on
 //! `sys.path`, makes the event loop, imports the app and runs the lifespan startup; then
 //! the [`Bridge`](crate::bridge::Bridge) is wired to the loop and the worker's server
-//! thread starts (forkd's `worker::serve_hosted`).
+//! thread starts (forkd's `worker::serve_hosted`). A WSGI app goes to `wsgi::load`.
 
 use crate::bridge::{Bridge, PyApp};
 use crate::inbox::Inbox;
@@ -112,8 +112,13 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
             python.log_config.as_str(),
             hooks_file,
             hook_specs,
+            python.interface.as_str(),
         ),
     )?;
+    // A WSGI app: (None, app, None, None, None), served from a thread pool.
+    if booted.get_item(0)?.is_none() {
+        return crate::wsgi::load(py, boot, booted.get_item(1)?.unbind());
+    }
     let (event_loop, app, lifespan, state, stopped): (
         PyObject,
         PyObject,
@@ -137,20 +142,7 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
     )?;
     let bridge = Py::new(py, bridge)?;
     event_loop.call_method1(py, "add_reader", (inbox.fd(), bridge.getattr(py, "wake")?))?;
-    // Gunicorn's `worker_int`, when the config has one: the GIL is taken only then.
-    let has_worker_int: bool = worker
-        .call_method1("_hook_defined", ("worker_int",))?
-        .extract()?;
-    let interrupted = has_worker_int.then(|| {
-        let worker = worker.clone().unbind();
-        Box::new(move || {
-            Python::with_gil(|py| {
-                if let Err(e) = worker.call_method0(py, "interrupted") {
-                    tracing::warn!(pid = std::process::id(), "worker_int: {}", describe(py, &e));
-                }
-            })
-        }) as Box<dyn FnOnce() + Send>
-    });
+    let interrupted = interrupted_hook(py)?;
     let run = {
         let worker = worker.unbind();
         move || -> Result<(), String> {
@@ -171,7 +163,27 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
         run: Box::new(run),
         stop: Box::new(stop),
         interrupted,
+        server_threads: None,
     })
+}
+
+/// Gunicorn's `worker_int` (`forkd._worker.interrupted`) for [`Booted::interrupted`],
+/// when the config has one (the GIL is taken only then). ASGI and WSGI workers alike.
+pub(crate) fn interrupted_hook(py: Python<'_>) -> PyResult<Option<Box<dyn FnOnce() + Send>>> {
+    let worker = py.import("forkd._worker")?;
+    let defined: bool = worker
+        .call_method1("_hook_defined", ("worker_int",))?
+        .extract()?;
+    Ok(defined.then(|| {
+        let worker = worker.unbind();
+        Box::new(move || {
+            Python::with_gil(|py| {
+                if let Err(e) = worker.call_method0(py, "interrupted") {
+                    tracing::warn!(pid = std::process::id(), "worker_int: {}", describe(py, &e));
+                }
+            })
+        }) as Box<dyn FnOnce() + Send>
+    }))
 }
 
 fn stopped_of(py: Python<'_>, bridge: &Py<Bridge>) -> PyObject {

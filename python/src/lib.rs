@@ -9,8 +9,9 @@
 //! loop), `inbox` (how it crosses, and wakes the loop), `ids`, `awaitable` and `pybytes`
 //! (shared by the HTTP and WebSocket sides), `ws` (WebSockets), `pylog` (Python's
 //! `logging` into forkd's log), `bridge` (HTTP requests
-//! and the loop's dispatch of every event), `boot` (a worker's start), `preload` (the
-//! app's import in a zygote, `preload_app`), `fork` (the interpreter's fork hooks).
+//! and the loop's dispatch of every event), `wsgi` (WSGI apps from a thread pool),
+//! `boot` (a worker's start), `preload` (the app's import in a zygote, `preload_app`),
+//! `fork` (the interpreter's fork hooks).
 
 // `unsafe` only where a module needs it (marked `#[allow(unsafe_code)]` below); every
 // block says why it is sound (clippy's `undocumented_unsafe_blocks`, in Cargo.toml).
@@ -29,6 +30,7 @@ mod preload;
 mod pybytes;
 mod pylog;
 mod ws;
+mod wsgi;
 
 use pyo3::prelude::*;
 use std::ffi::OsString;
@@ -69,5 +71,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::Conn>()?;
     m.add_class::<awaitable::Ready>()?;
     m.add_class::<ws::WsConn>()?;
+    m.add_class::<wsgi::Pool>()?;
+    m.add_class::<wsgi::Call>()?;
+    m.add_class::<wsgi::Input>()?;
     Ok(())
 }

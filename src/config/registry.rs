@@ -152,7 +152,7 @@ pub(crate) const KEYS: &[Key] = &[
         |c, v| { c.threads = at_least(v, 1)? as usize; Ok(()) },
         |c| Some(c.threads.to_string()),
     ).option("threads")
-    .doc("runtime threads per worker; 1 = current-thread event loop"),
+    .doc("runtime threads per worker; 1 = current-thread event loop. A WSGI app: the size of each worker's thread pool (Gunicorn's gthread), the server keeping one runtime thread"),
     Key::new("backlog", "an integer from 1 to 65535",
         |c, v| {
             c.backlog = integer(v).filter(|n| (1..=65535).contains(n)).ok_or(Expected)? as i32;
@@ -435,6 +435,19 @@ pub(crate) const KEYS: &[Key] = &[
     )
     .option("pythonpath")
     .doc("directories put first on `sys.path` in each worker, relative to its generation's resolved `chdir` (or the directory forkd started in)"),
+    Key::new("python.interface", "auto | asgi | wsgi",
+        |c, v| {
+            c.python.interface = match text(v).as_deref() {
+                Some("auto") => Interface::Auto,
+                Some("asgi") => Interface::Asgi,
+                Some("wsgi") => Interface::Wsgi,
+                _ => return Err(Expected),
+            };
+            Ok(())
+        },
+        |c| Some(quoted(c.python.interface.as_str())),
+    )
+    .doc("how the app is called: `\"asgi\"` (an ASGI 3 app on the worker's event loop), `\"wsgi\"` (a PEP 3333 callable, from a pool of `threads` threads per worker), or `\"auto\"`: ASGI if the object imported is a coroutine function or has an async `__call__` (FastAPI, Starlette), else WSGI (Flask, Django's `get_wsgi_application()`); an explicit value the app does not fit is a boot failure"),
     Key::new("python.lifespan", "auto | on | off",
         |c, v| {
             c.python.lifespan = match text(v).as_deref() {
@@ -457,7 +470,7 @@ pub(crate) const KEYS: &[Key] = &[
         },
         |c| Some(quoted(&c.python.root_path)),
     )
-    .doc("the ASGI `root_path` (an app mounted under a prefix behind a proxy): `\"\"` or `\"/prefix\"`"),
+    .doc("the ASGI `root_path`, a WSGI app's `SCRIPT_NAME` (an app mounted under a prefix behind a proxy): `\"\"` or `\"/prefix\"`"),
     Key::new("python.log_config", "a logging.config.dictConfig dict, as a JSON file or \"module:attr\"",
         |c, v| { c.python.log_config = text(v).filter(|s| !s.is_empty()).ok_or(Expected)?; Ok(()) },
         |c| (!c.python.log_config.is_empty()).then(|| quoted(&c.python.log_config)),

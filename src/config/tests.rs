@@ -87,6 +87,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("health.shutdown_delay", "3"),
     ("metrics.bind", "\"[::1]:9100\""),
     ("python.path", "[\"src\", \"/srv/lib\"]"),
+    ("python.interface", "\"wsgi\""),
     ("python.lifespan", "\"off\""),
     ("python.root_path", "\"/api\""),
     ("python.log_config", "\"logging.json\""),
@@ -145,6 +146,11 @@ fn python_keys_are_validated() {
         &mut config,
         "python.lifespan",
         Value::String("maybe".into())
+    ));
+    assert!(bad(
+        &mut config,
+        "python.interface",
+        Value::String("rsgi".into())
     ));
     assert!(bad(
         &mut config,

@@ -153,6 +153,8 @@ pub enum ReadyMode {
 pub struct Python {
     /// Directories put first on `sys.path`, relative to `chdir` (or the start directory).
     pub path: Vec<String>,
+    /// ASGI or WSGI: told from the imported app (`Auto`) or said in the config.
+    pub interface: Interface,
     pub lifespan: Lifespan,
     /// The ASGI `root_path` of every request (an app mounted under a prefix).
     pub root_path: String,
@@ -164,6 +166,25 @@ pub struct Python {
     pub websocket_grace: Duration,
     /// `[python.hooks]`: Gunicorn's server hooks by name, each a `module:function`.
     pub hooks: BTreeMap<String, String>,
+}
+
+/// `python.interface`: how the worker calls the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    /// ASGI if the callable (or its `__call__`) is a coroutine function, else WSGI.
+    Auto,
+    Asgi,
+    Wsgi,
+}
+
+impl Interface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interface::Auto => "auto",
+            Interface::Asgi => "asgi",
+            Interface::Wsgi => "wsgi",
+        }
+    }
 }
 
 /// `python.lifespan`.
@@ -312,6 +333,7 @@ impl Default for Config {
             metrics: Metrics { bind: None },
             python: Python {
                 path: vec![".".to_string()],
+                interface: Interface::Auto,
                 lifespan: Lifespan::Auto,
                 root_path: String::new(),
                 log_config: String::new(),

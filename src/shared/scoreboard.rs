@@ -344,6 +344,10 @@ pub struct Slot {
     in_flight: AtomicU64,
     /// The configuration generation the worker was forked from, set by the master.
     generation: AtomicU64,
+    /// WSGI: requests that found every pool thread busy and waited for one (counter),
+    /// and those waiting now (gauge).
+    queued: AtomicU64,
+    waiting: AtomicU64,
     durations: Histogram,
 }
 
@@ -414,6 +418,23 @@ impl Slot {
     pub fn durations(&self) -> HistogramSnapshot {
         self.durations.snapshot()
     }
+    /// Requests that waited for a WSGI pool thread, since the worker started.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Relaxed)
+    }
+    /// Requests waiting for a WSGI pool thread now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Relaxed)
+    }
+    /// A request found every pool thread busy.
+    pub fn request_queued(&self) {
+        self.queued.fetch_add(1, Relaxed);
+        self.waiting.fetch_add(1, Relaxed);
+    }
+    /// A queued request was taken by a pool thread (or dropped unserved).
+    pub fn request_dequeued(&self) {
+        self.waiting.fetch_sub(1, Relaxed);
+    }
 
     /// Records why the worker failed (read by the master after the worker exits).
     pub fn set_message(&self, text: &str) {
@@ -454,6 +475,8 @@ impl Slot {
         self.number.store(0, Relaxed);
         self.in_flight.store(0, Relaxed);
         self.generation.store(0, Relaxed);
+        self.queued.store(0, Relaxed);
+        self.waiting.store(0, Relaxed);
         self.durations.clear();
         self.progress_ms.store(monotonic_ms(), Relaxed);
         self.state.store(WorkerState::Booting as u32, Release);

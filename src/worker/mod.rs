@@ -119,7 +119,7 @@ fn boot_and_serve(ctx: WorkerContext<'_>) -> Result<(), i32> {
     };
     match app {
         WorkerApp::Native(factory) => {
-            let runtime = new_runtime(&config).map_err(|e| boot_failed(slot, &e))?;
+            let runtime = new_runtime(config.threads).map_err(|e| boot_failed(slot, &e))?;
             let served = runtime.block_on(async move {
                 // First thing in the runtime, so that the master's death during the
                 // app's start is heard (and acted on once serving) rather than killing
@@ -163,14 +163,14 @@ fn master_death() -> Option<tokio::signal::unix::Signal> {
 }
 
 /// A worker's tokio runtime, made after the fork.
-fn new_runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
-    if config.threads <= 1 {
+fn new_runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.threads)
+            .worker_threads(threads)
             .enable_all()
             .build()
     }
@@ -193,12 +193,14 @@ fn serve_hosted(server: Server<'_>, program: &crate::hosted::HostedProgram) -> R
         run,
         stop,
         interrupted,
+        server_threads,
     } = booted;
     std::thread::scope(|scope| {
         let serving = std::thread::Builder::new()
             .name("forkd-server".into())
             .spawn_scoped(scope, move || {
-                let served = new_runtime(&server.config)
+                let threads = server_threads.unwrap_or(server.config.threads);
+                let served = new_runtime(threads)
                     .map_err(|e| boot_failed(slot, &e))
                     .and_then(|runtime| {
                         let served = runtime.block_on(async move {

@@ -37,4 +37,5 @@ mod systemd_notify;
 mod systemd_units;
 mod tls;
 mod untrusted;
+mod wsgi;
 mod zero_downtime;

@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 // ---- certificates ---------------------------------------------------------------------
 
 /// A test CA and the files made with it in one temp dir.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     ca: rcgen::Certificate,
     ca_key: KeyPair,
 }
 
 /// A certificate and its key, PEM, as written to files.
-struct Issued {
+pub(crate) struct Issued {
     cert_pem: String,
     key_pem: String,
     der: CertificateDer<'static>,
@@ -55,7 +55,7 @@ impl Pki {
     }
 
     /// A new CA whose certificate for localhost (serial 1) is installed as the server's.
-    fn serving_localhost(name: &str) -> Pki {
+    pub(crate) fn serving_localhost(name: &str) -> Pki {
         let pki = Pki::new(name);
         pki.install(&pki.issue("localhost", 1, false, false));
         pki
@@ -111,7 +111,7 @@ impl Pki {
     }
 
     /// forkd's environment for `[tls]` with this dir's files.
-    fn env(&self) -> Vec<(String, String)> {
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
         vec![
             ("FORKD_TLS_CERTFILE".into(), self.path("cert.pem")),
             ("FORKD_TLS_KEYFILE".into(), self.path("key.pem")),
@@ -120,7 +120,11 @@ impl Pki {
 
     /// A client config trusting the test CA, offering `alpn`, with an optional
     /// client certificate.
-    fn client(&self, alpn: &[&[u8]], cert: Option<&Issued>) -> Arc<rustls::ClientConfig> {
+    pub(crate) fn client(
+        &self,
+        alpn: &[&[u8]],
+        cert: Option<&Issued>,
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -184,7 +188,7 @@ fn server_serial(stream: &Tls) -> Vec<u8> {
 }
 
 /// One HTTPS GET on a fresh connection: (status, body, server certificate serial).
-fn https_get(
+pub(crate) fn https_get(
     addr: &str,
     config: &Arc<rustls::ClientConfig>,
     path: &str,

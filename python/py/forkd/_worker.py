@@ -1,4 +1,5 @@
-"""The Python half of a forkd worker serving an ASGI app (the Rust half is forkd._native).
+"""The Python half of a forkd worker serving an ASGI app (the Rust half is forkd._native;
+a WSGI app is ``_wsgi``'s once imported).
 
 Runs in the worker process after the fork, on its main thread: ``boot`` sends print and
 stderr lines to forkd's error log, installs ``Handler`` (Python ``logging`` records as
@@ -26,7 +27,7 @@ import time
 import traceback
 import types
 
-from forkd import _native
+from forkd import _native, _wsgi
 
 
 class BootError(Exception):
@@ -349,7 +350,7 @@ def _load(spec):
     if factory:
         app = app()
     if not callable(app):
-        raise BootError(f"{spec!r} is not callable (an ASGI app is)")
+        raise BootError(f"{spec!r} is not callable (an ASGI or WSGI app is)")
     return app
 
 
@@ -518,11 +519,22 @@ def _new_loop():
 
 
 def boot(
-    spec, env, paths, lifespan_mode, progress_every, root_level=20, log_config="", hooks_file="", hook_specs=()
+    spec,
+    env,
+    paths,
+    lifespan_mode,
+    progress_every,
+    root_level=20,
+    log_config="",
+    hooks_file="",
+    hook_specs=(),
+    interface="auto",
 ):
-    """Imports the app and runs its startup; returns (loop, app, lifespan, state, stopped).
-    ``hooks_file``: a Gunicorn config file whose worker hooks run here; ``hook_specs``:
-    ``[python.hooks]`` as (name, "module:function") pairs, over the file's."""
+    """Imports the app and runs its startup; returns (loop, app, lifespan, state, stopped),
+    or (None, app, None, None, None) for a WSGI app (``forkd._wsgi``; ``interface``:
+    ``[python] interface``). ``hooks_file``: a Gunicorn config file whose worker hooks
+    run here; ``hook_specs``: ``[python.hooks]`` as (name, "module:function") pairs,
+    over the file's."""
     global _HOOKS
     os.environ.update(env)
     sys.stdout = _LineWriter(False, "<stdout>")
@@ -545,6 +557,11 @@ def boot(
     asyncio.set_event_loop(loop)
     try:
         app = _preloaded_or_load(spec)
+        if _wsgi.interface(app, interface, spec, BootError) == "wsgi":
+            asyncio.set_event_loop(None)
+            loop.close()
+            _HOOKS.call("post_worker_init", _HOOKS.worker)
+            return None, app, None, None, None
         lifespan = _Lifespan(app, lifespan_mode, loop)
         loop.run_until_complete(lifespan.startup())
     except BootError:

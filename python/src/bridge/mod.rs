@@ -30,6 +30,9 @@ mod tasks;
 pub use app::PyApp;
 pub use conn::Conn;
 pub use outbox::Answer;
+/// The client's `(host, port)` of a `ClientAddr`, as the ASGI scope has it (the WSGI
+/// environ's `REMOTE_ADDR` and `REMOTE_PORT` too).
+pub use scope::address as client_address;
 
 use crate::awaitable::resolve;
 use crate::event::{Event, HttpHead, WsHead};

@@ -362,7 +362,7 @@ impl Scopes {
 /// given as written (the parser accepts only the canonical form, so it is the same
 /// text `to_string` would make, without formatting it again); IPv6 in its canonical
 /// form.
-fn address(text: &str) -> Option<(std::borrow::Cow<'_, str>, u16)> {
+pub fn address(text: &str) -> Option<(std::borrow::Cow<'_, str>, u16)> {
     use std::borrow::Cow;
     if let Some((host, port)) = text.rsplit_once(':') {
         if !host.contains(':') {
