@@ -117,7 +117,8 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
     )?;
     // A WSGI app: (None, app, None, None, None), served from a thread pool.
     if booted.get_item(0)?.is_none() {
-        return crate::wsgi::load(py, boot, booted.get_item(1)?.unbind());
+        let interrupted = interrupted_hook(py)?;
+        return crate::wsgi::load(py, boot, booted.get_item(1)?.unbind(), interrupted);
     }
     let (event_loop, app, lifespan, state, stopped): (
         PyObject,

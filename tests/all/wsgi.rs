@@ -875,3 +875,61 @@ fn an_unread_body_whose_environ_outlives_the_response_does_not_stall_keepalive()
         "the next request was not served: {response}"
     );
 }
+
+#[test]
+fn a_preloaded_flask_app_forks_from_its_zygote_and_reloads_with_worker_int_at_a_quick_stop() {
+    let dir = app_dir("flask-preload", &["flask_app.py"]);
+    std::fs::write(
+        dir.join("hooks.py"),
+        "import os\n\n\ndef worker_int(worker):\n    open(os.path.join(os.path.dirname(__file__), \"int-%d\" % worker.pid), \"w\").close()\n",
+    )
+    .unwrap();
+    let mut server = start(
+        &dir,
+        "flask_app:app",
+        &["-w", "2", "--threads", "2"],
+        "preload_app = true",
+        "[python.hooks]\nworker_int = \"hooks:worker_int\"",
+    );
+    let (status, _, body) = get(&server.addr, "/").unwrap();
+    assert_eq!(status, 200, "{}", text(&body));
+    assert_eq!(json(&body)["framework"], "flask");
+    let log = server.log();
+    assert!(log.contains("zygote ready"), "{log}");
+    assert!(log.contains("serving a WSGI app from 2 threads"), "{log}");
+    // A HUP: a new zygote imports the app again, new workers fork from it.
+    let before = workers_of(server.pid());
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        poll_until(Duration::from_secs(30), || {
+            let now = workers_of(server.pid());
+            now.len() == 2 && now.iter().all(|w| !before.contains(w))
+        }),
+        "the workers were not replaced:\n{}",
+        server.log()
+    );
+    assert_eq!(get(&server.addr, "/").unwrap().0, 200);
+    assert_eq!(
+        server.log().matches("zygote ready").count(),
+        2,
+        "{}",
+        server.log()
+    );
+    // worker_int in each WSGI worker at a quick stop.
+    let mut workers = workers_of(server.pid());
+    workers.sort();
+    server.signal(nix::sys::signal::Signal::SIGQUIT);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    let mut ran: Vec<i32> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("int-")?.parse().ok())
+        .collect();
+    ran.sort();
+    assert_eq!(ran, workers, "{}", server.log());
+}

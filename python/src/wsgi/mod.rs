@@ -160,7 +160,13 @@ impl Pool {
 }
 
 /// Serves `app`, a WSGI callable `forkd._worker.boot` imported: starts the pool.
-pub fn load(py: Python<'_>, boot: &HostedBoot<'_>, app: PyObject) -> PyResult<Booted> {
+/// `interrupted`: Gunicorn's `worker_int`, if the config has one (see `boot.rs`).
+pub fn load(
+    py: Python<'_>,
+    boot: &HostedBoot<'_>,
+    app: PyObject,
+    interrupted: Option<Box<dyn FnOnce() + Send>>,
+) -> PyResult<Booted> {
     let wsgi = py.import("forkd._wsgi")?;
     let config = boot.config;
     let threads = config.threads.max(1);
@@ -213,7 +219,7 @@ pub fn load(py: Python<'_>, boot: &HostedBoot<'_>, app: PyObject) -> PyResult<Bo
         }),
         run: Box::new(run),
         stop: Box::new(stop),
-        interrupted: crate::boot::interrupted_hook(py)?,
+        interrupted,
         server_threads: Some(1),
     })
 }
