@@ -123,6 +123,10 @@ pub struct Cli {
         value_name = ""
     )]
     pub preload: Option<String>,
+    /// Gunicorn's worker class, accepted for its meaning: uvicorn's worker is an ASGI
+    /// app, `sync`/`gthread` a WSGI one (`python.interface`); forkd's own workers serve either.
+    #[arg(short = 'k', long = "worker-class", value_name = "CLASS")]
+    pub worker_class: Option<String>,
     /// A name for `ps`: `forkd: master [NAME]`, `forkd: worker [N] [NAME]`.
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     pub name: Option<String>,
@@ -139,6 +143,9 @@ pub struct Cli {
     /// The options above that set config keys, as given.
     #[arg(skip)]
     overrides: Vec<Given>,
+    /// What an option given is not taken as (`-k gevent`), for the log.
+    #[arg(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Cli {
@@ -151,6 +158,20 @@ impl Cli {
         let matches = command.clone().try_get_matches_from(args)?;
         let mut cli = Cli::from_arg_matches(&matches)?;
         cli.overrides = given(&command, &matches);
+        if let Some(class) = &cli.worker_class {
+            match crate::config::gunicorn::worker_class_interface(class) {
+                // Before the options that set `python.interface` itself: they win.
+                Ok(interface) => cli.overrides.insert(
+                    0,
+                    Given {
+                        option: "--worker-class".into(),
+                        key: "python.interface",
+                        value: Value::String(interface.into()),
+                    },
+                ),
+                Err(note) => cli.warnings.push(note),
+            }
+        }
         Ok(cli)
     }
 
@@ -209,6 +230,7 @@ mod tests {
         "check_config",
         "print_config",
         "signal",
+        "worker_class",
         "help",
         "version",
     ];
@@ -268,6 +290,8 @@ mod tests {
             "--keyfile",
             "/etc/k.pem",
             "--preload",
+            "-k",
+            "gthread",
             "app.main:app",
         ])
         .unwrap();
@@ -288,6 +312,13 @@ mod tests {
         assert_eq!(config.limits.request_field_size, 100);
         assert_eq!(config.limits.max_connections, 50);
         assert!(config.preload_app);
+        assert_eq!(config.python.interface.as_str(), "wsgi");
+        let gevent = Cli::parse_args(["forkd", "-k", "gevent", "app:app"]).unwrap();
+        assert!(
+            gevent.warnings[0].contains("gevent"),
+            "{:?}",
+            gevent.warnings
+        );
         assert!(
             config.to_toml().contains("10.0.0.0/8"),
             "{}",

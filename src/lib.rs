@@ -146,7 +146,11 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
     let fork_hooks = host.fork;
     let resolve = app_resolver(embedded, host.loader, host.preload);
     if cli.check_config || cli.print_config || cli.signal.is_some() {
-        for warning in env_warnings.iter().chain(&config.warnings) {
+        for warning in env_warnings
+            .iter()
+            .chain(&config.warnings)
+            .chain(&cli.warnings)
+        {
             eprintln!("forkd: warning: {warning}");
         }
     }
@@ -221,7 +225,11 @@ fn run_main(args: Vec<std::ffi::OsString>, embedded: Option<AppFactory>, host: h
         }
         loaded.server
     });
-    for warning in env_warnings.iter().chain(&config.warnings) {
+    for warning in env_warnings
+        .iter()
+        .chain(&config.warnings)
+        .chain(&cli.warnings)
+    {
         tracing::warn!("{warning}");
     }
     if let Some(warning) = config::file_permission_warning(&config) {

@@ -117,6 +117,26 @@ const UNSUPPORTED: &[&str] = &[
     "raw_paste_global_conf",
 ];
 
+/// Gunicorn's `worker_class` (or `-k`) as forkd's `python.interface`: uvicorn's worker
+/// serves ASGI, `sync` and `gthread` serve WSGI (forkd from a thread pool of `threads`,
+/// as gthread). Any other class: a note for the warning (forkd then tells the app's
+/// kind itself).
+pub fn worker_class_interface(class: &str) -> Result<&'static str, String> {
+    let short = class.rsplit('.').next().unwrap_or(class);
+    match short {
+        _ if class.to_ascii_lowercase().contains("uvicorn") => Ok("asgi"),
+        "sync" | "gthread" | "SyncWorker" | "ThreadWorker" => Ok("wsgi"),
+        "gevent" | "eventlet" | "GeventWorker" | "GeventPyWSGIWorker" | "EventletWorker" => {
+            Err(format!(
+                "worker_class {class:?}: forkd serves WSGI from a thread pool of `threads` (no gevent/eventlet monkey-patching), ASGI on its event loop"
+            ))
+        }
+        _ => Err(format!(
+            "worker_class {class:?}: forkd serves the app itself (ASGI on its event loop, WSGI from a thread pool; `[python] interface` if its kind is not told right)"
+        )),
+    }
+}
+
 /// What a Gunicorn config file becomes.
 #[derive(Debug, Default, PartialEq)]
 pub struct Mapped {
@@ -370,14 +390,15 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
                     );
                 }
             }
-            "worker_class" => {
-                let class = toml_value.as_str().unwrap_or("");
-                if !class.contains("UvicornWorker") {
-                    notes.push(format!(
-                        "worker_class {class:?}: forkd serves the app itself (ASGI on its event loop, as uvicorn's worker does)"
-                    ));
-                }
-            }
+            "worker_class" => match worker_class_interface(toml_value.as_str().unwrap_or("")) {
+                Ok(interface) => put(
+                    Some("python"),
+                    "interface",
+                    Value::String(interface.into()),
+                    &mut mapped,
+                ),
+                Err(note) => notes.push(note),
+            },
             "reload" | "reload_extra_files" | "proc_name" => {
                 put(None, name, toml_value, &mut mapped)
             }
@@ -669,16 +690,40 @@ mod tests {
     }
 
     #[test]
+    fn worker_classes_become_the_interface() {
+        for (class, interface) in [
+            ("uvicorn.workers.UvicornWorker", "asgi"),
+            ("uvicorn_worker.UvicornWorker", "asgi"),
+            ("uvicorn.workers.UvicornH11Worker", "asgi"),
+            ("sync", "wsgi"),
+            ("gthread", "wsgi"),
+            ("gunicorn.workers.gthread.ThreadWorker", "wsgi"),
+        ] {
+            assert_eq!(worker_class_interface(class), Ok(interface), "{class}");
+        }
+        for class in ["gevent", "eventlet", "tornado", "myapp.MyWorker", ""] {
+            let note = worker_class_interface(class).unwrap_err();
+            assert!(note.contains("worker_class"), "{note}");
+        }
+        let m = map(
+            &json!({"settings": {"worker_class": "gthread", "threads": 8}, "hooks": [], "skipped": []}),
+            Path::new("/g.py"),
+        );
+        assert_eq!(m.table["python"]["interface"].as_str(), Some("wsgi"));
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    }
+
+    #[test]
     fn everything_not_applied_is_named_in_one_warning() {
         let m = map(
             &json!({"settings": {"wokers": 2, "daemon": true, "MY_CONSTANT": 1, "spew": false,
-                                 "worker_class": "sync"},
+                                 "worker_class": "gevent"},
                     "hooks": [], "skipped": ["obj"]}),
             Path::new("/g.py"),
         );
         assert_eq!(m.warnings.len(), 1);
         let w = &m.warnings[0];
-        for name in ["wokers", "daemon", "obj", "sync"] {
+        for name in ["wokers", "daemon", "obj", "gevent"] {
             assert!(w.contains(name), "{name} in {w}");
         }
         assert!(
