@@ -309,6 +309,18 @@ impl Call {
         if data.is_empty() {
             return Ok(());
         }
+        // The first chunk is the whole body its Content-Length announces (Django's
+        // HttpResponse, Werkzeug's Response): sent as one body with the head, no
+        // stream. Whatever the app yields after it is past its length, and dropped.
+        let whole = self.respond.is_some()
+            && self
+                .head
+                .as_ref()
+                .is_some_and(|h| h.length == Some(data.len() as u64));
+        if whole {
+            self.sent = data.len() as u64;
+            return self.send_head(forkd::app::full(data));
+        }
         self.start_stream()?;
         self.send_data(py, data)
     }
