@@ -69,24 +69,11 @@ fn load_with(py: Python<'_>, boot: &HostedBoot<'_>) -> PyResult<Booted> {
         boot.spec
     );
     let python = &boot.config.python;
-    let paths: Vec<String> = python
-        .path
-        .iter()
-        .map(|p| {
-            std::path::absolute(p)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| p.clone())
-        })
-        .collect();
+    let paths = absolute_paths(boot.config);
     let worker = py.import("forkd._worker")?;
     // `[env]` was set with setenv(3) after the fork; Python's os.environ is a copy made
     // when the interpreter started, in the master.
-    let env: Vec<(String, String)> = boot
-        .config
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let env = env_pairs(boot.config);
     // A Gunicorn config file (`-c gunicorn.conf.py`): its worker hooks run in the worker.
     let hooks_file = boot
         .config
@@ -189,6 +176,30 @@ pub(crate) fn interrupted_hook(py: Python<'_>) -> PyResult<Option<Box<dyn FnOnce
 
 fn stopped_of(py: Python<'_>, bridge: &Py<Bridge>) -> PyObject {
     bridge.borrow(py).stopped.clone_ref(py)
+}
+
+/// `[python] path`, each made absolute (from the process's directory, the generation's
+/// `chdir`), as `forkd._worker` puts them first on `sys.path`.
+pub(crate) fn absolute_paths(config: &forkd::config::Config) -> Vec<String> {
+    config
+        .python
+        .path
+        .iter()
+        .map(|p| {
+            std::path::absolute(p)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| p.clone())
+        })
+        .collect()
+}
+
+/// `[env]`, for Python's `os.environ` (a copy made when the interpreter started).
+pub(crate) fn env_pairs(config: &forkd::config::Config) -> Vec<(String, String)> {
+    config
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// A Python exception as one line for the boot failure message (the traceback went to

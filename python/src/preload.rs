@@ -21,21 +21,8 @@ fn preload_with(py: Python<'_>, preload: &HostedPreload<'_>) -> PyResult<()> {
         "zygote: importing {} (preload_app)",
         preload.spec
     );
-    let paths: Vec<String> = config
-        .python
-        .path
-        .iter()
-        .map(|p| {
-            std::path::absolute(p)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| p.clone())
-        })
-        .collect();
-    let env: Vec<(String, String)> = config
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let paths = crate::boot::absolute_paths(config);
+    let env = crate::boot::env_pairs(config);
     py.import("forkd._worker")?.call_method1(
         "preload",
         (
