@@ -142,9 +142,11 @@ fn hups_under_keepalive_load_bring_new_code_and_drop_nothing() {
             server.log()
         );
     }
+    // Settled: the last generation's two workers and its zygote, nothing older (a
+    // reload's retirements are logged with reasons that depend on how the HUPs overlap
+    // on a loaded machine, so they are not counted).
     let settled = poll_until(Duration::from_secs(30), || {
-        workers_of(server.pid()).len() == 2
-            && server.log().matches("reason=\"reload\"").count() >= 10
+        workers_of(server.pid()).len() == 2 && zygotes_of(server.pid()).len() == 1
     });
     finish(stop, handles);
     assert!(settled, "workers did not settle:\n{}", server.log());
