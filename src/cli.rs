@@ -127,6 +127,9 @@ pub struct Cli {
     /// app, `sync`/`gthread` a WSGI one (`python.interface`); forkd's own workers serve either.
     #[arg(short = 'k', long = "worker-class", value_name = "CLASS")]
     pub worker_class: Option<String>,
+    /// Extra environment for the workers, KEY=VALUE (repeatable; Gunicorn's `-e`).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
     /// A name for `ps`: `forkd: master [NAME]`, `forkd: worker [N] [NAME]`.
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     pub name: Option<String>,
@@ -292,6 +295,10 @@ mod tests {
             "--preload",
             "-k",
             "gthread",
+            "-e",
+            "DJANGO_SETTINGS_MODULE=mysite.settings",
+            "--env",
+            "EMPTY=",
             "app.main:app",
         ])
         .unwrap();
@@ -313,6 +320,13 @@ mod tests {
         assert_eq!(config.limits.max_connections, 50);
         assert!(config.preload_app);
         assert_eq!(config.python.interface.as_str(), "wsgi");
+        assert_eq!(config.env["DJANGO_SETTINGS_MODULE"], "mysite.settings");
+        assert_eq!(config.env["EMPTY"], "");
+        let bad = Cli::parse_args(["forkd", "-e", "NOEQUALS", "hello"]).unwrap();
+        let err = crate::config::load(None, bad.overrides(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--env") && err.contains("KEY=VALUE"), "{err}");
         let gevent = Cli::parse_args(["forkd", "-k", "gevent", "app:app"]).unwrap();
         assert!(
             gevent.warnings[0].contains("gevent"),

@@ -121,6 +121,6 @@ mod tests {
         assert!(text.contains("| `workers` | `1` | `FORKD_WORKERS` | `-w`, `--workers` |"));
         assert!(text.contains("| `level` | `\"info\"` | `FORKD_LOG_LEVEL` | `--log-level` |"));
         assert!(text.contains("| `command` | unset | `FORKD_EXEC_COMMAND` | `-- COMMAND` |"));
-        assert!(text.contains("| `[env]` | unset | file only |  |"));
+        assert!(text.contains("| `[env]` | unset | file only | `-e`, `--env` |"));
     }
 }

@@ -277,8 +277,21 @@ pub(crate) const KEYS: &[Key] = &[
     Key {
         name: "env",
         allowed: "a table of strings",
-        option: None,
+        option: Some("env"),
         set: |c, v| {
+            // `-e KEY=VALUE` (Gunicorn's `--env`), repeatable: a list of such strings.
+            if let Value::Array(items) = v {
+                for item in items {
+                    let entry = item.as_str().and_then(|s| s.split_once('='));
+                    match entry {
+                        Some((name, value)) if !name.is_empty() && !name.contains('\0') && !value.contains('\0') => {
+                            c.env.insert(name.to_string(), value.to_string());
+                        }
+                        _ => return Err(Problem::Said(None, format!("{} is not KEY=VALUE", show(item)))),
+                    }
+                }
+                return Ok(());
+            }
             let Value::Table(entries) = v else {
                 return Err(Problem::Said(None, "expected a table [env]".into()));
             };
