@@ -226,18 +226,24 @@ fn a_raising_lifespan_startup_exits_3_with_its_message() {
     );
 }
 
-#[test]
-fn twenty_hups_with_new_app_code_under_keepalive_load_drop_nothing() {
-    let dir = app_dir("hup");
-    let server = start(&dir, &["-w", "2"], "");
-    let app = dir.join("fastapi_app.py");
-    let original = std::fs::read_to_string(&app).unwrap();
+/// `rounds` HUPs of a two-worker `server` under `connections` keep-alive connections,
+/// the app file `app` rewritten before each with the next `VERSION = N` (2, 3, ...):
+/// each HUP's new code must answer, every old worker must be retired for "reload", and
+/// no request may fail (`what` names the run in the failure).
+pub(crate) fn hups_with_new_code_drop_nothing(
+    server: &Server,
+    app: &Path,
+    rounds: u64,
+    connections: usize,
+    what: &str,
+) {
+    let original = std::fs::read_to_string(app).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let (tally, handles) = load(&server.addr, 64, stop.clone());
-    for round in 1..=20u64 {
+    let (tally, handles) = load(&server.addr, connections, stop.clone());
+    for round in 1..=rounds {
         let version = round + 1;
         std::fs::write(
-            &app,
+            app,
             original.replace("VERSION = 1\n", &format!("VERSION = {version}\n")),
         )
         .unwrap();
@@ -257,7 +263,7 @@ fn twenty_hups_with_new_app_code_under_keepalive_load_drop_nothing() {
     }
     let settled = poll_until(Duration::from_secs(30), || {
         workers_of(server.pid()).len() == 2
-            && server.log().matches("reason=\"reload\"").count() >= 40
+            && server.log().matches("reason=\"reload\"").count() >= 2 * rounds as usize
     });
     finish(stop, handles);
     assert!(
@@ -266,7 +272,15 @@ fn twenty_hups_with_new_app_code_under_keepalive_load_drop_nothing() {
         workers_of(server.pid()),
         server.log()
     );
-    assert_no_failures(&tally, &server, "20 HUPs of a FastAPI app");
+    assert_no_failures(&tally, server, what);
+}
+
+#[test]
+fn twenty_hups_with_new_app_code_under_keepalive_load_drop_nothing() {
+    let dir = app_dir("hup");
+    let server = start(&dir, &["-w", "2"], "");
+    let app = dir.join("fastapi_app.py");
+    hups_with_new_code_drop_nothing(&server, &app, 20, 64, "20 HUPs of a FastAPI app");
     // Only the new code answers now.
     for _ in 0..10 {
         let (_, _, body) = get(&server.addr, "/").unwrap();

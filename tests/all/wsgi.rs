@@ -647,36 +647,7 @@ fn hups_under_keepalive_load_with_new_wsgi_code_drop_nothing() {
     let dir = app_dir("hup", &["wsgi_app.py"]);
     let server = start(&dir, "wsgi_app:app", &["-w", "2", "--threads", "4"], "", "");
     let app = dir.join("wsgi_app.py");
-    let original = std::fs::read_to_string(&app).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tally, handles) = load(&server.addr, 32, stop.clone());
-    for round in 1..=10u64 {
-        let version = round + 1;
-        std::fs::write(
-            &app,
-            original.replace("VERSION = 1\n", &format!("VERSION = {version}\n")),
-        )
-        .unwrap();
-        server.signal(nix::sys::signal::Signal::SIGHUP);
-        server.expect_log(&format!("generation={version}"), Duration::from_secs(20));
-        let answered = poll_until(Duration::from_secs(20), || {
-            get(&server.addr, "/")
-                .ok()
-                .is_some_and(|(_, _, body)| json(&body)["version"] == version)
-        });
-        assert!(
-            answered,
-            "version {version} never answered:\n{}",
-            server.log()
-        );
-    }
-    let settled = poll_until(Duration::from_secs(30), || {
-        workers_of(server.pid()).len() == 2
-            && server.log().matches("reason=\"reload\"").count() >= 20
-    });
-    finish(stop, handles);
-    assert!(settled, "{:?}\n{}", workers_of(server.pid()), server.log());
-    assert_no_failures(&tally, &server, "10 HUPs of a WSGI app");
+    crate::python::hups_with_new_code_drop_nothing(&server, &app, 10, 32, "10 HUPs of a WSGI app");
 }
 
 #[test]
