@@ -135,17 +135,22 @@ pub fn is_python_app(name: &str) -> bool {
     name.contains(':')
 }
 
+/// Python identifiers joined by dots (`app.main`, `_pkg.mod_2`): a module path or an
+/// attribute path; not empty, no empty part.
+pub fn is_dotted_name(text: &str) -> bool {
+    text.split('.').all(|part| {
+        let mut chars = part.chars();
+        chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+            && chars.all(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
 /// Gunicorn's `MODULE` without `:ATTR`: `MODULE:application`, for a dotted module path
 /// (`myproject.wsgi`), or a single name that is a module in one of `dirs` (`NAME.py`
 /// or `NAME/__init__.py`: a bare word is otherwise taken for a mistyped built-in app).
 /// None for anything else (a `:`, a `.py` file name, a path).
 pub fn module_alone(name: &str, dirs: &[std::path::PathBuf]) -> Option<String> {
-    let identifier = |part: &str| {
-        let mut chars = part.chars();
-        chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
-            && chars.all(|c| c.is_alphanumeric() || c == '_')
-    };
-    if name.contains(':') || !name.split('.').all(identifier) || name.ends_with(".py") {
+    if name.contains(':') || !is_dotted_name(name) || name.ends_with(".py") {
         return None;
     }
     let found = |dir: &std::path::PathBuf| {
@@ -158,15 +163,7 @@ pub fn module_alone(name: &str, dirs: &[std::path::PathBuf]) -> Option<String> {
 pub fn check_python_spec(spec: &str) -> Result<(), String> {
     let (module, attr) = spec.split_once(':').unwrap_or((spec, ""));
     let attr = attr.strip_suffix("()").unwrap_or(attr);
-    let dotted_names = |s: &str| {
-        !s.is_empty()
-            && s.split('.').all(|part| {
-                let mut chars = part.chars();
-                chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
-                    && chars.all(|c| c.is_alphanumeric() || c == '_')
-            })
-    };
-    if dotted_names(module) && dotted_names(attr) {
+    if is_dotted_name(module) && is_dotted_name(attr) {
         Ok(())
     } else {
         Err(format!(

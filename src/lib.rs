@@ -340,13 +340,8 @@ fn python_dirs(config: &config::Config) -> Vec<std::path::PathBuf> {
 /// but lacks `:ATTR`: the `MODULE:app` spec it most likely means.
 fn python_app_hint(name: &str) -> Option<String> {
     let module = name.strip_suffix(".py").unwrap_or(name).replace('/', ".");
-    let identifier = |part: &str| {
-        let mut chars = part.chars();
-        chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
-            && chars.all(|c| c == '_' || c.is_alphanumeric())
-    };
     let dotted = module.contains('.') || name.ends_with(".py");
-    (dotted && !name.contains(':') && module.split('.').all(identifier))
+    (dotted && !name.contains(':') && hosted::is_dotted_name(&module))
         .then(|| format!("{module}:app"))
 }
 
