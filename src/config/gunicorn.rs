@@ -137,6 +137,18 @@ pub fn worker_class_interface(class: &str) -> Result<&'static str, String> {
     }
 }
 
+/// Gunicorn's comma-separated string setting (`"10.0.0.1, 10.0.0.2"`) as a list, its
+/// items trimmed and empty ones dropped.
+fn comma_list(text: &str) -> Value {
+    Value::Array(
+        text.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| Value::String(item.to_string()))
+            .collect(),
+    )
+}
+
 /// What a Gunicorn config file becomes.
 #[derive(Debug, Default, PartialEq)]
 pub struct Mapped {
@@ -289,12 +301,7 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
             | "preload_app"
             | "forwarded_allow_ips" => {
                 let value = match (name.as_str(), toml_value) {
-                    ("forwarded_allow_ips", Value::String(s)) if s != "*" => Value::Array(
-                        s.split(',')
-                            .map(|p| Value::String(p.trim().to_string()))
-                            .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-                            .collect(),
-                    ),
+                    ("forwarded_allow_ips", Value::String(s)) if s != "*" => comma_list(&s),
                     (_, v) => v,
                 };
                 put(None, name, value, &mut mapped);
@@ -405,13 +412,7 @@ pub fn map(parsed: &Json, file: &Path) -> Mapped {
             "pythonpath" => {
                 // Gunicorn's is comma-separated: "/srv/app,/srv/lib".
                 let value = match toml_value {
-                    Value::String(s) => Value::Array(
-                        s.split(',')
-                            .map(str::trim)
-                            .filter(|p| !p.is_empty())
-                            .map(|p| Value::String(p.to_string()))
-                            .collect(),
-                    ),
+                    Value::String(s) => comma_list(&s),
                     other => other,
                 };
                 put(Some("python"), "path", value, &mut mapped);
